@@ -1,0 +1,75 @@
+"""The recipe of `lmadapt pretrain`: model + LoRA + corpus + training loop."""
+from __future__ import annotations
+
+import glob as globlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import ConfigError, opt
+from .data import CorpusConfig
+from .model import LoraConfig, ModelConfig
+from .train import TrainConfig
+
+# Encoder-only model types: masked LM is their pretraining objective; everything else is causal.
+ENCODER_MODEL_TYPES = {
+    "bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "xlm-roberta",
+    "camembert", "modernbert", "mpnet", "xlm", "flaubert", "ernie", "megatron-bert", "roformer",
+}
+
+
+def check_source_paths(sources, section: str) -> None:
+    """A missing corpus is a recipe error, reported before any model loads."""
+    for i, src in enumerate(sources):
+        p = src.path
+        if any(ch in p for ch in "*?["):
+            if not globlib.glob(p, recursive=True):
+                raise ConfigError(f"{section}[{i}].path: no file matches {p!r}")
+        elif not Path(p).exists():
+            raise ConfigError(f"{section}[{i}].path: file not found: {p}")
+
+
+def model_type_of(path: str | None) -> str | None:
+    """model_type from a local folder's config.json (None for hub ids or GGUF)."""
+    if not path:
+        return None
+    cfg = Path(path) / "config.json"
+    if cfg.is_file():
+        try:
+            return json.loads(cfg.read_text()).get("model_type")
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+@dataclass
+class PretrainConfig:
+    """Continued pretraining (or pretraining from scratch) on unlabeled text."""
+
+    model: ModelConfig = opt(doc="the model to train")
+    lora: LoraConfig = opt(doc="LoRA adapters (off: full training)", factory=LoraConfig)
+    data: CorpusConfig = opt(doc="training and held-out text", factory=CorpusConfig)
+    train: TrainConfig = opt(doc="optimisation loop", factory=TrainConfig)
+
+    def validate(self) -> None:
+        if not self.data.sources:
+            raise ConfigError("data.sources: at least one training source is required")
+        check_source_paths(self.data.sources, "data.sources")
+        check_source_paths(self.data.eval_sources, "data.eval_sources")
+        m = self.model
+        if m.init == "pretrained" and Path(m.path).exists() and not Path(m.path).is_dir():
+            raise ConfigError(f"model.path: {m.path} is a file; give the model folder (and gguf_file for a GGUF file)")
+        if m.init == "scratch" and not Path(m.tokenizer).exists():
+            raise ConfigError(f"model.tokenizer: tokenizer folder not found: {m.tokenizer}")
+        mt = m.arch if m.init == "scratch" else model_type_of(m.path)
+        if mt is not None:
+            is_encoder = (mt == "bert") if m.init == "scratch" else mt in ENCODER_MODEL_TYPES
+            if m.objective == "masked" and not is_encoder:
+                raise ConfigError(
+                    f"model.objective: masked LM needs an encoder (BERT-style) model; {mt!r} is decoder-only "
+                    "and attends causally, so it cannot see the right context of a masked token. Use objective: causal.")
+            if m.objective == "causal" and is_encoder:
+                raise ConfigError(
+                    f"model.objective: {mt!r} is an encoder without a causal LM head; use objective: masked (its pretraining objective)")
+        if self.lora.merge and not self.lora.enabled:
+            raise ConfigError("lora.merge: only meaningful with lora.enabled: true")
