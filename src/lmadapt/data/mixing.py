@@ -1,0 +1,85 @@
+"""Mixing several tokenized sources by token share (e.g. replay 5% general text).
+
+Shares are about *tokens*, not documents: a 5% replay of general text means 5% of the training
+tokens come from it, however long its documents are. Each source gets a target token count; a
+source is repeated whole as many times as fits and the remainder is a deterministic random subset
+of its documents. Nothing is dropped silently: the plan records, per source, the tokens available,
+the tokens used and the repeat factor, and goes into the token accounting.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass
+class SourcePlan:
+    name: str
+    documents: int
+    tokens_available: int
+    tokens_target: int
+    tokens_used: int
+    factor: float          # tokens_used / tokens_available (>1: upsampled, <1: subsampled)
+    share: float           # of all training tokens used
+
+
+def plan_mixture(token_counts: dict[str, list[int]], weights: dict[str, float],
+                 shares: dict[str, float | None], seed: int = 0) -> tuple[dict[str, np.ndarray], list[SourcePlan]]:
+    """Document indices to use per source (with repeats), and the plan.
+
+    ``token_counts[name]`` are the per-document token counts of source ``name``. Sources without
+    a share supply ``weight x tokens`` each (weight 1 = natural size); sources with a share are
+    scaled so they make up that fraction of the total.
+    """
+    totals = {n: int(sum(c)) for n, c in token_counts.items()}
+    free = [n for n in token_counts if shares.get(n) is None]
+    fixed = [n for n in token_counts if shares.get(n) is not None]
+    free_target = {n: weights.get(n, 1.0) * totals[n] for n in free}
+    free_sum = sum(free_target.values())
+    share_sum = sum(shares[n] for n in fixed)
+    grand = free_sum / (1.0 - share_sum) if fixed else free_sum
+    targets = dict(free_target)
+    for n in fixed:
+        targets[n] = shares[n] * grand
+
+    rng = np.random.default_rng(seed)
+    picks: dict[str, np.ndarray] = {}
+    plans = []
+    for name, counts in token_counts.items():
+        counts_arr = np.asarray(counts, dtype=np.int64)
+        target = targets[name]
+        if totals[name] == 0:
+            picks[name] = np.zeros(0, dtype=np.int64)
+            continue
+        whole = int(target // totals[name])
+        rest = target - whole * totals[name]
+        parts = [np.arange(len(counts_arr))] * whole
+        if rest > 0.5:
+            # A random order of documents, taken until the remaining token budget is met.
+            order = rng.permutation(len(counts_arr))
+            cum = np.cumsum(counts_arr[order])
+            k = int(np.searchsorted(cum, rest)) + 1
+            parts.append(np.sort(order[:min(k, len(order))]))
+        idx = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        picks[name] = idx
+        used = int(counts_arr[idx].sum()) if len(idx) else 0
+        plans.append(SourcePlan(name=name, documents=len(counts_arr), tokens_available=totals[name],
+                                tokens_target=int(round(target)), tokens_used=used,
+                                factor=used / totals[name], share=0.0))
+    all_used = sum(p.tokens_used for p in plans) or 1
+    for p in plans:
+        p.share = p.tokens_used / all_used
+    return picks, plans
+
+
+def plan_table(plans: list[SourcePlan]) -> str:
+    rows = [f"{'source':<20} {'docs':>8} {'tokens':>12} {'used':>12} {'factor':>7} {'share':>7}"]
+    for p in plans:
+        rows.append(f"{p.name:<20} {p.documents:>8,} {p.tokens_available:>12,} {p.tokens_used:>12,} "
+                    f"{p.factor:>7.2f} {p.share:>7.1%}")
+    return "\n".join(rows)
+
+
+def plans_as_dicts(plans: list[SourcePlan]) -> list[dict]:
+    return [asdict(p) for p in plans]

@@ -1,0 +1,210 @@
+"""`lmadapt pretrain`: continued pretraining (or pretraining from scratch) on unlabeled text.
+
+Reads top to bottom: setup (corpus, model, blocks) -> evaluate before -> train -> evaluate
+after -> save. The objective is the model's own: next-token prediction for decoders, whole-word
+masked LM for encoders.
+
+    lmadapt pretrain recipes/pretrain_sample.yaml train.max_steps=200 train.output_dir=runs/dapt
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from transformers import set_seed
+
+from ..config.base import ConfigError, to_dict
+from ..config.pretrain import PretrainConfig
+from ..data.collators import CausalCollator, WholeWordMLMCollator
+from ..data.mixing import plan_mixture, plan_table, plans_as_dicts
+from ..data.packing import pack_blocks, tokenize_documents
+from ..data.sources import read_corpus
+from ..models.load import load_model, supports_document_packing
+from ..models.lora import apply_lora, save_model
+from ..train.lm_eval import lm_metrics
+from ..train.loop import is_main_process, run_training
+from ..train.outputs import (ACCOUNTING_FILE, prepare_output_dir, update_metrics, write_json, write_meta,
+                             write_recipe)
+
+
+def log(msg: str) -> None:
+    if is_main_process():
+        print(f"[lmadapt] {msg}", flush=True)
+
+
+def choose_packing(requested: str, model, objective: str) -> str:
+    """'auto' -> document packing where a probe shows the model keeps documents apart."""
+    if requested == "concat":
+        return "concat"
+    ok = supports_document_packing(model, objective)
+    if requested == "document" and not ok:
+        raise ConfigError(
+            f"data.packing: document packing needs a model whose attention honours restarting position ids "
+            f"(causal) or a 4D mask (encoders); {type(model).__name__} does not. Use data.packing: concat.")
+    if not ok:
+        log(f"packing: {type(model).__name__} cannot isolate documents; falling back to concat")
+    return "document" if ok else "concat"
+
+
+def tokenize_sources(docs_by_source: dict, tokenizer, objective: str, data_cfg) -> dict:
+    sep = "eos" if objective == "causal" else "sep"
+    return {name: tokenize_documents([d.text for d in docs], tokenizer, separator=sep,
+                                     cache_dir=data_cfg.cache_dir, num_proc=data_cfg.num_proc,
+                                     with_word_starts=objective == "masked")
+            for name, docs in docs_by_source.items()}
+
+
+def _take(tokenized, indices):
+    """Rows ``indices`` (repeats allowed) of a tokenized source, keeping its type."""
+    if hasattr(tokenized, "select"):
+        return tokenized.select([int(i) for i in indices])
+    return [tokenized[int(i)] for i in indices]
+
+
+def _concat(parts):
+    if parts and hasattr(parts[0], "select"):
+        from datasets import concatenate_datasets
+        return concatenate_datasets(parts)
+    return [row for part in parts for row in part]
+
+
+def build_train_blocks(corpus, tokenizer, objective: str, mode: str, cfg: PretrainConfig):
+    tokenized = tokenize_sources(corpus.train, tokenizer, objective, cfg.data)
+    counts = {n: [len(r) for r in (t["input_ids"] if hasattr(t, "column_names") else [x["input_ids"] for x in t])]
+              for n, t in tokenized.items()}
+    weights = _by_source(cfg, "weight", tokenized)
+    shares = _by_source(cfg, "share", tokenized)
+    picks, plans = plan_mixture(counts, weights, shares, seed=cfg.train.seed)
+    if len(plans) > 1 or any(p.factor != 1 for p in plans):
+        log("source mixture (tokens):\n" + plan_table(plans))
+    mixed = _concat([_take(tokenized[n], picks[n]) for n in tokenized])
+    blocks, accounting = pack_blocks(mixed, block_size=cfg.data.block_size, pad_id=_pad_id(tokenizer), mode=mode)
+    return blocks, accounting, plans
+
+
+def _by_source(cfg: PretrainConfig, attr: str, tokenized: dict) -> dict:
+    """Source settings keyed by the names the reader gave (same order as the recipe)."""
+    return {name: getattr(src, attr) for name, src in zip(tokenized, cfg.data.sources)}
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def build_eval_blocks(corpus, tokenizer, objective: str, mode: str, cfg: PretrainConfig) -> dict:
+    tokenized = tokenize_sources(corpus.eval, tokenizer, objective, cfg.data)
+    out = {}
+    for name, tok in tokenized.items():
+        if cfg.data.max_eval_tokens:
+            keep, total = [], 0
+            rows = tok["input_ids"] if hasattr(tok, "column_names") else [x["input_ids"] for x in tok]
+            for i, ids in enumerate(rows):
+                if total >= cfg.data.max_eval_tokens:
+                    break
+                keep.append(i)
+                total += len(ids)
+            tok = _take(tok, keep)
+        blocks, acc = pack_blocks(tok, block_size=cfg.data.block_size, pad_id=_pad_id(tokenizer), mode=mode)
+        out[name] = (blocks, acc)
+    return out
+
+
+def evaluate_all(model, eval_blocks: dict, collator, objective: str, tokenizer, batch_size: int, mode: str) -> dict:
+    return {name: lm_metrics(model, blocks, collator, objective, tokenizer, batch_size=batch_size,
+                             document_mode=mode == "document")
+            for name, (blocks, _) in eval_blocks.items()}
+
+
+def make_collator(objective: str, mode: str, tokenizer, cfg: PretrainConfig):
+    if objective == "causal":
+        return CausalCollator(mode=mode)
+    return WholeWordMLMCollator(tokenizer, mlm_probability=cfg.data.mlm_probability,
+                                whole_word=cfg.data.whole_word_mask, mode=mode)
+
+
+def run_pretrain(cfg: PretrainConfig) -> dict:
+    """Run one pretraining stage; returns the metrics written to metrics.json."""
+    t_start = time.time()
+    out = prepare_output_dir(cfg.train.output_dir, resume=cfg.train.resume, overwrite=cfg.train.overwrite)
+    set_seed(cfg.train.seed)
+    recipe = to_dict(cfg)
+
+    # --- setup: corpus, model, blocks -------------------------------------------------------
+    corpus = read_corpus(cfg.data)
+    log(f"corpus: {sum(len(d) for d in corpus.train.values()):,} training documents from "
+        f"{len(corpus.train)} source(s); held-out sets: {', '.join(corpus.eval) or 'none'}")
+    loaded = load_model(cfg.model)
+    model, tokenizer, objective = loaded.model, loaded.tokenizer, loaded.objective
+    mode = choose_packing(cfg.data.packing, model, objective)
+    log(f"model: {loaded.source} ({loaded.model_type}, {sum(p.numel() for p in model.parameters()):,} params), "
+        f"objective: {objective}, packing: {mode}")
+    train_blocks, accounting, plans = build_train_blocks(corpus, tokenizer, objective, mode, cfg)
+    eval_blocks = build_eval_blocks(corpus, tokenizer, objective, mode, cfg)
+    log("token accounting (train):\n" + accounting.table())
+    if accounting.tokens_dropped != 0:  # an invariant of pack_blocks; a violation is a bug, not user error
+        raise RuntimeError(f"packing dropped {accounting.tokens_dropped} tokens")
+    collator = make_collator(objective, mode, tokenizer, cfg)
+    if is_main_process():
+        write_recipe(out, recipe)
+        write_json(out / ACCOUNTING_FILE, {
+            "train": accounting.__dict__, "mixture": plans_as_dicts(plans),
+            "eval": {n: acc.__dict__ for n, (_, acc) in eval_blocks.items()},
+            "corpus": corpus.summary()})
+
+    # --- evaluate before ---------------------------------------------------------------------
+    before = evaluate_all(model, eval_blocks, collator, objective, tokenizer, cfg.train.batch_size, mode)
+    for name, m in before.items():
+        log(f"before: {name}: loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f}")
+
+    # --- train -------------------------------------------------------------------------------
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora, objective)
+    if cfg.train.gradient_checkpointing:
+        model.config.use_cache = False
+    hf_eval = {name: blocks for name, (blocks, _) in eval_blocks.items()} or None
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t_train = time.time()
+    outcome = run_training(model, tokenizer, train_blocks, collator, cfg.train, eval_datasets=hf_eval,
+                           tokens_per_example=cfg.data.block_size)
+    train_seconds = time.time() - t_train
+    model = outcome.trainer.model
+
+    # --- evaluate after and save -------------------------------------------------------------
+    after = evaluate_all(model, eval_blocks, collator, objective, tokenizer, cfg.train.batch_size, mode)
+    for name, m in after.items():
+        log(f"after:  {name}: loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f} "
+            f"(before {before[name]['perplexity']:.2f})")
+    tokens_seen = int(getattr(outcome.trainer.state, "num_input_tokens_seen", 0) or 0)
+    metrics = {
+        "stage": "pretrain",
+        "objective": objective,
+        "heldout": {name: {"before": before[name], "after": after[name],
+                           "perplexity_ratio": after[name]["perplexity"] / before[name]["perplexity"]}
+                    for name in after},
+        "train": {"steps": outcome.global_step, "train_loss": outcome.train_loss,
+                  "tokens_seen": tokens_seen, "train_seconds": round(train_seconds, 2),
+                  "tokens_per_second": round(tokens_seen / max(train_seconds, 1e-9), 1),
+                  "peak_memory_mb": _peak_memory_mb(), "wall_seconds": round(time.time() - t_start, 2),
+                  "resumed_from": outcome.resumed_from},
+        "packing": mode,
+    }
+    if is_main_process():
+        save_model(model, tokenizer, out, merge=cfg.lora.merge)
+        write_meta(out, stage="pretrain", objective=objective, packing=mode, model_type=loaded.model_type,
+                   parent=cfg.model.path, lora=cfg.lora.enabled and not cfg.lora.merge,
+                   accounting=accounting.__dict__)
+        update_metrics(out, metrics)
+        log(f"saved {out}")
+    return metrics
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    try:
+        import resource
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+    except Exception:  # noqa: BLE001 - memory is informative, never fatal
+        return float("nan")

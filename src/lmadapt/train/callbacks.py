@@ -1,0 +1,82 @@
+"""Trainer callbacks: a JSONL log every stage writes, and a progress bar with tokens/s and ETA."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+from transformers import TrainerCallback
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Appends every Trainer log (loss, lr, eval loss, tokens seen) to ``logs.jsonl``.
+
+    Held-out losses get a perplexity beside them so plots of "perplexity vs tokens seen" need
+    nothing but this file. Only the main process writes.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.t0 = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.t0 = time.time()
+        if state.is_world_process_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"step": state.global_step, "epoch": state.epoch,
+               "tokens_seen": getattr(state, "num_input_tokens_seen", None),
+               "elapsed_s": round(time.time() - (self.t0 or time.time()), 3)}
+        for key, value in logs.items():
+            row[key] = value
+            if key.endswith("_loss") and key.startswith("eval") and isinstance(value, (int, float)):
+                row[key[:-5] + "_perplexity"] = math.exp(min(value, 50))
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+class TokenProgressCallback(TrainerCallback):
+    """A live bar: step, loss, tokens/s; tqdm supplies elapsed and ETA."""
+
+    def __init__(self):
+        self.bar = None
+        self.t0 = None
+        self.tokens0 = 0
+        self.last_loss = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",
+                            dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
+            self.t0 = time.time()
+            self.tokens0 = getattr(state, "num_input_tokens_seen", 0) or 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is None:
+            return
+        self.bar.update(state.global_step - self.bar.n)
+        tokens = (getattr(state, "num_input_tokens_seen", 0) or 0) - self.tokens0
+        elapsed = max(time.time() - self.t0, 1e-9)
+        post = {"tok/s": f"{tokens / elapsed:,.0f}"}
+        if self.last_loss is not None:
+            post["loss"] = f"{self.last_loss:.4f}"
+        self.bar.set_postfix(post, refresh=False)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.last_loss = logs["loss"]
+        if self.bar is not None and logs and any(k.startswith("eval_") for k in logs):
+            parts = [f"{k[5:]}={v:.4f}" for k, v in logs.items() if k.startswith("eval_") and k.endswith("loss")]
+            if parts:
+                self.bar.write(f"[eval @ step {state.global_step}] " + " ".join(parts))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

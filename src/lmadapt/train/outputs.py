@@ -1,0 +1,97 @@
+"""Output folders: the hand-off between stages.
+
+Every stage writes a plain Hugging Face model folder plus three files of ours:
+``lmadapt_recipe.yaml`` (the fully resolved recipe), ``lmadapt_meta.json`` (stage, objective,
+parent folder, library versions, token accounting) and ``metrics.json``. Writes are atomic
+(temp file, then rename) so an interrupted run never leaves a half-written file behind.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPE_FILE = "lmadapt_recipe.yaml"
+META_FILE = "lmadapt_meta.json"
+METRICS_FILE = "metrics.json"
+ACCOUNTING_FILE = "token_accounting.json"
+LIBRARIES = ("lmadapt", "torch", "transformers", "datasets", "tokenizers", "accelerate", "peft",
+             "safetensors", "scikit-learn")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: str | Path, default: Any = None) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        return default
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_recipe(output_dir: str | Path, recipe: dict) -> None:
+    atomic_write_text(Path(output_dir) / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def write_meta(output_dir: str | Path, **fields: Any) -> dict:
+    meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": library_versions(), **fields}
+    write_json(Path(output_dir) / META_FILE, meta)
+    return meta
+
+
+def read_meta(folder: str | Path) -> dict:
+    """The lmadapt metadata of an output folder ({} for a plain model folder)."""
+    return read_json(Path(folder) / META_FILE, default={}) or {}
+
+
+def update_metrics(output_dir: str | Path, new: dict) -> dict:
+    """Merge ``new`` into metrics.json (stages add before/after sections independently)."""
+    path = Path(output_dir) / METRICS_FILE
+    metrics = read_json(path, default={}) or {}
+    metrics.update(new)
+    write_json(path, metrics)
+    return metrics
+
+
+def prepare_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool) -> Path:
+    """Refuse to mix a new run into an old folder unless asked to resume or overwrite."""
+    out = Path(output_dir)
+    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        marker = [p.name for p in out.iterdir()][:5]
+        from ..config.base import ConfigError
+        raise ConfigError(
+            f"train.output_dir: {out} is not empty ({', '.join(marker)}...); "
+            "pass train.resume=true to continue it or train.overwrite=true to reuse it")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
