@@ -46,13 +46,22 @@ def section(cfg) -> ExtractionConfig:
 
 
 def _on_error(cfg) -> str:
-    data = getattr(cfg, "data", None)
-    return getattr(data, "on_error", None) or getattr(cfg, "on_error", None) or "raise"
+    return getattr(getattr(cfg, "data", None), "on_error", None) or "raise"
+
+
+def _allow_truncation(cfg) -> bool:
+    return bool(getattr(getattr(cfg, "data", None), "allow_truncation", False))
+
+
+def _eval_batch_size(cfg) -> int:
+    train = getattr(cfg, "train", None)
+    return getattr(train, "eval_batch_size", None) or getattr(train, "batch_size", None) or 16
 
 
 def _reject(origin: str, reason: str, on_error: str, report: ReadReport) -> None:
     if on_error == "skip":
-        report.skip(origin, reason)
+        field = reason.split("[", 1)[0].split(":", 1)[0]
+        report.skip(origin, f"{field} invalid" if field.startswith("field ") else field)
         return
     raise DataError(f"{origin}: {reason}")
 
@@ -314,7 +323,8 @@ class ExtractionTask:
 
         sec = section(cfg)
         on_error = _on_error(cfg)
-        raw = read_records(path, fields_required=[], on_error=on_error, report=report)
+        raw = read_records(path, fields_required=[], on_error=on_error, report=report,
+                           format=getattr(getattr(cfg, "data", None), "format", "auto"))
         out: list[Example] = []
         for ex in raw:
             rec = ex.fields
@@ -347,7 +357,9 @@ class ExtractionTask:
             if tokens is not None:
                 fields["tokens"] = list(tokens)
             out.append(Example(fields=fields, origin=ex.origin))
-        report.examples = len(out)
+        report.examples -= len(raw) - len(out)
+        if not out:
+            raise DataError(f"{path}: no usable records ({report.skipped} skipped: {report.skip_reasons})")
         return out
 
     # labels ----------------------------------------------------------------------------------------
@@ -378,13 +390,14 @@ class ExtractionTask:
             label2id={t: i for i, t in enumerate(tags)}, **_model_kwargs(cfg))
 
     # encoding --------------------------------------------------------------------------------------
-    def encode_one(self, ex: Example, tokenizer, space: dict, sec: ExtractionConfig, report: ReadReport | None):
+    def encode_one(self, ex: Example, tokenizer, space: dict, sec: ExtractionConfig, allow_truncation: bool,
+                   report: ReadReport | None):
         text, spans = ex.fields["text"], ex.fields["spans"]
         enc = _tokenize(text, tokenizer, None)
         if len(enc["input_ids"]) > sec.max_length:
-            if not sec.allow_truncation:
+            if not allow_truncation:
                 raise DataError(f"{ex.origin}: text is {len(enc['input_ids'])} tokens, more than extraction.max_length "
-                                f"{sec.max_length}; raise max_length or set extraction.allow_truncation: true")
+                                f"{sec.max_length}; raise extraction.max_length or set data.allow_truncation: true")
             if report is not None:
                 report.truncated += 1
             enc = _tokenize(text, tokenizer, sec.max_length)
@@ -399,7 +412,8 @@ class ExtractionTask:
 
         _require_fast(tokenizer)
         sec = section(cfg)
-        rows = [self.encode_one(ex, tokenizer, space, sec, report) for ex in examples]
+        allow = _allow_truncation(cfg)
+        rows = [self.encode_one(ex, tokenizer, space, sec, allow, report) for ex in examples]
         return datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in ("input_ids", "attention_mask", "labels")})
 
     def collator(self, tokenizer, cfg):
@@ -418,8 +432,9 @@ class ExtractionTask:
         pad = _pad_id(tokenizer)
         out: list[list[Span]] = []
         truncated = 0
-        for b in range(0, len(texts), sec.eval_batch_size):
-            batch = texts[b:b + sec.eval_batch_size]
+        bs = _eval_batch_size(cfg)
+        for b in range(0, len(texts), bs):
+            batch = texts[b:b + bs]
             encs = []
             for text in batch:
                 enc = _tokenize(text, tokenizer, None)
