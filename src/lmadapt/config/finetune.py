@@ -62,6 +62,7 @@ class FinetuneTrainConfig(TrainConfig):
     early_stopping_threshold: float = opt(0.0, "smallest change of the metric that counts as an improvement")
     keep_checkpoints: bool = opt(False, "keep the per-epoch checkpoints after a successful run (they hold optimizer state)")
     eval_batch_size: int | None = opt(None, "examples per forward pass in evaluation and predict (default: batch_size)")
+    group_by_length: bool = opt(True, "batch examples of similar length together (less padding; batches stay shuffled)")
 
     def __post_init__(self):
         super().__post_init__()
@@ -152,8 +153,12 @@ class FinetuneConfig:
         if m.adapter is not None:
             if not (Path(m.adapter) / ADAPTER_FILE).is_file():
                 raise ConfigError(f"model.adapter: {m.adapter} is not a LoRA adapter folder (no {ADAPTER_FILE})")
-        if self.lora.merge and not self.lora.enabled:
-            raise ConfigError("lora.merge: only meaningful with lora.enabled: true")
+        continuing = m.adapter_mode == "continue" and (m.adapter or (Path(m.path) / ADAPTER_FILE).is_file())
+        if self.lora.merge and not self.lora.enabled and not continuing:
+            raise ConfigError("lora.merge: only meaningful with lora.enabled: true (or a continued adapter)")
+        if m.adapter is not None and (Path(m.path) / ADAPTER_FILE).is_file():
+            raise ConfigError(f"model.adapter: model.path {m.path} is itself an adapter folder; give its base as "
+                              "model.path, or drop model.adapter")
         if t.type != "classification" and t.problem != "single_label":
             raise ConfigError(f"task.problem: {t.problem!r} applies to classification only, not {t.type!r}")
         if t.type != "classification" and (d.class_weights != "none" or d.balanced_sampling):

@@ -83,3 +83,22 @@ def plan_table(plans: list[SourcePlan]) -> str:
 
 def plans_as_dicts(plans: list[SourcePlan]) -> list[dict]:
     return [asdict(p) for p in plans]
+
+
+def mix_documents(tokenized: dict, picks: dict[str, np.ndarray], seed: int):
+    """One :class:`TokenizedDocs` holding the picked documents of every source, shuffled.
+
+    Shuffling documents (not blocks) before packing means a block mixes sources in proportion,
+    so replayed general text is spread through training instead of arriving in one stretch.
+    """
+    from .packing import TokenizedDocs, token_arrays
+
+    parts = [token_arrays(tokenized[name]).select(picks[name]) for name in tokenized]
+    ids = np.concatenate([p.ids for p in parts]) if parts else np.zeros(0, dtype=np.int32)
+    lengths = np.concatenate([p.lengths for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+    has_ws = all(p.word_starts is not None for p in parts) and parts
+    ws = np.concatenate([p.word_starts for p in parts]) if has_ws else None
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    merged = TokenizedDocs(ids, offsets, ws)
+    order = np.random.default_rng(seed).permutation(len(merged))
+    return merged.select(order)

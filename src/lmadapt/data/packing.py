@@ -10,7 +10,9 @@ Steps
      packed document looks like BERT's ``[CLS] text [SEP]``. Results are cached on disk under
      ``cache_dir/<sha256 key>/`` (numpy arrays, written to a temp folder then renamed), keyed by the
      tokenizer (serialized backend + special tokens), the texts and the settings, so a rerun skips
-     tokenization.
+     tokenization. Returns a ``datasets.Dataset`` (one row per document: ``input_ids`` and, for
+     whole-word masking, ``word_starts``); ``select``/``concatenate_datasets`` work on it, and
+     :func:`token_arrays` gives flat numpy arrays (e.g. ``np.diff(token_arrays(ds).offsets)`` = lengths).
   2. :func:`pack_blocks`: the documents are concatenated and cut into ``block_size`` blocks. A document
      longer than a block continues in the next block; the last block is padded. Nothing is truncated:
      :class:`TokenAccounting` computes ``tokens_dropped`` from the blocks (it is 0).
@@ -35,7 +37,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
@@ -89,14 +91,12 @@ class TokenAccounting:
 class TokenizedDocs:
     """Tokenized documents as flat arrays: document ``i`` is ``ids[offsets[i]:offsets[i+1]]``.
 
-    Every document already ends with its separator (and starts with CLS for masked models)."""
+    Every document already ends with its separator (and starts with CLS for masked models).
+    :func:`pack_blocks` accepts it directly; :func:`token_arrays` turns a tokenized Dataset into one."""
 
     ids: np.ndarray  # int32 [total tokens]
     offsets: np.ndarray  # int64 [documents + 1]
     word_starts: np.ndarray | None = None  # uint8 [total tokens]
-    cache_hit: bool = False
-    cache_path: str | None = None
-    seconds: float = field(default=0.0, compare=False)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -128,7 +128,29 @@ class TokenizedDocs:
         doc = np.repeat(np.arange(len(order)), lengths)
         src = starts[doc] + (np.arange(offsets[-1]) - offsets[:-1][doc])
         ws = self.word_starts[src] if self.word_starts is not None else None
-        return TokenizedDocs(self.ids[src], offsets, ws, self.cache_hit, self.cache_path)
+        return TokenizedDocs(self.ids[src], offsets, ws)
+
+    def to_dataset(self, fingerprint: str | None = None):
+        """A ``datasets.Dataset`` with one row per document (``input_ids`` [+ ``word_starts``])."""
+        import datasets
+        import pyarrow as pa
+
+        big = self.num_tokens >= 2**31 - 1
+        list_type = pa.LargeListArray if big else pa.ListArray
+        offsets = pa.array(self.offsets.astype(np.int64 if big else np.int32))
+        cols = {"input_ids": list_type.from_arrays(offsets, pa.array(np.ascontiguousarray(self.ids)))}
+        if self.word_starts is not None:
+            cols["word_starts"] = list_type.from_arrays(offsets, pa.array(np.ascontiguousarray(self.word_starts)))
+        if fingerprint is None:
+            fingerprint = _arrays_fingerprint(self, "docs")
+        return datasets.Dataset(pa.table(cols), fingerprint=fingerprint)
+
+
+def _arrays_fingerprint(docs: TokenizedDocs, *extra) -> str:
+    fp = hashlib.sha256(json.dumps([FORMAT_VERSION, *extra]).encode())
+    for arr in (docs.ids, docs.offsets, docs.word_starts):
+        fp.update(b"-" if arr is None else np.ascontiguousarray(arr).tobytes())
+    return fp.hexdigest()[:32]
 
 
 def _texts(texts: Iterable[Any]) -> list[str]:
@@ -261,7 +283,7 @@ def _worker_encode(args):
 
 def tokenize_documents(texts: Iterable[Any], tokenizer, *, separator: Literal["eos", "sep"] = "eos",
                        cache_dir: str | os.PathLike | None = None, num_proc: int | None = None,
-                       with_word_starts: bool = False, cache: bool = True) -> TokenizedDocs:
+                       with_word_starts: bool = False, cache: bool = True):
     """Tokenize every document (strings or objects with ``.text``) and append the separator.
 
     ``separator="eos"`` (causal LM) appends ``tokenizer.eos_token_id``; ``"sep"`` (masked LM) appends
@@ -270,23 +292,25 @@ def tokenize_documents(texts: Iterable[Any], tokenizer, *, separator: Literal["e
     added. ``with_word_starts`` also records where words begin (from the fast tokenizer's
     ``word_ids``; separator/CLS tokens are words of their own).
 
-    Cached under ``cache_dir`` (default :func:`default_cache_dir`) unless ``cache=False``; the result
-    says ``cache_hit``. ``num_proc`` None/1: one process, the Rust tokenizer's own threads encode each
-    batch in parallel; > 1: that many worker processes (helps when the Python side dominates).
+    Returns a ``datasets.Dataset``, one row per document in input order, with ``input_ids`` (and
+    ``word_starts``). Cached under ``cache_dir`` (default :func:`default_cache_dir`) unless
+    ``cache=False``; the returned object carries ``cache_hit`` (bool) and ``cache_path`` attributes
+    (not kept by ``select``/``map``). ``num_proc`` None/1: one process, the Rust tokenizer's own
+    threads encode each batch in parallel; > 1: that many worker processes.
     """
     texts = _texts(texts)
     prefix, suffix = _affixes(tokenizer, separator)
     backend = _backend(tokenizer)
     t0 = time.perf_counter()
+    key = cache_key(texts, tokenizer, separator=separator, with_word_starts=with_word_starts)
     final = None
     if cache:
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        final = root / cache_key(texts, tokenizer, separator=separator, with_word_starts=with_word_starts)
+        final = root / key
         loaded = _load(final, with_word_starts)
         if loaded is not None:
-            loaded.seconds = time.perf_counter() - t0
             logger.info("tokenization cache hit: %s (%d documents, %d tokens)", final, len(loaded), loaded.num_tokens)
-            return loaded
+            return _result(loaded, key, True, final)
 
     if num_proc is not None and num_proc > 1 and len(texts) > _CHUNK:
         import concurrent.futures as cf
@@ -304,15 +328,21 @@ def tokenize_documents(texts: Iterable[Any], tokenizer, *, separator: Literal["e
     else:
         ids, lengths, ws = _encode(backend, texts, prefix, suffix, with_word_starts)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    out = TokenizedDocs(ids, offsets, ws, cache_hit=False, cache_path=str(final) if final else None)
+    out = TokenizedDocs(ids, offsets, ws)
     if final is not None:
         _save(final, out, meta={"format": FORMAT_VERSION, "documents": len(texts), "tokens": out.num_tokens,
                                 "separator": separator, "with_word_starts": with_word_starts,
                                 "tokenizer": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__})
-    out.seconds = time.perf_counter() - t0
-    logger.info("tokenized %d documents -> %d tokens in %.1fs%s", len(out), out.num_tokens, out.seconds,
-                f" (cached at {final})" if final else "")
-    return out
+    logger.info("tokenized %d documents -> %d tokens in %.1fs%s", len(out), out.num_tokens,
+                time.perf_counter() - t0, f" (cached at {final})" if final else "")
+    return _result(out, key, False, final)
+
+
+def _result(docs: TokenizedDocs, key: str, hit: bool, path: Path | None):
+    ds = docs.to_dataset(fingerprint=key[:32])
+    ds.cache_hit = hit
+    ds.cache_path = str(path) if path is not None else None
+    return ds
 
 
 def _load(folder: Path, with_word_starts: bool) -> TokenizedDocs | None:
@@ -328,7 +358,7 @@ def _load(folder: Path, with_word_starts: bool) -> TokenizedDocs | None:
     if offsets[-1] != len(ids) or (ws is not None and len(ws) != len(ids)):
         logger.warning("ignoring inconsistent tokenization cache %s", folder)
         return None
-    return TokenizedDocs(ids, offsets, ws, cache_hit=True, cache_path=str(folder))
+    return TokenizedDocs(ids, offsets, ws)
 
 
 def _save(folder: Path, docs: TokenizedDocs, meta: dict) -> None:
@@ -356,13 +386,15 @@ def _save(folder: Path, docs: TokenizedDocs, meta: dict) -> None:
 # --------------------------------------------------------------------------------------------------
 # packing
 # --------------------------------------------------------------------------------------------------
-def _as_tokenized(tokenized) -> TokenizedDocs:
+def token_arrays(tokenized) -> TokenizedDocs:
+    """Flat arrays (ids, offsets, word_starts) of tokenized documents: a Dataset from
+    :func:`tokenize_documents` (also after ``select``/``concatenate_datasets``), a list of token-id
+    lists, a list of dicts with ``input_ids`` (+ ``word_starts``), or a :class:`TokenizedDocs`."""
     if isinstance(tokenized, TokenizedDocs):
         return tokenized
+    if hasattr(tokenized, "column_names") and hasattr(tokenized, "with_format"):  # datasets.Dataset
+        return _dataset_arrays(tokenized)
     rows = tokenized
-    if hasattr(rows, "column_names"):  # datasets.Dataset
-        cols = ["input_ids"] + (["word_starts"] if "word_starts" in rows.column_names else [])
-        rows = [dict(zip(cols, vals)) for vals in zip(*(rows[c] for c in cols))]
     seqs, wss = [], []
     for r in rows:
         if isinstance(r, dict):
@@ -380,11 +412,39 @@ def _as_tokenized(tokenized) -> TokenizedDocs:
     return TokenizedDocs(ids, offsets, ws)
 
 
+def _dataset_arrays(ds) -> TokenizedDocs:
+    import pyarrow as pa
+
+    if "input_ids" not in ds.column_names:
+        raise ValueError(f"tokenized dataset needs an input_ids column, has {ds.column_names}")
+    if len(ds) == 0:
+        return TokenizedDocs(np.zeros(0, np.int32), np.zeros(1, np.int64),
+                             np.zeros(0, np.uint8) if "word_starts" in ds.column_names else None)
+    table = ds.with_format("arrow")[:]  # honours select()/shuffle() index mappings
+
+    def flat(name, dtype):
+        col = table.column(name).combine_chunks()
+        if isinstance(col, pa.ChunkedArray):
+            col = pa.concat_arrays(col.chunks)
+        lengths = col.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        return col.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False), lengths
+
+    ids, lengths = flat("input_ids", np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ws = None
+    if "word_starts" in ds.column_names:
+        ws, ws_len = flat("word_starts", np.uint8)
+        if not np.array_equal(ws_len, lengths):
+            raise ValueError("word_starts and input_ids have different lengths")
+    return TokenizedDocs(ids, offsets, ws)
+
+
 def pack_blocks(tokenized, *, block_size: int, pad_id: int, mode: Mode = "document"):
     """Concatenate tokenized documents and cut them into ``block_size`` blocks; nothing is dropped.
 
-    ``tokenized``: :class:`TokenizedDocs`, a list of token-id lists, a list of dicts with
-    ``input_ids`` (+ ``word_starts``) or a ``datasets.Dataset`` with those columns. Returns
+    ``tokenized``: the Dataset from :func:`tokenize_documents` (also after ``select`` /
+    ``concatenate_datasets``), a list of token-id lists, a list of dicts with ``input_ids``
+    (+ ``word_starts``) or a :class:`TokenizedDocs`. Returns
     ``(datasets.Dataset in numpy format, TokenAccounting)``; the columns are described in the module
     docstring.
     """
@@ -398,7 +458,7 @@ def pack_blocks(tokenized, *, block_size: int, pad_id: int, mode: Mode = "docume
     if pad_id is None:
         raise ValueError("pad_id is required (the tokenizer's pad token, or EOS for causal models without one)")
     L = int(block_size)
-    docs = _as_tokenized(tokenized)
+    docs = token_arrays(tokenized)
     n_tok, n_docs = docs.num_tokens, len(docs)
     n_blocks = -(-n_tok // L)
     total = n_blocks * L
@@ -446,10 +506,8 @@ def pack_blocks(tokenized, *, block_size: int, pad_id: int, mode: Mode = "docume
 
     table = pa.table({k: pa.FixedSizeListArray.from_arrays(pa.array(v), L) for k, v in columns.items()})
     # An explicit fingerprint: datasets would otherwise hash the whole table (seconds for 10M tokens).
-    fp = hashlib.sha256(json.dumps([FORMAT_VERSION, L, int(pad_id), mode]).encode())
-    for arr in (docs.ids, docs.offsets, docs.word_starts):
-        fp.update(b"-" if arr is None else np.ascontiguousarray(arr).tobytes())
-    dataset = datasets.Dataset(table, fingerprint=fp.hexdigest()[:32]).with_format("numpy")
+    dataset = datasets.Dataset(table, fingerprint=_arrays_fingerprint(docs, L, int(pad_id), mode))
+    dataset = dataset.with_format("numpy")
     return dataset, accounting
 
 
@@ -476,9 +534,9 @@ def build_blocks(texts: Iterable[Any], tokenizer, *, block_size: int, mode: Mode
     docs = tokenize_documents(texts, tokenizer, separator=separator, cache_dir=cache_dir, num_proc=num_proc,
                               with_word_starts=objective == "masked", cache=cache)
     if seed is not None and len(docs) > 1:
-        docs = docs.select(np.random.default_rng(seed).permutation(len(docs)))
+        docs = token_arrays(docs).select(np.random.default_rng(seed).permutation(len(docs)))
     return pack_blocks(docs, block_size=block_size, pad_id=pad_id, mode=mode)
 
 
 __all__ = ["TokenAccounting", "TokenizedDocs", "build_blocks", "cache_key", "default_cache_dir", "pack_blocks",
-           "resolve_pad_id", "tokenize_documents", "tokenizer_fingerprint"]
+           "resolve_pad_id", "token_arrays", "tokenize_documents", "tokenizer_fingerprint"]

@@ -15,7 +15,9 @@ are not the original float weights.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import importlib.util
 import json
 import logging
@@ -65,6 +67,64 @@ def _strip_quantization(config):
     return config
 
 
+@contextlib.contextmanager
+def _gguf_read_cache():
+    """Parse a GGUF file's metadata once, not once per transformers call (config, model, tokenizer).
+
+    transformers builds a fresh ``gguf.GGUFReader`` (seconds for a 49k-token vocabulary) in every
+    ``from_pretrained(..., gguf_file=)`` and rebuilds the tensor-name map per submodule. Both are
+    pure functions of their arguments, so within a conversion we memoise them. This only swaps
+    module attributes for the duration of the block; if transformers or gguf change, it degrades to
+    doing nothing.
+    """
+    patched: list[tuple[object, str, object]] = []
+
+    def patch(owner, name, make):
+        original = getattr(owner, name, None)
+        if original is None:
+            return
+        patched.append((owner, name, original))
+        setattr(owner, name, make(original))
+
+    def cached_reader(original):
+        readers: dict = {}
+
+        def reader(path, *args, **kwargs):
+            key = (os.path.abspath(os.fspath(path)), args, tuple(sorted(kwargs.items())))
+            if key not in readers:
+                readers[key] = original(path, *args, **kwargs)
+            return readers[key]
+        return reader
+
+    def cached_metadata(original):
+        results: dict = {}
+
+        def load(path, return_tensors=False, *args, **kwargs):
+            if return_tensors or args or kwargs:
+                return original(path, return_tensors, *args, **kwargs)
+            key = os.path.abspath(os.fspath(path))
+            if key not in results:
+                results[key] = original(path, return_tensors=False)
+            return copy.deepcopy(results[key])
+        return load
+
+    try:
+        import gguf
+
+        patch(gguf, "GGUFReader", cached_reader)
+        patch(gguf, "get_tensor_name_map", functools.lru_cache(maxsize=None))
+        import transformers.modeling_gguf_pytorch_utils as tgguf
+
+        patch(tgguf, "load_gguf_checkpoint", cached_metadata)
+    except Exception:  # pragma: no cover - only a speed-up
+        pass
+    try:
+        yield
+    finally:
+        for owner, name, original in reversed(patched):
+            setattr(owner, name, original)
+
+
 def load_gguf(gguf_path: str, *, dtype=None):
     """(model, tokenizer, auto_class) as transformers reads a GGUF file (dequantised, flagged quantised)."""
     import torch
@@ -76,13 +136,14 @@ def load_gguf(gguf_path: str, *, dtype=None):
     if not path.is_file():
         raise ConfigError(f"model.gguf_file: GGUF file not found: {gguf_path}")
     folder, name = str(path.parent), path.name
-    try:
-        config = AutoConfig.from_pretrained(folder, gguf_file=name)
-    except Exception as exc:  # unsupported architecture or quantisation type
-        raise ConfigError(f"model.gguf_file: transformers cannot read {gguf_path}: {exc}") from exc
-    auto = AutoModelForMaskedLM if is_encoder(config) else AutoModelForCausalLM
-    model = auto.from_pretrained(folder, gguf_file=name, dtype=dtype or torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    with _gguf_read_cache():
+        try:
+            config = AutoConfig.from_pretrained(folder, gguf_file=name)
+        except Exception as exc:  # unsupported architecture or quantisation type
+            raise ConfigError(f"model.gguf_file: transformers cannot read {gguf_path}: {exc}") from exc
+        auto = AutoModelForMaskedLM if is_encoder(config) else AutoModelForCausalLM
+        model = auto.from_pretrained(folder, gguf_file=name, dtype=dtype or torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     return model, tokenizer, auto
 
 
@@ -118,6 +179,18 @@ def plain_copy(model, auto):
     return plain
 
 
+def _tidy_tokenizer(tokenizer, config) -> None:
+    """GGUF tokenizer quirks: no length limit (1e30), loader flags leaking into tokenizer_config."""
+    if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    max_pos = getattr(config, "max_position_embeddings", None)
+    if max_pos and (tokenizer.model_max_length or 0) > 10 * max_pos:
+        tokenizer.model_max_length = max_pos
+        tokenizer.init_kwargs["model_max_length"] = max_pos
+    for key in ("is_local", "local_files_only", "gguf_file", "vocab_file"):
+        tokenizer.init_kwargs.pop(key, None)
+
+
 def _logits(model, ids):
     import torch
 
@@ -147,8 +220,7 @@ def gguf_to_model_folder(gguf_path: str, output_dir: str, *, verify: bool = True
             diff = (ref - got).abs().max().item()
             raise RuntimeError(f"GGUF conversion of {gguf_path}: rebuilt model differs (max |logit diff| {diff:.3g})")
     del model
-    if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
-        tokenizer.pad_token = tokenizer.eos_token
+    _tidy_tokenizer(tokenizer, plain.config)
 
     out = Path(output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -92,13 +92,13 @@ def objective_for(model_or_config: Any, requested: str = "auto") -> str:
     return requested
 
 
-def _is_head(name: str) -> bool:
+def is_head_module(name: str) -> bool:
     first = name.split(".", 1)[0]
     return first in HEAD_MODULE_PREFIXES or any(
         f".{p}." in f".{name}." for p in ("lm_head", "cls", "classifier", "score", "pooler"))
 
 
-def _linear_like(module: Any) -> bool:
+def is_linear_like(module: Any) -> bool:
     import torch.nn as nn
     from transformers.pytorch_utils import Conv1D
 
@@ -120,7 +120,7 @@ def lora_targets(model: Any) -> list[str]:
     """
     mt = model_type_of(model)
     named = [(n, m) for n, m in model.named_modules() if n]
-    present = {n.rsplit(".", 1)[-1] for n, m in named if not _is_head(n)}
+    present = {n.rsplit(".", 1)[-1] for n, m in named if not is_head_module(n)}
     candidates: list[str] | None = LORA_TARGETS.get(mt)
     if candidates is None:
         try:
@@ -137,7 +137,7 @@ def lora_targets(model: Any) -> list[str]:
     head = _output_module_names(model)
     names: list[str] = []
     for n, m in named:
-        if _linear_like(m) and n not in head and not _is_head(n):
+        if is_linear_like(m) and n not in head and not is_head_module(n):
             leaf = n.rsplit(".", 1)[-1]
             if leaf not in names:
                 names.append(leaf)

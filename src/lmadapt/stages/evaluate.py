@@ -13,7 +13,7 @@ from pathlib import Path
 from ..config.data import SourceConfig
 from ..config.model import ModelConfig
 from ..data.collators import CausalCollator, WholeWordMLMCollator
-from ..data.packing import pack_blocks, tokenize_documents
+from ..data.packing import pack_blocks, resolve_pad_id, tokenize_documents
 from ..data.sources import read_source
 from ..models.load import load_model, supports_document_packing
 from ..train.lm_eval import lm_metrics
@@ -29,7 +29,7 @@ def evaluate_model(model_dir: str, data: list[str], *, text_field: str = "text",
     mode = packing
     if mode == "auto":
         mode = "document" if supports_document_packing(model, objective) else "concat"
-    collator = CausalCollator(mode=mode) if objective == "causal" else WholeWordMLMCollator(tokenizer, mode=mode)
+    collator = CausalCollator(mode=mode) if objective == "causal" else WholeWordMLMCollator(tokenizer, mode=mode, mask_dtype=model.dtype)
     results = {"model": str(model_dir), "objective": objective, "packing": mode, "sets": {}}
     for path in data:
         docs, stats = read_source(SourceConfig(path=path, text_field=text_field, split_docs=split_docs))
@@ -38,16 +38,12 @@ def evaluate_model(model_dir: str, data: list[str], *, text_field: str = "text",
             texts = _cap_by_chars(texts, tokenizer, max_tokens)
         tokenized = tokenize_documents(texts, tokenizer, separator="eos" if objective == "causal" else "sep",
                                        cache_dir=None, num_proc=None, with_word_starts=objective == "masked")
-        blocks, accounting = pack_blocks(tokenized, block_size=block_size, pad_id=_pad(tokenizer), mode=mode)
+        blocks, accounting = pack_blocks(tokenized, block_size=block_size, pad_id=resolve_pad_id(tokenizer, objective), mode=mode)
         metrics = lm_metrics(model, blocks, collator, objective, tokenizer, batch_size=batch_size,
                              document_mode=mode == "document")
         metrics["documents"] = len(texts)
         results["sets"][stats.name if hasattr(stats, "name") else Path(path).stem] = metrics
     return results
-
-
-def _pad(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def _cap_by_chars(texts: list[str], tokenizer, max_tokens: int) -> list[str]:

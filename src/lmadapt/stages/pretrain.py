@@ -17,8 +17,8 @@ from transformers import set_seed
 from ..config.base import ConfigError, to_dict
 from ..config.pretrain import PretrainConfig
 from ..data.collators import CausalCollator, WholeWordMLMCollator
-from ..data.mixing import plan_mixture, plan_table, plans_as_dicts
-from ..data.packing import pack_blocks, tokenize_documents
+from ..data.mixing import mix_documents, plan_mixture, plan_table, plans_as_dicts
+from ..data.packing import pack_blocks, resolve_pad_id, token_arrays, tokenize_documents
 from ..data.sources import read_corpus, source_name
 from ..models.load import load_model, supports_document_packing
 from ..models.lora import apply_lora, save_model
@@ -55,41 +55,21 @@ def tokenize_sources(docs_by_source: dict, tokenizer, objective: str, data_cfg) 
             for name, docs in docs_by_source.items()}
 
 
-def _take(tokenized, indices):
-    """Rows ``indices`` (repeats allowed) of a tokenized source, keeping its type."""
-    if hasattr(tokenized, "select"):
-        return tokenized.select([int(i) for i in indices])
-    return [tokenized[int(i)] for i in indices]
-
-
-def _concat(parts):
-    if parts and hasattr(parts[0], "select"):
-        from datasets import concatenate_datasets
-        return concatenate_datasets(parts)
-    return [row for part in parts for row in part]
-
-
 def build_train_blocks(corpus, tokenizer, objective: str, mode: str, cfg: PretrainConfig):
     tokenized = tokenize_sources(corpus.train, tokenizer, objective, cfg.data)
-    counts = {n: [len(r) for r in (t["input_ids"] if hasattr(t, "column_names") else [x["input_ids"] for x in t])]
-              for n, t in tokenized.items()}
-    weights = _by_source(cfg, "weight", tokenized)
-    shares = _by_source(cfg, "share", tokenized)
-    picks, plans = plan_mixture(counts, weights, shares, seed=cfg.train.seed)
+    counts = {n: token_arrays(t).lengths for n, t in tokenized.items()}
+    picks, plans = plan_mixture(counts, _by_source(cfg, "weight"), _by_source(cfg, "share"), seed=cfg.train.seed)
     if len(plans) > 1 or any(p.factor != 1 for p in plans):
         log("source mixture (tokens):\n" + plan_table(plans))
-    mixed = _concat([_take(tokenized[n], picks[n]) for n in tokenized])
-    blocks, accounting = pack_blocks(mixed, block_size=cfg.data.block_size, pad_id=_pad_id(tokenizer), mode=mode)
+    mixed = mix_documents(tokenized, picks, seed=cfg.train.seed)
+    blocks, accounting = pack_blocks(mixed, block_size=cfg.data.block_size,
+                                     pad_id=resolve_pad_id(tokenizer, objective), mode=mode)
     return blocks, accounting, plans
 
 
-def _by_source(cfg: PretrainConfig, attr: str, tokenized: dict) -> dict:
+def _by_source(cfg: PretrainConfig, attr: str) -> dict:
     """A per-source recipe setting (weight, share) keyed by the source's name."""
     return {source_name(src): getattr(src, attr) for src in cfg.data.sources}
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def build_eval_blocks(corpus, tokenizer, objective: str, mode: str, cfg: PretrainConfig) -> dict:
@@ -98,14 +78,14 @@ def build_eval_blocks(corpus, tokenizer, objective: str, mode: str, cfg: Pretrai
     for name, tok in tokenized.items():
         if cfg.data.max_eval_tokens:
             keep, total = [], 0
-            rows = tok["input_ids"] if hasattr(tok, "column_names") else [x["input_ids"] for x in tok]
-            for i, ids in enumerate(rows):
+            for i, n in enumerate(token_arrays(tok).lengths):
                 if total >= cfg.data.max_eval_tokens:
                     break
                 keep.append(i)
-                total += len(ids)
-            tok = _take(tok, keep)
-        blocks, acc = pack_blocks(tok, block_size=cfg.data.block_size, pad_id=_pad_id(tokenizer), mode=mode)
+                total += int(n)
+            tok = token_arrays(tok).select(keep)
+        blocks, acc = pack_blocks(tok, block_size=cfg.data.block_size, pad_id=resolve_pad_id(tokenizer, objective),
+                                  mode=mode)
         out[name] = (blocks, acc)
     return out
 
@@ -116,11 +96,12 @@ def evaluate_all(model, eval_blocks: dict, collator, objective: str, tokenizer, 
             for name, (blocks, _) in eval_blocks.items()}
 
 
-def make_collator(objective: str, mode: str, tokenizer, cfg: PretrainConfig):
+def make_collator(objective: str, mode: str, tokenizer, model, cfg: PretrainConfig):
     if objective == "causal":
         return CausalCollator(mode=mode)
+    # Encoders get an additive 4D mask in document mode; it must match the model's dtype.
     return WholeWordMLMCollator(tokenizer, mlm_probability=cfg.data.mlm_probability,
-                                whole_word=cfg.data.whole_word_mask, mode=mode)
+                                whole_word=cfg.data.whole_word_mask, mode=mode, mask_dtype=model.dtype)
 
 
 def run_pretrain(cfg: PretrainConfig) -> dict:
@@ -144,7 +125,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     log("token accounting (train):\n" + accounting.table())
     if accounting.tokens_dropped != 0:  # an invariant of pack_blocks; a violation is a bug, not user error
         raise RuntimeError(f"packing dropped {accounting.tokens_dropped} tokens")
-    collator = make_collator(objective, mode, tokenizer, cfg)
+    collator = make_collator(objective, mode, tokenizer, model, cfg)
     if is_main_process():
         write_recipe(out, recipe)
         write_json(out / ACCOUNTING_FILE, {

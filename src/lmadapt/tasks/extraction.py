@@ -29,6 +29,7 @@ import torch
 from ..config.base import ConfigError
 from ..config.tasks import ExtractionConfig
 from .base import DataError, Example, ReadReport
+from .classification import model_kwargs, pad_id_of
 from .span_metrics import span_scores
 
 IGNORE = -100
@@ -298,13 +299,6 @@ def _label_list(space: dict) -> list[str]:
     return list(space["tags"])
 
 
-def _pad_id(tokenizer) -> int:
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if tid is not None:
-            return int(tid)
-    return 0
-
-
 def _tokenize(text: str, tokenizer, max_length: int | None):
     kw = dict(return_offsets_mapping=True, return_special_tokens_mask=True)
     if max_length is not None:
@@ -316,6 +310,10 @@ class ExtractionTask:
     """BIO token classification over character spans (see module docstring)."""
 
     name = "extraction"
+    peft_task_type = "TOKEN_CLS"
+
+    def default_metric(self, cfg) -> str:
+        return "span_f1"
 
     # reading -------------------------------------------------------------------------------------
     def read(self, path: str, cfg, *, split: str, report: ReadReport) -> list[Example]:
@@ -387,7 +385,7 @@ class ExtractionTask:
         tags = _label_list(space)
         return AutoModelForTokenClassification.from_pretrained(
             base_dir, num_labels=len(tags), id2label=dict(enumerate(tags)),
-            label2id={t: i for i, t in enumerate(tags)}, **_model_kwargs(cfg))
+            label2id={t: i for i, t in enumerate(tags)}, **model_kwargs(cfg))
 
     # encoding --------------------------------------------------------------------------------------
     def encode_one(self, ex: Example, tokenizer, space: dict, sec: ExtractionConfig, allow_truncation: bool,
@@ -417,7 +415,7 @@ class ExtractionTask:
         return datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in ("input_ids", "attention_mask", "labels")})
 
     def collator(self, tokenizer, cfg):
-        return TokenCollator(_pad_id(tokenizer))
+        return TokenCollator(pad_id_of(tokenizer))
 
     # inference -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -429,7 +427,7 @@ class ExtractionTask:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        pad = _pad_id(tokenizer)
+        pad = pad_id_of(tokenizer)
         out: list[list[Span]] = []
         truncated = 0
         bs = _eval_batch_size(cfg)
@@ -465,8 +463,7 @@ class ExtractionTask:
         pred, truncated = self.extract(model, tokenizer, [ex.fields["text"] for ex in examples], cfg)
         gold = [ex.fields["spans"] for ex in examples]
         metrics = span_scores(gold, pred)
-        metrics["examples"] = len(examples)
-        metrics["truncated"] = truncated
+        metrics = {"n": len(examples), **metrics, "truncated": truncated}
         return metrics
 
     def predict(self, model, tokenizer, records: list[dict], cfg) -> list[dict]:
@@ -510,24 +507,6 @@ class TokenCollator:
             mask[i, :n] = 1
             labels[i, :n] = torch.as_tensor(r["labels"])
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def _model_kwargs(cfg) -> dict:
-    """dtype / attention kernel / remote code from the recipe's ``model:`` section, where there is one."""
-    m = getattr(cfg, "model", None)
-    kw: dict = {}
-    if m is None:
-        return kw
-    dtype = getattr(m, "dtype", None)
-    if dtype and dtype != "auto":
-        kw["dtype"] = getattr(torch, dtype)
-    elif dtype == "auto":
-        kw["dtype"] = "auto"
-    if getattr(m, "attn_implementation", None):
-        kw["attn_implementation"] = m.attn_implementation
-    if getattr(m, "trust_remote_code", False):
-        kw["trust_remote_code"] = True
-    return kw
 
 
 TASK = ExtractionTask()

@@ -31,6 +31,7 @@ import torch
 from ..config.base import ConfigError
 from ..config.tasks import QAConfig
 from .base import DataError, Example, ReadReport
+from .classification import model_kwargs, pad_id_of
 from .span_metrics import squad_scores
 
 IGNORE = -100
@@ -203,8 +204,19 @@ class QATask:
     """Extractive QA (see module docstring)."""
 
     name = "qa"
-    metric = "f1"               # dev metric that picks the best epoch (train.metric: auto)
-    greater_is_better = True
+    peft_task_type = "QUESTION_ANS"
+
+    def default_metric(self, cfg) -> str:
+        return "f1"
+
+    def text_fields(self, cfg) -> list[str]:
+        """Fields every predict record needs (non-empty strings)."""
+        sec = section(cfg)
+        return [sec.question_field, sec.context_field]
+
+    def stratify_key(self, space: dict | None):
+        """Dev/test split off train: answerable and unanswerable questions in proportion."""
+        return lambda ex: bool(ex.fields["answers"])
 
     def read(self, path: str, cfg, *, split: str, report: ReadReport) -> list[Example]:
         from .labeled_io import read_records
@@ -253,7 +265,7 @@ class QATask:
     def load_model(self, base_dir: str, space: dict, cfg):
         from transformers import AutoModelForQuestionAnswering
 
-        model = AutoModelForQuestionAnswering.from_pretrained(base_dir, **_model_kwargs(cfg))
+        model = AutoModelForQuestionAnswering.from_pretrained(base_dir, **model_kwargs(cfg))
         # Saved with the model, so that `lmadapt predict` knows whether the empty answer is allowed.
         model.config.lmadapt_qa_unanswerable = bool(space.get("unanswerable", False))
         return model
@@ -275,8 +287,7 @@ class QATask:
         return datasets.Dataset.from_dict(cols)
 
     def collator(self, tokenizer, cfg):
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-        return QACollator(int(pad))
+        return QACollator(pad_id_of(tokenizer))
 
     @torch.no_grad()
     def answer(self, model, tokenizer, questions: list[str], contexts: list[str], cfg,
@@ -356,21 +367,6 @@ class QACollator:
             batch["start_positions"] = torch.as_tensor([r["start_positions"] for r in rows], dtype=torch.long)
             batch["end_positions"] = torch.as_tensor([r["end_positions"] for r in rows], dtype=torch.long)
         return batch
-
-
-def _model_kwargs(cfg) -> dict:
-    m = getattr(cfg, "model", None)
-    kw: dict = {}
-    if m is None:
-        return kw
-    dtype = getattr(m, "dtype", None)
-    if dtype:
-        kw["dtype"] = dtype if dtype == "auto" else getattr(torch, dtype)
-    if getattr(m, "attn_implementation", None):
-        kw["attn_implementation"] = m.attn_implementation
-    if getattr(m, "trust_remote_code", False):
-        kw["trust_remote_code"] = True
-    return kw
 
 
 TASK = QATask()

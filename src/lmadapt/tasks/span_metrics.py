@@ -26,7 +26,7 @@ def span_scores(gold: Sequence[Iterable[Span]], pred: Sequence[Iterable[Span]]) 
     - exact: a predicted span counts when a gold span of the same text has the same start, end and label.
     - partial: a predicted span counts (precision) when it overlaps a gold span of the same label;
       a gold span counts (recall) when a predicted span of the same label overlaps it.
-    - per_label: exact P/R/F1 and gold support for every label seen in gold or predictions.
+    - per_class: exact P/R/F1 and gold support for every label seen in gold or predictions.
 
     When there is nothing to find and nothing was predicted, every score is 1.0.
     """
@@ -53,7 +53,7 @@ def span_scores(gold: Sequence[Iterable[Span]], pred: Sequence[Iterable[Span]]) 
                 g_hit += 1
     if n_pred == 0 and n_gold == 0:
         return {"span_precision": 1.0, "span_recall": 1.0, "span_f1": 1.0,
-                "partial_precision": 1.0, "partial_recall": 1.0, "partial_f1": 1.0, "per_label": {}}
+                "partial_precision": 1.0, "partial_recall": 1.0, "partial_f1": 1.0, "per_class": {}}
     prec, rec, f1 = _prf(tp, n_pred, n_gold)
     pp = p_hit / n_pred if n_pred else 0.0
     pr = g_hit / n_gold if n_gold else 0.0
@@ -64,7 +64,7 @@ def span_scores(gold: Sequence[Iterable[Span]], pred: Sequence[Iterable[Span]]) 
         lp, lr, lf = _prf(t, npred, ngold)
         table[label] = {"precision": lp, "recall": lr, "f1": lf, "support": ngold}
     return {"span_precision": prec, "span_recall": rec, "span_f1": f1,
-            "partial_precision": pp, "partial_recall": pr, "partial_f1": pf, "per_label": table}
+            "partial_precision": pp, "partial_recall": pr, "partial_f1": pf, "per_class": table}
 
 
 def _overlap(a: Span, b: Span) -> bool:
@@ -120,12 +120,12 @@ def squad_scores(predictions: Sequence[str], references: Sequence[Sequence[str]]
         em.append(e)
         f1.append(f)
         (has if refs != [""] else no).append(i)
-    out = {"exact_match": _mean(em), "f1": _mean(f1), "examples": len(em)}
+    out = {"n": len(em), "exact_match": _mean(em), "f1": _mean(f1)}
     for name, idx in (("has_answer", has), ("no_answer", no)):
         if idx:
             out[f"{name}_exact_match"] = _mean([em[i] for i in idx])
             out[f"{name}_f1"] = _mean([f1[i] for i in idx])
-            out[f"{name}_examples"] = len(idx)
+            out[f"{name}_n"] = len(idx)
     return out
 
 

@@ -1,0 +1,435 @@
+"""`lmadapt finetune`: supervised fine-tuning for any task in ``TASKS``; setup -> train -> evaluate -> save.
+
+    cfg = load_recipe(FinetuneConfig, "finetune.yaml", ["data.max_examples=300", "train.seed=1"])
+    metrics = run_finetune(cfg, to_dict(cfg))
+
+The stage is task-agnostic: the task (tasks/classification.py is the reference) reads the
+labeled files, defines the label space, builds the model with its head, encodes, collates and
+scores. This file only wires them to the shared training loop and writes the output folder:
+
+    model.safetensors (or adapter_model.safetensors + config.json), tokenizer files,
+    lmadapt_recipe.yaml, lmadapt_meta.json (stage "finetune", task, parent), metrics.json (dev/test)
+
+Starting points (``model.path`` / ``model.adapter``): a plain model folder or hub id, a full
+model from `lmadapt pretrain`, or a LoRA adapter folder from it. An adapter is either merged into
+its base and trained further (``adapter_mode: stack``; a new LoRA when ``lora.enabled``) or kept
+training as it is (``continue``). Either way the task head is new and is trained in full, as is
+any module the base checkpoint did not have (e.g. BERT's pooler after masked-LM pretraining).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, set_seed
+
+from .. import metrics as M
+from ..config.base import ConfigError, to_dict
+from ..config.finetune import ADAPTER_FILE, FinetuneConfig
+from ..tasks import TASKS
+from ..tasks.base import DataError, Example, ReadReport
+from ..tasks.labeled_io import stratified_split, stratified_subsample
+from ..train.loop import CHECKPOINT_DIR, is_main_process, run_training
+from ..train.outputs import prepare_output_dir, read_json, read_meta, update_metrics, write_meta, write_recipe
+
+
+def log(msg: str) -> None:
+    if is_main_process():
+        print(f"[lmadapt] {msg}", flush=True)
+
+
+# --- where the model comes from ----------------------------------------------------------------
+
+@dataclass
+class ModelSource:
+    base: str               # folder or hub id holding full weights
+    adapter: str | None     # LoRA folder to apply on top of `base`
+    tokenizer: str          # folder or hub id of the tokenizer
+
+
+def _has_tokenizer(folder: str | Path) -> bool:
+    return any((Path(folder) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
+
+
+def base_of_adapter(folder: str | Path) -> str:
+    """The base model under a LoRA folder: our meta (``lora_base``, else ``parent``), else peft's
+    ``base_model_name_or_path``; the first one that exists locally wins."""
+    meta = read_meta(folder)
+    peft_cfg = read_json(Path(folder) / ADAPTER_FILE, default={}) or {}
+    candidates = [c for c in (meta.get("lora_base"), meta.get("parent"), peft_cfg.get("base_model_name_or_path")) if c]
+    if not candidates:
+        raise ConfigError(f"{folder}: a LoRA adapter without a known base model (no parent in {folder}/lmadapt_meta.json "
+                          f"and no base_model_name_or_path in {ADAPTER_FILE}); give the base as model.path and "
+                          "this folder as model.adapter")
+    return next((c for c in candidates if Path(c).is_dir()), candidates[0])
+
+
+def resolve_source(cfg: FinetuneConfig) -> ModelSource:
+    m = cfg.model
+    path_is_adapter = (Path(m.path) / ADAPTER_FILE).is_file()
+    if path_is_adapter and m.adapter:
+        raise ConfigError(f"model.path: {m.path} is itself a LoRA adapter folder; give its base as model.path "
+                          "or drop model.adapter")
+    adapter = m.adapter or (m.path if path_is_adapter else None)
+    base = base_of_adapter(adapter) if path_is_adapter else m.path
+    tokenizer = m.tokenizer or (adapter if adapter and _has_tokenizer(adapter) else base)
+    return ModelSource(base=base, adapter=adapter, tokenizer=tokenizer)
+
+
+def load_tokenizer(path: str, cfg: FinetuneConfig):
+    try:
+        from ..models.load import load_tokenizer as shared
+    except ImportError:
+        shared = None
+    if shared is not None:
+        return shared(path)
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+
+
+def align_pad_token(tokenizer, model) -> None:
+    """Give the tokenizer a pad token (decoder tokenizers often lack one: EOS, else UNK, per the
+    registry) and copy its id into the model config: sequence heads of decoders pool the last
+    token that is not padding, so the two must agree. Saved with the output folder."""
+    if tokenizer.pad_token is None:
+        try:
+            from ..models.registry import PAD_TOKEN_FALLBACKS
+        except ImportError:
+            PAD_TOKEN_FALLBACKS = ("eos_token", "unk_token")
+        for attr in PAD_TOKEN_FALLBACKS:
+            if getattr(tokenizer, attr, None) is not None:
+                tokenizer.pad_token = getattr(tokenizer, attr)
+                break
+        else:
+            raise ConfigError("the tokenizer has no pad, eos or unk token to pad batches with")
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+def read_splits(task, cfg: FinetuneConfig) -> tuple[dict[str, list[Example]], dict[str, ReadReport], dict]:
+    """train/dev/test examples, a ReadReport per file, and the label space.
+
+    Missing dev/test sets are split off train (stratified, ``data.split_seed``). The label space
+    comes from all training examples, before the ``max_examples`` subsample, so every arm of a
+    label-budget curve has the same head; dev/test labels unseen in train are an error."""
+    d = cfg.data
+    reports = {"train": ReadReport()}
+    train = task.read(d.train, cfg, split="train", report=reports["train"])
+    space = task.label_space(train, cfg)
+    key = task.stratify_key(space) if hasattr(task, "stratify_key") else (lambda ex: None)
+    splits: dict[str, list[Example]] = {}
+    carve = {name: frac for name, frac in (("dev", d.dev_fraction), ("test", d.test_fraction))
+             if getattr(d, name) is None and frac > 0}
+    if carve:
+        parts = stratified_split(train, key, list(carve.values()), seed=d.split_seed)
+        train = parts[0]
+        for (name, _), part in zip(carve.items(), parts[1:]):
+            splits[name] = part
+            reports[name] = ReadReport(examples=len(part))
+        log(f"split off train ({d.train}): " + ", ".join(f"{n} {len(splits[n])}" for n in carve))
+    for name in ("dev", "test"):
+        path = getattr(d, name)
+        if path is not None:
+            reports[name] = ReadReport()
+            splits[name] = task.read(path, cfg, split=name, report=reports[name])
+    for name in ("dev", "test"):
+        if name in splits:
+            task.check_split(splits[name], space, name)
+    if d.max_examples is not None and d.max_examples < len(train):
+        seed = d.subset_seed if d.subset_seed is not None else cfg.train.seed
+        before = len(train)
+        train = stratified_subsample(train, d.max_examples, key, seed=seed)
+        log(f"label budget: {len(train)} of {before} training examples (stratified, seed {seed})")
+    splits["train"] = train
+    return {k: splits[k] for k in ("train", "dev", "test") if k in splits}, reports, space
+
+
+# --- model: head, adapters ----------------------------------------------------------------------
+
+def checkpoint_keys(folder: str | Path) -> set[str] | None:
+    """Parameter names stored in a local model folder (safetensors headers only), else None."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return set(json.loads(index.read_text())["weight_map"])
+    files = sorted(folder.glob("*.safetensors"))
+    files = [f for f in files if not f.name.startswith("adapter_")]
+    if not files:
+        return None
+    from safetensors import safe_open
+    keys: set[str] = set()
+    for f in files:
+        with safe_open(str(f), framework="pt") as fh:
+            keys.update(fh.keys())
+    return keys
+
+
+def new_modules(model, base: str) -> list[str]:
+    """Modules whose weights the base checkpoint does not have (the new head, BERT's pooler after
+    masked-LM pretraining, ...): they are trained in full next to LoRA. Without a local
+    checkpoint to compare with, the registry's head names decide."""
+    keys = checkpoint_keys(base) if Path(base).is_dir() else None
+    prefix = getattr(model, "base_model_prefix", "")
+    found: list[str] = []
+    for name, _ in model.named_parameters():
+        if keys is not None:
+            alt = {name, name[len(prefix) + 1:] if name.startswith(prefix + ".") else f"{prefix}.{name}"}
+            if alt & keys:
+                continue
+        else:
+            from ..models.registry import HEAD_MODULE_PREFIXES
+            if name.split(".", 1)[0] not in HEAD_MODULE_PREFIXES:
+                continue
+        module = name.rsplit(".", 1)[0]
+        if module not in found:
+            found.append(module)
+    return found
+
+
+def _lora_target_names(model, targets: list[str] | str | None, exclude: list[str]) -> list[str] | str:
+    """Full names of the modules to adapt: leaf ``targets`` (default: the registry's), minus new modules."""
+    if isinstance(targets, str):
+        return targets                                   # a regex: the user decides
+    if not targets:
+        from ..models.registry import lora_targets
+        targets = lora_targets(model)
+    leaves = set(targets)
+    names = [n for n, _ in model.named_modules()
+             if n and (n in leaves or n.rsplit(".", 1)[-1] in leaves)
+             and not any(n == e or n.startswith(e + ".") for e in exclude)]
+    if not names:
+        raise ConfigError(f"lora.target_modules: none of {sorted(leaves)} found in the model")
+    return names
+
+
+def attach_adapters(model, task, src: ModelSource, cfg: FinetuneConfig):
+    """stack: merge the given adapter into the weights; continue: keep training it; then a fresh LoRA
+    if asked. New modules (the head) are trained in full (``modules_to_save``)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import PeftConfig, PeftModel, get_peft_model
+
+    fresh = new_modules(model, src.base)
+    task_type = getattr(task, "peft_task_type", None)
+    if src.adapter and cfg.model.adapter_mode == "stack":
+        pc = PeftConfig.from_pretrained(src.adapter)
+        pc.task_type, pc.modules_to_save, pc.inference_mode = None, None, True
+        pc.target_modules = _lora_target_names(model, sorted(pc.target_modules) if isinstance(pc.target_modules, (set, list))
+                                               else pc.target_modules, fresh)
+        model = PeftModel.from_pretrained(model, src.adapter, config=pc).merge_and_unload()
+        log(f"merged adapter {src.adapter} into {src.base}")
+    elif src.adapter:
+        pc = PeftConfig.from_pretrained(src.adapter)
+        present = {n for n, _ in model.named_modules()}
+        keep = [m for m in (pc.modules_to_save or []) if any(n == m or n.endswith("." + m) for n in present)]
+        pc.modules_to_save = keep + [m for m in fresh if m not in keep]
+        pc.target_modules = _lora_target_names(model, sorted(pc.target_modules) if isinstance(pc.target_modules, (set, list))
+                                               else pc.target_modules, fresh)
+        pc.task_type, pc.inference_mode = task_type, False
+        model = PeftModel.from_pretrained(model, src.adapter, config=pc, is_trainable=True)
+        log(f"continuing adapter {src.adapter} (r={pc.r}); trained in full: {', '.join(pc.modules_to_save)}")
+        return model
+    if cfg.lora.enabled:
+        lc = cfg.lora
+        extra = []
+        if lc.train_embeddings:
+            emb = model.get_input_embeddings()
+            extra = [n for n, mod in model.named_modules() if mod is emb]
+        pc = PeftLoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, task_type=task_type,
+                            target_modules=_lora_target_names(model, lc.target_modules, fresh),
+                            modules_to_save=fresh + extra)
+        model = get_peft_model(model, pc)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log(f"LoRA r={lc.r}: {trainable:,} trainable parameters; trained in full: {', '.join(fresh + extra) or 'none'}")
+    return model
+
+
+# --- training -----------------------------------------------------------------------------------
+
+class FinetuneTrainer(Trainer):
+    """The Trainer with one change: the training sampler (class-balanced, or length-grouped)."""
+
+    def __init__(self, *args, sample_weights=None, group_by_length: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sample_weights, self.group_by_length = sample_weights, group_by_length
+
+    def _get_train_sampler(self, train_dataset=None):
+        from torch.utils.data import WeightedRandomSampler
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        gen = torch.Generator().manual_seed(self.args.seed)
+        if self.sample_weights is not None:
+            return WeightedRandomSampler(self.sample_weights, num_samples=len(ds), replacement=True, generator=gen)
+        if self.group_by_length and "length" in getattr(ds, "column_names", []):
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=list(ds["length"]), generator=gen)
+        return super()._get_train_sampler(train_dataset)
+
+
+class TaskEvalCallback(TrainerCallback):
+    """For tasks without Trainer-side metrics: scores dev with ``task.evaluate`` at each evaluation
+    and adds the scalars (``eval_dev_<name>``) before the Trainer picks the best checkpoint."""
+
+    def __init__(self, task, tokenizer, examples, space, cfg):
+        self.args = (task, tokenizer, examples, space, cfg)
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        task, tokenizer, examples, space, cfg = self.args
+        if metrics is not None and model is not None and any(k.startswith("eval_dev_") for k in metrics):
+            scores = M.scalars(task.evaluate(model, tokenizer, examples, space, cfg))
+            metrics.update({f"eval_dev_{k}": v for k, v in scores.items()})
+
+
+def select_metric(task, cfg: FinetuneConfig) -> tuple[str, bool]:
+    name = cfg.train.metric
+    if name == "auto":
+        name = task.default_metric(cfg) if hasattr(task, "default_metric") else "loss"
+    return name, M.GREATER_IS_BETTER.get(name, True)
+
+
+# --- saving -------------------------------------------------------------------------------------
+
+def save_output(model, tokenizer, out: Path, *, keep_adapter: bool) -> bool:
+    """Full model (LoRA merged) or, with ``keep_adapter``, the adapter plus the config (label maps,
+    head class) needed to rebuild it on its base. Returns whether an adapter folder was written."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        if keep_adapter:
+            model.save_pretrained(str(out))
+            model.get_base_model().config.save_pretrained(str(out))
+            tokenizer.save_pretrained(str(out))
+            return True
+        model = model.merge_and_unload()
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return False
+
+
+def _report(reports: dict[str, ReadReport]) -> dict:
+    return {name: asdict(r) for name, r in reports.items()}
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+def run_finetune(cfg: FinetuneConfig, recipe_dict: dict | None = None) -> dict:
+    """Fine-tune one model on one task; returns the metrics written to metrics.json."""
+    t_start = time.time()
+    task = TASKS[cfg.task.type]
+    out = prepare_output_dir(cfg.train.output_dir, resume=cfg.train.resume, overwrite=cfg.train.overwrite)
+    set_seed(cfg.train.seed)
+
+    # --- setup: data -------------------------------------------------------------------------
+    splits, reports, space = read_splits(task, cfg)
+    train, dev, test = splits["train"], splits.get("dev"), splits.get("test")
+    log(f"task {task.name}: train {len(train)}, dev {len(dev or [])}, test {len(test or [])} examples"
+        + (f"; {len(space['labels'])} labels" if space.get("labels") else ""))
+    for name, rep in reports.items():
+        if rep.skipped:
+            log(f"{name}: skipped {rep.skipped} bad records {rep.skip_reasons}; first: {rep.first_skips[:3]}")
+
+    # --- setup: model ------------------------------------------------------------------------
+    src = resolve_source(cfg)
+    tokenizer = load_tokenizer(src.tokenizer, cfg)
+    model = task.load_model(src.base, space, cfg)
+    align_pad_token(tokenizer, model)
+    model = attach_adapters(model, task, src, cfg)
+    if cfg.train.gradient_checkpointing:
+        model.config.use_cache = False
+
+    train_ds = task.encode(train, tokenizer, space, cfg, reports["train"])
+    dev_ds = task.encode(dev, tokenizer, space, cfg, reports["dev"]) if dev else None
+    for name in ("train", "dev"):
+        if reports.get(name) and reports[name].truncated:
+            log(f"{name}: {reports[name].truncated} examples cut to model.max_length={cfg.model.max_length}")
+    collator = task.collator(tokenizer, cfg)
+    if is_main_process():
+        write_recipe(out, recipe_dict if recipe_dict is not None else to_dict(cfg))
+
+    # --- train -------------------------------------------------------------------------------
+    metric, greater = select_metric(task, cfg)
+    trainer_kwargs: dict = {"group_by_length": cfg.train.group_by_length}
+    callbacks: list = []
+    if cfg.data.class_weights == "balanced":
+        weights = task.class_weights(train, space)
+        trainer_kwargs["compute_loss_func"] = task.loss_function(space, weights)
+        log("class weights: " + ", ".join(f"{lab} {w:.3f}" for lab, w in zip(space["labels"], weights.tolist())))
+    if cfg.data.balanced_sampling:
+        trainer_kwargs["sample_weights"] = task.sample_weights(train, space)
+    compute_metrics = task.compute_metrics(space, cfg) if hasattr(task, "compute_metrics") else None
+    if dev_ds is not None:
+        if compute_metrics is None and metric != "loss":
+            callbacks.append(TaskEvalCallback(task, tokenizer, dev, space, cfg))
+        if cfg.train.early_stopping_patience:
+            callbacks.append(EarlyStoppingCallback(cfg.train.early_stopping_patience, cfg.train.early_stopping_threshold))
+    t_train = time.time()
+    outcome = run_training(
+        model, tokenizer, train_ds, collator, cfg.train,
+        eval_datasets={"dev": dev_ds} if dev_ds is not None else None,
+        compute_metrics=compute_metrics if dev_ds is not None else None,
+        metric_for_best_model=f"dev_{metric}" if dev_ds is not None else None,
+        greater_is_better=greater, eval_each_epoch=dev_ds is not None,
+        callbacks=callbacks, trainer_cls=FinetuneTrainer, trainer_kwargs=trainer_kwargs)
+    train_seconds = time.time() - t_train
+    model = outcome.trainer.model
+    state = outcome.trainer.state
+
+    # --- evaluate ----------------------------------------------------------------------------
+    results: dict = {}
+    for name, examples in (("dev", dev), ("test", test)):
+        if examples:
+            results[name] = task.evaluate(model, tokenizer, examples, space, cfg)
+            log(f"{name} metrics:\n" + M.format_metrics(results[name], title=name))
+    epochs_run = [round(e["epoch"], 3) for e in state.log_history if f"eval_dev_{metric}" in e]
+    metrics = {
+        "stage": "finetune",
+        "task": task.name,
+        "problem": cfg.task.problem if task.name == "classification" else None,
+        "selection": {"metric": metric, "greater_is_better": greater, "best_value": state.best_metric,
+                      "best_checkpoint": Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None,
+                      "evaluated_epochs": epochs_run},
+        **results,
+        "labels": space.get("labels"),
+        "data": {"examples": {k: len(v) for k, v in splits.items()}, "max_examples": cfg.data.max_examples,
+                 "reports": _report(reports)},
+        "train": {"steps": outcome.global_step, "epochs": state.epoch, "train_loss": outcome.train_loss,
+                  "train_seconds": round(train_seconds, 2), "wall_seconds": round(time.time() - t_start, 2),
+                  "resumed_from": outcome.resumed_from,
+                  "stopped_early": bool(cfg.train.early_stopping_patience) and state.epoch is not None
+                  and state.epoch < cfg.train.epochs - 1e-6 and cfg.train.max_steps is None},
+    }
+
+    # --- save --------------------------------------------------------------------------------
+    if is_main_process():
+        merged_base_only_in_memory = bool(src.adapter) and cfg.model.adapter_mode == "stack"
+        keep_adapter = not cfg.lora.merge and not merged_base_only_in_memory
+        is_adapter = save_output(model, tokenizer, out, keep_adapter=keep_adapter)
+        write_meta(out, stage="finetune", task=task.name, problem=metrics["problem"],
+                   model_type=getattr(model.config, "model_type", None), parent=cfg.model.path,
+                   adapter=src.adapter, adapter_mode=cfg.model.adapter_mode if src.adapter else None,
+                   lora=is_adapter, lora_base=src.base if is_adapter else None,
+                   labels=space.get("labels"), metric=metric)
+        update_metrics(out, _json_safe(metrics))
+        if not cfg.train.keep_checkpoints:
+            shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+        log(f"saved {out}")
+    return metrics
+
+
+def _json_safe(x):
+    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+__all__ = ["run_finetune", "resolve_source", "read_splits", "attach_adapters", "save_output", "ModelSource",
+           "DataError"]

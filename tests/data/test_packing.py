@@ -1,0 +1,263 @@
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import CORPUS, tiny_bpe_tokenizer, tiny_wordpiece_tokenizer
+
+from lmadapt.data import packing
+from lmadapt.data.packing import (
+    TokenizedDocs, build_blocks, cache_key, pack_blocks, resolve_pad_id, token_arrays, tokenize_documents)
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return tiny_bpe_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def wordpiece():
+    return tiny_wordpiece_tokenizer()
+
+
+def col(ds, name):
+    """A whole column as a [blocks, L] numpy array."""
+    return np.asarray(ds[:][name])
+
+
+def reference_pack(docs, L, pad_id, mode):
+    """Straightforward loop implementation of the packing contract, to compare against."""
+    ids, pos, labels, pad = [], [], [], []
+    for doc in docs:
+        for k, t in enumerate(doc):
+            first_in_block = len(ids) % L == 0
+            if mode == "document":
+                p = 0 if (k == 0 or first_in_block) else pos[-1] + 1
+            else:
+                p = len(ids) % L
+            ids.append(t), pos.append(p), pad.append(0)
+            labels.append(-100 if mode == "document" and p == 0 else t)
+    k = 0
+    while len(ids) % L:
+        ids.append(pad_id), pad.append(1), labels.append(-100)
+        pos.append(k if mode == "document" else len(ids) % L - 1 if len(ids) % L else L - 1)
+        k += 1
+    arr = lambda x: np.array(x).reshape(-1, L)  # noqa: E731
+    return arr(ids), arr(pos), arr(labels), arr(pad)
+
+
+@pytest.mark.parametrize("mode", ["document", "concat"])
+def test_packing_drops_nothing_and_matches_reference(mode):
+    rng = np.random.default_rng(0)
+    L = 16
+    # a short doc, a doc longer than two blocks, one exactly a block, single tokens, a final partial block
+    lengths = [5, 2 * L + 7, L, 1, 1, 3, 9]
+    docs = [list(rng.integers(2, 300, n)) for n in lengths]
+    ds, acct = pack_blocks(docs, block_size=L, pad_id=1, mode=mode)
+    ids, pos, labels, pad = reference_pack(docs, L, 1, mode)
+    np.testing.assert_array_equal(col(ds, "input_ids"), ids)
+    np.testing.assert_array_equal(col(ds, "position_ids"), pos)
+    np.testing.assert_array_equal(col(ds, "labels"), labels)
+    np.testing.assert_array_equal(col(ds, "is_padding"), pad)
+    # the non-pad tokens, in order, are exactly the concatenated documents
+    flat, is_pad = col(ds, "input_ids").reshape(-1), col(ds, "is_padding").reshape(-1).astype(bool)
+    np.testing.assert_array_equal(flat[~is_pad], np.concatenate(docs))
+    assert not is_pad[: sum(lengths)].any() and is_pad[sum(lengths):].all()
+    n = sum(lengths)
+    assert acct.tokens == n and acct.documents == len(docs) and acct.tokens_dropped == 0
+    assert acct.blocks == len(ds) == -(-n // L) and acct.block_size == L
+    assert acct.blocks * L == n + acct.padding_tokens
+    assert acct.non_pad_fraction == pytest.approx(n / (acct.blocks * L))
+    assert acct.mode == mode
+    json.dumps(asdict(acct))
+    assert "tokens dropped" in acct.table() and f"{n:,}" in acct.table()
+
+
+def test_document_positions_labels_padding():
+    L = 8
+    docs = [[10, 11, 12, 0], [20, 21, 0], [30, 31, 32, 33, 34, 35, 36, 37, 38, 0], [40, 0]]
+    ds, _ = pack_blocks(docs, block_size=L, pad_id=1, mode="document")
+    assert col(ds, "position_ids").tolist() == [[0, 1, 2, 3, 0, 1, 2, 0],
+                                           [0, 1, 2, 3, 4, 5, 6, 7],  # continued document restarts at 0
+                                           [0, 0, 1, 0, 1, 2, 3, 4]]  # its EOS, [40, 0], then padding
+    assert col(ds, "labels").tolist() == [[-100, 11, 12, 0, -100, 21, 0, -100],  # documents' first tokens: -100
+                                     [-100, 32, 33, 34, 35, 36, 37, 38],
+                                     [-100, -100, 0] + [-100] * 5]  # padding: -100
+    assert col(ds, "is_padding").tolist()[2] == [0, 0, 0, 1, 1, 1, 1, 1]
+    assert (col(ds, "input_ids")[2][3:] == 1).all()
+
+
+def test_exact_fit_has_no_padding_block():
+    ds, acct = pack_blocks([[5] * 8, [6] * 8], block_size=8, pad_id=1, mode="document")
+    assert acct.blocks == 2 and acct.padding_tokens == 0 and not col(ds, "is_padding").any()
+    ds, acct = pack_blocks([], block_size=8, pad_id=1, mode="concat")
+    assert acct.blocks == 0 and acct.tokens == 0 and len(ds) == 0
+
+
+def test_pack_is_fast_enough():
+    import time
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 400, 5000)
+    docs = TokenizedDocs(rng.integers(0, 1000, lengths.sum()).astype(np.int32),
+                         np.concatenate([[0], np.cumsum(lengths)]))
+    t = time.perf_counter()
+    ds, acct = pack_blocks(docs, block_size=128, pad_id=1, mode="document")
+    assert time.perf_counter() - t < 5  # ~1M tokens; 10M take ~1-2 s
+    assert acct.tokens == lengths.sum() and acct.tokens_dropped == 0
+
+
+def test_causal_tokenization_appends_eos_without_special_tokens(bpe, tmp_path):
+    texts = ["Hello world.", "", "The court held that the contract was unenforceable."]
+    docs = tokenize_documents(texts, bpe, separator="eos", cache_dir=tmp_path)
+    assert len(docs) == 3
+    for text, doc in zip(texts, docs):
+        assert doc["input_ids"] == bpe(text, add_special_tokens=False)["input_ids"] + [bpe.eos_token_id]
+    assert docs[1]["input_ids"] == [bpe.eos_token_id]
+
+
+def test_masked_tokenization_wraps_cls_sep_and_word_starts(wordpiece, tmp_path):
+    docs = tokenize_documents(["Tokenizers split prefixes", "unbelievable dialysis!"], wordpiece,
+                              separator="sep", cache_dir=tmp_path, with_word_starts=True)
+    for doc in docs:
+        toks = wordpiece.convert_ids_to_tokens(doc["input_ids"])
+        assert toks[0] == "[CLS]" and toks[-1] == "[SEP]" and "[CLS]" not in toks[1:-1]
+        assert any(t.startswith("##") for t in toks)  # the test needs multi-piece words
+        assert doc["word_starts"] == [0 if t.startswith("##") else 1 for t in toks]
+
+
+def test_bpe_word_starts(bpe, tmp_path):
+    (doc,) = tokenize_documents(["Photosynthesis converts energy"], bpe, cache_dir=tmp_path, with_word_starts=True)
+    toks = bpe.convert_ids_to_tokens(doc["input_ids"])
+    expected = [1 if (i == 0 or t.startswith("Ġ") or t == "<|endoftext|>") else 0 for i, t in enumerate(toks)]
+    assert doc["word_starts"] == expected and sum(expected) == 4
+
+
+def test_missing_separator_raises(bpe, wordpiece, tmp_path):
+    with pytest.raises(ValueError, match="SEP"):
+        tokenize_documents(["x"], bpe, separator="sep", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="EOS"):
+        tokenize_documents(["x"], wordpiece, separator="eos", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="separator"):
+        tokenize_documents(["x"], bpe, separator="newline", cache_dir=tmp_path)
+
+
+def test_accepts_document_objects(bpe, tmp_path):
+    class Doc:
+        def __init__(self, text):
+            self.text, self.source, self.origin = text, "s", "f:1"
+
+    a = tokenize_documents([Doc("Fresh bread"), "Fresh bread"], bpe, cache_dir=tmp_path)
+    assert a[0] == a[1]
+    with pytest.raises(TypeError, match="document 0"):
+        tokenize_documents([3], bpe, cache_dir=tmp_path)
+
+
+def test_cache_hit_skips_tokenization(bpe, tmp_path, monkeypatch):
+    texts = CORPUS[:20]
+    first = tokenize_documents(texts, bpe, cache_dir=tmp_path, with_word_starts=True)
+    assert not first.cache_hit and Path(first.cache_path).is_dir()
+    assert sorted(os.listdir(tmp_path)) == [Path(first.cache_path).name]  # no temp folders left behind
+
+    def boom(*a, **k):
+        raise AssertionError("tokenized again despite the cache")
+
+    monkeypatch.setattr(packing, "_encode", boom)
+    second = tokenize_documents(texts, bpe, cache_dir=tmp_path, with_word_starts=True)
+    assert second.cache_hit and second.cache_path == first.cache_path
+    assert second[:] == first[:]
+    with pytest.raises(AssertionError, match="tokenized again"):  # other settings: a miss
+        tokenize_documents(texts, bpe, cache_dir=tmp_path, with_word_starts=False)
+
+
+def test_default_cache_dir_from_env(bpe, tmp_path, monkeypatch):
+    monkeypatch.setenv("LMADAPT_CACHE", str(tmp_path / "c"))
+    docs = tokenize_documents(["abc"], bpe)
+    assert Path(docs.cache_path).parent == tmp_path / "c"
+
+
+def test_cache_key_changes_with_inputs(bpe, wordpiece):
+    texts = ["a b", "c"]
+    key = cache_key(texts, bpe, separator="eos", with_word_starts=False)
+    assert key == cache_key(list(texts), tiny_bpe_tokenizer(), separator="eos", with_word_starts=False)
+    others = {
+        cache_key(["a b", "c "], bpe, separator="eos", with_word_starts=False),
+        cache_key(["a", "b c"], bpe, separator="eos", with_word_starts=False),  # same characters, other split
+        cache_key(texts, bpe, separator="eos", with_word_starts=True),
+        cache_key(texts, tiny_bpe_tokenizer(vocab_size=380), separator="eos", with_word_starts=False),
+        cache_key(texts, wordpiece, separator="sep", with_word_starts=False),
+    }
+    assert key not in others and len(others) == 5
+    changed = tiny_bpe_tokenizer()
+    changed.eos_token = "<pad>"  # same vocabulary, other special token
+    assert cache_key(texts, changed, separator="eos", with_word_starts=False) != key
+
+
+def test_truncation_setting_does_not_cut_documents(tmp_path):
+    tok = tiny_bpe_tokenizer()
+    tok.backend_tokenizer.enable_truncation(4)
+    (doc,) = tokenize_documents([CORPUS[4]], tok, cache=False)
+    assert len(doc["input_ids"]) > 5
+
+
+def test_num_proc_matches_single_process(bpe, monkeypatch):
+    monkeypatch.setattr(packing, "_CHUNK", 4)
+    texts = CORPUS * 2
+    one = token_arrays(tokenize_documents(texts, bpe, cache=False, with_word_starts=True))
+    two = token_arrays(tokenize_documents(texts, bpe, cache=False, with_word_starts=True, num_proc=2))
+    np.testing.assert_array_equal(one.ids, two.ids)
+    np.testing.assert_array_equal(one.offsets, two.offsets)
+    np.testing.assert_array_equal(one.word_starts, two.word_starts)
+
+
+@pytest.mark.parametrize("objective", ["causal", "masked"])
+def test_build_blocks_end_to_end(objective, bpe, wordpiece, tmp_path):
+    tok = bpe if objective == "causal" else wordpiece
+    texts = CORPUS[:12] + [" ".join(CORPUS)]  # the last document spans several blocks
+    ds, acct = build_blocks(texts, tok, block_size=32, mode="document", objective=objective,
+                            cache_dir=tmp_path, seed=None)
+    docs = tokenize_documents(texts, tok, separator="eos" if objective == "causal" else "sep",
+                              cache_dir=tmp_path, with_word_starts=objective == "masked")
+    assert docs.cache_hit
+    arrays = token_arrays(docs)
+    flat = col(ds, "input_ids").reshape(-1)[~col(ds, "is_padding").reshape(-1).astype(bool)]
+    np.testing.assert_array_equal(flat, arrays.ids)
+    assert acct.tokens == arrays.num_tokens and acct.tokens_dropped == 0 and acct.documents == len(texts)
+    assert ("word_starts" in ds.column_names) == (objective == "masked")
+    assert col(ds, "input_ids")[-1][-1] == resolve_pad_id(tok, objective)
+    shuffled, acct2 = build_blocks(texts, tok, block_size=32, mode="document", objective=objective,
+                                   cache_dir=tmp_path, seed=1)
+    assert acct2 == acct
+    assert sorted(col(shuffled, "input_ids").reshape(-1).tolist()) == sorted(col(ds, "input_ids").reshape(-1).tolist())
+
+
+def test_pad_id_falls_back_to_eos_for_causal(bpe):
+    tok = tiny_bpe_tokenizer()
+    tok.pad_token = None
+    assert resolve_pad_id(tok, "causal") == tok.eos_token_id
+    with pytest.raises(ValueError, match="PAD"):
+        resolve_pad_id(tok, "masked")
+
+
+def test_tokenized_dataset_select_and_concatenate(bpe, wordpiece, tmp_path):
+    """The stages subsample/repeat sources with select() and join them with concatenate_datasets."""
+    from datasets import concatenate_datasets
+
+    a = tokenize_documents(CORPUS[:5], wordpiece, separator="sep", cache_dir=tmp_path, with_word_starts=True)
+    b = tokenize_documents(CORPUS[5:9], wordpiece, separator="sep", cache_dir=tmp_path, with_word_starts=True)
+    assert a.column_names == ["input_ids", "word_starts"] and len(a) == 5
+    mixed = concatenate_datasets([a.select([4, 0, 0]), b.select([3])])
+    expected = [a[4], a[0], a[0], b[3]]
+    arrays = token_arrays(mixed)
+    assert arrays.offsets.tolist() == np.cumsum([0] + [len(r["input_ids"]) for r in expected]).tolist()
+    assert arrays.ids.tolist() == [t for r in expected for t in r["input_ids"]]
+    assert arrays.word_starts.tolist() == [t for r in expected for t in r["word_starts"]]
+    ds, acct = pack_blocks(mixed, block_size=16, pad_id=wordpiece.pad_token_id, mode="document")
+    assert acct.tokens == len(arrays.ids) and acct.documents == 4 and acct.tokens_dropped == 0
+    # an empty selection and plain lists work too
+    assert pack_blocks(a.select([]), block_size=16, pad_id=0, mode="concat")[1].blocks == 0
+    assert pack_blocks([r["input_ids"] for r in expected], block_size=16, pad_id=0)[1] == \
+        pack_blocks(expected, block_size=16, pad_id=0)[1]

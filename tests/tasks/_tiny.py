@@ -1,0 +1,75 @@
+"""Shared fixtures of the span/instruction task tests: recipes, JSONL files, saved tiny models."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from lmadapt.config.base import from_dict
+from lmadapt.config.finetune import FinetuneConfig
+from lmadapt.config.train import TrainConfig
+
+# Words that are whole tokens (or few pieces) in the helpers' tiny tokenizers.
+FILLER = ["the", "court", "held", "that", "contract", "was", "patient", "bank", "rates", "energy",
+          "light", "time", "over", "with", "and", "for", "model", "data", "text", "new"]
+NAMES = ["fox", "dog", "moon", "cell", "bread", "river", "galaxy", "server"]
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def recipe(tmp: Path, task: str, *, train: Path | None = None, sections: dict | None = None,
+           data: dict | None = None, train_cfg: dict | None = None) -> FinetuneConfig:
+    """A FinetuneConfig (not validated: paths need not exist) for ``task``."""
+    raw = {"model": {"path": str(tmp / "model")},
+           "data": {"train": str(train or tmp / "train.jsonl"), **(data or {})},
+           "task": {"type": task},
+           "train": {"output_dir": str(tmp / "out"), "report_to": [], "eval_batch_size": 16, **(train_cfg or {})}}
+    raw.update(sections or {})
+    return from_dict(FinetuneConfig, raw)
+
+
+def train_config(tmp: Path, **kw) -> TrainConfig:
+    base = dict(output_dir=str(tmp / "run"), report_to=[], log_every=5, warmup_ratio=0.0, scheduler="constant",
+                weight_decay=0.0, save_every=None, torch_threads=2, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def loss_curve(outcome) -> list[float]:
+    return [h["loss"] for h in outcome.log_history if "loss" in h]
+
+
+def marker_sentence(rng: random.Random, marker: str = "court", n: int = 6) -> tuple[str, tuple[int, int]]:
+    """Filler words with ``marker NAME`` at a random place; returns the text and NAME's char span."""
+    words = [rng.choice([w for w in FILLER if w != marker]) for _ in range(n)]
+    pos = rng.randrange(n + 1)
+    name = rng.choice(NAMES)
+    words[pos:pos] = [marker, name]
+    text = " ".join(words)
+    start = len(" ".join(words[:pos + 1])) + 1
+    return text, (start, start + len(name))
+
+
+def train(model, tokenizer, dataset, collator, tmp: Path, *, steps: int, lr: float, batch_size: int = 16):
+    """A short transformers.Trainer run on CPU; returns the logged training losses."""
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp / "trainer"), max_steps=steps, per_device_train_batch_size=batch_size,
+                             learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+                             logging_steps=5, save_strategy="no", report_to="none", use_cpu=True, seed=0,
+                             data_seed=0, remove_unused_columns=False, disable_tqdm=True, dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                      processing_class=tokenizer)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)            # tiny models: one thread is faster than two contended ones
+    try:
+        trainer.train()
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
