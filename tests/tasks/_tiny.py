@@ -5,6 +5,7 @@ import json
 import random
 from pathlib import Path
 
+import pytest
 import torch
 
 from lmadapt.config.base import from_dict
@@ -15,6 +16,15 @@ from lmadapt.config.train import TrainConfig
 FILLER = ["the", "court", "held", "that", "contract", "was", "patient", "bank", "rates", "energy",
           "light", "time", "over", "with", "and", "for", "model", "data", "text", "new"]
 NAMES = ["fox", "dog", "moon", "cell", "bread", "river", "galaxy", "server"]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread than on two contended ones; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def write_jsonl(path: Path, rows) -> Path:
@@ -65,11 +75,6 @@ def train(model, tokenizer, dataset, collator, tmp: Path, *, steps: int, lr: flo
                              data_seed=0, remove_unused_columns=False, disable_tqdm=True, dataloader_num_workers=0)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                       processing_class=tokenizer)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)            # tiny models: one thread is faster than two contended ones
-    try:
-        trainer.train()
-    finally:
-        torch.set_num_threads(threads)
+    trainer.train()
     model.eval()
     return [h["loss"] for h in trainer.state.log_history if "loss" in h]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _tiny import marker_sentence, recipe, train, write_jsonl  # noqa: E402
+from _tiny import one_thread, marker_sentence, recipe, train, write_jsonl  # noqa: E402
 from helpers import tiny_bert, tiny_bpe_tokenizer, tiny_llama, tiny_wordpiece_tokenizer  # noqa: E402
 
 from lmadapt.tasks import TASKS  # noqa: E402
@@ -19,6 +19,7 @@ from lmadapt.tasks.extraction import (  # noqa: E402
     token_tags_to_spans)
 from lmadapt.tasks.span_metrics import span_scores  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 TASK = TASKS["extraction"]
 TEXT = "Patients in Boston with  chronic kidney disease saw Dr. Smith-Jones, 12% improved."
 SPANS = [(12, 18, "LOC"), (25, 47, "DIS"), (52, 67, "PER"), (69, 72, "NUM")]

@@ -67,6 +67,8 @@ def vocabulary_overlap(domain: Counter, reference: Counter, k: int = 10_000, min
     kd = sum(1 for c in domain.values() if c >= min_count)
     kr = sum(1 for c in reference.values() if c >= min_count)
     k_used = min(k, kd, kr)
+    if k_used == 0:  # no repeated words at all (a tiny sample): use every word
+        k_used = min(k, len(domain), len(reference))
     if k_used == 0:
         return {"overlap": None, "top_k": 0}
     a, b = set(top_words(domain, k_used)), set(top_words(reference, k_used))

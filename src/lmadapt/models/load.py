@@ -130,7 +130,7 @@ def load_tokenizer(path_or_id: str, **hub_kwargs):
     local = _resolve_local(name, "tokenizer")
     try:
         tok = AutoTokenizer.from_pretrained(local or name, **hub_kwargs)
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         if local is None:
             raise _hub_error("tokenizer", name, exc) from exc
         raise ModelLoadError(f"could not load tokenizer from {local}: {exc}") from exc
@@ -383,17 +383,21 @@ def block_diagonal_mask(segments, *, additive: bool = False, dtype=None):
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
-def supports_document_packing(model, objective: str, *, additive_mask: bool = False,
+def supports_document_packing(model, objective: str, *, additive_mask: bool = True,
                               len_a: int = 7, len_b: int = 9) -> bool:
     """Does ``model`` keep packed documents apart? Answered empirically, not from a table.
 
     Two documents A and B are packed into one row the way the collators pass them: causal ->
     ``position_ids`` restarting at 0 per document and ``attention_mask=None`` (transformers then
-    builds a block-diagonal causal mask); masked -> ``position_ids`` restarting and a 4D boolean
-    block-diagonal mask ``[B, 1, L, L]`` (True = attend). It is True iff B's logits equal those of
+    builds a block-diagonal causal mask); masked -> ``position_ids`` restarting and a 4D
+    block-diagonal mask ``[B, 1, L, L]``. It is True iff B's logits equal those of
     B alone and do not change when A changes, while a control run without document boundaries
-    *does* see A (otherwise the probe cannot tell and answers False). ``additive_mask`` probes the
-    0/-inf float form of the 4D mask instead (see :func:`block_diagonal_mask`). ~16 tokens, no_grad, eval
+    *does* see A (otherwise the probe cannot tell and answers False).
+
+    The 4D mask is probed in the form ``data.collators`` sends by default: additive float (0 /
+    finfo.min, in the model's dtype). ``additive_mask=False`` probes the boolean form (True =
+    attend) instead, which BERT's *eager* attention gets wrong (it adds the mask to the scores);
+    see :func:`block_diagonal_mask`. ~16 tokens, no_grad, eval
     mode (the train/eval mode is restored). The forward passes ``use_cache=False``, as training
     must: with a KV cache transformers ignores packed ``position_ids``.
     """

@@ -18,7 +18,7 @@ from typing import Any
 from lmadapt.config.base import ConfigError
 from lmadapt.config.model import LoraConfig
 
-from .registry import is_head_module, is_linear_like, lora_targets
+from .registry import all_linear_targets, is_head_module, is_linear_like, lora_targets
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ def apply_lora(model, lcfg: LoraConfig, objective: str):
     from transformers.pytorch_utils import Conv1D
 
     targets = list(lcfg.target_modules) if lcfg.target_modules else lora_targets(model)
+    if targets == ["all-linear"]:  # peft's shorthand: every Linear/Conv1D except the output layer
+        targets = all_linear_targets(model)
     named = [(n, m) for n, m in model.named_modules() if n]
     leaves = {n.rsplit(".", 1)[-1] for n, _ in named}
     unknown = [t for t in targets if t not in leaves and not any(n.endswith("." + t) or n == t for n, _ in named)]

@@ -43,7 +43,7 @@ def _preset(nominal: int, hidden: int, layers: int, heads: int, max_pos: int, do
 # name -> {"nominal_params": int, "doc": str, "llama"|"gpt2"|"bert": dims}
 PRESETS: dict[str, dict] = {
     "1m": _preset(1_000_000, 128, 5, 4, 512, "smoke tests, seconds per step on CPU"),
-    "tiny": _preset(2_500_000, 192, 6, 4, 512, "~2.5M: CPU experiments on a few MB of text"),
+    "tiny": _preset(2_700_000, 192, 6, 4, 512, "CPU experiments on a few MB of text"),
     "8m": _preset(8_000_000, 256, 10, 4, 1024, "small domain corpora (tens of MB), CPU feasible"),
     "30m": _preset(30_000_000, 512, 10, 8, 2048, "GPU; ~0.5-1B training tokens to be worthwhile"),
     "100m": _preset(100_000_000, 768, 14, 12, 2048, "GPU; GPT-2-small class, billions of tokens"),
@@ -76,8 +76,10 @@ def _config_class(arch: str):
 def preset_dims(size: str, arch: str) -> dict:
     """The dims of preset ``size`` for ``arch`` (a copy)."""
     _config_class(arch)
+    if size not in PRESETS and str(size).lower() in PRESETS:
+        size = str(size).lower()  # "8M" is "8m"
     if size not in PRESETS:
-        near = difflib.get_close_matches(str(size), list(PRESETS), n=1)
+        near = difflib.get_close_matches(str(size), list(PRESETS), n=1, cutoff=0.5)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         raise ConfigError(f"model.size: unknown preset {size!r}{hint}; presets: {', '.join(PRESETS)}")
     return dict(PRESETS[size][arch])
@@ -109,10 +111,7 @@ def scratch_config(arch: str, size: str | None, dims: dict | None, tokenizer) ->
     """
     cls = _config_class(arch)
     dims = dict(dims or {})
-    values: dict[str, Any] = dict(_ARCH_DEFAULTS[arch])
-    if size:
-        values.update(preset_dims(size, arch))
-    elif not dims:
+    if not size and not dims:
         raise ConfigError("model.size: init: scratch needs a size preset or explicit dims")
     valid = _valid_keys(cls, arch)
     for key in dims:
@@ -122,9 +121,19 @@ def scratch_config(arch: str, size: str | None, dims: dict | None, tokenizer) ->
             if key in _NOT_FOR.get(arch, ()):
                 hint = f"; {arch} has no such option"
             raise ConfigError(f"model.dims.{key}: unknown {arch} config key{hint}")
-    values.update(dims)
     if tokenizer is None:
         raise ConfigError("model.tokenizer: init: scratch needs a tokenizer (its vocabulary sizes the model)")
+    # Every key in the arch's own spelling (GPT-2: n_embd, n_layer, n_inner, ...), so that a preset's
+    # generic name and the user's native name for the same option cannot both end up in the config.
+    aliases = {**getattr(cls, "attribute_map", {}), **_KEY_ALIASES.get(arch, {})}
+
+    def canon(key: str) -> str:
+        return aliases.get(key, key)
+
+    values: dict[str, Any] = {canon(k): v for k, v in _ARCH_DEFAULTS[arch].items()}
+    if size:
+        values.update({canon(k): v for k, v in preset_dims(size, arch).items()})
+    values.update({canon(k): v for k, v in dims.items()})
     values["vocab_size"] = len(tokenizer)
     special = _special_ids(tokenizer)
     for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
@@ -132,13 +141,8 @@ def scratch_config(arch: str, size: str | None, dims: dict | None, tokenizer) ->
             values[attr] = special[attr]
     if arch == "bert" and "pad_token_id" not in special:
         raise ConfigError("model.tokenizer: a BERT-style model needs a tokenizer with a pad token ([PAD])")
-    # Translate generic names to the arch's own attribute names.
-    for generic, own in _KEY_ALIASES.get(arch, {}).items():
-        if generic in values:
-            values[own] = values.pop(generic)
-    hidden, heads = values.get("hidden_size", values.get("n_embd")), values.get(
-        "num_attention_heads", values.get("n_head"))
-    if hidden is not None and heads and "head_dim" not in values and hidden % heads:
+    hidden, heads = values.get(canon("hidden_size")), values.get(canon("num_attention_heads"))
+    if hidden and heads and "head_dim" not in values and hidden % heads:
         raise ConfigError(f"model.dims: hidden_size {hidden} is not divisible by num_attention_heads {heads}")
     kv = values.get("num_key_value_heads")
     if kv and heads and heads % kv:
@@ -218,3 +222,21 @@ class _FakeTokenizer:
 
     def __len__(self) -> int:
         return self._n
+
+
+def preset_table(vocab_size: int = 32000) -> str:
+    """Text table for ``lmadapt presets``: dims and parameter counts at ``vocab_size``."""
+    rows = describe_presets(vocab_size)
+    head = f"{'size':<6} {'arch':<6} {'hidden':>6} {'layers':>6} {'heads':>5} {'kv':>3} {'mlp':>5} {'ctx':>5} " \
+           f"{'blocks':>8} {'total':>8}  use"
+    lines = [f"scratch size presets (total at vocab {vocab_size:,}; 'blocks' = non-embedding parameters, "
+             "which the name refers to)", "", head]
+    for r in rows:
+        lines.append(
+            f"{r['size']:<6} {r['arch']:<6} {r['hidden_size']:>6} {r['num_hidden_layers']:>6} "
+            f"{r['num_attention_heads']:>5} {r.get('num_key_value_heads', '-'):>3} {r['intermediate_size']:>5} "
+            f"{r['max_position_embeddings']:>5} {r['non_embedding_params'] / 1e6:>7.1f}M {r['params'] / 1e6:>7.1f}M  "
+            f"{r['doc'] if r['arch'] == 'llama' else ''}")
+    lines += ["", "override any of them with model.dims (e.g. dims: {num_hidden_layers: 4}); "
+              "vocab_size always comes from the tokenizer"]
+    return "\n".join(lines)

@@ -21,7 +21,8 @@ _BERT_LIKE = ["query", "key", "value", "dense"]
 LORA_TARGETS: dict[str, list[str]] = {
     **{mt: list(_DECODER_PROJ) for mt in (
         "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "gemma", "gemma2", "gemma3_text",
-        "olmo", "olmo2", "granite", "smollm3", "cohere", "phi3", "stablelm", "helium", "ministral")},
+        "olmo", "olmo2", "granite", "smollm3", "cohere", "stablelm", "helium", "ministral")},
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
     "gpt2": ["c_attn", "c_proj", "c_fc"],
     "gpt_bigcode": ["c_attn", "c_proj", "c_fc"],
     "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
@@ -134,13 +135,19 @@ def lora_targets(model: Any) -> list[str]:
         if found:
             return found
     # Fallback: all linear layers except the head.
+    names = all_linear_targets(model)
+    if not names:
+        raise ConfigError(f"no linear layers found to adapt in {mt!r}; set lora.target_modules explicitly")
+    return names
+
+
+def all_linear_targets(model: Any) -> list[str]:
+    """Leaf names of every Linear/Conv1D layer outside the output head (peft's "all-linear")."""
     head = _output_module_names(model)
     names: list[str] = []
-    for n, m in named:
-        if is_linear_like(m) and n not in head and not is_head_module(n):
+    for n, m in model.named_modules():
+        if n and is_linear_like(m) and n not in head and not is_head_module(n):
             leaf = n.rsplit(".", 1)[-1]
             if leaf not in names:
                 names.append(leaf)
-    if not names:
-        raise ConfigError(f"no linear layers found to adapt in {mt!r}; set lora.target_modules explicitly")
     return names

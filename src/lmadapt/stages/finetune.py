@@ -85,10 +85,14 @@ def load_tokenizer(path: str, cfg: FinetuneConfig):
         from ..models.load import load_tokenizer as shared
     except ImportError:
         shared = None
+    m = cfg.model
+    kw = {k: v for k, v in (("revision", m.revision), ("gguf_file", m.gguf_file if path == m.path else None)) if v}
+    if m.trust_remote_code:
+        kw["trust_remote_code"] = True
     if shared is not None:
-        return shared(path)
+        return shared(path, **kw)
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+    return AutoTokenizer.from_pretrained(path, **kw)
 
 
 def align_pad_token(tokenizer, model) -> None:
@@ -106,6 +110,9 @@ def align_pad_token(tokenizer, model) -> None:
                 break
         else:
             raise ConfigError("the tokenizer has no pad, eos or unk token to pad batches with")
+    emb = model.get_input_embeddings()
+    if emb is not None and len(tokenizer) > emb.num_embeddings:   # a pad token added by the loader
+        model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
 
 
@@ -207,31 +214,50 @@ def _lora_target_names(model, targets: list[str] | str | None, exclude: list[str
     return names
 
 
+def load_adapter(model, folder: str, *, modules_to_save: list[str], task_type: str | None, trainable: bool):
+    """Wrap ``model`` in the LoRA adapter saved in ``folder`` (same r, alpha, targets), with
+    ``modules_to_save`` trained in full. Saved weights of modules this model lacks (an LM head)
+    are ignored; new modules keep their fresh initialisation."""
+    from peft import PeftConfig, get_peft_model, get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
+
+    pc = PeftConfig.from_pretrained(folder)
+    present = {n for n, _ in model.named_modules()}
+    saved_extra = [m for m in (pc.modules_to_save or []) if any(n == m or n.endswith("." + m) for n in present)]
+    pc.modules_to_save = saved_extra + [m for m in modules_to_save if m not in saved_extra] or None
+    targets = pc.target_modules
+    pc.target_modules = _lora_target_names(model, sorted(targets) if isinstance(targets, (set, list)) else targets,
+                                           [m for m in modules_to_save if m not in saved_extra])
+    pc.task_type, pc.inference_mode = task_type, not trainable
+    model = get_peft_model(model, pc)
+    state = get_peft_model_state_dict(model)           # the saved-file layout, filled with the current weights
+    saved = load_peft_weights(folder)
+    matched = [k for k in saved if k in state]
+    if not any("lora_" in k for k in matched):
+        raise ConfigError(f"{folder}: none of the adapter's weights fit this model (does it adapt another architecture?)")
+    state.update({k: saved[k] for k in matched})
+    set_peft_model_state_dict(model, state)
+    ignored = sorted(k for k in saved if k not in state)
+    if ignored:
+        log(f"adapter {folder}: {len(ignored)} saved tensors not used by this model (e.g. {ignored[0]})")
+    return model
+
+
 def attach_adapters(model, task, src: ModelSource, cfg: FinetuneConfig):
     """stack: merge the given adapter into the weights; continue: keep training it; then a fresh LoRA
     if asked. New modules (the head) are trained in full (``modules_to_save``)."""
     from peft import LoraConfig as PeftLoraConfig
-    from peft import PeftConfig, PeftModel, get_peft_model
+    from peft import get_peft_model
 
     fresh = new_modules(model, src.base)
     task_type = getattr(task, "peft_task_type", None)
     if src.adapter and cfg.model.adapter_mode == "stack":
-        pc = PeftConfig.from_pretrained(src.adapter)
-        pc.task_type, pc.modules_to_save, pc.inference_mode = None, None, True
-        pc.target_modules = _lora_target_names(model, sorted(pc.target_modules) if isinstance(pc.target_modules, (set, list))
-                                               else pc.target_modules, fresh)
-        model = PeftModel.from_pretrained(model, src.adapter, config=pc).merge_and_unload()
+        model = load_adapter(model, src.adapter, modules_to_save=[], task_type=None, trainable=False).merge_and_unload()
         log(f"merged adapter {src.adapter} into {src.base}")
     elif src.adapter:
-        pc = PeftConfig.from_pretrained(src.adapter)
-        present = {n for n, _ in model.named_modules()}
-        keep = [m for m in (pc.modules_to_save or []) if any(n == m or n.endswith("." + m) for n in present)]
-        pc.modules_to_save = keep + [m for m in fresh if m not in keep]
-        pc.target_modules = _lora_target_names(model, sorted(pc.target_modules) if isinstance(pc.target_modules, (set, list))
-                                               else pc.target_modules, fresh)
-        pc.task_type, pc.inference_mode = task_type, False
-        model = PeftModel.from_pretrained(model, src.adapter, config=pc, is_trainable=True)
-        log(f"continuing adapter {src.adapter} (r={pc.r}); trained in full: {', '.join(pc.modules_to_save)}")
+        model = load_adapter(model, src.adapter, modules_to_save=fresh, task_type=task_type, trainable=True)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log(f"continuing adapter {src.adapter}: {trainable:,} trainable parameters; trained in full: "
+            f"{', '.join(model.peft_config['default'].modules_to_save or [])}")
         return model
     if cfg.lora.enabled:
         lc = cfg.lora
@@ -240,7 +266,7 @@ def attach_adapters(model, task, src: ModelSource, cfg: FinetuneConfig):
             emb = model.get_input_embeddings()
             extra = [n for n, mod in model.named_modules() if mod is emb]
         pc = PeftLoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, task_type=task_type,
-                            target_modules=_lora_target_names(model, lc.target_modules, fresh),
+                            target_modules=_lora_target_names(model, lc.target_modules, fresh + extra),
                             modules_to_save=fresh + extra)
         model = get_peft_model(model, pc)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -302,7 +328,9 @@ def save_output(model, tokenizer, out: Path, *, keep_adapter: bool) -> bool:
     if isinstance(model, PeftModel):
         if keep_adapter:
             model.save_pretrained(str(out))
-            model.get_base_model().config.save_pretrained(str(out))
+            base = model.get_base_model()
+            base.config.architectures = [type(base).__name__]   # else still the parent's class (e.g. ...ForMaskedLM)
+            base.config.save_pretrained(str(out))
             tokenizer.save_pretrained(str(out))
             return True
         model = model.merge_and_unload()

@@ -87,16 +87,30 @@ def load_finetuned(model_dir: Path, meta: dict, cfg: FinetuneConfig):
     return model, tokenizer
 
 
+GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "greedy")
+
+
 def _with_options(cfg: FinetuneConfig, task_name: str, batch_size: int | None, options: dict) -> FinetuneConfig:
+    """Apply predict-time options to the recipe: batch size everywhere it applies; other keys go to
+    the task's section (classification: ``task``). Generation options are ignored by tasks that do
+    not generate; ``temperature: 0`` means greedy decoding."""
     section = getattr(cfg, task_name, None) if task_name != "classification" else None
     if batch_size is not None:
         cfg.train.eval_batch_size = batch_size
         if section is not None and hasattr(section, "eval_batch_size"):
             section = dataclasses.replace(section, eval_batch_size=batch_size)
+    target = section if section is not None else cfg.task
     options = {k: v for k, v in options.items() if v is not None}
-    for key in options:
-        target = section if section is not None else cfg.task
+    if options.get("temperature") is not None and hasattr(target, "greedy"):
+        temp = options.pop("temperature")
+        options["greedy"] = temp == 0
+        if temp > 0:
+            options["temperature"] = temp
+    for key in list(options):
         if not hasattr(target, key):
+            if key in GENERATION_KEYS:
+                options.pop(key)            # e.g. the CLI's generation defaults for a classifier
+                continue
             valid = [f.name for f in dataclasses.fields(target)]
             raise ConfigError(f"predict option {key!r} does not apply to task {task_name!r} (options: {', '.join(valid)})")
     if section is not None:
@@ -141,7 +155,7 @@ def predict_file(model_dir: str | Path, input_path: str | Path | None = None, ou
     output_path = Path(output_path)
     fields = p.task.text_fields(p.cfg) if hasattr(p.task, "text_fields") else []
     records = [ex.fields for ex in read_records(input_path, fields_required=fields, text_fields=fields,
-                                                on_error="raise", format=p.cfg.data.format)]
+                                                on_error="raise")]
     t0 = time.time()
     output_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)

@@ -90,14 +90,14 @@ def training_arguments(cfg: TrainConfig, *, tokens_per_example: int | None = Non
         warmup_steps=cfg.warmup_steps if cfg.warmup_steps > 0 else cfg.warmup_ratio,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing,
         logging_steps=cfg.log_every,
         save_total_limit=cfg.save_total_limit,
         seed=cfg.seed,
         data_seed=cfg.seed,
         dataloader_num_workers=cfg.num_workers,
-        report_to=[r for r in cfg.report_to if r != "jsonl"] or "none",
-        logging_dir=str(Path(cfg.output_dir) / "tensorboard"),
+        # TensorBoard is attached by run_training so its events land in <output_dir>/tensorboard.
+        report_to=[r for r in cfg.report_to if r not in ("jsonl", "tensorboard")] or "none",
         remove_unused_columns=False,   # our collators read custom columns (position_ids, word_starts)
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,             # replaced by TokenProgressCallback
@@ -121,6 +121,17 @@ class TrainOutcome:
 def latest_checkpoint(output_dir: str | Path) -> str | None:
     ckpt_dir = Path(output_dir) / CHECKPOINT_DIR
     return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+
+
+def _add_tensorboard(trainer: Trainer, log_dir: Path) -> None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+    except ImportError:  # tensorboard is optional (the `logging` extra); logs.jsonl is always written
+        print("[lmadapt] tensorboard not installed; writing logs.jsonl only")
+        return
+    writer = SummaryWriter(log_dir=str(log_dir)) if is_main_process() else None
+    trainer.add_callback(TensorBoardCallback(tb_writer=writer))
 
 
 def run_training(model, tokenizer, train_dataset, collator, cfg: TrainConfig, *,
@@ -152,6 +163,8 @@ def run_training(model, tokenizer, train_dataset, collator, cfg: TrainConfig, *,
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(JsonlLogCallback(Path(cfg.output_dir) / "logs.jsonl"))
     trainer.add_callback(TokenProgressCallback())
+    if "tensorboard" in cfg.report_to:
+        _add_tensorboard(trainer, Path(cfg.output_dir) / "tensorboard")
     for cb in callbacks or []:
         trainer.add_callback(cb)
 

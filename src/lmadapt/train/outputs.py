@@ -85,7 +85,14 @@ def update_metrics(output_dir: str | Path, new: dict) -> dict:
 
 
 def prepare_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool) -> Path:
-    """Refuse to mix a new run into an old folder unless asked to resume or overwrite."""
+    """Refuse to mix a new run into an old folder unless asked to resume or overwrite.
+
+    Under several processes every rank checks before any rank writes (a barrier follows), so
+    rank 1 never mistakes rank 0's fresh files for an old run.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()  # joins the process group under torchrun / accelerate launch
     out = Path(output_dir)
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
         marker = [p.name for p in out.iterdir()][:5]
@@ -93,5 +100,8 @@ def prepare_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool)
         raise ConfigError(
             f"train.output_dir: {out} is not empty ({', '.join(marker)}...); "
             "pass train.resume=true to continue it or train.overwrite=true to reuse it")
-    out.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
     return out

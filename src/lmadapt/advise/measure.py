@@ -1,0 +1,494 @@
+"""Measure what the advice needs, on samples, within a time budget.
+
+    m = measure("models/base", domain="notes/", task_train="train.jsonl", goal="classify")
+    json.dumps(m)       # plain JSON; recommend(m, goal) decides from it
+
+Everything is sampled so a 135M-parameter model and a 10 MB corpus take about a minute on two CPU
+cores: documents are read in full only to count them and their characters; words, token lengths
+and perplexity come from a seeded sample of about ``sample_chars`` characters (each document cut
+to 4,000 characters so the sample spans many documents); the base model scores at most
+``max_eval_tokens`` tokens per set, fewer when ``time_budget`` runs out (the count is reported and
+a thin measurement lowers the advice's confidence); the training probe times ``probe_steps``
+optimizer steps after one warm-up step, or fewer when the budget is spent.
+
+Sections of the returned dict (None when there is nothing to measure):
+
+model       path, model_type, objective, params, max_position_embeddings, vocab_size,
+            lora_r, lora_targets, lora_trainable_params
+reference   path, documents, chars, sampled_documents, sampled_chars
+domain      path, documents, chars, sampled_documents, sampled_chars, sampled_tokens, tokens_per_char,
+            estimated_tokens (tokens/char x chars, + one separator per document),
+            length_tokens_p50, length_tokens_p95, over_context_share (documents longer than the
+            model context), read_seconds
+task        path, examples, skipped, text_field, label_field, problem (single_label | multi_label |
+            regression | None), classes, per_class {label: n}, per_class_min, per_class_median,
+            tokens (estimated), length_tokens_p50, length_tokens_p95, over_context_share
+shift       text ("domain" | "task"), metric (perplexity | masked_perplexity), domain_loss,
+            reference_loss, domain_perplexity, reference_perplexity, ratio (= exp(domain_loss -
+            reference_loss)), domain_tokens_scored, reference_tokens_scored, block_size, packing, seconds
+vocabulary  text, top_k, overlap, frequent_words (1000), domain_split3_share, reference_split3_share,
+            domain_pieces_per_word, reference_pieces_per_word, candidates [{word, domain_count,
+            reference_count, ratio, pieces}]
+cost        tokens (one epoch: domain corpus, else task texts), flops_per_epoch (6 x params x tokens),
+            probe {device, dtype, batch_size, block_size, steps, seconds_per_step, tokens_per_second,
+            activation_bytes_per_token, method}, seconds_per_epoch,
+            memory {train_batch_tokens, activation_bytes, full_bytes, lora_bytes, available_bytes, device}
+timing      seconds per phase and total
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import statistics
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+from .text import distinctive_terms, percentile, sample_texts, top_words, vocabulary_overlap, word_counts, WORD, STOPWORDS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent / "reference" / "general_sample.jsonl.gz"
+FREQUENT_WORDS = 1000
+LORA_R = 16
+
+
+def measure(model_dir: str, *, domain: str | None = None, text_field: str = "text", split_docs: str = "file",
+            task_train: str | None = None, task_text_field: str = "text", label_field: str | None = "label",
+            reference: str | None = None, sample_chars: int = 250_000, max_eval_tokens: int = 16_384,
+            time_budget: float = 45.0, eval_block_size: int = 256, probe: bool = True, probe_steps: int = 3,
+            probe_batch_size: int = 1, probe_block_size: int = 256, train_batch_tokens: int = 8 * 512,
+            device: str = "cpu", loaded=None, progress: Callable[[str], None] | None = None) -> dict:
+    """Measurements of the base model, the domain corpus and the labeled data (see module doc).
+
+    ``time_budget`` (seconds) bounds the model work (perplexity + probe); reading and counting are
+    outside it. ``loaded``: an already loaded ``LoadedModel`` (else ``model_dir`` is loaded)."""
+    say = progress or (lambda msg: log.info(msg))
+    t_start = time.perf_counter()
+    timing: dict[str, float] = {}
+
+    from ..config.data import SourceConfig
+    from ..data.sources import read_source
+
+    # ---- model
+    t0 = time.perf_counter()
+    if loaded is None:
+        from ..config.model import ModelConfig
+        from ..models.load import load_model
+        say(f"loading {model_dir}")
+        loaded = load_model(ModelConfig(path=str(model_dir)))
+    model, tok = loaded.model, loaded.tokenizer
+    dev = _device(device)
+    model.to(dev)
+    model_info = _model_info(model_dir, loaded)
+    max_pos = model_info["max_position_embeddings"]
+    timing["load_model"] = time.perf_counter() - t0
+
+    # ---- reference and domain text
+    t0 = time.perf_counter()
+    ref_path = str(reference or DEFAULT_REFERENCE)
+    ref_docs, ref_stats = read_source(SourceConfig(path=ref_path, text_field="text"))
+    ref_sample = sample_texts([d.text for d in ref_docs], sample_chars)
+    ref_info = {"path": ref_path, "documents": ref_stats.documents, "chars": ref_stats.chars,
+                "sampled_documents": len(ref_sample), "sampled_chars": sum(map(len, ref_sample))}
+    dom_info = dom_sample = None
+    if domain:
+        say(f"reading {domain}")
+        r0 = time.perf_counter()
+        docs, stats = read_source(SourceConfig(path=str(domain), text_field=text_field, split_docs=split_docs))
+        dom_texts = [d.text for d in docs]
+        dom_sample = sample_texts(dom_texts, sample_chars)
+        dom_info = _volume(domain, dom_texts, stats.chars, dom_sample, tok, max_pos)
+        dom_info["read_seconds"] = round(time.perf_counter() - r0, 2)
+    timing["read"] = time.perf_counter() - t0
+
+    # ---- labeled data
+    task_info = task_sample = None
+    if task_train:
+        t0 = time.perf_counter()
+        say(f"reading {task_train}")
+        task_info, task_texts = _task(task_train, task_text_field, label_field, tok, max_pos)
+        task_sample = sample_texts(task_texts, sample_chars)
+        timing["task"] = time.perf_counter() - t0
+
+    text_kind, sample = ("domain", dom_sample) if dom_sample else ("task", task_sample) if task_sample else (None, None)
+
+    # ---- vocabulary
+    vocab = None
+    if sample:
+        t0 = time.perf_counter()
+        vocab = _vocabulary(sample, ref_sample, tok)
+        vocab["text"] = text_kind
+        timing["vocabulary"] = time.perf_counter() - t0
+
+    # ---- shift (perplexity on the base model), then the training probe
+    budget_end = time.perf_counter() + time_budget
+    shift = None
+    if sample:
+        t0 = time.perf_counter()
+        say(f"scoring {text_kind} and reference text with the base model (<= {max_eval_tokens:,} tokens each)")
+        score_seconds = time_budget * (0.6 if probe else 0.95)
+        shift = _shift(loaded, sample, ref_sample, block_size=min(eval_block_size, max_pos or eval_block_size),
+                       max_tokens=max_eval_tokens, seconds=score_seconds)
+        shift["text"] = text_kind
+        timing["shift"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    probe_info = None
+    if probe:
+        say("timing a few training steps")
+        ids = _probe_ids(tok, sample or ref_sample, probe_batch_size * probe_block_size)
+        probe_info = _probe(loaded, ids, batch_size=probe_batch_size, block_size=min(probe_block_size, max_pos or probe_block_size),
+                            steps=probe_steps, seconds=max(0.0, budget_end - time.perf_counter()))
+    elif shift and shift.get("forward_tokens_per_second"):
+        # No probe: a training step costs about 3 forward passes (backward ~ 2x forward).
+        probe_info = {"device": str(dev), "method": "estimated from scoring (3 x forward time)",
+                      "tokens_per_second": shift["forward_tokens_per_second"] / 3, "activation_bytes_per_token": None}
+    timing["probe"] = time.perf_counter() - t0
+
+    cost = _cost(model_info, dom_info, task_info, probe_info, train_batch_tokens, dev)
+    timing["total"] = time.perf_counter() - t_start
+    return {"model": model_info, "reference": ref_info, "domain": dom_info, "task": task_info, "shift": shift,
+            "vocabulary": vocab, "cost": cost, "timing": {k: round(v, 2) for k, v in timing.items()}}
+
+
+# ---------------------------------------------------------------------------------------- pieces
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def lora_trainable_params(model, r: int = LORA_R) -> tuple[int, list[str]]:
+    """Parameters LoRA rank ``r`` would train on the default targets: r x (in + out) per adapted layer."""
+    from ..models.registry import is_head_module, is_linear_like, lora_targets
+
+    targets = lora_targets(model)
+    n = 0
+    for name, mod in model.named_modules():
+        if name and name.rsplit(".", 1)[-1] in targets and is_linear_like(mod) and not is_head_module(name):
+            if hasattr(mod, "in_features"):
+                fan_in, fan_out = mod.in_features, mod.out_features
+            else:  # transformers Conv1D: weight [in, out]
+                fan_in, fan_out = mod.weight.shape
+            n += r * (int(fan_in) + int(fan_out))
+    return n, list(targets)
+
+
+def _model_info(model_dir, loaded) -> dict:
+    from ..models.presets import count_params
+
+    model = loaded.model
+    cfg = model.config
+    max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    lora_n, targets = lora_trainable_params(model)
+    return {"path": str(model_dir), "model_type": loaded.model_type, "objective": loaded.objective,
+            "params": count_params(model), "max_position_embeddings": int(max_pos) if max_pos else None,
+            "vocab_size": len(loaded.tokenizer), "lora_r": LORA_R, "lora_targets": targets,
+            "lora_trainable_params": lora_n}
+
+
+def _token_lengths(texts: list[str], tok) -> list[int]:
+    if not texts:
+        return []
+    return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _volume(path, texts: list[str], chars: int, sample: list[str], tok, max_pos) -> dict:
+    lengths = _token_lengths(sample, tok)
+    sampled_chars = sum(map(len, sample))
+    tpc = sum(lengths) / max(sampled_chars, 1)
+    est = [len(t) * tpc + 1 for t in texts]  # + separator
+    return {"path": str(path), "documents": len(texts), "chars": chars, "sampled_documents": len(sample),
+            "sampled_chars": sampled_chars, "sampled_tokens": sum(lengths), "tokens_per_char": round(tpc, 4),
+            "estimated_tokens": int(round(chars * tpc + len(texts))),
+            "length_tokens_p50": int(percentile(est, 50)), "length_tokens_p95": int(percentile(est, 95)),
+            "over_context_share": round(sum(e > max_pos for e in est) / len(est), 4) if max_pos else None}
+
+
+def _label_keys(value) -> tuple[list[str], str]:
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value], "multi_label"
+    if isinstance(value, float) and not value.is_integer():
+        return [], "regression"
+    return [str(value)], "single_label"
+
+
+def _task(path, text_field, label_field, tok, max_pos, max_tokenized: int = 5000) -> tuple[dict, list[str]]:
+    import random
+
+    from ..tasks.base import ReadReport
+    from ..tasks.labeled_io import read_records
+
+    report = ReadReport()
+    rows = read_records(path, fields_required=[text_field], text_fields=[text_field], on_error="skip", report=report)
+    texts = [r.fields[text_field] for r in rows]
+    info: dict[str, Any] = {"path": str(path), "examples": len(rows), "skipped": report.skipped,
+                            "text_field": text_field, "label_field": None, "problem": None, "classes": None,
+                            "per_class": None, "per_class_min": None, "per_class_median": None}
+    labeled = [r.fields.get(label_field) for r in rows if label_field and r.fields.get(label_field) is not None]
+    if labeled:
+        counts: Counter = Counter()
+        kinds: Counter = Counter()
+        for v in labeled:
+            keys, kind = _label_keys(v)
+            kinds[kind] += 1
+            counts.update(keys)
+        problem = kinds.most_common(1)[0][0]
+        if problem == "single_label" and len(counts) > 50 and all(_is_number(k) for k in counts):
+            problem = "regression"  # many distinct numbers: a score, not classes
+        info.update(label_field=label_field, problem=problem, labeled_examples=len(labeled))
+        if problem != "regression":
+            per = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+            info.update(classes=len(per), per_class=per, per_class_min=min(per.values()),
+                        per_class_median=statistics.median(per.values()))
+    picked = texts if len(texts) <= max_tokenized else random.Random(0).sample(texts, max_tokenized)
+    lengths = _token_lengths(picked, tok)
+    mean = sum(lengths) / max(len(lengths), 1)
+    info.update(tokens=int(round(mean * len(texts))), length_tokens_p50=percentile(lengths, 50),
+                length_tokens_p95=percentile(lengths, 95),
+                over_context_share=round(sum(n > max_pos for n in lengths) / len(lengths), 4) if max_pos and lengths else None)
+    return info, texts
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def word_pieces(texts: list[str], tok) -> dict[str, list[int]]:
+    """For each (lower-cased, non-stopword) word: how many tokens each occurrence was cut into, in context.
+
+    Uses the fast tokenizer's character offsets: a token counts for a word when their spans overlap
+    (a byte-level token ' word' covers the space before it too). Slow tokenizers: the word alone."""
+    out: dict[str, list[int]] = defaultdict(list)
+    if getattr(tok, "is_fast", False):
+        enc = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
+        for text, offsets in zip(texts, enc["offset_mapping"]):
+            spans = sorted((s, e) for s, e in offsets if e > s)
+            j = 0
+            for m in WORD.finditer(text):
+                w = m.group(0).lower().replace("\u2019", "'")
+                if len(w) < 2 or w in STOPWORDS:
+                    continue
+                ws, we = m.span()
+                while j < len(spans) and spans[j][1] <= ws:
+                    j += 1
+                k, n = j, 0
+                while k < len(spans) and spans[k][0] < we:
+                    n += 1
+                    k += 1
+                out[w].append(max(n, 1))
+        return out
+    for w in {m.group(0) for t in texts for m in WORD.finditer(t)}:
+        lw = w.lower()
+        if len(lw) >= 2 and lw not in STOPWORDS:
+            out[lw].append(len(tok(" " + w, add_special_tokens=False)["input_ids"]))
+    return out
+
+
+def _split_stats(counts: Counter, pieces: dict[str, list[int]], n: int = FREQUENT_WORDS) -> tuple[float | None, float | None]:
+    """(share of the top-n words whose median piece count is >= 3, mean pieces per word over them)."""
+    top = top_words(counts, n)
+    meds = [statistics.median(pieces[w]) for w in top if pieces.get(w)]
+    if not meds:
+        return None, None
+    return sum(p >= 3 for p in meds) / len(meds), sum(meds) / len(meds)
+
+
+def _vocabulary(sample: list[str], ref_sample: list[str], tok) -> dict:
+    dc, rc = word_counts(sample), word_counts(ref_sample)
+    ov = vocabulary_overlap(dc, rc)
+    dp, rp = word_pieces(sample, tok), word_pieces(ref_sample, tok)
+    d_share, d_ppw = _split_stats(dc, dp)
+    r_share, r_ppw = _split_stats(rc, rp)
+    cands = distinctive_terms(dc, rc)
+    for c in cands:
+        c["pieces"] = int(statistics.median(dp[c["word"]])) if dp.get(c["word"]) else None
+    return {"top_k": ov["top_k"], "overlap": None if ov["overlap"] is None else round(ov["overlap"], 4),
+            "frequent_words": FREQUENT_WORDS, "domain_words": sum(dc.values()), "reference_words": sum(rc.values()),
+            "domain_split3_share": _r(d_share), "reference_split3_share": _r(r_share),
+            "domain_pieces_per_word": _r(d_ppw), "reference_pieces_per_word": _r(r_ppw), "candidates": cands}
+
+
+def _r(x, nd: int = 4):
+    return None if x is None else round(x, nd)
+
+
+def _blocks(texts: list[str], loaded, block_size: int, mode: str):
+    from ..data.packing import pack_blocks, resolve_pad_id, tokenize_documents
+
+    masked = loaded.objective == "masked"
+    docs = tokenize_documents(texts, loaded.tokenizer, separator="sep" if masked else "eos", cache=False,
+                              with_word_starts=masked)
+    blocks, _ = pack_blocks(docs, block_size=block_size, pad_id=resolve_pad_id(loaded.tokenizer, loaded.objective), mode=mode)
+    return blocks
+
+
+def _shift(loaded, sample: list[str], ref_sample: list[str], *, block_size: int, max_tokens: int, seconds: float) -> dict:
+    """Token-averaged loss of the base model on blocks of the sample and of the reference, block by
+    block alternately, until ``max_tokens`` per set or ``seconds`` are spent (both sets get the same
+    number of blocks)."""
+    from ..data.collators import CausalCollator, WholeWordMLMCollator
+    from ..models.load import supports_document_packing
+    from ..train.lm_eval import causal_lm_loss, masked_lm_loss
+
+    model, obj = loaded.model, loaded.objective
+    mode = "document" if supports_document_packing(model, obj) else "concat"
+    d_blocks, r_blocks = _blocks(sample, loaded, block_size, mode), _blocks(ref_sample, loaded, block_size, mode)
+    if obj == "causal":
+        collator = CausalCollator(mode=mode)
+        score = lambda ds: causal_lm_loss(model, ds, collator, batch_size=1)  # noqa: E731
+        key = "loss"
+    else:
+        collator = WholeWordMLMCollator(loaded.tokenizer, mode=mode, mask_dtype=next(model.parameters()).dtype)
+        score = lambda ds: masked_lm_loss(model, ds, collator, batch_size=1)  # noqa: E731
+        key = "masked_loss"
+    n_max = max(1, min(len(d_blocks), len(r_blocks), math.ceil(max_tokens / block_size)))
+    totals = {"domain": [0.0, 0], "reference": [0.0, 0]}
+    t0 = time.perf_counter()
+    fwd_time, fwd_tokens = 0.0, 0
+    for i in range(n_max):
+        for name, ds in (("domain", d_blocks), ("reference", r_blocks)):
+            s0 = time.perf_counter()
+            res = score(ds.select([i]))
+            fwd_time += time.perf_counter() - s0
+            fwd_tokens += block_size
+            totals[name][0] += res[key] * res["tokens"]
+            totals[name][1] += res["tokens"]
+        if time.perf_counter() - t0 > seconds:
+            break
+    d_loss = totals["domain"][0] / max(totals["domain"][1], 1)
+    r_loss = totals["reference"][0] / max(totals["reference"][1], 1)
+    return {"metric": "perplexity" if obj == "causal" else "masked_perplexity",
+            "domain_loss": round(d_loss, 4), "reference_loss": round(r_loss, 4),
+            "domain_perplexity": round(math.exp(min(d_loss, 50)), 3), "reference_perplexity": round(math.exp(min(r_loss, 50)), 3),
+            "ratio": round(math.exp(min(d_loss - r_loss, 50)), 4),
+            "domain_tokens_scored": totals["domain"][1], "reference_tokens_scored": totals["reference"][1],
+            "block_size": block_size, "packing": mode, "seconds": round(time.perf_counter() - t0, 2),
+            "forward_tokens_per_second": round(fwd_tokens / fwd_time, 1) if fwd_time else None}
+
+
+def _probe_ids(tok, texts: list[str], n: int) -> list[int]:
+    ids: list[int] = []
+    for t in texts:
+        ids.extend(tok(t, add_special_tokens=False)["input_ids"])
+        if len(ids) >= n:
+            break
+    if not ids:
+        ids = [0]
+    while len(ids) < n:
+        ids = ids + ids
+    return ids[:n]
+
+
+def _probe(loaded, ids: list[int], *, batch_size: int, block_size: int, steps: int, seconds: float) -> dict:
+    """Time full-training optimizer steps (AdamW, fp32) on one small batch: 1 warm-up + up to ``steps``.
+
+    The learning rate is 0, so the weights do not change (the model is scored again later).
+    Activation memory: bytes of the tensors autograd saves for backward in one forward pass
+    (parameters excluded), per token."""
+    import torch
+
+    model, tok = loaded.model, loaded.tokenizer
+    dev = next(model.parameters()).device
+    x = torch.tensor(ids[:batch_size * block_size], dtype=torch.long).view(batch_size, block_size).to(dev)
+    if loaded.objective == "causal":
+        kwargs = {"input_ids": x, "labels": x}
+    else:
+        g = torch.Generator().manual_seed(0)
+        sel = (torch.rand(x.shape, generator=g) < 0.15).to(dev)
+        sel[:, 0] = True
+        kwargs = {"input_ids": x.masked_fill(sel, tok.mask_token_id), "labels": x.masked_fill(~sel, -100)}
+    was_training = model.training
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    opt = torch.optim.AdamW(trainable, lr=0.0, weight_decay=0.0)
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        try:
+            st = t.untyped_storage()
+            if st.data_ptr() not in param_ptrs:
+                saved[st.data_ptr()] = st.nbytes()
+        except (RuntimeError, NotImplementedError):
+            pass
+        return t
+
+    def step(record: bool = False):
+        if record:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss = model(**kwargs).loss
+        else:
+            loss = model(**kwargs).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    model.train()
+    try:
+        t0 = time.perf_counter()
+        step(record=True)  # warm-up (allocates Adam states) + activation measurement
+        warm = time.perf_counter() - t0
+        times: list[float] = []
+        deadline = time.perf_counter() + seconds
+        for _ in range(max(1, steps)):
+            s0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - s0)
+            if time.perf_counter() > deadline:
+                break
+    finally:
+        opt.zero_grad(set_to_none=True)
+        del opt
+        model.train(was_training)
+    per_step = sum(times) / len(times)
+    tokens = batch_size * block_size
+    return {"device": str(dev), "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "batch_size": batch_size, "block_size": block_size, "steps": len(times), "warmup_seconds": round(warm, 3),
+            "seconds_per_step": round(per_step, 4), "tokens_per_second": round(tokens / per_step, 1),
+            "activation_bytes_per_token": int(sum(saved.values()) / tokens), "method": "timed optimizer steps (AdamW)"}
+
+
+def available_memory(dev) -> int | None:
+    """Total memory of the training device: GPU memory, else physical RAM."""
+    try:
+        if dev.type == "cuda":
+            import torch
+
+            return int(torch.cuda.get_device_properties(dev).total_memory)
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        return None
+
+
+def _cost(model_info, dom_info, task_info, probe_info, train_batch_tokens: int, dev) -> dict:
+    params, lora_n = model_info["params"], model_info["lora_trainable_params"]
+    tokens = (dom_info or {}).get("estimated_tokens") or (task_info or {}).get("tokens")
+    out: dict[str, Any] = {"tokens": tokens, "tokens_from": "domain" if dom_info else "task" if task_info else None,
+                           "flops_per_epoch": float(6 * params * tokens) if tokens else None, "probe": probe_info,
+                           "seconds_per_epoch": None}
+    tps = (probe_info or {}).get("tokens_per_second")
+    if tokens and tps:
+        out["seconds_per_epoch"] = round(tokens / tps, 1)
+    per_tok = (probe_info or {}).get("activation_bytes_per_token")
+    act = int(per_tok * train_batch_tokens) if per_tok else None
+    out["memory"] = {
+        "train_batch_tokens": train_batch_tokens, "activation_bytes": act,
+        "full_bytes": int(16 * params + (act or 0)),
+        "lora_bytes": int(4 * params + 16 * lora_n + (act or 0)),
+        "available_bytes": available_memory(dev), "device": str(dev),
+        "note": "full: fp32 weights + grads + 2 Adam states (16 B/param); LoRA: frozen fp32 weights (4 B/param) + "
+                "16 B per adapter param; both + activations measured by the probe, scaled linearly to train_batch_tokens",
+    }
+    return out
