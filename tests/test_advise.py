@@ -27,7 +27,7 @@ GiB = 2 ** 30
 
 def meas(*, domain_tokens=None, domain_docs=500, sampled_tokens=60_000, ratio=None, scored=8192, overlap=None,
          per_class=None, examples=None, split3=(0.1, 0.1), params=135_000_000, full_gib=3.0, avail_gib=64.0,
-         shift_text=None):
+         shift_text=None, task_ratio=None):
     m = {"model": {"params": params, "max_position_embeddings": 2048, "lora_trainable_params": 5_000_000},
          "domain": None, "task": None, "shift": None, "vocabulary": None,
          "cost": {"memory": {"full_bytes": full_gib * GiB, "lora_bytes": 1.0 * GiB, "available_bytes": avail_gib * GiB},
@@ -44,8 +44,10 @@ def meas(*, domain_tokens=None, domain_docs=500, sampled_tokens=60_000, ratio=No
         m["task"] = {"examples": examples, "classes": None, "tokens": 100 * examples, "length_tokens_p95": 120}
     text = shift_text or ("domain" if m["domain"] else "task")
     if ratio is not None:
-        m["shift"] = {"text": text, "metric": "perplexity", "ratio": ratio, "domain_tokens_scored": scored,
-                      "reference_tokens_scored": scored}
+        m["shift"] = {"metric": "perplexity", "reference": {"tokens": scored}, "domain": None, "task": None}
+        m["shift"][text] = {"ratio": ratio, "tokens": scored}
+    if task_ratio is not None:
+        m["shift"]["task"] = {"ratio": task_ratio, "tokens": scored}
     if overlap is not None:
         m["vocabulary"] = {"text": text, "top_k": 3000, "overlap": overlap, "domain_split3_share": split3[0],
                            "reference_split3_share": split3[1], "candidates": [{"word": "pyobject"}]}
@@ -112,6 +114,15 @@ def test_shifted_task_texts_add_task_adaptive_pretraining():
     assert a.recommendation == "task_adaptive_pretraining_then_finetuning"
     assert a.steps == ["tapt", "ft"]
     assert "tapt" in rules_of(a)
+    # the task texts' own perplexity outranks the vocabulary: a model that knows them gains little
+    assert recommend(meas(per_class=[100, 120], ratio=1.0, overlap=0.2), "classify").recommendation == "finetuning"
+    # ... unless that perplexity comes from too few tokens: then the vocabulary decides (less sure)
+    thin = recommend(meas(per_class=[100, 120], ratio=1.0, scored=300, overlap=0.2), "classify")
+    assert thin.recommendation == "task_adaptive_pretraining_then_finetuning" and thin.confidence == "medium"
+    # a small domain corpus the model knows, but foreign task texts
+    a = recommend(meas(domain_tokens=300_000, ratio=1.1, task_ratio=2.4, per_class=[100, 120]), "classify")
+    assert a.recommendation == "task_adaptive_pretraining_then_finetuning"
+    assert [r["value"] for r in a.reasons if r["rule"] == "shift"] == [1.1, 2.4]
 
 
 def test_not_enough_evidence_instead_of_a_guess():
@@ -209,15 +220,16 @@ FAST = dict(max_eval_tokens=2048, time_budget=20.0, probe_steps=1)
 def test_measure_identical_corpus_gives_overlap_one_and_ratio_one(model_dir, data):
     m = measure(str(model_dir), domain=data["general"], reference=data["general"], **FAST)
     assert m["vocabulary"]["overlap"] == 1.0
-    assert m["shift"]["ratio"] == pytest.approx(1.0, abs=1e-6)
-    assert m["shift"]["domain_tokens_scored"] == m["shift"]["reference_tokens_scored"] > 0
+    assert m["shift"]["domain"]["ratio"] == pytest.approx(1.0, abs=1e-6)
+    assert m["shift"]["domain"]["tokens"] == m["shift"]["reference"]["tokens"] > 0
+    assert m["shift"]["task"] is None
     dom = m["domain"]
     assert dom["documents"] == 40 and dom["sampled_tokens"] >= 5000
     assert dom["estimated_tokens"] == pytest.approx(dom["sampled_tokens"] + 40, rel=0.01)  # whole corpus sampled
     assert m["model"]["max_position_embeddings"] == 256 and m["model"]["lora_trainable_params"] > 0
     cost = m["cost"]
     assert cost["flops_per_epoch"] == 6 * m["model"]["params"] * dom["estimated_tokens"]
-    assert cost["probe"]["steps"] == 1 and cost["probe"]["activation_bytes_per_token"] > 0
+    assert cost["probe"]["activation_bytes_per_token"] > 0 and cost["probe"]["tokens_per_second"] > 0
     assert cost["memory"]["full_bytes"] > cost["memory"]["lora_bytes"] > 0
     json.dumps(m)  # plain JSON
     a = recommend(m, "generate")
@@ -230,7 +242,10 @@ def test_measure_shredded_corpus_and_task(model_dir, data):
     v = m["vocabulary"]
     assert v["domain_split3_share"] > 0.95 and v["domain_split3_share"] > v["reference_split3_share"]
     assert v["overlap"] == 0.0
-    assert m["shift"]["ratio"] != pytest.approx(1.0, abs=1e-3)
+    assert m["shift"]["domain"]["ratio"] != pytest.approx(1.0, abs=1e-3)
+    # the same number of blocks of each set (document starts are not predicted, so token counts differ a little)
+    counts = [m["shift"][k]["tokens"] for k in ("domain", "task", "reference")]
+    assert min(counts) > 0.9 * max(counts) > 0
     t = m["task"]
     assert t["examples"] == 60 and t["classes"] == 3 and t["per_class_min"] == 20 and t["problem"] == "single_label"
     assert 0 < t["length_tokens_p50"] <= t["length_tokens_p95"]

@@ -232,7 +232,8 @@ def test_adapter_attach_modes(bert_base, adapter_dir, toy, tmp_path):
 def test_finetune_from_adapter_folder(mode, bert_base, adapter_dir, toy, tmp_path):
     model = {"adapter": str(adapter_dir), "adapter_mode": mode}
     lora = {"enabled": True, "r": 4} if mode == "stack" else {}
-    cfg = recipe(bert_base, toy["train"], toy["dev"], tmp_path / "out", "train.epochs=1", model=model, lora=lora)
+    epochs = "train.epochs=2" if mode == "stack" else "train.epochs=1"   # 2: the best LoRA epoch is reloaded
+    cfg = recipe(bert_base, toy["train"], toy["dev"], tmp_path / "out", epochs, model=model, lora=lora)
     metrics = run(cfg)
     out = tmp_path / "out"
     meta = json.loads((out / "lmadapt_meta.json").read_text())
@@ -303,7 +304,7 @@ def test_split_off_dev_and_label_budget(bert_base, tmp_path):
     (["data.dev_fraction=0.6", "data.test_fraction=0.5"], "leave no training data"),
 ])
 def test_recipe_validation(bert_base, toy, tmp_path, override, message):
-    with pytest.raises(ConfigError, match=None) as err:
+    with pytest.raises(ConfigError) as err:
         recipe(bert_base, toy["train"], toy["dev"], tmp_path / "out", *override)
     assert message in str(err.value)
 
@@ -320,3 +321,20 @@ def test_predict_options(bert_run):
     assert len(one["prediction"]["top_k"]) == 1
     with pytest.raises(ConfigError, match="does not apply to task 'classification'"):
         predict_file(out, text="a dog", bogus=1)
+
+
+def test_class_weights_and_weighted_loss():
+    from lmadapt.tasks.base import Example
+
+    task = TASKS["classification"]
+    ex = [Example({"text": "x", "label": lab}, f"f:{i}") for i, lab in enumerate("aaab")]
+    space = {"problem": "single_label", "labels": ["a", "b", "c"], "counts": {"a": 3, "b": 1, "c": 5}}
+    w = task.class_weights(ex, space)                      # counts of the examples given, not of the space
+    assert w.tolist() == pytest.approx([4 / 6, 2.0, 0.0])
+    loss = task.loss_function(space, w)
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    expected = torch.nn.functional.cross_entropy(logits, labels, weight=w, reduction="sum") / 2
+    assert loss({"logits": logits}, labels).item() == pytest.approx(expected.item())
+    assert loss({"logits": logits}, labels, num_items_in_batch=4).item() == pytest.approx(expected.item() / 2)
+    assert task.sample_weights(ex, space) == [1 / 3, 1 / 3, 1 / 3, 1.0]

@@ -160,9 +160,11 @@ def render(advice: Advice, m: dict, notes: list[str] | None = None) -> str:
         meas.append(("task length p50 / p95 tokens", f"{_num(task.get('length_tokens_p50'))} / {_num(task.get('length_tokens_p95'))}"))
     if (m.get("model") or {}).get("max_position_embeddings"):
         meas.append(("model context (tokens)", _num(m["model"]["max_position_embeddings"])))
-    if sh:
-        meas.append((f"{sh['metric']} {sh.get('text')} / general", f"{sh['domain_perplexity']:.3g} / {sh['reference_perplexity']:.3g} "
-                     f"(ratio {sh['ratio']:.2f}; {sh['domain_tokens_scored']:,} tokens each)"))
+    for text in ("domain", "task"):
+        if sh.get(text):
+            x, ref = sh[text], sh["reference"]
+            meas.append((f"{sh['metric']} {text} / general", f"{x['perplexity']:.3g} / {ref['perplexity']:.3g} "
+                         f"(ratio {x['ratio']:.2f}; {x['tokens']:,} / {ref['tokens']:,} tokens)"))
     if vo:
         meas.append(("vocabulary overlap (top-k)", f"{_num(vo.get('overlap'))} (k={vo.get('top_k')})"))
         meas.append((">=3-piece share of top 1k words", f"{_num(vo.get('domain_split3_share'))} vs general {_num(vo.get('reference_split3_share'))}"))

@@ -9,7 +9,9 @@ and perplexity come from a seeded sample of about ``sample_chars`` characters (e
 to 4,000 characters so the sample spans many documents); the base model scores at most
 ``max_eval_tokens`` tokens per set, fewer when ``time_budget`` runs out (the count is reported and
 a thin measurement lowers the advice's confidence); the training probe times ``probe_steps``
-optimizer steps after one warm-up step, or fewer when the budget is spent.
+optimizer steps after one warm-up step, or fewer when the budget is spent (when not even one step
+fits, the speed is estimated as a third of the measured forward speed). Activation memory is
+measured on a short forward pass (bytes autograd saves for backward).
 
 Sections of the returned dict (None when there is nothing to measure):
 
@@ -23,15 +25,15 @@ domain      path, documents, chars, sampled_documents, sampled_chars, sampled_to
 task        path, examples, skipped, text_field, label_field, problem (single_label | multi_label |
             regression | None), classes, per_class {label: n}, per_class_min, per_class_median,
             tokens (estimated), length_tokens_p50, length_tokens_p95, over_context_share
-shift       text ("domain" | "task"), metric (perplexity | masked_perplexity), domain_loss,
-            reference_loss, domain_perplexity, reference_perplexity, ratio (= exp(domain_loss -
-            reference_loss)), domain_tokens_scored, reference_tokens_scored, block_size, packing, seconds
+shift       metric (perplexity | masked_perplexity), block_size, packing, seconds, forward_tokens_per_second,
+            reference {loss, perplexity, tokens}, domain and task {loss, perplexity, tokens, ratio} (None
+            when not given); ratio = exp(loss - reference loss), the perplexity ratio to general text
 vocabulary  text, top_k, overlap, frequent_words (1000), domain_split3_share, reference_split3_share,
             domain_pieces_per_word, reference_pieces_per_word, candidates [{word, domain_count,
             reference_count, ratio, pieces}]
 cost        tokens (one epoch: domain corpus, else task texts), flops_per_epoch (6 x params x tokens),
-            probe {device, dtype, batch_size, block_size, steps, seconds_per_step, tokens_per_second,
-            activation_bytes_per_token, method}, seconds_per_epoch,
+            probe {device, method, tokens_per_second, activation_bytes_per_token, and for timed steps: dtype,
+            batch_size, block_size, steps, seconds_per_step}, seconds_per_epoch,
             memory {train_batch_tokens, activation_bytes, full_bytes, lora_bytes, available_bytes, device}
 timing      seconds per phase and total
 """
@@ -123,29 +125,40 @@ def measure(model_dir: str, *, domain: str | None = None, text_field: str = "tex
         vocab["text"] = text_kind
         timing["vocabulary"] = time.perf_counter() - t0
 
-    # ---- shift (perplexity on the base model), then the training probe
+    # ---- shift (perplexity on the base model), activation memory, then the timed training probe
     budget_end = time.perf_counter() + time_budget
     shift = None
-    if sample:
+    sets = {k: v for k, v in (("domain", dom_sample), ("task", task_sample)) if v}
+    if sets:
         t0 = time.perf_counter()
-        say(f"scoring {text_kind} and reference text with the base model (<= {max_eval_tokens:,} tokens each)")
-        score_seconds = time_budget * (0.6 if probe else 0.95)
-        shift = _shift(loaded, sample, ref_sample, block_size=min(eval_block_size, max_pos or eval_block_size),
-                       max_tokens=max_eval_tokens, seconds=score_seconds)
-        shift["text"] = text_kind
+        say(f"scoring {' and '.join(sets)} text and the general reference with the base model "
+            f"(<= {max_eval_tokens:,} tokens each, <= {time_budget * (0.6 if probe else 0.95):.0f} s)")
+        shift = _shift(loaded, sets, ref_sample, block_size=min(eval_block_size, max_pos or eval_block_size),
+                       max_tokens=max_eval_tokens, seconds=time_budget * (0.6 if probe else 0.95))
         timing["shift"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    block = min(probe_block_size, max_pos or probe_block_size)
+    ids = _probe_ids(tok, sample or ref_sample, probe_batch_size * block)
+    act = _activation_bytes_per_token(loaded, ids[:min(len(ids), 64)])
     probe_info = None
-    if probe:
+    fwd_tps = (shift or {}).get("forward_tokens_per_second")
+    left = budget_end - time.perf_counter()
+    # A training step costs about 3 forward passes; the probe needs a warm-up step and a timed one.
+    expected = 3 * probe_batch_size * block / fwd_tps * 2 if fwd_tps else 0.0
+    if probe and expected <= max(left, 0.0):
         say("timing a few training steps")
-        ids = _probe_ids(tok, sample or ref_sample, probe_batch_size * probe_block_size)
-        probe_info = _probe(loaded, ids, batch_size=probe_batch_size, block_size=min(probe_block_size, max_pos or probe_block_size),
-                            steps=probe_steps, seconds=max(0.0, budget_end - time.perf_counter()))
-    elif shift and shift.get("forward_tokens_per_second"):
-        # No probe: a training step costs about 3 forward passes (backward ~ 2x forward).
-        probe_info = {"device": str(dev), "method": "estimated from scoring (3 x forward time)",
-                      "tokens_per_second": shift["forward_tokens_per_second"] / 3, "activation_bytes_per_token": None}
+        probe_info = _probe(loaded, ids, batch_size=probe_batch_size, block_size=block, steps=probe_steps,
+                            seconds=max(0.0, budget_end - time.perf_counter()))
+    elif fwd_tps:
+        why = "--no-probe" if not probe else f"time budget spent (a probe step would take ~{expected / 2:.0f} s)"
+        probe_info = {"device": str(dev), "method": f"estimated from scoring: 3 x forward time ({why})",
+                      "tokens_per_second": round(fwd_tps / 3, 1)}
+    if probe_info is not None:
+        probe_info["activation_bytes_per_token"] = act
+    else:
+        probe_info = {"device": str(dev), "method": "not measured", "tokens_per_second": None,
+                      "activation_bytes_per_token": act}
     timing["probe"] = time.perf_counter() - t0
 
     cost = _cost(model_info, dom_info, task_info, probe_info, train_batch_tokens, dev)
@@ -333,17 +346,19 @@ def _blocks(texts: list[str], loaded, block_size: int, mode: str):
     return blocks
 
 
-def _shift(loaded, sample: list[str], ref_sample: list[str], *, block_size: int, max_tokens: int, seconds: float) -> dict:
-    """Token-averaged loss of the base model on blocks of the sample and of the reference, block by
-    block alternately, until ``max_tokens`` per set or ``seconds`` are spent (both sets get the same
-    number of blocks)."""
+def _shift(loaded, sets: dict[str, list[str]], ref_sample: list[str], *, block_size: int, max_tokens: int,
+           seconds: float) -> dict:
+    """Token-averaged loss of the base model on each text set and on the reference: one block of each
+    in turn until ``max_tokens`` per set or ``seconds`` are spent (every set gets the same number of
+    blocks; at least one). ratio = exp(loss - reference loss) = perplexity ratio."""
     from ..data.collators import CausalCollator, WholeWordMLMCollator
     from ..models.load import supports_document_packing
     from ..train.lm_eval import causal_lm_loss, masked_lm_loss
 
     model, obj = loaded.model, loaded.objective
     mode = "document" if supports_document_packing(model, obj) else "concat"
-    d_blocks, r_blocks = _blocks(sample, loaded, block_size, mode), _blocks(ref_sample, loaded, block_size, mode)
+    blocks = {"reference": _blocks(ref_sample, loaded, block_size, mode)}
+    blocks.update({name: _blocks(texts, loaded, block_size, mode) for name, texts in sets.items()})
     if obj == "causal":
         collator = CausalCollator(mode=mode)
         score = lambda ds: causal_lm_loss(model, ds, collator, batch_size=1)  # noqa: E731
@@ -352,12 +367,12 @@ def _shift(loaded, sample: list[str], ref_sample: list[str], *, block_size: int,
         collator = WholeWordMLMCollator(loaded.tokenizer, mode=mode, mask_dtype=next(model.parameters()).dtype)
         score = lambda ds: masked_lm_loss(model, ds, collator, batch_size=1)  # noqa: E731
         key = "masked_loss"
-    n_max = max(1, min(len(d_blocks), len(r_blocks), math.ceil(max_tokens / block_size)))
-    totals = {"domain": [0.0, 0], "reference": [0.0, 0]}
+    n_max = max(1, min(min(len(b) for b in blocks.values()), math.ceil(max_tokens / block_size)))
+    totals = {name: [0.0, 0] for name in blocks}
     t0 = time.perf_counter()
     fwd_time, fwd_tokens = 0.0, 0
     for i in range(n_max):
-        for name, ds in (("domain", d_blocks), ("reference", r_blocks)):
+        for name, ds in blocks.items():
             s0 = time.perf_counter()
             res = score(ds.select([i]))
             fwd_time += time.perf_counter() - s0
@@ -366,15 +381,24 @@ def _shift(loaded, sample: list[str], ref_sample: list[str], *, block_size: int,
             totals[name][1] += res["tokens"]
         if time.perf_counter() - t0 > seconds:
             break
-    d_loss = totals["domain"][0] / max(totals["domain"][1], 1)
-    r_loss = totals["reference"][0] / max(totals["reference"][1], 1)
-    return {"metric": "perplexity" if obj == "causal" else "masked_perplexity",
-            "domain_loss": round(d_loss, 4), "reference_loss": round(r_loss, 4),
-            "domain_perplexity": round(math.exp(min(d_loss, 50)), 3), "reference_perplexity": round(math.exp(min(r_loss, 50)), 3),
-            "ratio": round(math.exp(min(d_loss - r_loss, 50)), 4),
-            "domain_tokens_scored": totals["domain"][1], "reference_tokens_scored": totals["reference"][1],
-            "block_size": block_size, "packing": mode, "seconds": round(time.perf_counter() - t0, 2),
-            "forward_tokens_per_second": round(fwd_tokens / fwd_time, 1) if fwd_time else None}
+
+    def entry(name: str) -> dict:
+        loss = totals[name][0] / max(totals[name][1], 1)
+        return {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 3), "tokens": totals[name][1]}
+
+    out: dict[str, Any] = {"metric": "perplexity" if obj == "causal" else "masked_perplexity",
+                           "block_size": block_size, "packing": mode, "reference": entry("reference")}
+    ref_loss = totals["reference"][0] / max(totals["reference"][1], 1)
+    for name in ("domain", "task"):
+        if name in sets:
+            e = entry(name)
+            e["ratio"] = round(math.exp(min(totals[name][0] / max(totals[name][1], 1) - ref_loss, 50)), 4)
+            out[name] = e
+        else:
+            out[name] = None
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    out["forward_tokens_per_second"] = round(fwd_tokens / fwd_time, 1) if fwd_time else None
+    return out
 
 
 def _probe_ids(tok, texts: list[str], n: int) -> list[int]:
@@ -390,28 +414,16 @@ def _probe_ids(tok, texts: list[str], n: int) -> list[int]:
     return ids[:n]
 
 
-def _probe(loaded, ids: list[int], *, batch_size: int, block_size: int, steps: int, seconds: float) -> dict:
-    """Time full-training optimizer steps (AdamW, fp32) on one small batch: 1 warm-up + up to ``steps``.
-
-    The learning rate is 0, so the weights do not change (the model is scored again later).
-    Activation memory: bytes of the tensors autograd saves for backward in one forward pass
-    (parameters excluded), per token."""
+def _activation_bytes_per_token(loaded, ids: list[int]) -> int:
+    """Bytes of the tensors autograd saves for backward in one training-mode forward pass, per token
+    (parameters excluded): the activation memory of training, measured on a short sequence."""
     import torch
 
-    model, tok = loaded.model, loaded.tokenizer
+    model = loaded.model
     dev = next(model.parameters()).device
-    x = torch.tensor(ids[:batch_size * block_size], dtype=torch.long).view(batch_size, block_size).to(dev)
-    if loaded.objective == "causal":
-        kwargs = {"input_ids": x, "labels": x}
-    else:
-        g = torch.Generator().manual_seed(0)
-        sel = (torch.rand(x.shape, generator=g) < 0.15).to(dev)
-        sel[:, 0] = True
-        kwargs = {"input_ids": x.masked_fill(sel, tok.mask_token_id), "labels": x.masked_fill(~sel, -100)}
-    was_training = model.training
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    x = torch.tensor(ids, dtype=torch.long)[None].to(dev)
+    kwargs = _train_kwargs(loaded, x)
     param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    opt = torch.optim.AdamW(trainable, lr=0.0, weight_decay=0.0)
     saved: dict[int, int] = {}
 
     def pack(t):
@@ -423,13 +435,43 @@ def _probe(loaded, ids: list[int], *, batch_size: int, block_size: int, steps: i
             pass
         return t
 
-    def step(record: bool = False):
-        if record:
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                loss = model(**kwargs).loss
-        else:
+    was_training = model.training
+    model.train()
+    try:
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss = model(**kwargs).loss
-        loss.backward()
+        del loss
+    finally:
+        model.train(was_training)
+    return int(sum(saved.values()) / x.numel())
+
+
+def _train_kwargs(loaded, x):
+    import torch
+
+    if loaded.objective == "causal":
+        return {"input_ids": x, "labels": x}
+    g = torch.Generator().manual_seed(0)
+    sel = (torch.rand(x.shape, generator=g) < 0.15).to(x.device)
+    sel[:, 0] = True
+    return {"input_ids": x.masked_fill(sel, loaded.tokenizer.mask_token_id), "labels": x.masked_fill(~sel, -100)}
+
+
+def _probe(loaded, ids: list[int], *, batch_size: int, block_size: int, steps: int, seconds: float) -> dict:
+    """Time full-training optimizer steps (AdamW, fp32) on one small batch: 1 warm-up + up to ``steps``
+    (at least one), stopping early when ``seconds`` are spent. The learning rate is 0, so the weights
+    do not change."""
+    import torch
+
+    model = loaded.model
+    dev = next(model.parameters()).device
+    x = torch.tensor(ids[:batch_size * block_size], dtype=torch.long).view(batch_size, block_size).to(dev)
+    kwargs = _train_kwargs(loaded, x)
+    was_training = model.training
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0, weight_decay=0.0)
+
+    def step():
+        model(**kwargs).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if dev.type == "cuda":
@@ -438,7 +480,7 @@ def _probe(loaded, ids: list[int], *, batch_size: int, block_size: int, steps: i
     model.train()
     try:
         t0 = time.perf_counter()
-        step(record=True)  # warm-up (allocates Adam states) + activation measurement
+        step()  # warm-up: allocates the Adam states
         warm = time.perf_counter() - t0
         times: list[float] = []
         deadline = time.perf_counter() + seconds
@@ -457,7 +499,7 @@ def _probe(loaded, ids: list[int], *, batch_size: int, block_size: int, steps: i
     return {"device": str(dev), "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             "batch_size": batch_size, "block_size": block_size, "steps": len(times), "warmup_seconds": round(warm, 3),
             "seconds_per_step": round(per_step, 4), "tokens_per_second": round(tokens / per_step, 1),
-            "activation_bytes_per_token": int(sum(saved.values()) / tokens), "method": "timed optimizer steps (AdamW)"}
+            "method": "timed optimizer steps (AdamW, lr 0)"}
 
 
 def available_memory(dev) -> int | None:

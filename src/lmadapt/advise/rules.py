@@ -165,39 +165,51 @@ def recommend(measurements: dict, goal: str, thresholds: dict | None = None) -> 
         missing.append(f"more labeled examples (>= {t['min_per_class']} per class, or >= {t['min_examples']} without classes)")
 
     tokens = _get(m, "domain", "estimated_tokens")
-    ratio = _get(m, "shift", "ratio")
-    shift_text = _get(m, "shift", "text", default="domain")
-    scored = min(_get(m, "shift", "domain_tokens_scored", default=0), _get(m, "shift", "reference_tokens_scored", default=0))
-    shift_thin = ratio is not None and scored < t["min_scored_tokens"]
-    shift_usable = ratio is not None and (shift_text == "task" and task_ok or shift_text == "domain" and dom_ok)
-    shifted = shift_usable and ratio >= t["shift_ratio"]
-    close = shift_usable and ratio < t["close_ratio"]
+    ref_scored = _get(m, "shift", "reference", "tokens", default=0)
+    metric = _get(m, "shift", "metric", default="perplexity")
+
+    def shift_of(text: str, usable: bool) -> dict | None:
+        """{ratio, thin, shifted, close} of one text set, None when not measured or its data is unusable."""
+        r = _get(m, "shift", text, "ratio")
+        if r is None or not usable:
+            return None
+        scored = min(_get(m, "shift", text, "tokens", default=0), ref_scored)
+        thin = scored < t["min_scored_tokens"]
+        return {"ratio": r, "scored": scored, "thin": thin, "shifted": not thin and r >= t["shift_ratio"],
+                "close": not thin and r < t["close_ratio"]}
+
+    d_shift, t_shift = shift_of("domain", dom_ok), shift_of("task", task_ok)
+    shifted = bool(d_shift and d_shift["shifted"])
+    close = bool(d_shift and d_shift["close"])
+    ratio = d_shift["ratio"] if d_shift else None
     overlap = _get(m, "vocabulary", "overlap")
     split_d = _get(m, "vocabulary", "domain_split3_share")
     split_r = _get(m, "vocabulary", "reference_split3_share")
     excess = (split_d - split_r) if split_d is not None and split_r is not None else None
-    vocab_usable = overlap is not None and (_get(m, "vocabulary", "text", default="domain") == "domain" and dom_ok
-                                            or _get(m, "vocabulary", "text") == "task" and task_ok)
+    vocab_text = _get(m, "vocabulary", "text", default="domain")
+    vocab_usable = overlap is not None and (vocab_text == "domain" and dom_ok or vocab_text == "task" and task_ok)
     vocab_shifted = vocab_usable and overlap < t["overlap_shifted"]
     fragmented = vocab_usable and excess is not None and excess >= t["split3_excess"]
     lots = dom_ok and tokens is not None and tokens >= t["lots_domain_tokens"]
 
     # ---- shift and vocabulary: reported whenever measured on usable data
-    if ratio is not None and shift_usable:
-        what = "the domain corpus" if shift_text == "domain" else "the task texts"
-        metric = _get(m, "shift", "metric", default="perplexity")
-        verdict = ("foreign to the model (shifted)" if shifted else
-                   "close to what the model already models" if close else "moderately shifted")
-        reason("shift", f"{metric} ratio of {what} to general English text = {ratio:.2f}: {verdict}"
-               + (f" (only {scored:,} tokens scored per set)" if shift_thin else ""),
-               round(ratio, 3), t["shift_ratio"],
-               "continued pretraining" if shifted else "fine-tuning only" if close else "")
+    for text, sh in (("domain", d_shift), ("task", t_shift)):
+        if not sh:
+            continue
+        what = "the domain corpus" if text == "domain" else "the task texts"
+        verdict = ("thin measurement, not used to decide" if sh["thin"] else "foreign to the model (shifted)"
+                   if sh["shifted"] else "close to what the model already models" if sh["close"] else "moderately shifted")
+        reason("shift", f"{metric} ratio of {what} to general English text = {sh['ratio']:.2f}: {verdict} "
+               f"({sh['scored']:,} tokens scored per set)", round(sh["ratio"], 3), t["shift_ratio"],
+               ("continued pretraining" if text == "domain" else "task-adaptive pretraining") if sh["shifted"]
+               else "fine-tuning only" if sh["close"] else "")
     if vocab_usable:
-        reason("vocabulary", f"top-{_get(m, 'vocabulary', 'top_k')} word overlap with general text = {overlap:.2f} "
-               f"({'shifted vocabulary' if vocab_shifted else 'shared vocabulary'}; two general-English samples: ~0.45)",
-               round(overlap, 3), t["overlap_shifted"], "continued pretraining" if vocab_shifted else "")
+        reason("vocabulary", f"top-{_get(m, 'vocabulary', 'top_k')} word overlap of the {vocab_text} text with general "
+               f"text = {overlap:.2f} ({'shifted vocabulary' if vocab_shifted else 'shared vocabulary'}; "
+               "two general-English samples: ~0.45)", round(overlap, 3), t["overlap_shifted"],
+               "continued pretraining" if vocab_shifted else "")
         if excess is not None:
-            reason("tokenizer", f"{split_d:.0%} of the 1k most frequent domain words are cut into >= 3 pieces "
+            reason("tokenizer", f"{split_d:.0%} of the 1k most frequent {vocab_text} words are cut into >= 3 pieces "
                    f"vs {split_r:.0%} of general words", round(excess, 3), t["split3_excess"],
                    "train embeddings / extend vocabulary" if fragmented else "")
 
@@ -218,7 +230,7 @@ def recommend(measurements: dict, goal: str, thresholds: dict | None = None) -> 
             reason("goal", f"goal '{goal}': generating/understanding the domain's own language is learned by "
                    "continued pretraining on its text", None, None, "continued pretraining")
         if dapt:
-            if ratio is None or not shift_usable or shift_thin:
+            if not d_shift or d_shift["thin"]:
                 penalties.append("domain shift not measured (or from few tokens)")
             elif close:
                 penalties.append("the model already models the domain well")
@@ -252,13 +264,18 @@ def recommend(measurements: dict, goal: str, thresholds: dict | None = None) -> 
             tapt = True
             reason("goal", f"goal '{goal}' without a usable domain corpus: continued pretraining on the task's "
                    "own texts is the domain text available", None, None, "task-adaptive pretraining")
-        elif shifted or vocab_shifted:
-            tapt = True
-            what = f"perplexity ratio {ratio:.2f}" if shifted else f"vocabulary overlap {overlap:.2f}"
-            reason("tapt", f"text foreign to the model ({what}) but not 'lots' of it: task-adaptive pretraining "
-                   "(Gururangan et al. 2020) is cheap and helps", None, None, "task-adaptive pretraining")
-            if ratio is None or shift_thin:
-                penalties.append("shift not measured on enough tokens")
+        else:
+            # Foreign to the model? The task texts' own perplexity ratio decides, else the domain's,
+            # else (no usable perplexity) the vocabulary overlap.
+            sh = next((x for x in (t_shift, d_shift) if x and not x["thin"]), None)
+            foreign = sh["shifted"] if sh else vocab_shifted
+            if foreign:
+                tapt = True
+                what = f"perplexity ratio {sh['ratio']:.2f}" if sh else f"vocabulary overlap {overlap:.2f}"
+                reason("tapt", f"text foreign to the model ({what}) but not 'lots' of domain text: task-adaptive "
+                       "pretraining (Gururangan et al. 2020) is cheap and helps", None, None, "task-adaptive pretraining")
+                if not sh:
+                    penalties.append("shift not measured on enough tokens")
 
     steps = [s for s, on in (("dapt", dapt), ("tapt", tapt), ("ft", ft)) if on]
     recommendation = RECOMMENDATIONS[tuple(steps)]

@@ -308,7 +308,10 @@ class TaskEvalCallback(TrainerCallback):
         task, tokenizer, examples, space, cfg = self.args
         if metrics is not None and model is not None and any(k.startswith("eval_dev_") for k in metrics):
             scores = M.scalars(task.evaluate(model, tokenizer, examples, space, cfg))
-            metrics.update({f"eval_dev_{k}": v for k, v in scores.items()})
+            extra = {f"eval_dev_{k}": v for k, v in scores.items()}
+            metrics.update(extra)
+            if state.log_history and "eval_dev_loss" in state.log_history[-1]:
+                state.log_history[-1].update(extra)     # logged already; keep the history complete
 
 
 def select_metric(task, cfg: FinetuneConfig) -> tuple[str, bool]:
@@ -413,7 +416,7 @@ def run_finetune(cfg: FinetuneConfig, recipe_dict: dict | None = None) -> dict:
         if examples:
             results[name] = task.evaluate(model, tokenizer, examples, space, cfg)
             log(f"{name} metrics:\n" + M.format_metrics(results[name], title=name))
-    epochs_run = [round(e["epoch"], 3) for e in state.log_history if f"eval_dev_{metric}" in e]
+    epochs_run = [round(e["epoch"], 3) for e in state.log_history if "eval_dev_loss" in e]
     metrics = {
         "stage": "finetune",
         "task": task.name,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -147,12 +147,17 @@ class ClassificationTask:
                                     f"occurs in the training data (train labels: {shown})")
 
     def class_weights(self, train: list[Example], space: dict) -> torch.Tensor:
-        """'balanced' weights n / (k * count_c) (single label), or BCE pos_weight neg/pos (multi label)."""
-        counts = np.array([space["counts"].get(lab, 0) for lab in space["labels"]], dtype=float)
+        """'balanced' weights n / (k * count_c) over the classes present in ``train`` (single label),
+        or BCE pos_weight neg/pos (multi label); a class absent from ``train`` gets weight 0 / 1."""
+        seen: Counter = Counter()
+        for ex in train:
+            lab = ex.fields["label"]
+            seen.update(lab if isinstance(lab, list) else [lab])
+        counts = np.array([seen.get(lab, 0) for lab in space["labels"]], dtype=float)
         if space["problem"] == "multi_label":
             n = len(train)
             return torch.tensor(np.where(counts > 0, (n - counts) / np.maximum(counts, 1), 1.0), dtype=torch.float32)
-        w = np.where(counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)), 0.0)
+        w = np.where(counts > 0, counts.sum() / (np.count_nonzero(counts) * np.maximum(counts, 1)), 0.0)
         return torch.tensor(w, dtype=torch.float32)
 
     def sample_weights(self, train: list[Example], space: dict) -> list[float]:

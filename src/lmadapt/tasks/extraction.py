@@ -30,6 +30,7 @@ from ..config.base import ConfigError
 from ..config.tasks import ExtractionConfig
 from .base import DataError, Example, ReadReport
 from .classification import model_kwargs, pad_id_of
+from .labeled_io import read_records
 from .span_metrics import span_scores
 
 IGNORE = -100
@@ -69,13 +70,13 @@ def _reject(origin: str, reason: str, on_error: str, report: ReadReport) -> None
 
 # --- spans <-> tags -------------------------------------------------------------------------------
 
-def check_spans(text: Any, spans: Any, field: str = "spans") -> tuple[list[Span], str | None]:
+def check_spans(text: Any, spans: Any, field: str = "spans", text_field: str = "text") -> tuple[list[Span], str | None]:
     """Validate raw span dicts against ``text``; returns (sorted spans, None) or ([], error message).
 
-    Errors name the field and index: ``field 'spans'[2]: end 40 is past the end of the text (34 chars)``.
+    Errors name the field and index: ``field 'spans'[2]: span [30, 40) is outside the text (34 chars)``.
     Whitespace at either end of a span is stripped (a span of only whitespace is an error)."""
     if not isinstance(text, str):
-        return [], f"field 'text' must be a string, got {type(text).__name__}"
+        return [], f"field {text_field!r} must be a string, got {type(text).__name__}"
     if not isinstance(spans, list):
         return [], f"field {field!r} must be a list of {{start, end, label}}, got {type(spans).__name__}"
     out: list[tuple[Span, int]] = []
@@ -295,10 +296,6 @@ def _require_fast(tokenizer) -> None:
         raise ConfigError("extraction needs a fast tokenizer (offset mapping); this model's tokenizer is a slow one")
 
 
-def _label_list(space: dict) -> list[str]:
-    return list(space["tags"])
-
-
 def _tokenize(text: str, tokenizer, max_length: int | None):
     kw = dict(return_offsets_mapping=True, return_special_tokens_mask=True)
     if max_length is not None:
@@ -317,8 +314,6 @@ class ExtractionTask:
 
     # reading -------------------------------------------------------------------------------------
     def read(self, path: str, cfg, *, split: str, report: ReadReport) -> list[Example]:
-        from .labeled_io import read_records
-
         sec = section(cfg)
         on_error = _on_error(cfg)
         raw = read_records(path, fields_required=[], on_error=on_error, report=report,
@@ -332,7 +327,7 @@ class ExtractionTask:
                     _reject(ex.origin, f"missing field {missing[0]!r} (span records need {sec.text_field!r} and "
                                        f"{sec.spans_field!r})", on_error, report)
                     continue
-                spans, err = check_spans(rec[sec.text_field], rec[sec.spans_field], sec.spans_field)
+                spans, err = check_spans(rec[sec.text_field], rec[sec.spans_field], sec.spans_field, sec.text_field)
                 text = rec[sec.text_field]
                 tokens = None
             elif sec.tokens_field in rec or sec.tags_field in rec:
@@ -373,7 +368,7 @@ class ExtractionTask:
     def check_split(self, examples: list[Example], space: dict, split: str) -> None:
         known = set(space["labels"])
         for ex in examples:
-            for i, sp in enumerate(ex.fields["spans"]):
+            for sp in ex.fields["spans"]:
                 if sp[2] not in known:
                     raise DataError(f"{ex.origin}: {split} span label {sp[2]!r} never occurs in the training data "
                                     f"(known: {', '.join(sorted(known))})")
@@ -382,7 +377,7 @@ class ExtractionTask:
     def load_model(self, base_dir: str, space: dict, cfg):
         from transformers import AutoModelForTokenClassification
 
-        tags = _label_list(space)
+        tags = list(space["tags"])
         return AutoModelForTokenClassification.from_pretrained(
             base_dir, num_labels=len(tags), id2label=dict(enumerate(tags)),
             label2id={t: i for i, t in enumerate(tags)}, **model_kwargs(cfg))

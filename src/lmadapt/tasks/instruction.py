@@ -41,6 +41,7 @@ from ..config.base import ConfigError
 from ..config.tasks import InstructionConfig
 from .base import DataError, Example, ReadReport
 from .classification import model_kwargs, pad_id_of
+from .labeled_io import read_records
 from .span_metrics import generation_exact_match
 
 IGNORE = -100
@@ -302,8 +303,6 @@ class InstructionTask:
         return "loss"
 
     def read(self, path: str, cfg, *, split: str, report: ReadReport) -> list[Example]:
-        from .labeled_io import read_records
-
         sec = section(cfg)
         on_error = _on_error(cfg)
         raw = read_records(path, fields_required=[], on_error=on_error, report=report,

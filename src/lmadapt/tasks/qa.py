@@ -24,7 +24,7 @@ passage) in the prompt and the answer in the response.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -32,6 +32,7 @@ from ..config.base import ConfigError
 from ..config.tasks import QAConfig
 from .base import DataError, Example, ReadReport
 from .classification import model_kwargs, pad_id_of
+from .labeled_io import read_records
 from .span_metrics import squad_scores
 
 IGNORE = -100
@@ -105,7 +106,6 @@ class Window:
     cls_index: int = 0
     start_position: int = 0
     end_position: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def _question_ids(question: str, tokenizer, sec: QAConfig, allow: bool, origin: str, counter: list) -> str:
@@ -219,8 +219,6 @@ class QATask:
         return lambda ex: bool(ex.fields["answers"])
 
     def read(self, path: str, cfg, *, split: str, report: ReadReport) -> list[Example]:
-        from .labeled_io import read_records
-
         sec = section(cfg)
         on_error = _on_error(cfg)
         raw = read_records(path, fields_required=[sec.question_field, sec.context_field, sec.answers_field],

@@ -1,0 +1,771 @@
+"""report.md and report.html of a pipeline run, built from the run folder alone.
+
+    lmadapt report runs/demo            # rebuilds runs/demo/report.md and runs/demo/report.html
+
+Sources: ``results.jsonl`` (one row per arm, seed and stage), ``run_state.json``, ``pipeline.yaml``,
+and each stage folder's ``metrics.json``, ``logs.jsonl`` and ``token_accounting.json``. The HTML
+file is self-contained (inline CSS, inline SVG plots); report.md links the same plots as SVG files
+in ``report_files/``.
+
+Comparison rule: each arm's value is the mean over its distinct runs (seeds; a stage shared by all
+seeds counts once), ± the sample standard deviation. A difference to the reference arm counts as
+beyond seed-to-seed noise when |diff| > k x s_p x sqrt(1/n_a + 1/n_r), s_p the pooled standard
+deviation of the two arms (k = report.noise_factor, 2 by default: roughly a 95% two-sample check).
+It needs at least two runs per arm; with one seed the report says so instead of guessing.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..train.outputs import ACCOUNTING_FILE, METRICS_FILE, atomic_write_text, read_json
+
+RESULTS_FILE = "results.jsonl"
+STATE_FILE = "run_state.json"
+PIPELINE_FILE = "pipeline.yaml"
+ASSETS_DIR = "report_files"
+BASELINE_ARM = "tfidf_baseline"
+
+# (key, label, better): the comparison table's columns.
+COLUMNS = [
+    ("test_accuracy", "test accuracy", "higher"),
+    ("test_macro_f1", "test macro-F1", "higher"),
+    ("dev_macro_f1", "dev macro-F1", "higher"),
+    ("domain_ppl", "domain ppl", "lower"),
+    ("general_ppl", "general ppl", "lower"),
+]
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22"]
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    folder: Path
+    rows: list[dict]
+    state: dict
+    pipeline: dict
+    arms: list[str]
+    reference: str
+    noise_factor: float
+    roles: dict[str, str | None]
+    _metrics: dict = field(default_factory=dict)
+
+    def metrics(self, rel: str | None) -> dict:
+        if not rel:
+            return {}
+        if rel not in self._metrics:
+            path = self.folder / rel
+            self._metrics[rel] = (read_json(path, default={}) if path.suffix == ".json"
+                                  else read_json(path / METRICS_FILE, default={})) or {}
+        return self._metrics[rel]
+
+
+def load_run(run_dir: str | Path) -> Run:
+    folder = Path(run_dir)
+    path = folder / RESULTS_FILE
+    if not path.is_file():
+        from ..config.base import ConfigError
+        raise ConfigError(f"{folder}: no {RESULTS_FILE}; is this the output_dir of `lmadapt run`?")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    state = read_json(folder / STATE_FILE, default={}) or {}
+    pipeline = {}
+    if (folder / PIPELINE_FILE).is_file():
+        pipeline = yaml.safe_load((folder / PIPELINE_FILE).read_text(encoding="utf-8")) or {}
+    arms = list((pipeline.get("arms") or {}).keys())
+    for r in rows:
+        if r["arm"] not in arms and r["arm"] != BASELINE_ARM:
+            arms.append(r["arm"])
+    rep = (pipeline.get("report") or {})
+    reference = rep.get("reference_arm") or ("ft_only" if "ft_only" in arms else (arms[0] if arms else ""))
+    ev = pipeline.get("evaluation") or {}
+    names = list((ev.get("lm_sets") or {}).keys())
+    if not names:
+        names = sorted({n for r in rows for n in (r.get("lm") or {})})
+    domain = ev.get("domain_set") or ("domain" if "domain" in names else (names[0] if names else None))
+    rest = [n for n in names if n != domain]
+    general = ev.get("general_set") or ("general" if "general" in names else (rest[0] if rest else None))
+    return Run(folder=folder, rows=rows, state=state, pipeline=pipeline, arms=arms, reference=reference,
+               noise_factor=float(rep.get("noise_factor") or 2.0), roles={"domain": domain, "general": general})
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+@dataclass
+class Stat:
+    values: list[float]             # one per distinct run (stage instance)
+    ids: list[str]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return sum(self.values) / len(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        if len(self.values) < 2:
+            return None
+        m = self.mean
+        return math.sqrt(sum((v - m) ** 2 for v in self.values) / (len(self.values) - 1))
+
+
+def _chains(run: Run) -> dict[tuple[str, int], list[dict]]:
+    chains: dict[tuple[str, int], list[dict]] = {}
+    for r in run.rows:
+        chains.setdefault((r["arm"], r["seed"]), []).append(r)
+    for rows in chains.values():
+        rows.sort(key=lambda r: r.get("position", 0))
+    return chains
+
+
+def arm_values(run: Run) -> dict[str, dict[str, Stat]]:
+    """{arm: {column: Stat}} from each (arm, seed)'s final fine-tune and the model it started from."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (arm, _seed), rows in _chains(run).items():
+        cols = out.setdefault(arm, {c[0]: {} for c in COLUMNS})
+        ft = [r for r in rows if r.get("task")]
+        last_ft = ft[-1] if ft else None
+        if last_ft:
+            task = last_ft["task"]
+            for key, split, metric in (("test_accuracy", "test", "accuracy"), ("test_macro_f1", "test", "macro_f1"),
+                                       ("dev_macro_f1", "dev", "macro_f1")):
+                v = (task.get(split) or {}).get(metric)
+                if v is not None:
+                    cols[key][last_ft["id"]] = float(v)
+        limit = last_ft["position"] if last_ft else float("inf")
+        lm_rows = [r for r in rows if r.get("lm") and r.get("position", 0) < limit]
+        if lm_rows:
+            lm = lm_rows[-1]
+            for key, role in (("domain_ppl", "domain"), ("general_ppl", "general")):
+                name = run.roles.get(role)
+                v = ((lm["lm"].get(name) or {}) if name else {}).get("perplexity")
+                if v is not None:
+                    cols[key][lm["id"]] = float(v)
+    return {arm: {k: Stat(list(d.values()), list(d.keys())) for k, d in cols.items()} for arm, cols in out.items()}
+
+
+def compare(a: Stat, r: Stat, k: float) -> dict:
+    """Difference a - r and whether it exceeds k pooled standard errors."""
+    if a.mean is None or r.mean is None:
+        return {"diff": None, "verdict": "n/a"}
+    diff = a.mean - r.mean
+    if sorted(a.ids) == sorted(r.ids):
+        return {"diff": diff, "verdict": "same model"}
+    if a.n < 2 or r.n < 2:
+        return {"diff": diff, "verdict": "one run: no noise estimate"}
+    sp = math.sqrt(((a.n - 1) * a.std ** 2 + (r.n - 1) * r.std ** 2) / (a.n + r.n - 2))
+    se = sp * math.sqrt(1 / a.n + 1 / r.n)
+    threshold = k * se
+    if se == 0:
+        real = diff != 0
+    else:
+        real = abs(diff) > threshold
+    return {"diff": diff, "threshold": threshold, "verdict": "beyond noise" if real else "within noise"}
+
+
+def _fmt(v: float | None, key: str = "") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if key.endswith("ppl"):
+        return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def _fmt_stat(s: Stat | None, key: str) -> str:
+    if s is None or s.mean is None:
+        return "—"
+    text = _fmt(s.mean, key)
+    if s.std is not None:
+        text += f" ± {_fmt(s.std, key)}"
+    return text + f" (n={s.n})"
+
+
+def _fmt_diff(c: dict, key: str) -> str:
+    if c["diff"] is None:
+        return "—"
+    sign = "+" if c["diff"] >= 0 else "−"
+    text = f"{sign}{_fmt(abs(c['diff']), key)}"
+    return f"{text} ({c['verdict']})"
+
+
+# --- tables --------------------------------------------------------------------------------------
+
+def comparison(run: Run) -> dict:
+    values = arm_values(run)
+    ref = values.get(run.reference, {})
+    table = []
+    for arm in run.arms + ([BASELINE_ARM] if BASELINE_ARM in values else []):
+        if arm not in values:
+            continue
+        cells = {}
+        for key, _, _ in COLUMNS:
+            s = values[arm].get(key)
+            c = compare(s, ref[key], run.noise_factor) if ref and arm != run.reference and s is not None else None
+            cells[key] = {"stat": s, "cmp": c}
+        table.append({"arm": arm, "cells": cells})
+    return {"rows": table, "reference": run.reference}
+
+
+def summary_table(run_dir: str | Path) -> str:
+    """Plain-text comparison table (arms x metrics, mean ± std, diff to the reference arm)."""
+    run = load_run(run_dir)
+    comp = comparison(run)
+    head = ["arm"] + [c[1] for c in COLUMNS]
+    lines = [head]
+    for row in comp["rows"]:
+        lines.append([row["arm"]] + [_fmt_stat(row["cells"][k]["stat"], k).replace(" (n=", " n=").rstrip(")")
+                                     for k, _, _ in COLUMNS])
+    diff_lines = [["diff to " + comp["reference"]] + [c[1] for c in COLUMNS]]
+    for row in comp["rows"]:
+        if row["arm"] == comp["reference"]:
+            continue
+        diff_lines.append([row["arm"]] + [_fmt_diff(row["cells"][k]["cmp"], k) if row["cells"][k]["cmp"] else "—"
+                                          for k, _, _ in COLUMNS])
+
+    def render(rows):
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+        out.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(out)
+
+    text = render(lines)
+    if len(diff_lines) > 1:
+        text += "\n\n" + render(diff_lines)
+    return text + "\n\n" + noise_rule(run)
+
+
+def noise_rule(run: Run) -> str:
+    return (f"Rule: a difference to {run.reference} is 'beyond noise' when |diff| > {run.noise_factor:g} x s_p x "
+            "sqrt(1/n_a + 1/n_ref), s_p the pooled seed-to-seed standard deviation of the two arms; n counts distinct "
+            "runs (a stage shared by every seed counts once). With fewer than 2 runs per arm there is no noise estimate.")
+
+
+def per_class_f1(run: Run) -> tuple[list[str], dict[str, dict[str, float]]]:
+    labels: list[str] = []
+    acc: dict[str, dict[str, list[float]]] = {}
+    seen: set[tuple[str, str]] = set()
+    for (arm, _seed), rows in _chains(run).items():
+        ft = [r for r in rows if r.get("task")]
+        if not ft:
+            continue
+        last = ft[-1]
+        if (arm, last["id"]) in seen:
+            continue
+        seen.add((arm, last["id"]))
+        test = run.metrics(last.get("folder")).get("test") or {}
+        for lab, m in (test.get("per_class") or {}).items():
+            if lab not in labels:
+                labels.append(lab)
+            if m.get("f1") is not None:
+                acc.setdefault(arm, {}).setdefault(lab, []).append(float(m["f1"]))
+    means = {arm: {lab: sum(v) / len(v) for lab, v in d.items()} for arm, d in acc.items()}
+    return labels, means
+
+
+def _stage_rows(run: Run, kind: str | None = None) -> list[dict]:
+    """Distinct stage instances (first row of each), in run order."""
+    seen, out = set(), []
+    for r in run.rows:
+        if r.get("kind") in ("input", "baseline") or (kind and r.get("kind") != kind):
+            continue
+        if r["id"] in seen:
+            continue
+        seen.add(r["id"])
+        r = dict(r)
+        r["used_by"] = sorted({f"{x['arm']}/s{x['seed']}" for x in run.rows if x.get("id") == r["id"]})
+        out.append(r)
+    return out
+
+
+def _stage_label(r: dict) -> str:
+    return f"{r['stage']}" + (f" (seed {r['seed']})" if r.get("seeded") else "")
+
+
+def token_rows(run: Run) -> list[dict]:
+    out = []
+    for r in _stage_rows(run, "pretrain"):
+        acc = read_json(run.folder / r["folder"] / ACCOUNTING_FILE, default={}) or {}
+        train = acc.get("train") or {}
+        mixture = ", ".join(f"{m['name']}: {m['tokens_used']:,} ({m['share']:.1%}, x{m['factor']:.2f})"
+                            for m in acc.get("mixture") or [])
+        out.append({"stage": _stage_label(r), "id": r["id"], "documents": train.get("documents"),
+                    "tokens": train.get("tokens"), "blocks": train.get("blocks"), "block_size": train.get("block_size"),
+                    "padding": train.get("padding_tokens"), "dropped": train.get("tokens_dropped"),
+                    "non_pad": train.get("non_pad_fraction"), "mode": train.get("mode"), "mixture": mixture,
+                    "seen": (r.get("perf") or {}).get("tokens_seen")})
+    return out
+
+
+def perf_rows(run: Run) -> list[dict]:
+    out = []
+    for r in _stage_rows(run):
+        p = r.get("perf") or {}
+        out.append({"stage": _stage_label(r), "kind": r["kind"], "id": r["id"], **p,
+                    "executed": any(x.get("executed") for x in run.rows if x.get("id") == r["id"])})
+    return out
+
+
+def _num(v, fmt="{:,.0f}") -> str:
+    return "—" if v is None else fmt.format(v)
+
+
+# --- series for the plots ------------------------------------------------------------------------
+
+def _logs(folder: Path) -> list[dict]:
+    """logs.jsonl rows; after a resume the rows of the abandoned attempt past the restart step are dropped."""
+    path = folder / "logs.jsonl"
+    if not path.is_file():
+        return []
+    rows: list[dict] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        step = row.get("step") or 0
+        while rows and (rows[-1].get("step") or 0) > step:
+            rows.pop()
+        rows.append(row)
+    return rows
+
+
+def _tokens_offset(run: Run, r: dict) -> int:
+    """Tokens seen by the ancestors of a stage (so a continued pretraining curve starts where its parent ended)."""
+    total, parent = 0, r.get("parent")
+    by_folder = {x.get("folder"): x for x in run.rows if x.get("folder")}
+    while parent:
+        p = by_folder.get(parent)
+        if p is None:
+            break
+        total += int(((p.get("perf") or {}).get("tokens_seen")) or 0)
+        parent = p.get("parent")
+    return total
+
+
+def pretrain_series(run: Run) -> tuple[list[dict], list[dict]]:
+    """(training loss vs tokens, held-out perplexity vs tokens) per pretrain stage."""
+    loss, ppl = [], []
+    stages = _stage_rows(run, "pretrain")
+    for i, r in enumerate(stages):
+        color = PALETTE[i % len(PALETTE)]
+        folder = run.folder / r["folder"]
+        off = _tokens_offset(run, r)
+        rows = _logs(folder)
+        pts = [(off + x["tokens_seen"], x["loss"]) for x in rows
+               if x.get("loss") is not None and x.get("tokens_seen") is not None]
+        if pts:
+            loss.append({"label": _stage_label(r), "points": pts, "color": color})
+        m = run.metrics(r["folder"])
+        seen = int(((m.get("train") or {}).get("tokens_seen")) or 0)
+        for j, (name, h) in enumerate((m.get("heldout") or {}).items()):
+            points = []
+            if (h.get("before") or {}).get("perplexity") is not None:
+                points.append((off, h["before"]["perplexity"]))
+            for x in rows:
+                v = x.get(f"eval_{name}_perplexity")
+                if v is not None and x.get("tokens_seen") is not None:
+                    points.append((off + x["tokens_seen"], v))
+            if (h.get("after") or {}).get("perplexity") is not None:
+                points.append((off + seen, h["after"]["perplexity"]))
+            if points:
+                ppl.append({"label": f"{_stage_label(r)} · {name}", "points": points, "color": color,
+                            "dash": ["", "6 4", "2 3", "10 3 2 3"][j % 4], "markers": True})
+    return loss, ppl
+
+
+def finetune_series(run: Run) -> tuple[list[dict], list[dict], str]:
+    """(training loss vs tokens, dev metric vs epoch, metric name) per fine-tuning stage."""
+    loss, dev = [], []
+    metric = "macro_f1"
+    arm_color = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(run.arms)}
+    seen_ids = set()
+    for r in run.rows:
+        if r.get("kind") != "finetune" or r["id"] in seen_ids:
+            continue
+        seen_ids.add(r["id"])
+        metric = (r.get("task") or {}).get("metric") or metric
+        rows = _logs(run.folder / r["folder"])
+        label = f"{r['arm']} · seed {r['seed']}"
+        seeds = sorted({x["seed"] for x in run.rows})
+        dash = ["", "6 4", "2 3", "10 3 2 3"][seeds.index(r["seed"]) % 4] if r["seed"] in seeds else ""
+        color = arm_color.get(r["arm"], "#333")
+        pts = [(x["tokens_seen"], x["loss"]) for x in rows if x.get("loss") is not None and x.get("tokens_seen")]
+        if pts:
+            loss.append({"label": label, "points": pts, "color": color, "dash": dash})
+        dpts = [(x["epoch"], x[f"eval_dev_{metric}"]) for x in rows
+                if x.get(f"eval_dev_{metric}") is not None and x.get("epoch") is not None]
+        if dpts:
+            dev.append({"label": label, "points": dpts, "color": color, "dash": dash, "markers": True})
+    return loss, dev, metric
+
+
+# --- SVG -----------------------------------------------------------------------------------------
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if hi <= lo:
+        hi = lo + 1
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.ceil(lo / step) * step
+    ticks = []
+    t = start
+    while t <= hi + 1e-9 * step:
+        ticks.append(round(t, 10))
+        t += step
+    return ticks
+
+
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    ticks = []
+    for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+        for m in (1, 2, 5):
+            v = m * 10 ** e
+            if lo <= v <= hi:
+                ticks.append(v)
+    if len(ticks) < 2:
+        ticks = sorted({lo, hi})
+    return ticks
+
+
+def _short(v: float) -> str:
+    a = abs(v)
+    if a >= 1e6:
+        return f"{v / 1e6:g}M"
+    if a >= 1e3:
+        return f"{v / 1e3:g}k"
+    if a >= 10 or v == int(v):
+        return f"{v:g}"
+    return f"{v:.2g}" if a < 1 else f"{v:.3g}"
+
+
+def svg_chart(series: list[dict], *, title: str, xlabel: str, ylabel: str, logy: bool = False,
+              width: int = 560, height: int = 300) -> str:
+    """A self-contained SVG line chart (axes, ticks, grid, legend below)."""
+    esc = html.escape
+    pts = [(x, y) for s in series for x, y in s["points"] if y is not None and (not logy or y > 0)]
+    legend_rows = math.ceil(len(series) / 2)
+    total_h = height + 20 + 16 * legend_rows
+    if not pts:
+        return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="60" role="img">'
+                f'<text x="10" y="30" font-size="13">{esc(title)}: no data</text></svg>')
+    left, right, top, bottom = 62, 14, 28, 44
+    pw, ph = width - left - right, height - top - bottom
+    xs = [p[0] for p in pts]
+    ys = [p[1] for p in pts]
+    x0, x1 = min(xs), max(xs)
+    if x1 == x0:
+        x0, x1 = x0 - 1, x1 + 1
+    if logy:
+        y0, y1 = min(ys), max(ys)
+        if y1 / y0 < 1.2:
+            y0, y1 = y0 / 1.1, y1 * 1.1
+        ly0, ly1 = math.log10(y0), math.log10(y1)
+        pad = (ly1 - ly0) * 0.05
+        ly0, ly1 = ly0 - pad, ly1 + pad
+        fy = lambda y: top + ph - (math.log10(y) - ly0) / (ly1 - ly0) * ph  # noqa: E731
+        yticks = _log_ticks(10 ** ly0, 10 ** ly1)
+    else:
+        y0, y1 = min(ys), max(ys)
+        pad = (y1 - y0) * 0.06 or abs(y1) * 0.05 or 1
+        y0, y1 = y0 - pad, y1 + pad
+        fy = lambda y: top + ph - (y - y0) / (y1 - y0) * ph  # noqa: E731
+        yticks = [t for t in _nice_ticks(y0, y1) if y0 <= t <= y1]
+    fx = lambda x: left + (x - x0) / (x1 - x0) * pw  # noqa: E731
+    xticks = [t for t in _nice_ticks(x0, x1) if x0 <= t <= x1]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{total_h}" viewBox="0 0 {width} {total_h}" '
+           f'role="img" aria-label="{esc(title)}" font-family="Helvetica, Arial, sans-serif">',
+           f'<rect x="0" y="0" width="{width}" height="{total_h}" fill="#fff"/>',
+           f'<text x="{left}" y="17" font-size="13" font-weight="bold" fill="#222">{esc(title)}</text>']
+    for t in yticks:
+        y = fy(t)
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#e6e6e6"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="10.5" text-anchor="end" fill="#444">{_short(t)}</text>')
+    for t in xticks:
+        x = fx(t)
+        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + ph}" stroke="#f0f0f0"/>')
+        out.append(f'<text x="{x:.1f}" y="{top + ph + 15}" font-size="10.5" text-anchor="middle" fill="#444">{_short(t)}</text>')
+    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
+    out.append(f'<text x="{left + pw / 2:.1f}" y="{top + ph + 33}" font-size="11.5" text-anchor="middle" fill="#222">{esc(xlabel)}</text>')
+    out.append(f'<text transform="translate(14,{top + ph / 2:.1f}) rotate(-90)" font-size="11.5" text-anchor="middle" '
+               f'fill="#222">{esc(ylabel)}{" (log scale)" if logy else ""}</text>')
+    for s in series:
+        p = [(fx(x), fy(y)) for x, y in s["points"] if y is not None and (not logy or y > 0)]
+        if not p:
+            continue
+        dash = f' stroke-dasharray="{s["dash"]}"' if s.get("dash") else ""
+        d = " ".join(f"{x:.1f},{y:.1f}" for x, y in p)
+        out.append(f'<polyline points="{d}" fill="none" stroke="{s["color"]}" stroke-width="1.8"{dash}>'
+                   f'<title>{esc(s["label"])}</title></polyline>')
+        if s.get("markers") or len(p) == 1:
+            out.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.8" fill="{s["color"]}"/>' for x, y in p)
+    for i, s in enumerate(series):
+        col, row = i % 2, i // 2
+        lx, ly = left + col * (pw / 2), height + 6 + row * 16
+        dash = f' stroke-dasharray="{s["dash"]}"' if s.get("dash") else ""
+        out.append(f'<line x1="{lx:.1f}" y1="{ly:.1f}" x2="{lx + 22:.1f}" y2="{ly:.1f}" stroke="{s["color"]}" stroke-width="2"{dash}/>')
+        label = s["label"] if len(s["label"]) <= 42 else s["label"][:40] + "…"
+        out.append(f'<text x="{lx + 28:.1f}" y="{ly + 4:.1f}" font-size="11" fill="#222">{esc(label)}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+def _arm_chain(run: Run, arm: str) -> str:
+    stages = (run.pipeline.get("arms") or {}).get(arm)
+    if stages:
+        return " → ".join(s if isinstance(s, str) else f"{s.get('kind')} (inline)" for s in stages)
+    rows = sorted((r for r in run.rows if r["arm"] == arm), key=lambda r: r.get("position", 0))
+    return " → ".join(dict.fromkeys(r["stage"] for r in rows))
+
+
+def build(run: Run) -> dict:
+    """Everything the two renderers need."""
+    comp = comparison(run)
+    labels, pcf = per_class_f1(run)
+    base_pc = {}
+    for r in run.rows:
+        if r.get("kind") == "baseline" and r.get("folder"):
+            test = run.metrics(r["folder"]).get("test") or {}
+            for lab, m in (test.get("per_class") or {}).items():
+                base_pc.setdefault(lab, []).append(m.get("f1") or 0.0)
+    if base_pc:
+        pcf[BASELINE_ARM] = {lab: sum(v) / len(v) for lab, v in base_pc.items()}
+    p_loss, p_ppl = pretrain_series(run)
+    f_loss, f_dev, metric = finetune_series(run)
+    plots = {
+        "pretrain_loss": svg_chart(p_loss, title="Pretraining: training loss vs tokens seen",
+                                   xlabel="tokens seen (cumulative along the stage chain)", ylabel="training loss"),
+        "pretrain_ppl": svg_chart(p_ppl, title="Pretraining: held-out perplexity vs tokens seen",
+                                  xlabel="tokens seen (cumulative along the stage chain)", ylabel="perplexity", logy=True),
+        "finetune_loss": svg_chart(f_loss, title="Fine-tuning: training loss vs tokens seen",
+                                   xlabel="tokens seen (non-padding)", ylabel="training loss"),
+        "finetune_dev": svg_chart(f_dev, title=f"Fine-tuning: dev {metric} by epoch", xlabel="epoch",
+                                  ylabel=f"dev {metric}"),
+    }
+    has = {"pretrain": bool(p_loss or p_ppl), "finetune": bool(f_loss or f_dev)}
+    return {"comp": comp, "labels": labels, "per_class": pcf, "plots": plots, "has": has,
+            "tokens": token_rows(run), "perf": perf_rows(run), "metric": metric}
+
+
+def _header_facts(run: Run) -> list[tuple[str, str]]:
+    st = run.state
+    seeds = sorted({r["seed"] for r in run.rows if r["kind"] != "baseline"})
+    facts = [("run folder", str(run.folder.resolve())), ("status", st.get("status", "?")),
+             ("seeds", ", ".join(map(str, seeds)) or "—"), ("reference arm", run.reference)]
+    if st.get("wall_seconds") is not None:
+        facts.append(("last run", f"{st.get('started', '?')} → {st.get('finished', '?')}, {st['wall_seconds']:.0f} s; "
+                                  f"{len(st.get('executed', []))} stage(s) run, {len(st.get('reused', []))} reused"))
+    ev = run.pipeline.get("evaluation") or {}
+    if ev.get("lm_sets"):
+        facts.append(("LM evidence", f"held-out sets {', '.join(f'{k} = {v}' for k, v in ev['lm_sets'].items())}; "
+                                     f"block size {ev.get('block_size')}, at most {ev.get('max_tokens')} tokens per set"))
+    return facts
+
+
+def render_markdown(run: Run, b: dict) -> str:
+    comp = b["comp"]
+    lines = ["# lmadapt run report", ""]
+    lines += [f"- **{k}**: {v}" for k, v in _header_facts(run)]
+    lines += ["", "## Arms", ""]
+    lines += [f"- **{a}**: {_arm_chain(run, a)}" for a in run.arms]
+    lines += ["", "## Comparison", "",
+              "Mean ± standard deviation over distinct runs (n). Task metrics come from each arm's last fine-tuning "
+              "stage; perplexities are of the model that stage started from (lower is better).", ""]
+    head = ["arm"] + [c[1] for c in COLUMNS]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" + "---:|" * len(COLUMNS))
+    for row in comp["rows"]:
+        lines.append(f"| {row['arm']} | " + " | ".join(_fmt_stat(row['cells'][k]['stat'], k) for k, _, _ in COLUMNS) + " |")
+    lines += ["", f"### Difference to {comp['reference']}", ""]
+    lines.append("| arm | " + " | ".join(c[1] for c in COLUMNS) + " |")
+    lines.append("|" + "---|" + "---:|" * len(COLUMNS))
+    for row in comp["rows"]:
+        if row["arm"] == comp["reference"]:
+            continue
+        lines.append(f"| {row['arm']} | " + " | ".join(
+            _fmt_diff(row['cells'][k]['cmp'], k) if row['cells'][k]['cmp'] else "—" for k, _, _ in COLUMNS) + " |")
+    lines += ["", noise_rule(run), ""]
+    if BASELINE_ARM in {r["arm"] for r in comp["rows"]}:
+        lines += ["`tfidf_baseline`: TF-IDF (word 1–2-grams) + logistic regression on the same fine-tuning data, "
+                  "C chosen by dev macro-F1; a reference row, no language model involved.", ""]
+    lines += ["## Plots", ""]
+    for name in ("pretrain_loss", "pretrain_ppl", "finetune_loss", "finetune_dev"):
+        if (name.startswith("pretrain") and b["has"]["pretrain"]) or (name.startswith("finetune") and b["has"]["finetune"]):
+            lines.append(f"![{name}]({ASSETS_DIR}/{name}.svg)")
+    lines.append("")
+    if b["labels"]:
+        arms = [a for a in list(run.arms) + [BASELINE_ARM] if a in b["per_class"]]
+        lines += ["## Per-class test F1", "", "| class | " + " | ".join(arms) + " |", "|---|" + "---:|" * len(arms)]
+        for lab in b["labels"]:
+            lines.append(f"| {lab} | " + " | ".join(_fmt(b['per_class'][a].get(lab)) for a in arms) + " |")
+        lines.append("")
+    if b["tokens"]:
+        lines += ["## Token accounting (pretraining stages)", "",
+                  "| stage | documents | tokens | blocks | padding | dropped | non-pad | tokens seen | mixture (tokens used, share, factor) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for t in b["tokens"]:
+            lines.append(f"| {t['stage']} | {_num(t['documents'])} | {_num(t['tokens'])} | "
+                         f"{_num(t['blocks'])} × {_num(t['block_size'])} | {_num(t['padding'])} | {_num(t['dropped'])} | "
+                         f"{_num(t['non_pad'], '{:.1%}')} | {_num(t['seen'])} | {t['mixture'] or '—'} |")
+        lines.append("")
+    lines += ["## Cost per stage", "",
+              "| stage | kind | wall s | train s | tokens seen | tokens/s | peak RSS MB | peak GPU MB | this run |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for p in b["perf"]:
+        lines.append(f"| {p['stage']} | {p['kind']} | {_num(p.get('wall_seconds'), '{:,.1f}')} | "
+                     f"{_num(p.get('train_seconds'), '{:,.1f}')} | {_num(p.get('tokens_seen'))} | "
+                     f"{_num(p.get('tokens_per_second'))} | {_num(p.get('peak_rss_mb'))} | {_num(p.get('peak_gpu_mb'))} | "
+                     f"{'ran' if p['executed'] else 'cached'} |")
+    lines += ["", "Peak RSS is the resident memory of the whole `lmadapt run` process while the stage ran "
+                  "(stages run in one process, so it includes what earlier stages left loaded).", "",
+              "## Stage folders", ""]
+    lines += [f"- `{p['id']}` ({p['kind']})" for p in b["perf"]]
+    lines.append("")
+    return "\n".join(lines)
+
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1180px;color:#222;
+ line-height:1.45;padding:0 16px}
+h1{font-size:24px;margin:0 0 8px}h2{font-size:19px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+h3{font-size:15px;margin:18px 0 6px}
+table{border-collapse:collapse;margin:6px 0 10px;font-size:13.5px}
+th,td{border:1px solid #d6d6d6;padding:4px 9px;vertical-align:top}
+th{background:#f3f5f7;text-align:left;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+tr.ref td{background:#f7fbff}tr.base td{color:#555;font-style:italic}
+.facts td:first-child{font-weight:600;white-space:nowrap}.facts td{border:none;padding:2px 12px 2px 0}
+.good{color:#146c2e;font-weight:600}.bad{color:#a4161a;font-weight:600}.muted{color:#777}
+.note{color:#555;font-size:13px;max-width:1000px}
+.plots{display:flex;flex-wrap:wrap;gap:14px}.plots figure{margin:0;border:1px solid #e3e3e3;padding:6px;background:#fff}
+code{background:#f4f4f4;padding:1px 4px;border-radius:3px;font-size:12.5px}
+"""
+
+
+def _cell_diff(c: dict | None, key: str, better: str) -> str:
+    if not c or c["diff"] is None:
+        return '<td class="n muted">—</td>'
+    text = _fmt_diff(c, key)
+    cls = "muted"
+    if c["verdict"] == "beyond noise":
+        improved = (c["diff"] > 0) == (better == "higher")
+        cls = "good" if improved else "bad"
+    return f'<td class="n {cls}">{html.escape(text)}</td>'
+
+
+def render_html(run: Run, b: dict) -> str:
+    e = html.escape
+    comp = b["comp"]
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>lmadapt report — {e(run.folder.resolve().name)}</title>", f"<style>{CSS}</style></head><body>",
+             f"<h1>lmadapt run report — {e(run.folder.resolve().name)}</h1>", '<table class="facts">']
+    parts += [f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in _header_facts(run)]
+    parts.append("</table><h2>Arms</h2><ul>")
+    parts += [f"<li><b>{e(a)}</b>: {e(_arm_chain(run, a))}</li>" for a in run.arms]
+    parts.append("</ul>")
+    parts.append("<h2>Comparison</h2><p class='note'>Mean ± standard deviation over distinct runs (n). Task metrics "
+                 "come from each arm's last fine-tuning stage; perplexities are of the model that stage started from "
+                 "(lower is better).</p>")
+    parts.append("<table><tr><th>arm</th>" + "".join(f"<th>{e(c[1])}</th>" for c in COLUMNS) + "</tr>")
+    for row in comp["rows"]:
+        cls = "ref" if row["arm"] == comp["reference"] else ("base" if row["arm"] == BASELINE_ARM else "")
+        parts.append(f'<tr class="{cls}"><td>{e(row["arm"])}{" (reference)" if cls == "ref" else ""}</td>' + "".join(
+            f'<td class="n">{e(_fmt_stat(row["cells"][k]["stat"], k))}</td>' for k, _, _ in COLUMNS) + "</tr>")
+    parts.append("</table>")
+    parts.append(f"<h3>Difference to {e(comp['reference'])}</h3>")
+    parts.append("<table><tr><th>arm</th>" + "".join(f"<th>{e(c[1])}</th>" for c in COLUMNS) + "</tr>")
+    for row in comp["rows"]:
+        if row["arm"] == comp["reference"]:
+            continue
+        parts.append(f"<tr><td>{e(row['arm'])}</td>" + "".join(
+            _cell_diff(row["cells"][k]["cmp"], k, better) for k, _, better in COLUMNS) + "</tr>")
+    parts.append("</table>")
+    parts.append(f"<p class='note'>{e(noise_rule(run))} Green: better than the reference beyond noise; red: worse "
+                 "beyond noise.</p>")
+    if BASELINE_ARM in {r["arm"] for r in comp["rows"]}:
+        parts.append("<p class='note'><i>tfidf_baseline</i>: TF-IDF (word 1–2-grams) + logistic regression on the same "
+                     "fine-tuning data, C chosen by dev macro-F1; a reference row, no language model involved.</p>")
+    parts.append("<h2>Plots</h2><div class='plots'>")
+    for name, svg in b["plots"].items():
+        if b["has"]["pretrain" if name.startswith("pretrain") else "finetune"]:
+            parts.append(f"<figure>{svg}</figure>")
+    parts.append("</div>")
+    if b["labels"]:
+        arms = [a for a in list(run.arms) + [BASELINE_ARM] if a in b["per_class"]]
+        parts.append("<h2>Per-class test F1</h2><p class='note'>Mean over runs; cell shading grows with F1.</p>")
+        parts.append("<table><tr><th>class</th>" + "".join(f"<th>{e(a)}</th>" for a in arms) + "</tr>")
+        for lab in b["labels"]:
+            cells = []
+            for a in arms:
+                v = b["per_class"][a].get(lab)
+                shade = "" if v is None else f' style="background:rgba(31,119,180,{0.08 + 0.5 * v:.2f})"'
+                cells.append(f'<td class="n"{shade}>{_fmt(v)}</td>')
+            parts.append(f"<tr><td>{e(lab)}</td>{''.join(cells)}</tr>")
+        parts.append("</table>")
+    if b["tokens"]:
+        parts.append("<h2>Token accounting (pretraining stages)</h2>")
+        parts.append("<table><tr><th>stage</th><th>documents</th><th>tokens</th><th>blocks</th><th>padding</th>"
+                     "<th>dropped</th><th>non-pad</th><th>tokens seen</th><th>mixture: tokens used (share, factor)</th></tr>")
+        for t in b["tokens"]:
+            parts.append(f"<tr><td>{e(t['stage'])}</td><td class='n'>{_num(t['documents'])}</td>"
+                         f"<td class='n'>{_num(t['tokens'])}</td><td class='n'>{_num(t['blocks'])} × {_num(t['block_size'])}</td>"
+                         f"<td class='n'>{_num(t['padding'])}</td><td class='n'>{_num(t['dropped'])}</td>"
+                         f"<td class='n'>{_num(t['non_pad'], '{:.1%}')}</td><td class='n'>{_num(t['seen'])}</td>"
+                         f"<td>{e(t['mixture'] or '—')}</td></tr>")
+        parts.append("</table><p class='note'>tokens: the training corpus after mixing (separators included); "
+                     "tokens seen: what the optimiser consumed (non-padding), which is less than tokens when training "
+                     "stops at a token budget.</p>")
+    parts.append("<h2>Cost per stage</h2><table><tr><th>stage</th><th>kind</th><th>wall s</th><th>train s</th>"
+                 "<th>tokens seen</th><th>tokens/s</th><th>peak RSS MB</th><th>peak GPU MB</th><th>this run</th></tr>")
+    for p in b["perf"]:
+        parts.append(f"<tr><td title='{e(p['id'])}'>{e(p['stage'])}</td><td>{e(p['kind'])}</td>"
+                     f"<td class='n'>{_num(p.get('wall_seconds'), '{:,.1f}')}</td>"
+                     f"<td class='n'>{_num(p.get('train_seconds'), '{:,.1f}')}</td>"
+                     f"<td class='n'>{_num(p.get('tokens_seen'))}</td><td class='n'>{_num(p.get('tokens_per_second'))}</td>"
+                     f"<td class='n'>{_num(p.get('peak_rss_mb'))}</td><td class='n'>{_num(p.get('peak_gpu_mb'))}</td>"
+                     f"<td>{'ran' if p['executed'] else 'cached'}</td></tr>")
+    parts.append("</table><p class='note'>Peak RSS is the resident memory of the whole <code>lmadapt run</code> process "
+                 "while the stage ran (stages share one process, so it includes what earlier stages left loaded).</p>")
+    parts.append("<h2>Stage folders</h2><ul>")
+    parts += [f"<li><code>stages/{e(p['id'])}</code> ({e(p['kind'])})</li>" for p in b["perf"]]
+    parts.append(f"</ul><p class='note'>Generated {e(time.strftime('%Y-%m-%d %H:%M:%S'))} by <code>lmadapt report</code> "
+                 "from the run folder.</p></body></html>")
+    return "\n".join(parts)
+
+
+def write_report(run_dir: str | Path) -> dict:
+    """(Re)build report.md, report.html and report_files/*.svg in ``run_dir``; returns their paths."""
+    run = load_run(run_dir)
+    b = build(run)
+    folder = Path(run_dir)
+    for name, svg in b["plots"].items():
+        atomic_write_text(folder / ASSETS_DIR / f"{name}.svg", svg + "\n")
+    md, page = folder / "report.md", folder / "report.html"
+    atomic_write_text(md, render_markdown(run, b))
+    atomic_write_text(page, render_html(run, b))
+    return {"md": str(md), "html": str(page)}
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("run_dir", help="output_dir of `lmadapt run` (holds results.jsonl)")
+    return parser
+
+
+def main_report(args: argparse.Namespace) -> int:
+    paths = write_report(args.run_dir)
+    print(summary_table(args.run_dir))
+    print(f"\nwrote {paths['md']} and {paths['html']}")
+    return 0

@@ -1,0 +1,559 @@
+"""`lmadapt run PIPELINE.yaml`: arms x seeds of stages, a shared stage cache, evidence, a report.
+
+    cfg = load_pipeline("pipeline.yaml", ["seeds=[0,1]"])
+    summary = run_pipeline(cfg)          # -> output_dir/{stages/, results.jsonl, run_state.json, report.*}
+
+Every stage instance (kind, resolved recipe, parent, input files) has one folder
+``output_dir/stages/<kind>-<name>-<hash12>`` (see cache.py). Arms that share a prefix share its
+folders, so the base model is trained once; a folder with ``DONE`` is reused, a folder without it
+is an interrupted stage and is resumed (from its last checkpoint, else started over). After each
+stage: LM evidence (held-out perplexity of every pretrained model), task metrics, wall time,
+tokens/s and peak memory go to ``results.jsonl``, one row per (arm, seed, stage).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shutil
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config.base import ConfigError, load_recipe, to_dict
+from ..config.pipeline import PipelineConfig, StageSpec, load_pipeline, recipe_class
+from ..train.outputs import METRICS_FILE, atomic_write_text, read_json, write_json
+from . import cache
+
+RESULTS_FILE = "results.jsonl"
+STATE_FILE = "run_state.json"
+PIPELINE_FILE = "pipeline.yaml"
+EVIDENCE_FILE = "lm_evidence.json"
+STAGES_DIR = "stages"
+BASELINE_DIR = "baselines"
+
+
+def log(msg: str) -> None:
+    print(f"[lmadapt run] {msg}", flush=True)
+
+
+# --- the plan ------------------------------------------------------------------------------------
+
+@dataclass
+class StageInstance:
+    kind: str
+    name: str
+    recipe: dict                    # fully resolved, train.output_dir = folder
+    hash: str
+    key: dict                       # what went into the hash
+    folder: Path
+    model_out: str                  # model folder the next stage starts from
+    parent: "StageInstance | None"  # the stage whose output this one starts from
+    input_model: str | None         # an arm's starting model (not produced by a stage), if any
+    seeded: bool
+
+    @property
+    def id(self) -> str:
+        return self.folder.name
+
+
+@dataclass
+class ArmRun:
+    arm: str
+    seed: int
+    stages: list[StageInstance]
+    input_model: str | None = None  # the model the arm starts from, when it is not trained from scratch
+
+
+def _starting_model(spec: StageSpec, recipe: dict) -> str | None:
+    if spec.kind == "evaluate":
+        return recipe.get("model")
+    model = recipe.get("model") or {}
+    return model.get("path") if model.get("init", "pretrained") == "pretrained" else None
+
+
+def plan(cfg: PipelineConfig) -> list[ArmRun]:
+    """Every (arm, seed) as a chain of stage instances; identical instances are one object."""
+    out = Path(cfg.output_dir).resolve()
+    instances: dict[str, StageInstance] = {}
+    runs = []
+    for seed in cfg.seeds:
+        for arm in cfg.arms:
+            chain: list[StageInstance] = []
+            parent: StageInstance | None = None
+            model: str | None = None          # what the next stage starts from
+            arm_input: str | None = None
+            for i in range(len(cfg.arms[arm])):
+                name, spec = cfg.stage_of(arm, i)
+                seeded = spec.kind in cfg.seeded_kinds and spec.kind != "evaluate"
+                recipe = cfg.stage_recipe(spec, parent_model=model, seed=seed if seeded else None, output_dir="")
+                if i == 0:
+                    arm_input = _starting_model(spec, recipe)
+                key = cache.stage_key(spec.kind, recipe, parent_hash=parent.hash if parent else None,
+                                      parent_model=model if parent else None)
+                digest = cache.digest(key)
+                inst = instances.get(digest)
+                if inst is None:
+                    folder = out / STAGES_DIR / cache.stage_folder_name(spec.kind, name, digest)
+                    recipe = cfg.stage_recipe(spec, parent_model=model, seed=seed if seeded else None,
+                                              output_dir=str(folder))
+                    if spec.kind == "evaluate":
+                        model_out = recipe.get("model")
+                    else:
+                        model_out = str(folder)
+                    inst = StageInstance(kind=spec.kind, name=name, recipe=recipe, hash=digest, key=key, folder=folder,
+                                         model_out=model_out, parent=parent,
+                                         input_model=arm_input if parent is None else None, seeded=seeded)
+                    instances[digest] = inst
+                chain.append(inst)
+                if spec.kind != "evaluate":
+                    parent, model = inst, inst.model_out
+                elif parent is None:
+                    model = inst.model_out       # an arm that starts by scoring its input model
+            runs.append(ArmRun(arm=arm, seed=seed, stages=chain, input_model=arm_input))
+    return runs
+
+
+def unique_instances(runs: list[ArmRun]) -> list[StageInstance]:
+    seen, out = set(), []
+    for run in runs:
+        for inst in run.stages:
+            if inst.hash not in seen:
+                seen.add(inst.hash)
+                out.append(inst)
+    return out
+
+
+# --- running one stage ---------------------------------------------------------------------------
+
+class PeakMemory:
+    """Peak resident memory of this process while a stage runs (sampled; /proc on Linux), and the
+    peak GPU memory allocated by torch when CUDA is in use."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.peak_kb, self._stop = interval, 0, threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def rss_kb() -> int:
+        try:
+            with open("/proc/self/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        try:
+            import resource
+            return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        except Exception:  # noqa: BLE001 - informative only
+            return 0
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.peak_kb = max(self.peak_kb, self.rss_kb())
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        try:
+            import torch
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+        except Exception:  # noqa: BLE001
+            pass
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_kb = max(self.peak_kb, self.rss_kb())
+
+    def result(self) -> dict:
+        out = {"peak_rss_mb": round(self.peak_kb / 1024, 1)}
+        try:
+            import torch
+            if torch.cuda.is_available():
+                out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        except Exception:  # noqa: BLE001
+            pass
+        return out
+
+
+def _run_pretrain(recipe: dict, folder: Path) -> dict:
+    from ..config.pretrain import PretrainConfig
+    from ..stages.pretrain import run_pretrain
+    return run_pretrain(load_recipe(PretrainConfig, data=recipe))
+
+
+def _run_finetune(recipe: dict, folder: Path) -> dict:
+    from ..config.finetune import FinetuneConfig
+    from ..stages.finetune import run_finetune
+    cfg = load_recipe(FinetuneConfig, data=recipe)
+    return run_finetune(cfg, to_dict(cfg))
+
+
+def _load_for_eval(model: str):
+    from ..config.model import ModelConfig
+    from ..models.load import load_model
+    return load_model(ModelConfig(path=str(model)))
+
+
+def _run_evaluate(recipe: dict, folder: Path) -> dict:
+    from ..config.pipeline import EvaluateStageConfig
+    from ..stages.evaluate import evaluate_model
+    cfg: EvaluateStageConfig = load_recipe(EvaluateStageConfig, data=recipe)
+    loaded = _load_for_eval(cfg.model)
+    sets = {}
+    for name, path in cfg.sets().items():
+        res = evaluate_model(cfg.model, [path], text_field=cfg.text_field, split_docs=cfg.split_docs,
+                             block_size=cfg.block_size, batch_size=cfg.batch_size, max_tokens=cfg.max_tokens,
+                             packing=cfg.packing, loaded=loaded)
+        sets[name] = next(iter(res["sets"].values()))
+        log(f"  {name}: perplexity {sets[name]['perplexity']:.2f}")
+    metrics = {"stage": "evaluate", "model": cfg.model, "sets": sets}
+    write_json(folder / METRICS_FILE, metrics)
+    return metrics
+
+
+# Looked up at call time, so tests (and embedders) can wrap a stage.
+STAGE_RUNNERS: dict[str, Callable[[dict, Path], dict]] = {
+    "pretrain": _run_pretrain, "finetune": _run_finetune, "evaluate": _run_evaluate,
+}
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    from ..train.loop import latest_checkpoint
+    try:
+        return latest_checkpoint(folder) is not None
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint folder means: start over
+        return False
+
+
+def execute_stage(inst: StageInstance) -> dict:
+    """Run one stage instance into its folder (resuming an interrupted one); returns DONE's content."""
+    folder = inst.folder
+    recipe = json.loads(json.dumps(inst.recipe))
+    resumed = None
+    if folder.exists() and any(p.name != cache.STAGE_FILE for p in folder.iterdir()):
+        if inst.kind != "evaluate" and _has_checkpoint(folder):
+            recipe["train"]["resume"] = True
+            resumed = "checkpoint"
+            log(f"{inst.id}: interrupted earlier; resuming from its last checkpoint")
+        else:
+            log(f"{inst.id}: interrupted earlier without a checkpoint; starting it over")
+            for p in folder.iterdir():
+                if p.name != cache.STAGE_FILE:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            resumed = "restart"
+    folder.mkdir(parents=True, exist_ok=True)
+    cache.write_stage_file(folder, inst.key, inst.hash)
+    t0 = time.time()
+    with PeakMemory() as mem:
+        STAGE_RUNNERS[inst.kind](recipe, folder)
+    info = {"hash": inst.hash, "kind": inst.kind, "name": inst.name, "wall_seconds": round(time.time() - t0, 2),
+            "resumed": resumed, **mem.result()}
+    gc.collect()
+    cache.mark_done(folder, info)
+    return info
+
+
+# --- evidence ------------------------------------------------------------------------------------
+
+def evaluation_key(cfg: PipelineConfig) -> str:
+    ev = cfg.evaluation
+    return cache.digest({"sets": {n: [p, cache.fingerprint_path(p)] for n, p in sorted(ev.lm_sets.items())},
+                         "block_size": ev.block_size, "max_tokens": ev.max_tokens, "text_field": ev.text_field})
+
+
+def lm_evidence(model: str, cfg: PipelineConfig, path: Path) -> dict:
+    """Held-out loss/perplexity of ``model`` on every ``evaluation.lm_sets`` entry, cached in ``path``."""
+    ev = cfg.evaluation
+    if not ev.lm_sets:
+        return {}
+    key = evaluation_key(cfg)
+    old = read_json(path, default=None)
+    if old and old.get("key") == key:
+        return old
+    from ..stages.evaluate import evaluate_model
+    t0 = time.time()
+    log(f"LM evidence: {Path(model).name if Path(model).exists() else model} on {', '.join(ev.lm_sets)}")
+    sets = {}
+    try:
+        loaded = _load_for_eval(model)
+        for name, data in ev.lm_sets.items():
+            res = evaluate_model(model, [data], block_size=ev.block_size, batch_size=ev.batch_size,
+                                 max_tokens=ev.max_tokens, text_field=ev.text_field, loaded=loaded)
+            m = next(iter(res["sets"].values()))
+            sets[name] = {k: m.get(k) for k in ("loss", "perplexity", "tokens", "documents") if k in m}
+            log(f"  {name}: perplexity {m['perplexity']:.2f}")
+    except Exception as exc:  # noqa: BLE001 - evidence must not lose a finished stage
+        log(f"LM evidence failed for {model}: {exc}")
+        return {"key": key, "error": f"{type(exc).__name__}: {exc}", "sets": sets}
+    result = {"key": key, "model": str(model), "sets": sets, "seconds": round(time.time() - t0, 2)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, result)
+    return result
+
+
+def baseline_for(inst: StageInstance, cfg: PipelineConfig, out: Path) -> dict | None:
+    from .baseline import applies, baseline_key, tfidf_baseline
+    if not cfg.baseline.tfidf or inst.kind != "finetune" or not applies(inst.recipe):
+        return None
+    bkey = baseline_key(inst.recipe)
+    fp = cache.input_fingerprints(bkey["data"])
+    digest = cache.digest({"key": bkey, "inputs": fp, "C": cfg.baseline.C, "max_features": cfg.baseline.max_features,
+                           "lmadapt": cache._version()})
+    path = out / BASELINE_DIR / f"tfidf-{digest[:12]}.json"
+    old = read_json(path, default=None)
+    if old:
+        return old
+    log("TF-IDF + logistic regression baseline on " + str(bkey["data"].get("train")))
+    try:
+        res = tfidf_baseline(inst.recipe, cfg.baseline.C, cfg.baseline.max_features)
+    except Exception as exc:  # noqa: BLE001 - a reference row must not stop the run
+        log(f"baseline failed: {type(exc).__name__}: {exc}")
+        return {"id": f"tfidf-{digest[:12]}", "error": f"{type(exc).__name__}: {exc}"}
+    res["id"] = f"tfidf-{digest[:12]}"
+    write_json(path, res)
+    log(f"  baseline: C={res['C']}, dev macro-F1 {res.get('dev', {}).get('macro_f1', float('nan')):.4f}, "
+        f"test accuracy {res.get('test', {}).get('accuracy', float('nan')):.4f}")
+    return res
+
+
+# --- results rows --------------------------------------------------------------------------------
+
+TASK_SCALARS = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "loss", "mse", "rmse", "mae", "pearson",
+                "spearman", "subset_accuracy", "hamming_loss", "f1", "exact_match", "token_accuracy")
+
+
+def task_scalars(section: dict | None) -> dict:
+    if not isinstance(section, dict):
+        return {}
+    return {k: v for k, v in section.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and (k in TASK_SCALARS or k.endswith("_f1"))}
+
+
+def _finetune_tokens(folder: Path) -> int | None:
+    path = folder / "logs.jsonl"
+    if not path.is_file():
+        return None
+    seen = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if row.get("tokens_seen"):
+            seen = row["tokens_seen"]
+    return seen
+
+
+def _rel(path: Path | str, out: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(out))
+    except ValueError:
+        return str(path)
+
+
+def stage_row(run: ArmRun, index: int, inst: StageInstance, out: Path, executed: bool) -> dict:
+    metrics = read_json(inst.folder / METRICS_FILE, default={}) or {}
+    done = cache.read_done(inst.folder)
+    train = metrics.get("train") or {}
+    perf = {"wall_seconds": done.get("wall_seconds"), "train_seconds": train.get("train_seconds"),
+            "tokens_seen": train.get("tokens_seen"), "tokens_per_second": train.get("tokens_per_second"),
+            "peak_rss_mb": done.get("peak_rss_mb"), "peak_gpu_mb": done.get("peak_gpu_mb")}
+    if inst.kind == "finetune" and perf["tokens_seen"] is None:
+        perf["tokens_seen"] = _finetune_tokens(inst.folder)
+        if perf["tokens_seen"] and train.get("train_seconds"):
+            perf["tokens_per_second"] = round(perf["tokens_seen"] / max(train["train_seconds"], 1e-9), 1)
+    row: dict[str, Any] = {
+        "arm": run.arm, "seed": run.seed, "position": index + 1, "stage": inst.name, "kind": inst.kind,
+        "id": inst.id, "folder": _rel(inst.folder, out), "hash": inst.hash, "seeded": inst.seeded,
+        "parent": _rel(inst.parent.folder, out) if inst.parent else None,
+        "input_model": inst.input_model, "executed": executed, "status": "done" if done else "pending",
+        "perf": perf,
+    }
+    if inst.kind == "pretrain":
+        row["heldout"] = {n: {"before": (v.get("before") or {}).get("perplexity"),
+                              "after": (v.get("after") or {}).get("perplexity")}
+                          for n, v in (metrics.get("heldout") or {}).items()}
+    ev = read_json(inst.folder / EVIDENCE_FILE, default=None) if inst.kind == "pretrain" else None
+    if inst.kind == "evaluate":
+        ev = {"sets": metrics.get("sets") or {}}
+    if ev:
+        row["lm"] = {n: {k: m.get(k) for k in ("loss", "perplexity", "tokens")} for n, m in (ev.get("sets") or {}).items()}
+        if ev.get("error"):
+            row["lm_error"] = ev["error"]
+    if inst.kind == "finetune":
+        row["task"] = {"name": metrics.get("task"), "metric": (metrics.get("selection") or {}).get("metric"),
+                       "dev": task_scalars(metrics.get("dev")), "test": task_scalars(metrics.get("test"))}
+    return row
+
+
+def input_row(run: ArmRun, out: Path, evidence: dict) -> dict:
+    return {"arm": run.arm, "seed": run.seed, "position": 0, "stage": "input", "kind": "input",
+            "id": "input-" + cache.digest(run.input_model)[:12], "folder": None, "hash": None, "seeded": False,
+            "parent": None, "input_model": run.input_model, "executed": False, "status": "done",
+            "lm": {n: {k: m.get(k) for k in ("loss", "perplexity", "tokens")} for n, m in (evidence.get("sets") or {}).items()},
+            **({"lm_error": evidence["error"]} if evidence.get("error") else {})}
+
+
+def baseline_row(seed: int, res: dict) -> dict:
+    row = {"arm": "tfidf_baseline", "seed": seed, "position": 1, "stage": "tfidf", "kind": "baseline",
+           "id": res.get("id"), "folder": f"{BASELINE_DIR}/{res.get('id')}.json", "executed": False, "status": "done"}
+    if res.get("error"):
+        row["error"] = res["error"]
+    else:
+        row["task"] = {"name": "classification", "metric": "macro_f1", "C": res.get("C"),
+                       "dev": task_scalars(res.get("dev")), "test": task_scalars(res.get("test"))}
+    return row
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+class RunState:
+    """run_state.json: what this run did so far (rewritten atomically after every step)."""
+
+    def __init__(self, out: Path, runs: list[ArmRun], pipeline_file: str | None):
+        self.path = out / STATE_FILE
+        self.data = {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                     "pipeline_file": pipeline_file, "arms": sorted({r.arm for r in runs}, key=[r.arm for r in runs].index),
+                     "seeds": sorted({r.seed for r in runs}), "executed": [], "reused": [], "current": None,
+                     "stages": {i.id: {"kind": i.kind, "name": i.name, "status": "done" if cache.is_done(i.folder) else "pending"}
+                                for i in unique_instances(runs)}}
+        self.save()
+
+    def stage(self, inst: StageInstance, status: str, **extra) -> None:
+        self.data["stages"][inst.id].update(status=status, **extra)
+        self.data["current"] = inst.id if status == "running" else None
+        self.save()
+
+    def save(self) -> None:
+        self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_json(self.path, self.data)
+
+
+def write_results(out: Path, rows: list[dict]) -> None:
+    atomic_write_text(out / RESULTS_FILE, "".join(json.dumps(r, default=str) + "\n" for r in rows))
+
+
+def run_pipeline(cfg: PipelineConfig, *, pipeline_file: str | None = None, report: bool = True) -> dict:
+    """Run (or reuse) every stage of every arm and seed; write results.jsonl, run_state.json, report."""
+    out = Path(cfg.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    import yaml
+    atomic_write_text(out / PIPELINE_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+    runs = plan(cfg)
+    todo = [i for i in unique_instances(runs) if not cache.is_done(i.folder)]
+    total = len(unique_instances(runs))
+    log(f"{len(runs)} arm runs ({len(cfg.arms)} arms x {len(cfg.seeds)} seeds), {total} distinct stages: "
+        f"{total - len(todo)} cached, {len(todo)} to run -> {out}")
+    state = RunState(out, runs, pipeline_file)
+    rows: list[dict] = []
+    executed: set[str] = set()
+    evidence_done: set[str] = set()
+    t_run = time.time()
+    n_run = 0
+    try:
+        for run in runs:
+            log(f"== arm {run.arm}, seed {run.seed}: " + " -> ".join(i.name for i in run.stages))
+            if run.input_model and cfg.evaluation.lm_sets:
+                ev_path = out / "evidence" / f"input-{cache.digest(run.input_model)[:12]}.json"
+                rows.append(input_row(run, out, lm_evidence(run.input_model, cfg, ev_path)))
+            for index, inst in enumerate(run.stages):
+                if inst.id in executed or cache.is_done(inst.folder):
+                    if inst.id not in executed and inst.id not in state.data["reused"]:
+                        state.data["reused"].append(inst.id)
+                        log(f"[{index + 1}/{len(run.stages)}] {inst.name} ({inst.kind}): cached -> {inst.id}")
+                else:
+                    n_run += 1
+                    log(f"[{index + 1}/{len(run.stages)}] {inst.name} ({inst.kind}): running "
+                        f"({n_run}/{len(todo)} to run, {time.time() - t_run:.0f}s elapsed) -> {inst.id}")
+                    state.stage(inst, "running")
+                    try:
+                        info = execute_stage(inst)
+                    except BaseException as exc:
+                        state.stage(inst, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                                    error=f"{type(exc).__name__}: {exc}")
+                        raise
+                    executed.add(inst.id)
+                    state.data["executed"].append(inst.id)
+                    state.stage(inst, "done", wall_seconds=info["wall_seconds"])
+                    log(f"{inst.name} done in {info['wall_seconds']:.1f}s (peak RSS {info.get('peak_rss_mb')} MB)")
+                if inst.kind == "pretrain" and cfg.evaluation.lm_sets and inst.id not in evidence_done:
+                    lm_evidence(inst.model_out, cfg, inst.folder / EVIDENCE_FILE)
+                    evidence_done.add(inst.id)
+                rows.append(stage_row(run, index, inst, out, executed=inst.id in executed))
+                if inst.kind == "finetune":
+                    res = baseline_for(inst, cfg, out)
+                    if res is not None and not any(r["kind"] == "baseline" and r["seed"] == run.seed
+                                                   and r["id"] == res.get("id") for r in rows):
+                        rows.append(baseline_row(run.seed, res))
+                write_results(out, rows)
+    except KeyboardInterrupt:
+        state.data["status"] = "interrupted"
+        state.save()
+        write_results(out, rows)
+        raise
+    except BaseException as exc:
+        state.data.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                          traceback=traceback.format_exc(limit=8))
+        state.save()
+        write_results(out, rows)
+        raise
+    state.data.update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                      wall_seconds=round(time.time() - t_run, 1))
+    state.save()
+    summary = {"output_dir": str(out), "executed": list(state.data["executed"]), "reused": list(state.data["reused"]),
+               "rows": rows, "wall_seconds": state.data["wall_seconds"]}
+    if report:
+        from .report import write_report
+        summary["report"] = write_report(out)
+    return summary
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("pipeline", help="pipeline YAML (arms of stages; see lmadapt/config/pipeline.py)")
+    parser.add_argument("overrides", nargs="*",
+                        help="key=value overrides, e.g. seeds=[0,1,2] output_dir=runs/x vars.corpus=data/")
+    parser.add_argument("--dry-run", action="store_true", help="validate, print the plan (cached / to run) and exit")
+    parser.add_argument("--no-report", action="store_true", help="skip report.md / report.html")
+    return parser
+
+
+def describe_plan(cfg: PipelineConfig) -> str:
+    runs = plan(cfg)
+    lines = []
+    for run in runs:
+        parts = [f"{i.name}[{'cached' if cache.is_done(i.folder) else 'run'}]" for i in run.stages]
+        lines.append(f"{run.arm:<16} seed {run.seed:<4} " + " -> ".join(parts))
+    insts = unique_instances(runs)
+    lines.append(f"{len(insts)} distinct stages ({sum(cache.is_done(i.folder) for i in insts)} cached):")
+    lines.extend(f"  {i.id}" for i in insts)
+    return "\n".join(lines)
+
+
+def main_run(args: argparse.Namespace) -> int:
+    cfg = load_pipeline(args.pipeline, list(args.overrides or []))
+    if args.dry_run:
+        print(describe_plan(cfg))
+        return 0
+    summary = run_pipeline(cfg, pipeline_file=str(args.pipeline), report=not args.no_report)
+    from .report import summary_table
+    print()
+    print(summary_table(Path(cfg.output_dir)))
+    if summary.get("report"):
+        print(f"\nreport: {summary['report']['html']}  (and report.md)")
+    log(f"done in {summary['wall_seconds']:.0f}s: {len(summary['executed'])} stage(s) run, "
+        f"{len(summary['reused'])} reused from the cache")
+    return 0
+
+
+__all__ = ["plan", "run_pipeline", "execute_stage", "add_run_arguments", "main_run", "STAGE_RUNNERS",
+           "ConfigError", "recipe_class"]
