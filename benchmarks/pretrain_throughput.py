@@ -152,7 +152,7 @@ def main() -> None:
         return AutoModelForCausalLM.from_config(config, attn_implementation=args.attn).to(device)
 
     def on_device(collate):
-        return lambda rows: {k: v.to(device) for k, v in collate(rows).items()}
+        return lambda rows: {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(rows).items()}
 
     L = args.block_size
     a_rows, a_acc = run_clm_blocks(docs, tokenizer, L)

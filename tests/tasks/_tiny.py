@@ -1,4 +1,4 @@
-"""Shared fixtures of the span/instruction task tests: recipes, JSONL files, saved tiny models."""
+"""Shared helpers of the extraction, qa and instruction tests: recipes, JSONL files, a toy rule, a short Trainer run."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,6 @@ import torch
 
 from lmadapt.config.base import from_dict
 from lmadapt.config.finetune import FinetuneConfig
-from lmadapt.config.train import TrainConfig
 
 # Words that are whole tokens (or few pieces) in the helpers' tiny tokenizers.
 FILLER = ["the", "court", "held", "that", "contract", "was", "patient", "bank", "rates", "energy",
@@ -41,17 +40,6 @@ def recipe(tmp: Path, task: str, *, train: Path | None = None, sections: dict | 
            "train": {"output_dir": str(tmp / "out"), "report_to": [], "eval_batch_size": 16, **(train_cfg or {})}}
     raw.update(sections or {})
     return from_dict(FinetuneConfig, raw)
-
-
-def train_config(tmp: Path, **kw) -> TrainConfig:
-    base = dict(output_dir=str(tmp / "run"), report_to=[], log_every=5, warmup_ratio=0.0, scheduler="constant",
-                weight_decay=0.0, save_every=None, torch_threads=2, seed=0)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def loss_curve(outcome) -> list[float]:
-    return [h["loss"] for h in outcome.log_history if "loss" in h]
 
 
 def marker_sentence(rng: random.Random, marker: str = "court", n: int = 6) -> tuple[str, tuple[int, int]]:

@@ -251,6 +251,8 @@ def execute_stage(inst: StageInstance) -> dict:
             resumed = "restart"
     folder.mkdir(parents=True, exist_ok=True)
     cache.write_stage_file(folder, inst.key, inst.hash)
+    if inst.kind != "evaluate" and resumed != "checkpoint":
+        recipe["train"]["overwrite"] = True       # the folder holds only lmadapt_stage.json
     t0 = time.time()
     with PeakMemory() as mem:
         STAGE_RUNNERS[inst.kind](recipe, folder)

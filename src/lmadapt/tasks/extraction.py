@@ -407,7 +407,9 @@ class ExtractionTask:
         sec = section(cfg)
         allow = _allow_truncation(cfg)
         rows = [self.encode_one(ex, tokenizer, space, sec, allow, report) for ex in examples]
-        return datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in ("input_ids", "attention_mask", "labels")})
+        cols = {k: [r[k] for r in rows] for k in ("input_ids", "attention_mask", "labels")}
+        cols["length"] = [len(ids) for ids in cols["input_ids"]]      # for train.group_by_length
+        return datasets.Dataset.from_dict(cols)
 
     def collator(self, tokenizer, cfg):
         return TokenCollator(pad_id_of(tokenizer))
@@ -462,7 +464,9 @@ class ExtractionTask:
         return metrics
 
     def predict(self, model, tokenizer, records: list[dict], cfg) -> list[dict]:
-        """Adds ``spans`` ([{start, end, label, text}]) to each record; word-tag records also get ``tags``."""
+        """Adds ``spans`` ([{start, end, label, text}]) to each record; word-tag records also get ``tags``.
+
+        Texts longer than ``extraction.max_length`` tokens are cut there (nothing is found past the cut)."""
         sec = section(cfg)
         texts, words = [], []
         for i, rec in enumerate(records):

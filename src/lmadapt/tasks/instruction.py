@@ -27,6 +27,10 @@ example and the collator passes ``attention_mask=None`` (and ``use_cache=False``
 builds a block-diagonal causal mask from the position ids (``find_packed_sequence_indices``; sdpa,
 eager and flash-attention 2 varlen) and examples never attend to each other.
 
+Metrics (``evaluate``): response loss (mean cross-entropy per response token, EOS included) and
+its perplexity over all examples; ``exact_match`` of greedy generations against the reference
+(the last assistant turn; whitespace-stripped string equality) for the first ``eval_generate_max``.
+
 Generative question answering with a causal model is this task: question (and passage) as the
 prompt, answer as the response; ``evaluate`` then reports exact match of greedy generations.
 """
@@ -36,6 +40,12 @@ import math
 from typing import Any
 
 import torch
+
+try:                                   # chat templates need jinja2 (transformers' "chat-template" extra)
+    from jinja2.exceptions import TemplateError
+except ImportError:                    # pragma: no cover - then no template can be rendered at all
+    class TemplateError(Exception):
+        pass
 
 from ..config.base import ConfigError
 from ..config.tasks import InstructionConfig
@@ -154,6 +164,13 @@ class Renderer:
         out = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
         return out if isinstance(out, str) else str(out)
 
+    def _empty_prompt(self) -> str:
+        """The generation prompt of an empty conversation (a conversation opening with the assistant)."""
+        try:
+            return self._chat_text([], True)
+        except Exception:        # noqa: BLE001 - templates may index messages[0]
+            return ""
+
     def pieces(self, msgs: list[dict], generation_prompt: bool = False) -> list[tuple[str, bool]]:
         """(text, trained) runs of the rendered conversation.
 
@@ -169,7 +186,7 @@ class Renderer:
             for k, m in enumerate(msgs):
                 if m["role"] != "assistant":
                     continue
-                prompt = self._chat_text(msgs[:k], True) if k else ""
+                prompt = self._chat_text(msgs[:k], True) if k else self._empty_prompt()
                 full = self._chat_text(msgs[:k + 1], False)
                 if not prompt.startswith(done) or not full.startswith(prompt):
                     raise ConfigError(
@@ -339,7 +356,10 @@ class InstructionTask:
         r = Renderer(tokenizer, sec)
         rows = []
         for ex in examples:
-            ids, labels = r.encode(ex.fields["messages"])
+            try:
+                ids, labels = r.encode(ex.fields["messages"])
+            except TemplateError as exc:
+                raise DataError(f"{ex.origin}: the tokenizer's chat template rejects this conversation: {exc}") from None
             if len(ids) > sec.max_length:
                 if not allow_truncation:
                     raise DataError(f"{ex.origin}: example is {len(ids)} tokens, more than instruction.max_length "
@@ -362,7 +382,8 @@ class InstructionTask:
         if sec.packing:
             blocks = pack(rows, sec.max_length)
             return datasets.Dataset.from_dict({k: [b[k] for b in blocks] for k in ("input_ids", "labels", "position_ids")})
-        return datasets.Dataset.from_dict({"input_ids": [r[0] for r in rows], "labels": [r[1] for r in rows]})
+        return datasets.Dataset.from_dict({"input_ids": [r[0] for r in rows], "labels": [r[1] for r in rows],
+                                           "length": [len(r[0]) for r in rows]})   # for train.group_by_length
 
     def collator(self, tokenizer, cfg):
         return SFTCollator(pad_id_of(tokenizer))
@@ -388,7 +409,10 @@ class InstructionTask:
 
     @torch.no_grad()
     def generate(self, model, tokenizer, conversations: list[list[dict]], cfg, *, greedy: bool | None = None) -> list[str]:
-        """Generated answers for conversations (a trailing assistant turn is dropped), batched, left-padded."""
+        """Generated answers for conversations (a trailing assistant turn is dropped), batched, left-padded.
+
+        A prompt longer than ``max_length`` keeps its last ``max_length`` tokens. Generation stops at
+        the tokenizer's EOS or any of the model's generation-config EOS ids (chat end-of-turn tokens)."""
         sec = section(cfg)
         r = Renderer(tokenizer, sec)
         greedy = sec.greedy if greedy is None else greedy

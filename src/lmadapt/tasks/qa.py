@@ -282,6 +282,7 @@ class QATask:
                 "end_positions": [w.end_position for w in windows]}
         if windows and windows[0].token_type_ids is not None:
             cols["token_type_ids"] = [w.token_type_ids for w in windows]
+        cols["length"] = [len(w.input_ids) for w in windows]           # for train.group_by_length
         return datasets.Dataset.from_dict(cols)
 
     def collator(self, tokenizer, cfg):

@@ -146,7 +146,9 @@ def run_training(model, tokenizer, train_dataset, collator, cfg: TrainConfig, *,
         torch.set_num_threads(cfg.torch_threads)
     args = training_arguments(cfg, tokens_per_example=tokens_per_example, has_eval=bool(eval_datasets),
                               metric_for_best_model=metric_for_best_model, greater_is_better=greater_is_better,
-                              eval_each_epoch=eval_each_epoch)
+                              eval_each_epoch=eval_each_epoch,
+                              # without metrics, keeping every eval logit (vocab x tokens) only costs memory
+                              prediction_loss_only=compute_metrics is None)
     trainer = trainer_cls(
         model=model,
         args=args,

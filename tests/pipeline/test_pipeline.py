@@ -1,0 +1,253 @@
+"""`lmadapt run` end to end on a miniature pipeline: two arms x two seeds, stage cache, resume, report.
+
+The model is a scratch Llama (hidden 32, 2 layers) on the tiny test tokenizer; every stage runs a
+few steps, so the whole module takes well under a minute on CPU.
+"""
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from helpers import CORPUS, tiny_bpe_tokenizer
+from lmadapt.config.base import ConfigError
+from lmadapt.config.pipeline import load_pipeline
+from lmadapt.pipeline import run as prun
+from lmadapt.pipeline.cache import DONE_FILE, input_fingerprints, stage_key
+from lmadapt.pipeline.report import load_run, summary_table, write_report
+
+KEYWORDS = {"pos": "over", "neg": "was"}
+FILLER = "the quick brown fox jumps lazy dog a journey of thousand miles begins single step".split()
+
+
+def write_jsonl(path: Path, rows) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def toy_rows(n: int, seed: int):
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(sorted(KEYWORDS))
+        words = rng.sample(FILLER, 5)
+        words.insert(rng.randrange(len(words) + 1), KEYWORDS[label])
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pipe")
+    tok = d / "tok"
+    tiny_bpe_tokenizer(tok)
+    general = write_jsonl(d / "general.jsonl", [{"text": " ".join(CORPUS[i:i + 4])} for i in range(0, 40, 2)])
+    domain = write_jsonl(d / "domain.jsonl", [{"text": " ".join(CORPUS[i:i + 3])} for i in range(20, 52, 2)])
+    gval = write_jsonl(d / "general_valid.jsonl", [{"text": " ".join(CORPUS[:6])}])
+    dval = write_jsonl(d / "domain_valid.jsonl", [{"text": " ".join(CORPUS[40:46])}])
+    task = {s: write_jsonl(d / f"{s}.jsonl", toy_rows(n, i)) for i, (s, n) in enumerate((("train", 48), ("dev", 20), ("test", 20)))}
+    return {"dir": d, "tok": str(tok), "general": general, "domain": domain, "gval": gval, "dval": dval, **task}
+
+
+def pipeline_dict(ws, out: Path) -> dict:
+    return {
+        "output_dir": str(out),
+        "seeds": [0, 1],
+        "seeded_kinds": ["finetune"],
+        "vars": {"data": str(ws["dir"])},
+        "evaluation": {"lm_sets": {"domain": ws["dval"], "general": ws["gval"]}, "block_size": 32, "max_tokens": 400},
+        "baseline": {"tfidf": True},
+        "defaults": {
+            "pretrain": {"data": {"block_size": 32, "cache_dir": str(ws["dir"] / "cache"),
+                                  "eval_sources": [{"path": ws["dval"], "name": "domain_valid"},
+                                                   {"path": ws["gval"], "name": "general_valid"}]},
+                         "train": {"max_steps": 4, "batch_size": 4, "lr": 3e-3, "warmup_steps": 1, "log_every": 1,
+                                   "eval_every": 2, "report_to": [], "torch_threads": 1}},
+            "finetune": {"model": {"max_length": 32},
+                         "data": {"train": "${data}/train.jsonl", "dev": ws["dev"], "test": ws["test"]},
+                         "train": {"epochs": 1, "batch_size": 16, "lr": 5e-3, "warmup_ratio": 0.0, "log_every": 1,
+                                   "report_to": [], "torch_threads": 1}},
+        },
+        "stages": {
+            "base": {"kind": "pretrain", "recipe": {
+                "model": {"init": "scratch", "arch": "llama", "tokenizer": ws["tok"],
+                          "dims": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                   "num_attention_heads": 4, "num_key_value_heads": 2}},
+                "data": {"sources": [{"path": ws["general"], "name": "general"}]}}},
+            "dapt": {"kind": "pretrain", "recipe": {
+                "model": {"path": "@previous"},
+                "data": {"sources": [{"path": ws["domain"], "name": "domain"},
+                                     {"path": ws["general"], "name": "general", "share": 0.1}]}}},
+            "ft": {"kind": "finetune", "recipe": {}},
+        },
+        "arms": {"ft_only": ["base", "ft"], "dapt_ft": ["base", "dapt", "ft"]},
+    }
+
+
+def done_mtimes(out: Path) -> dict:
+    return {p.parent.name: p.stat().st_mtime_ns for p in (out / "stages").glob(f"*/{DONE_FILE}")}
+
+
+@pytest.fixture(scope="module")
+def first_run(workspace):
+    out = workspace["dir"] / "run"
+    cfg = load_pipeline(data=pipeline_dict(workspace, out))
+    summary = prun.run_pipeline(cfg)
+    return cfg, out, summary
+
+
+def test_pipeline_runs_end_to_end_sharing_stages(first_run):
+    cfg, out, summary = first_run
+    folders = sorted(p.name for p in (out / "stages").iterdir())
+    # base once, dapt once, ft per (parent, seed): 2 x 2
+    assert [f.split("-")[0] for f in folders].count("pretrain") == 2, folders
+    assert [f.split("-")[0] for f in folders].count("finetune") == 4, folders
+    assert len(summary["executed"]) == 6 and len(set(summary["executed"])) == 6
+    assert all((out / "stages" / f / DONE_FILE).is_file() for f in folders)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    stage_rows = [r for r in rows if r["kind"] in ("pretrain", "finetune")]
+    assert {(r["arm"], r["seed"], r["stage"]) for r in stage_rows} == {
+        (a, s, st) for s in (0, 1) for a, sts in (("ft_only", ["base", "ft"]), ("dapt_ft", ["base", "dapt", "ft"]))
+        for st in sts}
+    base_rows = [r for r in stage_rows if r["stage"] == "base"]
+    assert len({r["id"] for r in base_rows}) == 1, "the base model is trained once and shared"
+    for r in stage_rows:
+        assert r["perf"]["wall_seconds"] > 0 and r["perf"]["peak_rss_mb"] > 0
+        if r["kind"] == "pretrain":
+            assert set(r["lm"]) == {"domain", "general"} and r["lm"]["domain"]["perplexity"] > 1
+            assert r["perf"]["tokens_per_second"] > 0
+        else:
+            assert "lm" not in r
+            assert 0 <= r["task"]["test"]["accuracy"] <= 1 and "macro_f1" in r["task"]["dev"]
+            assert r["perf"]["tokens_seen"] > 0
+    ft = [r for r in stage_rows if r["kind"] == "finetune"]
+    assert len({r["id"] for r in ft if r["arm"] == "ft_only"}) == 2        # one per seed
+    # hand-off: dapt starts from base, ft of dapt_ft from dapt
+    dapt = next(r for r in stage_rows if r["stage"] == "dapt")
+    assert dapt["parent"] == base_rows[0]["folder"]
+    recipe = json.loads(json.dumps(__import__("yaml").safe_load(
+        (out / dapt["folder"] / "lmadapt_recipe.yaml").read_text())))
+    assert recipe["model"]["path"] == str(out.resolve() / base_rows[0]["folder"])
+    assert recipe["model"]["init"] == "pretrained" and not recipe["model"]["dims"] and not recipe["model"]["arch"]
+    seeds = {r["seed"]: __import__("yaml").safe_load((out / r["folder"] / "lmadapt_recipe.yaml").read_text())["train"]["seed"]
+             for r in ft if r["arm"] == "dapt_ft"}
+    assert seeds == {0: 0, 1: 1}
+    baseline = [r for r in rows if r["kind"] == "baseline"]
+    assert baseline and 0 <= baseline[0]["task"]["test"]["accuracy"] <= 1
+    state = json.loads((out / "run_state.json").read_text())
+    assert state["status"] == "done"
+
+
+def test_report_has_every_arm_and_metric(first_run):
+    cfg, out, _ = first_run
+    md = (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    for text in (md, page):
+        for arm in ("ft_only", "dapt_ft", "tfidf_baseline"):
+            assert arm in text
+        for metric in ("test accuracy", "test macro-F1", "dev macro-F1", "domain ppl", "general ppl"):
+            assert metric in text
+        assert "beyond noise" in text and "pooled" in text
+    assert page.count("<svg") >= 4 and "<link" not in page and "src=\"http" not in page
+    assert "Token accounting" in page and "Per-class test F1" in page and "Cost per stage" in page
+    # rebuilt from the run folder alone
+    (out / "report.md").unlink()
+    write_report(out)
+    assert (out / "report.md").read_text().startswith("# lmadapt run report")
+    table = summary_table(out)
+    assert "ft_only" in table and "dapt_ft" in table
+    run = load_run(out)
+    assert run.reference == "ft_only"
+
+
+def test_second_run_reuses_every_stage(first_run, monkeypatch):
+    cfg, out, _ = first_run
+    before = done_mtimes(out)
+
+    def boom(recipe, folder):
+        raise AssertionError(f"stage re-executed: {folder}")
+
+    for kind in ("pretrain", "finetune", "evaluate"):
+        monkeypatch.setitem(prun.STAGE_RUNNERS, kind, boom)
+    summary = prun.run_pipeline(load_pipeline(data=pipeline_dict_for(out, cfg)), report=False)
+    assert summary["executed"] == []
+    assert len(summary["reused"]) == 6
+    assert done_mtimes(out) == before
+
+
+def pipeline_dict_for(out, cfg):
+    from lmadapt.config.base import to_dict
+    data = to_dict(cfg)
+    data.pop("vars", None)
+    return data
+
+
+def test_interrupted_stage_resumes(first_run, monkeypatch):
+    cfg, out, _ = first_run
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    victim = next(r for r in rows if r["arm"] == "dapt_ft" and r["seed"] == 1 and r["kind"] == "finetune")
+    (out / victim["folder"] / DONE_FILE).unlink()          # as if the process died before DONE
+    before = done_mtimes(out)
+    real = prun.STAGE_RUNNERS["finetune"]
+
+    def crash(recipe, folder):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(prun.STAGE_RUNNERS, "finetune", crash)
+    with pytest.raises(KeyboardInterrupt):
+        prun.run_pipeline(load_pipeline(data=pipeline_dict_for(out, cfg)), report=False)
+    state = json.loads((out / "run_state.json").read_text())
+    assert state["status"] == "interrupted" and state["stages"][victim["id"]]["status"] == "interrupted"
+
+    calls = []
+
+    def spy(recipe, folder):
+        calls.append((folder.name, recipe["train"].get("resume", False)))
+        return real(recipe, folder)
+
+    monkeypatch.setitem(prun.STAGE_RUNNERS, "finetune", spy)
+    summary = prun.run_pipeline(load_pipeline(data=pipeline_dict_for(out, cfg)), report=False)
+    assert summary["executed"] == [victim["id"]] and [c[0] for c in calls] == [victim["id"]]
+    after = done_mtimes(out)
+    assert {k for k in after if after[k] != before.get(k)} == {victim["id"]}
+
+
+def test_stage_hash_tracks_inputs(workspace, tmp_path):
+    recipe = {"data": {"sources": [{"path": workspace["general"]}]}, "train": {"output_dir": "x", "seed": 1}}
+    k1 = stage_key("pretrain", recipe, parent_hash=None, parent_model=None)
+    k2 = stage_key("pretrain", {**recipe, "train": {"output_dir": "elsewhere", "seed": 1}}, parent_hash=None,
+                   parent_model=None)
+    assert k1 == k2, "output_dir does not change what a stage computes"
+    assert stage_key("pretrain", {**recipe, "train": {"seed": 2}}, parent_hash=None, parent_model=None)["recipe"] \
+        != k1["recipe"]
+    copy = tmp_path / "g.jsonl"
+    copy.write_text(Path(workspace["general"]).read_text() + '{"text": "one more"}\n')
+    fp1 = input_fingerprints(recipe)
+    fp2 = input_fingerprints({"data": {"sources": [{"path": str(copy)}]}})
+    assert fp1["data.sources[0].path"][0][2] != fp2["data.sources[0].path"][0][2]
+
+
+def test_schema_fails_loudly(workspace, tmp_path):
+    base = pipeline_dict(workspace, tmp_path / "r")
+    with pytest.raises(ConfigError, match="unknown key 'armz'"):
+        load_pipeline(data={**base, "armz": {}})
+    with pytest.raises(ConfigError, match="no stage named 'fine'"):
+        load_pipeline(data={**base, "arms": {"a": ["base", "fine"]}})
+    bad = json.loads(json.dumps(base))
+    bad["stages"]["dapt"]["recipe"]["data"]["sources"][0]["path"] = str(tmp_path / "missing.jsonl")
+    with pytest.raises(ConfigError, match=r"arms\.dapt_ft\[1\] \(dapt, pretrain\).*file not found"):
+        load_pipeline(data=bad)
+    bad = json.loads(json.dumps(base))
+    bad["defaults"]["finetune"]["train"]["learning_rate"] = 1e-3
+    with pytest.raises(ConfigError, match="train.learning_rate"):
+        load_pipeline(data=bad)
+    bad = json.loads(json.dumps(base))
+    bad["defaults"]["finetune"]["data"]["train"] = "${nowhere}/train.jsonl"
+    with pytest.raises(ConfigError, match=r"undefined variable \$\{nowhere\}"):
+        load_pipeline(data=bad)
+    with pytest.raises(ConfigError, match="cannot follow a finetune"):
+        load_pipeline(data={**base, "arms": {"a": ["base", "ft", "dapt"]}})
+    inline = {**base, "arms": {"x": ["base", {"kind": "finetune", "recipe": {"train": {"epochs": 2}}}]}}
+    cfg = load_pipeline(data=inline)
+    assert cfg.stage_of("x", 1)[0] == "x-2"
+    assert "ft_only" not in prun.describe_plan(cfg) and "x-2[run]" in prun.describe_plan(cfg)
