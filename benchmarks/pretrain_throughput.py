@@ -87,7 +87,13 @@ def plain_collator(rows):
     return {"input_ids": ids, "labels": torch.tensor(np.array([r["labels"] for r in rows]), dtype=torch.long)}
 
 
-def timed_training(model_factory, rows, collator, useful_fn, *, batch_size, steps, warmup, lr, seed):
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed_training(model_factory, rows, collator, useful_fn, *, batch_size, steps, warmup, lr, seed,
+                   device=torch.device("cpu"), bf16=False):
     """Plain AdamW loop; returns (tokens/s, useful tokens/s, final loss) over the timed steps."""
     torch.manual_seed(seed)
     model = model_factory()
@@ -103,8 +109,10 @@ def timed_training(model_factory, rows, collator, useful_fn, *, batch_size, step
         picked = [rows[i] for i in idx]
         batch = collator(picked)
         if step == warmup:
+            _sync(device)
             t0 = time.perf_counter()
-        out = model(**batch)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(**batch)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -112,6 +120,7 @@ def timed_training(model_factory, rows, collator, useful_fn, *, batch_size, step
         if step >= warmup:
             tokens += batch["input_ids"].numel()
             useful += sum(useful_fn(r) for r in picked)
+    _sync(device)
     elapsed = time.perf_counter() - t0
     return tokens / elapsed, useful / elapsed, loss, elapsed
 
@@ -129,6 +138,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--attn", default="sdpa")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (GPUs; very slow on CPUs without AMX)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -163,7 +173,7 @@ def main() -> None:
 
     n_params = sum(p.numel() for p in factory().parameters())
     print(f"model: llama {args.size} ({n_params/1e6:.1f}M params), {args.device}, {args.threads} thread(s), "
-          f"attn {args.attn}; {len(docs)} documents; block {L}, batch {args.batch_size}, "
+          f"attn {args.attn}{', bf16 autocast' if args.bf16 else ''}; {len(docs)} documents; block {L}, batch {args.batch_size}, "
           f"{args.steps} timed steps after {args.warmup} warm-up")
     results = {}
     for name, rows, collate, useful_fn, acc in (
@@ -174,7 +184,8 @@ def main() -> None:
     ):
         tps, useful, loss, secs = timed_training(factory, rows, on_device(collate), useful_fn,
                                                  batch_size=args.batch_size,
-                                                 steps=args.steps, warmup=args.warmup, lr=3e-4, seed=0)
+                                                 steps=args.steps, warmup=args.warmup, lr=3e-4, seed=0,
+                                                 device=device, bf16=args.bf16)
         if acc is None:
             acc = {"tokens_in": c_acc.tokens, "tokens_dropped": c_acc.tokens_dropped,
                    "non_pad_fraction": c_acc.non_pad_fraction}

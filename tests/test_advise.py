@@ -9,7 +9,7 @@ import random
 
 import pytest
 import yaml
-from helpers import CORPUS, tiny_bpe_tokenizer, tiny_llama
+from helpers import CORPUS, tiny_bert, tiny_bpe_tokenizer, tiny_llama, tiny_wordpiece_tokenizer
 
 from lmadapt.advise import add_arguments, main, measure, recommend
 from lmadapt.advise.measure import DEFAULT_REFERENCE, word_pieces
@@ -249,6 +249,15 @@ def test_measure_shredded_corpus_and_task(model_dir, data):
     t = m["task"]
     assert t["examples"] == 60 and t["classes"] == 3 and t["per_class_min"] == 20 and t["problem"] == "single_label"
     assert 0 < t["length_tokens_p50"] <= t["length_tokens_p95"]
+
+
+def test_measure_encoder_uses_masked_loss(tmp_path, data):
+    tok = tiny_wordpiece_tokenizer(tmp_path)
+    tiny_bert(len(tok)).save_pretrained(tmp_path)
+    m = measure(str(tmp_path), domain=data["general"], reference=data["general"], **FAST)
+    assert m["model"]["objective"] == "masked" and m["shift"]["metric"] == "masked_perplexity"
+    assert m["shift"]["domain"]["ratio"] == pytest.approx(1.0, abs=1e-6)  # same text, same fixed-seed masks
+    assert m["cost"]["probe"]["activation_bytes_per_token"] > 0 and m["cost"]["probe"]["tokens_per_second"] > 0
 
 
 def test_measure_tiny_inputs_give_not_enough_evidence(model_dir, data):

@@ -256,8 +256,12 @@ def test_name_clash_names_both_paths(tmp_path):
         read_corpus(CorpusConfig(sources=[src(a), src(b)]))
     corpus = read_corpus(CorpusConfig(sources=[src(a), src(b, name="other")]))
     assert list(corpus.train) == ["computing", "other"]
-    with pytest.raises(CorpusError, match="used by both"):  # eval names share the namespace
-        read_corpus(CorpusConfig(sources=[src(a)], eval_sources=[src(b)]))
+    with pytest.raises(CorpusError, match="used by both"):
+        read_corpus(CorpusConfig(sources=[src(a)], eval_sources=[src(a), src(b)]))
+    # A training source and a held-out set may share a name (a corpus and its held-out part).
+    corpus = read_corpus(CorpusConfig(sources=[src(a)], eval_sources=[src(b)]))
+    assert list(corpus.train) == ["computing"] and list(corpus.eval) == ["computing"]
+    assert corpus.summary()["sources"]["heldout:computing"]["role"] == "eval"
 
 
 def test_dedup_across_sources_and_eval_leak(tmp_path):
@@ -269,11 +273,11 @@ def test_dedup_across_sources_and_eval_leak(tmp_path):
     assert texts(corpus.train["a"]) == ["same", "a only"] and corpus.stats["a"].duplicates_removed == 1
     assert texts(corpus.train["b"]) == ["b only"] and corpus.stats["b"].duplicates_removed == 2
     assert texts(corpus.eval["ev"]) == ["fresh"]
-    assert corpus.leaked_into_eval_removed == {"ev": 1} and corpus.stats["ev"].duplicates_removed == 1
+    assert corpus.leaked_into_eval_removed == {"ev": 1} and corpus.stats["heldout:ev"].duplicates_removed == 1
     s = corpus.summary()
     json.dumps(s)
     assert s["totals"]["duplicates_removed"] == 4 and s["totals"]["leaked_into_eval_removed"] == 1
-    assert s["totals"]["train_documents"] == 3 and s["sources"]["ev"]["role"] == "eval"
+    assert s["totals"]["train_documents"] == 3 and s["sources"]["heldout:ev"]["role"] == "eval"
     assert corpus.stats["b"].documents == 1 and corpus.stats["b"].chars == len("b only")
 
     no = read_corpus(CorpusConfig(sources=[src(a), src(b, split_docs="line")], dedup=False))

@@ -62,7 +62,7 @@ def add_arguments(parser) -> None:
     t.add_argument("--label-field", default="label", help="label field of the labeled data")
     m = parser.add_argument_group("measuring")
     m.add_argument("--reference", default=None, help=f"general-English reference text (default: the shipped {DEFAULT_REFERENCE.name})")
-    m.add_argument("--time-budget", type=float, default=45.0, help="seconds for the model work (perplexity + training probe)")
+    m.add_argument("--time-budget", type=float, default=40.0, help="seconds for the model work (perplexity + training probe)")
     m.add_argument("--max-eval-tokens", type=int, default=16384, help="most tokens scored per text set")
     m.add_argument("--sample-chars", type=int, default=250_000, help="characters sampled from each text for words and perplexity")
     m.add_argument("--no-probe", action="store_true", help="skip the timed training steps (estimate speed from scoring)")

@@ -60,7 +60,7 @@ LORA_R = 16
 def measure(model_dir: str, *, domain: str | None = None, text_field: str = "text", split_docs: str = "file",
             task_train: str | None = None, task_text_field: str = "text", label_field: str | None = "label",
             reference: str | None = None, sample_chars: int = 250_000, max_eval_tokens: int = 16_384,
-            time_budget: float = 45.0, eval_block_size: int = 256, probe: bool = True, probe_steps: int = 3,
+            time_budget: float = 40.0, eval_block_size: int = 256, probe: bool = True, probe_steps: int = 3,
             probe_batch_size: int = 1, probe_block_size: int = 256, train_batch_tokens: int = 8 * 512,
             device: str = "cpu", loaded=None, progress: Callable[[str], None] | None = None) -> dict:
     """Measurements of the base model, the domain corpus and the labeled data (see module doc).

@@ -22,6 +22,7 @@ Conventions the pipeline runner applies:
   and stage (suggested ``<output_dir>/<arm>/seed<seed>/<index>-<kind>``), so a stage with the same
   recipe, seed and parent in several arms (e.g. the domain pretraining of ``dapt_ft`` and
   ``dapt_tapt_ft``) can be run once and shared.
+* Paths are written as given to `lmadapt advise` (relative ones are relative to the working directory).
 * Each recipe validates with ``load_recipe(PretrainConfig | FinetuneConfig, data=recipe)`` once
   ``@previous`` is replaced by a model folder.
 
@@ -148,6 +149,11 @@ def build_pipeline(advice: Advice, m: dict, *, model_dir: str, domain: str | Non
         return {"kind": "pretrain", "recipe": recipe}
 
     def tapt(prev: str) -> dict:
+        if not task_test or not task_dev:
+            note = ("tapt: task-adaptive pretraining reads every text of --task-train, including the examples the "
+                    "fine-tune stage holds out as dev/test; give --task-dev and --task-test files for a clean comparison")
+            if note not in notes:
+                notes.append(note)
         task_tokens = (m.get("task") or {}).get("tokens") or 0
         tps = _tokens_per_second(m)
         epochs = TAPT_MAX_EPOCHS

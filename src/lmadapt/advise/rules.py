@@ -17,10 +17,12 @@ Measurements refine it:
 * **shift** (perplexity ratio domain / general reference for the *base model*): >= shift_ratio means the
   model finds the domain foreign, so continued pretraining should help more (Gururangan et al. 2020);
   < close_ratio means the model already handles it (continued pretraining is expected to add little:
-  confidence drops and the pipeline's ft_only arm decides). With labeled data but not "lots" of
-  domain text, a shifted domain (or shifted task texts) adds task-adaptive pretraining (TAPT: continued
-  pretraining on the task's own texts) before fine-tuning; with no usable domain corpus and a language
-  goal, TAPT on the task texts is the only continued pretraining possible.
+  confidence drops and the pipeline's arms decide). The ratio is relative to the *model*: a model trained
+  on web and code text may find computing documentation easier than general prose (ratio < 1). With
+  labeled data but not "lots" of domain text, task texts foreign to the model add task-adaptive
+  pretraining (TAPT: continued pretraining on the task's own texts) before fine-tuning: the task texts'
+  own ratio decides, else the domain's, else (no usable perplexity) the vocabulary overlap. With no
+  usable domain corpus and a language goal, TAPT on the task texts is the continued pretraining possible.
 * **vocabulary**: overlap < overlap_shifted and tokenizer fragmentation (>= split3_excess more frequent
   domain words split into >= 3 pieces than general words) are reported as evidence; fragmentation
   turns on ``lora.train_embeddings`` and lists vocabulary-extension candidates.

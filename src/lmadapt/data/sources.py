@@ -87,11 +87,12 @@ class Corpus:
         sources = {}
         for name, st in self.stats.items():
             entry = asdict(st)
-            if name in self.train:
+            if not name.startswith(EVAL_STATS_PREFIX):
                 entry.update(role="train", train_documents=len(self.train[name]),
                              heldout_documents=len(self.eval.get(name, [])))
             else:
-                entry.update(role="eval", leaked_into_eval_removed=self.leaked_into_eval_removed.get(name, 0))
+                entry.update(role="eval", leaked_into_eval_removed=self.leaked_into_eval_removed.get(
+                    name[len(EVAL_STATS_PREFIX):], 0))
             sources[name] = entry
         eval_sets = {n: {"documents": len(d), "chars": sum(len(x.text) for x in d)} for n, d in self.eval.items()}
         totals = {
@@ -106,6 +107,9 @@ class Corpus:
             "leaked_into_eval_removed": sum(self.leaked_into_eval_removed.values()),
         }
         return {"sources": sources, "eval_sets": eval_sets, "totals": totals}
+
+
+EVAL_STATS_PREFIX = "heldout:"  # Corpus.stats key of a held-out source: "heldout:<name>"
 
 
 class _Bad(Exception):
@@ -676,13 +680,16 @@ def read_corpus(cfg: CorpusConfig) -> Corpus:
     """Read training and held-out sources; dedup, split off held-out text, collect stats."""
     if not cfg.sources:
         raise CorpusError("corpus: no training sources (set sources: [{path: ...}])")
-    owners: dict[str, str] = {}
-    for src in [*cfg.sources, *cfg.eval_sources]:  # names checked before anything is read
-        name = source_name(src)
-        if name in owners:
-            raise CorpusError(f"source name {name!r} is used by both {owners[name]} and {src.path}; "
-                              "set a distinct `name:` on one of them")
-        owners[name] = src.path
+    # Names are checked before anything is read. Training sources and held-out sets are separate
+    # namespaces: a domain corpus and its held-out set naturally share a name ("computing").
+    for group in (cfg.sources, cfg.eval_sources):
+        owners: dict[str, str] = {}
+        for src in group:
+            name = source_name(src)
+            if name in owners:
+                raise CorpusError(f"source name {name!r} is used by both {owners[name]} and {src.path}; "
+                                  "set a distinct `name:` on one of them")
+            owners[name] = src.path
     if cfg.eval_sources and cfg.eval_fraction:
         log.warning("eval_sources are given, so eval_fraction=%s is ignored", cfg.eval_fraction)
 
@@ -708,7 +715,7 @@ def read_corpus(cfg: CorpusConfig) -> Corpus:
                 raise CorpusError(f"{src.path}: every document of eval source {st.name!r} also appears in the training data")
             docs = kept
             st.documents, st.chars = len(docs), sum(len(d.text) for d in docs)
-        evals[st.name], stats[st.name] = docs, st
+        evals[st.name], stats[EVAL_STATS_PREFIX + st.name] = docs, st
     if not cfg.eval_sources and cfg.eval_fraction > 0:
         for name in train:
             train[name], held = _split_heldout(train[name], cfg.eval_fraction)
