@@ -27,6 +27,6 @@ python3 -m lmadapt.cli pretrain model.path=$W/base \
   data.block_size=512 train.max_steps=100 train.batch_size=32 train.lr=5e-4 train.output_dir=$W/dapt train.report_to=[] 2>&1 | grep -v Warning | tail -25
 python3 -m lmadapt.cli finetune model.path=$W/dapt task.type=classification data.train=$S/foldoc/train.jsonl \
   data.dev=$S/foldoc/dev.jsonl data.test=$S/foldoc/test.jsonl train.epochs=3 train.lr=1e-3 train.batch_size=32 \
-  train.output_dir=$W/ft train.report_to=[] 2>&1 | grep -v Warning | tail -30
+  train.output_dir=$W/ft train.report_to=[] model.max_length=512 data.allow_truncation=true 2>&1 | grep -v Warning | tail -30
 cp $W/base/metrics.json "$OUT/smoke_base_metrics.json" 2>/dev/null; cp $W/dapt/metrics.json "$OUT/smoke_dapt_metrics.json" 2>/dev/null
 cp $W/ft/metrics.json "$OUT/smoke_ft_metrics.json" 2>/dev/null

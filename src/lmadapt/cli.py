@@ -7,6 +7,7 @@
     lmadapt tokenizer train --data PATH ... --kind bpe|wordpiece --vocab-size N --output DIR
     lmadapt convert FILE.gguf --output DIR           GGUF -> trainable safetensors folder
     lmadapt presets                                  scratch model sizes
+    lmadapt advise MODEL --domain CORPUS --task-train LABELED --goal classify
 
 Heavy libraries are imported inside each command so `--help` answers at once. Errors the user
 can fix (recipe, data) print one clear line and exit with status 2, never a traceback.
@@ -94,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--output", required=True, help="output model folder")
 
     sub.add_parser("presets", help="list scratch model size presets")
+
+    from . import advise  # light: heavy imports happen inside advise.main
+    ad = sub.add_parser("advise", formatter_class=_Formatter,
+                        help="which adaptation to do (continued pretraining, fine-tuning, both, LoRA or full), "
+                             "decided from measurements of your data and model",
+                        description=(advise.__doc__ or "").strip())
+    advise.add_arguments(ad)
     return parser
 
 

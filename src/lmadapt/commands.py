@@ -110,7 +110,13 @@ def cmd_presets(args, parser):
     return 0
 
 
+def cmd_advise(args, parser):
+    from .advise import main as advise_main
+    return advise_main(args)
+
+
 COMMANDS = {
+    "advise": cmd_advise,
     "pretrain": cmd_pretrain, "finetune": cmd_finetune, "evaluate": cmd_evaluate, "predict": cmd_predict,
     "tokenizer": cmd_tokenizer, "convert": cmd_convert, "presets": cmd_presets,
 }

@@ -150,7 +150,7 @@ def render(advice: Advice, m: dict, notes: list[str] | None = None) -> str:
     sh, vo, dom, task, cost = (m.get(k) or {} for k in ("shift", "vocabulary", "domain", "task", "cost"))
     meas = []
     if dom:
-        meas += [("domain documents / chars", f"{dom['documents']:,} / {dom['chars']:,}"),
+        meas += [("domain documents / chars", f"{_num(dom.get('documents'))} / {_num(dom.get('chars'))}"),
                  ("domain tokens (estimated)", _num(dom.get("estimated_tokens"))),
                  ("domain length p50 / p95 tokens", f"{_num(dom.get('length_tokens_p50'))} / {_num(dom.get('length_tokens_p95'))}")]
     if task:

@@ -1,10 +1,10 @@
 """The pipeline YAML `lmadapt advise` writes: the arms that would confirm (or refute) the advice.
 
-Schema (read by `lmadapt run`)::
+It is a pipeline for `lmadapt run` (schema: ``lmadapt.config.pipeline.PipelineConfig``), using::
 
     output_dir: runs/advise          # root of every arm's output
-    seeds: [0, 1, 2]                 # every arm runs once per seed
-    arms:                            # arm name -> list of stages, run in order
+    seeds: [0, 1, 2]                 # fine-tune stages run once per seed; pretrain stages once, shared
+    arms:                            # arm name -> list of inline stages, run in order
       ft_only:
         - kind: finetune             # pretrain | finetune
           recipe: {...}              # exactly the keys of FinetuneConfig (or PretrainConfig for kind: pretrain)
@@ -13,24 +13,23 @@ Schema (read by `lmadapt run`)::
           recipe: {model: {path: models/base}, data: {sources: [{path: corpus/, name: domain}]}, ...}
         - kind: finetune
           recipe: {model: {path: "@previous"}, ...}
+    evaluation: {lm_sets: {domain: VALID, general: REFERENCE}}   # only with --domain-valid
+    baseline: {tfidf: true}                                      # only for single-label classification
 
-Conventions the pipeline runner applies:
-
-* ``model.path: "@previous"`` means the output folder of the previous stage of the same arm and seed.
-  The first stage of an arm starts from the base model (its path is written out).
-* ``train.output_dir`` and ``train.seed`` are not in the recipes: the runner sets them per arm, seed
-  and stage (suggested ``<output_dir>/<arm>/seed<seed>/<index>-<kind>``), so a stage with the same
-  recipe, seed and parent in several arms (e.g. the domain pretraining of ``dapt_ft`` and
-  ``dapt_tapt_ft``) can be run once and shared.
+* ``model.path: "@previous"``: the output folder of the previous stage of the same arm. The first
+  stage of an arm starts from the base model (its path is written out).
+* ``train.output_dir`` and ``train.seed`` are not in the recipes: the runner sets them per stage
+  instance; identical stages (same recipe and parent) in several arms, e.g. the domain pretraining of
+  ``dapt_ft`` and ``dapt_tapt_ft``, run once and are shared.
 * Paths are written as given to `lmadapt advise` (relative ones are relative to the working directory).
-* Each recipe validates with ``load_recipe(PretrainConfig | FinetuneConfig, data=recipe)`` once
-  ``@previous`` is replaced by a model folder.
+* The whole file validates with ``lmadapt.config.pipeline.load_pipeline``.
 
-Arms: ``ft_only`` (fine-tune the base model), ``dapt_ft`` (continued pretraining on the domain corpus,
-then fine-tune), ``tapt_ft`` (continued pretraining on the task's own training texts, then fine-tune),
-``dapt_tapt_ft`` (both, domain first; the best combination in Gururangan et al. 2020); without labeled
-data ``dapt_full`` vs ``dapt_lora`` (continued pretraining only; the pretrain stage reports held-out
-perplexity before and after). Compare fine-tuning arms on the test metric (mean and spread over seeds).
+Arms: ``ft_only`` (fine-tune the base model: the reference arm), ``dapt_ft`` (continued pretraining on
+the domain corpus, then fine-tune), ``tapt_ft`` (continued pretraining on the task's own training
+texts, then fine-tune), ``dapt_tapt_ft`` (both, domain first; the best combination in Gururangan et
+al. 2020); without labeled data ``dapt_full`` vs ``dapt_lora`` (continued pretraining only; the
+pretrain stage reports held-out perplexity before and after). Compare fine-tuning arms on the test
+metric (mean and spread over seeds).
 """
 from __future__ import annotations
 
@@ -43,7 +42,6 @@ import yaml
 from .rules import TASK_TYPES, Advice
 
 PREVIOUS = "@previous"
-PIPELINE_KEYS = ("output_dir", "seeds", "arms")
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
 TAPT_MAX_EPOCHS = 10
 
@@ -186,7 +184,13 @@ def build_pipeline(advice: Advice, m: dict, *, model_dir: str, domain: str | Non
             arms[arm] = [dapt(base, "lora")]
         else:  # pragma: no cover - rules and pipeline are kept in step
             raise ValueError(f"unknown arm {arm!r}")
-    return {"output_dir": str(output_dir), "seeds": [int(s) for s in seeds], "arms": arms}, notes
+    pipeline: dict[str, Any] = {"output_dir": str(output_dir), "seeds": [int(s) for s in seeds], "arms": arms}
+    if domain_valid and reference and any(a.startswith("dapt") for a in arms):
+        pipeline["evaluation"] = {"lm_sets": {"domain": str(domain_valid), "general": str(reference)}}
+    task_m = m.get("task") or {}
+    if "ft_only" in arms and advice.goal == "classify" and task_m.get("problem") == "single_label":
+        pipeline["baseline"] = {"tfidf": True}
+    return pipeline, notes
 
 
 def pipeline_yaml(pipeline: dict, advice: Advice, notes: list[str] | None = None) -> str:

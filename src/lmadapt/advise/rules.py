@@ -308,8 +308,10 @@ def recommend(measurements: dict, goal: str, thresholds: dict | None = None) -> 
             missing.append("unlabeled domain text (--domain) and/or labeled task data (--task-train)")
     else:
         confidence = CONFIDENCE[max(0, 2 - len(penalties))]
-    arms = _arms(steps, dom_ok, task_ok, lang_goal, method)
-    summary = _summary(recommendation, steps, method, confidence, goal, penalties)
+    full_b, avail = _get(m, "cost", "memory", "full_bytes"), _get(m, "cost", "memory", "available_bytes")
+    full_fits = not (full_b and avail and full_b > t["memory_fraction"] * avail)
+    arms = _arms(steps, dom_ok, task_ok, full_fits)
+    summary = _summary(steps, method, confidence, goal)
     return Advice(goal=goal, recommendation=recommendation, steps=steps, method=method, confidence=confidence,
                   summary=summary, reasons=reasons, missing=missing, warnings=warnings + [f"confidence lowered: {p}" for p in penalties],
                   arms=arms, train_embeddings=train_embeddings, vocabulary_candidates=candidates, thresholds=t)
@@ -346,7 +348,9 @@ def _method(m, t, steps, tokens, lots, shifted, fragmented, reason, warnings):
     return method, bool(method == "lora" and fragmented)
 
 
-def _arms(steps, dom_ok, task_ok, lang_goal, method) -> list[str]:
+def _arms(steps, dom_ok, task_ok, full_fits) -> list[str]:
+    """Pipeline arms that test the advice against its alternatives (each arm uses the advised method,
+    except dapt_full / dapt_lora, which compare the methods when there is no task to fine-tune)."""
     arms: list[str] = []
     if task_ok:
         arms.append("ft_only")
@@ -355,7 +359,7 @@ def _arms(steps, dom_ok, task_ok, lang_goal, method) -> list[str]:
         else:
             arms.append("tapt_ft")
     elif dom_ok and "dapt" in steps:
-        arms = ["dapt_full", "dapt_lora"]
+        arms = ["dapt_full", "dapt_lora"] if full_fits else ["dapt_lora"]
     return arms
 
 
@@ -369,7 +373,7 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def _summary(recommendation, steps, method, confidence, goal, penalties) -> str:
+def _summary(steps, method, confidence, goal) -> str:
     if not steps:
         return f"Not enough evidence to recommend an adaptation for goal '{goal}'; see 'missing'."
     plan = ", then ".join(STEP_NAMES[s] for s in steps)
