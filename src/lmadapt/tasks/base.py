@@ -51,3 +51,28 @@ class Task(Protocol):
     def collator(self, tokenizer, cfg): ...
     def evaluate(self, model, tokenizer, examples: list[Example], space: dict, cfg) -> dict: ...  # metrics (flat floats + tables)
     def predict(self, model, tokenizer, records: list[dict], cfg) -> list[dict]: ...
+
+
+# --- recipe access shared by the task modules ---------------------------------------------------
+# Tasks receive the whole FinetuneConfig (or, in unit tests, just their own section), so every
+# lookup tolerates a missing section and falls back to the defaults.
+
+def recipe_section(cfg, attr: str, cls: type):
+    """The ``attr`` section of a finetune recipe, the section itself, or its defaults when absent."""
+    if isinstance(cfg, cls):
+        return cfg
+    sec = getattr(cfg, attr, None)
+    return sec if isinstance(sec, cls) else cls()
+
+
+def on_error_mode(cfg) -> str:
+    return getattr(getattr(cfg, "data", None), "on_error", None) or "raise"
+
+
+def allow_truncation(cfg) -> bool:
+    return bool(getattr(getattr(cfg, "data", None), "allow_truncation", False))
+
+
+def eval_batch_size(cfg, default: int = 16) -> int:
+    train = getattr(cfg, "train", None)
+    return getattr(train, "eval_batch_size", None) or getattr(train, "batch_size", None) or default

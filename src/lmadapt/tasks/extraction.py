@@ -28,7 +28,7 @@ import torch
 
 from ..config.base import ConfigError
 from ..config.tasks import ExtractionConfig
-from .base import DataError, Example, ReadReport
+from .base import DataError, Example, ReadReport, allow_truncation, eval_batch_size, on_error_mode, recipe_section
 from .classification import model_kwargs, pad_id_of
 from .labeled_io import read_records
 from .span_metrics import span_scores
@@ -41,23 +41,11 @@ Span = tuple[int, int, str]
 
 def section(cfg) -> ExtractionConfig:
     """The ``extraction:`` section of a finetune recipe (or the section itself; defaults when absent)."""
-    if isinstance(cfg, ExtractionConfig):
-        return cfg
-    sec = getattr(cfg, "extraction", None)
-    return sec if isinstance(sec, ExtractionConfig) else ExtractionConfig()
-
-
-def _on_error(cfg) -> str:
-    return getattr(getattr(cfg, "data", None), "on_error", None) or "raise"
-
-
-def _allow_truncation(cfg) -> bool:
-    return bool(getattr(getattr(cfg, "data", None), "allow_truncation", False))
+    return recipe_section(cfg, "extraction", ExtractionConfig)
 
 
 def _eval_batch_size(cfg) -> int:
-    train = getattr(cfg, "train", None)
-    return getattr(train, "eval_batch_size", None) or getattr(train, "batch_size", None) or 16
+    return eval_batch_size(cfg, default=16)
 
 
 def _reject(origin: str, reason: str, on_error: str, report: ReadReport) -> None:
@@ -315,7 +303,7 @@ class ExtractionTask:
     # reading -------------------------------------------------------------------------------------
     def read(self, path: str, cfg, *, split: str, report: ReadReport) -> list[Example]:
         sec = section(cfg)
-        on_error = _on_error(cfg)
+        on_error = on_error_mode(cfg)
         raw = read_records(path, fields_required=[], on_error=on_error, report=report,
                            format=getattr(getattr(cfg, "data", None), "format", "auto"))
         out: list[Example] = []
@@ -405,7 +393,7 @@ class ExtractionTask:
 
         _require_fast(tokenizer)
         sec = section(cfg)
-        allow = _allow_truncation(cfg)
+        allow = allow_truncation(cfg)
         rows = [self.encode_one(ex, tokenizer, space, sec, allow, report) for ex in examples]
         cols = {k: [r[k] for r in rows] for k in ("input_ids", "attention_mask", "labels")}
         cols["length"] = [len(ids) for ids in cols["input_ids"]]      # for train.group_by_length

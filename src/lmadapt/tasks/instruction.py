@@ -49,7 +49,7 @@ except ImportError:                    # pragma: no cover - then no template can
 
 from ..config.base import ConfigError
 from ..config.tasks import InstructionConfig
-from .base import DataError, Example, ReadReport
+from .base import DataError, Example, ReadReport, allow_truncation, eval_batch_size, on_error_mode, recipe_section
 from .classification import model_kwargs, pad_id_of
 from .labeled_io import read_records
 from .span_metrics import generation_exact_match
@@ -64,23 +64,11 @@ PLAIN_SEPARATOR = "\n\n"
 
 def section(cfg) -> InstructionConfig:
     """The ``instruction:`` section of a finetune recipe (or the section itself; defaults when absent)."""
-    if isinstance(cfg, InstructionConfig):
-        return cfg
-    sec = getattr(cfg, "instruction", None)
-    return sec if isinstance(sec, InstructionConfig) else InstructionConfig()
-
-
-def _on_error(cfg) -> str:
-    return getattr(getattr(cfg, "data", None), "on_error", None) or "raise"
-
-
-def _allow_truncation(cfg) -> bool:
-    return bool(getattr(getattr(cfg, "data", None), "allow_truncation", False))
+    return recipe_section(cfg, "instruction", InstructionConfig)
 
 
 def _eval_batch_size(cfg) -> int:
-    train = getattr(cfg, "train", None)
-    return getattr(train, "eval_batch_size", None) or getattr(train, "batch_size", None) or 8
+    return eval_batch_size(cfg, default=8)
 
 
 # --- records -> conversations ---------------------------------------------------------------------
@@ -321,7 +309,7 @@ class InstructionTask:
 
     def read(self, path: str, cfg, *, split: str, report: ReadReport) -> list[Example]:
         sec = section(cfg)
-        on_error = _on_error(cfg)
+        on_error = on_error_mode(cfg)
         raw = read_records(path, fields_required=[], on_error=on_error, report=report,
                            format=getattr(getattr(cfg, "data", None), "format", "auto"))
         out = []
@@ -378,7 +366,7 @@ class InstructionTask:
         import datasets
 
         sec = section(cfg)
-        rows = self.encode_rows(examples, tokenizer, cfg, report, _allow_truncation(cfg))
+        rows = self.encode_rows(examples, tokenizer, cfg, report, allow_truncation(cfg))
         if sec.packing:
             blocks = pack(rows, sec.max_length)
             return datasets.Dataset.from_dict({k: [b[k] for b in blocks] for k in ("input_ids", "labels", "position_ids")})

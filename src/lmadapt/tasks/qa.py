@@ -30,7 +30,7 @@ import torch
 
 from ..config.base import ConfigError
 from ..config.tasks import QAConfig
-from .base import DataError, Example, ReadReport
+from .base import DataError, Example, ReadReport, allow_truncation, eval_batch_size, on_error_mode, recipe_section
 from .classification import model_kwargs, pad_id_of
 from .labeled_io import read_records
 from .span_metrics import squad_scores
@@ -42,23 +42,11 @@ IGNORE = -100
 
 def section(cfg) -> QAConfig:
     """The ``qa:`` section of a finetune recipe (or the section itself; defaults when absent)."""
-    if isinstance(cfg, QAConfig):
-        return cfg
-    sec = getattr(cfg, "qa", None)
-    return sec if isinstance(sec, QAConfig) else QAConfig()
-
-
-def _on_error(cfg) -> str:
-    return getattr(getattr(cfg, "data", None), "on_error", None) or "raise"
-
-
-def _allow_truncation(cfg) -> bool:
-    return bool(getattr(getattr(cfg, "data", None), "allow_truncation", False))
+    return recipe_section(cfg, "qa", QAConfig)
 
 
 def _eval_batch_size(cfg) -> int:
-    train = getattr(cfg, "train", None)
-    return getattr(train, "eval_batch_size", None) or getattr(train, "batch_size", None) or 16
+    return eval_batch_size(cfg, default=16)
 
 
 def check_answers(context: str, answers, field: str = "answers") -> tuple[list[dict], str | None]:
@@ -220,7 +208,7 @@ class QATask:
 
     def read(self, path: str, cfg, *, split: str, report: ReadReport) -> list[Example]:
         sec = section(cfg)
-        on_error = _on_error(cfg)
+        on_error = on_error_mode(cfg)
         raw = read_records(path, fields_required=[sec.question_field, sec.context_field, sec.answers_field],
                            text_fields=[sec.question_field, sec.context_field], on_error=on_error, report=report,
                            format=getattr(getattr(cfg, "data", None), "format", "auto"))
@@ -274,7 +262,7 @@ class QATask:
         sec = section(cfg)
         windows, cut = make_windows([e.fields["question"] for e in examples], [e.fields["context"] for e in examples],
                                     tokenizer, sec, answers=[e.fields["answers"] for e in examples],
-                                    origins=[e.origin for e in examples], allow_truncation=_allow_truncation(cfg))
+                                    origins=[e.origin for e in examples], allow_truncation=allow_truncation(cfg))
         report.truncated += cut
         cols = {"input_ids": [w.input_ids for w in windows],
                 "attention_mask": [[1] * len(w.input_ids) for w in windows],
