@@ -62,7 +62,7 @@ def pipeline_dict(ws, out: Path) -> dict:
                                   "eval_sources": [{"path": ws["dval"], "name": "domain_valid"},
                                                    {"path": ws["gval"], "name": "general_valid"}]},
                          "train": {"max_steps": 4, "batch_size": 4, "lr": 3e-3, "warmup_steps": 1, "log_every": 1,
-                                   "eval_every": 2, "report_to": [], "torch_threads": 1}},
+                                   "eval_every": 2, "save_every": 2, "report_to": [], "torch_threads": 1}},
             "finetune": {"model": {"max_length": 32},
                          "data": {"train": "${data}/train.jsonl", "dev": ws["dev"], "test": ws["test"]},
                          "train": {"epochs": 1, "batch_size": 16, "lr": 5e-3, "warmup_ratio": 0.0, "log_every": 1,
@@ -80,7 +80,9 @@ def pipeline_dict(ws, out: Path) -> dict:
                                      {"path": ws["general"], "name": "general", "share": 0.1}]}}},
             "ft": {"kind": "finetune", "recipe": {}},
         },
-        "arms": {"ft_only": ["base", "ft"], "dapt_ft": ["base", "dapt", "ft"]},
+        "arms": {"ft_only": ["base", "ft"],
+                 "dapt_ft": ["base", "dapt", {"kind": "evaluate", "recipe": {"data": {"domain": ws["dval"]},
+                                                                              "block_size": 32}}, "ft"]},
     }
 
 
@@ -102,7 +104,8 @@ def test_pipeline_runs_end_to_end_sharing_stages(first_run):
     # base once, dapt once, ft per (parent, seed): 2 x 2
     assert [f.split("-")[0] for f in folders].count("pretrain") == 2, folders
     assert [f.split("-")[0] for f in folders].count("finetune") == 4, folders
-    assert len(summary["executed"]) == 6 and len(set(summary["executed"])) == 6
+    assert [f.split("-")[0] for f in folders].count("evaluate") == 1, folders
+    assert len(summary["executed"]) == 7 and len(set(summary["executed"])) == 7
     assert all((out / "stages" / f / DONE_FILE).is_file() for f in folders)
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     stage_rows = [r for r in rows if r["kind"] in ("pretrain", "finetune")]
@@ -122,6 +125,11 @@ def test_pipeline_runs_end_to_end_sharing_stages(first_run):
             assert r["perf"]["tokens_seen"] > 0
     ft = [r for r in stage_rows if r["kind"] == "finetune"]
     assert len({r["id"] for r in ft if r["arm"] == "ft_only"}) == 2        # one per seed
+    ev = [r for r in rows if r["kind"] == "evaluate"]
+    assert len(ev) == 2 and ev[0]["id"] == ev[1]["id"] and ev[0]["stage"] == "dapt_ft-3"
+    assert ev[0]["lm"]["domain"]["perplexity"] > 1 and ev[0]["parent"] == next(
+        r["folder"] for r in stage_rows if r["stage"] == "dapt")
+    assert all(r["parent"] == ev[0]["parent"] for r in ft if r["arm"] == "dapt_ft"), "evaluate passes its model on"
     # hand-off: dapt starts from base, ft of dapt_ft from dapt
     dapt = next(r for r in stage_rows if r["stage"] == "dapt")
     assert dapt["parent"] == base_rows[0]["folder"]
@@ -171,7 +179,7 @@ def test_second_run_reuses_every_stage(first_run, monkeypatch):
         monkeypatch.setitem(prun.STAGE_RUNNERS, kind, boom)
     summary = prun.run_pipeline(load_pipeline(data=pipeline_dict_for(out, cfg)), report=False)
     assert summary["executed"] == []
-    assert len(summary["reused"]) == 6
+    assert len(summary["reused"]) == 7
     assert done_mtimes(out) == before
 
 
@@ -187,29 +195,40 @@ def test_interrupted_stage_resumes(first_run, monkeypatch):
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     victim = next(r for r in rows if r["arm"] == "dapt_ft" and r["seed"] == 1 and r["kind"] == "finetune")
     (out / victim["folder"] / DONE_FILE).unlink()          # as if the process died before DONE
+    dapt = next(r for r in rows if r["stage"] == "dapt")
+    (out / dapt["folder"] / DONE_FILE).unlink()            # died after its last checkpoint (save_every: 2)
     before = done_mtimes(out)
     real = prun.STAGE_RUNNERS["finetune"]
+    real_pretrain = prun.STAGE_RUNNERS["pretrain"]
+
+    calls = []
+
+    def spy(runner):
+        def wrapped(recipe, folder):
+            calls.append((folder.name, recipe["train"].get("resume", False)))
+            return runner(recipe, folder)
+        return wrapped
 
     def crash(recipe, folder):
         raise KeyboardInterrupt
 
     monkeypatch.setitem(prun.STAGE_RUNNERS, "finetune", crash)
+    monkeypatch.setitem(prun.STAGE_RUNNERS, "pretrain", spy(real_pretrain))
     with pytest.raises(KeyboardInterrupt):
         prun.run_pipeline(load_pipeline(data=pipeline_dict_for(out, cfg)), report=False)
     state = json.loads((out / "run_state.json").read_text())
     assert state["status"] == "interrupted" and state["stages"][victim["id"]]["status"] == "interrupted"
+    # the pretrain stage continued from its last checkpoint (it ran before the crash)
+    assert calls == [(dapt["id"], True)]
+    assert json.loads((out / dapt["folder"] / DONE_FILE).read_text())["resumed"] == "checkpoint"
 
-    calls = []
-
-    def spy(recipe, folder):
-        calls.append((folder.name, recipe["train"].get("resume", False)))
-        return real(recipe, folder)
-
-    monkeypatch.setitem(prun.STAGE_RUNNERS, "finetune", spy)
+    calls.clear()
+    monkeypatch.setitem(prun.STAGE_RUNNERS, "finetune", spy(real))
     summary = prun.run_pipeline(load_pipeline(data=pipeline_dict_for(out, cfg)), report=False)
-    assert summary["executed"] == [victim["id"]] and [c[0] for c in calls] == [victim["id"]]
+    # the crashed fine-tune (no checkpoint) starts over; nothing else runs
+    assert calls == [(victim["id"], False)] and summary["executed"] == [victim["id"]]
     after = done_mtimes(out)
-    assert {k for k in after if after[k] != before.get(k)} == {victim["id"]}
+    assert {k for k in after if after[k] != before.get(k)} == {victim["id"], dapt["id"]}
 
 
 def test_stage_hash_tracks_inputs(workspace, tmp_path):

@@ -90,6 +90,9 @@ def main_demo(args: argparse.Namespace) -> int:
     print()
     print(summary_table(cfg.output_dir))
     print()
+    log("a ~2M-parameter model pretrained on well under a million tokens: expect TF-IDF to win and small, noisy "
+        "differences between arms; this shows the workflow and its evidence, not a result (add --seeds 0 1 2 "
+        "for a noise estimate)")
     log(f"report: {summary['report']['html']} (and report.md beside it)")
     log(f"finished in {time.time() - t0:.0f}s ({len(summary['executed'])} stage(s) run, "
         f"{len(summary['reused'])} reused from the cache)")

@@ -36,11 +36,11 @@ BASELINE_ARM = "tfidf_baseline"
 
 # (key, label, better): the comparison table's columns.
 COLUMNS = [
-    ("test_accuracy", "test accuracy", "higher"),
-    ("test_macro_f1", "test macro-F1", "higher"),
-    ("dev_macro_f1", "dev macro-F1", "higher"),
-    ("domain_ppl", "domain ppl", "lower"),
-    ("general_ppl", "general ppl", "lower"),
+    ("test_accuracy", "test accuracy ↑", "higher"),
+    ("test_macro_f1", "test macro-F1 ↑", "higher"),
+    ("dev_macro_f1", "dev macro-F1 ↑", "higher"),
+    ("domain_ppl", "domain ppl ↓", "lower"),
+    ("general_ppl", "general ppl ↓", "lower"),
 ]
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22"]
@@ -164,7 +164,7 @@ def compare(a: Stat, r: Stat, k: float) -> dict:
     if sorted(a.ids) == sorted(r.ids):
         return {"diff": diff, "verdict": "same model"}
     if a.n < 2 or r.n < 2:
-        return {"diff": diff, "verdict": "one run: no noise estimate"}
+        return {"diff": diff, "verdict": "1 run"}
     sp = math.sqrt(((a.n - 1) * a.std ** 2 + (r.n - 1) * r.std ** 2) / (a.n + r.n - 2))
     se = sp * math.sqrt(1 / a.n + 1 / r.n)
     threshold = k * se
@@ -197,7 +197,7 @@ def _fmt_diff(c: dict, key: str) -> str:
         return "—"
     sign = "+" if c["diff"] >= 0 else "−"
     text = f"{sign}{_fmt(abs(c['diff']), key)}"
-    return f"{text} ({c['verdict']})"
+    return f"{text} ({c['verdict']})" if c["verdict"] != "same model" else "same model"
 
 
 # --- tables --------------------------------------------------------------------------------------
@@ -249,7 +249,8 @@ def summary_table(run_dir: str | Path) -> str:
 def noise_rule(run: Run) -> str:
     return (f"Rule: a difference to {run.reference} is 'beyond noise' when |diff| > {run.noise_factor:g} x s_p x "
             "sqrt(1/n_a + 1/n_ref), s_p the pooled seed-to-seed standard deviation of the two arms; n counts distinct "
-            "runs (a stage shared by every seed counts once). With fewer than 2 runs per arm there is no noise estimate.")
+            "runs (a stage shared by every seed counts once). '1 run': fewer than 2 runs in an arm, so no noise "
+            "estimate (add seeds); 'same model': both arms use the very same stage output.")
 
 
 def per_class_f1(run: Run) -> tuple[list[str], dict[str, dict[str, float]]]:
@@ -284,13 +285,19 @@ def _stage_rows(run: Run, kind: str | None = None) -> list[dict]:
             continue
         seen.add(r["id"])
         r = dict(r)
-        r["used_by"] = sorted({f"{x['arm']}/s{x['seed']}" for x in run.rows if x.get("id") == r["id"]})
+        r["used_by"] = list(dict.fromkeys(f"{x['arm']}/s{x['seed']}" for x in run.rows if x.get("id") == r["id"]))
         out.append(r)
     return out
 
 
 def _stage_label(r: dict) -> str:
-    return f"{r['stage']}" + (f" (seed {r['seed']})" if r.get("seeded") else "")
+    """'ft · dapt_ft · seed 0', 'base · ft_only, dapt_ft': the stage and who uses it."""
+    arms = list(dict.fromkeys(u.rsplit("/s", 1)[0] for u in r.get("used_by") or [])) or [r["arm"]]
+    return f"{r['stage']} · {', '.join(arms)}" + (f" · seed {r['seed']}" if r.get("seeded") else "")
+
+
+def _plot_label(r: dict) -> str:
+    return r["stage"] + (f" · seed {r['seed']}" if r.get("seeded") else "")
 
 
 def token_rows(run: Run) -> list[dict]:
@@ -312,7 +319,7 @@ def perf_rows(run: Run) -> list[dict]:
     out = []
     for r in _stage_rows(run):
         p = r.get("perf") or {}
-        out.append({"stage": _stage_label(r), "kind": r["kind"], "id": r["id"], **p,
+        out.append({"stage": _stage_label(r), "kind": r["kind"], "id": r["id"], "parent": r.get("parent"), **p,
                     "executed": any(x.get("executed") for x in run.rows if x.get("id") == r["id"])})
     return out
 
@@ -366,7 +373,7 @@ def pretrain_series(run: Run) -> tuple[list[dict], list[dict]]:
         pts = [(off + x["tokens_seen"], x["loss"]) for x in rows
                if x.get("loss") is not None and x.get("tokens_seen") is not None]
         if pts:
-            loss.append({"label": _stage_label(r), "points": pts, "color": color})
+            loss.append({"label": _plot_label(r), "points": pts, "color": color})
         m = run.metrics(r["folder"])
         seen = int(((m.get("train") or {}).get("tokens_seen")) or 0)
         for j, (name, h) in enumerate((m.get("heldout") or {}).items()):
@@ -380,7 +387,7 @@ def pretrain_series(run: Run) -> tuple[list[dict], list[dict]]:
             if (h.get("after") or {}).get("perplexity") is not None:
                 points.append((off + seen, h["after"]["perplexity"]))
             if points:
-                ppl.append({"label": f"{_stage_label(r)} · {name}", "points": points, "color": color,
+                ppl.append({"label": f"{_plot_label(r)} · {name}", "points": points, "color": color,
                             "dash": ["", "6 4", "2 3", "10 3 2 3"][j % 4], "markers": True})
     return loss, ppl
 
@@ -429,15 +436,12 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
 
 
 def _log_ticks(lo: float, hi: float) -> list[float]:
-    ticks = []
-    for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
-        for m in (1, 2, 5):
-            v = m * 10 ** e
-            if lo <= v <= hi:
-                ticks.append(v)
-    if len(ticks) < 2:
-        ticks = sorted({lo, hi})
-    return ticks
+    for mults in ((1,), (1, 2, 5), (1, 2, 3, 5), (1, 1.5, 2, 3, 4, 5, 6, 8)):
+        ticks = [m * 10 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+                 for m in mults if lo <= m * 10 ** e <= hi]
+        if len(ticks) >= 4:
+            return ticks
+    return ticks if len(ticks) >= 2 else sorted({lo, hi})
 
 
 def _short(v: float) -> str:
@@ -452,7 +456,7 @@ def _short(v: float) -> str:
 
 
 def svg_chart(series: list[dict], *, title: str, xlabel: str, ylabel: str, logy: bool = False,
-              width: int = 560, height: int = 300) -> str:
+              width: int = 540, height: int = 300) -> str:
     """A self-contained SVG line chart (axes, ticks, grid, legend below)."""
     esc = html.escape
     pts = [(x, y) for s in series for x, y in s["points"] if y is not None and (not logy or y > 0)]
@@ -633,7 +637,8 @@ def render_markdown(run: Run, b: dict) -> str:
     lines += ["", "Peak RSS is the resident memory of the whole `lmadapt run` process while the stage ran "
                   "(stages run in one process, so it includes what earlier stages left loaded).", "",
               "## Stage folders", ""]
-    lines += [f"- `{p['id']}` ({p['kind']})" for p in b["perf"]]
+    lines += [f"- `stages/{p['id']}` ({p['kind']}; {p['stage']})"
+              + (f" ← starts from `{p['parent']}`" if p.get("parent") else "") for p in b["perf"]]
     lines.append("")
     return "\n".join(lines)
 
@@ -649,7 +654,7 @@ th{background:#f3f5f7;text-align:left;font-weight:600}td.n{text-align:right;font
 tr.ref td{background:#f7fbff}tr.base td{color:#555;font-style:italic}
 .facts td:first-child{font-weight:600;white-space:nowrap}.facts td{border:none;padding:2px 12px 2px 0}
 .good{color:#146c2e;font-weight:600}.bad{color:#a4161a;font-weight:600}.muted{color:#777}
-.note{color:#555;font-size:13px;max-width:1000px}
+.note{color:#555;font-size:13px;max-width:1000px}.tag{font-size:11px;font-weight:normal;color:#777}
 .plots{display:flex;flex-wrap:wrap;gap:14px}.plots figure{margin:0;border:1px solid #e3e3e3;padding:6px;background:#fff}
 code{background:#f4f4f4;padding:1px 4px;border-radius:3px;font-size:12.5px}
 """
@@ -658,12 +663,16 @@ code{background:#f4f4f4;padding:1px 4px;border-radius:3px;font-size:12.5px}
 def _cell_diff(c: dict | None, key: str, better: str) -> str:
     if not c or c["diff"] is None:
         return '<td class="n muted">—</td>'
-    text = _fmt_diff(c, key)
-    cls = "muted"
+    if c["verdict"] == "same model":
+        return '<td class="n muted">same model</td>'
+    sign = "+" if c["diff"] >= 0 else "−"
+    cls = ""
     if c["verdict"] == "beyond noise":
         improved = (c["diff"] > 0) == (better == "higher")
         cls = "good" if improved else "bad"
-    return f'<td class="n {cls}">{html.escape(text)}</td>'
+    tip = f' title="threshold ±{_fmt(c["threshold"], key)}"' if c.get("threshold") is not None else ""
+    return (f'<td class="n {cls}"{tip}>{sign}{_fmt(abs(c["diff"]), key)}'
+            f'<br><span class="tag">{html.escape(c["verdict"])}</span></td>')
 
 
 def render_html(run: Run, b: dict) -> str:
@@ -740,7 +749,9 @@ def render_html(run: Run, b: dict) -> str:
     parts.append("</table><p class='note'>Peak RSS is the resident memory of the whole <code>lmadapt run</code> process "
                  "while the stage ran (stages share one process, so it includes what earlier stages left loaded).</p>")
     parts.append("<h2>Stage folders</h2><ul>")
-    parts += [f"<li><code>stages/{e(p['id'])}</code> ({e(p['kind'])})</li>" for p in b["perf"]]
+    parts += [f"<li><code>stages/{e(p['id'])}</code> ({e(p['kind'])}; {e(p['stage'])})"
+              + (f" ← starts from <code>{e(p['parent'])}</code>" if p.get("parent") else "") + "</li>"
+              for p in b["perf"]]
     parts.append(f"</ul><p class='note'>Generated {e(time.strftime('%Y-%m-%d %H:%M:%S'))} by <code>lmadapt report</code> "
                  "from the run folder.</p></body></html>")
     return "\n".join(parts)

@@ -443,10 +443,38 @@ def write_results(out: Path, rows: list[dict]) -> None:
     atomic_write_text(out / RESULTS_FILE, "".join(json.dumps(r, default=str) + "\n" for r in rows))
 
 
+class RunLock:
+    """One `lmadapt run` per output_dir at a time (an advisory lock on ``output_dir/.lmadapt_run.lock``)."""
+
+    def __init__(self, out: Path):
+        self.path, self.fh = out / ".lmadapt_run.lock", None
+
+    def __enter__(self):
+        self.fh = self.path.open("a+")
+        try:
+            import fcntl
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:       # no fcntl (Windows): no lock
+            pass
+        except OSError:
+            self.fh.close()
+            raise ConfigError(f"output_dir: {self.path.parent} is in use by another `lmadapt run`; "
+                              "wait for it or choose another output_dir") from None
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
 def run_pipeline(cfg: PipelineConfig, *, pipeline_file: str | None = None, report: bool = True) -> dict:
     """Run (or reuse) every stage of every arm and seed; write results.jsonl, run_state.json, report."""
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        return _run_locked(cfg, out, pipeline_file=pipeline_file, report=report)
+
+
+def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, report: bool) -> dict:
     import yaml
     atomic_write_text(out / PIPELINE_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
     runs = plan(cfg)
