@@ -145,7 +145,10 @@ def arm_values(run: Run) -> dict[str, dict[str, Stat]]:
                 if v is not None:
                     cols[key][last_ft["id"]] = float(v)
         limit = last_ft["position"] if last_ft else float("inf")
-        lm_rows = [r for r in rows if r.get("lm") and r.get("position", 0) < limit]
+        # LM evidence (evaluation.lm_sets) of the last model before the fine-tune: an input model or a
+        # pretrain stage. Evaluate stages score their own sets and are listed separately.
+        lm_rows = [r for r in rows if r.get("lm") and r.get("kind") in ("input", "pretrain")
+                   and r.get("position", 0) < limit]
         if lm_rows:
             lm = lm_rows[-1]
             for key, role in (("domain_ppl", "domain"), ("general_ppl", "general")):
@@ -163,10 +166,16 @@ def compare(a: Stat, r: Stat, k: float) -> dict:
     diff = a.mean - r.mean
     if sorted(a.ids) == sorted(r.ids):
         return {"diff": diff, "verdict": "same model"}
-    if a.n < 2 or r.n < 2:
+    if a.n < 2 and r.n < 2:
         return {"diff": diff, "verdict": "1 run"}
-    sp = math.sqrt(((a.n - 1) * a.std ** 2 + (r.n - 1) * r.std ** 2) / (a.n + r.n - 2))
-    se = sp * math.sqrt(1 / a.n + 1 / r.n)
+    if a.n < 2 or r.n < 2:
+        # one side is a single shared run (a stage every seed shares, the deterministic baseline):
+        # a fixed value against the other arm's seed-to-seed spread
+        other = r if a.n < 2 else a
+        se = other.std / math.sqrt(other.n)
+    else:
+        sp = math.sqrt(((a.n - 1) * a.std ** 2 + (r.n - 1) * r.std ** 2) / (a.n + r.n - 2))
+        se = sp * math.sqrt(1 / a.n + 1 / r.n)
     threshold = k * se
     if se == 0:
         real = diff != 0
@@ -249,8 +258,10 @@ def summary_table(run_dir: str | Path) -> str:
 def noise_rule(run: Run) -> str:
     return (f"Rule: a difference to {run.reference} is 'beyond noise' when |diff| > {run.noise_factor:g} x s_p x "
             "sqrt(1/n_a + 1/n_ref), s_p the pooled seed-to-seed standard deviation of the two arms; n counts distinct "
-            "runs (a stage shared by every seed counts once). '1 run': fewer than 2 runs in an arm, so no noise "
-            "estimate (add seeds); 'same model': both arms use the very same stage output.")
+            "runs (a stage shared by every seed counts once). An arm with a single run (a shared stage, the "
+            "deterministic baseline) counts as a fixed value: the threshold is then k x s / sqrt(n) of the other arm. "
+            "'1 run': both arms have a single run, so there is no noise estimate (add seeds); 'same model': both "
+            "arms use the very same stage output.")
 
 
 def per_class_f1(run: Run) -> tuple[list[str], dict[str, dict[str, float]]]:
@@ -441,7 +452,9 @@ def _log_ticks(lo: float, hi: float) -> list[float]:
                  for m in mults if lo <= m * 10 ** e <= hi]
         if len(ticks) >= 4:
             return ticks
-    return ticks if len(ticks) >= 2 else sorted({lo, hi})
+    if len(ticks) >= 3:
+        return ticks
+    return [t for t in _nice_ticks(lo, hi) if lo <= t <= hi] or sorted({lo, hi})  # a narrow range
 
 
 def _short(v: float) -> str:
@@ -561,8 +574,11 @@ def build(run: Run) -> dict:
                                   ylabel=f"dev {metric}"),
     }
     has = {"pretrain": bool(p_loss or p_ppl), "finetune": bool(f_loss or f_dev)}
+    evals = [{"stage": _stage_label(r), "set": name, "loss": m.get("loss"), "perplexity": m.get("perplexity"),
+              "tokens": m.get("tokens")}
+             for r in _stage_rows(run, "evaluate") for name, m in (r.get("lm") or {}).items()]
     return {"comp": comp, "labels": labels, "per_class": pcf, "plots": plots, "has": has,
-            "tokens": token_rows(run), "perf": perf_rows(run), "metric": metric}
+            "tokens": token_rows(run), "perf": perf_rows(run), "metric": metric, "evals": evals}
 
 
 def _header_facts(run: Run) -> list[tuple[str, str]]:
@@ -616,6 +632,11 @@ def render_markdown(run: Run, b: dict) -> str:
         lines += ["## Per-class test F1", "", "| class | " + " | ".join(arms) + " |", "|---|" + "---:|" * len(arms)]
         for lab in b["labels"]:
             lines.append(f"| {lab} | " + " | ".join(_fmt(b['per_class'][a].get(lab)) for a in arms) + " |")
+        lines.append("")
+    if b["evals"]:
+        lines += ["## Evaluate stages", "", "| stage | set | loss | perplexity | tokens |", "|---|---|---:|---:|---:|"]
+        lines += [f"| {x['stage']} | {x['set']} | {_num(x['loss'], '{:.4f}')} | {_fmt(x['perplexity'], 'ppl')} | "
+                  f"{_num(x['tokens'])} |" for x in b["evals"]]
         lines.append("")
     if b["tokens"]:
         lines += ["## Token accounting (pretraining stages)", "",
@@ -723,6 +744,13 @@ def render_html(run: Run, b: dict) -> str:
                 shade = "" if v is None else f' style="background:rgba(31,119,180,{0.08 + 0.5 * v:.2f})"'
                 cells.append(f'<td class="n"{shade}>{_fmt(v)}</td>')
             parts.append(f"<tr><td>{e(lab)}</td>{''.join(cells)}</tr>")
+        parts.append("</table>")
+    if b["evals"]:
+        parts.append("<h2>Evaluate stages</h2><table><tr><th>stage</th><th>set</th><th>loss</th><th>perplexity</th>"
+                     "<th>tokens</th></tr>")
+        parts += [f"<tr><td>{e(x['stage'])}</td><td>{e(x['set'])}</td><td class='n'>{_num(x['loss'], '{:.4f}')}</td>"
+                  f"<td class='n'>{_fmt(x['perplexity'], 'ppl')}</td><td class='n'>{_num(x['tokens'])}</td></tr>"
+                  for x in b["evals"]]
         parts.append("</table>")
     if b["tokens"]:
         parts.append("<h2>Token accounting (pretraining stages)</h2>")

@@ -72,7 +72,9 @@ class TokenProgressCallback(TrainerCallback):
         if logs and "loss" in logs:
             self.last_loss = logs["loss"]
         if self.bar is not None and logs and any(k.startswith("eval_") for k in logs):
-            parts = [f"{k[5:]}={v:.4f}" for k, v in logs.items() if k.startswith("eval_") and k.endswith("loss")]
+            skip = ("runtime", "samples_per_second", "steps_per_second", "epoch")
+            parts = [f"{k[5:]}={v:.4f}" for k, v in logs.items()
+                     if k.startswith("eval_") and isinstance(v, (int, float)) and not k.endswith(skip)]
             if parts:
                 self.bar.write(f"[eval @ step {state.global_step}] " + " ".join(parts))
 

@@ -27,6 +27,9 @@ from ..config.train import TrainConfig
 from .callbacks import JsonlLogCallback, TokenProgressCallback
 
 CHECKPOINT_DIR = "checkpoints"
+# transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns).
+_CHECKPOINTING_ARG = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                      else "gradient_checkpointing")
 
 
 def resolve_precision(precision: str) -> str:
@@ -80,7 +83,7 @@ def training_arguments(cfg: TrainConfig, *, tokens_per_example: int | None = Non
         num_train_epochs=cfg.epochs,
         max_steps=max_steps if max_steps is not None else -1,
         per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=getattr(cfg, "eval_batch_size", None) or cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr,
         weight_decay=cfg.weight_decay,
@@ -90,7 +93,7 @@ def training_arguments(cfg: TrainConfig, *, tokens_per_example: int | None = Non
         warmup_steps=cfg.warmup_steps if cfg.warmup_steps > 0 else cfg.warmup_ratio,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        activation_checkpointing=cfg.gradient_checkpointing,
+        **{_CHECKPOINTING_ARG: cfg.gradient_checkpointing},
         logging_steps=cfg.log_every,
         save_total_limit=cfg.save_total_limit,
         seed=cfg.seed,
