@@ -376,16 +376,25 @@ def cmd_run(args) -> None:
     res_path = out / "finetune_results.jsonl"
     res_path.write_text("")
 
+    pending: list[dict] = []
+
     def submit_arm(arm: str) -> None:
         model = work / ARM_MODEL[arm]
-        order = sorted(budgets, key=lambda b: -(10**9 if b == "all" else int(b)))  # longest jobs first
         for seed in seeds:
-            for b in order:
-                spec = {"arm": arm, "budget": b, "seed": seed, "model": str(model), "data": str(data),
-                        "outdir": str(work / "ft" / f"{arm}_{b}_{seed}"), "scale": args.scale,
-                        "deadline": hard_deadline - args.ft_margin}
-                futures[pool.submit(ft_job, spec)] = spec
+            for b in budgets:
+                pending.append({"arm": arm, "budget": b, "seed": seed, "model": str(model), "data": str(data),
+                                "outdir": str(work / "ft" / f"{arm}_{b}_{seed}"), "scale": args.scale,
+                                "deadline": hard_deadline - args.ft_margin})
         event(f"arm {arm}: {len(seeds) * len(budgets)} fine-tunes queued")
+
+    def fill_pool() -> None:
+        # Not FIFO: lowest seed first (so that, if time runs out, what is missing is a whole seed
+        # rather than a whole arm), then the longest job (all labels) first.
+        pending.sort(key=lambda s: (s["seed"], -(10**9 if s["budget"] == "all" else int(s["budget"])),
+                                    ARMS.index(s["arm"])))
+        while pending and len(futures) < workers:
+            spec = pending.pop(0)
+            futures[pool.submit(ft_job, spec)] = spec
 
     def write_report() -> None:
         report = build_report(results, done_stages, failures, failed_stages, budgets, seeds,
@@ -396,7 +405,7 @@ def cmd_run(args) -> None:
     next_stages = {"base": ["dapt", "tapt"], "dapt": ["dapt_tapt"], "tapt": [], "dapt_tapt": []}
     arm_of_stage = {v: k for k, v in ARM_MODEL.items()}
     try:
-        while (running or futures) and now() < hard_deadline:
+        while (running or futures or pending) and now() < hard_deadline:
             for name, (proc, log) in list(running.items()):
                 if proc.poll() is None:
                     continue
@@ -417,6 +426,7 @@ def cmd_run(args) -> None:
                     failed_stages.add(name)
                     event(f"stage {name}: FAILED rc={proc.returncode} (see logs/stage_{name}.log)")
                 write_report()
+            fill_pool()
             finished, _ = cf.wait(list(futures), timeout=1.0, return_when=cf.FIRST_COMPLETED) if futures else (set(), None)
             if not futures:
                 time.sleep(1.0)
@@ -434,8 +444,9 @@ def cmd_run(args) -> None:
                     event(f"ft {spec['arm']} b={spec['budget']} s={spec['seed']}: FAILED {exc!r}"[:300])
             if finished:
                 write_report()
-        if running or futures:
-            event(f"deadline reached: {len(running)} stages and {len(futures)} fine-tunes unfinished")
+        if running or futures or pending:
+            event(f"deadline reached: {len(running)} stages, {len(futures)} running and {len(pending)} queued "
+                  "fine-tunes unfinished")
     finally:
         for name, (proc, log) in running.items():
             proc.kill()
@@ -469,6 +480,8 @@ def build_report(results, stages, failures, failed_stages, budgets, seeds, scale
                  tfidf: dict | None = None) -> dict:
     cell = {}
     for r in results:
+        if r.get("time_capped"):          # cut short by the device deadline: not comparable, listed below
+            continue
         cell.setdefault((r["arm"], r["budget"]), []).append(r)
     summary = {"scale": scale, "elapsed_s": round(elapsed, 1), "cells": {}, "paired": {}, "stages": {},
                "failures": failures, "failed_stages": sorted(failed_stages)}
@@ -553,7 +566,8 @@ def build_report(results, stages, failures, failed_stages, budgets, seeds, scale
             f"{f['arm']}/{f['budget']}/{f['seed']}: {f['error'][:120]}" for f in failures[:5])]
     capped = [r for r in results if r.get("time_capped")]
     if capped:
-        lines += ["", f"{len(capped)} fine-tunes were stopped by the time cap (best epoch so far kept)."]
+        lines += ["", f"{len(capped)} fine-tunes were stopped by the time cap and are left out of the means: " + ", ".join(
+            f"{r['arm']}/{r['budget']}/{r['seed']}" for r in capped)]
     return {"summary": summary, "markdown": "\n".join(lines) + "\n"}
 
 
