@@ -8,6 +8,9 @@
     lmadapt convert FILE.gguf --output DIR           GGUF -> trainable safetensors folder
     lmadapt presets                                  scratch model sizes
     lmadapt advise MODEL --domain CORPUS --task-train LABELED --goal classify
+    lmadapt run PIPELINE.yaml [key=value ...]        arms x seeds of stages, cached, with a report
+    lmadapt report RUN_DIR                           rebuild report.md / report.html
+    lmadapt demo                                     the workflow on bundled sample data (CPU)
 
 Heavy libraries are imported inside each command so `--help` answers at once. Errors the user
 can fix (recipe, data) print one clear line and exit with status 2, never a traceback.
@@ -95,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--output", required=True, help="output model folder")
 
     sub.add_parser("presets", help="list scratch model size presets")
+
+    from .pipeline import demo as demo_mod, report as report_mod, run as run_mod
+    run_mod.add_run_arguments(sub.add_parser(
+        "run", formatter_class=_Formatter, help="run a pipeline: arms of stages x seeds, stage cache, report",
+        description=(run_mod.__doc__ or "").strip()))
+    report_mod.add_report_arguments(sub.add_parser(
+        "report", formatter_class=_Formatter, help="rebuild report.md / report.html of a run folder"))
+    demo_mod.add_demo_arguments(sub.add_parser(
+        "demo", formatter_class=_Formatter,
+        help="the whole workflow on the bundled sample data with a tiny model (CPU, ~15 min)",
+        description=(demo_mod.__doc__ or "").strip()))
 
     from . import advise  # light: heavy imports happen inside advise.main
     ad = sub.add_parser("advise", formatter_class=_Formatter,

@@ -115,7 +115,23 @@ def cmd_advise(args, parser):
     return advise_main(args)
 
 
+def cmd_run(args, parser):
+    from .pipeline.run import main_run
+    return main_run(args)
+
+
+def cmd_report(args, parser):
+    from .pipeline.report import main_report
+    return main_report(args)
+
+
+def cmd_demo(args, parser):
+    from .pipeline.demo import main_demo
+    return main_demo(args)
+
+
 COMMANDS = {
+    "run": cmd_run, "report": cmd_report, "demo": cmd_demo,
     "advise": cmd_advise,
     "pretrain": cmd_pretrain, "finetune": cmd_finetune, "evaluate": cmd_evaluate, "predict": cmd_predict,
     "tokenizer": cmd_tokenizer, "convert": cmd_convert, "presets": cmd_presets,
