@@ -23,8 +23,8 @@ from pathlib import Path
 from ..config.pipeline import load_pipeline, sample_data_dir
 
 TOKENIZER_SETTINGS = {"kind": "bpe", "vocab_size": 4096, "data": "general/train.jsonl.gz", "min_frequency": 2}
-# --quick: the same pipeline with budgets cut ~5x (a smoke run of the machinery, a couple of minutes).
-QUICK_VARS = {"base_tokens": 120000, "dapt_tokens": 80000, "eval_every": 10, "ft_epochs": 2, "ft_max_examples": 300}
+# --quick: the same pipeline with budgets cut ~5x (a smoke run of the machinery, a minute or two).
+QUICK_VARS = {"base_tokens": 60000, "dapt_tokens": 40000, "eval_every": 5, "ft_epochs": 1, "ft_max_examples": 300}
 
 
 def log(msg: str) -> None:
@@ -63,7 +63,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("overrides", nargs="*", help="key=value overrides of demo.yaml, e.g. vars.ft_epochs=2")
     parser.add_argument("--output", default="runs/demo", help="run folder (stage cache, results, report)")
     parser.add_argument("--quick", action="store_true",
-                        help="~5x smaller budgets: a couple of minutes, for checking the machinery")
+                        help="~5x smaller budgets: a minute or two, for checking the machinery")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="fine-tuning seeds (each adds one fine-tune per arm; the pretrained models are shared)")
     return parser
