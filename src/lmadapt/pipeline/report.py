@@ -465,7 +465,7 @@ def _short(v: float) -> str:
         return f"{v / 1e3:g}k"
     if a >= 10 or v == int(v):
         return f"{v:g}"
-    return f"{v:.2g}" if a < 1 else f"{v:.3g}"
+    return f"{v:.3g}"
 
 
 def svg_chart(series: list[dict], *, title: str, xlabel: str, ylabel: str, logy: bool = False,
@@ -474,7 +474,7 @@ def svg_chart(series: list[dict], *, title: str, xlabel: str, ylabel: str, logy:
     esc = html.escape
     pts = [(x, y) for s in series for x, y in s["points"] if y is not None and (not logy or y > 0)]
     legend_rows = math.ceil(len(series) / 2)
-    total_h = height + 20 + 16 * legend_rows
+    total_h = height + 4 + 16 * legend_rows
     if not pts:
         return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="60" role="img">'
                 f'<text x="10" y="30" font-size="13">{esc(title)}: no data</text></svg>')
