@@ -316,3 +316,37 @@ def test_cli_writes_advice_json_and_pipeline_yaml(model_dir, data, tmp_path, cap
     args = parser.parse_args(["--goal", "generate", "--measurements", str(out)])
     assert main(args) == 0
     assert "recommendation: continued_pretraining" in capsys.readouterr().out
+
+
+def test_written_pipeline_runs_with_lmadapt_run(model_dir, data, tmp_path, capsys):
+    """The pipeline advise writes is runnable as written, budgets shrunk for a test: every arm trains."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    pipe = tmp_path / "pipeline.yaml"
+    args = parser.parse_args([str(model_dir), "--goal", "classify", "--domain", data["general"], "--task-train",
+                              data["task"], "--reference", data["general"], "--pipeline", str(pipe),
+                              "--max-eval-tokens", "512", "--time-budget", "4", "--no-probe", "--seeds", "0"])
+    assert main(args) == 0
+    capsys.readouterr()
+    pipeline = yaml.safe_load(pipe.read_text())
+    for stages in pipeline["arms"].values():
+        for stage in stages:
+            train = stage["recipe"].setdefault("train", {})
+            train.pop("max_tokens", None)
+            train.update(report_to=[], **({"max_steps": 2, "batch_size": 2} if stage["kind"] == "pretrain"
+                                          else {"epochs": 1, "batch_size": 8}))
+            if stage["kind"] == "pretrain":
+                stage["recipe"]["data"]["block_size"] = 32
+    pipeline["output_dir"] = str(tmp_path / "run")
+    pipe.write_text(yaml.safe_dump(pipeline))
+    from lmadapt.cli import main as cli_main
+
+    assert cli_main(["run", str(pipe)]) == 0
+    results = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    finished = {r["arm"] for r in results if r["kind"] == "finetune" and r["status"] == "done"}
+    assert finished == set(pipeline["arms"]), results
+    assert all("macro_f1" in r["task"]["test"] or "macro_f1" in r["task"]["dev"]
+               for r in results if r["kind"] == "finetune")
+    report = (tmp_path / "run" / "report.md").read_text()
+    for arm in pipeline["arms"]:
+        assert arm in report
