@@ -60,7 +60,11 @@ def test_shipped_yaml_validates(path, stand_ins, tmp_path, monkeypatch):
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert isinstance(raw, dict), f"{path}: not a mapping"
     if "arms" in raw:
-        cfg = load_pipeline(path, [f"output_dir={tmp_path / 'run'}"], variables={"tokenizer": stand_ins["tokenizer"]})
+        overrides = [f"output_dir={tmp_path / 'run'}"]
+        model_var = (raw.get("vars") or {}).get("model")
+        if model_var and not Path(model_var).exists():
+            overrides.append(f"vars.model={stand_ins['MODEL']}")  # a machine-specific model folder
+        cfg = load_pipeline(path, overrides, variables={"tokenizer": stand_ins["tokenizer"]})
         assert isinstance(cfg, PipelineConfig) and cfg.arms
         from lmadapt.pipeline.run import plan
         runs = plan(cfg)                      # every stage of every arm resolves and hashes
