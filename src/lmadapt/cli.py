@@ -136,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lmadapt {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; rerun with train.resume=true to continue from the last checkpoint", file=sys.stderr)
+        hint = ("rerun the same command: finished stages are reused and the interrupted one resumes"
+                if args.command in ("run", "demo") else
+                "rerun with train.resume=true to continue from the last checkpoint")
+        print(f"interrupted; {hint}", file=sys.stderr)
         return 130
 
 

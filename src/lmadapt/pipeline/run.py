@@ -19,12 +19,12 @@ import shutil
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ..config.base import ConfigError, load_recipe, to_dict
-from ..config.pipeline import PipelineConfig, StageSpec, load_pipeline, recipe_class
+from ..config.pipeline import PipelineConfig, StageSpec, load_pipeline
 from ..train.outputs import METRICS_FILE, atomic_write_text, read_json, write_json
 from . import cache
 
@@ -585,5 +585,4 @@ def main_run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["plan", "run_pipeline", "execute_stage", "add_run_arguments", "main_run", "STAGE_RUNNERS",
-           "ConfigError", "recipe_class"]
+__all__ = ["plan", "run_pipeline", "execute_stage", "add_run_arguments", "main_run", "STAGE_RUNNERS", "ConfigError"]
