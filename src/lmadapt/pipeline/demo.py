@@ -64,7 +64,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--output", default="runs/demo", help="run folder (stage cache, results, report)")
     parser.add_argument("--quick", action="store_true",
                         help="~5x smaller budgets: a minute or two, for checking the machinery")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="fine-tuning seeds (each adds one fine-tune per arm; the pretrained models are shared)")
     return parser
 
@@ -91,8 +91,8 @@ def main_demo(args: argparse.Namespace) -> int:
     print(summary_table(cfg.output_dir))
     print()
     log("a ~2M-parameter model pretrained on well under a million tokens: expect TF-IDF to win and small, noisy "
-        "differences between arms; this shows the workflow and its evidence, not a result (add --seeds 0 1 2 "
-        "for a noise estimate)")
+        "differences between arms; this shows the workflow and its evidence, not a result (the fine-tuning "
+        "seeds give the noise estimate)")
     log(f"report: {summary['report']['html']} (and report.md beside it)")
     log(f"finished in {time.time() - t0:.0f}s ({len(summary['executed'])} stage(s) run, "
         f"{len(summary['reused'])} reused from the cache)")
