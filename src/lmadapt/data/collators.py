@@ -223,3 +223,22 @@ def block_diagonal_mask(segments: torch.Tensor, dtype: torch.dtype = torch.float
 
 
 __all__ = ["CausalCollator", "WholeWordMLMCollator", "block_diagonal_mask", "document_ids"]
+
+
+def pad_right(rows: Sequence[dict], fills: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Dynamic padding shared by the task collators: each column named in ``fills`` that the rows
+    carry is right-padded with its fill value to the batch's longest ``input_ids``; an
+    ``attention_mask`` (1 on real tokens) is built when the rows have none."""
+    width = max(len(r["input_ids"]) for r in rows)
+    lengths = [len(r["input_ids"]) for r in rows]
+    batch = {}
+    for key, fill in fills.items():
+        if key not in rows[0]:
+            continue
+        t = torch.full((len(rows), width), fill, dtype=torch.long)
+        for i, r in enumerate(rows):
+            t[i, :len(r[key])] = torch.as_tensor(r[key], dtype=torch.long)
+        batch[key] = t
+    if "attention_mask" not in batch:
+        batch["attention_mask"] = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
+    return batch

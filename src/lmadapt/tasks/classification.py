@@ -25,6 +25,7 @@ import torch
 
 from .. import metrics as M
 from ..config.finetune import PROBLEM_METRICS
+from ..data.collators import pad_right
 from .base import DataError, Example, ReadReport
 from .labeled_io import read_records
 
@@ -317,26 +318,16 @@ class ClassificationTask:
         return out
 
 
+
 class PaddingCollator:
     """Dynamic padding to the longest row of the batch (right side); labels stacked as they are
     (int class ids, float multi-hot rows, float regression targets). Other columns (``length``) are dropped."""
-
-    KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
 
     def __call__(self, rows: list[dict]) -> dict:
-        width = max(len(r["input_ids"]) for r in rows)
-        batch = {}
-        for key in self.KEYS:
-            if key not in rows[0]:
-                continue
-            fill = self.pad_id if key == "input_ids" else 0
-            t = torch.full((len(rows), width), fill, dtype=torch.long)
-            for i, r in enumerate(rows):
-                t[i, :len(r[key])] = torch.as_tensor(r[key], dtype=torch.long)
-            batch[key] = t
+        batch = pad_right(rows, {"input_ids": self.pad_id, "attention_mask": 0, "token_type_ids": 0})
         if "labels" in rows[0]:
             labels = [r["labels"] for r in rows]
             dtype = torch.long if isinstance(labels[0], int) else torch.float32

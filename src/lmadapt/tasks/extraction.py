@@ -28,6 +28,7 @@ import torch
 
 from ..config.base import ConfigError
 from ..config.tasks import ExtractionConfig
+from ..data.collators import pad_right
 from .base import DataError, Example, ReadReport, allow_truncation, eval_batch_size, on_error_mode, recipe_section
 from .classification import model_kwargs, pad_id_of
 from .labeled_io import read_records
@@ -477,6 +478,7 @@ class ExtractionTask:
         return out
 
 
+
 class TokenCollator:
     """Right-pads input_ids (pad id), attention_mask (0) and labels (-100) to the longest row."""
 
@@ -484,16 +486,7 @@ class TokenCollator:
         self.pad_id = pad_id
 
     def __call__(self, rows: list[dict]) -> dict:
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            ids[i, :n] = torch.as_tensor(r["input_ids"])
-            mask[i, :n] = 1
-            labels[i, :n] = torch.as_tensor(r["labels"])
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        return pad_right(rows, {"input_ids": self.pad_id, "labels": IGNORE})
 
 
 TASK = ExtractionTask()

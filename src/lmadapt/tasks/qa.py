@@ -30,6 +30,7 @@ import torch
 
 from ..config.base import ConfigError
 from ..config.tasks import QAConfig
+from ..data.collators import pad_right
 from .base import DataError, Example, ReadReport, allow_truncation, eval_batch_size, on_error_mode, recipe_section
 from .classification import model_kwargs, pad_id_of
 from .labeled_io import read_records
@@ -330,6 +331,7 @@ class QATask:
                 for rec, a in zip(records, answers)]
 
 
+
 class QACollator:
     """Right-pads input_ids / token_type_ids (and builds attention_mask); stacks start/end positions."""
 
@@ -337,19 +339,7 @@ class QACollator:
         self.pad_id = pad_id
 
     def __call__(self, rows: list[dict]) -> dict:
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        tt = torch.zeros((len(rows), width), dtype=torch.long) if "token_type_ids" in rows[0] else None
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            ids[i, :n] = torch.as_tensor(r["input_ids"])
-            mask[i, :n] = 1
-            if tt is not None:
-                tt[i, :n] = torch.as_tensor(r["token_type_ids"])
-        batch = {"input_ids": ids, "attention_mask": mask}
-        if tt is not None:
-            batch["token_type_ids"] = tt
+        batch = pad_right(rows, {"input_ids": self.pad_id, "token_type_ids": 0})
         if "start_positions" in rows[0]:
             batch["start_positions"] = torch.as_tensor([r["start_positions"] for r in rows], dtype=torch.long)
             batch["end_positions"] = torch.as_tensor([r["end_positions"] for r in rows], dtype=torch.long)
