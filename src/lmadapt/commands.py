@@ -34,21 +34,19 @@ def _load(cls_path: str, args):
     return cfg
 
 
-def cmd_pretrain(args, parser):
-    cfg = _load("lmadapt.config.pretrain.PretrainConfig", args)
-    if cfg is None:
-        return 0
-    from .stages.pretrain import run_pretrain
-    run_pretrain(cfg)
-    return 0
+# Recipe-driven commands: (recipe class, stage module, stage function).
+RECIPE_STAGES = {
+    "pretrain": ("lmadapt.config.pretrain.PretrainConfig", "lmadapt.stages.pretrain", "run_pretrain"),
+    "finetune": ("lmadapt.config.finetune.FinetuneConfig", "lmadapt.stages.finetune", "run_finetune"),
+}
 
 
-def cmd_finetune(args, parser):
-    cfg = _load("lmadapt.config.finetune.FinetuneConfig", args)
-    if cfg is None:
-        return 0
-    from .stages.finetune import run_finetune
-    run_finetune(cfg)
+def cmd_recipe_stage(args, parser):
+    from importlib import import_module
+    cls_path, module, func = RECIPE_STAGES[args.command]
+    cfg = _load(cls_path, args)
+    if cfg is not None:  # None: --print-recipe only
+        getattr(import_module(module), func)(cfg)
     return 0
 
 
@@ -133,7 +131,7 @@ def cmd_demo(args, parser):
 COMMANDS = {
     "run": cmd_run, "report": cmd_report, "demo": cmd_demo,
     "advise": cmd_advise,
-    "pretrain": cmd_pretrain, "finetune": cmd_finetune, "evaluate": cmd_evaluate, "predict": cmd_predict,
+    "pretrain": cmd_recipe_stage, "finetune": cmd_recipe_stage, "evaluate": cmd_evaluate, "predict": cmd_predict,
     "tokenizer": cmd_tokenizer, "convert": cmd_convert, "presets": cmd_presets,
 }
 
