@@ -152,6 +152,16 @@ def test_lora_when_full_training_does_not_fit_and_confidence_near_thresholds():
     assert json.loads(json.dumps(sure.to_dict()))["thresholds"]["shift_ratio"] == 1.5
 
 
+def test_default_probe_is_not_thin():
+    # the default shift probe scores 8 causal blocks of 256: 8 x 255 tokens minus each document's
+    # first token, e.g. 2,036 (seen with SmolLM2 on ../shared/data). That must count as evidence.
+    default = recommend(meas(domain_tokens=5_200_000, ratio=2.0, scored=2036, overlap=0.2, per_class=[50, 50]),
+                        "classify")
+    thin = recommend(meas(domain_tokens=5_200_000, ratio=2.0, scored=6 * 255, overlap=0.2, per_class=[50, 50]),
+                     "classify")
+    assert default.confidence != "low" and thin.confidence == "low"
+
+
 def test_recommend_rejects_unknown_goal():
     with pytest.raises(ValueError, match="goal"):
         recommend(meas(), "summarise")

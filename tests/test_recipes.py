@@ -6,6 +6,7 @@ driver fills in; here each known name gets a stand-in (the bundled sample data l
 benchmark data, a tiny tokenizer and model, a temp folder). A new placeholder must be added to
 ``stand_ins`` below, so a typo in a template cannot hide. Nothing is trained.
 """
+import gzip
 import os
 from pathlib import Path
 
@@ -39,6 +40,16 @@ def stand_ins(tmp_path_factory):
     for name in ("general", "computing", "foldoc"):
         os.symlink(Path(sample_data_dir()) / name, data / name)
     os.symlink(tok, data / "tok")
+    # licenses/ (benchmarks/dapt): not in the sample; gzipped stand-ins in its file layout, built
+    # from the FOLDOC sample (text + label; the corpus is text only)
+    lic = data / "licenses"
+    lic.mkdir()
+    foldoc = Path(sample_data_dir()) / "foldoc"
+    for split in ("train", "dev", "test"):
+        with gzip.open(lic / f"{split}.jsonl.gz", "wt", encoding="utf-8") as fh:
+            fh.write((foldoc / f"{split}.jsonl").read_text(encoding="utf-8"))
+    with gzip.open(lic / "corpus.jsonl.gz", "wt", encoding="utf-8") as fh:
+        fh.write(gzip.open(foldoc / "unlabeled.jsonl.gz", "rt", encoding="utf-8").read())
     work = root / "work"
     # Benchmark recipes read ../shared/data relative to the repo; tests must not need it, so they
     # run from a folder whose ../shared/data is the bundled sample (same file names).

@@ -1,4 +1,4 @@
-""""Don't Stop Pretraining", small: DAPT / TAPT / DAPT+TAPT vs plain fine-tuning on FOLDOC.
+""""Don't Stop Pretraining", small: DAPT / TAPT / DAPT+TAPT vs plain fine-tuning on FOLDOC and licenses.
 
 A small-scale replication of Gururangan et al. (2020), Table 5, with lmadapt's own stages
 (``run_pretrain`` / ``run_finetune``) and the recipes in ``benchmarks/dapt/recipes/``:
@@ -8,12 +8,17 @@ A small-scale replication of Gururangan et al. (2020), Table 5, with lmadapt's o
     dapt       base, continued on shared/data/computing (no general replay)      (recipes/dapt.yaml)
     tapt       base, continued on FOLDOC train texts + foldoc/unlabeled          (recipes/tapt.yaml)
     dapt_tapt  dapt, continued like tapt                                         (recipes/tapt.yaml)
+    ctrl       base, continued like dapt but on general text: the control that separates "domain"
+               from "more pretraining tokens"                                    (recipes/ctrl.yaml)
+    lic_dapt   base, continued on licenses/corpus (rule texts of train licences) (recipes/lic_dapt.yaml)
 
-Arms ft_only / dapt_ft / tapt_ft / dapt_tapt_ft fine-tune base / dapt / tapt / dapt_tapt on FOLDOC
-classification (recipes/finetune.yaml) at label budgets 100 / 300 / 1000 / all, seeds 0-2 (the
-seed also picks the nested stratified label subset, identical across arms). Dev macro-F1 picks the
-epoch (early stopping); test is reported only. Every pretraining stage reports perplexity on
-computing valid (domain), general valid (general) and FOLDOC dev texts (task) before and after.
+FOLDOC arms ft_only / dapt_ft / tapt_ft / dapt_tapt_ft / ctrl_ft fine-tune base / dapt / tapt /
+dapt_tapt / ctrl (recipes/finetune.yaml) at label budgets 100 / 300 / 1000 / all; licenses arms
+ft_only / dapt_ft fine-tune base / lic_dapt (recipes/finetune_licenses.yaml) at 300 / all. Seeds
+0-2; the seed also picks the nested stratified label subset, identical across arms. Dev macro-F1
+picks the epoch (early stopping); test is reported only. Every pretraining stage reports perplexity
+on computing valid (domain), general valid (general), FOLDOC dev texts (task) and licenses dev
+texts, before and after.
 
 Subcommands:
     prepare    copy the data into a git-ignored folder that travels to the GPU machine (general
@@ -49,21 +54,38 @@ RECIPES = HERE / "recipes"
 if str(REPO / "src") not in sys.path:          # also in spawned pool workers
     sys.path.insert(0, str(REPO / "src"))
 
-ARMS = ["ft_only", "dapt_ft", "tapt_ft", "dapt_tapt_ft"]
-ARM_MODEL = {"ft_only": "base", "dapt_ft": "dapt", "tapt_ft": "tapt", "dapt_tapt_ft": "dapt_tapt"}
 STAGES = {  # name -> (recipe, parent stage)
     "base": ("base.yaml", None),
     "dapt": ("dapt.yaml", "base"),
     "tapt": ("tapt.yaml", "base"),
     "dapt_tapt": ("tapt.yaml", "dapt"),
+    "lic_dapt": ("lic_dapt.yaml", "base"),
+    "ctrl": ("ctrl.yaml", "base"),
 }
-BUDGETS = ["100", "300", "1000", "all"]
+# ctrl starts after dapt rather than beside it: fewer stages share the GPU at once, so dapt's
+# time cap is not hit; its arm is the lowest priority anyway (OPTIONAL_ARMS).
+NEXT_STAGES = {"base": ["dapt", "tapt", "lic_dapt"], "dapt": ["dapt_tapt", "ctrl"]}
+# Each task: its fine-tuning recipe, label budgets and arms (arm -> the pretraining stage it
+# fine-tunes). FOLDOC is the full Table-5 design; licenses ("also the licenses task with its own
+# corpus") gets the baseline and DAPT on its own corpus (ScanCode rule texts of train licences).
+TASKS = {
+    "foldoc": {"recipe": "finetune.yaml", "budgets": ["100", "300", "1000", "all"],
+               "arms": {"ft_only": "base", "dapt_ft": "dapt", "tapt_ft": "tapt", "dapt_tapt_ft": "dapt_tapt",
+                        "ctrl_ft": "ctrl"},
+               "readme_tfidf": {"accuracy": 0.7975, "macro_f1": 0.7798}},   # ../shared/data/README.md
+    "licenses": {"recipe": "finetune_licenses.yaml", "budgets": ["300", "all"],
+                 "arms": {"ft_only": "base", "dapt_ft": "lic_dapt"},
+                 "readme_tfidf": {"accuracy": 0.6538, "macro_f1": 0.4396}},
+}
+BUDGETS = TASKS["foldoc"]["budgets"]
 SEEDS = [0, 1, 2]
-TFIDF_README = {"accuracy": 0.7975, "macro_f1": 0.7798}   # ../shared/data/README.md, all labels
+ALL_ARMS = ["ft_only", "dapt_ft", "tapt_ft", "dapt_tapt_ft", "ctrl_ft"]
+# A diagnostic arm, queued after every fine-tune of the paper's arms: if time runs out, it is what is lost.
+OPTIONAL_ARMS = {"ctrl_ft"}
 
 # Caps on each pretraining stage's training loop (seconds): a guard against a slower GPU than
 # planned, so one device call still returns results. A capped stage is flagged in the tables.
-STAGE_TRAIN_CAP_S = {"base": 60, "dapt": 55, "tapt": 35, "dapt_tapt": 35}
+STAGE_TRAIN_CAP_S = {"base": 70, "dapt": 80, "tapt": 45, "dapt_tapt": 45, "lic_dapt": 45, "ctrl": 80}
 
 # --scale toy: a CPU check of every code path in minutes (tiny steps, few examples).
 TOY = {
@@ -71,7 +93,7 @@ TOY = {
                  "train.max_tokens": None, "train.epochs": 1.0, "train.max_steps": 3, "train.batch_size": 4,
                  "train.torch_threads": 1},
     "schedule": {"epochs": 2, "batch_size": 8},
-    "budgets": ["20", "all"], "seeds": [0, 1], "workers": 2,
+    "budgets": ["20"], "seeds": [0, 1], "workers": 2,
     "rows": {"train": 60, "dev": 40, "test": 40},
 }
 
@@ -127,9 +149,12 @@ def cmd_prepare(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     src = Path(args.shared)
     for rel in ["general/valid.jsonl.gz", "computing/train.jsonl.gz", "computing/valid.jsonl.gz",
-                "foldoc/train.jsonl", "foldoc/dev.jsonl", "foldoc/test.jsonl", "foldoc/unlabeled.jsonl.gz"]:
+                "foldoc/train.jsonl", "foldoc/dev.jsonl", "foldoc/test.jsonl", "foldoc/unlabeled.jsonl.gz",
+                "licenses/corpus.jsonl.gz"]:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / rel, out / rel)
+    for split in ("train", "dev", "test"):     # 14 MB of licence text: gzip it (lmadapt reads .jsonl.gz)
+        write_jsonl(out / f"licenses/{split}.jsonl.gz", read_jsonl(src / f"licenses/{split}.jsonl"))
     # general/train: a deterministic subsample (sha256 of the text), to keep the carried tree small
     rows = read_jsonl(src / "general/train.jsonl.gz")
     keep = [r for r in rows
@@ -145,12 +170,15 @@ def cmd_prepare(args) -> None:
     print(f"tokenizer: bpe {len(tok):,} tokens in {now() - t0:.0f}s -> {out / 'tok'}")
     stats = {"general_fraction": args.general_fraction, "general_train_records": len(keep),
              "general_train_words": words, "vocab": len(tok)}
-    for rel in ["general/train.jsonl.gz", "computing/train.jsonl.gz", "foldoc/train.jsonl", "foldoc/unlabeled.jsonl.gz"]:
+    for rel in ["general/train.jsonl.gz", "computing/train.jsonl.gz", "foldoc/train.jsonl", "foldoc/unlabeled.jsonl.gz",
+                "licenses/corpus.jsonl.gz", "licenses/train.jsonl.gz"]:
         texts = [r["text"] for r in (keep if rel.startswith("general/train") else read_jsonl(out / rel))]
         enc = tok(texts, add_special_tokens=False)["input_ids"]
         stats[f"tokens:{rel}"] = sum(len(e) for e in enc)
         if rel == "foldoc/train.jsonl":
             stats["foldoc_train_over_256_tokens"] = sum(len(e) > 255 for e in enc)
+        if rel == "licenses/train.jsonl.gz":
+            stats["licenses_train_over_512_tokens"] = sum(len(e) > 511 for e in enc)
     print(json.dumps(stats, indent=1))
     (out / "prepare_stats.json").write_text(json.dumps(stats, indent=1))
     sizes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -164,10 +192,12 @@ def make_toy_data(data: Path, work: Path) -> Path:
         shutil.rmtree(toy)
     shutil.copytree(data / "tok", toy / "tok")
     for rel, n in [("general/train.jsonl.gz", 60), ("general/valid.jsonl.gz", 10), ("computing/train.jsonl.gz", 40),
-                   ("computing/valid.jsonl.gz", 5), ("foldoc/unlabeled.jsonl.gz", 80)]:
+                   ("computing/valid.jsonl.gz", 5), ("foldoc/unlabeled.jsonl.gz", 80),
+                   ("licenses/corpus.jsonl.gz", 80)]:
         write_jsonl(toy / rel, read_jsonl(data / rel)[:n])
-    for split, n in TOY["rows"].items():
-        rows = read_jsonl(data / f"foldoc/{split}.jsonl")
+    for (task, split), n in [((t, sp), n) for t in ("foldoc", "licenses") for sp, n in TOY["rows"].items()]:
+        suffix = ".jsonl" if task == "foldoc" else ".jsonl.gz"
+        rows = read_jsonl(data / f"{task}/{split}{suffix}")
         # keep every label present (stratified-ish: round robin over labels)
         by = {}
         for r in rows:
@@ -178,7 +208,7 @@ def make_toy_data(data: Path, work: Path) -> Path:
                 if i < len(by[lab]) and len(picked) < n:
                     picked.append(by[lab][i])
             i += 1
-        write_jsonl(toy / f"foldoc/{split}.jsonl", picked)
+        write_jsonl(toy / f"{task}/{split}{suffix}", picked)
     return toy
 
 
@@ -276,7 +306,7 @@ def ft_job(spec: dict) -> dict:
     from lmadapt.config.finetune import FinetuneConfig
 
     t0 = now()
-    d = recipe_dict("finetune.yaml", MODEL=spec["model"], DATA=spec["data"], OUTDIR=spec["outdir"],
+    d = recipe_dict(TASKS[spec["task"]]["recipe"], MODEL=spec["model"], DATA=spec["data"], OUTDIR=spec["outdir"],
                     SEED=spec["seed"], BUDGET="null" if spec["budget"] == "all" else spec["budget"])
     schedule = d.pop("schedule")
     sched = dict(TOY["schedule"]) if spec["scale"] == "toy" else schedule[spec["budget"] if spec["budget"] in schedule else "all"]
@@ -294,7 +324,7 @@ def ft_job(spec: dict) -> dict:
     finally:
         F.run_training = orig
     shutil.rmtree(spec["outdir"], ignore_errors=True)
-    row = {k: spec[k] for k in ("arm", "budget", "seed")}
+    row = {k: spec[k] for k in ("task", "arm", "budget", "seed")}
     row.update({
         "test_macro_f1": m["test"]["macro_f1"], "test_accuracy": m["test"]["accuracy"],
         "dev_macro_f1": m["dev"]["macro_f1"], "dev_accuracy": m["dev"]["accuracy"],
@@ -324,7 +354,8 @@ def cmd_run(args) -> None:
     data = Path(args.data).resolve()
     if args.scale == "toy":
         data = make_toy_data(data, work)
-    budgets = TOY["budgets"] if args.scale == "toy" else BUDGETS
+    tasks = [t for t in TASKS if t in args.tasks.split(",")]
+    budgets = {t: TOY["budgets"] if args.scale == "toy" else TASKS[t]["budgets"] for t in tasks}
     seeds = TOY["seeds"] if args.scale == "toy" else SEEDS
     workers = TOY["workers"] if args.scale == "toy" else args.workers
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
@@ -378,20 +409,24 @@ def cmd_run(args) -> None:
 
     pending: list[dict] = []
 
-    def submit_arm(arm: str) -> None:
-        model = work / ARM_MODEL[arm]
-        for seed in seeds:
-            for b in budgets:
-                pending.append({"arm": arm, "budget": b, "seed": seed, "model": str(model), "data": str(data),
-                                "outdir": str(work / "ft" / f"{arm}_{b}_{seed}"), "scale": args.scale,
-                                "deadline": hard_deadline - args.ft_margin})
-        event(f"arm {arm}: {len(seeds) * len(budgets)} fine-tunes queued")
+    def submit_arms(stage: str) -> None:
+        for task in tasks:
+            for arm, model_stage in TASKS[task]["arms"].items():
+                if model_stage != stage:
+                    continue
+                for seed in seeds:
+                    for b in budgets[task]:
+                        pending.append({"task": task, "arm": arm, "budget": b, "seed": seed,
+                                        "model": str(work / stage), "data": str(data),
+                                        "outdir": str(work / "ft" / f"{task}_{arm}_{b}_{seed}"), "scale": args.scale,
+                                        "deadline": hard_deadline - args.ft_margin})
+                event(f"{task} arm {arm}: {len(seeds) * len(budgets[task])} fine-tunes queued")
 
     def fill_pool() -> None:
         # Not FIFO: lowest seed first (so that, if time runs out, what is missing is a whole seed
         # rather than a whole arm), then the longest job (all labels) first.
-        pending.sort(key=lambda s: (s["seed"], -(10**9 if s["budget"] == "all" else int(s["budget"])),
-                                    ARMS.index(s["arm"])))
+        pending.sort(key=lambda s: (s["arm"] in OPTIONAL_ARMS, s["seed"], -(10**9 if s["budget"] == "all" else int(s["budget"])),
+                                    ALL_ARMS.index(s["arm"]), s["task"]))
         # While a pretraining stage runs, only a few fine-tunes share the GPU with it, so that
         # time-slicing does not starve (and time-cap) the stage.
         limit = min(workers, args.workers_during_pretrain) if running else workers
@@ -405,8 +440,8 @@ def cmd_run(args) -> None:
         (out / "summary.json").write_text(json.dumps(report["summary"], indent=1))
         (out / "tables.md").write_text(report["markdown"])
 
-    next_stages = {"base": ["dapt", "tapt"], "dapt": ["dapt_tapt"], "tapt": [], "dapt_tapt": []}
-    arm_of_stage = {v: k for k, v in ARM_MODEL.items()}
+    needed = {m for t in tasks for m in TASKS[t]["arms"].values()}
+    needed |= {STAGES[m][1] for m in needed if STAGES[m][1]}     # parents (dapt for dapt_tapt)
     try:
         while (running or futures or pending) and now() < hard_deadline:
             for name, (proc, log) in list(running.items()):
@@ -422,9 +457,10 @@ def cmd_run(args) -> None:
                     ho = s["metrics"]["heldout"]
                     event(f"stage {name}: done ({s['wall_seconds']}s, capped {s['time_capped']}); ppl "
                           + ", ".join(f"{k} {v['after']['perplexity']:.1f}" for k, v in ho.items()))
-                    for nxt in next_stages[name]:
-                        start_stage(nxt)
-                    submit_arm(arm_of_stage[name])
+                    for nxt in NEXT_STAGES.get(name, []):
+                        if nxt in needed:
+                            start_stage(nxt)
+                    submit_arms(name)
                 else:
                     failed_stages.add(name)
                     event(f"stage {name}: FAILED rc={proc.returncode} (see logs/stage_{name}.log)")
@@ -440,11 +476,11 @@ def cmd_run(args) -> None:
                     results.append(row)
                     with open(res_path, "a") as fh:
                         fh.write(json.dumps(row) + "\n")
-                    event(f"ft {row['arm']} b={row['budget']} s={row['seed']}: test macro-F1 {row['test_macro_f1']:.4f} "
+                    event(f"ft {row['task']} {row['arm']} b={row['budget']} s={row['seed']}: test macro-F1 {row['test_macro_f1']:.4f} "
                           f"acc {row['test_accuracy']:.4f} ({row['seconds']}s, {row['steps']} steps)")
                 except Exception as exc:  # noqa: BLE001 - one failed job must not lose the others
-                    failures.append({k: spec[k] for k in ("arm", "budget", "seed")} | {"error": repr(exc)[:500]})
-                    event(f"ft {spec['arm']} b={spec['budget']} s={spec['seed']}: FAILED {exc!r}"[:300])
+                    failures.append({k: spec[k] for k in ("task", "arm", "budget", "seed")} | {"error": repr(exc)[:500]})
+                    event(f"ft {spec['task']} {spec['arm']} b={spec['budget']} s={spec['seed']}: FAILED {exc!r}"[:300])
             if finished:
                 write_report()
         if running or futures or pending:
@@ -479,79 +515,88 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return m, sd
 
 
-def build_report(results, stages, failures, failed_stages, budgets, seeds, scale, elapsed,
-                 tfidf: dict | None = None) -> dict:
-    cell = {}
-    for r in results:
-        if r.get("time_capped"):          # cut short by the device deadline: not comparable, listed below
-            continue
-        cell.setdefault((r["arm"], r["budget"]), []).append(r)
-    summary = {"scale": scale, "elapsed_s": round(elapsed, 1), "cells": {}, "paired": {}, "stages": {},
-               "failures": failures, "failed_stages": sorted(failed_stages)}
-    lines = [f"# DAPT/TAPT small ({scale}); {len(results)} fine-tunes, {elapsed:.0f}s", ""]
-    # -- fine-tuning table
-    lines += ["## FOLDOC test macro-F1, mean ± std over seeds (n = seeds finished)", "",
-              "| arm | " + " | ".join(f"{b} labels" for b in budgets) + " |",
-              "|---|" + "---:|" * len(budgets)]
-    for arm in ARMS:
+def _task_tables(task: str, cell: dict, budgets: list[str], summary: dict, tfidf: dict | None) -> list[str]:
+    """Macro-F1, accuracy and paired-difference tables of one task."""
+    arms = list(TASKS[task]["arms"])
+    readme = TASKS[task]["readme_tfidf"]
+    lines = [f"## {task}: test macro-F1, mean ± std over seeds (n = seeds finished)", "",
+             "| arm | " + " | ".join(f"{b} labels" for b in budgets) + " |", "|---|" + "---:|" * len(budgets)]
+    for arm in arms:
         row = []
         for b in budgets:
-            rs = cell.get((arm, b), [])
+            rs = cell.get((task, arm, b), [])
             m, sd = _mean_std([r["test_macro_f1"] for r in rs])
             ma, sda = _mean_std([r["test_accuracy"] for r in rs])
-            summary["cells"][f"{arm}/{b}"] = {"n": len(rs), "macro_f1_mean": m, "macro_f1_std": sd,
-                                              "accuracy_mean": ma, "accuracy_std": sda,
-                                              "seeds": sorted(r["seed"] for r in rs)}
+            summary["cells"][f"{task}/{arm}/{b}"] = {"n": len(rs), "macro_f1_mean": m, "macro_f1_std": sd,
+                                                     "accuracy_mean": ma, "accuracy_std": sda,
+                                                     "seeds": sorted(r["seed"] for r in rs)}
             row.append("–" if not rs else f"{m:.3f} ± {sd:.3f} (n={len(rs)})" if len(rs) > 1 else f"{m:.3f} (n=1)")
         lines.append(f"| {arm} | " + " | ".join(row) + " |")
     if tfidf:
         lines.append("| TF-IDF+LR (same subsets) | " + " | ".join(
             (f"{tfidf[b]['macro_f1_mean']:.3f} ± {tfidf[b]['macro_f1_std']:.3f}" if b in tfidf else "–") for b in budgets) + " |")
-    lines += ["", f"TF-IDF+LR on all labels from shared/data/README.md: macro-F1 {TFIDF_README['macro_f1']}, "
-              f"accuracy {TFIDF_README['accuracy']}.", ""]
-    # -- accuracy table
-    lines += ["## FOLDOC test accuracy, mean ± std over seeds", "",
+    lines += ["", f"TF-IDF+LR on all labels from shared/data/README.md: macro-F1 {readme['macro_f1']}, "
+              f"accuracy {readme['accuracy']}.", ""]
+    lines += [f"## {task}: test accuracy, mean ± std over seeds", "",
               "| arm | " + " | ".join(f"{b}" for b in budgets) + " |", "|---|" + "---:|" * len(budgets)]
-    for arm in ARMS:
+    for arm in arms:
         row = []
         for b in budgets:
-            c = summary["cells"][f"{arm}/{b}"]
+            c = summary["cells"][f"{task}/{arm}/{b}"]
             row.append("–" if not c["n"] else f"{c['accuracy_mean']:.3f} ± {c['accuracy_std']:.3f}" if c["n"] > 1
                        else f"{c['accuracy_mean']:.3f}")
         lines.append(f"| {arm} | " + " | ".join(row) + " |")
     if tfidf:
         lines.append("| TF-IDF+LR | " + " | ".join(
             (f"{tfidf[b]['accuracy_mean']:.3f} ± {tfidf[b]['accuracy_std']:.3f}" if b in tfidf else "–") for b in budgets) + " |")
-    # -- paired differences to ft_only (same seed = same label subset)
-    lines += ["", "## Difference to ft_only (test macro-F1), paired by seed (same label subset)", "",
-              "Δ = mean of per-seed differences ± its std; `noise` = std of ft_only over seeds. "
-              "'yes' when |Δ| > 2 × SE of the paired differences and |Δ| > the ft_only seed std.", "",
+    lines += ["", f"## {task}: difference to ft_only (test macro-F1), paired by seed (same label subset)", "",
+              "Δ = mean of per-seed differences ± its std. 'yes' when |Δ| > 2 × SE of the paired differences "
+              "and |Δ| > the ft_only std over seeds.", "",
               "| arm | " + " | ".join(f"{b}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
-    for arm in ARMS[1:]:
+    for arm in arms[1:]:
         row = []
         for b in budgets:
-            base = {r["seed"]: r["test_macro_f1"] for r in cell.get(("ft_only", b), [])}
-            other = {r["seed"]: r["test_macro_f1"] for r in cell.get((arm, b), [])}
+            base = {r["seed"]: r["test_macro_f1"] for r in cell.get((task, "ft_only", b), [])}
+            other = {r["seed"]: r["test_macro_f1"] for r in cell.get((task, arm, b), [])}
             common = sorted(set(base) & set(other))
             diffs = [other[s] - base[s] for s in common]
             m, sd = _mean_std(diffs)
             noise = _mean_std(list(base.values()))[1]
             se = sd / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
             beyond = bool(len(diffs) > 1 and abs(m) > 2 * se and abs(m) > noise)
-            summary["paired"][f"{arm}/{b}"] = {"n": len(diffs), "diff_mean": m, "diff_std": sd,
-                                               "ft_only_std": noise, "beyond_noise": beyond}
+            summary["paired"][f"{task}/{arm}/{b}"] = {"n": len(diffs), "diff_mean": m, "diff_std": sd,
+                                                      "ft_only_std": noise, "beyond_noise": beyond}
             row.append("–" if not diffs else f"{m:+.3f} ± {sd:.3f} ({'yes' if beyond else 'no'})" if len(diffs) > 1
                        else f"{m:+.3f} (n=1)")
         lines.append(f"| {arm} | " + " | ".join(row) + " |")
-    # -- perplexities
-    lines += ["", "## Perplexity after each pretraining stage (held-out; ≤100k tokens each)", "",
-              "| stage | parent | train tokens | steps | capped | domain (computing valid) | general (general valid) | task (FOLDOC dev texts) |",
-              "|---|---|---:|---:|---|---:|---:|---:|"]
-    order = ["base", "dapt", "tapt", "dapt_tapt"]
-    for name in order:
+    return lines + [""]
+
+
+PPL_SETS = [("domain", "computing valid"), ("general", "general valid"), ("task", "FOLDOC dev texts"),
+            ("licenses", "licenses dev texts")]
+
+
+def build_report(results, stages, failures, failed_stages, budgets: dict, seeds, scale, elapsed,
+                 tfidf: dict | None = None) -> dict:
+    """``budgets``/``tfidf``: per task. Rows without a "task" (older results) are FOLDOC rows."""
+    cell = {}
+    for r in results:
+        if r.get("time_capped"):          # cut short by the device deadline: not comparable, listed below
+            continue
+        cell.setdefault((r.get("task", "foldoc"), r["arm"], r["budget"]), []).append(r)
+    summary = {"scale": scale, "elapsed_s": round(elapsed, 1), "cells": {}, "paired": {}, "stages": {},
+               "failures": failures, "failed_stages": sorted(failed_stages)}
+    lines = [f"# DAPT/TAPT small ({scale}); {len(results)} fine-tunes, {elapsed:.0f}s", ""]
+    for task, bs in budgets.items():
+        lines += _task_tables(task, cell, bs, summary, (tfidf or {}).get(task))
+    lines += ["## Perplexity after each pretraining stage (held-out; ≤100k tokens each; in brackets: before the stage)", "",
+              "| stage | parent | train tokens | steps | capped | " + " | ".join(f"{k} ({what})" for k, what in PPL_SETS) + " |",
+              "|---|---|---:|---:|---|" + "---:|" * len(PPL_SETS)]
+    for name in STAGES:
         s = stages.get(name)
         if not s:
-            lines.append(f"| {name} | | | | {'FAILED' if name in failed_stages else 'not run'} | | | |")
+            if name in failed_stages:
+                lines.append(f"| {name} | | | | FAILED |" + " |" * len(PPL_SETS))
             continue
         ho = s["metrics"]["heldout"]
         tr = s["metrics"]["train"]
@@ -559,18 +604,17 @@ def build_report(results, stages, failures, failed_stages, budgets, seeds, scale
                                    for k, v in ho.items()} | {"tokens_seen": tr["tokens_seen"], "steps": tr["steps"],
                                                               "time_capped": s["time_capped"],
                                                               "tokens_per_second": tr["tokens_per_second"]}
-        ppl = {k: f"{v['after']['perplexity']:.1f} (from {v['before']['perplexity']:.1f})" if name != "base"
+        ppl = {k: f"{v['after']['perplexity']:.1f} ({v['before']['perplexity']:.1f})" if name != "base"
                else f"{v['after']['perplexity']:.1f}" for k, v in ho.items()}
         lines.append(f"| {name} | {s['parent'] or 'scratch'} | {tr['tokens_seen']:,} | {tr['steps']} | "
-                     f"{'yes' if s['time_capped'] else 'no'} | {ppl.get('domain', '')} | {ppl.get('general', '')} | "
-                     f"{ppl.get('task', '')} |")
+                     f"{'yes' if s['time_capped'] else 'no'} | " + " | ".join(ppl.get(k, "") for k, _ in PPL_SETS) + " |")
     if failures:
         lines += ["", f"{len(failures)} fine-tunes failed: " + "; ".join(
-            f"{f['arm']}/{f['budget']}/{f['seed']}: {f['error'][:120]}" for f in failures[:5])]
+            f"{f.get('task', 'foldoc')}/{f['arm']}/{f['budget']}/{f['seed']}: {f['error'][:120]}" for f in failures[:5])]
     capped = [r for r in results if r.get("time_capped")]
     if capped:
         lines += ["", f"{len(capped)} fine-tunes were stopped by the time cap and are left out of the means: " + ", ".join(
-            f"{r['arm']}/{r['budget']}/{r['seed']}" for r in capped)]
+            f"{r.get('task', 'foldoc')}/{r['arm']}/{r['budget']}/{r['seed']}" for r in capped)]
     return {"summary": summary, "markdown": "\n".join(lines) + "\n"}
 
 
@@ -578,9 +622,12 @@ def cmd_report(args) -> None:
     res = Path(args.results)
     results = [json.loads(line) for line in (res / "finetune_results.jsonl").read_text().splitlines() if line.strip()]
     stages = {p.stem[len("pretrain_"):]: json.loads(p.read_text()) for p in sorted(res.glob("pretrain_*.json"))}
-    tfidf = json.loads(Path(args.tfidf).read_text())["budgets"] if args.tfidf and Path(args.tfidf).is_file() else None
+    tfidf = {t: json.loads(tfidf_path(t).read_text())["budgets"] for t in TASKS if tfidf_path(t).is_file()}
     summ = json.loads((res / "summary.json").read_text()) if (res / "summary.json").is_file() else {}
-    budgets = sorted({r["budget"] for r in results}, key=lambda b: 10**9 if b == "all" else int(b)) or BUDGETS
+    budgets = {}
+    for r in results:
+        budgets.setdefault(r.get("task", "foldoc"), set()).add(r["budget"])
+    budgets = {t: sorted(bs, key=lambda b: 10**9 if b == "all" else int(b)) for t, bs in budgets.items()}
     seeds = sorted({r["seed"] for r in results})
     rep = build_report(results, stages, summ.get("failures", []), set(summ.get("failed_stages", [])), budgets, seeds,
                        summ.get("scale", "?"), summ.get("elapsed_s", 0.0), tfidf=tfidf)
@@ -591,6 +638,10 @@ def cmd_report(args) -> None:
 # ------------------------------------------------------------------------------------------------
 # TF-IDF + LR at the same budgets and subsets (CPU)
 # ------------------------------------------------------------------------------------------------
+def tfidf_path(task: str) -> Path:
+    return HERE / ("results/tfidf_budgets.json" if task == "foldoc" else f"results/tfidf_budgets_{task}.json")
+
+
 def cmd_tfidf(args) -> None:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -602,13 +653,14 @@ def cmd_tfidf(args) -> None:
     from lmadapt.tasks import TASKS
 
     task = TASKS["classification"]
+    spec = globals()["TASKS"][args.task]
     out = {"method": "word 1-2-gram TF-IDF (sublinear tf, min_df 2, <=200k features) + LogisticRegression("
                      "max_iter 3000), C in {0.1, 1, 10} by dev macro-F1; subsets from lmadapt's read_splits "
                      "(data.max_examples + data.subset_seed = seed), i.e. the fine-tuning subsets", "budgets": {}}
-    for b in BUDGETS:
+    for b in spec["budgets"]:
         runs = []
         for seed in SEEDS if b != "all" else [0]:
-            d = recipe_dict("finetune.yaml", MODEL="unused", DATA=args.data, OUTDIR="/tmp/unused", SEED=seed,
+            d = recipe_dict(spec["recipe"], MODEL="unused", DATA=args.data, OUTDIR="/tmp/unused", SEED=seed,
                             BUDGET="null" if b == "all" else b)
             d.pop("schedule")
             cfg = from_dict(FinetuneConfig, d)     # only the data section is used (no model is loaded)
@@ -632,8 +684,9 @@ def cmd_tfidf(args) -> None:
         out["budgets"][b] = {"runs": runs, "macro_f1_mean": m, "macro_f1_std": sd if len(runs) > 1 else 0.0,
                              "accuracy_mean": ma, "accuracy_std": sda if len(runs) > 1 else 0.0}
         print(b, json.dumps(out["budgets"][b]))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=1))
+    path = Path(args.json) if args.json else tfidf_path(args.task)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
 
 
 def main() -> None:
@@ -652,6 +705,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=12)
     p.add_argument("--workers-during-pretrain", type=int, default=4)
     p.add_argument("--stage-cap", type=float, default=None, help="override every stage's training-time cap (s)")
+    p.add_argument("--tasks", default="foldoc,licenses", help="comma-separated: " + ", ".join(TASKS))
     p.add_argument("--deadline", type=float, default=280.0, help="seconds: stop everything and write the tables")
     p.add_argument("--ft-margin", type=float, default=12.0, help="fine-tunes stop training this long before the deadline")
     p = sub.add_parser("stage")
@@ -662,11 +716,11 @@ def main() -> None:
     p.add_argument("--cap", type=float, default=600.0)
     p = sub.add_parser("report")
     p.add_argument("--results", required=True)
-    p.add_argument("--tfidf", default=str(HERE / "results/tfidf_budgets.json"))
     p.add_argument("--markdown", required=True)
     p = sub.add_parser("tfidf")
     p.add_argument("--data", default=str(REPO / ".benchdata/dapt"))
-    p.add_argument("--json", default=str(HERE / "results/tfidf_budgets.json"))
+    p.add_argument("--task", choices=list(TASKS), default="foldoc")
+    p.add_argument("--json", default=None, help="default: results/tfidf_budgets[_TASK].json")
     args = ap.parse_args()
     if str(REPO / "src") not in sys.path:
         sys.path.insert(0, str(REPO / "src"))

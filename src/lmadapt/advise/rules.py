@@ -58,7 +58,10 @@ THRESHOLDS: dict[str, float] = {
     "min_domain_tokens": 5_000,        # fewer tokens in the domain sample: not enough evidence
     "min_per_class": 10,               # fewer labeled examples in some class: not enough evidence
     "min_examples": 50,                # labeled data without classes: fewer examples is not enough evidence
-    "min_scored_tokens": 2_048,        # perplexity from fewer tokens per set: thin shift measurement
+    # perplexity from fewer scored tokens per set: thin shift measurement. The default probe scores 8
+    # blocks of 256, i.e. about 2,000 tokens, not 2,048: a causal block predicts 255 of its tokens and
+    # a document's first token is never predicted. The floor sits below that, at 7 blocks' worth.
+    "min_scored_tokens": 1_792,
     "memory_fraction": 0.8,            # full training must fit in this share of the device memory
     "large_model_params": 1_000_000_000,  # >= : LoRA (optimizer state for full training is 16 bytes/param)
     "near": 0.2,                       # a deciding value within +-20% of its threshold lowers confidence
