@@ -61,6 +61,7 @@ STAGES = {  # name -> (recipe, parent stage)
     "dapt_tapt": ("tapt.yaml", "dapt"),
     "lic_dapt": ("lic_dapt.yaml", "base"),
     "ctrl": ("ctrl.yaml", "base"),
+    "dapt_replay": ("dapt_replay.yaml", "base"),
 }
 # ctrl starts after dapt rather than beside it: fewer stages share the GPU at once, so dapt's
 # time cap is not hit; its arm is the lowest priority anyway (OPTIONAL_ARMS).
@@ -71,7 +72,7 @@ NEXT_STAGES = {"base": ["dapt", "tapt", "lic_dapt"], "dapt": ["dapt_tapt", "ctrl
 TASKS = {
     "foldoc": {"recipe": "finetune.yaml", "budgets": ["100", "300", "1000", "all"],
                "arms": {"ft_only": "base", "dapt_ft": "dapt", "tapt_ft": "tapt", "dapt_tapt_ft": "dapt_tapt",
-                        "ctrl_ft": "ctrl"},
+                        "ctrl_ft": "ctrl", "replay_ft": "dapt_replay"},
                "readme_tfidf": {"accuracy": 0.7975, "macro_f1": 0.7798}},   # ../shared/data/README.md
     "licenses": {"recipe": "finetune_licenses.yaml", "budgets": ["300", "all"],
                  "arms": {"ft_only": "base", "dapt_ft": "lic_dapt"},
@@ -79,13 +80,20 @@ TASKS = {
 }
 BUDGETS = TASKS["foldoc"]["budgets"]
 SEEDS = [0, 1, 2]
-ALL_ARMS = ["ft_only", "dapt_ft", "tapt_ft", "dapt_tapt_ft", "ctrl_ft"]
+ALL_ARMS = ["ft_only", "dapt_ft", "tapt_ft", "dapt_tapt_ft", "ctrl_ft", "replay_ft"]
+# The default plan (the paper's arms, the licenses pair and the ctrl diagnostic); replay_ft only on request:
+# `run --plan diag` = why did DAPT not help? ft_only / dapt_ft / ctrl_ft / replay_ft at all labels.
+DEFAULT_ARMS = ["ft_only", "dapt_ft", "tapt_ft", "dapt_tapt_ft", "ctrl_ft"]
+PLANS = {"full": {"arms": DEFAULT_ARMS, "budgets": None, "tasks": "foldoc,licenses", "stagger": True},
+         "diag": {"arms": ["ft_only", "dapt_ft", "ctrl_ft", "replay_ft"], "budgets": ["all"], "tasks": "foldoc",
+                  "stagger": False}}
 # A diagnostic arm, queued after every fine-tune of the paper's arms: if time runs out, it is what is lost.
 OPTIONAL_ARMS = {"ctrl_ft"}
 
 # Caps on each pretraining stage's training loop (seconds): a guard against a slower GPU than
 # planned, so one device call still returns results. A capped stage is flagged in the tables.
-STAGE_TRAIN_CAP_S = {"base": 70, "dapt": 80, "tapt": 45, "dapt_tapt": 45, "lic_dapt": 45, "ctrl": 80}
+STAGE_TRAIN_CAP_S = {"base": 70, "dapt": 80, "tapt": 45, "dapt_tapt": 45, "lic_dapt": 45, "ctrl": 80,
+                     "dapt_replay": 80}
 
 # --scale toy: a CPU check of every code path in minutes (tiny steps, few examples).
 TOY = {
@@ -354,8 +362,10 @@ def cmd_run(args) -> None:
     data = Path(args.data).resolve()
     if args.scale == "toy":
         data = make_toy_data(data, work)
-    tasks = [t for t in TASKS if t in args.tasks.split(",")]
-    budgets = {t: TOY["budgets"] if args.scale == "toy" else TASKS[t]["budgets"] for t in tasks}
+    plan = PLANS[args.plan]
+    tasks = [t for t in TASKS if t in plan["tasks"].split(",")]
+    budgets = {t: TOY["budgets"] if args.scale == "toy" else plan["budgets"] or TASKS[t]["budgets"] for t in tasks}
+    arms_of = {t: {a: m for a, m in TASKS[t]["arms"].items() if a in plan["arms"]} for t in tasks}
     seeds = TOY["seeds"] if args.scale == "toy" else SEEDS
     workers = TOY["workers"] if args.scale == "toy" else args.workers
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
@@ -411,7 +421,7 @@ def cmd_run(args) -> None:
 
     def submit_arms(stage: str) -> None:
         for task in tasks:
-            for arm, model_stage in TASKS[task]["arms"].items():
+            for arm, model_stage in arms_of[task].items():
                 if model_stage != stage:
                     continue
                 for seed in seeds:
@@ -440,7 +450,7 @@ def cmd_run(args) -> None:
         (out / "summary.json").write_text(json.dumps(report["summary"], indent=1))
         (out / "tables.md").write_text(report["markdown"])
 
-    needed = {m for t in tasks for m in TASKS[t]["arms"].values()}
+    needed = {m for t in tasks for m in arms_of[t].values()}
     needed |= {STAGES[m][1] for m in needed if STAGES[m][1]}     # parents (dapt for dapt_tapt)
     try:
         while (running or futures or pending) and now() < hard_deadline:
@@ -457,7 +467,9 @@ def cmd_run(args) -> None:
                     ho = s["metrics"]["heldout"]
                     event(f"stage {name}: done ({s['wall_seconds']}s, capped {s['time_capped']}); ppl "
                           + ", ".join(f"{k} {v['after']['perplexity']:.1f}" for k, v in ho.items()))
-                    for nxt in NEXT_STAGES.get(name, []):
+                    nexts = NEXT_STAGES.get(name, []) if plan["stagger"] else [
+                        c for c, (_, parent) in STAGES.items() if parent == name]
+                    for nxt in nexts:
                         if nxt in needed:
                             start_stage(nxt)
                     submit_arms(name)
@@ -517,7 +529,7 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 
 def _task_tables(task: str, cell: dict, budgets: list[str], summary: dict, tfidf: dict | None) -> list[str]:
     """Macro-F1, accuracy and paired-difference tables of one task."""
-    arms = list(TASKS[task]["arms"])
+    arms = [a for a in TASKS[task]["arms"] if any(k[:2] == (task, a) for k in cell)]   # arms with results
     readme = TASKS[task]["readme_tfidf"]
     lines = [f"## {task}: test macro-F1, mean ± std over seeds (n = seeds finished)", "",
              "| arm | " + " | ".join(f"{b} labels" for b in budgets) + " |", "|---|" + "---:|" * len(budgets)]
@@ -705,7 +717,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=12)
     p.add_argument("--workers-during-pretrain", type=int, default=4)
     p.add_argument("--stage-cap", type=float, default=None, help="override every stage's training-time cap (s)")
-    p.add_argument("--tasks", default="foldoc,licenses", help="comma-separated: " + ", ".join(TASKS))
+    p.add_argument("--plan", choices=list(PLANS), default="full",
+                   help="full: every task, arm and budget; diag: why DAPT did not help (controls, all labels)")
     p.add_argument("--deadline", type=float, default=280.0, help="seconds: stop everything and write the tables")
     p.add_argument("--ft-margin", type=float, default=12.0, help="fine-tunes stop training this long before the deadline")
     p = sub.add_parser("stage")
