@@ -162,6 +162,25 @@ def test_default_probe_is_not_thin():
     assert default.confidence != "low" and thin.confidence == "low"
 
 
+def test_shift_blocks_spread_over_documents():
+    # eight long documents, each of one marker word: the first blocks scored must come from many of
+    # them, not from the first document only (packed blocks come in document order)
+    from types import SimpleNamespace
+
+    from lmadapt.advise.measure import _blocks
+    tok = tiny_bpe_tokenizer()
+    texts = [" ".join([f"doc{i}"] * 300) for i in range(8)]
+    blocks = _blocks(texts, SimpleNamespace(tokenizer=tok, objective="causal"), 64, "document")
+    first = [tok.decode(blocks[i]["input_ids"]) for i in range(8)]
+    sources = {i for text in first for i in range(8) if f"doc{i}" in text}
+    assert len(sources) >= 4, first
+    # only the order changes: the same blocks as packing them in document order
+    from lmadapt.data.packing import pack_blocks, tokenize_documents
+    ordered, _ = pack_blocks(tokenize_documents(texts, tok, separator="eos", cache=False), block_size=64,
+                             pad_id=tok.pad_token_id, mode="document")
+    assert sorted(map(tuple, blocks["input_ids"])) == sorted(map(tuple, ordered["input_ids"]))
+
+
 def test_recommend_rejects_unknown_goal():
     with pytest.raises(ValueError, match="goal"):
         recommend(meas(), "summarise")
