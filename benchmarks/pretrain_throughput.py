@@ -229,6 +229,12 @@ def main() -> None:
     print(f"useful tokens/s ratio  lmadapt / one-doc-per-row pad : {ratios['lmadapt_vs_padded_rows']:.2f}x (target >= 1.5; "
           f"it truncates, dropping {results['b_one_doc_per_row_padded']['tokens_dropped']:,} tokens)")
     print(f"useful tokens/s ratio  lmadapt / doc-chunks-per-row  : {ratios['lmadapt_vs_padded_chunk_rows']:.2f}x (no drop)")
+    # Every arm pays about the same per token it computes; (b) wastes only its padding. So no packing
+    # can beat (b) by more than 1 / (b's non-pad fraction) in useful tokens/s: that ceiling, not the
+    # implementation, decides whether a >= 1.5x target is reachable on a given corpus.
+    ratios["ceiling_vs_padded_rows"] = 1.0 / results["b_one_doc_per_row_padded"]["non_pad_fraction"]
+    print(f"ceiling vs one-doc-per-row (1 / its non-pad fraction, equal cost per token): "
+          f"{ratios['ceiling_vs_padded_rows']:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "ratios": ratios}, indent=2))
 
