@@ -88,8 +88,21 @@ def _bpe_json(vocab_size: int) -> str:
     return tok.to_str()
 
 
+# The default tiny WordPiece, trained once on CORPUS and committed. The tokenizers library's
+# WordPiece trainer picks among tied candidates in hash order, so training it in each test process
+# gave a different vocabulary every run, and thresholds on tiny models flaked with some draws.
+# To regenerate: write _train_wordpiece_json(400) to this file.
+WORDPIECE_FIXTURE = Path(__file__).parent / "fixtures" / "tiny_wordpiece_400.json"
+
+
 @functools.lru_cache(maxsize=None)
 def _wordpiece_json(vocab_size: int) -> str:
+    if vocab_size == 400:
+        return WORDPIECE_FIXTURE.read_text(encoding="utf-8")
+    return _train_wordpiece_json(vocab_size)
+
+
+def _train_wordpiece_json(vocab_size: int) -> str:
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
