@@ -57,6 +57,12 @@ def test_scratch_pretrain_learns_and_writes_output_folder(workspace):
     metrics = run_pretrain(cfg)
     held = metrics["heldout"]["valid"]
     assert held["after"]["loss"] < held["before"]["loss"] - 1.0, held
+    # every phase of the stage is timed, and together they fit in the stage's wall time
+    phases = metrics["phase_seconds"]
+    assert list(phases) == ["read_corpus", "load_model", "tokenize_and_pack", "evaluate_before", "train",
+                            "evaluate_after"]
+    assert all(v >= 0 for v in phases.values()) and phases["train"] >= metrics["train"]["train_seconds"] - 0.05
+    assert sum(phases.values()) <= metrics["train"]["wall_seconds"] + 0.05
     out = tmp_path / "out"
     for name in ("model.safetensors", "config.json", "tokenizer.json", "lmadapt_recipe.yaml",
                  "lmadapt_meta.json", "metrics.json", "token_accounting.json", "logs.jsonl"):
