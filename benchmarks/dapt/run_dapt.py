@@ -78,7 +78,6 @@ TASKS = {
                  "arms": {"ft_only": "base", "dapt_ft": "lic_dapt"},
                  "readme_tfidf": {"accuracy": 0.6538, "macro_f1": 0.4396}},
 }
-BUDGETS = TASKS["foldoc"]["budgets"]
 SEEDS = [0, 1, 2]
 ALL_ARMS = ["ft_only", "dapt_ft", "tapt_ft", "dapt_tapt_ft", "ctrl_ft", "replay_ft"]
 # The default plan (the paper's arms, the licenses pair and the ctrl diagnostic); replay_ft only on request:
@@ -236,7 +235,6 @@ class TimeCap:
                 if time.time() > deadline:
                     control.should_training_stop = True
                     type(self).capped = True
-                    _Cap.capped_at = state.global_step
                 return control
 
         return _Cap()
@@ -662,10 +660,10 @@ def cmd_tfidf(args) -> None:
     from lmadapt.config.base import from_dict
     from lmadapt.config.finetune import FinetuneConfig
     from lmadapt.stages.finetune import read_splits
-    from lmadapt.tasks import TASKS
+    from lmadapt.tasks import TASKS as TASK_TYPES
 
-    task = TASKS["classification"]
-    spec = globals()["TASKS"][args.task]
+    task = TASK_TYPES["classification"]
+    spec = TASKS[args.task]
     out = {"method": "word 1-2-gram TF-IDF (sublinear tf, min_df 2, <=200k features) + LogisticRegression("
                      "max_iter 3000), C in {0.1, 1, 10} by dev macro-F1; subsets from lmadapt's read_splits "
                      "(data.max_examples + data.subset_seed = seed), i.e. the fine-tuning subsets", "budgets": {}}

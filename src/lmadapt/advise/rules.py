@@ -311,13 +311,17 @@ def recommend(measurements: dict, goal: str, thresholds: dict | None = None) -> 
             missing.append("unlabeled domain text (--domain) and/or labeled task data (--task-train)")
     else:
         confidence = CONFIDENCE[max(0, 2 - len(penalties))]
-    full_b, avail = _get(m, "cost", "memory", "full_bytes"), _get(m, "cost", "memory", "available_bytes")
-    full_fits = not (full_b and avail and full_b > t["memory_fraction"] * avail)
-    arms = _arms(steps, dom_ok, task_ok, full_fits)
+    arms = _arms(steps, dom_ok, task_ok, _full_fits(m, t))
     summary = _summary(steps, method, confidence, goal)
     return Advice(goal=goal, recommendation=recommendation, steps=steps, method=method, confidence=confidence,
                   summary=summary, reasons=reasons, missing=missing, warnings=warnings + [f"confidence lowered: {p}" for p in penalties],
                   arms=arms, train_embeddings=train_embeddings, vocabulary_candidates=candidates, thresholds=t)
+
+
+def _full_fits(m, t) -> bool:
+    """Full training fits memory_fraction of the device memory (or memory was not measured)."""
+    full_b, avail = _get(m, "cost", "memory", "full_bytes"), _get(m, "cost", "memory", "available_bytes")
+    return not (full_b and avail and full_b > t["memory_fraction"] * avail)
 
 
 def _method(m, t, steps, tokens, lots, shifted, fragmented, reason, warnings):
@@ -326,7 +330,7 @@ def _method(m, t, steps, tokens, lots, shifted, fragmented, reason, warnings):
     avail = _get(m, "cost", "memory", "available_bytes")
     gib = 2 ** 30
     method = "full"
-    if full_b and avail and full_b > t["memory_fraction"] * avail:
+    if not _full_fits(m, t):
         method = "lora"
         reason("memory", f"full training needs ~{full_b / gib:.1f} GiB (16 bytes/param + activations), more than "
                f"{t['memory_fraction']:.0%} of {avail / gib:.1f} GiB; LoRA r=16 needs ~{(lora_b or 0) / gib:.1f} GiB",

@@ -222,15 +222,12 @@ def block_diagonal_mask(segments: torch.Tensor, dtype: torch.dtype = torch.float
     return out.masked_fill_(~same, torch.finfo(dtype).min)
 
 
-__all__ = ["CausalCollator", "WholeWordMLMCollator", "block_diagonal_mask", "document_ids"]
-
-
 def pad_right(rows: Sequence[dict], fills: dict[str, int]) -> dict[str, torch.Tensor]:
     """Dynamic padding shared by the task collators: each column named in ``fills`` that the rows
     carry is right-padded with its fill value to the batch's longest ``input_ids``; an
     ``attention_mask`` (1 on real tokens) is built when the rows have none."""
-    width = max(len(r["input_ids"]) for r in rows)
     lengths = [len(r["input_ids"]) for r in rows]
+    width = max(lengths)
     batch = {}
     for key, fill in fills.items():
         if key not in rows[0]:
@@ -242,3 +239,6 @@ def pad_right(rows: Sequence[dict], fills: dict[str, int]) -> dict[str, torch.Te
     if "attention_mask" not in batch:
         batch["attention_mask"] = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
     return batch
+
+
+__all__ = ["CausalCollator", "WholeWordMLMCollator", "block_diagonal_mask", "document_ids", "pad_right"]

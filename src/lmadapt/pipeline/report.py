@@ -203,9 +203,11 @@ def _fmt_stat(s: Stat | None, key: str) -> str:
 def _fmt_diff(c: dict, key: str) -> str:
     if c["diff"] is None:
         return "—"
-    sign = "+" if c["diff"] >= 0 else "−"
-    text = f"{sign}{_fmt(abs(c['diff']), key)}"
-    return f"{text} ({c['verdict']})" if c["verdict"] != "same model" else "same model"
+    return f"{_signed(c, key)} ({c['verdict']})" if c["verdict"] != "same model" else "same model"
+
+
+def _signed(c: dict, key: str) -> str:
+    return ("+" if c["diff"] >= 0 else "−") + _fmt(abs(c["diff"]), key)
 
 
 # --- tables --------------------------------------------------------------------------------------
@@ -685,13 +687,12 @@ def _cell_diff(c: dict | None, key: str, better: str) -> str:
         return '<td class="n muted">—</td>'
     if c["verdict"] == "same model":
         return '<td class="n muted">same model</td>'
-    sign = "+" if c["diff"] >= 0 else "−"
     cls = ""
     if c["verdict"] == "beyond noise":
         improved = (c["diff"] > 0) == (better == "higher")
         cls = "good" if improved else "bad"
     tip = f' title="threshold ±{_fmt(c["threshold"], key)}"' if c.get("threshold") is not None else ""
-    return (f'<td class="n {cls}"{tip}>{sign}{_fmt(abs(c["diff"]), key)}'
+    return (f'<td class="n {cls}"{tip}>{_signed(c, key)}'
             f'<br><span class="tag">{html.escape(c["verdict"])}</span></td>')
 
 

@@ -110,12 +110,13 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     # Where a stage's wall time goes: on a GPU the training loop can be the smallest part
     # (seen: 18 s of a 114 s stage), and this is what tells data preparation from evaluation.
     phases: dict[str, float] = {}
-    t_phase = [time.time()]
+    t_phase = time.time()
 
     def phase(name: str) -> None:
+        nonlocal t_phase
         now = time.time()
-        phases[name] = round(now - t_phase[0], 2)
-        t_phase[0] = now
+        phases[name] = round(now - t_phase, 2)
+        t_phase = now
 
     out = prepare_output_dir(cfg.train.output_dir, resume=cfg.train.resume, overwrite=cfg.train.overwrite)
     set_seed(cfg.train.seed)
