@@ -85,7 +85,11 @@ ALL_ARMS = ["ft_only", "dapt_ft", "tapt_ft", "dapt_tapt_ft", "ctrl_ft", "replay_
 DEFAULT_ARMS = ["ft_only", "dapt_ft", "tapt_ft", "dapt_tapt_ft", "ctrl_ft"]
 PLANS = {"full": {"arms": DEFAULT_ARMS, "budgets": None, "tasks": "foldoc,licenses", "stagger": True},
          "diag": {"arms": ["ft_only", "dapt_ft", "ctrl_ft", "replay_ft"], "budgets": ["all"], "tasks": "foldoc",
-                  "stagger": False}}
+                  "stagger": False},
+         # The same question at --scale cpu, where few labels are what a small model can learn from
+         # in a CPU hour, with tapt_ft as the positive control (it helped at every budget on the H100).
+         "cpu_diag": {"arms": ["ft_only", "dapt_ft", "replay_ft", "ctrl_ft", "tapt_ft"], "budgets": ["300"],
+                      "tasks": "foldoc", "stagger": False}}
 # A diagnostic arm, queued after every fine-tune of the paper's arms: if time runs out, it is what is lost.
 OPTIONAL_ARMS = {"ctrl_ft"}
 
@@ -102,6 +106,17 @@ TOY = {
     "schedule": {"epochs": 2, "batch_size": 8},
     "budgets": ["20"], "seeds": [0, 1], "workers": 2,
     "rows": {"train": 60, "dev": 40, "test": 40},
+}
+# --scale cpu: the real data and recipes, shrunk to what two CPU cores pretrain in ~25 minutes
+# (Llama "1m" trains at ~2,900 tokens/s on one core here): 5 x 128 layers, 256-token blocks, the
+# base on 2M general tokens, every continued stage on 1M tokens (its recipe's lr and schedule
+# shape), 20k held-out tokens per perplexity set. Fine-tuning recipes are unchanged.
+CPU = {
+    "pretrain": {"data.block_size": 256, "data.max_eval_tokens": 20000, "data.num_proc": 1,
+                 "train.batch_size": 16, "train.torch_threads": 1, "train.log_every": 10},
+    "base_size": "1m",
+    "max_tokens": {"base": 2_000_000, "other": 1_000_000},
+    "stage_cap_s": 3000,
 }
 
 
@@ -251,6 +266,12 @@ def cmd_stage(args) -> None:
     if args.scale == "toy":
         for k, v in TOY["pretrain"].items():
             set_key(d, k, v)
+    elif args.scale == "cpu":
+        for k, v in CPU["pretrain"].items():
+            set_key(d, k, v)
+        set_key(d, "train.max_tokens", CPU["max_tokens"]["base" if parent is None else "other"])
+        if parent is None:
+            set_key(d, "model.size", CPU["base_size"])
     cap_holder = {}
     orig = P.run_training
 
@@ -395,7 +416,8 @@ def cmd_run(args) -> None:
     failed_stages: set[str] = set()
 
     def start_stage(name: str) -> None:
-        cap = args.stage_cap if args.stage_cap is not None else STAGE_TRAIN_CAP_S[name] if args.scale != "toy" else 600
+        cap = (args.stage_cap if args.stage_cap is not None else STAGE_TRAIN_CAP_S[name] if args.scale == "full"
+               else CPU["stage_cap_s"] if args.scale == "cpu" else 600)
         cmd = [sys.executable, str(Path(__file__).resolve()), "stage", "--name", name, "--data", str(data),
                "--work", str(work), "--scale", args.scale, "--cap", str(cap)]
         log = open(out / "logs" / f"stage_{name}.log", "w")
@@ -711,19 +733,20 @@ def main() -> None:
     p.add_argument("--data", default=str(REPO / ".benchdata/dapt"))
     p.add_argument("--work", default="/tmp/dapt_work")
     p.add_argument("--out", required=True)
-    p.add_argument("--scale", choices=["full", "toy"], default="full")
+    p.add_argument("--scale", choices=["full", "cpu", "toy"], default="full")
     p.add_argument("--workers", type=int, default=12)
     p.add_argument("--workers-during-pretrain", type=int, default=4)
     p.add_argument("--stage-cap", type=float, default=None, help="override every stage's training-time cap (s)")
     p.add_argument("--plan", choices=list(PLANS), default="full",
-                   help="full: every task, arm and budget; diag: why DAPT did not help (controls, all labels)")
+                   help="full: every task, arm and budget; diag: why DAPT did not help (controls, all labels); "
+                        "cpu_diag: the same at 300 labels with tapt_ft, for --scale cpu")
     p.add_argument("--deadline", type=float, default=280.0, help="seconds: stop everything and write the tables")
     p.add_argument("--ft-margin", type=float, default=12.0, help="fine-tunes stop training this long before the deadline")
     p = sub.add_parser("stage")
     p.add_argument("--name", choices=list(STAGES), required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--work", required=True)
-    p.add_argument("--scale", choices=["full", "toy"], default="full")
+    p.add_argument("--scale", choices=["full", "cpu", "toy"], default="full")
     p.add_argument("--cap", type=float, default=600.0)
     p = sub.add_parser("report")
     p.add_argument("--results", required=True)
