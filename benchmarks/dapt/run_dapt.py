@@ -11,6 +11,7 @@ A small-scale replication of Gururangan et al. (2020), Table 5, with lmadapt's o
     ctrl       base, continued like dapt but on general text: the control that separates "domain"
                from "more pretraining tokens"                                    (recipes/ctrl.yaml)
     lic_dapt   base, continued on licenses/corpus (rule texts of train licences) (recipes/lic_dapt.yaml)
+    dapt_replay / dapt_lowlr   diagnostics: dapt with 5% general replay / at a quarter of the lr
 
 FOLDOC arms ft_only / dapt_ft / tapt_ft / dapt_tapt_ft / ctrl_ft fine-tune base / dapt / tapt /
 dapt_tapt / ctrl (recipes/finetune.yaml) at label budgets 100 / 300 / 1000 / all; licenses arms
@@ -24,7 +25,8 @@ Subcommands:
     prepare    copy the data into a git-ignored folder that travels to the GPU machine (general
                subsampled by a hash of the text), train the tokenizer on that general text
     run        the whole experiment (stages as subprocesses, fine-tunes in a process pool sharing
-               one GPU), writing results under --out as they arrive; --scale toy for a CPU check
+               one GPU), writing results under --out as they arrive; --scale toy for a CPU check of
+               the code paths, --scale cpu (with --plan cpu_diag / cpu_lr) for the diagnostic on CPU
     stage      one pretraining stage (used by `run`)
     tfidf      TF-IDF + LR at the same label budgets/subsets (CPU, sklearn; C chosen on dev)
     report     rebuild the tables from a results folder
@@ -62,6 +64,7 @@ STAGES = {  # name -> (recipe, parent stage)
     "lic_dapt": ("lic_dapt.yaml", "base"),
     "ctrl": ("ctrl.yaml", "base"),
     "dapt_replay": ("dapt_replay.yaml", "base"),
+    "dapt_lowlr": ("dapt_lowlr.yaml", "base"),
 }
 # ctrl starts after dapt rather than beside it: fewer stages share the GPU at once, so dapt's
 # time cap is not hit; its arm is the lowest priority anyway (OPTIONAL_ARMS).
@@ -72,14 +75,14 @@ NEXT_STAGES = {"base": ["dapt", "tapt", "lic_dapt"], "dapt": ["dapt_tapt", "ctrl
 TASKS = {
     "foldoc": {"recipe": "finetune.yaml", "budgets": ["100", "300", "1000", "all"],
                "arms": {"ft_only": "base", "dapt_ft": "dapt", "tapt_ft": "tapt", "dapt_tapt_ft": "dapt_tapt",
-                        "ctrl_ft": "ctrl", "replay_ft": "dapt_replay"},
+                        "ctrl_ft": "ctrl", "replay_ft": "dapt_replay", "lowlr_ft": "dapt_lowlr"},
                "readme_tfidf": {"accuracy": 0.7975, "macro_f1": 0.7798}},   # ../shared/data/README.md
     "licenses": {"recipe": "finetune_licenses.yaml", "budgets": ["300", "all"],
                  "arms": {"ft_only": "base", "dapt_ft": "lic_dapt"},
                  "readme_tfidf": {"accuracy": 0.6538, "macro_f1": 0.4396}},
 }
 SEEDS = [0, 1, 2]
-ALL_ARMS = ["ft_only", "dapt_ft", "tapt_ft", "dapt_tapt_ft", "ctrl_ft", "replay_ft"]
+ALL_ARMS = ["ft_only", "dapt_ft", "tapt_ft", "dapt_tapt_ft", "ctrl_ft", "replay_ft", "lowlr_ft"]
 # The default plan (the paper's arms, the licenses pair and the ctrl diagnostic); replay_ft only on request:
 # `run --plan diag` = why did DAPT not help? ft_only / dapt_ft / ctrl_ft / replay_ft at all labels.
 DEFAULT_ARMS = ["ft_only", "dapt_ft", "tapt_ft", "dapt_tapt_ft", "ctrl_ft"]
@@ -89,14 +92,17 @@ PLANS = {"full": {"arms": DEFAULT_ARMS, "budgets": None, "tasks": "foldoc,licens
          # The same question at --scale cpu, where few labels are what a small model can learn from
          # in a CPU hour, with tapt_ft as the positive control (it helped at every budget on the H100).
          "cpu_diag": {"arms": ["ft_only", "dapt_ft", "replay_ft", "ctrl_ft", "tapt_ft"], "budgets": ["300"],
-                      "tasks": "foldoc", "stagger": False}}
+                      "tasks": "foldoc", "stagger": False},
+         # Learning rate as the cause: DAPT at a quarter of the lr (less movement, less forgetting).
+         # Run with --reuse-stages on a cpu_diag work folder so that it continues the same base.
+         "cpu_lr": {"arms": ["lowlr_ft"], "budgets": ["300"], "tasks": "foldoc", "stagger": False}}
 # A diagnostic arm, queued after every fine-tune of the paper's arms: if time runs out, it is what is lost.
 OPTIONAL_ARMS = {"ctrl_ft"}
 
 # Caps on each pretraining stage's training loop (seconds): a guard against a slower GPU than
 # planned, so one device call still returns results. A capped stage is flagged in the tables.
 STAGE_TRAIN_CAP_S = {"base": 70, "dapt": 80, "tapt": 45, "dapt_tapt": 45, "lic_dapt": 45, "ctrl": 80,
-                     "dapt_replay": 80}
+                     "dapt_replay": 80, "dapt_lowlr": 80}
 
 # --scale toy: a CPU check of every code path in minutes (tiny steps, few examples).
 TOY = {
@@ -375,9 +381,9 @@ def cmd_run(args) -> None:
     out = Path(args.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     work = Path(args.work)
-    if work.exists():
+    if work.exists() and not args.reuse_stages:
         shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)
     data = Path(args.data).resolve()
     if args.scale == "toy":
         data = make_toy_data(data, work)
@@ -424,7 +430,15 @@ def cmd_run(args) -> None:
         running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO)), log)
         event(f"stage {name}: started")
 
-    start_stage("base")
+    def finished_before(name: str) -> dict | None:
+        """--reuse-stages: the summary of a stage an earlier run finished in this work folder."""
+        summ = work / name / "stage_summary.json"
+        if args.reuse_stages and summ.is_file() and (work / name / "config.json").is_file():
+            return json.loads(summ.read_text())
+        return None
+
+    if finished_before("base") is None:
+        start_stage("base")
 
     # --- fine-tune pool (workers import torch/transformers while the base trains) ---------------
     pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
@@ -472,6 +486,25 @@ def cmd_run(args) -> None:
 
     needed = {m for t in tasks for m in arms_of[t].values()}
     needed |= {STAGES[m][1] for m in needed if STAGES[m][1]}     # parents (dapt for dapt_tapt)
+
+    def stage_done(name: str, s: dict, reused: bool = False) -> None:
+        done_stages[name] = s
+        (out / f"pretrain_{name}.json").write_text(json.dumps(s, indent=1))
+        ho = s["metrics"]["heldout"]
+        event(f"stage {name}: {'reused' if reused else 'done'} ({s['wall_seconds']}s, capped {s['time_capped']}); ppl "
+              + ", ".join(f"{k} {v['after']['perplexity']:.1f}" for k, v in ho.items()))
+        nexts = NEXT_STAGES.get(name, []) if plan["stagger"] else [
+            c for c, (_, parent) in STAGES.items() if parent == name]
+        for nxt in nexts:
+            if nxt in needed and nxt not in running and nxt not in done_stages:
+                if (prev := finished_before(nxt)) is not None:
+                    stage_done(nxt, prev, reused=True)
+                else:
+                    start_stage(nxt)
+        submit_arms(name)
+
+    if (prev := finished_before("base")) is not None:
+        stage_done("base", prev, reused=True)
     try:
         while (running or futures or pending) and now() < hard_deadline:
             for name, (proc, log) in list(running.items()):
@@ -481,18 +514,7 @@ def cmd_run(args) -> None:
                 del running[name]
                 summ = work / name / "stage_summary.json"
                 if proc.returncode == 0 and summ.is_file():
-                    s = json.loads(summ.read_text())
-                    done_stages[name] = s
-                    (out / f"pretrain_{name}.json").write_text(json.dumps(s, indent=1))
-                    ho = s["metrics"]["heldout"]
-                    event(f"stage {name}: done ({s['wall_seconds']}s, capped {s['time_capped']}); ppl "
-                          + ", ".join(f"{k} {v['after']['perplexity']:.1f}" for k, v in ho.items()))
-                    nexts = NEXT_STAGES.get(name, []) if plan["stagger"] else [
-                        c for c, (_, parent) in STAGES.items() if parent == name]
-                    for nxt in nexts:
-                        if nxt in needed:
-                            start_stage(nxt)
-                    submit_arms(name)
+                    stage_done(name, json.loads(summ.read_text()))
                 else:
                     failed_stages.add(name)
                     event(f"stage {name}: FAILED rc={proc.returncode} (see logs/stage_{name}.log)")
@@ -742,6 +764,8 @@ def main() -> None:
                         "cpu_diag: the same at 300 labels with tapt_ft, for --scale cpu")
     p.add_argument("--deadline", type=float, default=280.0, help="seconds: stop everything and write the tables")
     p.add_argument("--ft-margin", type=float, default=12.0, help="fine-tunes stop training this long before the deadline")
+    p.add_argument("--reuse-stages", action="store_true",
+                   help="keep --work and reuse the pretraining stages an earlier run finished there (same recipes)")
     p = sub.add_parser("stage")
     p.add_argument("--name", choices=list(STAGES), required=True)
     p.add_argument("--data", required=True)
