@@ -390,7 +390,13 @@ def cmd_run(args) -> None:
     plan = PLANS[args.plan]
     tasks = [t for t in TASKS if t in plan["tasks"].split(",")]
     budgets = {t: TOY["budgets"] if args.scale == "toy" else plan["budgets"] or TASKS[t]["budgets"] for t in tasks}
-    arms_of = {t: {a: m for a, m in TASKS[t]["arms"].items() if a in plan["arms"]} for t in tasks}
+    if args.budgets:
+        budgets = {t: args.budgets.split(",") for t in tasks}
+    plan_arms = args.arms.split(",") if args.arms else plan["arms"]
+    unknown = sorted(set(plan_arms) - set(ALL_ARMS))
+    if unknown:
+        raise SystemExit(f"--arms: unknown {unknown}; choose from {ALL_ARMS}")
+    arms_of = {t: {a: m for a, m in TASKS[t]["arms"].items() if a in plan_arms} for t in tasks}
     seeds = TOY["seeds"] if args.scale == "toy" else SEEDS
     workers = TOY["workers"] if args.scale == "toy" else args.workers
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
@@ -764,6 +770,8 @@ def main() -> None:
                         "cpu_diag: the same at 300 labels with tapt_ft, for --scale cpu")
     p.add_argument("--deadline", type=float, default=280.0, help="seconds: stop everything and write the tables")
     p.add_argument("--ft-margin", type=float, default=12.0, help="fine-tunes stop training this long before the deadline")
+    p.add_argument("--budgets", default=None, help="override the plan's label budgets, e.g. 100,300 (or all)")
+    p.add_argument("--arms", default=None, help="override the plan's arms, e.g. ft_only,dapt_ft")
     p.add_argument("--reuse-stages", action="store_true",
                    help="keep --work and reuse the pretraining stages an earlier run finished there (same recipes)")
     p = sub.add_parser("stage")
