@@ -48,8 +48,9 @@ def stand_ins(tmp_path_factory):
     for split in ("train", "dev", "test"):
         with gzip.open(lic / f"{split}.jsonl.gz", "wt", encoding="utf-8") as fh:
             fh.write((foldoc / f"{split}.jsonl").read_text(encoding="utf-8"))
-    with gzip.open(lic / "corpus.jsonl.gz", "wt", encoding="utf-8") as fh:
-        fh.write(gzip.open(foldoc / "unlabeled.jsonl.gz", "rt", encoding="utf-8").read())
+    with gzip.open(foldoc / "unlabeled.jsonl.gz", "rt", encoding="utf-8") as src, \
+            gzip.open(lic / "corpus.jsonl.gz", "wt", encoding="utf-8") as fh:
+        fh.write(src.read())
     work = root / "work"
     # Benchmark recipes read ../shared/data relative to the repo; tests must not need it, so they
     # run from a folder whose ../shared/data is the bundled sample (same file names).

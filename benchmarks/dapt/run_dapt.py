@@ -269,12 +269,9 @@ def cmd_stage(args) -> None:
     recipe, parent = STAGES[args.name]
     work = Path(args.work)
     d = recipe_dict(recipe, DATA=args.data, WORK=work, PARENT=work / parent if parent else "", STAGE=args.name)
-    if args.scale == "toy":
-        for k, v in TOY["pretrain"].items():
-            set_key(d, k, v)
-    elif args.scale == "cpu":
-        for k, v in CPU["pretrain"].items():
-            set_key(d, k, v)
+    for k, v in {"toy": TOY, "cpu": CPU}.get(args.scale, {}).get("pretrain", {}).items():
+        set_key(d, k, v)
+    if args.scale == "cpu":
         set_key(d, "train.max_tokens", CPU["max_tokens"]["base" if parent is None else "other"])
         if parent is None:
             set_key(d, "model.size", CPU["base_size"])
@@ -389,9 +386,8 @@ def cmd_run(args) -> None:
         data = make_toy_data(data, work)
     plan = PLANS[args.plan]
     tasks = [t for t in TASKS if t in plan["tasks"].split(",")]
-    budgets = {t: TOY["budgets"] if args.scale == "toy" else plan["budgets"] or TASKS[t]["budgets"] for t in tasks}
-    if args.budgets:
-        budgets = {t: args.budgets.split(",") for t in tasks}
+    budgets = {t: args.budgets.split(",") if args.budgets else TOY["budgets"] if args.scale == "toy"
+               else plan["budgets"] or TASKS[t]["budgets"] for t in tasks}
     plan_arms = args.arms.split(",") if args.arms else plan["arms"]
     unknown = sorted(set(plan_arms) - set(ALL_ARMS))
     if unknown:
@@ -428,8 +424,8 @@ def cmd_run(args) -> None:
     failed_stages: set[str] = set()
 
     def start_stage(name: str) -> None:
-        cap = (args.stage_cap if args.stage_cap is not None else STAGE_TRAIN_CAP_S[name] if args.scale == "full"
-               else CPU["stage_cap_s"] if args.scale == "cpu" else 600)
+        cap = args.stage_cap if args.stage_cap is not None else {
+            "full": STAGE_TRAIN_CAP_S.get(name), "cpu": CPU["stage_cap_s"], "toy": 600}[args.scale]
         cmd = [sys.executable, str(Path(__file__).resolve()), "stage", "--name", name, "--data", str(data),
                "--work", str(work), "--scale", args.scale, "--cap", str(cap)]
         log = open(out / "logs" / f"stage_{name}.log", "w")
@@ -443,7 +439,8 @@ def cmd_run(args) -> None:
             return json.loads(summ.read_text())
         return None
 
-    if finished_before("base") is None:
+    reused_base = finished_before("base")
+    if reused_base is None:
         start_stage("base")
 
     # --- fine-tune pool (workers import torch/transformers while the base trains) ---------------
@@ -509,8 +506,8 @@ def cmd_run(args) -> None:
                     start_stage(nxt)
         submit_arms(name)
 
-    if (prev := finished_before("base")) is not None:
-        stage_done("base", prev, reused=True)
+    if reused_base is not None:
+        stage_done("base", reused_base, reused=True)
     try:
         while (running or futures or pending) and now() < hard_deadline:
             for name, (proc, log) in list(running.items()):
