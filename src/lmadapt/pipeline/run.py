@@ -9,10 +9,17 @@ folders, so the base model is trained once; a folder with ``DONE`` is reused, a 
 is an interrupted stage and is resumed (from its last checkpoint, else started over). After each
 stage: LM evidence (held-out perplexity of every pretrained model), task metrics, wall time,
 tokens/s and peak memory go to ``results.jsonl``, one row per (arm, seed, stage).
+
+Under ``torchrun`` / ``accelerate launch`` every process runs this same loop: the stages and the
+perplexity evidence need all of them. The main process alone takes the lock, decides what is
+cached or interrupted (and tells the others, see train/dist.py), and writes everything outside
+the stage folders' model files: DONE markers, run_state.json, results.jsonl, the baseline and the
+report. ``output_dir`` must be on a file system every process sees, as checkpoint resume needs.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import shutil
@@ -25,6 +32,7 @@ from typing import Any, Callable
 
 from ..config.base import ConfigError, load_recipe, to_dict
 from ..config.pipeline import PipelineConfig, StageSpec, load_pipeline
+from ..train.dist import barrier, broadcast, gather, is_main_process, world_size
 from ..train.outputs import METRICS_FILE, atomic_write_text, read_json, write_json
 from . import cache
 
@@ -37,7 +45,8 @@ BASELINE_DIR = "baselines"
 
 
 def log(msg: str) -> None:
-    print(f"[lmadapt run] {msg}", flush=True)
+    if is_main_process():
+        print(f"[lmadapt run] {msg}", flush=True)
 
 
 # --- the plan ------------------------------------------------------------------------------------
@@ -173,6 +182,8 @@ class PeakMemory:
         self.peak_kb = max(self.peak_kb, self.rss_kb())
 
     def result(self) -> dict:
+        """This process's peaks; under several processes, the largest of any process (one GPU's
+        memory is what a reader sizes against) and how many processes ran."""
         out = {"peak_rss_mb": round(self.peak_kb / 1024, 1)}
         try:
             import torch
@@ -180,6 +191,10 @@ class PeakMemory:
                 out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         except Exception:  # noqa: BLE001
             pass
+        if world_size() > 1:
+            every = gather(out)
+            out = {k: max(p[k] for p in every if k in p) for k in out}
+            out["processes"] = len(every)
         return out
 
 
@@ -215,7 +230,8 @@ def _run_evaluate(recipe: dict, folder: Path) -> dict:
         sets[name] = next(iter(res["sets"].values()))
         log(f"  {name}: perplexity {sets[name]['perplexity']:.2f}")
     metrics = {"stage": "evaluate", "model": cfg.model, "sets": sets}
-    write_json(folder / METRICS_FILE, metrics)
+    if is_main_process():
+        write_json(folder / METRICS_FILE, metrics)
     return metrics
 
 
@@ -233,24 +249,36 @@ def _has_checkpoint(folder: Path) -> bool:
         return False
 
 
+def _interrupted(inst: StageInstance) -> str | None:
+    """How to pick up a folder an earlier run left without DONE: None (fresh), "checkpoint" or "restart"."""
+    folder = inst.folder
+    if not (folder.exists() and any(p.name != cache.STAGE_FILE for p in folder.iterdir())):
+        return None
+    return "checkpoint" if inst.kind != "evaluate" and _has_checkpoint(folder) else "restart"
+
+
 def execute_stage(inst: StageInstance) -> dict:
-    """Run one stage instance into its folder (resuming an interrupted one); returns DONE's content."""
+    """Run one stage instance into its folder (resuming an interrupted one); returns DONE's content.
+
+    Every process calls this; the main process inspects and prepares the folder, the others wait
+    for it and then run the stage with the same recipe."""
     folder = inst.folder
     recipe = json.loads(json.dumps(inst.recipe))
-    resumed = None
-    if folder.exists() and any(p.name != cache.STAGE_FILE for p in folder.iterdir()):
-        if inst.kind != "evaluate" and _has_checkpoint(folder):
-            recipe["train"]["resume"] = True
-            resumed = "checkpoint"
-            log(f"{inst.id}: interrupted earlier; resuming from its last checkpoint")
-        else:
-            log(f"{inst.id}: interrupted earlier without a checkpoint; starting it over")
+    main = is_main_process()
+    resumed = broadcast(_interrupted(inst) if main else None)
+    if resumed == "checkpoint":
+        recipe["train"]["resume"] = True
+        log(f"{inst.id}: interrupted earlier; resuming from its last checkpoint")
+    elif resumed == "restart":
+        log(f"{inst.id}: interrupted earlier without a checkpoint; starting it over")
+    if main:
+        if resumed == "restart":
             for p in folder.iterdir():
                 if p.name != cache.STAGE_FILE:
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
-            resumed = "restart"
-    folder.mkdir(parents=True, exist_ok=True)
-    cache.write_stage_file(folder, inst.key, inst.hash)
+        folder.mkdir(parents=True, exist_ok=True)
+        cache.write_stage_file(folder, inst.key, inst.hash)
+    barrier()
     if inst.kind != "evaluate" and resumed != "checkpoint":
         recipe["train"]["overwrite"] = True       # the folder holds only lmadapt_stage.json
     t0 = time.time()
@@ -259,7 +287,9 @@ def execute_stage(inst: StageInstance) -> dict:
     info = {"hash": inst.hash, "kind": inst.kind, "name": inst.name, "wall_seconds": round(time.time() - t0, 2),
             "resumed": resumed, **mem.result()}
     gc.collect()
-    cache.mark_done(folder, info)
+    if main:
+        cache.mark_done(folder, info)
+    barrier()
     return info
 
 
@@ -277,7 +307,7 @@ def lm_evidence(model: str, cfg: PipelineConfig, path: Path) -> dict:
     if not ev.lm_sets:
         return {}
     key = evaluation_key(cfg)
-    old = read_json(path, default=None)
+    old = broadcast(read_json(path, default=None) if is_main_process() else None)
     if old and old.get("key") == key:
         return old
     from ..stages.evaluate import evaluate_model
@@ -296,8 +326,9 @@ def lm_evidence(model: str, cfg: PipelineConfig, path: Path) -> dict:
         log(f"LM evidence failed for {model}: {exc}")
         return {"key": key, "error": f"{type(exc).__name__}: {exc}", "sets": sets}
     result = {"key": key, "model": str(model), "sets": sets, "seconds": round(time.time() - t0, 2)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, result)
+    if is_main_process():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, result)
     return result
 
 
@@ -436,11 +467,13 @@ class RunState:
 
     def save(self) -> None:
         self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        write_json(self.path, self.data)
+        if is_main_process():
+            write_json(self.path, self.data)
 
 
 def write_results(out: Path, rows: list[dict]) -> None:
-    atomic_write_text(out / RESULTS_FILE, "".join(json.dumps(r, default=str) + "\n" for r in rows))
+    if is_main_process():
+        atomic_write_text(out / RESULTS_FILE, "".join(json.dumps(r, default=str) + "\n" for r in rows))
 
 
 class RunLock:
@@ -469,16 +502,33 @@ class RunLock:
 def run_pipeline(cfg: PipelineConfig, *, pipeline_file: str | None = None, report: bool = True) -> dict:
     """Run (or reuse) every stage of every arm and seed; write results.jsonl, run_state.json, report."""
     out = Path(cfg.output_dir).resolve()
+    if not is_main_process():
+        # Only the main process holds the lock; the others follow it (or its refusal).
+        error = broadcast(None)
+        if error:
+            raise ConfigError(error)
+        return _run_locked(cfg, out, pipeline_file=pipeline_file, report=report)
     out.mkdir(parents=True, exist_ok=True)
-    with RunLock(out):
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(RunLock(out))
+        except ConfigError as exc:
+            broadcast(str(exc))
+            raise
+        broadcast(None)
         return _run_locked(cfg, out, pipeline_file=pipeline_file, report=report)
 
 
 def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, report: bool) -> dict:
     import yaml
-    atomic_write_text(out / PIPELINE_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+    main = is_main_process()
+    if main:
+        atomic_write_text(out / PIPELINE_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
     runs = plan(cfg)
-    todo = [i for i in unique_instances(runs) if not cache.is_done(i.folder)]
+    # What is cached is read once, by the main process: from here on a stage counts as done when
+    # it was done at the start or this run executed it, which every process knows alike.
+    cached = set(broadcast([i.id for i in unique_instances(runs) if cache.is_done(i.folder)] if main else None))
+    todo = [i for i in unique_instances(runs) if i.id not in cached]
     total = len(unique_instances(runs))
     log(f"{len(runs)} arm runs ({len(cfg.arms)} arms x {len(cfg.seeds)} seeds), {total} distinct stages: "
         f"{total - len(todo)} cached, {len(todo)} to run -> {out}")
@@ -495,7 +545,7 @@ def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, re
                 ev_path = out / "evidence" / f"input-{cache.digest(run.input_model)[:12]}.json"
                 rows.append(input_row(run, out, lm_evidence(run.input_model, cfg, ev_path)))
             for index, inst in enumerate(run.stages):
-                if inst.id in executed or cache.is_done(inst.folder):
+                if inst.id in executed or inst.id in cached:
                     if inst.id not in executed and inst.id not in state.data["reused"]:
                         state.data["reused"].append(inst.id)
                         log(f"[{index + 1}/{len(run.stages)}] {inst.name} ({inst.kind}): cached -> {inst.id}")
@@ -517,6 +567,8 @@ def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, re
                 if inst.kind == "pretrain" and cfg.evaluation.lm_sets and inst.id not in evidence_done:
                     lm_evidence(inst.model_out, cfg, inst.folder / EVIDENCE_FILE)
                     evidence_done.add(inst.id)
+                if not main:
+                    continue
                 rows.append(stage_row(run, index, inst, out, executed=inst.id in executed))
                 if inst.kind == "finetune":
                     res = baseline_for(inst, cfg, out)
@@ -540,9 +592,10 @@ def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, re
     state.save()
     summary = {"output_dir": str(out), "executed": list(state.data["executed"]), "reused": list(state.data["reused"]),
                "rows": rows, "wall_seconds": state.data["wall_seconds"]}
-    if report:
+    if report and main:
         from .report import write_report
         summary["report"] = write_report(out)
+    barrier()
     return summary
 
 
@@ -575,6 +628,8 @@ def main_run(args: argparse.Namespace) -> int:
         print(describe_plan(cfg))
         return 0
     summary = run_pipeline(cfg, pipeline_file=str(args.pipeline), report=not args.no_report)
+    if not is_main_process():
+        return 0
     from .report import summary_table
     print()
     print(summary_table(Path(cfg.output_dir)))

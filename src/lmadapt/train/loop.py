@@ -12,7 +12,6 @@ callbacks (JSONL log, tokens/s progress bar).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +24,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..config.base import ConfigError
 from ..config.train import TrainConfig
 from .callbacks import JsonlLogCallback, TokenProgressCallback
+from .dist import is_main_process, world_size  # noqa: F401 - re-exported for the stages
 
 CHECKPOINT_DIR = "checkpoints"
 # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns).
@@ -42,14 +42,6 @@ def resolve_precision(precision: str) -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "fp32"
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def steps_for_tokens(max_tokens: int, tokens_per_example: int, cfg: TrainConfig) -> int:

@@ -1,0 +1,89 @@
+"""`lmadapt run` under torchrun with two CPU processes (gloo): one set of results, not two.
+
+Every process runs the stages; the main process alone writes DONE markers, results.jsonl and the
+report, and the others must follow its decisions (cached, locked) rather than make their own.
+"""
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lmadapt.config.pipeline import load_pipeline
+from lmadapt.pipeline import run as prun
+from lmadapt.pipeline.cache import DONE_FILE
+from toy_pipeline import make_workspace, pipeline_dict
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="gloo two-process runs on Linux")
+
+
+def torchrun(pipeline: Path, procs: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
+           "--master_port", str(29700 + random.randint(0, 800)), "-m", "lmadapt.cli", "run", str(pipeline)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def dist_run(tmp_path_factory):
+    ws = make_workspace(tmp_path_factory.mktemp("pipe_dist"))
+    out = ws["dir"] / "run"
+    data = pipeline_dict(ws, out)
+    path = ws["dir"] / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data))
+    proc = torchrun(path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return ws, data, path, out, proc
+
+
+def test_two_processes_write_one_set_of_results(dist_run):
+    ws, data, path, out, proc = dist_run
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    keys = [(r["arm"], r["seed"], r["stage"]) for r in rows]
+    assert len(keys) == len(set(keys)), "a row was written twice"
+    stage_keys = {k for k, r in zip(keys, rows) if r["kind"] in ("pretrain", "finetune", "evaluate")}
+    assert stage_keys == {(arm, seed, st) for seed in (0, 1) for arm, sts in
+                          (("ft_only", ["base", "ft"]), ("dapt_ft", ["base", "dapt", "dapt_ft-3", "ft"]))
+                          for st in sts}
+    assert sum(r["kind"] == "baseline" for r in rows) == 2
+    dones = [json.loads(p.read_text()) for p in (out / "stages").glob(f"*/{DONE_FILE}")]
+    assert len(dones) == 7 and all(d["processes"] == 2 for d in dones)
+    # The log is the main process's alone: the plan is announced once.
+    assert proc.stdout.count("7 distinct stages: 0 cached, 7 to run") == 1
+    report = (out / "report.md").read_text()
+    assert "dapt_ft" in report and "ft_only" in report
+
+
+def test_sharded_evidence_matches_one_process(dist_run, tmp_path):
+    """Held-out perplexity split over two processes and all-reduced equals one process's number."""
+    ws, data, path, out, proc = dist_run
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    base = next(r for r in rows if r["stage"] == "dapt")
+    cfg = load_pipeline(data=data)
+    again = prun.lm_evidence(str(out / base["folder"]), cfg, tmp_path / "ev.json")
+    for name in ("domain", "general"):
+        assert again["sets"][name]["tokens"] == base["lm"][name]["tokens"]
+        assert again["sets"][name]["perplexity"] == pytest.approx(base["lm"][name]["perplexity"], rel=1e-5)
+
+
+def test_second_distributed_run_reuses_everything(dist_run):
+    ws, data, path, out, proc = dist_run
+    before = {p.parent.name: p.stat().st_mtime_ns for p in (out / "stages").glob(f"*/{DONE_FILE}")}
+    again = torchrun(path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "7 cached, 0 to run" in again.stdout
+    assert {p.parent.name: p.stat().st_mtime_ns for p in (out / "stages").glob(f"*/{DONE_FILE}")} == before
+
+
+def test_every_process_stops_when_the_output_dir_is_locked(dist_run):
+    """Only the main process takes the lock; the others must hear its refusal, not hang or run."""
+    ws, data, path, out, proc = dist_run
+    with prun.RunLock(out):
+        locked = torchrun(path)
+    assert locked.returncode != 0
+    assert "is in use by another `lmadapt run`" in locked.stderr + locked.stdout
