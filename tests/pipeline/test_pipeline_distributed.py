@@ -53,6 +53,11 @@ def test_two_processes_write_one_set_of_results(dist_run):
     assert sum(r["kind"] == "baseline" for r in rows) == 2
     dones = [json.loads(p.read_text()) for p in (out / "stages").glob(f"*/{DONE_FILE}")]
     assert len(dones) == 7 and all(d["processes"] == 2 for d in dones)
+    # Tokens seen (and so tokens/s) count both processes: steps x batch x block on each.
+    base = next(r for r in rows if r["stage"] == "base")
+    pre = data["defaults"]["pretrain"]
+    one_process = pre["train"]["max_steps"] * pre["train"]["batch_size"] * pre["data"]["block_size"]
+    assert one_process < base["perf"]["tokens_seen"] <= 2 * one_process
     # The log is the main process's alone: the plan is announced once.
     assert proc.stdout.count("7 distinct stages: 0 cached, 7 to run") == 1
     report = (out / "report.md").read_text()
