@@ -12,7 +12,8 @@ from lmadapt.config.base import ConfigError
 from lmadapt.config.pipeline import load_pipeline
 from lmadapt.pipeline import run as prun
 from lmadapt.pipeline.cache import DONE_FILE, input_fingerprints, stage_key
-from lmadapt.pipeline.report import load_run, summary_table, write_report
+from lmadapt.pipeline.report import arm_values, comparison, load_run, summary_table, write_report
+from lmadapt.pipeline.verdict import verdicts
 from toy_pipeline import make_workspace, pipeline_dict
 
 
@@ -101,6 +102,66 @@ def test_report_has_every_arm_and_metric(first_run):
     assert "ft_only" in table and "dapt_ft" in table
     run = load_run(out)
     assert run.reference == "ft_only"
+
+
+def test_verdict_answers_did_it_pay_off_and_what_it_cost(first_run):
+    cfg, out, _ = first_run
+    run = load_run(out)
+    comp = comparison(run)
+    (v,) = verdicts(run.rows, comp, run.columns, comp["values"])
+    assert v["arm"] == "dapt_ft" and v["reference"] == "ft_only" and v["metric"].startswith("test macro-F1")
+    # the task effect is the comparison's test macro-F1 difference and verdict, restated
+    cell = next(r for r in comp["rows"] if r["arm"] == "dapt_ft")["cells"]["test_macro_f1"]["cmp"]
+    assert v["diff"] == cell["diff"]
+    want = {"within noise": "no measurable effect"}.get(cell["verdict"]) or ("helped" if cell["diff"] > 0 else "hurt")
+    assert v["effect"] == want
+    # perplexity factors: dapt's evidence over base's, read from the stage folders
+    ev = {p.parent.name.split("-")[1]: json.loads(p.read_text())["sets"]
+          for p in (out / "stages").glob("pretrain-*/lm_evidence.json")}
+    for role in ("domain", "general"):
+        assert v[f"{role}_factor"] == pytest.approx(ev["dapt"][role]["perplexity"] / ev["base"][role]["perplexity"])
+    # cost: dapt_ft's own stages (dapt, its evaluate, its two fine-tunes) minus ft_only's two fine-tunes
+    done = {p.parent.name: json.loads(p.read_text()) for p in (out / "stages").glob(f"*/{DONE_FILE}")}
+    ids = {arm: {r["id"] for r in run.rows if r["arm"] == arm and r["kind"] in ("pretrain", "finetune", "evaluate")}
+           for arm in ("dapt_ft", "ft_only")}
+    wall = (sum(done[i]["wall_seconds"] for i in ids["dapt_ft"] - ids["ft_only"])
+            - sum(done[i]["wall_seconds"] for i in ids["ft_only"] - ids["dapt_ft"]))
+    assert v["cost"]["wall_seconds"] == pytest.approx(wall)
+    assert v["cost"]["extra_stages"] == ["dapt", "dapt_ft-3"]
+    dapt_tokens = json.loads(next((out / "stages").glob("pretrain-dapt-*/metrics.json")).read_text())["train"]["tokens_seen"]
+    assert v["cost"]["pretrain_tokens"] == dapt_tokens > 0
+    md, page, table = (out / "report.md").read_text(), (out / "report.html").read_text(), summary_table(out)
+    for text in (md, page):
+        assert "did it pay off, and at what cost?" in text and v["effect"] in text
+    assert f"dapt_ft vs ft_only: test macro-F1 {'+' if v['diff'] >= 0 else '−'}{abs(v['diff']):.3f}, {v['effect']}" in table
+
+
+def test_task_columns_follow_the_selected_metric(first_run, tmp_path):
+    """An extraction-style run selects on F1, a generation-style run on loss (lower is better)."""
+    cfg, out, _ = first_run
+    run = load_run(out)
+    assert [c.key for c in run.columns] == ["test_accuracy", "test_macro_f1", "dev_macro_f1", "domain_ppl",
+                                            "general_ppl"]
+    for metric, greater, label in (("f1", True, "test F1 ↑"), ("loss", False, "test loss ↓")):
+        rows = [dict(r, task={**r["task"], "metric": metric,
+                              "test": {metric: 0.5 + 0.1 * r["seed"]}, "dev": {metric: 0.4}})
+                if r["kind"] == "finetune" else r for r in run.rows if r["kind"] != "baseline"]
+        folder = tmp_path / metric
+        folder.mkdir()
+        (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        for name in ("pipeline.yaml", "run_state.json"):
+            (folder / name).write_text((out / name).read_text())
+        for r in rows:
+            if r["kind"] == "finetune":      # the stage's own metrics.json says which way is better
+                m = folder / r["folder"] / "metrics.json"
+                m.parent.mkdir(parents=True, exist_ok=True)
+                m.write_text(json.dumps({"selection": {"metric": metric, "greater_is_better": greater}}))
+        other = load_run(folder)
+        assert [(c.key, c.label, c.better) for c in other.columns[:2]] == [
+            (f"test_{metric}", label, "higher" if greater else "lower"),
+            (f"dev_{metric}", label.replace("test", "dev"), "higher" if greater else "lower")]
+        values = arm_values(other)
+        assert values["ft_only"][f"test_{metric}"].mean == pytest.approx(0.55)
 
 
 def test_second_run_reuses_every_stage(first_run, monkeypatch):

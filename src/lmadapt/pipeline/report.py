@@ -26,7 +26,9 @@ from pathlib import Path
 import yaml
 
 from ..train.outputs import ACCOUNTING_FILE, METRICS_FILE, atomic_write_text, read_json
+from .fmt import fmt_value as _fmt
 from .svg import svg_chart
+from .verdict import fmt_cells, sentence, verdicts
 
 RESULTS_FILE = "results.jsonl"
 STATE_FILE = "run_state.json"
@@ -34,14 +36,24 @@ PIPELINE_FILE = "pipeline.yaml"
 ASSETS_DIR = "report_files"
 BASELINE_ARM = "tfidf_baseline"
 
-# (key, label, better): the comparison table's columns.
-COLUMNS = [
-    ("test_accuracy", "test accuracy ↑", "higher"),
-    ("test_macro_f1", "test macro-F1 ↑", "higher"),
-    ("dev_macro_f1", "dev macro-F1 ↑", "higher"),
-    ("domain_ppl", "domain ppl ↓", "lower"),
-    ("general_ppl", "general ppl ↓", "lower"),
-]
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the comparison: a task metric on a split, or held-out perplexity of an LM role."""
+    key: str                       # "test_macro_f1", "domain_ppl"
+    label: str                     # "test macro-F1 ↑"
+    better: str                    # "higher" | "lower"
+    split: str | None = None       # task columns: "test" | "dev"
+    metric: str | None = None      # task columns: a key of metrics.json's dev/test section
+    role: str | None = None        # LM columns: "domain" | "general"
+
+
+LM_COLUMNS = [Column("domain_ppl", "domain ppl ↓", "lower", role="domain"),
+              Column("general_ppl", "general ppl ↓", "lower", role="general")]
+METRIC_NAMES = {"macro_f1": "macro-F1", "micro_f1": "micro-F1", "weighted_f1": "weighted-F1", "f1": "F1",
+                "exact_match": "exact match", "token_accuracy": "token accuracy", "subset_accuracy": "subset accuracy",
+                "hamming_loss": "Hamming loss", "mse": "MSE", "rmse": "RMSE", "mae": "MAE"}
+LOWER_IS_BETTER = {"loss", "mse", "rmse", "mae", "hamming_loss"}
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22"]
 
@@ -58,6 +70,7 @@ class Run:
     reference: str
     noise_factor: float
     roles: dict[str, str | None]
+    columns: list[Column] = field(default_factory=list)
     _metrics: dict = field(default_factory=dict)
 
     def metrics(self, rel: str | None) -> dict:
@@ -94,8 +107,32 @@ def load_run(run_dir: str | Path) -> Run:
     domain = ev.get("domain_set") or ("domain" if "domain" in names else (names[0] if names else None))
     rest = [n for n in names if n != domain]
     general = ev.get("general_set") or ("general" if "general" in names else (rest[0] if rest else None))
-    return Run(folder=folder, rows=rows, state=state, pipeline=pipeline, arms=arms, reference=reference,
-               noise_factor=float(rep.get("noise_factor") or 2.0), roles={"domain": domain, "general": general})
+    run = Run(folder=folder, rows=rows, state=state, pipeline=pipeline, arms=arms, reference=reference,
+              noise_factor=float(rep.get("noise_factor") or 2.0), roles={"domain": domain, "general": general})
+    run.columns = task_columns(run) + LM_COLUMNS
+    return run
+
+
+def task_columns(run: Run) -> list[Column]:
+    """Test and dev columns of the metric the fine-tuning stages selected on (macro-F1 for
+    classification, F1 or exact match for extraction and QA, ...), and test accuracy when the task
+    reports it. The direction comes from the stage's own ``selection.greater_is_better``."""
+    rows = [r for r in run.rows if r.get("kind") == "finetune" and r.get("task")]
+    names = [r["task"].get("metric") for r in rows if r["task"].get("metric")]
+    if not names:
+        return []
+    metric = max(dict.fromkeys(names), key=names.count)
+    greater = next((sel.get("greater_is_better") for r in rows if r["task"].get("metric") == metric
+                    for sel in [run.metrics(r.get("folder")).get("selection") or {}]
+                    if sel.get("greater_is_better") is not None), metric not in LOWER_IS_BETTER)
+    name, arrow, better = METRIC_NAMES.get(metric, metric.replace("_", " ")), "↑" if greater else "↓", \
+        "higher" if greater else "lower"
+    cols = []
+    if metric != "accuracy" and any("accuracy" in (r["task"].get("test") or {}) for r in rows):
+        cols.append(Column("test_accuracy", "test accuracy ↑", "higher", split="test", metric="accuracy"))
+    cols += [Column(f"test_{metric}", f"test {name} {arrow}", better, split="test", metric=metric),
+             Column(f"dev_{metric}", f"dev {name} {arrow}", better, split="dev", metric=metric)]
+    return cols
 
 
 # --- statistics ----------------------------------------------------------------------------------
@@ -134,16 +171,15 @@ def arm_values(run: Run) -> dict[str, dict[str, Stat]]:
     """{arm: {column: Stat}} from each (arm, seed)'s final fine-tune and the model it started from."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for (arm, _seed), rows in _chains(run).items():
-        cols = out.setdefault(arm, {c[0]: {} for c in COLUMNS})
+        cols = out.setdefault(arm, {c.key: {} for c in run.columns})
         ft = [r for r in rows if r.get("task")]
         last_ft = ft[-1] if ft else None
         if last_ft:
             task = last_ft["task"]
-            for key, split, metric in (("test_accuracy", "test", "accuracy"), ("test_macro_f1", "test", "macro_f1"),
-                                       ("dev_macro_f1", "dev", "macro_f1")):
-                v = (task.get(split) or {}).get(metric)
+            for c in run.columns:
+                v = (task.get(c.split) or {}).get(c.metric) if c.split else None
                 if v is not None:
-                    cols[key][last_ft["id"]] = float(v)
+                    cols[c.key][last_ft["id"]] = float(v)
         limit = last_ft["position"] if last_ft else float("inf")
         # LM evidence (evaluation.lm_sets) of the last model before the fine-tune: an input model or a
         # pretrain stage. Evaluate stages score their own sets and are listed separately.
@@ -151,11 +187,11 @@ def arm_values(run: Run) -> dict[str, dict[str, Stat]]:
                    and r.get("position", 0) < limit]
         if lm_rows:
             lm = lm_rows[-1]
-            for key, role in (("domain_ppl", "domain"), ("general_ppl", "general")):
-                name = run.roles.get(role)
+            for c in run.columns:
+                name = run.roles.get(c.role) if c.role else None
                 v = ((lm["lm"].get(name) or {}) if name else {}).get("perplexity")
                 if v is not None:
-                    cols[key][lm["id"]] = float(v)
+                    cols[c.key][lm["id"]] = float(v)
     return {arm: {k: Stat(list(d.values()), list(d.keys())) for k, d in cols.items()} for arm, cols in out.items()}
 
 
@@ -182,14 +218,6 @@ def compare(a: Stat, r: Stat, k: float) -> dict:
     else:
         real = abs(diff) > threshold
     return {"diff": diff, "threshold": threshold, "verdict": "beyond noise" if real else "within noise"}
-
-
-def _fmt(v: float | None, key: str = "") -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "—"
-    if key.endswith("ppl"):
-        return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.2f}"
-    return f"{v:.3f}"
 
 
 def _fmt_stat(s: Stat | None, key: str) -> str:
@@ -221,29 +249,30 @@ def comparison(run: Run) -> dict:
         if arm not in values:
             continue
         cells = {}
-        for key, _, _ in COLUMNS:
-            s = values[arm].get(key)
-            c = compare(s, ref[key], run.noise_factor) if ref and arm != run.reference and s is not None else None
-            cells[key] = {"stat": s, "cmp": c}
+        for col in run.columns:
+            s = values[arm].get(col.key)
+            c = (compare(s, ref[col.key], run.noise_factor)
+                 if ref and arm != run.reference and s is not None else None)
+            cells[col.key] = {"stat": s, "cmp": c}
         table.append({"arm": arm, "cells": cells})
-    return {"rows": table, "reference": run.reference}
+    return {"rows": table, "reference": run.reference, "values": values}
 
 
 def summary_table(run_dir: str | Path) -> str:
     """Plain-text comparison table (arms x metrics, mean ± std, diff to the reference arm)."""
     run = load_run(run_dir)
     comp = comparison(run)
-    head = ["arm"] + [c[1] for c in COLUMNS]
-    lines = [head]
+    keys = [c.key for c in run.columns]
+    lines = [["arm"] + [c.label for c in run.columns]]
     for row in comp["rows"]:
         lines.append([row["arm"]] + [_fmt_stat(row["cells"][k]["stat"], k).replace(" (n=", " n=").rstrip(")")
-                                     for k, _, _ in COLUMNS])
-    diff_lines = [["diff to " + comp["reference"]] + [c[1] for c in COLUMNS]]
+                                     for k in keys])
+    diff_lines = [["diff to " + comp["reference"]] + [c.label for c in run.columns]]
     for row in comp["rows"]:
         if row["arm"] == comp["reference"]:
             continue
         diff_lines.append([row["arm"]] + [_fmt_diff(row["cells"][k]["cmp"], k) if row["cells"][k]["cmp"] else "—"
-                                          for k, _, _ in COLUMNS])
+                                          for k in keys])
 
     def render(rows):
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -254,6 +283,9 @@ def summary_table(run_dir: str | Path) -> str:
     text = render(lines)
     if len(diff_lines) > 1:
         text += "\n\n" + render(diff_lines)
+    answers = [sentence(v) for v in verdicts(run.rows, comp, run.columns, comp["values"])]
+    if answers:
+        text += "\n\nVerdict (did it pay off, and at what cost?):\n" + "\n".join(f"  {a}" for a in answers)
     return text + "\n\n" + noise_rule(run)
 
 
@@ -470,7 +502,21 @@ def build(run: Run) -> dict:
               "tokens": m.get("tokens")}
              for r in _stage_rows(run, "evaluate") for name, m in (r.get("lm") or {}).items()]
     return {"comp": comp, "labels": labels, "per_class": pcf, "plots": plots, "has": has,
-            "tokens": token_rows(run), "perf": perf_rows(run), "metric": metric, "evals": evals}
+            "tokens": token_rows(run), "perf": perf_rows(run), "metric": metric, "evals": evals,
+            "verdicts": verdicts(run.rows, comp, run.columns, comp["values"])}
+
+
+VERDICT_NOTE = ("Task: the difference on the test split of the metric fine-tuning selected on, judged by the noise "
+                "rule below. Perplexities are of the model fine-tuning started from, as a factor of the reference's "
+                "(÷ lower, × higher; a higher general perplexity is forgetting). Extra cost: wall time of the stages "
+                "this arm runs and the reference does not (a shared base counts for neither), net of those only the "
+                "reference runs, and the tokens those pretraining stages trained on.")
+
+
+def _verdict_head(b: dict) -> list[str]:
+    ref = b["comp"]["reference"]
+    metric = b["verdicts"][0]["metric"] or "task"
+    return ["arm", f"{metric} vs {ref}", "effect", "domain ppl", "general ppl (forgetting)", f"extra cost vs {ref}"]
 
 
 def _header_facts(run: Run) -> list[tuple[str, str]]:
@@ -494,22 +540,29 @@ def render_markdown(run: Run, b: dict) -> str:
     lines += [f"- **{k}**: {v}" for k, v in _header_facts(run)]
     lines += ["", "## Arms", ""]
     lines += [f"- **{a}**: {_arm_chain(run, a)}" for a in run.arms]
+    if b["verdicts"]:
+        lines += ["", "## Verdict: did it pay off, and at what cost?", "",
+                  "| " + " | ".join(_verdict_head(b)) + " |", "|---|---:|---|---:|---:|---|"]
+        for v in b["verdicts"]:
+            c = fmt_cells(v)
+            lines.append(f"| {c['arm']} | {c['task']} | {c['effect']} | {c['domain']} | {c['general']} | {c['cost']} |")
+        lines += ["", VERDICT_NOTE]
     lines += ["", "## Comparison", "",
               "Mean ± standard deviation over distinct runs (n). Task metrics come from each arm's last fine-tuning "
               "stage; perplexities are of the model that stage started from (lower is better).", ""]
-    head = ["arm"] + [c[1] for c in COLUMNS]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" + "---:|" * len(COLUMNS))
+    keys = [c.key for c in run.columns]
+    lines.append("| arm | " + " | ".join(c.label for c in run.columns) + " |")
+    lines.append("|" + "---|" + "---:|" * len(keys))
     for row in comp["rows"]:
-        lines.append(f"| {row['arm']} | " + " | ".join(_fmt_stat(row['cells'][k]['stat'], k) for k, _, _ in COLUMNS) + " |")
+        lines.append(f"| {row['arm']} | " + " | ".join(_fmt_stat(row['cells'][k]['stat'], k) for k in keys) + " |")
     lines += ["", f"### Difference to {comp['reference']}", ""]
-    lines.append("| arm | " + " | ".join(c[1] for c in COLUMNS) + " |")
-    lines.append("|" + "---|" + "---:|" * len(COLUMNS))
+    lines.append("| arm | " + " | ".join(c.label for c in run.columns) + " |")
+    lines.append("|" + "---|" + "---:|" * len(keys))
     for row in comp["rows"]:
         if row["arm"] == comp["reference"]:
             continue
         lines.append(f"| {row['arm']} | " + " | ".join(
-            _fmt_diff(row['cells'][k]['cmp'], k) if row['cells'][k]['cmp'] else "—" for k, _, _ in COLUMNS) + " |")
+            _fmt_diff(row['cells'][k]['cmp'], k) if row['cells'][k]['cmp'] else "—" for k in keys) + " |")
     lines += ["", noise_rule(run), ""]
     if BASELINE_ARM in {r["arm"] for r in comp["rows"]}:
         lines += ["`tfidf_baseline`: TF-IDF (word 1–2-grams) + logistic regression on the same fine-tuning data, "
@@ -597,22 +650,33 @@ def render_html(run: Run, b: dict) -> str:
     parts.append("</table><h2>Arms</h2><ul>")
     parts += [f"<li><b>{e(a)}</b>: {e(_arm_chain(run, a))}</li>" for a in run.arms]
     parts.append("</ul>")
+    if b["verdicts"]:
+        parts.append("<h2>Verdict: did it pay off, and at what cost?</h2><table><tr>"
+                     + "".join(f"<th>{e(h)}</th>" for h in _verdict_head(b)) + "</tr>")
+        for v in b["verdicts"]:
+            c = fmt_cells(v)
+            cls = {"helped": "good", "hurt": "bad"}.get(v["effect"], "muted")
+            parts.append(f"<tr><td>{e(c['arm'])}</td><td class='n'>{e(c['task'])}</td>"
+                         f"<td class='{cls}'>{e(c['effect'])}</td><td class='n'>{e(c['domain'])}</td>"
+                         f"<td class='n'>{e(c['general'])}</td><td>{e(c['cost'])}</td></tr>")
+        parts.append(f"</table><p class='note'>{e(VERDICT_NOTE)}</p>")
     parts.append("<h2>Comparison</h2><p class='note'>Mean ± standard deviation over distinct runs (n). Task metrics "
                  "come from each arm's last fine-tuning stage; perplexities are of the model that stage started from "
                  "(lower is better).</p>")
-    parts.append("<table><tr><th>arm</th>" + "".join(f"<th>{e(c[1])}</th>" for c in COLUMNS) + "</tr>")
+    head = "<table><tr><th>arm</th>" + "".join(f"<th>{e(c.label)}</th>" for c in run.columns) + "</tr>"
+    parts.append(head)
     for row in comp["rows"]:
         cls = "ref" if row["arm"] == comp["reference"] else ("base" if row["arm"] == BASELINE_ARM else "")
         parts.append(f'<tr class="{cls}"><td>{e(row["arm"])}{" (reference)" if cls == "ref" else ""}</td>' + "".join(
-            f'<td class="n">{e(_fmt_stat(row["cells"][k]["stat"], k))}</td>' for k, _, _ in COLUMNS) + "</tr>")
+            f'<td class="n">{e(_fmt_stat(row["cells"][c.key]["stat"], c.key))}</td>' for c in run.columns) + "</tr>")
     parts.append("</table>")
     parts.append(f"<h3>Difference to {e(comp['reference'])}</h3>")
-    parts.append("<table><tr><th>arm</th>" + "".join(f"<th>{e(c[1])}</th>" for c in COLUMNS) + "</tr>")
+    parts.append(head)
     for row in comp["rows"]:
         if row["arm"] == comp["reference"]:
             continue
         parts.append(f"<tr><td>{e(row['arm'])}</td>" + "".join(
-            _cell_diff(row["cells"][k]["cmp"], k, better) for k, _, better in COLUMNS) + "</tr>")
+            _cell_diff(row["cells"][c.key]["cmp"], c.key, c.better) for c in run.columns) + "</tr>")
     parts.append("</table>")
     parts.append(f"<p class='note'>{e(noise_rule(run))} Green: better than the reference beyond noise; red: worse "
                  "beyond noise.</p>")

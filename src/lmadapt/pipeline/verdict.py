@@ -1,0 +1,123 @@
+"""The answer a pipeline run exists for: did each adaptation pay off, and what did it cost?
+
+One verdict per arm against the reference arm (fine-tune only, by default), built from the
+comparison that report.py already computed and from the per-stage cost rows:
+
+- **task**: the difference on the test split of the metric the fine-tuning selected on, and
+  whether it exceeds seed-to-seed noise (report.py's rule): "helped", "hurt", "no measurable
+  effect", or "no noise estimate" (one seed).
+- **dialect and forgetting**: held-out perplexity of the model fine-tuning started from, as a
+  factor against the reference's (domain ÷3.2 means 3.2× lower; general ×1.16 means 16% higher).
+- **cost**: the stages this arm runs and the reference does not (the shared base counts for
+  neither), their wall time and the tokens they trained on, net of the stages only the
+  reference runs. Stage times are those of the run that executed each stage.
+
+This module reads only what it is given (rows, the comparison, the columns): report.py renders it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .fmt import fmt_factor, fmt_seconds, fmt_tokens, fmt_value
+
+EFFECTS = {"beyond noise": None, "within noise": "no measurable effect", "1 run": "no noise estimate (one seed)",
+           "same model": "same model", "n/a": "not measured"}
+
+
+def _arm_stages(rows: list[dict], arm: str) -> dict[str, dict]:
+    """Distinct stage instances an arm used (any seed), by id."""
+    return {r["id"]: r for r in rows if r["arm"] == arm and r.get("kind") in ("pretrain", "finetune", "evaluate")}
+
+
+def _sum(stages: list[dict], key: str, kind: str | None = None) -> float:
+    return sum(float((s.get("perf") or {}).get(key) or 0) for s in stages if kind is None or s.get("kind") == kind)
+
+
+def arm_cost(rows: list[dict], arm: str, reference: str) -> dict:
+    """What ``arm`` runs beyond ``reference``: extra stages, their wall seconds and pretraining tokens."""
+    mine, ref = _arm_stages(rows, arm), _arm_stages(rows, reference)
+    extra = [mine[i] for i in mine if i not in ref]
+    saved = [ref[i] for i in ref if i not in mine]
+    # Named as extra: stages the reference has no stage of that name for (both arms fine-tune, with
+    # different parents, so their fine-tunes differ by id but are not an extra cost by name).
+    saved_names = {s["stage"] for s in saved}
+    return {
+        "extra_stages": list(dict.fromkeys(s["stage"] for s in extra if s["stage"] not in saved_names)),
+        "wall_seconds": _sum(extra, "wall_seconds") - _sum(saved, "wall_seconds"),
+        "pretrain_tokens": _sum(extra, "tokens_seen", "pretrain") - _sum(saved, "tokens_seen", "pretrain"),
+        "arm_wall_seconds": _sum(list(mine.values()), "wall_seconds"),
+        "reference_wall_seconds": _sum(list(ref.values()), "wall_seconds"),
+    }
+
+
+def _ratio(a: float | None, r: float | None) -> float | None:
+    return a / r if a and r else None
+
+
+def verdicts(rows: list[dict], comp: dict, columns: list, values: dict) -> list[dict]:
+    """One verdict per arm but the reference (and the TF-IDF row, which has no cost to weigh).
+
+    ``comp``: report.comparison(); ``columns``: run.columns; ``values``: report.arm_values()."""
+    reference = comp["reference"]
+    task_cols = [c for c in columns if c.split == "test" and c.metric != "accuracy"] or \
+        [c for c in columns if c.split == "test"]
+    primary = task_cols[0] if task_cols else None
+    out = []
+    for row in comp["rows"]:
+        arm = row["arm"]
+        if arm == reference or arm == "tfidf_baseline":
+            continue
+        v: dict[str, Any] = {"arm": arm, "reference": reference, "metric": primary.label if primary else None}
+        cmp = row["cells"][primary.key]["cmp"] if primary else None
+        if cmp and cmp.get("diff") is not None:
+            v["diff"], v["verdict"] = cmp["diff"], cmp["verdict"]
+            improved = (cmp["diff"] > 0) == (primary.better == "higher")
+            v["effect"] = EFFECTS.get(cmp["verdict"]) or ("helped" if improved else "hurt")
+        else:
+            v["diff"], v["verdict"], v["effect"] = None, "n/a", EFFECTS["n/a"]
+        for role in ("domain", "general"):
+            col = next((c for c in columns if c.role == role), None)
+            a = values.get(arm, {}).get(col.key) if col else None
+            r = values.get(reference, {}).get(col.key) if col else None
+            v[f"{role}_ppl"] = (a.mean if a else None, r.mean if r else None)
+            v[f"{role}_factor"] = _ratio(a.mean if a else None, r.mean if r else None)
+        v["cost"] = arm_cost(rows, arm, reference)
+        out.append(v)
+    return out
+
+
+def fmt_cells(v: dict) -> dict[str, str]:
+    """The verdict as table cells (shared by the Markdown, HTML and terminal renderings)."""
+    if v["diff"] is None:
+        task = "—"
+    else:
+        task = ("+" if v["diff"] >= 0 else "−") + fmt_value(abs(v["diff"]))
+    cells = {"arm": v["arm"], "task": task, "effect": v["effect"]}
+    for role in ("domain", "general"):
+        a, r = v[f"{role}_ppl"]
+        cells[role] = "—" if v[f"{role}_factor"] is None else \
+            f"{fmt_factor(v[f'{role}_factor'])} ({fmt_value(r, 'ppl')} → {fmt_value(a, 'ppl')})"
+    c = v["cost"]
+    if not c["extra_stages"] and not c["wall_seconds"]:
+        cells["cost"] = "none"
+    else:
+        parts = [f"{fmt_seconds(c['wall_seconds'])} wall"]
+        if c["pretrain_tokens"]:
+            parts.append(f"{fmt_tokens(c['pretrain_tokens'])} pretraining tokens")
+        if c["extra_stages"]:
+            parts.append("in " + ", ".join(c["extra_stages"]))
+        cells["cost"] = ", ".join(parts)
+    return cells
+
+
+def sentence(v: dict) -> str:
+    """'dapt_ft vs ft_only: test macro-F1 ↑ −0.007, no measurable effect; domain ppl ÷3.22, ...'"""
+    c = fmt_cells(v)
+    text = f"{v['arm']} vs {v['reference']}: "
+    metric = (v["metric"] or "").rstrip(" ↑↓")
+    text += f"{metric} {c['task']}, {c['effect']}" if metric else "no task metric"
+    if c["domain"] != "—":
+        text += f"; domain ppl {c['domain']}"
+    if c["general"] != "—":
+        text += f"; general ppl {c['general']}"
+    return text + f"; extra cost: {c['cost']}."
