@@ -12,7 +12,8 @@ from lmadapt.config.base import ConfigError
 from lmadapt.config.pipeline import load_pipeline
 from lmadapt.pipeline import run as prun
 from lmadapt.pipeline.cache import DONE_FILE, input_fingerprints, stage_key
-from lmadapt.pipeline.report import arm_values, comparison, load_run, summary_table, write_report
+from lmadapt.pipeline.compare import arm_values, comparison, load_run
+from lmadapt.pipeline.report import summary_table, write_report
 from lmadapt.pipeline.verdict import verdicts
 from toy_pipeline import make_workspace, pipeline_dict
 
