@@ -625,7 +625,8 @@ def describe_plan(cfg: PipelineConfig) -> str:
 def main_run(args: argparse.Namespace) -> int:
     cfg = load_pipeline(args.pipeline, list(args.overrides or []))
     if args.dry_run:
-        print(describe_plan(cfg))
+        if is_main_process():
+            print(describe_plan(cfg))
         return 0
     summary = run_pipeline(cfg, pipeline_file=str(args.pipeline), report=not args.no_report)
     if not is_main_process():
