@@ -130,8 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     from .commands import dispatch, user_errors
+    from .train.dist import finish
     try:
-        return dispatch(args, parser) or 0
+        code = dispatch(args, parser) or 0
+        finish()        # under torchrun: every process leaves the group before the interpreter exits
+        return code
     except user_errors() as exc:
         print(f"lmadapt {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -85,6 +85,27 @@ def test_second_distributed_run_reuses_everything(dist_run):
     assert {p.parent.name: p.stat().st_mtime_ns for p in (out / "stages").glob(f"*/{DONE_FILE}")} == before
 
 
+def test_interrupted_stage_resumes_on_every_process(dist_run):
+    """A stage left without DONE (killed after its step-2 checkpoint) resumes from it on both
+    processes: the main process decides, the other must not start it over."""
+    import shutil
+    ws, data, path, out, proc = dist_run
+    dapt = next((out / "stages").glob("pretrain-dapt-*"))
+    (dapt / DONE_FILE).unlink()
+    shutil.rmtree(dapt / "checkpoints" / "checkpoint-4")
+    (dapt / "model.safetensors").unlink()
+    again = torchrun(path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("interrupted earlier; resuming from its last checkpoint") == 1
+    assert "6 cached, 1 to run" in again.stdout
+    done = json.loads((dapt / DONE_FILE).read_text())
+    assert done["resumed"] == "checkpoint" and done["processes"] == 2
+    assert (dapt / "model.safetensors").is_file() and (dapt / "checkpoints" / "checkpoint-4").is_dir()
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    keys = [(r["arm"], r["seed"], r["stage"]) for r in rows]
+    assert len(keys) == len(set(keys))
+
+
 def test_every_process_stops_when_the_output_dir_is_locked(dist_run):
     """Only the main process takes the lock; the others must hear its refusal, not hang or run."""
     ws, data, path, out, proc = dist_run
