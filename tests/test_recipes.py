@@ -78,7 +78,7 @@ def test_shipped_yaml_validates(path, stand_ins, tmp_path, monkeypatch):
             overrides.append(f"vars.model={stand_ins['MODEL']}")  # a machine-specific model folder
         cfg = load_pipeline(path, overrides, variables={"tokenizer": stand_ins["tokenizer"]})
         assert isinstance(cfg, PipelineConfig) and cfg.arms
-        from lmadapt.pipeline.run import plan
+        from lmadapt.pipeline.plan import plan
         runs = plan(cfg)                      # every stage of every arm resolves and hashes
         assert len(runs) == len(cfg.arms) * len(cfg.seeds)
         return

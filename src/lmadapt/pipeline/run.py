@@ -8,7 +8,8 @@ Every stage instance (kind, resolved recipe, parent, input files) has one folder
 folders, so the base model is trained once; a folder with ``DONE`` is reused, a folder without it
 is an interrupted stage and is resumed (from its last checkpoint, else started over). After each
 stage: LM evidence (held-out perplexity of every pretrained model), task metrics, wall time,
-tokens/s and peak memory go to ``results.jsonl``, one row per (arm, seed, stage).
+tokens/s and peak memory go to ``results.jsonl``, one row per (arm, seed, stage). plan.py builds
+the chains of stage instances, rows.py the rows; this module runs them.
 
 Under ``torchrun`` / ``accelerate launch`` every process runs this same loop: the stages and the
 perplexity evidence need all of them. The main process alone takes the lock, decides what is
@@ -26,114 +27,25 @@ import shutil
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from ..config.base import ConfigError, load_recipe, to_dict
-from ..config.pipeline import PipelineConfig, StageSpec, load_pipeline
+from ..config.pipeline import PipelineConfig, load_pipeline
 from ..train.dist import barrier, broadcast, gather, is_main_process, world_size
 from ..train.outputs import METRICS_FILE, atomic_write_text, read_json, write_json
 from . import cache
+from .plan import ArmRun, StageInstance, plan, unique_instances
+from .rows import BASELINE_DIR, EVIDENCE_FILE, baseline_row, input_row, stage_row
 
 RESULTS_FILE = "results.jsonl"
 STATE_FILE = "run_state.json"
 PIPELINE_FILE = "pipeline.yaml"
-EVIDENCE_FILE = "lm_evidence.json"
-STAGES_DIR = "stages"
-BASELINE_DIR = "baselines"
 
 
 def log(msg: str) -> None:
     if is_main_process():
         print(f"[lmadapt run] {msg}", flush=True)
-
-
-# --- the plan ------------------------------------------------------------------------------------
-
-@dataclass
-class StageInstance:
-    kind: str
-    name: str
-    recipe: dict                    # fully resolved, train.output_dir = folder
-    hash: str
-    key: dict                       # what went into the hash
-    folder: Path
-    model_out: str                  # model folder the next stage starts from
-    parent: "StageInstance | None"  # the stage whose output this one starts from
-    input_model: str | None         # an arm's starting model (not produced by a stage), if any
-    seeded: bool
-
-    @property
-    def id(self) -> str:
-        return self.folder.name
-
-
-@dataclass
-class ArmRun:
-    arm: str
-    seed: int
-    stages: list[StageInstance]
-    input_model: str | None = None  # the model the arm starts from, when it is not trained from scratch
-
-
-def _starting_model(spec: StageSpec, recipe: dict) -> str | None:
-    if spec.kind == "evaluate":
-        return recipe.get("model")
-    model = recipe.get("model") or {}
-    return model.get("path") if model.get("init", "pretrained") == "pretrained" else None
-
-
-def plan(cfg: PipelineConfig) -> list[ArmRun]:
-    """Every (arm, seed) as a chain of stage instances; identical instances are one object."""
-    out = Path(cfg.output_dir).resolve()
-    instances: dict[str, StageInstance] = {}
-    runs = []
-    for seed in cfg.seeds:
-        for arm in cfg.arms:
-            chain: list[StageInstance] = []
-            parent: StageInstance | None = None
-            model: str | None = None          # what the next stage starts from
-            arm_input: str | None = None
-            for i in range(len(cfg.arms[arm])):
-                name, spec = cfg.stage_of(arm, i)
-                seeded = spec.kind in cfg.seeded_kinds and spec.kind != "evaluate"
-                recipe = cfg.stage_recipe(spec, parent_model=model, seed=seed if seeded else None, output_dir="")
-                if i == 0:
-                    arm_input = _starting_model(spec, recipe)
-                key = cache.stage_key(spec.kind, recipe, parent_hash=parent.hash if parent else None,
-                                      parent_model=model if parent else None)
-                digest = cache.digest(key)
-                inst = instances.get(digest)
-                if inst is None:
-                    folder = out / STAGES_DIR / cache.stage_folder_name(spec.kind, name, digest)
-                    recipe = cfg.stage_recipe(spec, parent_model=model, seed=seed if seeded else None,
-                                              output_dir=str(folder))
-                    if spec.kind == "evaluate":
-                        model_out = recipe.get("model")
-                    else:
-                        model_out = str(folder)
-                    inst = StageInstance(kind=spec.kind, name=name, recipe=recipe, hash=digest, key=key, folder=folder,
-                                         model_out=model_out, parent=parent,
-                                         input_model=arm_input if parent is None else None, seeded=seeded)
-                    instances[digest] = inst
-                chain.append(inst)
-                if spec.kind != "evaluate":
-                    parent, model = inst, inst.model_out
-                elif parent is None:
-                    model = inst.model_out       # an arm that starts by scoring its input model
-            runs.append(ArmRun(arm=arm, seed=seed, stages=chain, input_model=arm_input))
-    return runs
-
-
-def unique_instances(runs: list[ArmRun]) -> list[StageInstance]:
-    seen, out = set(), []
-    for run in runs:
-        for inst in run.stages:
-            if inst.hash not in seen:
-                seen.add(inst.hash)
-                out.append(inst)
-    return out
 
 
 # --- running one stage ---------------------------------------------------------------------------
@@ -355,95 +267,6 @@ def baseline_for(inst: StageInstance, cfg: PipelineConfig, out: Path) -> dict | 
     log(f"  baseline: C={res['C']}, dev macro-F1 {res.get('dev', {}).get('macro_f1', float('nan')):.4f}, "
         f"test accuracy {res.get('test', {}).get('accuracy', float('nan')):.4f}")
     return res
-
-
-# --- results rows --------------------------------------------------------------------------------
-
-TASK_SCALARS = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "loss", "mse", "rmse", "mae", "pearson",
-                "spearman", "subset_accuracy", "hamming_loss", "f1", "exact_match", "token_accuracy")
-
-
-def task_scalars(section: dict | None) -> dict:
-    if not isinstance(section, dict):
-        return {}
-    return {k: v for k, v in section.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-            and (k in TASK_SCALARS or k.endswith("_f1"))}
-
-
-def _finetune_tokens(folder: Path) -> int | None:
-    path = folder / "logs.jsonl"
-    if not path.is_file():
-        return None
-    seen = None
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if row.get("tokens_seen"):
-            seen = row["tokens_seen"]
-    return seen
-
-
-def _rel(path: Path | str, out: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(out))
-    except ValueError:
-        return str(path)
-
-
-def stage_row(run: ArmRun, index: int, inst: StageInstance, out: Path, executed: bool) -> dict:
-    metrics = read_json(inst.folder / METRICS_FILE, default={}) or {}
-    done = cache.read_done(inst.folder)
-    train = metrics.get("train") or {}
-    perf = {"wall_seconds": done.get("wall_seconds"), "train_seconds": train.get("train_seconds"),
-            "tokens_seen": train.get("tokens_seen"), "tokens_per_second": train.get("tokens_per_second"),
-            "peak_rss_mb": done.get("peak_rss_mb"), "peak_gpu_mb": done.get("peak_gpu_mb")}
-    if inst.kind == "finetune" and perf["tokens_seen"] is None:
-        perf["tokens_seen"] = _finetune_tokens(inst.folder)
-        if perf["tokens_seen"] and train.get("train_seconds"):
-            perf["tokens_per_second"] = round(perf["tokens_seen"] / max(train["train_seconds"], 1e-9), 1)
-    row: dict[str, Any] = {
-        "arm": run.arm, "seed": run.seed, "position": index + 1, "stage": inst.name, "kind": inst.kind,
-        "id": inst.id, "folder": _rel(inst.folder, out), "hash": inst.hash, "seeded": inst.seeded,
-        "parent": _rel(inst.parent.folder, out) if inst.parent else None,
-        "input_model": inst.input_model, "executed": executed, "status": "done" if done else "pending",
-        "perf": perf,
-    }
-    if inst.kind == "pretrain":
-        row["heldout"] = {n: {"before": (v.get("before") or {}).get("perplexity"),
-                              "after": (v.get("after") or {}).get("perplexity")}
-                          for n, v in (metrics.get("heldout") or {}).items()}
-    ev = read_json(inst.folder / EVIDENCE_FILE, default=None) if inst.kind == "pretrain" else None
-    if inst.kind == "evaluate":
-        ev = {"sets": metrics.get("sets") or {}}
-    if ev:
-        row["lm"] = {n: {k: m.get(k) for k in ("loss", "perplexity", "tokens")} for n, m in (ev.get("sets") or {}).items()}
-        if ev.get("error"):
-            row["lm_error"] = ev["error"]
-    if inst.kind == "finetune":
-        row["task"] = {"name": metrics.get("task"), "metric": (metrics.get("selection") or {}).get("metric"),
-                       "dev": task_scalars(metrics.get("dev")), "test": task_scalars(metrics.get("test"))}
-    return row
-
-
-def input_row(run: ArmRun, out: Path, evidence: dict) -> dict:
-    return {"arm": run.arm, "seed": run.seed, "position": 0, "stage": "input", "kind": "input",
-            "id": "input-" + cache.digest(run.input_model)[:12], "folder": None, "hash": None, "seeded": False,
-            "parent": None, "input_model": run.input_model, "executed": False, "status": "done",
-            "lm": {n: {k: m.get(k) for k in ("loss", "perplexity", "tokens")} for n, m in (evidence.get("sets") or {}).items()},
-            **({"lm_error": evidence["error"]} if evidence.get("error") else {})}
-
-
-def baseline_row(seed: int, res: dict) -> dict:
-    row = {"arm": "tfidf_baseline", "seed": seed, "position": 1, "stage": "tfidf", "kind": "baseline",
-           "id": res.get("id"), "folder": f"{BASELINE_DIR}/{res.get('id')}.json", "executed": False, "status": "done"}
-    if res.get("error"):
-        row["error"] = res["error"]
-    else:
-        row["task"] = {"name": "classification", "metric": "macro_f1", "C": res.get("C"),
-                       "dev": task_scalars(res.get("dev")), "test": task_scalars(res.get("test"))}
-    return row
 
 
 # --- the run -------------------------------------------------------------------------------------
