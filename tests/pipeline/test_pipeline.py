@@ -109,7 +109,7 @@ def test_verdict_answers_did_it_pay_off_and_what_it_cost(first_run):
     cfg, out, _ = first_run
     run = load_run(out)
     comp = comparison(run)
-    (v,) = verdicts(run.rows, comp, run.columns, comp["values"])
+    (v,) = verdicts(run.rows, comp, run.columns)
     assert v["arm"] == "dapt_ft" and v["reference"] == "ft_only" and v["metric"].startswith("test macro-F1")
     # the task effect is the comparison's test macro-F1 difference and verdict, restated
     cell = next(r for r in comp["rows"] if r["arm"] == "dapt_ft")["cells"]["test_macro_f1"]["cmp"]

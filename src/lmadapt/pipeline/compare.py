@@ -220,7 +220,7 @@ def comparison(run: Run) -> dict:
                  if ref and arm != run.reference and s is not None else None)
             cells[col.key] = {"stat": s, "cmp": c}
         table.append({"arm": arm, "cells": cells})
-    return {"rows": table, "reference": run.reference, "values": values}
+    return {"rows": table, "reference": run.reference}
 
 
 def noise_rule(run: Run) -> str:

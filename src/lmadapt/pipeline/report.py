@@ -75,7 +75,7 @@ def summary_table(run_dir: str | Path) -> str:
     text = render(lines)
     if len(diff_lines) > 1:
         text += "\n\n" + render(diff_lines)
-    answers = [sentence(v) for v in verdicts(run.rows, comp, run.columns, comp["values"])]
+    answers = [sentence(v) for v in verdicts(run.rows, comp, run.columns)]
     if answers:
         text += "\n\nVerdict (did it pay off, and at what cost?):\n" + "\n".join(f"  {a}" for a in answers)
     return text + "\n\n" + noise_rule(run)
@@ -286,7 +286,7 @@ def build(run: Run) -> dict:
              for r in _stage_rows(run, "evaluate") for name, m in (r.get("lm") or {}).items()]
     return {"comp": comp, "labels": labels, "per_class": pcf, "plots": plots, "has": has,
             "tokens": token_rows(run), "perf": perf_rows(run), "metric": metric, "evals": evals,
-            "verdicts": verdicts(run.rows, comp, run.columns, comp["values"])}
+            "verdicts": verdicts(run.rows, comp, run.columns)}
 
 
 VERDICT_NOTE = ("Task: the difference on the test split of the metric fine-tuning selected on, judged by the noise "

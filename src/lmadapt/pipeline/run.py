@@ -274,12 +274,12 @@ def baseline_for(inst: StageInstance, cfg: PipelineConfig, out: Path) -> dict | 
 class RunState:
     """run_state.json: what this run did so far (rewritten atomically after every step)."""
 
-    def __init__(self, out: Path, runs: list[ArmRun], pipeline_file: str | None):
+    def __init__(self, out: Path, runs: list[ArmRun], pipeline_file: str | None, cached: set[str]):
         self.path = out / STATE_FILE
         self.data = {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "pipeline_file": pipeline_file, "arms": sorted({r.arm for r in runs}, key=[r.arm for r in runs].index),
                      "seeds": sorted({r.seed for r in runs}), "executed": [], "reused": [], "current": None,
-                     "stages": {i.id: {"kind": i.kind, "name": i.name, "status": "done" if cache.is_done(i.folder) else "pending"}
+                     "stages": {i.id: {"kind": i.kind, "name": i.name, "status": "done" if i.id in cached else "pending"}
                                 for i in unique_instances(runs)}}
         self.save()
 
@@ -325,20 +325,18 @@ class RunLock:
 def run_pipeline(cfg: PipelineConfig, *, pipeline_file: str | None = None, report: bool = True) -> dict:
     """Run (or reuse) every stage of every arm and seed; write results.jsonl, run_state.json, report."""
     out = Path(cfg.output_dir).resolve()
-    if not is_main_process():
-        # Only the main process holds the lock; the others follow it (or its refusal).
-        error = broadcast(None)
+    with contextlib.ExitStack() as stack:
+        # Only the main process holds the lock; the others follow it, or its refusal.
+        error = None
+        if is_main_process():
+            out.mkdir(parents=True, exist_ok=True)
+            try:
+                stack.enter_context(RunLock(out))
+            except ConfigError as exc:
+                error = str(exc)
+        error = broadcast(error)
         if error:
             raise ConfigError(error)
-        return _run_locked(cfg, out, pipeline_file=pipeline_file, report=report)
-    out.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(RunLock(out))
-        except ConfigError as exc:
-            broadcast(str(exc))
-            raise
-        broadcast(None)
         return _run_locked(cfg, out, pipeline_file=pipeline_file, report=report)
 
 
@@ -348,14 +346,15 @@ def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, re
     if main:
         atomic_write_text(out / PIPELINE_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
     runs = plan(cfg)
+    instances = unique_instances(runs)
     # What is cached is read once, by the main process: from here on a stage counts as done when
     # it was done at the start or this run executed it, which every process knows alike.
-    cached = set(broadcast([i.id for i in unique_instances(runs) if cache.is_done(i.folder)] if main else None))
-    todo = [i for i in unique_instances(runs) if i.id not in cached]
-    total = len(unique_instances(runs))
+    cached = set(broadcast([i.id for i in instances if cache.is_done(i.folder)] if main else None))
+    todo = [i for i in instances if i.id not in cached]
+    total = len(instances)
     log(f"{len(runs)} arm runs ({len(cfg.arms)} arms x {len(cfg.seeds)} seeds), {total} distinct stages: "
         f"{total - len(todo)} cached, {len(todo)} to run -> {out}")
-    state = RunState(out, runs, pipeline_file)
+    state = RunState(out, runs, pipeline_file, cached)
     rows: list[dict] = []
     executed: set[str] = set()
     evidence_done: set[str] = set()

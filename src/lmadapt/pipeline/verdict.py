@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .compare import BASELINE_ARM
 from .fmt import fmt_factor, fmt_seconds, fmt_tokens, fmt_value
 
 EFFECTS = {"beyond noise": None, "within noise": "no measurable effect", "1 run": "no noise estimate (one seed)",
@@ -45,8 +46,6 @@ def arm_cost(rows: list[dict], arm: str, reference: str) -> dict:
         "extra_stages": list(dict.fromkeys(s["stage"] for s in extra if s["stage"] not in saved_names)),
         "wall_seconds": _sum(extra, "wall_seconds") - _sum(saved, "wall_seconds"),
         "pretrain_tokens": _sum(extra, "tokens_seen", "pretrain") - _sum(saved, "tokens_seen", "pretrain"),
-        "arm_wall_seconds": _sum(list(mine.values()), "wall_seconds"),
-        "reference_wall_seconds": _sum(list(ref.values()), "wall_seconds"),
     }
 
 
@@ -54,18 +53,19 @@ def _ratio(a: float | None, r: float | None) -> float | None:
     return a / r if a and r else None
 
 
-def verdicts(rows: list[dict], comp: dict, columns: list, values: dict) -> list[dict]:
+def verdicts(rows: list[dict], comp: dict, columns: list) -> list[dict]:
     """One verdict per arm but the reference (and the TF-IDF row, which has no cost to weigh).
 
-    ``comp``: report.comparison(); ``columns``: run.columns; ``values``: report.arm_values()."""
+    ``comp``: compare.comparison(); ``columns``: run.columns."""
     reference = comp["reference"]
+    ref_cells = next((r["cells"] for r in comp["rows"] if r["arm"] == reference), {})
     task_cols = [c for c in columns if c.split == "test" and c.metric != "accuracy"] or \
         [c for c in columns if c.split == "test"]
     primary = task_cols[0] if task_cols else None
     out = []
     for row in comp["rows"]:
         arm = row["arm"]
-        if arm == reference or arm == "tfidf_baseline":
+        if arm in (reference, BASELINE_ARM):
             continue
         v: dict[str, Any] = {"arm": arm, "reference": reference, "metric": primary.label if primary else None}
         cmp = row["cells"][primary.key]["cmp"] if primary else None
@@ -77,10 +77,10 @@ def verdicts(rows: list[dict], comp: dict, columns: list, values: dict) -> list[
             v["diff"], v["verdict"], v["effect"] = None, "n/a", EFFECTS["n/a"]
         for role in ("domain", "general"):
             col = next((c for c in columns if c.role == role), None)
-            a = values.get(arm, {}).get(col.key) if col else None
-            r = values.get(reference, {}).get(col.key) if col else None
+            a = row["cells"][col.key]["stat"] if col else None
+            r = ref_cells[col.key]["stat"] if col and col.key in ref_cells else None
             v[f"{role}_ppl"] = (a.mean if a else None, r.mean if r else None)
-            v[f"{role}_factor"] = _ratio(a.mean if a else None, r.mean if r else None)
+            v[f"{role}_factor"] = _ratio(*v[f"{role}_ppl"])
         v["cost"] = arm_cost(rows, arm, reference)
         out.append(v)
     return out

@@ -33,7 +33,8 @@ from ..config.finetune import ADAPTER_FILE, FinetuneConfig
 from ..tasks import TASKS
 from ..tasks.base import DataError, Example, ReadReport
 from ..tasks.labeled_io import stratified_split, stratified_subsample
-from ..train.loop import CHECKPOINT_DIR, is_main_process, run_training
+from ..train.dist import is_main_process
+from ..train.loop import CHECKPOINT_DIR, run_training
 from ..train.outputs import prepare_output_dir, read_json, read_meta, update_metrics, write_meta, write_recipe
 
 

@@ -9,7 +9,6 @@ masked LM for encoders.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 from transformers import set_seed
@@ -23,7 +22,8 @@ from ..data.sources import read_corpus, source_name
 from ..models.load import load_model, supports_document_packing
 from ..models.lora import apply_lora, save_model
 from ..train.lm_eval import lm_metrics
-from ..train.loop import is_main_process, run_training
+from ..train.dist import is_main_process
+from ..train.loop import run_training
 from ..train.outputs import (ACCOUNTING_FILE, prepare_output_dir, update_metrics, write_json, write_meta,
                              write_recipe)
 

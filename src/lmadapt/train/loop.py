@@ -24,7 +24,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..config.base import ConfigError
 from ..config.train import TrainConfig
 from .callbacks import JsonlLogCallback, TokenProgressCallback
-from .dist import is_main_process, world_size  # noqa: F401 - re-exported for the stages
+from .dist import is_main_process, world_size
 
 CHECKPOINT_DIR = "checkpoints"
 # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns).
