@@ -76,6 +76,28 @@ def test_sharded_evidence_matches_one_process(dist_run, tmp_path):
         assert again["sets"][name]["perplexity"] == pytest.approx(base["lm"][name]["perplexity"], rel=1e-5)
 
 
+def test_sharded_task_evaluation_matches_one_process(dist_run):
+    """Each process scores its share of dev/test and the metrics are computed over the gathered
+    predictions: they equal one process scoring the saved model on the whole split."""
+    from lmadapt.stages.finetune import read_splits
+    from lmadapt.stages.predict import load_predictor
+
+    ws, data, path, out, proc = dist_run
+    folders = sorted((out / "stages").glob("finetune-ft-*"))
+    assert len(folders) == 4
+    for folder in folders:
+        saved = json.loads((folder / "metrics.json").read_text())
+        p = load_predictor(folder)
+        splits, _, space = read_splits(p.task, p.cfg)
+        for split in ("dev", "test"):
+            again = p.task.evaluate(p.model, p.tokenizer, splits[split], space, p.cfg)
+            assert again["n"] == saved[split]["n"] == 20
+            for key in ("accuracy", "macro_f1"):
+                assert saved[split][key] == pytest.approx(again[key], abs=1e-9), (folder.name, split, key)
+            assert saved[split]["confusion_matrix"] == again["confusion_matrix"]
+            assert saved[split]["per_class"] == again["per_class"]
+
+
 def test_second_distributed_run_reuses_everything(dist_run):
     ws, data, path, out, proc = dist_run
     before = {p.parent.name: p.stat().st_mtime_ns for p in (out / "stages").glob(f"*/{DONE_FILE}")}

@@ -26,6 +26,7 @@ import torch
 from .. import metrics as M
 from ..config.finetune import PROBLEM_METRICS
 from ..data.collators import pad_right
+from ..train.dist import map_split
 from .base import DataError, Example, ReadReport
 from .labeled_io import read_records
 
@@ -280,9 +281,13 @@ class ClassificationTask:
         return out, truncated
 
     def evaluate(self, model, tokenizer, examples: list[Example], space: dict, cfg) -> dict:
-        texts = [ex.fields["text"] for ex in examples]
-        pairs = [ex.fields["text_pair"] for ex in examples] if cfg.data.text_pair_field else None
-        logits, truncated = self.logits(model, tokenizer, texts, pairs, cfg)
+        def score(share: list[Example]):
+            texts = [ex.fields["text"] for ex in share]
+            pairs = [ex.fields["text_pair"] for ex in share] if cfg.data.text_pair_field else None
+            return self.logits(model, tokenizer, texts, pairs, cfg)
+
+        rows, truncated = map_split(score, examples)   # several processes: each scores its share
+        logits = np.stack(rows)
         targets = np.array([self._target(ex.fields["label"], space) for ex in examples])
         metrics = self._metrics(logits, targets, space, cfg)
         metrics["truncated"] = truncated

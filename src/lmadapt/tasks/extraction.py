@@ -29,6 +29,7 @@ import torch
 from ..config.base import ConfigError
 from ..config.tasks import ExtractionConfig
 from ..data.collators import pad_right
+from ..train.dist import map_split
 from .base import DataError, Example, ReadReport, allow_truncation, eval_batch_size, on_error_mode, recipe_section
 from .classification import model_kwargs, pad_id_of
 from .labeled_io import read_records
@@ -446,7 +447,8 @@ class ExtractionTask:
         return out, truncated
 
     def evaluate(self, model, tokenizer, examples: list[Example], space: dict, cfg) -> dict:
-        pred, truncated = self.extract(model, tokenizer, [ex.fields["text"] for ex in examples], cfg)
+        pred, truncated = map_split(lambda share: self.extract(model, tokenizer, [ex.fields["text"] for ex in share], cfg),
+                                    examples)   # several processes: each extracts from its share
         gold = [ex.fields["spans"] for ex in examples]
         metrics = span_scores(gold, pred)
         metrics = {"n": len(examples), **metrics, "truncated": truncated}

@@ -49,6 +49,7 @@ except ImportError:                    # pragma: no cover - then no template can
 
 from ..config.base import ConfigError
 from ..config.tasks import InstructionConfig
+from ..train.dist import map_split, sum_split
 from .base import DataError, Example, ReadReport, allow_truncation, eval_batch_size, on_error_mode, recipe_section
 from .classification import model_kwargs, pad_id_of
 from .labeled_io import read_records
@@ -376,9 +377,14 @@ class InstructionTask:
     def collator(self, tokenizer, cfg):
         return SFTCollator(pad_id_of(tokenizer))
 
-    @torch.no_grad()
     def response_loss(self, model, tokenizer, examples: list[Example], cfg) -> tuple[float, int, int]:
-        """Mean loss per response token, the number of response tokens and of examples cut."""
+        """Mean loss per response token, the number of response tokens and of examples cut (split
+        between the processes when there are several)."""
+        total, count, cut = sum_split(lambda share: self._response_loss_sums(model, tokenizer, share, cfg), examples)
+        return (total / count if count else float("nan")), count, cut
+
+    @torch.no_grad()
+    def _response_loss_sums(self, model, tokenizer, examples: list[Example], cfg) -> tuple[float, int, int]:
         report = ReadReport()
         rows = self.encode_rows(examples, tokenizer, cfg, report, allow_truncation=True)
         collate = SFTCollator(pad_id_of(tokenizer))
@@ -393,7 +399,7 @@ class InstructionTask:
                                                    ignore_index=IGNORE, reduction="sum")
             total += float(lp)
             count += int((labels != IGNORE).sum())
-        return (total / count if count else float("nan")), count, report.truncated
+        return total, count, report.truncated
 
     @torch.no_grad()
     def generate(self, model, tokenizer, conversations: list[list[dict]], cfg, *, greedy: bool | None = None) -> list[str]:
@@ -441,7 +447,7 @@ class InstructionTask:
         with_ref = [ex.fields["messages"] for ex in examples if ex.fields["messages"][-1]["role"] == "assistant"]
         with_ref = with_ref[:sec.eval_generate_max]
         if with_ref:
-            preds = self.generate(model, tokenizer, with_ref, cfg, greedy=True)
+            preds, _ = map_split(lambda share: (self.generate(model, tokenizer, share, cfg, greedy=True), 0), with_ref)
             metrics["exact_match"] = generation_exact_match(preds, [m[-1]["content"] for m in with_ref])
             metrics["generated"] = len(with_ref)
         if was_training:

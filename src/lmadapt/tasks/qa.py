@@ -31,6 +31,7 @@ import torch
 from ..config.base import ConfigError
 from ..config.tasks import QAConfig
 from ..data.collators import pad_right
+from ..train.dist import map_split
 from .base import DataError, Example, ReadReport, allow_truncation, eval_batch_size, on_error_mode, recipe_section
 from .classification import model_kwargs, pad_id_of
 from .labeled_io import read_records
@@ -308,9 +309,12 @@ class QATask:
         return best_answers(contexts, windows, starts, ends, sec, unanswerable), cut
 
     def evaluate(self, model, tokenizer, examples: list[Example], space: dict, cfg) -> dict:
-        answers, cut = self.answer(model, tokenizer, [e.fields["question"] for e in examples],
-                                   [e.fields["context"] for e in examples], cfg,
-                                   unanswerable=bool(space.get("unanswerable", False)))
+        def answer(share: list[Example]):
+            return self.answer(model, tokenizer, [e.fields["question"] for e in share],
+                               [e.fields["context"] for e in share], cfg,
+                               unanswerable=bool(space.get("unanswerable", False)))
+
+        answers, cut = map_split(answer, examples)   # several processes: each answers its share
         refs = [[a["text"] for a in e.fields["answers"]] for e in examples]
         metrics = squad_scores([a["text"] for a in answers], refs)
         metrics["truncated"] = cut

@@ -7,11 +7,16 @@ main process alone and then *broadcast*, so no process acts on a file another on
 
 With one process (no ``WORLD_SIZE`` > 1) every helper here is a no-op that returns its input, and
 no process group is created.
+
+Timeout: while the main process works alone (saving or merging a model, the TF-IDF baseline, the
+report), the others wait in a collective. NCCL's default would abort them after 10 minutes;
+lmadapt creates the group with ``LMADAPT_DIST_TIMEOUT`` seconds (default 1800, the Trainer's own
+``ddp_timeout``), and hands the same value to the Trainer, whichever of the two starts the group.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -24,10 +29,34 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def timeout_seconds() -> int:
+    """How long a collective waits for the slowest process (``LMADAPT_DIST_TIMEOUT``, default 1800 s)."""
+    raw = os.environ.get("LMADAPT_DIST_TIMEOUT", "1800")
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"LMADAPT_DIST_TIMEOUT={raw!r}: expected a positive number of seconds")
+    return value
+
+
+def use_cpu() -> bool:
+    """Train and coordinate on the CPU: exactly when no GPU is visible (the Trainer is told the same)."""
+    import torch
+    return not torch.cuda.is_available()
+
+
 def _state():
-    """The process group, joined on first use (accelerate picks gloo on CPU, nccl on GPUs)."""
+    """The process group, joined on first use: gloo on CPU, nccl on GPUs.
+
+    ``cpu`` must be passed: without it accelerate, finding no GPU, starts the group but calls the
+    job single-process, and ``wait_for_everyone`` then returns without waiting. The Trainer later
+    rebuilds this state with the same settings over the same group."""
+    from datetime import timedelta
+
     from accelerate import PartialState
-    return PartialState()
+    return PartialState(cpu=use_cpu(), timeout=timedelta(seconds=timeout_seconds()))
 
 
 def barrier() -> None:
@@ -55,6 +84,39 @@ def gather(value: Any) -> list:
     out = [None] * world_size()
     dist.all_gather_object(out, value)
     return out
+
+
+def map_split(fn: Callable[[list], tuple[Sequence, int]], items: Sequence) -> tuple[list, int]:
+    """``fn`` over ``items``, split between the processes; for evaluations that score examples one by one.
+
+    ``fn`` maps a list to (one result per item, a count such as "examples truncated"). Each process
+    runs it on its contiguous share (accelerate's ``split_between_processes``); every process gets
+    back all results in the order of ``items`` and the count summed over processes. The model must
+    be whole on every process (data parallel), since shares differ by one item at most and a
+    process may get none."""
+    if world_size() == 1:
+        results, count = fn(list(items))
+        return list(results), count
+    from accelerate.utils import gather_object
+    with _state().split_between_processes(list(items)) as mine:
+        results, count = fn(mine) if mine else ([], 0)
+    parts = gather_object([(list(results), count)])
+    merged = [r for part, _ in parts for r in part]
+    if len(merged) != len(items):
+        raise RuntimeError(f"map_split: {len(merged)} results for {len(items)} items")
+    return merged, sum(c for _, c in parts)
+
+
+def sum_split(fn: Callable[[list], tuple], items: Sequence) -> tuple:
+    """``fn`` over ``items`` split between the processes, where ``fn`` returns additive numbers
+    (a loss sum, a token count): their totals over all processes, on every process."""
+    if world_size() == 1:
+        return tuple(fn(list(items)))
+    from accelerate.utils import gather_object
+    with _state().split_between_processes(list(items)) as mine:
+        mine_sums = tuple(fn(mine))
+    parts = gather_object([mine_sums])
+    return tuple(sum(vals) for vals in zip(*parts))
 
 
 def finish() -> None:

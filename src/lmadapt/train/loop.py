@@ -24,7 +24,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..config.base import ConfigError
 from ..config.train import TrainConfig
 from .callbacks import JsonlLogCallback, TokenProgressCallback
-from .dist import is_main_process, world_size
+from .dist import is_main_process, timeout_seconds, use_cpu, world_size
 
 CHECKPOINT_DIR = "checkpoints"
 # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns).
@@ -97,8 +97,9 @@ def training_arguments(cfg: TrainConfig, *, tokens_per_example: int | None = Non
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,             # replaced by TokenProgressCallback
         save_only_model=False,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=use_cpu(),
         ddp_find_unused_parameters=False,
+        ddp_timeout=timeout_seconds(),  # the same as a group lmadapt started itself (train/dist.py)
         **eval_kwargs,
         **extra,
     )

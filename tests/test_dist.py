@@ -1,0 +1,96 @@
+"""train/dist.py under torchrun with two CPU processes (gloo): splitting an evaluation, waiting for
+the main process, and the collective timeout."""
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from lmadapt.train import dist
+
+REPO = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent('''
+    import json, os, sys, time
+    import torch
+    from lmadapt.train import dist
+
+    out_dir, sleep = sys.argv[1], float(sys.argv[2])
+    rank = int(os.environ["RANK"])
+    dist.barrier()   # joins the process group
+    gloo = torch.distributed.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
+    out = {"timeout": gloo.options._timeout.total_seconds()}
+    for n in (0, 1, 5):
+        shares = []
+
+        def fn(share):
+            shares.append(list(share))
+            return [x * 10 for x in share], len(share)
+
+        results, count = dist.map_split(fn, list(range(n)))
+        out[f"map{n}"] = {"results": results, "count": count, "shares": shares}
+        out[f"sum{n}"] = list(dist.sum_split(lambda share: (float(sum(share)), len(share)), list(range(n))))
+    if dist.is_main_process():
+        time.sleep(sleep)
+    t0 = time.time()
+    dist.barrier()
+    out["waited"] = time.time() - t0
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
+        json.dump(out, fh)
+    dist.finish()
+''')
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="gloo two-process runs on Linux")
+
+
+def torchrun(tmp_path: Path, sleep: float, **env) -> subprocess.CompletedProcess:
+    script = tmp_path / "probe.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **env}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(29700 + random.randint(0, 800)), str(script), str(tmp_path), str(sleep)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+def test_split_work_comes_back_whole_in_order_and_barrier_waits_for_main(tmp_path):
+    proc = torchrun(tmp_path, sleep=3.0)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for n in (0, 1, 5):
+        items = list(range(n))
+        for got in ranks:   # every process gets every result, in item order, and the summed count
+            assert got[f"map{n}"]["results"] == [x * 10 for x in items] and got[f"map{n}"]["count"] == n
+            assert got[f"sum{n}"] == [float(sum(items)), n]
+        # the work was split: contiguous shares, each process called fn once at most, sizes within one
+        shares = [r[f"map{n}"]["shares"] for r in ranks]
+        assert all(len(s) <= 1 for s in shares)
+        first, second = (s[0] if s else [] for s in shares)
+        assert first + second == items and abs(len(first) - len(second)) <= 1
+    assert ranks[1]["waited"] > 2.5, "dist.barrier returned before the main process arrived"
+    assert ranks[0]["timeout"] == ranks[1]["timeout"] == 1800   # the Trainer's ddp_timeout, not NCCL's 10 min
+
+
+def test_collective_timeout_comes_from_the_environment(tmp_path):
+    proc = torchrun(tmp_path, sleep=8.0, LMADAPT_DIST_TIMEOUT="2")
+    assert proc.returncode != 0
+    assert "Timed out" in proc.stdout + proc.stderr
+    assert not (tmp_path / "rank1.json").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "ten"])
+def test_bad_timeout_is_refused_by_name(monkeypatch, value):
+    monkeypatch.setenv("LMADAPT_DIST_TIMEOUT", value)
+    with pytest.raises(ValueError, match="LMADAPT_DIST_TIMEOUT"):
+        dist.timeout_seconds()
+
+
+def test_one_process_runs_the_work_itself(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    calls = []
+    results, count = dist.map_split(lambda share: (calls.append(share) or [x + 1 for x in share], 7), [1, 2, 3])
+    assert (results, count, calls) == ([2, 3, 4], 7, [[1, 2, 3]])
+    assert dist.sum_split(lambda share: (sum(share), len(share)), [1, 2, 3]) == (6, 3)
