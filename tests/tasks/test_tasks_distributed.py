@@ -1,0 +1,77 @@
+"""`lmadapt finetune` under torchrun with two CPU processes (gloo) for tasks scored outside the
+Trainer (extraction, instruction): dev is scored at every epoch by TaskEvalCallback and dev/test
+at the end, each process on its share. The metrics must equal one process scoring the saved model
+on the whole split, and both processes must agree on the checkpoint they select. (These few steps
+teach the tiny model little, so the scores cannot show a misordered gather: tests/test_dist.py and
+the classification run in tests/pipeline/test_pipeline_distributed.py check the order.)"""
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from _tiny import marker_sentence, write_jsonl
+from helpers import tiny_bpe_tokenizer, tiny_llama
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="gloo two-process runs on Linux")
+
+
+def extraction_rows(n, seed):
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        text, (s, e) = marker_sentence(rng)
+        rows.append({"text": text, "spans": [{"start": s, "end": e, "label": "NAME"}]})
+    return rows
+
+
+def instruction_rows(n, seed):
+    rng = random.Random(seed)
+    words = "fox dog moon cell bread river galaxy server".split()
+    return [{"prompt": f"copy: {w}", "response": w} for w in (rng.choice(words) for _ in range(n))]
+
+
+TASKS = {
+    "extraction": (extraction_rows, {}, ("span_f1", "span_precision", "span_recall", "n")),
+    "instruction": (instruction_rows, {"instruction": {"max_length": 64, "max_new_tokens": 4, "eval_generate_max": 7}},
+                    ("exact_match", "generated", "response_tokens", "n")),
+}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_two_process_finetune_scores_like_one_process(tmp_path, task):
+    from lmadapt.stages.finetune import read_splits
+    from lmadapt.stages.predict import load_predictor
+
+    rows, sections, exact_keys = TASKS[task]
+    tok = tiny_bpe_tokenizer(tmp_path / "model")
+    tiny_llama(len(tok)).save_pretrained(tmp_path / "model")
+    data = {split: str(write_jsonl(tmp_path / f"{split}.jsonl", rows(n, seed)))
+            for seed, (split, n) in enumerate((("train", 32), ("dev", 11), ("test", 9)))}   # odd: uneven shares
+    recipe = {"model": {"path": str(tmp_path / "model")}, "data": data, "task": {"type": task}, **sections,
+              "train": {"output_dir": str(tmp_path / "out"), "epochs": 2, "batch_size": 4, "lr": 3e-3,
+                        "log_every": 1, "report_to": [], "torch_threads": 1}}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(29700 + random.randint(0, 800)), "-m", "lmadapt.cli", "finetune",
+           str(tmp_path / "recipe.yaml")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert len(saved["selection"]["evaluated_epochs"]) == 2   # the callback scored dev after each epoch
+    p = load_predictor(tmp_path / "out")
+    splits, _, space = read_splits(p.task, p.cfg)
+    for split in ("dev", "test"):
+        again = p.task.evaluate(p.model, p.tokenizer, splits[split], space, p.cfg)
+        for key in exact_keys:
+            assert saved[split][key] == again[key], (split, key)
+        if task == "instruction":
+            assert saved[split]["response_loss"] == pytest.approx(again["response_loss"], rel=1e-5)
+    assert saved["dev"]["n"] == 11 and saved["test"]["n"] == 9
