@@ -1,9 +1,9 @@
 """`lmadapt finetune` under torchrun with two CPU processes (gloo) for tasks scored outside the
 Trainer (extraction, instruction): dev is scored at every epoch by TaskEvalCallback and dev/test
 at the end, each process on its share. The metrics must equal one process scoring the saved model
-on the whole split, and both processes must agree on the checkpoint they select. (These few steps
-teach the tiny model little, so the scores cannot show a misordered gather: tests/test_dist.py and
-the classification run in tests/pipeline/test_pipeline_distributed.py check the order.)"""
+on the whole split. (These few steps teach the tiny model little, so the scores cannot show a
+misordered gather: tests/test_dist.py and the classification run in
+tests/pipeline/test_pipeline_distributed.py check the order.)"""
 import json
 import os
 import random
