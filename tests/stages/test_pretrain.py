@@ -158,3 +158,33 @@ def test_two_processes_match_one_process(workspace):
     assert one == pytest.approx(two, rel=2e-3), (one, two)
     assert one < results[1]["heldout"]["valid"]["before"]["loss"]
     assert torch.distributed.is_available()
+
+
+def test_evaluations_outside_the_trainer_run_on_the_process_device(workspace, monkeypatch):
+    """The held-out scoring before training and `evaluate_model` (pipeline evidence, `lmadapt
+    evaluate`) move the model to this process's device first; on a GPU job it would otherwise stay
+    on the CPU where it was loaded. Here the device is recorded, not changed."""
+    from lmadapt.stages.evaluate import evaluate_model
+    from lmadapt.stages.pretrain import run_pretrain
+    from lmadapt.train import dist
+
+    tmp_path, tok_dir, train, valid = workspace
+    asked = []
+    monkeypatch.setattr(dist, "process_device", lambda: asked.append("device") or torch.device("cpu"))
+    run_pretrain(load_recipe(PretrainConfig, data=recipe(tmp_path, tok_dir, train, valid, max_steps=2)))
+    assert asked, "run_pretrain scored the model before training without placing it"
+    asked.clear()
+    evaluate_model(str(tmp_path / "out"), [str(valid)], block_size=64)
+    assert asked, "evaluate_model scored the model without placing it"
+
+
+def test_process_device_is_the_local_rank_gpu(monkeypatch):
+    from lmadapt.train import dist
+
+    monkeypatch.setattr(dist, "use_cpu", lambda: False)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert dist.process_device() == torch.device("cuda", 3)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert dist.process_device() == torch.device("cuda", 0)
+    monkeypatch.setattr(dist, "use_cpu", lambda: True)
+    assert dist.process_device() == torch.device("cpu")

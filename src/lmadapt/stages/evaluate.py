@@ -16,6 +16,7 @@ from ..data.collators import CausalCollator, WholeWordMLMCollator
 from ..data.packing import pack_blocks, resolve_pad_id, tokenize_documents
 from ..data.sources import read_source
 from ..models.load import load_model, supports_document_packing
+from ..train.dist import to_process_device
 from ..train.lm_eval import lm_metrics
 
 
@@ -25,7 +26,7 @@ def evaluate_model(model_dir: str, data: list[str], *, text_field: str = "text",
     """Metrics per data set: {name: {loss, perplexity, tokens, ...}}."""
     if loaded is None:
         loaded = load_model(ModelConfig(path=str(model_dir)))
-    model, tokenizer, objective = loaded.model, loaded.tokenizer, loaded.objective
+    model, tokenizer, objective = to_process_device(loaded.model), loaded.tokenizer, loaded.objective
     mode = packing
     if mode == "auto":
         mode = "document" if supports_document_packing(model, objective) else "concat"

@@ -22,7 +22,7 @@ from ..data.sources import read_corpus, source_name
 from ..models.load import load_model, supports_document_packing
 from ..models.lora import apply_lora, save_model
 from ..train.lm_eval import lm_metrics
-from ..train.dist import is_main_process
+from ..train.dist import is_main_process, to_process_device
 from ..train.loop import run_training
 from ..train.outputs import (ACCOUNTING_FILE, prepare_output_dir, update_metrics, write_json, write_meta,
                              write_recipe)
@@ -128,8 +128,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     log(f"corpus: {sum(len(d) for d in corpus.train.values()):,} training documents from "
         f"{len(corpus.train)} source(s); held-out sets: {', '.join(corpus.eval) or 'none'}")
     loaded = load_model(cfg.model)
+    model, tokenizer, objective = to_process_device(loaded.model), loaded.tokenizer, loaded.objective
     phase("load_model")
-    model, tokenizer, objective = loaded.model, loaded.tokenizer, loaded.objective
     mode = choose_packing(cfg.data.packing, model, objective)
     log(f"model: {loaded.source} ({loaded.model_type}, {sum(p.numel() for p in model.parameters()):,} params), "
         f"objective: {objective}, packing: {mode}")

@@ -47,6 +47,22 @@ def use_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
+def process_device():
+    """This process's device: ``cuda:LOCAL_RANK`` when GPUs are visible (torchrun sets LOCAL_RANK;
+    one process: cuda:0), else the CPU. The Trainer puts the model there for training."""
+    import torch
+    if use_cpu():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def to_process_device(model):
+    """``model`` moved to ``process_device()``, for the evaluations that run outside the Trainer
+    (held-out perplexity before training, pipeline evidence, `lmadapt evaluate`): loaded models
+    start on the CPU, where a GPU job would otherwise score them."""
+    return model.to(process_device())
+
+
 def _state():
     """The process group, joined on first use: gloo on CPU, nccl on GPUs.
 
