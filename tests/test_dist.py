@@ -47,17 +47,40 @@ SCRIPT = textwrap.dedent('''
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="gloo two-process runs on Linux")
 
 
-def torchrun(tmp_path: Path, sleep: float, **env) -> subprocess.CompletedProcess:
-    script = tmp_path / "probe.py"
-    script.write_text(SCRIPT)
+TOKENIZE = textwrap.dedent('''
+    import json, os, sys
+    from transformers import AutoTokenizer
+    from lmadapt.data.packing import tokenize_documents
+    from lmadapt.train import dist
+
+    out_dir, fail = sys.argv[1], sys.argv[2] == "fail"
+    rank = int(os.environ["RANK"])
+    tok = AutoTokenizer.from_pretrained(os.path.join(out_dir, "tok"))
+    texts = [f"the quick brown fox number {i} jumps over the lazy dog" for i in range(50)]
+
+    def work():
+        if fail and rank == 0:
+            raise ValueError("bad corpus on the first process")
+        return tokenize_documents(texts, tok, separator="eos", cache_dir=os.path.join(out_dir, "cache"))
+
+    docs = dist.local_main_first(work, "tokenizing the corpus")
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
+        json.dump({"cache_hit": docs.cache_hit, "tokens": sum(map(len, docs["input_ids"]))}, fh)
+    dist.finish()
+''')
+
+
+def torchrun(tmp_path: Path, *args, script: str = SCRIPT, **env) -> subprocess.CompletedProcess:
+    path = tmp_path / "probe.py"
+    path.write_text(script)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **env}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(29700 + random.randint(0, 800)), str(script), str(tmp_path), str(sleep)]
+           "--master_port", str(29700 + random.randint(0, 800)), str(path), str(tmp_path), *map(str, args)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
 
 
 def test_split_work_comes_back_whole_in_order_and_barrier_waits_for_main(tmp_path):
-    proc = torchrun(tmp_path, sleep=3.0)
+    proc = torchrun(tmp_path, 3.0)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for n in (0, 1, 5):
@@ -75,10 +98,34 @@ def test_split_work_comes_back_whole_in_order_and_barrier_waits_for_main(tmp_pat
 
 
 def test_collective_timeout_comes_from_the_environment(tmp_path):
-    proc = torchrun(tmp_path, sleep=8.0, LMADAPT_DIST_TIMEOUT="2")
+    proc = torchrun(tmp_path, 8.0, LMADAPT_DIST_TIMEOUT="2")
     assert proc.returncode != 0
     assert "Timed out" in proc.stdout + proc.stderr
     assert not (tmp_path / "rank1.json").exists()
+
+
+def test_the_first_process_tokenizes_and_the_other_reads_its_cache(tmp_path):
+    from helpers import tiny_bpe_tokenizer
+    tiny_bpe_tokenizer(tmp_path / "tok")
+    proc = torchrun(tmp_path, "ok", script=TOKENIZE)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert (first["cache_hit"], second["cache_hit"]) == (False, True)
+    assert first["tokens"] == second["tokens"] > 0
+
+
+def test_a_failure_on_the_first_process_stops_the_others_at_once(tmp_path):
+    """Not a wait until the collective timeout (here 60 s): the other process hears of it."""
+    from helpers import tiny_bpe_tokenizer
+    import time
+    tiny_bpe_tokenizer(tmp_path / "tok")
+    t0 = time.time()
+    proc = torchrun(tmp_path, "fail", script=TOKENIZE, LMADAPT_DIST_TIMEOUT="60")
+    assert proc.returncode != 0 and time.time() - t0 < 45
+    out = proc.stdout + proc.stderr
+    assert "bad corpus on the first process" in out
+    assert "tokenizing the corpus failed on process 0" in out
+    assert not list(tmp_path.glob("rank*.json"))
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "ten"])

@@ -102,6 +102,28 @@ def gather(value: Any) -> list:
     return out
 
 
+def local_main_first(fn: Callable[[], T], what: str) -> T:
+    """``fn()`` on each node's first process, then on the others: for work that fills an on-disk
+    cache (tokenizing a corpus), so a node tokenizes once and its other processes read the cache
+    instead of all tokenizing at once. A failure on a first process stops every process with a
+    message, where a plain barrier would leave the others waiting until the timeout."""
+    if world_size() == 1:
+        return fn()
+    first = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    result, error = None, None
+    if first:
+        try:
+            result = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the others
+            error = exc
+    failed = [i for i, e in enumerate(gather(error is not None)) if e]
+    if error is not None:
+        raise error
+    if failed:
+        raise RuntimeError(f"{what} failed on process {failed[0]}; its log has the error")
+    return result if first else fn()
+
+
 def map_split(fn: Callable[[list], tuple[Sequence, int]], items: Sequence) -> tuple[list, int]:
     """``fn`` over ``items``, split between the processes; for evaluations that score examples one by one.
 
