@@ -53,6 +53,16 @@ def marker_sentence(rng: random.Random, marker: str = "court", n: int = 6) -> tu
     return text, (start, start + len(name))
 
 
+def marker_span_rows(n: int, seed: int = 0) -> list[dict]:
+    """Extraction records: the word after "court" is a NAME span."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        text, (s, e) = marker_sentence(rng)
+        rows.append({"text": text, "spans": [{"start": s, "end": e, "label": "NAME"}]})
+    return rows
+
+
 def train(model, tokenizer, dataset, collator, tmp: Path, *, steps: int, lr: float, batch_size: int = 16):
     """A short transformers.Trainer run on CPU; returns the logged training losses."""
     from transformers import Trainer, TrainingArguments

@@ -1,7 +1,6 @@
 """Extraction task: spans <-> BIO over subwords, input errors, metrics, and a toy rule it must learn."""
 from __future__ import annotations
 
-import random
 import sys
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _tiny import one_thread, marker_sentence, recipe, train, write_jsonl  # noqa: E402
+from _tiny import one_thread, marker_span_rows, recipe, train, write_jsonl  # noqa: E402
 from helpers import tiny_bert, tiny_bpe_tokenizer, tiny_llama, tiny_wordpiece_tokenizer  # noqa: E402
 
 from lmadapt.tasks import TASKS  # noqa: E402
@@ -152,21 +151,12 @@ def test_span_scores_exact_partial_per_label():
     assert span_scores([[]], [[]])["span_f1"] == 1.0
 
 
-def _marker_rows(n, seed=0):
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        text, (s, e) = marker_sentence(rng)
-        rows.append({"text": text, "spans": [{"start": s, "end": e, "label": "NAME"}]})
-    return rows
-
-
 @pytest.mark.parametrize("arch", ["bert", "llama"])
 def test_learns_marker_rule(tmp_path, arch):
     """The word after 'court' is a NAME: loss falls and span F1 rises from ~0 (encoder and decoder)."""
     torch.manual_seed(0)
-    path = write_jsonl(tmp_path / "train.jsonl", _marker_rows(160))
-    dev_path = write_jsonl(tmp_path / "dev.jsonl", _marker_rows(30, seed=1))
+    path = write_jsonl(tmp_path / "train.jsonl", marker_span_rows(160))
+    dev_path = write_jsonl(tmp_path / "dev.jsonl", marker_span_rows(30, seed=1))
     if arch == "bert":
         tok = tiny_wordpiece_tokenizer(tmp_path / "model")
         tiny_bert(len(tok)).save_pretrained(tmp_path / "model")

@@ -14,20 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _tiny import marker_sentence, write_jsonl
+from _tiny import marker_span_rows, write_jsonl
 from helpers import tiny_bpe_tokenizer, tiny_llama
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="gloo two-process runs on Linux")
-
-
-def extraction_rows(n, seed):
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        text, (s, e) = marker_sentence(rng)
-        rows.append({"text": text, "spans": [{"start": s, "end": e, "label": "NAME"}]})
-    return rows
 
 
 def instruction_rows(n, seed):
@@ -37,7 +28,7 @@ def instruction_rows(n, seed):
 
 
 TASKS = {
-    "extraction": (extraction_rows, {}, ("span_f1", "span_precision", "span_recall", "n")),
+    "extraction": (marker_span_rows, {}, ("span_f1", "span_precision", "span_recall", "n")),
     "instruction": (instruction_rows, {"instruction": {"max_length": 64, "max_new_tokens": 4, "eval_generate_max": 7}},
                     ("exact_match", "generated", "response_tokens", "n")),
 }
