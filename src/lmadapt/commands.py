@@ -64,11 +64,12 @@ def cmd_evaluate(args, parser):
 
 def cmd_predict(args, parser):
     from .stages.predict import predict_file
+    from .train.dist import is_main_process
     if not args.text and not (args.input and args.output):
         parser.error("predict needs --text, or --input and --output")
     gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
     result = predict_file(args.model, args.input, args.output, batch_size=args.batch_size, text=args.text, **gen)
-    if args.text:
+    if args.text and is_main_process():
         print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0
 

@@ -98,6 +98,29 @@ def test_sharded_task_evaluation_matches_one_process(dist_run):
             assert saved[split]["per_class"] == again["per_class"]
 
 
+def test_two_process_predict_writes_what_one_process_writes(dist_run, tmp_path):
+    """`lmadapt predict` under torchrun: each process predicts its share, the main process writes
+    one file in input order, the same as one process writes."""
+    from lmadapt.stages.predict import predict_file
+
+    ws, data, path, out, proc = dist_run
+    folder = next((out / "stages").glob("finetune-ft-*"))
+    one = predict_file(folder, ws["test"], tmp_path / "one.jsonl", batch_size=3)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(29700 + random.randint(0, 800)), "-m", "lmadapt.cli", "predict", str(folder),
+           "--input", ws["test"], "--output", str(tmp_path / "two.jsonl"), "--batch-size", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    two = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (tmp_path / "two.jsonl").read_text().splitlines()]
+    assert len(a) == len(b) == one["records"] == 20
+    assert [r["text"] for r in a] == [r["text"] for r in b]
+    assert [r["prediction"]["label"] for r in a] == [r["prediction"]["label"] for r in b]
+    assert [r["prediction"]["score"] for r in a] == pytest.approx([r["prediction"]["score"] for r in b], rel=1e-5)
+    assert not list(tmp_path.glob(".two.jsonl.*")), "a temp file was left behind"
+
+
 def test_second_distributed_run_reuses_everything(dist_run):
     ws, data, path, out, proc = dist_run
     before = {p.parent.name: p.stat().st_mtime_ns for p in (out / "stages").glob(f"*/{DONE_FILE}")}

@@ -8,6 +8,7 @@ The folder's ``lmadapt_meta.json`` names the task and ``lmadapt_recipe.yaml`` ho
 input record plus what the task adds (classification: ``prediction`` with the label and its
 probability and the top-k; multi-label: labels over the threshold with all probabilities;
 regression: the value). The output file is written atomically: a temp file renamed at the end.
+Under ``torchrun -m lmadapt.cli predict ...`` the processes share the records, one GPU each.
 """
 from __future__ import annotations
 
@@ -19,13 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from ..config.base import ConfigError, from_dict, read_yaml
 from ..config.finetune import ADAPTER_FILE, FinetuneConfig
 from ..tasks import TASKS
 from ..tasks.labeled_io import read_records
+from ..train.dist import is_main_process, map_split, process_device, world_size
 from ..train.outputs import META_FILE, RECIPE_FILE, read_meta
 
 # Field that a single --text fills, per task: (recipe section, key). QA needs a JSON record.
@@ -57,8 +58,7 @@ def load_predictor(model_dir: str | Path, *, batch_size: int | None = None, devi
         model, tokenizer = task.load_trained(model_dir, cfg)
     else:
         model, tokenizer = load_finetuned(model_dir, meta, cfg)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
+    model.to(device or process_device()).eval()
     return Predictor(model, tokenizer, task, cfg)
 
 
@@ -157,23 +157,33 @@ def predict_file(model_dir: str | Path, input_path: str | Path | None = None, ou
     records = [ex.fields for ex in read_records(input_path, fields_required=fields, text_fields=fields,
                                                 on_error="raise")]
     t0 = time.time()
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
+    # Under torchrun each process predicts its share of every chunk on its own GPU; the main
+    # process alone writes the file, in input order.
+    main, chunk = is_main_process(), max(1, batch_size) * 8 * world_size()
+    fh, tmp = None, None
+    if main:
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
+        fh = os.fdopen(fd, "w", encoding="utf-8")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh, \
-                tqdm(total=len(records), desc="predict", unit="rec", dynamic_ncols=True, mininterval=1.0) as bar:
-            chunk = max(1, batch_size) * 8
+        with tqdm(total=len(records), desc="predict", unit="rec", dynamic_ncols=True, mininterval=1.0,
+                  disable=not main) as bar:
             for b in range(0, len(records), chunk):
                 part = records[b:b + chunk]
-                for row in p.task.predict(p.model, p.tokenizer, part, p.cfg):
-                    fh.write(json.dumps(row, ensure_ascii=False, default=_plain) + "\n")
+                rows, _ = map_split(lambda share: (p.task.predict(p.model, p.tokenizer, share, p.cfg), 0), part)
+                if fh is not None:
+                    fh.writelines(json.dumps(row, ensure_ascii=False, default=_plain) + "\n" for row in rows)
                 bar.update(len(part))
-        os.replace(tmp, output_path)
+        if fh is not None:
+            fh.close()
+            os.replace(tmp, output_path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if fh is not None:
+            fh.close()
+            Path(tmp).unlink(missing_ok=True)
         raise
     return {"input": str(input_path), "output": str(output_path), "records": len(records),
-            "seconds": round(time.time() - t0, 2), "task": p.task.name}
+            "seconds": round(time.time() - t0, 2), "task": p.task.name, "processes": world_size()}
 
 
 def _plain(x):
