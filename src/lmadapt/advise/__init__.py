@@ -66,7 +66,8 @@ def add_arguments(parser) -> None:
     m.add_argument("--max-eval-tokens", type=int, default=16384, help="most tokens scored per text set")
     m.add_argument("--sample-chars", type=int, default=250_000, help="characters sampled from each text for words and perplexity")
     m.add_argument("--no-probe", action="store_true", help="skip the timed training steps (estimate speed from scoring)")
-    m.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="device for scoring and the probe")
+    m.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"],
+                   help="device for scoring and the probe (auto: the GPU when there is one, so the budgets fit it)")
     m.add_argument("--measurements", help="decide from the measurements in this advice/measurements JSON instead of measuring")
     o = parser.add_argument_group("output")
     o.add_argument("--output", help="write the advice (and measurements) as JSON here")

@@ -62,7 +62,7 @@ def measure(model_dir: str, *, domain: str | None = None, text_field: str = "tex
             reference: str | None = None, sample_chars: int = 250_000, max_eval_tokens: int = 16_384,
             time_budget: float = 40.0, eval_block_size: int = 256, probe: bool = True, probe_steps: int = 3,
             probe_batch_size: int = 1, probe_block_size: int = 256, train_batch_tokens: int = 8 * 512,
-            device: str = "cpu", loaded=None, progress: Callable[[str], None] | None = None) -> dict:
+            device: str = "auto", loaded=None, progress: Callable[[str], None] | None = None) -> dict:
     """Measurements of the base model, the domain corpus and the labeled data (see module doc).
 
     ``time_budget`` (seconds) bounds the model work (perplexity + probe); reading and counting are
