@@ -63,7 +63,7 @@ TOKENIZE = textwrap.dedent('''
             raise ValueError("bad corpus on the first process")
         return tokenize_documents(texts, tok, separator="eos", cache_dir=os.path.join(out_dir, "cache"))
 
-    docs = dist.local_main_first(work, "tokenizing the corpus")
+    docs = dist.main_first(work, "tokenizing the corpus", per_node=True)
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
         json.dump({"cache_hit": docs.cache_hit, "tokens": sum(map(len, docs["input_ids"]))}, fh)
     dist.finish()

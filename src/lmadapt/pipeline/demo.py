@@ -21,6 +21,7 @@ from importlib.resources import as_file, files
 from pathlib import Path
 
 from ..config.pipeline import load_pipeline, sample_data_dir
+from ..train.dist import is_main_process, main_first
 
 TOKENIZER_SETTINGS = {"kind": "bpe", "vocab_size": 4096, "data": "general/train.jsonl.gz", "min_frequency": 2}
 # --quick: the same pipeline with budgets cut ~5x (a smoke run of the machinery, a minute or two).
@@ -28,7 +29,8 @@ QUICK_VARS = {"base_tokens": 60000, "dapt_tokens": 40000, "eval_every": 5, "ft_e
 
 
 def log(msg: str) -> None:
-    print(f"[lmadapt demo] {msg}", flush=True)
+    if is_main_process():
+        print(f"[lmadapt demo] {msg}", flush=True)
 
 
 def demo_recipe_path():
@@ -83,10 +85,14 @@ def main_demo(args: argparse.Namespace) -> int:
     out = Path(args.output)
     sample = sample_data_dir()
     log(f"sample data: {sample}")
-    tokenizer = ensure_tokenizer(out / "tokenizer", sample)
+    # Under torchrun the main process trains the tokenizer into the (shared) output folder first.
+    tokenizer = main_first(lambda: ensure_tokenizer(out / "tokenizer", sample), "training the demo tokenizer",
+                           per_node=False)
     with demo_recipe_path() as recipe:
         cfg = load_pipeline(recipe, demo_overrides(args), variables={"tokenizer": str(tokenizer.resolve())})
         summary = run_pipeline(cfg, pipeline_file=str(recipe))
+    if not is_main_process():
+        return 0
     print()
     print(summary_table(cfg.output_dir))
     print()

@@ -22,7 +22,7 @@ from ..data.sources import read_corpus, source_name
 from ..models.load import load_model, supports_document_packing
 from ..models.lora import apply_lora, save_model
 from ..train.lm_eval import lm_metrics
-from ..train.dist import is_main_process, local_main_first, to_process_device
+from ..train.dist import is_main_process, main_first, to_process_device
 from ..train.loop import run_training
 from ..train.outputs import (ACCOUNTING_FILE, prepare_output_dir, update_metrics, write_json, write_meta,
                              write_recipe)
@@ -51,10 +51,10 @@ def tokenize_sources(docs_by_source: dict, tokenizer, objective: str, data_cfg) 
     """Every source tokenized (cached on disk); under several processes each node's first process
     tokenizes and the others read its cache."""
     sep = "eos" if objective == "causal" else "sep"
-    return local_main_first(lambda: {
+    return main_first(lambda: {
         name: tokenize_documents([d.text for d in docs], tokenizer, separator=sep, cache_dir=data_cfg.cache_dir,
                                  num_proc=data_cfg.num_proc, with_word_starts=objective == "masked")
-        for name, docs in docs_by_source.items()}, "tokenizing the corpus")
+        for name, docs in docs_by_source.items()}, "tokenizing the corpus", per_node=True)
 
 
 def build_train_blocks(corpus, tokenizer, objective: str, mode: str, cfg: PretrainConfig):

@@ -102,14 +102,16 @@ def gather(value: Any) -> list:
     return out
 
 
-def local_main_first(fn: Callable[[], T], what: str) -> T:
-    """``fn()`` on each node's first process, then on the others: for work that fills an on-disk
-    cache (tokenizing a corpus), so a node tokenizes once and its other processes read the cache
-    instead of all tokenizing at once. A failure on a first process stops every process with a
-    message, where a plain barrier would leave the others waiting until the timeout."""
+def main_first(fn: Callable[[], T], what: str, *, per_node: bool) -> T:
+    """``fn()`` on the main process (``per_node``: each node's first process), then on the others.
+
+    For work that fills a cache on disk (tokenizing a corpus, per node; training the demo
+    tokenizer into the shared output folder, once): the first process does it, the others read
+    the result instead of all doing it at once. A failure on a first process stops every process
+    with a message, where a plain barrier would leave the others waiting until the timeout."""
     if world_size() == 1:
         return fn()
-    first = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    first = int(os.environ.get("LOCAL_RANK" if per_node else "RANK", "0")) == 0
     result, error = None, None
     if first:
         try:
