@@ -105,6 +105,22 @@ def test_encoder_learns_keyword_and_writes_folder(bert_run):
     assert yaml.safe_load((out / "lmadapt_recipe.yaml").read_text())["data"]["train"] == cfg.data.train
 
 
+def test_dev_metrics_are_the_best_checkpoints_not_a_second_pass(bert_run):
+    """Dev was scored at every epoch; the final dev metrics are those of the best checkpoint's
+    evaluation (its weights are what was saved), equal to scoring the saved model again."""
+    from lmadapt.stages.predict import load_predictor
+
+    cfg, metrics, out = bert_run
+    sel = metrics["selection"]
+    assert sel["dev_scored"] == "at the best checkpoint's evaluation"
+    assert metrics["dev"]["macro_f1"] == pytest.approx(sel["best_value"])
+    p = load_predictor(out)
+    splits, _, space = read_splits(p.task, p.cfg)
+    again = p.task.evaluate(p.model, p.tokenizer, splits["dev"], space, p.cfg)
+    assert metrics["dev"]["confusion_matrix"] == again["confusion_matrix"]
+    assert metrics["dev"]["per_class"] == again["per_class"] and metrics["dev"]["truncated"] == again["truncated"]
+
+
 def test_label_space_saved_in_config_and_reloads(bert_run):
     from transformers import AutoConfig, AutoModelForSequenceClassification
 

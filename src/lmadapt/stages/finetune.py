@@ -23,6 +23,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, set_seed
@@ -298,17 +299,45 @@ class FinetuneTrainer(Trainer):
         return super()._get_train_sampler(train_dataset)
 
 
+class DevScores(TrainerCallback):
+    """The full dev metrics of every evaluation during training, by step. The best checkpoint's
+    are the final dev metrics (load_best_model_at_end reloads exactly those weights), so dev is not
+    scored a second time: on a 135M model on CPU that pass took as long as the test split's."""
+
+    def __init__(self):
+        self.by_step: dict[int, dict] = {}
+        self.pending: dict | None = None
+
+    def keep(self, full: dict) -> None:
+        self.pending = full
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.pending is not None:
+            self.by_step[state.global_step] = self.pending
+            self.pending = None
+
+    def for_checkpoint(self, checkpoint: str | None) -> dict | None:
+        """The metrics kept at ``checkpoint`` (".../checkpoint-<step>"), if this process saw them."""
+        if not checkpoint:
+            return None
+        step = Path(checkpoint).name.rsplit("-", 1)[-1]
+        return self.by_step.get(int(step)) if step.isdigit() else None
+
+
 class TaskEvalCallback(TrainerCallback):
     """For tasks without Trainer-side metrics: scores dev with ``task.evaluate`` at each evaluation
     and adds the scalars (``eval_dev_<name>``) before the Trainer picks the best checkpoint."""
 
-    def __init__(self, task, tokenizer, examples, space, cfg):
+    def __init__(self, task, tokenizer, examples, space, cfg, keep: Callable[[dict], None]):
         self.args = (task, tokenizer, examples, space, cfg)
+        self.keep = keep
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         task, tokenizer, examples, space, cfg = self.args
         if metrics is not None and model is not None and any(k.startswith("eval_dev_") for k in metrics):
-            scores = M.scalars(task.evaluate(model, tokenizer, examples, space, cfg))
+            full = task.evaluate(model, tokenizer, examples, space, cfg)
+            self.keep(full)
+            scores = M.scalars(full)
             extra = {f"eval_dev_{k}": v for k, v in scores.items()}
             metrics.update(extra)
             if state.log_history and "eval_dev_loss" in state.log_history[-1]:
@@ -393,10 +422,12 @@ def run_finetune(cfg: FinetuneConfig, recipe_dict: dict | None = None) -> dict:
         log("class weights: " + ", ".join(f"{lab} {w:.3f}" for lab, w in zip(space["labels"], weights.tolist())))
     if cfg.data.balanced_sampling:
         trainer_kwargs["sample_weights"] = task.sample_weights(train, space)
-    compute_metrics = task.compute_metrics(space, cfg) if hasattr(task, "compute_metrics") else None
+    dev_scores = DevScores()
+    compute_metrics = task.compute_metrics(space, cfg, keep=dev_scores.keep) if hasattr(task, "compute_metrics") else None
     if dev_ds is not None:
         if compute_metrics is None and metric != "loss":
-            callbacks.append(TaskEvalCallback(task, tokenizer, dev, space, cfg))
+            callbacks.append(TaskEvalCallback(task, tokenizer, dev, space, cfg, keep=dev_scores.keep))
+        callbacks.append(dev_scores)   # after TaskEvalCallback: files what it kept under the step
         if cfg.train.early_stopping_patience:
             callbacks.append(EarlyStoppingCallback(cfg.train.early_stopping_patience, cfg.train.early_stopping_threshold))
     t_train = time.time()
@@ -413,10 +444,17 @@ def run_finetune(cfg: FinetuneConfig, recipe_dict: dict | None = None) -> dict:
 
     # --- evaluate ----------------------------------------------------------------------------
     results: dict = {}
+    kept = dev_scores.for_checkpoint(state.best_model_checkpoint)
     for name, examples in (("dev", dev), ("test", test)):
-        if examples:
-            results[name] = task.evaluate(model, tokenizer, examples, space, cfg)
-            log(f"{name} metrics:\n" + M.format_metrics(results[name], title=name))
+        if not examples:
+            continue
+        if name == "dev" and kept is not None:
+            results[name] = {**kept, "truncated": kept.get("truncated", reports["dev"].truncated)}
+            log(f"dev metrics (the best checkpoint's, {Path(state.best_model_checkpoint).name}):\n"
+                + M.format_metrics(results[name], title=name))
+            continue
+        results[name] = task.evaluate(model, tokenizer, examples, space, cfg)
+        log(f"{name} metrics:\n" + M.format_metrics(results[name], title=name))
     epochs_run = [round(e["epoch"], 3) for e in state.log_history if "eval_dev_loss" in e]
     metrics = {
         "stage": "finetune",
@@ -424,7 +462,8 @@ def run_finetune(cfg: FinetuneConfig, recipe_dict: dict | None = None) -> dict:
         "problem": cfg.task.problem if task.name == "classification" else None,
         "selection": {"metric": metric, "greater_is_better": greater, "best_value": state.best_metric,
                       "best_checkpoint": Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None,
-                      "evaluated_epochs": epochs_run},
+                      "evaluated_epochs": epochs_run,
+                      "dev_scored": "at the best checkpoint's evaluation" if kept is not None else "after training"},
         **results,
         "labels": space.get("labels"),
         "data": {"examples": {k: len(v) for k, v in splits.items()}, "max_examples": cfg.data.max_examples,

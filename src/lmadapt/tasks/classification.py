@@ -233,11 +233,15 @@ class ClassificationTask:
     def default_metric(self, cfg) -> str:
         return PROBLEM_METRICS[cfg.task.problem][0]
 
-    def compute_metrics(self, space: dict, cfg) -> Callable:
-        """For the Trainer's per-epoch dev evaluation: scalars only."""
+    def compute_metrics(self, space: dict, cfg, keep: Callable[[dict], None] | None = None) -> Callable:
+        """For the Trainer's per-epoch dev evaluation: scalars for the Trainer; ``keep`` receives
+        the full metrics (per-class, confusion matrix), so the stage need not score dev again."""
         def fn(eval_pred) -> dict:
             logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-            return M.scalars(self._metrics(np.asarray(logits), np.asarray(eval_pred.label_ids), space, cfg))
+            full = self._metrics(np.asarray(logits), np.asarray(eval_pred.label_ids), space, cfg)
+            if keep is not None:
+                keep(full)
+            return M.scalars(full)
         return fn
 
     def _metrics(self, logits: np.ndarray, targets: np.ndarray, space: dict, cfg) -> dict:
