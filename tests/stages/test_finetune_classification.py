@@ -260,6 +260,14 @@ def test_finetune_from_adapter_folder(mode, bert_base, adapter_dir, toy, tmp_pat
         assert (out / "adapter_model.safetensors").is_file() and meta["lora_base"] == str(bert_base)
     one = predict_file(out, text="the dog was here")
     assert one["prediction"]["label"] in {"pos", "neg"}
+    # the dev metrics kept from the best epoch's evaluation are those of the saved model (the
+    # Trainer reloaded that epoch's LoRA weights before saving)
+    from lmadapt.stages.predict import load_predictor
+    p = load_predictor(out)
+    splits, _, space = read_splits(p.task, p.cfg)
+    again = p.task.evaluate(p.model, p.tokenizer, splits["dev"], space, p.cfg)
+    assert metrics["selection"]["dev_scored"] == "at the best checkpoint's evaluation"
+    assert metrics["dev"]["confusion_matrix"] == again["confusion_matrix"]
     assert one["prediction"]["score"] == pytest.approx(
         predict_file(out, text="the dog was here")["prediction"]["score"])
 
