@@ -12,6 +12,10 @@ put in eval mode and sized to the tokenizer (``len(tokenizer)``).
 from __future__ import annotations
 
 import functools
+import os
+import random
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -186,3 +190,13 @@ def tiny_bert(vocab_size: int, attn_implementation: str = "sdpa", **overrides):
     cfg = BertConfig(**kw)
     cfg._attn_implementation = attn_implementation
     return _seeded(lambda: BertForMaskedLM(cfg))
+
+
+def torchrun(*args: str, procs: int = 2, env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --nproc_per_node PROCS ARGS...`` from the repository root on
+    CPU (gloo, one thread per process, a random port), output captured."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
+           "--master_port", str(29700 + random.randint(0, 800)), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
+                          cwd=Path(__file__).resolve().parents[1])

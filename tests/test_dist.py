@@ -1,8 +1,6 @@
 """train/dist.py under torchrun with two CPU processes (gloo): splitting an evaluation, waiting for
 the main process, and the collective timeout."""
 import json
-import os
-import random
 import subprocess
 import sys
 import textwrap
@@ -10,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import torchrun
 from lmadapt.train import dist
 
-REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent('''
     import json, os, sys, time
@@ -70,17 +68,14 @@ TOKENIZE = textwrap.dedent('''
 ''')
 
 
-def torchrun(tmp_path: Path, *args, script: str = SCRIPT, **env) -> subprocess.CompletedProcess:
+def run_probe(tmp_path: Path, *args, script: str = SCRIPT, **env) -> subprocess.CompletedProcess:
     path = tmp_path / "probe.py"
     path.write_text(script)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **env}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(29700 + random.randint(0, 800)), str(path), str(tmp_path), *map(str, args)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    return torchrun(str(path), str(tmp_path), *map(str, args), env=env, timeout=120)
 
 
 def test_split_work_comes_back_whole_in_order_and_barrier_waits_for_main(tmp_path):
-    proc = torchrun(tmp_path, 3.0)
+    proc = run_probe(tmp_path, 3.0)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for n in (0, 1, 5):
@@ -98,7 +93,7 @@ def test_split_work_comes_back_whole_in_order_and_barrier_waits_for_main(tmp_pat
 
 
 def test_collective_timeout_comes_from_the_environment(tmp_path):
-    proc = torchrun(tmp_path, 8.0, LMADAPT_DIST_TIMEOUT="2")
+    proc = run_probe(tmp_path, 8.0, LMADAPT_DIST_TIMEOUT="2")
     assert proc.returncode != 0
     assert "Timed out" in proc.stdout + proc.stderr
     assert not (tmp_path / "rank1.json").exists()
@@ -107,7 +102,7 @@ def test_collective_timeout_comes_from_the_environment(tmp_path):
 def test_the_first_process_tokenizes_and_the_other_reads_its_cache(tmp_path):
     from helpers import tiny_bpe_tokenizer
     tiny_bpe_tokenizer(tmp_path / "tok")
-    proc = torchrun(tmp_path, "ok", script=TOKENIZE)
+    proc = run_probe(tmp_path, "ok", script=TOKENIZE)
     assert proc.returncode == 0, proc.stderr[-3000:]
     first, second = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert (first["cache_hit"], second["cache_hit"]) == (False, True)
@@ -120,7 +115,7 @@ def test_a_failure_on_the_first_process_stops_the_others_at_once(tmp_path):
     import time
     tiny_bpe_tokenizer(tmp_path / "tok")
     t0 = time.time()
-    proc = torchrun(tmp_path, "fail", script=TOKENIZE, LMADAPT_DIST_TIMEOUT="60")
+    proc = run_probe(tmp_path, "fail", script=TOKENIZE, LMADAPT_DIST_TIMEOUT="60")
     assert proc.returncode != 0 and time.time() - t0 < 45
     out = proc.stdout + proc.stderr
     assert "bad corpus on the first process" in out

@@ -4,8 +4,6 @@ Every process runs the stages; the main process alone writes DONE markers, resul
 report, and the others must follow its decisions (cached, locked) rather than make their own.
 """
 import json
-import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -16,17 +14,14 @@ import yaml
 from lmadapt.config.pipeline import load_pipeline
 from lmadapt.pipeline import run as prun
 from lmadapt.pipeline.cache import DONE_FILE
+from helpers import torchrun
 from toy_pipeline import make_workspace, pipeline_dict
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="gloo two-process runs on Linux")
 
 
-def torchrun(pipeline: Path, procs: int = 2) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-           "--master_port", str(29700 + random.randint(0, 800)), "-m", "lmadapt.cli", "run", str(pipeline)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
+def run_pipeline_procs(pipeline: Path, procs: int = 2) -> subprocess.CompletedProcess:
+    return torchrun("-m", "lmadapt.cli", "run", str(pipeline), procs=procs)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +31,7 @@ def dist_run(tmp_path_factory):
     data = pipeline_dict(ws, out)
     path = ws["dir"] / "pipeline.yaml"
     path.write_text(yaml.safe_dump(data))
-    proc = torchrun(path)
+    proc = run_pipeline_procs(path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return ws, data, path, out, proc
 
@@ -106,11 +101,8 @@ def test_two_process_predict_writes_what_one_process_writes(dist_run, tmp_path):
     ws, data, path, out, proc = dist_run
     folder = next((out / "stages").glob("finetune-ft-*"))
     one = predict_file(folder, ws["test"], tmp_path / "one.jsonl", batch_size=3)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(29700 + random.randint(0, 800)), "-m", "lmadapt.cli", "predict", str(folder),
-           "--input", ws["test"], "--output", str(tmp_path / "two.jsonl"), "--batch-size", "3"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    two = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    two = torchrun("-m", "lmadapt.cli", "predict", str(folder), "--input", ws["test"],
+                   "--output", str(tmp_path / "two.jsonl"), "--batch-size", "3", timeout=120)
     assert two.returncode == 0, two.stderr[-3000:]
     a = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
     b = [json.loads(line) for line in (tmp_path / "two.jsonl").read_text().splitlines()]
@@ -124,7 +116,7 @@ def test_two_process_predict_writes_what_one_process_writes(dist_run, tmp_path):
 def test_second_distributed_run_reuses_everything(dist_run):
     ws, data, path, out, proc = dist_run
     before = {p.parent.name: p.stat().st_mtime_ns for p in (out / "stages").glob(f"*/{DONE_FILE}")}
-    again = torchrun(path)
+    again = run_pipeline_procs(path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "7 cached, 0 to run" in again.stdout
     assert {p.parent.name: p.stat().st_mtime_ns for p in (out / "stages").glob(f"*/{DONE_FILE}")} == before
@@ -139,7 +131,7 @@ def test_interrupted_stage_resumes_on_every_process(dist_run):
     (dapt / DONE_FILE).unlink()
     shutil.rmtree(dapt / "checkpoints" / "checkpoint-4")
     (dapt / "model.safetensors").unlink()
-    again = torchrun(path)
+    again = run_pipeline_procs(path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("interrupted earlier; resuming from its last checkpoint") == 1
     assert "6 cached, 1 to run" in again.stdout
@@ -155,6 +147,6 @@ def test_every_process_stops_when_the_output_dir_is_locked(dist_run):
     """Only the main process takes the lock; the others must hear its refusal, not hang or run."""
     ws, data, path, out, proc = dist_run
     with prun.RunLock(out):
-        locked = torchrun(path)
+        locked = run_pipeline_procs(path)
     assert locked.returncode != 0
     assert "is in use by another `lmadapt run`" in locked.stderr + locked.stdout

@@ -1,19 +1,16 @@
 """End to end through `run_pretrain` on tiny models: learning, outputs, resume, LoRA, two processes."""
 import json
-import os
 import random
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import tiny_bpe_tokenizer, tiny_wordpiece_tokenizer
+from helpers import tiny_bpe_tokenizer, tiny_wordpiece_tokenizer, torchrun
 from lmadapt.config import PretrainConfig, load_recipe
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def learnable_corpus(path: Path, n_docs: int, seed: int) -> Path:
@@ -146,10 +143,7 @@ def test_two_processes_match_one_process(workspace):
         data = recipe(tmp_path, tok_dir, train, valid, out=f"p{procs}", max_steps=8, batch_size=bs)
         path = tmp_path / f"p{procs}.yaml"
         path.write_text(yaml.safe_dump(data))
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-               "--master_port", str(29500 + procs + random.randint(0, 300)), "-m", "lmadapt.cli", "pretrain", str(path)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
+        proc = torchrun("-m", "lmadapt.cli", "pretrain", str(path), procs=procs)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results[procs] = json.loads((tmp_path / f"p{procs}" / "metrics.json").read_text())
     one, two = results[1]["heldout"]["valid"]["after"]["loss"], results[2]["heldout"]["valid"]["after"]["loss"]

@@ -5,19 +5,15 @@ on the whole split. (These few steps teach the tiny model little, so the scores 
 misordered gather: tests/test_dist.py and the classification run in
 tests/pipeline/test_pipeline_distributed.py check the order.)"""
 import json
-import os
 import random
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from _tiny import marker_span_rows, write_jsonl
-from helpers import tiny_bpe_tokenizer, tiny_llama
+from helpers import tiny_bpe_tokenizer, tiny_llama, torchrun
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="gloo two-process runs on Linux")
 
 
@@ -48,11 +44,7 @@ def test_two_process_finetune_scores_like_one_process(tmp_path, task):
               "train": {"output_dir": str(tmp_path / "out"), "epochs": 2, "batch_size": 4, "lr": 3e-3,
                         "log_every": 1, "report_to": [], "torch_threads": 1}}
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(29700 + random.randint(0, 800)), "-m", "lmadapt.cli", "finetune",
-           str(tmp_path / "recipe.yaml")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
+    proc = torchrun("-m", "lmadapt.cli", "finetune", str(tmp_path / "recipe.yaml"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())

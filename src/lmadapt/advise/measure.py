@@ -172,9 +172,8 @@ def measure(model_dir: str, *, domain: str | None = None, text_field: str = "tex
 def _device(name: str):
     import torch
 
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    from ..train.dist import process_device
+    return process_device() if name == "auto" else torch.device(name)
 
 
 def lora_trainable_params(model, r: int = LORA_R) -> tuple[int, list[str]]:

@@ -126,21 +126,26 @@ def main_first(fn: Callable[[], T], what: str, *, per_node: bool) -> T:
     return result if first else fn()
 
 
+def _share(items: Sequence) -> list:
+    """This process's contiguous share of ``items`` (accelerate's ``split_between_processes``:
+    shares differ by one item at most, and a process may get none)."""
+    with _state().split_between_processes(list(items)) as mine:
+        return list(mine)
+
+
 def map_split(fn: Callable[[list], tuple[Sequence, int]], items: Sequence) -> tuple[list, int]:
     """``fn`` over ``items``, split between the processes; for evaluations that score examples one by one.
 
     ``fn`` maps a list to (one result per item, a count such as "examples truncated"). Each process
-    runs it on its contiguous share (accelerate's ``split_between_processes``); every process gets
-    back all results in the order of ``items`` and the count summed over processes. The model must
-    be whole on every process (data parallel), since shares differ by one item at most and a
-    process may get none."""
+    runs it on its share; every process gets back all results in the order of ``items`` and the
+    count summed over processes. The model must be whole on every process (data parallel), since
+    the processes run different numbers of batches."""
     if world_size() == 1:
         results, count = fn(list(items))
         return list(results), count
-    from accelerate.utils import gather_object
-    with _state().split_between_processes(list(items)) as mine:
-        results, count = fn(mine) if mine else ([], 0)
-    parts = gather_object([(list(results), count)])
+    mine = _share(items)
+    results, count = fn(mine) if mine else ([], 0)
+    parts = gather((list(results), count))
     merged = [r for part, _ in parts for r in part]
     if len(merged) != len(items):
         raise RuntimeError(f"map_split: {len(merged)} results for {len(items)} items")
@@ -152,11 +157,7 @@ def sum_split(fn: Callable[[list], tuple], items: Sequence) -> tuple:
     (a loss sum, a token count): their totals over all processes, on every process."""
     if world_size() == 1:
         return tuple(fn(list(items)))
-    from accelerate.utils import gather_object
-    with _state().split_between_processes(list(items)) as mine:
-        mine_sums = tuple(fn(mine))
-    parts = gather_object([mine_sums])
-    return tuple(sum(vals) for vals in zip(*parts))
+    return tuple(sum(vals) for vals in zip(*gather(tuple(fn(_share(items))))))
 
 
 def finish() -> None:
