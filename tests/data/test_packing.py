@@ -9,6 +9,7 @@ import pytest
 from helpers import CORPUS, tiny_bpe_tokenizer, tiny_wordpiece_tokenizer
 
 from lmadapt.data import packing
+from lmadapt.data import tokenize as packing_tokenize
 from lmadapt.data.packing import (
     TokenizedDocs, build_blocks, cache_key, pack_blocks, resolve_pad_id, token_arrays, tokenize_documents)
 
@@ -165,7 +166,7 @@ def test_cache_hit_skips_tokenization(bpe, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("tokenized again despite the cache")
 
-    monkeypatch.setattr(packing, "_encode", boom)
+    monkeypatch.setattr(packing_tokenize, "_encode", boom)
     second = tokenize_documents(texts, bpe, cache_dir=tmp_path, with_word_starts=True)
     assert second.cache_hit and second.cache_path == first.cache_path
     assert second[:] == first[:]
@@ -204,7 +205,7 @@ def test_truncation_setting_does_not_cut_documents(tmp_path):
 
 
 def test_num_proc_matches_single_process(bpe, monkeypatch):
-    monkeypatch.setattr(packing, "_CHUNK", 4)
+    monkeypatch.setattr(packing_tokenize, "_CHUNK", 4)
     texts = CORPUS * 2
     one = token_arrays(tokenize_documents(texts, bpe, cache=False, with_word_starts=True))
     two = token_arrays(tokenize_documents(texts, bpe, cache=False, with_word_starts=True, num_proc=2))
@@ -261,3 +262,125 @@ def test_tokenized_dataset_select_and_concatenate(bpe, wordpiece, tmp_path):
     assert pack_blocks(a.select([]), block_size=16, pad_id=0, mode="concat")[1].blocks == 0
     assert pack_blocks([r["input_ids"] for r in expected], block_size=16, pad_id=0)[1] == \
         pack_blocks(expected, block_size=16, pad_id=0)[1]
+
+
+# ---- bounded memory: packing and gathering run in slices; blocks can live in a file --------------
+
+def _random_docs(rng, n_docs, max_len, word_starts=False):
+    lengths = rng.integers(1, max_len, n_docs)
+    n = int(lengths.sum())
+    ws = rng.integers(0, 2, n).astype(np.uint8) if word_starts else None
+    return TokenizedDocs(rng.integers(2, 1000, n).astype(np.int32), np.concatenate([[0], np.cumsum(lengths)]), ws)
+
+
+def _columns(ds):
+    return {name: col(ds, name) for name in ds.column_names}
+
+
+@pytest.mark.parametrize("mode", ["document", "concat"])
+def test_packing_in_small_slices_equals_one_slice(mode, monkeypatch):
+    """Slices of 3 blocks (and of 1) give the blocks that one slice gives, word starts included."""
+    docs = _random_docs(np.random.default_rng(1), 60, 40, word_starts=True)
+    whole, acct = pack_blocks(docs, block_size=16, pad_id=1, mode=mode)
+    for slice_tokens in (48, 1):
+        monkeypatch.setattr(packing, "_SLICE_TOKENS", slice_tokens)
+        sliced, acct2 = pack_blocks(docs, block_size=16, pad_id=1, mode=mode)
+        assert acct2 == acct and acct.tokens_dropped == 0 and acct.padding_tokens > 0
+        for name, values in _columns(whole).items():
+            np.testing.assert_array_equal(col(sliced, name), values, err_msg=name)
+
+
+def test_gather_in_small_pieces_equals_reference(monkeypatch):
+    """mix_documents (and select) gather piecewise; the result is the documents, in the order asked."""
+    from lmadapt.data.mixing import mix_documents
+
+    rng = np.random.default_rng(2)
+    a, b = _random_docs(rng, 30, 50, word_starts=True), _random_docs(rng, 20, 50, word_starts=True)
+    picks = {"a": np.array([3, 3, 0, 29, 7]), "b": np.arange(20)[::-1]}
+    expected_docs = [a[i] for i in picks["a"]] + [b[i] for i in picks["b"]]
+    order = np.random.default_rng(5).permutation(len(expected_docs))
+    expected = [expected_docs[i] for i in order]
+    for piece in (1 << 22, 7, 1):
+        monkeypatch.setattr(packing_tokenize, "_GATHER_TOKENS", piece)
+        mixed = mix_documents({"a": a, "b": b}, picks, seed=5)
+        assert [mixed[i] for i in range(len(mixed))] == expected
+        sel = a.select([29, 0, 0])
+        assert [sel[i] for i in range(3)] == [a[29], a[0], a[0]]
+
+
+def test_blocks_written_to_a_file_are_the_same_and_reused(tmp_path, monkeypatch):
+    docs = _random_docs(np.random.default_rng(3), 80, 60, word_starts=True)
+    memory, acct = pack_blocks(docs, block_size=32, pad_id=1, mode="document")
+    path = tmp_path / "blocks" / "train.arrow"
+    monkeypatch.setattr(packing, "_SLICE_TOKENS", 100)  # several record batches in the file
+    on_disk, acct_disk = pack_blocks(docs, block_size=32, pad_id=1, mode="document", path=path)
+    assert acct_disk == acct and len(on_disk) == len(memory)
+    for name, values in _columns(memory).items():
+        np.testing.assert_array_equal(col(on_disk, name), values, err_msg=name)
+    assert on_disk.cache_files and on_disk.cache_files[0]["filename"] == str(path)  # memory-mapped
+    assert sorted(p.name for p in path.parent.iterdir()) == ["train.arrow", "train.arrow.json"]  # no temp left
+
+    # A complete file is reused as it is: packing other documents to the same path returns it.
+    stamp = path.stat().st_mtime_ns
+    again, acct_again = pack_blocks(_random_docs(np.random.default_rng(9), 5, 10), block_size=32, pad_id=1, path=path)
+    assert acct_again == acct and path.stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(col(again, "input_ids"), col(memory, "input_ids"))
+
+    # Without its accounting the file counts as unfinished; a file that disagrees with it is refused.
+    assert packing.open_blocks(tmp_path / "missing.arrow") is None
+    (tmp_path / "blocks" / "train.arrow.json").write_text(json.dumps({**acct.to_dict(), "blocks": acct.blocks + 1}))
+    with pytest.raises(RuntimeError, match="delete both and rerun"):
+        packing.open_blocks(path)
+
+
+def test_failed_packing_leaves_no_file(tmp_path, monkeypatch):
+    docs = _random_docs(np.random.default_rng(4), 50, 60)
+    real = packing._block_slices
+
+    def fail_after_first(*args):
+        gen = real(*args)
+        yield next(gen)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(packing, "_SLICE_TOKENS", 64)
+    monkeypatch.setattr(packing, "_block_slices", fail_after_first)
+    with pytest.raises(OSError, match="disk full"):
+        pack_blocks(docs, block_size=32, pad_id=1, path=tmp_path / "train.arrow")
+    assert list(tmp_path.iterdir()) == []
+    assert packing.open_blocks(tmp_path / "train.arrow") is None
+
+
+def test_cached_tokens_come_back_memory_mapped(bpe, tmp_path):
+    """From the cache file, hit or fresh (so processes share the pages), equal to the uncached tokens."""
+    from lmadapt.data.packing import tokenize_arrays
+
+    plain = tokenize_arrays(CORPUS, bpe, cache=False)
+    first = tokenize_arrays(CORPUS, bpe, cache_dir=tmp_path)
+    hit = tokenize_arrays(CORPUS, bpe, cache_dir=tmp_path)
+    assert not first.cache_hit and hit.cache_hit and hit.key == first.key == plain.key
+    assert isinstance(hit.ids, np.memmap) and isinstance(first.ids, np.memmap) and not isinstance(plain.ids, np.memmap)
+    for got in (first, hit):
+        np.testing.assert_array_equal(got.ids, plain.ids)
+        np.testing.assert_array_equal(got.offsets, plain.offsets)
+
+
+def test_encode_batches_bounded_by_characters_give_the_same_tokens(bpe, wordpiece, monkeypatch):
+    from lmadapt.data.packing import tokenize_arrays
+
+    texts = [t * (i % 4 + 1) for i, t in enumerate(CORPUS)]
+    whole = {name: tokenize_arrays(texts, tok, separator=sep, cache=False, with_word_starts=ws)
+             for name, tok, sep, ws in (("bpe", bpe, "eos", False), ("wp", wordpiece, "sep", True))}
+    calls = []
+    real = packing_tokenize._batches
+    monkeypatch.setattr(packing_tokenize, "_CHUNK_CHARS", 60)
+    monkeypatch.setattr(packing_tokenize, "_batches", lambda t: calls.append(list(real(t))) or iter(calls[-1]))
+    for name, tok, sep, ws in (("bpe", bpe, "eos", False), ("wp", wordpiece, "sep", True)):
+        small = tokenize_arrays(texts, tok, separator=sep, cache=False, with_word_starts=ws)
+        np.testing.assert_array_equal(small.ids, whole[name].ids)
+        np.testing.assert_array_equal(small.offsets, whole[name].offsets)
+        if ws:
+            np.testing.assert_array_equal(small.word_starts, whole[name].word_starts)
+    batches = calls[0]
+    assert len(batches) > 3 and batches[0][0] == 0 and batches[-1][1] == len(texts)
+    assert all(a[1] == b[0] for a, b in zip(batches, batches[1:]))   # consecutive, nothing skipped
+    assert all(sum(len(t) for t in texts[s:e - 1]) < 60 for s, e in batches)  # a batch stops once over budget

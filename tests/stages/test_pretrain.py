@@ -65,6 +65,7 @@ def test_scratch_pretrain_learns_and_writes_output_folder(workspace):
                  "lmadapt_meta.json", "metrics.json", "token_accounting.json", "logs.jsonl"):
         assert (out / name).is_file(), name
     assert not list(out.glob("*.bin")), "weights must be safetensors only"
+    assert not (out / ".lmadapt-blocks").exists(), "the packed training blocks are removed when the stage ends"
     accounting = json.loads((out / "token_accounting.json").read_text())
     assert accounting["train"]["tokens_dropped"] == 0
     meta = json.loads((out / "lmadapt_meta.json").read_text())
@@ -97,6 +98,30 @@ def test_resume_matches_uninterrupted_run(workspace):
     assert resumed["train"]["resumed_from"].endswith("checkpoint-6")
     assert resumed["heldout"]["valid"]["after"]["loss"] == pytest.approx(
         full["heldout"]["valid"]["after"]["loss"], rel=1e-4)
+
+
+def test_a_rerun_reuses_the_packed_blocks_of_an_unfinished_stage(workspace, monkeypatch):
+    """An interrupted stage leaves its blocks file; the resumed run reads it instead of packing
+    again, and trains on the same blocks (the same result); a changed seed packs anew."""
+    tmp_path, tok_dir, train, valid = workspace
+    from lmadapt.stages import pretrain
+    data = recipe(tmp_path, tok_dir, train, valid, out="re", max_steps=6)
+    monkeypatch.setattr(pretrain, "remove_train_blocks", lambda out: None)   # as if it stopped before the end
+    first = pretrain.run_pretrain(load_recipe(PretrainConfig, data=data))
+    files = list((tmp_path / "re" / pretrain.BLOCKS_DIR).glob("train-*.arrow"))
+    assert len(files) == 1
+
+    def no_packing(*a, **k):
+        raise AssertionError("packed again")
+    monkeypatch.undo()  # the stage removes its blocks again from here on
+    monkeypatch.setattr(pretrain, "mix_documents", no_packing)   # mixing and packing the training blocks
+    data["train"]["overwrite"] = True
+    again = pretrain.run_pretrain(load_recipe(PretrainConfig, data=data))
+    assert again["heldout"]["valid"]["after"]["loss"] == pytest.approx(first["heldout"]["valid"]["after"]["loss"], rel=1e-6)
+    assert not (tmp_path / "re" / pretrain.BLOCKS_DIR).exists()
+    data["train"]["seed"] = 1
+    with pytest.raises(AssertionError, match="packed again"):
+        pretrain.run_pretrain(load_recipe(PretrainConfig, data=data))
 
 
 def test_masked_lm_pretrain_on_bert(tmp_path):
@@ -146,6 +171,7 @@ def test_two_processes_match_one_process(workspace):
         proc = torchrun("-m", "lmadapt.cli", "pretrain", str(path), procs=procs)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results[procs] = json.loads((tmp_path / f"p{procs}" / "metrics.json").read_text())
+        assert not (tmp_path / f"p{procs}" / ".lmadapt-blocks").exists()
     one, two = results[1]["heldout"]["valid"]["after"]["loss"], results[2]["heldout"]["valid"]["after"]["loss"]
     assert results[1]["heldout"]["valid"]["before"]["loss"] == pytest.approx(
         results[2]["heldout"]["valid"]["before"]["loss"], rel=1e-5)

@@ -91,14 +91,13 @@ def mix_documents(tokenized: dict, picks: dict[str, np.ndarray], seed: int):
     Shuffling documents (not blocks) before packing means a block mixes sources in proportion,
     so replayed general text is spread through training instead of arriving in one stretch.
     """
-    from .packing import TokenizedDocs, token_arrays
+    from .tokenize import gather_documents, token_arrays
 
-    parts = [token_arrays(tokenized[name]).select(picks[name]) for name in tokenized]
-    ids = np.concatenate([p.ids for p in parts]) if parts else np.zeros(0, dtype=np.int32)
-    lengths = np.concatenate([p.lengths for p in parts]) if parts else np.zeros(0, dtype=np.int64)
-    has_ws = all(p.word_starts is not None for p in parts) and parts
-    ws = np.concatenate([p.word_starts for p in parts]) if has_ws else None
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    merged = TokenizedDocs(ids, offsets, ws)
-    order = np.random.default_rng(seed).permutation(len(merged))
-    return merged.select(order)
+    names = list(tokenized)
+    parts = [token_arrays(tokenized[name]) for name in names]
+    part_of = np.concatenate([np.full(len(picks[n]), i, dtype=np.int64) for i, n in enumerate(names)]) \
+        if names else np.zeros(0, np.int64)
+    doc_of = np.concatenate([np.asarray(picks[n], dtype=np.int64) for n in names]) if names else np.zeros(0, np.int64)
+    # One gather straight into the shuffled order: the mixed corpus is built once, not concatenated then permuted.
+    order = np.random.default_rng(seed).permutation(len(doc_of))
+    return gather_documents(parts, part_of[order], doc_of[order])

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..config.data import SourceConfig
 from ..config.model import ModelConfig
 from ..data.collators import CausalCollator, WholeWordMLMCollator
-from ..data.packing import pack_blocks, resolve_pad_id, tokenize_documents
+from ..data.packing import pack_blocks, resolve_pad_id, tokenize_arrays
 from ..data.sources import read_source
 from ..models.load import load_model, supports_document_packing
 from ..train.dist import to_process_device
@@ -37,8 +37,8 @@ def evaluate_model(model_dir: str, data: list[str], *, text_field: str = "text",
         texts = [d.text for d in docs]
         if max_tokens:
             texts = _cap_by_chars(texts, tokenizer, max_tokens)
-        tokenized = tokenize_documents(texts, tokenizer, separator="eos" if objective == "causal" else "sep",
-                                       cache_dir=None, num_proc=None, with_word_starts=objective == "masked")
+        tokenized = tokenize_arrays(texts, tokenizer, separator="eos" if objective == "causal" else "sep",
+                                    cache_dir=None, num_proc=None, with_word_starts=objective == "masked")
         blocks, accounting = pack_blocks(tokenized, block_size=block_size, pad_id=resolve_pad_id(tokenizer, objective), mode=mode)
         metrics = lm_metrics(model, blocks, collator, objective, tokenizer, batch_size=batch_size,
                              document_mode=mode == "document")

@@ -29,6 +29,11 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def is_local_main_process() -> bool:
+    """The first process of this node (it owns the node's local files, such as a tokenization cache)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
 def timeout_seconds() -> int:
     """How long a collective waits for the slowest process (``LMADAPT_DIST_TIMEOUT``, default 1800 s)."""
     raw = os.environ.get("LMADAPT_DIST_TIMEOUT", "1800")
@@ -111,7 +116,7 @@ def main_first(fn: Callable[[], T], what: str, *, per_node: bool) -> T:
     with a message, where a plain barrier would leave the others waiting until the timeout."""
     if world_size() == 1:
         return fn()
-    first = int(os.environ.get("LOCAL_RANK" if per_node else "RANK", "0")) == 0
+    first = is_local_main_process() if per_node else is_main_process()
     result, error = None, None
     if first:
         try:

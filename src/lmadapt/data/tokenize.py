@@ -1,0 +1,460 @@
+"""Tokenize documents once, cached on disk, as flat arrays: the input of packing (:mod:`.packing`).
+
+:func:`tokenize_documents` (a ``datasets.Dataset``, one row per document) and :func:`tokenize_arrays`
+(a :class:`TokenizedDocs`: flat numpy arrays, no copy) encode every document *without* the
+tokenizer's own special tokens and append a separator: EOS for causal models, SEP for masked (encoder)
+models, which also get a CLS token prepended (``[CLS] text [SEP]``). Results are cached under
+``cache_dir/<sha256 key>/`` (numpy arrays, written to a temp folder then renamed; read back
+memory-mapped, so the processes of a node share one copy), keyed by the tokenizer (serialized
+backend + special tokens), the texts and the settings.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+# One encode_batch call takes at most _CHUNK documents and about _CHUNK_CHARS characters: the
+# Encoding objects it returns hold ~100 bytes a token, so a batch of long documents stays ~50 MB.
+_CHUNK = 1000
+_CHUNK_CHARS = 2_000_000
+
+
+@dataclass
+class TokenizedDocs:
+    """Tokenized documents as flat arrays: document ``i`` is ``ids[offsets[i]:offsets[i+1]]``.
+
+    Every document already ends with its separator (and starts with CLS for masked models).
+    :func:`pack_blocks` accepts it directly; :func:`token_arrays` turns a tokenized Dataset into one."""
+
+    ids: np.ndarray  # int32 [total tokens]
+    offsets: np.ndarray  # int64 [documents + 1]
+    word_starts: np.ndarray | None = None  # uint8 [total tokens]
+    # Set by tokenize_arrays: the cache key (texts + tokenizer + settings) and whether it was a hit.
+    key: str | None = None
+    cache_hit: bool = False
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int) -> dict:
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        out = {"input_ids": self.ids[a:b].tolist()}
+        if self.word_starts is not None:
+            out["word_starts"] = self.word_starts[a:b].tolist()
+        return out
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def select(self, order: Sequence[int] | np.ndarray) -> "TokenizedDocs":
+        """The documents in ``order`` (a permutation or subset), as new flat arrays."""
+        order = np.asarray(order, dtype=np.int64)
+        return gather_documents([self], np.zeros(len(order), dtype=np.int64), order)
+
+    def to_dataset(self, fingerprint: str | None = None):
+        """A ``datasets.Dataset`` with one row per document (``input_ids`` [+ ``word_starts``])."""
+        import datasets
+        import pyarrow as pa
+
+        big = self.num_tokens >= 2**31 - 1
+        list_type = pa.LargeListArray if big else pa.ListArray
+        offsets = pa.array(self.offsets.astype(np.int64 if big else np.int32))
+        cols = {"input_ids": list_type.from_arrays(offsets, pa.array(np.ascontiguousarray(self.ids)))}
+        if self.word_starts is not None:
+            cols["word_starts"] = list_type.from_arrays(offsets, pa.array(np.ascontiguousarray(self.word_starts)))
+        if fingerprint is None:
+            fingerprint = _arrays_fingerprint(self, "docs")
+        return datasets.Dataset(pa.table(cols), fingerprint=fingerprint)
+
+
+# Tokens a gather step handles at once: its int64 index temporaries (~40 bytes a token) stay near
+# 160 MB however large the corpus, instead of several times the corpus's own size.
+_GATHER_TOKENS = 1 << 22
+
+
+def gather_documents(parts: Sequence[TokenizedDocs], part_of: np.ndarray, doc_of: np.ndarray) -> TokenizedDocs:
+    """New flat arrays whose document ``k`` is document ``doc_of[k]`` of ``parts[part_of[k]]``.
+
+    The output is the only full-size allocation: the copy runs in slices of about
+    ``_GATHER_TOKENS`` tokens, so mixing or shuffling a corpus needs its size once more, not five times."""
+    part_of, doc_of = np.asarray(part_of, dtype=np.int64), np.asarray(doc_of, dtype=np.int64)
+    n = len(doc_of)
+    lengths, starts = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    for p, part in enumerate(parts):
+        mine = part_of == p
+        lengths[mine] = part.lengths[doc_of[mine]]
+        starts[mine] = part.offsets[:-1][doc_of[mine]]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    has_ws = bool(parts) and all(p.word_starts is not None for p in parts)
+    ids = np.empty(int(offsets[-1]), dtype=np.int32)
+    ws = np.empty(int(offsets[-1]), dtype=np.uint8) if has_ws else None
+    k = 0
+    while k < n:  # output documents [k, e): about _GATHER_TOKENS tokens, at least one document
+        e = max(k + 1, int(np.searchsorted(offsets, offsets[k] + _GATHER_TOKENS, side="right")) - 1)
+        e = min(e, n)
+        for p, part in enumerate(parts):
+            sel = np.flatnonzero(part_of[k:e] == p) + k
+            if not len(sel):
+                continue
+            doc = np.repeat(np.arange(len(sel)), lengths[sel])
+            within = np.arange(len(doc), dtype=np.int64) - np.repeat(np.cumsum(lengths[sel]) - lengths[sel], lengths[sel])
+            dest = offsets[sel][doc] + within
+            src = starts[sel][doc] + within
+            ids[dest] = part.ids[src]
+            if ws is not None:
+                ws[dest] = part.word_starts[src]
+        k = e
+    return TokenizedDocs(ids, offsets, ws)
+
+
+def _arrays_fingerprint(docs: TokenizedDocs, *extra) -> str:
+    fp = hashlib.sha256(json.dumps([FORMAT_VERSION, *extra]).encode())
+    for arr in (docs.ids, docs.offsets, docs.word_starts):
+        fp.update(b"-" if arr is None else np.ascontiguousarray(arr).tobytes())
+    return fp.hexdigest()[:32]
+
+
+def _texts(texts: Iterable[Any]) -> list[str]:
+    out = []
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            t = getattr(t, "text", t)
+        if not isinstance(t, str):
+            raise TypeError(f"document {i}: expected a string or an object with .text, got {type(t).__name__}")
+        out.append(t)
+    return out
+
+
+def _backend(tokenizer):
+    """The Rust tokenizer, without truncation/padding (which would silently cut documents)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer; packing needs a "
+                         "PreTrainedTokenizerFast (load it with use_fast=True or convert it)")
+    if backend.truncation is not None or backend.padding is not None:
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(backend.to_str())
+        backend.no_truncation()
+        backend.no_padding()
+    return backend
+
+
+_SPECIAL_NAMES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the serialized backend tokenizer plus the special tokens and their ids."""
+    h = hashlib.sha256(_backend(tokenizer).to_str().encode("utf-8"))
+    special = {n: [getattr(tokenizer, f"{n}_token", None) and str(getattr(tokenizer, f"{n}_token")),
+                   getattr(tokenizer, f"{n}_token_id", None)] for n in _SPECIAL_NAMES}
+    h.update(json.dumps({"special": special, "len": len(tokenizer)}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _special_id(tokenizer, name: str, why: str) -> int:
+    tid = getattr(tokenizer, f"{name}_token_id", None)
+    if tid is None:
+        raise ValueError(f"the tokenizer ({getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}) has no "
+                         f"{name.upper()} token, needed {why}; set tokenizer.{name}_token before packing")
+    return int(tid)
+
+
+def _affixes(tokenizer, separator: str) -> tuple[list[int], list[int]]:
+    if separator == "eos":
+        return [], [_special_id(tokenizer, "eos", "to separate documents for causal LM (separator='eos')")]
+    if separator == "sep":
+        sep = _special_id(tokenizer, "sep", "to separate documents for masked LM (separator='sep')")
+        cls = getattr(tokenizer, "cls_token_id", None)
+        return ([int(cls)] if cls is not None else []), [sep]
+    raise ValueError(f"separator must be 'eos' or 'sep', got {separator!r}")
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("LMADAPT_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "lmadapt" / "tokenized"
+
+
+def cache_key(texts: Sequence[str], tokenizer, *, separator: str, with_word_starts: bool) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": FORMAT_VERSION, "tokenizer": tokenizer_fingerprint(tokenizer),
+                         "separator": separator, "affixes": _affixes(tokenizer, separator),
+                         "word_starts": bool(with_word_starts), "documents": len(texts)}).encode())
+    for t in texts:
+        b = t.encode("utf-8", "surrogatepass")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def _encode(backend, texts: list[str], prefix: list[int], suffix: list[int], with_word_starts: bool):
+    """Encode ``texts`` -> (ids int32, lengths int64, word_starts uint8|None), affixes included.
+
+    Affixes are added one batch at a time, so the index temporaries stay batch-sized."""
+    parts = []
+    # encode_batch_fast skips character offsets (~1/3 faster) but also loses word ids
+    encode = backend.encode_batch if with_word_starts or not hasattr(backend, "encode_batch_fast") \
+        else backend.encode_batch_fast
+    for s, e in _batches(texts):
+        encs = encode(texts[s:e], add_special_tokens=False)
+        lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+        n = int(lengths.sum())
+        raw_ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encs), dtype=np.int32, count=n)
+        wid = None
+        if with_word_starts:
+            wids = itertools.chain.from_iterable(e.word_ids for e in encs)
+            wid = np.fromiter((-1 if w is None else w for w in wids), dtype=np.int64, count=n)
+        parts.append(_with_affixes(raw_ids, lengths, wid, prefix, suffix))
+    return _concat_parts(parts, with_word_starts)
+
+
+def _batches(texts: list[str]):
+    """(start, end) of consecutive batches: at most _CHUNK documents, about _CHUNK_CHARS characters."""
+    s = 0
+    while s < len(texts):
+        e, chars = s, 0
+        while e < len(texts) and e - s < _CHUNK and (chars < _CHUNK_CHARS or e == s):
+            chars += len(texts[e])
+            e += 1
+        yield s, e
+        s = e
+
+
+def _concat_parts(parts: list, with_word_starts: bool):
+    if not parts:
+        return np.zeros(0, np.int32), np.zeros(0, np.int64), (np.zeros(0, np.uint8) if with_word_starts else None)
+    ids = np.concatenate([p[0] for p in parts])
+    lengths = np.concatenate([p[1] for p in parts])
+    ws = np.concatenate([p[2] for p in parts]) if with_word_starts else None
+    return ids, lengths, ws
+
+
+def _with_affixes(raw_ids, lengths, wid, prefix: list[int], suffix: list[int]):
+    """One batch's tokens with the prefix/suffix ids put around every document (and word starts
+    from the word ids ``wid``, when given)."""
+    ndocs, extra = len(lengths), len(prefix) + len(suffix)
+    raw_off = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    doc = np.repeat(np.arange(ndocs), lengths)
+    new_len = lengths + extra
+    new_off = np.concatenate([[0], np.cumsum(new_len)]).astype(np.int64)
+    dest = np.arange(len(raw_ids), dtype=np.int64) + doc * extra + len(prefix)
+    ids = np.empty(int(new_off[-1]), dtype=np.int32)
+    ids[dest] = raw_ids
+    for k, tid in enumerate(prefix):
+        ids[new_off[:-1] + k] = tid
+    for k, tid in enumerate(suffix):
+        ids[new_off[1:] - len(suffix) + k] = tid
+    ws = None
+    if wid is not None:
+        raw_ws = np.ones(len(wid), dtype=np.uint8)
+        if len(wid) > 1:
+            raw_ws[1:] = (wid[1:] != wid[:-1]) | (wid[1:] < 0)  # tokens outside any word stand alone
+        raw_ws[raw_off[:-1][lengths > 0]] = 1  # a document's first token starts a word
+        ws = np.ones(len(ids), dtype=np.uint8)  # separator / CLS tokens are words of their own
+        ws[dest] = raw_ws
+    return ids, new_len, ws
+
+
+_WORKER_BACKEND = None
+
+
+def _worker_init(tokenizer_json: str):
+    global _WORKER_BACKEND
+    from tokenizers import Tokenizer
+
+    _WORKER_BACKEND = Tokenizer.from_str(tokenizer_json)
+
+
+def _worker_encode(args):
+    texts, prefix, suffix, with_word_starts = args
+    return _encode(_WORKER_BACKEND, texts, prefix, suffix, with_word_starts)
+
+
+def tokenize_documents(texts: Iterable[Any], tokenizer, *, separator: Literal["eos", "sep"] = "eos",
+                       cache_dir: str | os.PathLike | None = None, num_proc: int | None = None,
+                       with_word_starts: bool = False, cache: bool = True):
+    """Tokenize every document (strings or objects with ``.text``) and append the separator.
+
+    ``separator="eos"`` (causal LM) appends ``tokenizer.eos_token_id``; ``"sep"`` (masked LM) appends
+    ``sep_token_id`` and prepends ``cls_token_id`` when the tokenizer has a CLS token. A missing token
+    raises ValueError. The tokenizer's own special tokens (BOS, ``[CLS] .. [SEP]`` templates) are not
+    added. ``with_word_starts`` also records where words begin (from the fast tokenizer's
+    ``word_ids``; separator/CLS tokens are words of their own).
+
+    Returns a ``datasets.Dataset``, one row per document in input order, with ``input_ids`` (and
+    ``word_starts``). Cached under ``cache_dir`` (default :func:`default_cache_dir`) unless
+    ``cache=False``; the returned object carries ``cache_hit`` (bool) and ``cache_path`` attributes
+    (not kept by ``select``/``map``). ``num_proc`` None/1: one process, the Rust tokenizer's own
+    threads encode each batch in parallel; > 1: that many worker processes.
+    """
+    docs = tokenize_arrays(texts, tokenizer, separator=separator, cache_dir=cache_dir, num_proc=num_proc,
+                           with_word_starts=with_word_starts, cache=cache)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    ds = docs.to_dataset(fingerprint=docs.key[:32])
+    ds.cache_hit = docs.cache_hit
+    ds.cache_path = str(root / docs.key) if cache else None
+    return ds
+
+
+def tokenize_arrays(texts: Iterable[Any], tokenizer, *, separator: Literal["eos", "sep"] = "eos",
+                       cache_dir: str | os.PathLike | None = None, num_proc: int | None = None,
+                       with_word_starts: bool = False, cache: bool = True):
+    """:func:`tokenize_documents` as a :class:`TokenizedDocs`: flat arrays, memory-mapped from the
+    cache on a hit (no copy, shared by the processes of a node), with ``key`` and ``cache_hit`` set."""
+    texts = _texts(texts)
+    prefix, suffix = _affixes(tokenizer, separator)
+    backend = _backend(tokenizer)
+    t0 = time.perf_counter()
+    key = cache_key(texts, tokenizer, separator=separator, with_word_starts=with_word_starts)
+    final = None
+    if cache:
+        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        final = root / key
+        loaded = _load(final, with_word_starts)
+        if loaded is not None:
+            logger.info("tokenization cache hit: %s (%d documents, %d tokens)", final, len(loaded), loaded.num_tokens)
+            loaded.key, loaded.cache_hit = key, True
+            return loaded
+
+    if num_proc is not None and num_proc > 1 and len(texts) > _CHUNK:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        step = max(_CHUNK, -(-len(texts) // (num_proc * 4)))
+        jobs = [(texts[s:s + step], prefix, suffix, with_word_starts) for s in range(0, len(texts), step)]
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+        with cf.ProcessPoolExecutor(num_proc, mp_context=ctx, initializer=_worker_init,
+                                    initargs=(backend.to_str(),)) as pool:
+            ids, lengths, ws = _concat_parts(list(pool.map(_worker_encode, jobs)), with_word_starts)
+    else:
+        ids, lengths, ws = _encode(backend, texts, prefix, suffix, with_word_starts)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    out = TokenizedDocs(ids, offsets, ws, key=key)
+    if final is not None:
+        _save(final, out, meta={"format": FORMAT_VERSION, "documents": len(texts), "tokens": out.num_tokens,
+                                "separator": separator, "with_word_starts": with_word_starts,
+                                "tokenizer": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__})
+        # The cached copy, memory-mapped, in place of the one in memory: this process's memory is
+        # freed and the node's other processes share the same pages.
+        mapped = _load(final, with_word_starts)
+        if mapped is not None:
+            mapped.key = key
+            out = mapped
+    logger.info("tokenized %d documents -> %d tokens in %.1fs%s", len(out), out.num_tokens,
+                time.perf_counter() - t0, f" (cached at {final})" if final else "")
+    return out
+
+
+def _load(folder: Path, with_word_starts: bool) -> TokenizedDocs | None:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            return None
+        # Memory-mapped: pages are read as packing touches them, and the processes of a node share them.
+        ids = np.load(folder / "ids.npy", mmap_mode="r")
+        offsets = np.load(folder / "offsets.npy")
+        ws = np.load(folder / "word_starts.npy", mmap_mode="r") if with_word_starts else None
+    except (OSError, ValueError):
+        return None
+    if offsets[-1] != len(ids) or (ws is not None and len(ws) != len(ids)):
+        logger.warning("ignoring inconsistent tokenization cache %s", folder)
+        return None
+    return TokenizedDocs(ids, offsets, ws)
+
+
+def _save(folder: Path, docs: TokenizedDocs, meta: dict) -> None:
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name[:16]}-", dir=folder.parent))
+    except OSError as exc:
+        logger.warning("tokenization cache not written (%s): %s", folder.parent, exc)
+        return
+    try:
+        np.save(tmp / "ids.npy", docs.ids)
+        np.save(tmp / "offsets.npy", docs.offsets)
+        if docs.word_starts is not None:
+            np.save(tmp / "word_starts.npy", docs.word_starts)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # written last: marks completeness
+        os.replace(tmp, folder)  # atomic; fails if another process already renamed a complete copy
+    except OSError as exc:
+        if not (folder / "meta.json").exists():
+            logger.warning("tokenization cache not written (%s): %s", folder, exc)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+
+def token_arrays(tokenized) -> TokenizedDocs:
+    """Flat arrays (ids, offsets, word_starts) of tokenized documents: a Dataset from
+    :func:`tokenize_documents` (also after ``select``/``concatenate_datasets``), a list of token-id
+    lists, a list of dicts with ``input_ids`` (+ ``word_starts``), or a :class:`TokenizedDocs`."""
+    if isinstance(tokenized, TokenizedDocs):
+        return tokenized
+    if hasattr(tokenized, "column_names") and hasattr(tokenized, "with_format"):  # datasets.Dataset
+        return _dataset_arrays(tokenized)
+    rows = tokenized
+    seqs, wss = [], []
+    for r in rows:
+        if isinstance(r, dict):
+            seqs.append(np.asarray(r["input_ids"], dtype=np.int64))
+            wss.append(None if r.get("word_starts") is None else np.asarray(r["word_starts"], dtype=np.uint8))
+        else:
+            seqs.append(np.asarray(r, dtype=np.int64))
+            wss.append(None)
+    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = np.concatenate(seqs).astype(np.int32) if seqs else np.zeros(0, np.int32)
+    ws = None
+    if seqs and all(w is not None for w in wss):
+        ws = np.concatenate(wss)
+    return TokenizedDocs(ids, offsets, ws)
+
+
+def _dataset_arrays(ds) -> TokenizedDocs:
+    import pyarrow as pa
+
+    if "input_ids" not in ds.column_names:
+        raise ValueError(f"tokenized dataset needs an input_ids column, has {ds.column_names}")
+    if len(ds) == 0:
+        return TokenizedDocs(np.zeros(0, np.int32), np.zeros(1, np.int64),
+                             np.zeros(0, np.uint8) if "word_starts" in ds.column_names else None)
+    table = ds.with_format("arrow")[:]  # honours select()/shuffle() index mappings
+
+    def flat(name, dtype):
+        col = table.column(name).combine_chunks()
+        if isinstance(col, pa.ChunkedArray):
+            col = pa.concat_arrays(col.chunks)
+        lengths = col.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        return col.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False), lengths
+
+    ids, lengths = flat("input_ids", np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ws = None
+    if "word_starts" in ds.column_names:
+        ws, ws_len = flat("word_starts", np.uint8)
+        if not np.array_equal(ws_len, lengths):
+            raise ValueError("word_starts and input_ids have different lengths")
+    return TokenizedDocs(ids, offsets, ws)
