@@ -99,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list scratch model size presets")
 
+    ca = sub.add_parser("cache", help="the tokenization cache: list its entries, clear unused ones",
+                        formatter_class=_Formatter)
+    ca.add_argument("action", choices=["list", "clear"], help="list entries, or remove them")
+    ca.add_argument("--dir", default=None,
+                    help="cache folder (default: $LMADAPT_CACHE, else ~/.cache/lmadapt/tokenized); a recipe with data.cache_dir uses that one")
+    ca.add_argument("--older-than", type=float, default=None, metavar="DAYS",
+                    help="clear: only entries not used for this many days (default: all)")
+    ca.add_argument("--dry-run", action="store_true", help="clear: say what would be removed, remove nothing")
+
     from .pipeline import demo as demo_mod, report as report_mod, run as run_mod
     run_mod.add_run_arguments(sub.add_parser(
         "run", formatter_class=_Formatter, help="run a pipeline: arms of stages x seeds, stage cache, report",

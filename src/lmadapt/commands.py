@@ -109,6 +109,11 @@ def cmd_presets(args, parser):
     return 0
 
 
+def cmd_cache(args, parser):
+    from .data.token_cache import main as cache_main
+    return cache_main(args)
+
+
 def cmd_advise(args, parser):
     from .advise import main as advise_main
     return advise_main(args)
@@ -133,7 +138,7 @@ COMMANDS = {
     "run": cmd_run, "report": cmd_report, "demo": cmd_demo,
     "advise": cmd_advise,
     "pretrain": cmd_recipe_stage, "finetune": cmd_recipe_stage, "evaluate": cmd_evaluate, "predict": cmd_predict,
-    "tokenizer": cmd_tokenizer, "convert": cmd_convert, "presets": cmd_presets,
+    "tokenizer": cmd_tokenizer, "convert": cmd_convert, "presets": cmd_presets, "cache": cmd_cache,
 }
 
 

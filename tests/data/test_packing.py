@@ -384,3 +384,13 @@ def test_encode_batches_bounded_by_characters_give_the_same_tokens(bpe, wordpiec
     assert len(batches) > 3 and batches[0][0] == 0 and batches[-1][1] == len(texts)
     assert all(a[1] == b[0] for a, b in zip(batches, batches[1:]))   # consecutive, nothing skipped
     assert all(sum(len(t) for t in texts[s:e - 1]) < 60 for s, e in batches)  # a batch stops once over budget
+
+
+def test_blocks_file_on_a_filesystem_without_hard_links(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise PermissionError("operation not permitted")
+    monkeypatch.setattr(packing.os, "link", no_links)
+    docs = _random_docs(np.random.default_rng(6), 20, 30)
+    ds, acct = pack_blocks(docs, block_size=16, pad_id=1, path=tmp_path / "b.arrow")
+    assert len(ds) == acct.blocks > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.arrow", "b.arrow.json"]

@@ -239,8 +239,11 @@ def _write_arrow(path: Path, schema, batches) -> None:
             os.link(tmp, path)
         except FileExistsError:
             pass  # another process finished the same file first; it is identical
+        except OSError:  # a filesystem without hard links: a plain rename (same contents either way)
+            os.replace(tmp, path)
     finally:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def resolve_pad_id(tokenizer, objective: Objective) -> int:

@@ -381,6 +381,10 @@ def _load(folder: Path, with_word_starts: bool) -> TokenizedDocs | None:
     if offsets[-1] != len(ids) or (ws is not None and len(ws) != len(ids)):
         logger.warning("ignoring inconsistent tokenization cache %s", folder)
         return None
+    try:
+        os.utime(folder / "meta.json")  # marks the entry used (`lmadapt cache clear --older-than`)
+    except OSError:
+        pass  # a read-only cache still serves hits
     return TokenizedDocs(ids, offsets, ws)
 
 
