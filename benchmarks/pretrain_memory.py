@@ -45,17 +45,41 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def memory() -> dict:
+def smaps(pid: int | str = "self") -> dict:
+    """/proc/PID/smaps_rollup in MB, field by field ({} when the process is gone)."""
     fields = {}
-    with open("/proc/self/smaps_rollup") as fh:
-        for line in fh:
-            parts = line.split()
-            if len(parts) >= 3 and parts[2] == "kB":
-                fields[parts[0].rstrip(":")] = int(parts[1]) / 1024
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] == "kB":
+                    fields[parts[0].rstrip(":")] = int(parts[1]) / 1024
+    except OSError:
+        pass
+    return fields
+
+
+def memory() -> dict:
+    fields = smaps()
     return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "rss_mb": round(fields.get("Rss", 0)),
             "anon_mb": round(fields.get("Anonymous", 0)),
             "file_mb": round(fields.get("Rss", 0) - fields.get("Anonymous", 0))}
+
+
+def recipe(args, cache: str, out: str, **train) -> dict:
+    """The pretrain recipe every lmadapt variant runs: a 1M scratch Llama on the corpus, no held-out set."""
+    return {"model": {"init": "scratch", "arch": "llama", "size": "1m", "tokenizer": args.tokenizer},
+            "data": {"sources": [{"path": args.data, "name": "corpus"}], "block_size": args.block_size,
+                     "cache_dir": str(Path(cache) / "tokenized"), "eval_fraction": 0},
+            "train": {"output_dir": str(Path(cache) / out), "overwrite": True, "report_to": [], **train}}
+
+
+def child_env(src: str | None) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    if src:
+        env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    return env
 
 
 def read_blocks(ds, n: int = 2000) -> float:
@@ -99,12 +123,8 @@ def child_lmadapt(args) -> dict:
     from lmadapt.models.load import load_model
     from lmadapt.stages import pretrain
 
-    out = Path(args.cache) / "out"
-    cfg = load_recipe(PretrainConfig, data={
-        "model": {"init": "scratch", "arch": "llama", "size": "1m", "tokenizer": args.tokenizer},
-        "data": {"sources": [{"path": args.data, "name": "corpus"}], "block_size": args.block_size,
-                 "cache_dir": str(Path(args.cache) / "tokenized"), "eval_fraction": 0},
-        "train": {"output_dir": str(out), "overwrite": True, "max_steps": 1, "report_to": []}})
+    cfg = load_recipe(PretrainConfig, data=recipe(args, args.cache, "out", max_steps=1))
+    out = Path(cfg.train.output_dir)
     corpus = pretrain.read_corpus(cfg.data)
     tok = load_model(cfg.model).tokenizer
     build = pretrain.build_train_blocks
@@ -162,39 +182,21 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _pss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def torchrun_node_memory(src: str, args, cache: str, procs: int) -> dict:
     """``lmadapt pretrain`` (2 steps) under torchrun with ``procs`` processes on the warm cache; the
     node's memory is the largest sum of PSS over the job's processes (PSS splits a shared page
     between the processes that map it, so the sum counts the page cache once)."""
     import yaml
 
-    recipe = Path(cache) / f"torchrun{procs}.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "model": {"init": "scratch", "arch": "llama", "size": "1m", "tokenizer": args.tokenizer},
-        "data": {"sources": [{"path": args.data, "name": "corpus"}], "block_size": args.block_size,
-                 "cache_dir": str(Path(cache) / "tokenized"), "eval_fraction": 0},
-        "train": {"output_dir": str(Path(cache) / f"torchrun{procs}"), "overwrite": True, "max_steps": 2,
-                  "batch_size": 2, "report_to": []}}))
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    path = Path(cache) / f"torchrun{procs}.yaml"
+    path.write_text(yaml.safe_dump(recipe(args, cache, f"torchrun{procs}", max_steps=2, batch_size=2)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-           "-m", "lmadapt.cli", "pretrain", str(recipe)]
+           "-m", "lmadapt.cli", "pretrain", str(path)]
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=child_env(src), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak, peak_each = 0.0, 0.0
     while proc.poll() is None:
-        pss = [_pss_mb(p) for p in _descendants(proc.pid)]
+        pss = [smaps(p).get("Pss", 0.0) for p in _descendants(proc.pid)]
         workers = sorted(pss)[-procs:]  # the training processes (the launcher is the smallest)
         peak, peak_each = max(peak, sum(pss)), max(peak_each, max(workers, default=0.0))
         time.sleep(0.2)
@@ -206,12 +208,9 @@ def torchrun_node_memory(src: str, args, cache: str, procs: int) -> dict:
 
 
 def run_child(variant: str, src: str | None, args, cache: str) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    if src:
-        env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, __file__, "--child", variant, "--data", args.data, "--tokenizer", args.tokenizer,
            "--block-size", str(args.block_size), "--cache", cache]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=child_env(src), capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"{variant} failed:\n{proc.stderr[-3000:]}")

@@ -114,8 +114,10 @@ def pack_blocks(tokenized, *, block_size: int, pad_id: int, mode: Mode = "docume
     total = n_blocks * L
     kept = [0]  # real tokens found in the blocks, counted slice by slice
 
+    schema = _schema(L, docs.word_starts is not None)
+
     def batches():
-        for batch, real in _block_slices(docs, L, int(pad_id), mode):
+        for batch, real in _block_slices(docs, L, int(pad_id), mode, schema):
             kept[0] += real
             yield batch
 
@@ -123,7 +125,6 @@ def pack_blocks(tokenized, *, block_size: int, pad_id: int, mode: Mode = "docume
         done = open_blocks(path)
         if done is not None:
             return done  # written by an earlier run or by another process of this job
-    schema = _schema(L, docs.word_starts is not None)
     if path is None:
         table = pa.Table.from_batches(list(batches()), schema=schema)
     else:
@@ -176,7 +177,7 @@ def _schema(L: int, word_starts: bool):
     return pa.schema([(name, pa.list_(t, L)) for name, t in cols])
 
 
-def _block_slices(docs: TokenizedDocs, L: int, pad_id: int, mode: str):
+def _block_slices(docs: TokenizedDocs, L: int, pad_id: int, mode: str, schema):
     """(record batch, real tokens in it) for runs of whole blocks of about ``_SLICE_TOKENS`` tokens.
 
     Blocks are independent (positions restart at every block), so each slice is computed alone."""
@@ -186,7 +187,6 @@ def _block_slices(docs: TokenizedDocs, L: int, pad_id: int, mode: str):
     n_blocks = -(-n_tok // L)
     doc_starts = docs.offsets[:-1][docs.lengths > 0]
     rows = max(1, _SLICE_TOKENS // L)
-    schema = _schema(L, docs.word_starts is not None)
     for b0 in range(0, n_blocks, rows):
         t0, t1 = b0 * L, min(n_blocks, b0 + rows) * L
         end = min(t1, n_tok)  # real tokens are [t0, end); the rest of the slice is padding

@@ -68,12 +68,16 @@ def clear(root: str | Path | None = None, *, older_than_days: float | None = Non
     return gone
 
 
-def _human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB"):
+        if n < 1024:
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
         n /= 1024
-    return f"{n:,.1f} TB"  # pragma: no cover
+    return f"{n:,.1f} GB"
+
+
+def _count(rows: list[dict]) -> str:
+    return f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'} ({_human(sum(e['bytes'] for e in rows))})"
 
 
 def _num(value, width: int) -> str:
@@ -88,7 +92,7 @@ def table(rows: list[dict], now: float | None = None) -> str:
         used = f"{days:.1f} d ago" if days >= 1 else f"{days * 24:.1f} h ago"
         lines.append(f"{e['key'][:16]:<16} {e['state']:<10} {_num(e['documents'], 10)} {_num(e['tokens'], 14)} "
                      f"{_human(e['bytes']):>10} {used:>11}  {e['tokenizer'] or '-'}")
-    lines.append(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}, {_human(sum(e['bytes'] for e in rows))}")
+    lines.append(_count(rows))
     return "\n".join(lines)
 
 
@@ -100,5 +104,5 @@ def main(args) -> int:
         return 0
     gone = clear(root, older_than_days=args.older_than, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
-    print(f"{verb} {len(gone)} entr{'y' if len(gone) == 1 else 'ies'} ({_human(sum(e['bytes'] for e in gone))}) from {root}")
+    print(f"{verb} {_count(gone)} from {root}")
     return 0

@@ -43,9 +43,11 @@ class TokenizedDocs:
     ids: np.ndarray  # int32 [total tokens]
     offsets: np.ndarray  # int64 [documents + 1]
     word_starts: np.ndarray | None = None  # uint8 [total tokens]
-    # Set by tokenize_arrays: the cache key (texts + tokenizer + settings) and whether it was a hit.
+    # Set by tokenize_arrays: the cache key (texts + tokenizer + settings), whether it was a hit,
+    # and the entry's folder (None when not cached).
     key: str | None = None
     cache_hit: bool = False
+    cache_path: str | None = None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -311,10 +313,8 @@ def tokenize_documents(texts: Iterable[Any], tokenizer, *, separator: Literal["e
     """
     docs = tokenize_arrays(texts, tokenizer, separator=separator, cache_dir=cache_dir, num_proc=num_proc,
                            with_word_starts=with_word_starts, cache=cache)
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     ds = docs.to_dataset(fingerprint=docs.key[:32])
-    ds.cache_hit = docs.cache_hit
-    ds.cache_path = str(root / docs.key) if cache else None
+    ds.cache_hit, ds.cache_path = docs.cache_hit, docs.cache_path
     return ds
 
 
@@ -335,7 +335,7 @@ def tokenize_arrays(texts: Iterable[Any], tokenizer, *, separator: Literal["eos"
         loaded = _load(final, with_word_starts)
         if loaded is not None:
             logger.info("tokenization cache hit: %s (%d documents, %d tokens)", final, len(loaded), loaded.num_tokens)
-            loaded.key, loaded.cache_hit = key, True
+            loaded.key, loaded.cache_hit, loaded.cache_path = key, True, str(final)
             return loaded
 
     if num_proc is not None and num_proc > 1 and len(texts) > _CHUNK:
@@ -360,8 +360,8 @@ def tokenize_arrays(texts: Iterable[Any], tokenizer, *, separator: Literal["eos"
         # freed and the node's other processes share the same pages.
         mapped = _load(final, with_word_starts)
         if mapped is not None:
-            mapped.key = key
             out = mapped
+        out.key, out.cache_path = key, str(final)
     logger.info("tokenized %d documents -> %d tokens in %.1fs%s", len(out), out.num_tokens,
                 time.perf_counter() - t0, f" (cached at {final})" if final else "")
     return out
