@@ -166,7 +166,7 @@ def test_cache_hit_skips_tokenization(bpe, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("tokenized again despite the cache")
 
-    monkeypatch.setattr(packing_tokenize, "_encode", boom)
+    monkeypatch.setattr(packing_tokenize, "_encode_batches", boom)
     second = tokenize_documents(texts, bpe, cache_dir=tmp_path, with_word_starts=True)
     assert second.cache_hit and second.cache_path == first.cache_path
     assert second[:] == first[:]
@@ -394,3 +394,59 @@ def test_blocks_file_on_a_filesystem_without_hard_links(tmp_path, monkeypatch):
     ds, acct = pack_blocks(docs, block_size=16, pad_id=1, path=tmp_path / "b.arrow")
     assert len(ds) == acct.blocks > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.arrow", "b.arrow.json"]
+
+
+def test_tokens_stream_to_the_cache_a_batch_at_a_time(bpe, wordpiece, tmp_path, monkeypatch):
+    """Encoded batches go straight to the cache files: the batches are never concatenated in memory
+    (twice the corpus's ids), the tokens equal a direct encoding, and no temp file is left."""
+    from lmadapt.data.packing import tokenize_arrays
+
+    texts = [t * (i % 3 + 1) for i, t in enumerate(CORPUS)]
+    monkeypatch.setattr(packing_tokenize, "_CHUNK", 3)
+
+    def no_concat(*args):
+        raise AssertionError("the encoded batches were concatenated in memory")
+    monkeypatch.setattr(packing_tokenize, "_concat_parts", no_concat)
+    for tok, sep, ws in ((bpe, "eos", False), (wordpiece, "sep", True)):
+        got = tokenize_arrays(texts, tok, separator=sep, cache_dir=tmp_path / sep, with_word_starts=ws)
+        assert isinstance(got.ids, np.memmap) and len(got) == len(texts)
+        prefix = [tok.cls_token_id] if sep == "sep" else []
+        suffix = [tok.eos_token_id if sep == "eos" else tok.sep_token_id]
+        for i, text in enumerate(texts):
+            want = prefix + tok(text, add_special_tokens=False)["input_ids"] + suffix
+            assert got.ids[got.offsets[i]:got.offsets[i + 1]].tolist() == want
+        if ws:
+            assert len(got.word_starts) == len(got.ids) and got.word_starts[got.offsets[:-1]].all()
+        entries = list((tmp_path / sep).iterdir())
+        assert [p.name for p in entries] == [got.key]     # no temp folder beside the entry
+        assert sorted(p.name for p in entries[0].iterdir()) == sorted(
+            ["ids.npy", "offsets.npy", "meta.json"] + (["word_starts.npy"] if ws else []))
+        meta = json.loads((entries[0] / "meta.json").read_text())
+        assert (meta["documents"], meta["tokens"]) == (len(texts), got.num_tokens)
+
+
+def test_a_failed_tokenization_leaves_no_entry_and_an_unwritable_cache_still_tokenizes(bpe, tmp_path, monkeypatch):
+    from lmadapt.data.packing import tokenize_arrays
+
+    plain = tokenize_arrays(CORPUS, bpe, cache=False)
+    real = packing_tokenize._encode_batches
+
+    def dies_midway(*args):
+        parts = real(*args)
+        yield next(parts)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(packing_tokenize, "_CHUNK", 2)
+    monkeypatch.setattr(packing_tokenize, "_encode_batches", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        tokenize_arrays(CORPUS, bpe, cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []    # neither an entry nor its temp folder
+    monkeypatch.setattr(packing_tokenize, "_encode_batches", real)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")                                # the cache folder cannot be made under a file
+    monkeypatch.setattr(packing_tokenize.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    got = tokenize_arrays(CORPUS, bpe, cache_dir=blocked / "cache")
+    assert got.cache_path is None and not isinstance(got.ids, np.memmap)
+    np.testing.assert_array_equal(got.ids, plain.ids)
+    np.testing.assert_array_equal(got.offsets, plain.offsets)
+    assert list((tmp_path / "tmp").iterdir()) == []        # the temp folder it used is gone

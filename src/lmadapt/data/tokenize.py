@@ -211,11 +211,9 @@ def cache_key(texts: Sequence[str], tokenizer, *, separator: str, with_word_star
     return h.hexdigest()
 
 
-def _encode(backend, texts: list[str], prefix: list[int], suffix: list[int], with_word_starts: bool):
-    """Encode ``texts`` -> (ids int32, lengths int64, word_starts uint8|None), affixes included.
-
-    Affixes are added one batch at a time, so the index temporaries stay batch-sized."""
-    parts = []
+def _encode_batches(backend, texts: list[str], prefix: list[int], suffix: list[int], with_word_starts: bool):
+    """Encode ``texts`` a batch at a time: yields (ids int32, lengths int64, word_starts uint8|None)
+    per batch, affixes included, so the Encoding objects and index temporaries stay batch-sized."""
     # encode_batch_fast skips character offsets (~1/3 faster) but also loses word ids
     encode = backend.encode_batch if with_word_starts or not hasattr(backend, "encode_batch_fast") \
         else backend.encode_batch_fast
@@ -228,8 +226,8 @@ def _encode(backend, texts: list[str], prefix: list[int], suffix: list[int], wit
         if with_word_starts:
             wids = itertools.chain.from_iterable(e.word_ids for e in encs)
             wid = np.fromiter((-1 if w is None else w for w in wids), dtype=np.int64, count=n)
-        parts.append(_with_affixes(raw_ids, lengths, wid, prefix, suffix))
-    return _concat_parts(parts, with_word_starts)
+        del encs
+        yield _with_affixes(raw_ids, lengths, wid, prefix, suffix)
 
 
 def _batches(texts: list[str]):
@@ -291,7 +289,46 @@ def _worker_init(tokenizer_json: str):
 
 def _worker_encode(args):
     texts, prefix, suffix, with_word_starts = args
-    return _encode(_WORKER_BACKEND, texts, prefix, suffix, with_word_starts)
+    return _concat_parts(list(_encode_batches(_WORKER_BACKEND, texts, prefix, suffix, with_word_starts)),
+                         with_word_starts)
+
+
+class _TokenSink:
+    """Encoded batches appended to raw files as they come, then saved as the cache entry's .npy
+    arrays: a corpus's token ids pass through memory a batch at a time, instead of being held as
+    all the batches plus their concatenation (twice the ids) before the cache is written."""
+
+    _DTYPES = {"ids": np.int32, "word_starts": np.uint8}
+
+    def __init__(self, folder: Path, with_word_starts: bool):
+        self.folder, self.lengths = folder, []
+        names = ["ids"] + (["word_starts"] if with_word_starts else [])
+        self.files = {name: open(folder / f"{name}.raw", "wb") for name in names}
+
+    def add(self, part) -> None:
+        ids, lengths, ws = part
+        self.files["ids"].write(np.ascontiguousarray(ids, dtype=np.int32).data)
+        if "word_starts" in self.files:
+            self.files["word_starts"].write(np.ascontiguousarray(ws, dtype=np.uint8).data)
+        self.lengths.append(lengths)
+
+    def close(self) -> None:
+        for fh in self.files.values():
+            fh.close()
+
+    def finish(self, meta: dict) -> None:
+        """The .npy arrays and, last, meta.json (which marks the folder complete)."""
+        self.close()
+        for name in self.files:
+            raw, dtype = self.folder / f"{name}.raw", self._DTYPES[name]
+            n = raw.stat().st_size // np.dtype(dtype).itemsize
+            # copied from the page cache, not from this process's memory
+            np.save(self.folder / f"{name}.npy", np.memmap(raw, dtype=dtype, mode="r", shape=(n,)) if n
+                    else np.zeros(0, dtype))
+            raw.unlink()
+        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
+        np.save(self.folder / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        (self.folder / "meta.json").write_text(json.dumps({**meta, "tokens": int(lengths.sum())}, indent=1))
 
 
 def tokenize_documents(texts: Iterable[Any], tokenizer, *, separator: Literal["eos", "sep"] = "eos",
@@ -338,6 +375,34 @@ def tokenize_arrays(texts: Iterable[Any], tokenizer, *, separator: Literal["eos"
             loaded.key, loaded.cache_hit, loaded.cache_path = key, True, str(final)
             return loaded
 
+    meta = {"format": FORMAT_VERSION, "documents": len(texts), "separator": separator,
+            "with_word_starts": with_word_starts,
+            "tokenizer": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__}
+    work = _work_folder(final)
+    try:
+        sink = _TokenSink(work, with_word_starts)
+        try:
+            for part in _encoded_parts(backend, texts, prefix, suffix, with_word_starts, num_proc):
+                sink.add(part)
+        finally:
+            sink.close()
+        sink.finish(meta)
+        # The cache entry, memory-mapped: the node's other processes share its pages. Without a
+        # cache (or where it cannot be written), the arrays are read into memory and the folder goes.
+        out = _publish(work, final, with_word_starts) if final is not None else None
+        if out is None:
+            out = _in_memory(work, with_word_starts)
+            final = None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out.key, out.cache_path = key, str(final) if final is not None else None
+    logger.info("tokenized %d documents -> %d tokens in %.1fs%s", len(out), out.num_tokens,
+                time.perf_counter() - t0, f" (cached at {final})" if final else "")
+    return out
+
+
+def _encoded_parts(backend, texts: list[str], prefix, suffix, with_word_starts: bool, num_proc: int | None):
+    """Encoded parts in document order: batches in this process, or larger slices from ``num_proc`` workers."""
     if num_proc is not None and num_proc > 1 and len(texts) > _CHUNK:
         import concurrent.futures as cf
         import multiprocessing as mp
@@ -347,24 +412,41 @@ def tokenize_arrays(texts: Iterable[Any], tokenizer, *, separator: Literal["eos"
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
         with cf.ProcessPoolExecutor(num_proc, mp_context=ctx, initializer=_worker_init,
                                     initargs=(backend.to_str(),)) as pool:
-            ids, lengths, ws = _concat_parts(list(pool.map(_worker_encode, jobs)), with_word_starts)
+            yield from pool.map(_worker_encode, jobs)
     else:
-        ids, lengths, ws = _encode(backend, texts, prefix, suffix, with_word_starts)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    out = TokenizedDocs(ids, offsets, ws, key=key)
+        yield from _encode_batches(backend, texts, prefix, suffix, with_word_starts)
+
+
+def _work_folder(final: Path | None) -> Path:
+    """A fresh temp folder beside the cache entry (so publishing it is a rename), else in the system's temp."""
     if final is not None:
-        _save(final, out, meta={"format": FORMAT_VERSION, "documents": len(texts), "tokens": out.num_tokens,
-                                "separator": separator, "with_word_starts": with_word_starts,
-                                "tokenizer": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__})
-        # The cached copy, memory-mapped, in place of the one in memory: this process's memory is
-        # freed and the node's other processes share the same pages.
-        mapped = _load(final, with_word_starts)
-        if mapped is not None:
-            out = mapped
-        out.key, out.cache_path = key, str(final)
-    logger.info("tokenized %d documents -> %d tokens in %.1fs%s", len(out), out.num_tokens,
-                time.perf_counter() - t0, f" (cached at {final})" if final else "")
-    return out
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(prefix=f".{final.name[:16]}-", dir=final.parent))
+        except OSError as exc:
+            logger.warning("tokenization cache not written (%s): %s", final.parent, exc)
+    return Path(tempfile.mkdtemp(prefix="lmadapt-tokens-"))
+
+
+def _publish(work: Path, final: Path, with_word_starts: bool) -> TokenizedDocs | None:
+    """``work`` renamed to the cache entry ``final`` and read back memory-mapped; None when it cannot be."""
+    if work.parent != final.parent:
+        return None   # the cache folder could not be written: see _work_folder
+    try:
+        os.replace(work, final)  # atomic; fails if another process already renamed a complete copy
+    except OSError as exc:
+        if not (final / "meta.json").exists():
+            logger.warning("tokenization cache not written (%s): %s", final, exc)
+            return None
+    return _load(final, with_word_starts)
+
+
+def _in_memory(folder: Path, with_word_starts: bool) -> TokenizedDocs:
+    mapped = _load(folder, with_word_starts)
+    if mapped is None:
+        raise RuntimeError(f"{folder}: tokenized arrays just written cannot be read back")
+    return TokenizedDocs(np.array(mapped.ids), np.array(mapped.offsets),
+                         None if mapped.word_starts is None else np.array(mapped.word_starts))
 
 
 def _load(folder: Path, with_word_starts: bool) -> TokenizedDocs | None:
@@ -386,29 +468,6 @@ def _load(folder: Path, with_word_starts: bool) -> TokenizedDocs | None:
     except OSError:
         pass  # a read-only cache still serves hits
     return TokenizedDocs(ids, offsets, ws)
-
-
-def _save(folder: Path, docs: TokenizedDocs, meta: dict) -> None:
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name[:16]}-", dir=folder.parent))
-    except OSError as exc:
-        logger.warning("tokenization cache not written (%s): %s", folder.parent, exc)
-        return
-    try:
-        np.save(tmp / "ids.npy", docs.ids)
-        np.save(tmp / "offsets.npy", docs.offsets)
-        if docs.word_starts is not None:
-            np.save(tmp / "word_starts.npy", docs.word_starts)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # written last: marks completeness
-        os.replace(tmp, folder)  # atomic; fails if another process already renamed a complete copy
-    except OSError as exc:
-        if not (folder / "meta.json").exists():
-            logger.warning("tokenization cache not written (%s): %s", folder, exc)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
 
 
 def token_arrays(tokenized) -> TokenizedDocs:
