@@ -125,12 +125,19 @@ def child_lmadapt(args) -> dict:
 
     cfg = load_recipe(PretrainConfig, data=recipe(args, args.cache, "out", max_steps=1))
     out = Path(cfg.train.output_dir)
-    corpus = pretrain.read_corpus(cfg.data)
-    tok = load_model(cfg.model).tokenizer
-    build = pretrain.build_train_blocks
-    extra = (out,) if "out" in inspect.signature(build).parameters else ()
-    blocks, accounting, _ = build(corpus, tok, "causal", "document", cfg, *extra)
-    del corpus
+    if hasattr(pretrain, "prepare_stage_data"):   # this checkout: the stage's own data path
+        corpus = pretrain.read_stage_corpus(cfg)
+        tok = load_model(cfg.model).tokenizer
+        data = pretrain.prepare_stage_data(corpus, tok, "causal", "document", cfg, out)
+        del corpus
+        blocks, accounting = data.train, data.accounting
+    else:                                         # an older checkout (--baseline-src)
+        corpus = pretrain.read_corpus(cfg.data)
+        tok = load_model(cfg.model).tokenizer
+        build = pretrain.build_train_blocks
+        extra = (out,) if "out" in inspect.signature(build).parameters else ()
+        blocks, accounting, _ = build(corpus, tok, "causal", "document", cfg, *extra)
+        del corpus
     return {"tokens": accounting.tokens, "blocks": accounting.blocks,
             "tokens_in_blocks": accounting.tokens - accounting.tokens_dropped, "dataset": blocks}
 

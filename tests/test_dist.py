@@ -136,3 +136,46 @@ def test_one_process_runs_the_work_itself(monkeypatch):
     results, count = dist.map_split(lambda share: (calls.append(share) or [x + 1 for x in share], 7), [1, 2, 3])
     assert (results, count, calls) == ([2, 3, 4], 7, [[1, 2, 3]])
     assert dist.sum_split(lambda share: (sum(share), len(share)), [1, 2, 3]) == (6, 3)
+
+
+@pytest.mark.parametrize("env, refused", [
+    ({"ACCELERATE_USE_FSDP": "true"}, "FSDP"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "ZeRO-3"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, None),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": "ds.json"}, "ZeRO-3"),
+    ({"ACCELERATE_USE_FSDP": "false"}, None),
+])
+def test_a_launch_that_shards_the_model_is_refused_before_any_work(tmp_path, monkeypatch, env, refused):
+    """lmadapt evaluates and saves on whole models; a sharded launch would hang at the first
+    uneven evaluation or at saving, so both training stages refuse it before reading any data."""
+    from lmadapt.config import PretrainConfig, load_recipe
+    from lmadapt.config.finetune import FinetuneConfig
+    from lmadapt.stages.finetune import run_finetune
+    from lmadapt.stages.pretrain import run_pretrain
+    (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    monkeypatch.chdir(tmp_path)
+    for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE",
+                 "ACCELERATE_DEEPSPEED_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    if refused is None:
+        dist.require_data_parallel()
+        return
+    with pytest.raises(RuntimeError, match=refused):
+        dist.require_data_parallel()
+    model = tmp_path / "model"   # an empty folder: no stage gets as far as loading it
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "corpus.txt").write_text("some text\n")
+    (tmp_path / "train.jsonl").write_text('{"text": "a", "label": "x"}\n')
+    pre = load_recipe(PretrainConfig, data={"model": {"path": str(model)},
+                                            "data": {"sources": [{"path": "corpus.txt"}]},
+                                            "train": {"output_dir": "pre"}})
+    fin = load_recipe(FinetuneConfig, data={"model": {"path": str(model)},
+                                            "data": {"train": "train.jsonl"},
+                                            "train": {"output_dir": "fin"}})
+    for run, cfg in ((run_pretrain, pre), (run_finetune, fin)):
+        with pytest.raises(RuntimeError, match="data-parallel only"):
+            run(cfg)
+        assert not (tmp_path / cfg.train.output_dir).exists()

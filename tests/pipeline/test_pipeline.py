@@ -267,3 +267,19 @@ def test_schema_fails_loudly(workspace, tmp_path):
     cfg = load_pipeline(data=inline)
     assert cfg.stage_of("x", 1)[0] == "x-2"
     assert "ft_only" not in prun.describe_plan(cfg) and "x-2[run]" in prun.describe_plan(cfg)
+
+
+def test_a_stage_started_over_keeps_its_packed_blocks(tmp_path):
+    """Interrupted without a checkpoint, a stage starts over in an emptied folder, but its packed
+    blocks stay (their names key their content), so the new start does not pack again."""
+    from lmadapt.pipeline import cache
+    from lmadapt.stages.pretrain_data import BLOCKS_DIR
+    folder = tmp_path / "stage"
+    (folder / BLOCKS_DIR).mkdir(parents=True)
+    (folder / BLOCKS_DIR / "train-abc.arrow").write_text("blocks")
+    (folder / cache.STAGE_FILE).write_text("{}")
+    (folder / "checkpoint-2").mkdir()
+    (folder / "logs.jsonl").write_text("")
+    prun.clear_for_restart(folder)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([BLOCKS_DIR, cache.STAGE_FILE])
+    assert (folder / BLOCKS_DIR / "train-abc.arrow").read_text() == "blocks"

@@ -101,24 +101,27 @@ def test_resume_matches_uninterrupted_run(workspace):
 
 
 def test_a_rerun_reuses_the_packed_blocks_of_an_unfinished_stage(workspace, monkeypatch):
-    """An interrupted stage leaves its blocks file; the resumed run reads it instead of packing
-    again, and trains on the same blocks (the same result); a changed seed packs anew."""
+    """An interrupted stage leaves its blocks files; the resumed run reads them instead of mixing and
+    packing again, and trains on the same blocks (the same result); a changed seed packs anew."""
     tmp_path, tok_dir, train, valid = workspace
-    from lmadapt.stages import pretrain
+    from lmadapt.stages import pretrain, pretrain_data
     data = recipe(tmp_path, tok_dir, train, valid, out="re", max_steps=6)
-    monkeypatch.setattr(pretrain, "remove_train_blocks", lambda out: None)   # as if it stopped before the end
+    monkeypatch.setattr(pretrain, "remove_stage_data", lambda out: None)   # as if it stopped before the end
     first = pretrain.run_pretrain(load_recipe(PretrainConfig, data=data))
-    files = list((tmp_path / "re" / pretrain.BLOCKS_DIR).glob("train-*.arrow"))
-    assert len(files) == 1
+    folder = tmp_path / "re" / pretrain_data.BLOCKS_DIR
+    manifest = json.loads((folder / pretrain_data.MANIFEST).read_text())
+    assert [p.name for p in folder.glob("train-*.arrow")] == [manifest["train"]]
+    assert [p.name for p in folder.glob("eval-*.arrow")] == [manifest["eval"]["valid"]]
 
     def no_packing(*a, **k):
         raise AssertionError("packed again")
     monkeypatch.undo()  # the stage removes its blocks again from here on
-    monkeypatch.setattr(pretrain, "mix_documents", no_packing)   # mixing and packing the training blocks
+    monkeypatch.setattr(pretrain_data, "mix_documents", no_packing)   # mixing the training documents
+    monkeypatch.setattr(pretrain_data, "pack_blocks", no_packing)     # packing training or held-out blocks
     data["train"]["overwrite"] = True
     again = pretrain.run_pretrain(load_recipe(PretrainConfig, data=data))
     assert again["heldout"]["valid"]["after"]["loss"] == pytest.approx(first["heldout"]["valid"]["after"]["loss"], rel=1e-6)
-    assert not (tmp_path / "re" / pretrain.BLOCKS_DIR).exists()
+    assert not folder.exists()
     data["train"]["seed"] = 1
     with pytest.raises(AssertionError, match="packed again"):
         pretrain.run_pretrain(load_recipe(PretrainConfig, data=data))
@@ -158,17 +161,33 @@ def test_lora_pretrain_adapter_and_merge(workspace):
         assert m["heldout"]["valid"]["after"]["loss"] < m["heldout"]["valid"]["before"]["loss"]
 
 
+# The pretrain command, where a node's other processes fail if they read or tokenize the corpus.
+FIRST_READS = """
+import os, sys
+from lmadapt.stages import pretrain_data
+if os.environ["LOCAL_RANK"] != "0":
+    def refuse(*args, **kwargs):
+        raise AssertionError("a process other than the node's first read or tokenized the corpus")
+    pretrain_data.read_corpus = pretrain_data.tokenize_arrays = refuse
+from lmadapt.cli import main
+sys.exit(main(["pretrain", sys.argv[1]]))
+"""
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo two-process test runs on Linux")
 def test_two_processes_match_one_process(workspace):
-    """Same global batch (2 procs x 2 vs 1 proc x 4): the same final held-out loss."""
+    """Same global batch (2 procs x 2 vs 1 proc x 4): the same final held-out loss; only the first
+    process reads the text, the other trains on the blocks it packed."""
     tmp_path, tok_dir, train, valid = workspace
     import yaml
+    script = tmp_path / "first_reads.py"
+    script.write_text(FIRST_READS)
     results = {}
     for procs, bs in ((1, 4), (2, 2)):
         data = recipe(tmp_path, tok_dir, train, valid, out=f"p{procs}", max_steps=8, batch_size=bs)
         path = tmp_path / f"p{procs}.yaml"
         path.write_text(yaml.safe_dump(data))
-        proc = torchrun("-m", "lmadapt.cli", "pretrain", str(path), procs=procs)
+        proc = torchrun(str(script), str(path), procs=procs)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results[procs] = json.loads((tmp_path / f"p{procs}" / "metrics.json").read_text())
         assert not (tmp_path / f"p{procs}" / ".lmadapt-blocks").exists()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..config.pipeline import load_pipeline, sample_data_dir
 from ..train.dist import is_main_process, main_first
+from ..train.dist import log as dist_log
 
 TOKENIZER_SETTINGS = {"kind": "bpe", "vocab_size": 4096, "data": "general/train.jsonl.gz", "min_frequency": 2}
 # --quick: the same pipeline with budgets cut ~5x (a smoke run of the machinery, a minute or two).
@@ -29,8 +30,7 @@ QUICK_VARS = {"base_tokens": 60000, "dapt_tokens": 40000, "eval_every": 5, "ft_e
 
 
 def log(msg: str) -> None:
-    if is_main_process():
-        print(f"[lmadapt demo] {msg}", flush=True)
+    dist_log(msg, "lmadapt demo")
 
 
 def demo_recipe_path():

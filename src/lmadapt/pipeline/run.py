@@ -32,7 +32,9 @@ from typing import Callable
 
 from ..config.base import ConfigError, load_recipe, to_dict
 from ..config.pipeline import PipelineConfig, load_pipeline
+from ..stages.pretrain_data import BLOCKS_DIR
 from ..train.dist import barrier, broadcast, gather, is_main_process, world_size
+from ..train.dist import log as dist_log
 from ..train.outputs import METRICS_FILE, atomic_write_text, read_json, write_json
 from . import cache
 from .plan import ArmRun, StageInstance, plan, unique_instances
@@ -44,8 +46,7 @@ PIPELINE_FILE = "pipeline.yaml"
 
 
 def log(msg: str) -> None:
-    if is_main_process():
-        print(f"[lmadapt run] {msg}", flush=True)
+    dist_log(msg, "lmadapt run")
 
 
 # --- running one stage ---------------------------------------------------------------------------
@@ -169,6 +170,14 @@ def _interrupted(inst: StageInstance) -> str | None:
     return "checkpoint" if inst.kind != "evaluate" and _has_checkpoint(folder) else "restart"
 
 
+def clear_for_restart(folder: Path) -> None:
+    """Empty an interrupted stage's folder for a fresh start, but for its stage file and its packed
+    blocks: their file names key their content, so the new start reads them instead of packing again."""
+    for p in folder.iterdir():
+        if p.name not in (cache.STAGE_FILE, BLOCKS_DIR):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
 def execute_stage(inst: StageInstance) -> dict:
     """Run one stage instance into its folder (resuming an interrupted one); returns DONE's content.
 
@@ -185,9 +194,7 @@ def execute_stage(inst: StageInstance) -> dict:
         log(f"{inst.id}: interrupted earlier without a checkpoint; starting it over")
     if main:
         if resumed == "restart":
-            for p in folder.iterdir():
-                if p.name != cache.STAGE_FILE:
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            clear_for_restart(folder)
         folder.mkdir(parents=True, exist_ok=True)
         cache.write_stage_file(folder, inst.key, inst.hash)
     barrier()

@@ -34,14 +34,10 @@ from ..config.finetune import ADAPTER_FILE, FinetuneConfig
 from ..tasks import TASKS
 from ..tasks.base import DataError, Example, ReadReport
 from ..tasks.labeled_io import stratified_split, stratified_subsample
-from ..train.dist import is_main_process
+from ..train.dist import is_main_process, log, require_data_parallel
 from ..train.loop import CHECKPOINT_DIR, run_training
 from ..train.outputs import prepare_output_dir, read_json, read_meta, update_metrics, write_meta, write_recipe
 
-
-def log(msg: str) -> None:
-    if is_main_process():
-        print(f"[lmadapt] {msg}", flush=True)
 
 
 # --- where the model comes from ----------------------------------------------------------------
@@ -380,6 +376,7 @@ def _report(reports: dict[str, ReadReport]) -> dict:
 
 def run_finetune(cfg: FinetuneConfig, recipe_dict: dict | None = None) -> dict:
     """Fine-tune one model on one task; returns the metrics written to metrics.json."""
+    require_data_parallel()
     t_start = time.time()
     task = TASKS[cfg.task.type]
     out = prepare_output_dir(cfg.train.output_dir, resume=cfg.train.resume, overwrite=cfg.train.overwrite)

@@ -8,34 +8,23 @@ masked LM for encoders.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import set_seed
 
 from ..config.base import ConfigError, to_dict
 from ..config.pretrain import PretrainConfig
 from ..data.collators import CausalCollator, WholeWordMLMCollator
-from ..data.mixing import mix_documents, plan_mixture, plan_table, plans_as_dicts
-from ..data.packing import BLOCKS_FORMAT, open_blocks, pack_blocks, resolve_pad_id, tokenize_arrays
-from ..data.sources import read_corpus, source_name
 from ..models.load import load_model, supports_document_packing
 from ..models.lora import apply_lora, save_model
 from ..train.lm_eval import lm_metrics
-from ..train.dist import barrier, is_main_process, is_local_main_process, main_first, to_process_device
+from ..train.dist import is_main_process, log, require_data_parallel, to_process_device
 from ..train.loop import run_training
 from ..train.outputs import (ACCOUNTING_FILE, prepare_output_dir, update_metrics, write_json, write_meta,
                              write_recipe)
+from .pretrain_data import prepare_stage_data, read_stage_corpus, remove_stage_data
 
-
-def log(msg: str) -> None:
-    if is_main_process():
-        print(f"[lmadapt] {msg}", flush=True)
 
 
 def choose_packing(requested: str, model, objective: str) -> str:
@@ -50,74 +39,6 @@ def choose_packing(requested: str, model, objective: str) -> str:
     if not ok:
         log(f"packing: {type(model).__name__} cannot isolate documents; falling back to concat")
     return "document" if ok else "concat"
-
-
-# Where a stage keeps its packed training blocks while it runs (removed when it ends; kept for a resume).
-BLOCKS_DIR = ".lmadapt-blocks"
-
-
-def tokenize_sources(docs_by_source: dict, tokenizer, objective: str, data_cfg) -> dict:
-    """Every source tokenized (cached on disk) as flat arrays; under several processes each node's
-    first process tokenizes and the others read its cache."""
-    sep = "eos" if objective == "causal" else "sep"
-    return main_first(lambda: {
-        name: tokenize_arrays([d.text for d in docs], tokenizer, separator=sep, cache_dir=data_cfg.cache_dir,
-                              num_proc=data_cfg.num_proc, with_word_starts=objective == "masked")
-        for name, docs in docs_by_source.items()}, "tokenizing the corpus", per_node=True)
-
-
-def build_train_blocks(corpus, tokenizer, objective: str, mode: str, cfg: PretrainConfig, out: Path):
-    """The mixed, shuffled, packed training blocks, written once per node under ``out/BLOCKS_DIR``
-    and memory-mapped by every process: a large corpus is then held once in the page cache, not once
-    in every process's memory."""
-    tokenized = tokenize_sources(corpus.train, tokenizer, objective, cfg.data)
-    counts = {n: t.lengths for n, t in tokenized.items()}
-    picks, plans = plan_mixture(counts, _by_source(cfg, "weight"), _by_source(cfg, "share"), seed=cfg.train.seed)
-    if len(plans) > 1 or any(p.factor != 1 for p in plans):
-        log("source mixture (tokens):\n" + plan_table(plans))
-    pad_id = resolve_pad_id(tokenizer, objective)
-    key = hashlib.sha256(json.dumps([BLOCKS_FORMAT, {n: t.key for n, t in tokenized.items()}, cfg.train.seed,
-                                     cfg.data.block_size, pad_id, mode]).encode())
-    for name in tokenized:
-        key.update(np.ascontiguousarray(picks[name], dtype=np.int64).tobytes())
-    path = out / BLOCKS_DIR / f"train-{key.hexdigest()[:32]}.arrow"
-
-    def pack():
-        return open_blocks(path) or pack_blocks(mix_documents(tokenized, picks, seed=cfg.train.seed),
-                                                block_size=cfg.data.block_size, pad_id=pad_id, mode=mode, path=path)
-
-    blocks, accounting = main_first(pack, "packing the corpus", per_node=True)
-    return blocks, accounting, plans
-
-
-def remove_train_blocks(out: Path) -> None:
-    """The packed blocks are a means, not an output: the finished folder is a plain model folder."""
-    barrier()  # every process is done with the memory-mapped file
-    if is_local_main_process():
-        shutil.rmtree(out / BLOCKS_DIR, ignore_errors=True)
-
-
-def _by_source(cfg: PretrainConfig, attr: str) -> dict:
-    """A per-source recipe setting (weight, share) keyed by the source's name."""
-    return {source_name(src): getattr(src, attr) for src in cfg.data.sources}
-
-
-def build_eval_blocks(corpus, tokenizer, objective: str, mode: str, cfg: PretrainConfig) -> dict:
-    tokenized = tokenize_sources(corpus.eval, tokenizer, objective, cfg.data)
-    out = {}
-    for name, tok in tokenized.items():
-        if cfg.data.max_eval_tokens:
-            keep, total = [], 0
-            for i, n in enumerate(tok.lengths):
-                if total >= cfg.data.max_eval_tokens:
-                    break
-                keep.append(i)
-                total += int(n)
-            tok = tok.select(keep)
-        blocks, acc = pack_blocks(tok, block_size=cfg.data.block_size, pad_id=resolve_pad_id(tokenizer, objective),
-                                  mode=mode)
-        out[name] = (blocks, acc)
-    return out
 
 
 def evaluate_all(model, eval_blocks: dict, collator, objective: str, tokenizer, batch_size: int, mode: str) -> dict:
@@ -136,6 +57,7 @@ def make_collator(objective: str, mode: str, tokenizer, model, cfg: PretrainConf
 
 def run_pretrain(cfg: PretrainConfig) -> dict:
     """Run one pretraining stage; returns the metrics written to metrics.json."""
+    require_data_parallel()
     t_start = time.time()
     # Where a stage's wall time goes: on a GPU the training loop can be the smallest part
     # (seen: 18 s of a 114 s stage), and this is what tells data preparation from evaluation.
@@ -153,20 +75,21 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     recipe = to_dict(cfg)
 
     # --- setup: corpus, model, blocks -------------------------------------------------------
-    corpus = read_corpus(cfg.data)
+    corpus = read_stage_corpus(cfg)   # on each node's first process; the others never hold the text
     phase("read_corpus")
-    log(f"corpus: {sum(len(d) for d in corpus.train.values()):,} training documents from "
-        f"{len(corpus.train)} source(s); held-out sets: {', '.join(corpus.eval) or 'none'}")
+    if corpus is not None:
+        log(f"corpus: {sum(len(d) for d in corpus.train.values()):,} training documents from "
+            f"{len(corpus.train)} source(s); held-out sets: {', '.join(corpus.eval) or 'none'}")
     loaded = load_model(cfg.model)
     model, tokenizer, objective = to_process_device(loaded.model), loaded.tokenizer, loaded.objective
     phase("load_model")
     mode = choose_packing(cfg.data.packing, model, objective)
     log(f"model: {loaded.source} ({loaded.model_type}, {sum(p.numel() for p in model.parameters()):,} params), "
         f"objective: {objective}, packing: {mode}")
-    train_blocks, accounting, plans = build_train_blocks(corpus, tokenizer, objective, mode, cfg, out)
-    eval_blocks = build_eval_blocks(corpus, tokenizer, objective, mode, cfg)
-    corpus_summary = corpus.summary()
+    data = prepare_stage_data(corpus, tokenizer, objective, mode, cfg, out)
+    corpus_summary = corpus.summary() if corpus is not None else None
     del corpus  # the texts: tokens and blocks are all that training needs from here on
+    train_blocks, accounting, eval_blocks = data.train, data.accounting, data.eval
     phase("tokenize_and_pack")
     log("token accounting (train):\n" + accounting.table())
     if accounting.tokens_dropped != 0:  # an invariant of pack_blocks; a violation is a bug, not user error
@@ -175,7 +98,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     if is_main_process():
         write_recipe(out, recipe)
         write_json(out / ACCOUNTING_FILE, {
-            "train": accounting.__dict__, "mixture": plans_as_dicts(plans),
+            "train": accounting.__dict__, "mixture": data.mixture,
             "eval": {n: acc.__dict__ for n, (_, acc) in eval_blocks.items()},
             "corpus": corpus_summary})
 
@@ -229,7 +152,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
                    accounting=accounting.__dict__)
         update_metrics(out, metrics)
         log(f"saved {out}")
-    remove_train_blocks(out)
+    remove_stage_data(out)
     return metrics
 
 

@@ -34,6 +34,12 @@ def is_local_main_process() -> bool:
     return int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
+def log(msg: str, tag: str = "lmadapt") -> None:
+    """A progress line, printed by the main process only (one line per job, not one per process)."""
+    if is_main_process():
+        print(f"[{tag}] {msg}", flush=True)
+
+
 def timeout_seconds() -> int:
     """How long a collective waits for the slowest process (``LMADAPT_DIST_TIMEOUT``, default 1800 s)."""
     raw = os.environ.get("LMADAPT_DIST_TIMEOUT", "1800")
@@ -44,6 +50,44 @@ def timeout_seconds() -> int:
     if value <= 0:
         raise ValueError(f"LMADAPT_DIST_TIMEOUT={raw!r}: expected a positive number of seconds")
     return value
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def _zero_stage() -> int | None:
+    """The DeepSpeed ZeRO stage ``accelerate launch`` passes on: its config file's, else its flag's."""
+    import json
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
+    if path and os.path.isfile(path):
+        try:
+            with open(path) as fh:
+                return int(json.load(fh).get("zero_optimization", {}).get("stage", 0))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return None   # DeepSpeed itself will report a config it cannot read
+    raw = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "").strip()
+    return int(raw) if raw.isdigit() else None
+
+
+def require_data_parallel() -> None:
+    """Refuse, at the start of a training stage, a launch that shards the model (FSDP, DeepSpeed
+    ZeRO-3), which ``accelerate launch`` turns on through the environment and the Trainer follows.
+
+    lmadapt's work outside the Trainer assumes every process holds the whole model: held-out
+    evaluation gives processes shares that differ by a batch, and the main process saves the model
+    alone. With a sharded model each forward pass and the state dict are collectives, so either
+    would wait forever; better a message at once than a hang at the end of training."""
+    sharded = None
+    if _env_flag("ACCELERATE_USE_FSDP"):
+        sharded = "FSDP (ACCELERATE_USE_FSDP)"
+    elif _env_flag("ACCELERATE_USE_DEEPSPEED") and _zero_stage() == 3:
+        sharded = "DeepSpeed ZeRO-3"
+    if sharded:
+        raise RuntimeError(
+            f"this launch shards the model with {sharded}; lmadapt trains data-parallel only (every "
+            f"process holds the whole model). Launch without it (DeepSpeed ZeRO-1/2 are fine), and fit a "
+            f"large model with lora.enabled: true and train.gradient_checkpointing: true.")
 
 
 def use_cpu() -> bool:
@@ -107,8 +151,9 @@ def gather(value: Any) -> list:
     return out
 
 
-def main_first(fn: Callable[[], T], what: str, *, per_node: bool) -> T:
-    """``fn()`` on the main process (``per_node``: each node's first process), then on the others.
+def main_first(fn: Callable[[], T], what: str, *, per_node: bool, others: Callable[[], T] | None = None) -> T:
+    """``fn()`` on the main process (``per_node``: each node's first process), then on the others
+    (``others()`` there instead, where given: to read what ``fn`` wrote without redoing its work).
 
     For work that fills a cache on disk (tokenizing a corpus, per node; training the demo
     tokenizer into the shared output folder, once): the first process does it, the others read
@@ -128,7 +173,7 @@ def main_first(fn: Callable[[], T], what: str, *, per_node: bool) -> T:
         raise error
     if failed:
         raise RuntimeError(f"{what} failed on process {failed[0]}; its log has the error")
-    return result if first else fn()
+    return result if first else (others or fn)()
 
 
 def _share(items: Sequence) -> list:

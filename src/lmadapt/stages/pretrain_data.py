@@ -1,0 +1,131 @@
+"""A pretrain stage's data: the corpus read, tokenized, mixed and packed, once per node.
+
+    corpus = read_stage_corpus(cfg)                                   # None on a node's other processes
+    data = prepare_stage_data(corpus, tokenizer, objective, mode, cfg, out)
+    ...train on data.train, evaluate on data.eval...
+    remove_stage_data(out)
+
+Each node's first process reads the text, tokenizes it (cached on disk), mixes the sources and
+packs the training and held-out blocks into ``out/.lmadapt-blocks/``, then writes a manifest
+naming the files. The node's other processes never read the text: they memory-map the files the
+manifest names. A corpus is then held once per node (in the first process, until it is packed)
+and its blocks once in the page cache, not once in every process of a torchrun job.
+
+Block files are named by a key of everything that decides their content (the token caches, the
+mixture picks, the seed, the block size, the pad id, the packing mode), so a resumed stage reads
+them instead of packing again; a changed recipe gets new files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config.pretrain import PretrainConfig
+from ..data.mixing import mix_documents, plan_mixture, plan_table, plans_as_dicts
+from ..data.packing import BLOCKS_FORMAT, TokenAccounting, open_blocks, pack_blocks, resolve_pad_id, tokenize_arrays
+from ..data.sources import Corpus, read_corpus, source_name
+from ..train.dist import barrier, is_local_main_process, log, main_first
+from ..train.outputs import write_json
+
+# Where a stage keeps its packed blocks while it runs (removed when it ends; kept for a resume).
+BLOCKS_DIR = ".lmadapt-blocks"
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class StageData:
+    train: Any                                   # datasets.Dataset of blocks, memory-mapped
+    accounting: TokenAccounting
+    eval: dict[str, tuple[Any, TokenAccounting]]  # held-out set -> (blocks, accounting)
+    mixture: list[dict]                          # the source mixture plan, for token_accounting.json
+
+
+
+def read_stage_corpus(cfg: PretrainConfig) -> Corpus | None:
+    """The corpus on each node's first process (None on the others), read before the model loads,
+    so bad input stops every process at once, before minutes of model loading."""
+    return main_first(lambda: read_corpus(cfg.data), "reading the corpus", per_node=True, others=lambda: None)
+
+
+def prepare_stage_data(corpus: Corpus | None, tokenizer, objective: str, mode: str, cfg: PretrainConfig,
+                       out: Path) -> StageData:
+    """The training and held-out blocks on every process; only a node's first process needs ``corpus``."""
+    folder = out / BLOCKS_DIR
+    return main_first(lambda: _open(folder, _pack_all(corpus, tokenizer, objective, mode, cfg, folder)),
+                      "preparing the training data", per_node=True,
+                      others=lambda: _open(folder, json.loads((folder / MANIFEST).read_text())))
+
+
+def remove_stage_data(out: Path) -> None:
+    """The packed blocks are a means, not an output: the finished folder is a plain model folder."""
+    barrier()  # every process is done with the memory-mapped files
+    if is_local_main_process():
+        shutil.rmtree(out / BLOCKS_DIR, ignore_errors=True)
+
+
+def _open(folder: Path, manifest: dict) -> StageData:
+    def opened(name: str):
+        found = open_blocks(folder / name)
+        if found is None:
+            raise RuntimeError(f"{folder / name}: named by {folder / MANIFEST} but missing or incomplete")
+        return found
+
+    train, accounting = opened(manifest["train"])
+    return StageData(train=train, accounting=accounting,
+                     eval={name: opened(file) for name, file in manifest["eval"].items()},
+                     mixture=manifest["mixture"])
+
+
+def _pack_all(corpus: Corpus, tokenizer, objective: str, mode: str, cfg: PretrainConfig, folder: Path) -> dict:
+    """Packs what is not packed yet and writes the manifest (last, so the others never read a stale one)."""
+    pad_id = resolve_pad_id(tokenizer, objective)
+    settings = [BLOCKS_FORMAT, cfg.data.block_size, pad_id, mode]
+    manifest = {"train": None, "eval": {}, "mixture": None}
+
+    tokenized = _tokenize(corpus.train, tokenizer, objective, cfg)
+    counts = {n: t.lengths for n, t in tokenized.items()}
+    picks, plans = plan_mixture(counts, _by_source(cfg, "weight"), _by_source(cfg, "share"), seed=cfg.train.seed)
+    if len(plans) > 1 or any(p.factor != 1 for p in plans):
+        log("source mixture (tokens):\n" + plan_table(plans))
+    key = hashlib.sha256(json.dumps([*settings, {n: t.key for n, t in tokenized.items()}, cfg.train.seed]).encode())
+    for name in tokenized:
+        key.update(np.ascontiguousarray(picks[name], dtype=np.int64).tobytes())
+    manifest["train"] = f"train-{key.hexdigest()[:32]}.arrow"
+    manifest["mixture"] = plans_as_dicts(plans)
+    path = folder / manifest["train"]
+    if open_blocks(path) is None:   # a resumed stage skips mixing, not only packing
+        pack_blocks(mix_documents(tokenized, picks, seed=cfg.train.seed), block_size=cfg.data.block_size,
+                    pad_id=pad_id, mode=mode, path=path)
+    del tokenized
+
+    for name, tok in _tokenize(corpus.eval, tokenizer, objective, cfg).items():
+        if cfg.data.max_eval_tokens:
+            within = np.cumsum(tok.lengths) - tok.lengths < cfg.data.max_eval_tokens   # documents started below the cap
+            tok = tok.select(np.flatnonzero(within))
+        key = hashlib.sha256(json.dumps([*settings, name, tok.key, cfg.data.max_eval_tokens]).encode())
+        manifest["eval"][name] = f"eval-{key.hexdigest()[:32]}.arrow"
+        if open_blocks(folder / manifest["eval"][name]) is None:
+            pack_blocks(tok, block_size=cfg.data.block_size, pad_id=pad_id, mode=mode,
+                        path=folder / manifest["eval"][name])
+    write_json(folder / MANIFEST, manifest)   # atomic: another node sharing the folder may be reading it
+    return manifest
+
+
+def _tokenize(docs_by_source: dict, tokenizer, objective: str, cfg: PretrainConfig) -> dict:
+    """Every source tokenized as flat arrays, through the on-disk cache."""
+    sep = "eos" if objective == "causal" else "sep"
+    return {name: tokenize_arrays([d.text for d in docs], tokenizer, separator=sep, cache_dir=cfg.data.cache_dir,
+                                  num_proc=cfg.data.num_proc, with_word_starts=objective == "masked")
+            for name, docs in docs_by_source.items()}
+
+
+def _by_source(cfg: PretrainConfig, attr: str) -> dict:
+    """A per-source recipe setting (weight, share) keyed by the source's name."""
+    return {source_name(src): getattr(src, attr) for src in cfg.data.sources}
+
