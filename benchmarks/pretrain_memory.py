@@ -15,13 +15,14 @@ Variants:
                     1,000-document batch's remainder dropped)
   lmadapt_before    lmadapt from another checkout (``--baseline-src``, e.g. a git worktree of an
                     older commit), cold (empty tokenization cache) and warm (cache hit: a rerun, a
-                    resume, and every process but a node's first under torchrun)
+                    resume; with an older checkout, also every process but a node's first under
+                    torchrun, which now never reads the text)
   lmadapt           this checkout, cold and warm
 
 The corpus of the README's numbers (271 MB: shared/data's computing and general training text,
 three times over, each copy's documents prefixed so that deduplication keeps them):
 
-    git worktree add /tmp/lmadapt-before 2c66e3f
+    git worktree add /tmp/lmadapt-before 1deeb37     # 2c66e3f: before the memory work (stop 11's run)
     python benchmarks/pretrain_memory.py --make-corpus ../shared/data --copies 3 --data /tmp/big/corpus.jsonl \\
         --tokenizer .benchdata/dapt/tok --baseline-src /tmp/lmadapt-before/src
 """

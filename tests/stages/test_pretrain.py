@@ -199,6 +199,48 @@ def test_two_processes_match_one_process(workspace):
     assert torch.distributed.is_available()
 
 
+def two_nodes(*args: str, timeout: int = 240) -> list:
+    """``torchrun --nnodes 2`` as two launchers on this machine, one process each: two "nodes"
+    whose first processes share one disk, as nodes share a network file system."""
+    import os
+    import random
+    import subprocess
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    port = str(29700 + random.randint(0, 800))
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
+                               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port, *args],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[2]) for node in (0, 1)]
+    return [(p.wait(timeout=timeout), p.stderr.read()) for p in procs]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo two-process test runs on Linux")
+def test_two_nodes_sharing_a_disk_prepare_the_same_data_at_once(workspace):
+    """Each node's first process reads, tokenizes and packs into the same cache and output folder at
+    the same time: the cache keeps one complete entry per source, both train on the same blocks
+    (the held-out loss before training matches one process), and no temp file or block is left."""
+    tmp_path, tok_dir, train, valid = workspace
+    import yaml
+    results = {}
+    for name, bs in (("one", 4), ("nodes", 2)):
+        data = recipe(tmp_path, tok_dir, train, valid, out=name, max_steps=8, batch_size=bs)
+        data["data"]["cache_dir"] = str(tmp_path / f"cache-{name}")
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        if name == "one":
+            proc = torchrun("-m", "lmadapt.cli", "pretrain", str(path), procs=1)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+        else:
+            for code, err in two_nodes("-m", "lmadapt.cli", "pretrain", str(path)):
+                assert code == 0, err[-3000:]
+        results[name] = json.loads((tmp_path / name / "metrics.json").read_text())["heldout"]["valid"]
+        assert not (tmp_path / name / ".lmadapt-blocks").exists()
+        entries = sorted(p.name for p in (tmp_path / f"cache-{name}").iterdir())
+        assert len(entries) == 2 and not any(e.startswith(".") for e in entries), entries   # train + valid
+    assert results["nodes"]["before"]["loss"] == pytest.approx(results["one"]["before"]["loss"], rel=1e-5)
+    assert results["nodes"]["after"]["loss"] == pytest.approx(results["one"]["after"]["loss"], rel=2e-3)
+
+
 def test_evaluations_outside_the_trainer_run_on_the_process_device(workspace, monkeypatch):
     """The held-out scoring before training and `evaluate_model` (pipeline evidence, `lmadapt
     evaluate`) move the model to this process's device first; on a GPU job it would otherwise stay
