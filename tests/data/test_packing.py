@@ -450,3 +450,28 @@ def test_a_failed_tokenization_leaves_no_entry_and_an_unwritable_cache_still_tok
     np.testing.assert_array_equal(got.ids, plain.ids)
     np.testing.assert_array_equal(got.offsets, plain.offsets)
     assert list((tmp_path / "tmp").iterdir()) == []        # the temp folder it used is gone
+
+
+def test_a_spooled_source_tokenizes_like_its_list_reading_a_batch_at_a_time(bpe, tmp_path, monkeypatch):
+    """Documents spooled to disk give the same cache key and tokens as the same texts in a list,
+    in one process or several, and are read in batches, never all at once."""
+    from lmadapt.data.packing import tokenize_arrays
+    from lmadapt.data.spool import SpooledDocuments, SpoolWriter
+
+    texts = [f"{i}: {t}" for i, t in enumerate(CORPUS * 6)]
+    writer = SpoolWriter(tmp_path / "spool.arrow", "s")
+    for i, t in enumerate(texts):
+        writer.add(t, f"f:{i}")
+    spooled = writer.close()
+    monkeypatch.setattr(packing_tokenize, "_CHUNK", 4)
+    asked = []
+    real = SpooledDocuments.texts
+    monkeypatch.setattr(SpooledDocuments, "texts", lambda self, s=0, e=None: asked.append((e or len(self)) - s) or real(self, s, e))
+    plain = tokenize_arrays(texts, bpe, cache=False)
+    for num_proc in (None, 2):
+        asked.clear()
+        got = tokenize_arrays(spooled, bpe, cache=False, num_proc=num_proc)
+        assert got.key == plain.key
+        np.testing.assert_array_equal(got.ids, plain.ids)
+        np.testing.assert_array_equal(got.offsets, plain.offsets)
+        assert asked and max(asked) <= 16 < len(texts), asked    # batches of <= 4 x _CHUNK documents

@@ -307,3 +307,45 @@ def test_eval_fraction_split_is_stable_disjoint_and_order_free(tmp_path):
 def test_empty_corpus_config():
     with pytest.raises(CorpusError, match="no training sources"):
         read_corpus(CorpusConfig())
+
+
+def _same_corpus(a, b):
+    for part in ("train", "eval"):
+        x, y = getattr(a, part), getattr(b, part)
+        assert list(x) == list(y)
+        for name in x:
+            assert [(d.text, d.source, d.origin) for d in x[name]] == [(d.text, d.source, d.origin) for d in y[name]]
+    assert a.summary() == b.summary() and a.leaked_into_eval_removed == b.leaked_into_eval_removed
+
+
+def test_a_spooled_corpus_equals_the_one_in_memory_without_holding_its_texts(tmp_path):
+    """With spool_dir, every source is written to an Arrow file as it is read: the same documents,
+    origins, dedup, held-out split and stats as the lists in memory."""
+    from lmadapt.data.spool import SpooledDocuments
+    a = write(tmp_path / "a.jsonl", jsonl({"text": "same"}, {"text": " same \n"}, {"text": "a only"}))
+    b = write(tmp_path / "b.txt", "same\nb only\na only\n")
+    e = write(tmp_path / "ev.txt", "b only\nfresh\nfresh\n")
+    many = write(tmp_path / "dom.txt", "\n".join(f"document number {i} " + "x" * (i % 7) for i in range(300)))
+    configs = [
+        CorpusConfig(sources=[src(a), src(b, split_docs="line")], eval_sources=[src(e, split_docs="line")]),
+        CorpusConfig(sources=[src(a), src(b, split_docs="line")], dedup=False),
+        CorpusConfig(sources=[src(many, split_docs="line"), src(a)], eval_fraction=0.2),
+    ]
+    for k, cfg in enumerate(configs):
+        spooled = read_corpus(cfg, spool_dir=tmp_path / f"spool{k}")
+        _same_corpus(spooled, read_corpus(cfg))
+        assert all(isinstance(d, SpooledDocuments) for d in [*spooled.train.values(), *spooled.eval.values()])
+        assert not [p for p in (tmp_path / f"spool{k}").iterdir() if p.suffix != ".arrow"]   # no temp file left
+    held = read_corpus(configs[2], spool_dir=tmp_path / "again").train["dom"]
+    plain = read_corpus(configs[2]).train["dom"]
+    assert held[-1] == plain[-1] and held[3] == plain[3]
+    assert [d.text for d in held[10:20:3]] == [d.text for d in plain[10:20:3]]
+    assert held.texts(5, 9) == [d.text for d in plain[5:9]]
+    assert held.char_lengths().tolist() == [len(d.text) for d in plain]
+
+
+def test_a_bad_record_leaves_no_spool_file(tmp_path):
+    bad = write(tmp_path / "bad.jsonl", jsonl({"text": "fine"}) + "{not json\n")
+    with pytest.raises(CorpusError, match="bad.jsonl:2"):
+        read_corpus(CorpusConfig(sources=[src(bad)]), spool_dir=tmp_path / "spool")
+    assert list((tmp_path / "spool").iterdir()) == []

@@ -112,6 +112,7 @@ def test_a_rerun_reuses_the_packed_blocks_of_an_unfinished_stage(workspace, monk
     manifest = json.loads((folder / pretrain_data.MANIFEST).read_text())
     assert [p.name for p in folder.glob("train-*.arrow")] == [manifest["train"]]
     assert [p.name for p in folder.glob("eval-*.arrow")] == [manifest["eval"]["valid"]]
+    assert not list(folder.glob("spool-*")), "the spooled texts outlived their tokenization"
 
     def no_packing(*a, **k):
         raise AssertionError("packed again")

@@ -25,9 +25,13 @@ import difflib
 import glob as globlib
 import hashlib
 import logging
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
+
+import numpy as np
 
 from ..config.data import CorpusConfig, SourceConfig
 from .formats import FILE_FORMATS, SUFFIX_FORMAT, CorpusError, Ctx, is_hf_dir, read_unit, split_suffix
@@ -78,10 +82,10 @@ class Corpus:
                 entry.update(role="eval", leaked_into_eval_removed=self.leaked_into_eval_removed.get(
                     name[len(EVAL_STATS_PREFIX):], 0))
             sources[name] = entry
-        eval_sets = {n: {"documents": len(d), "chars": sum(len(x.text) for x in d)} for n, d in self.eval.items()}
+        eval_sets = {n: {"documents": len(d), "chars": _chars(d)} for n, d in self.eval.items()}
         totals = {
             "train_documents": sum(len(d) for d in self.train.values()),
-            "train_chars": sum(len(x.text) for d in self.train.values() for x in d),
+            "train_chars": sum(_chars(d) for d in self.train.values()),
             "eval_documents": sum(v["documents"] for v in eval_sets.values()),
             "eval_chars": sum(v["chars"] for v in eval_sets.values()),
             "files": sum(s.files for s in self.stats.values()),
@@ -91,6 +95,12 @@ class Corpus:
             "leaked_into_eval_removed": sum(self.leaked_into_eval_removed.values()),
         }
         return {"sources": sources, "eval_sets": eval_sets, "totals": totals}
+
+
+def _chars(docs) -> int:
+    """Characters of a source's documents (a spooled source knows them without reading its texts)."""
+    lengths = getattr(docs, "char_lengths", None)
+    return int(lengths().sum()) if lengths is not None else sum(len(d.text) for d in docs)
 
 
 EVAL_STATS_PREFIX = "heldout:"  # Corpus.stats key of a held-out source: "heldout:<name>"
@@ -196,62 +206,124 @@ def _takewhile_fixed(parts):
 
 # ---------------------------------------------------------------- public entry points
 
-def read_source(src: SourceConfig, *, on_error: str = "raise", min_chars: int = 1) -> tuple[list[Document], SourceStats]:
-    """Read every document of one source (no dedup; ``read_corpus`` does that across sources)."""
+def _documents(src: SourceConfig, stats: SourceStats, on_error: str, min_chars: int) -> Iterator[tuple[str, str]]:
+    """(text, origin) of every document of one source, in file order; counts files and short ones."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    name = source_name(src)
-    stats = SourceStats(name=name)
     ctx = Ctx(stats, on_error)
-    docs: list[Document] = []
     for path, fmt in _units(src):
         stats.files += 1
         for text, origin in read_unit(path, fmt, src, ctx):
             if len(text) < min_chars:
                 stats.too_short += 1
                 continue
-            docs.append(Document(text, name, origin))
+            yield text, origin
+
+
+def _no_documents(src: SourceConfig, stats: SourceStats, min_chars: int) -> CorpusError:
+    example = f"; first: {stats.first_skips[0]}" if stats.first_skips else ""
+    return CorpusError(f"{src.path}: source {stats.name!r} has no documents ({stats.files} file(s) read, "
+                       f"{stats.skipped} record(s) skipped, {stats.too_short} shorter than min_chars={min_chars}){example}")
+
+
+def read_source(src: SourceConfig, *, on_error: str = "raise", min_chars: int = 1) -> tuple[list[Document], SourceStats]:
+    """Read every document of one source (no dedup; ``read_corpus`` does that across sources)."""
+    stats = SourceStats(name=source_name(src))
+    docs = [Document(text, stats.name, origin) for text, origin in _documents(src, stats, on_error, min_chars)]
     if not docs:
-        example = f"; first: {stats.first_skips[0]}" if stats.first_skips else ""
-        raise CorpusError(f"{src.path}: source {name!r} has no documents ({stats.files} file(s) read, "
-                          f"{stats.skipped} record(s) skipped, {stats.too_short} shorter than min_chars={min_chars}){example}")
+        raise _no_documents(src, stats, min_chars)
     stats.documents, stats.chars = len(docs), sum(len(d.text) for d in docs)
     return docs, stats
 
 
-def _dedup(docs: list[Document], seen: set[str], stats: SourceStats) -> list[Document]:
-    kept = []
-    for d in docs:
-        if d.text in seen:
-            stats.duplicates_removed += 1
+def _digest(text: str) -> bytes:
+    """sha256 of the text: its first 16 bytes identify it for deduplication (held, not the text), its
+    first 8 are the held-out key."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+class _Collector:
+    """One source's surviving documents, into a list or (``spool``) a file on disk, with the few
+    numbers per document that deduplication and the held-out split need."""
+
+    def __init__(self, name: str, spool: Path | None):
+        self.name, self.keys, self.chars = name, [], 0
+        if spool is None:
+            self.docs, self.writer = [], None
         else:
-            seen.add(d.text)
-            kept.append(d)
-    stats.documents, stats.chars = len(kept), sum(len(d.text) for d in kept)
-    return kept
+            from .spool import SpoolWriter
+            self.writer = SpoolWriter(spool, name)
+
+    def add(self, text: str, origin: str, digest: bytes) -> None:
+        if self.writer is None:
+            self.docs.append(Document(text, self.name, origin))
+        else:
+            self.writer.add(text, origin)
+        self.keys.append(int.from_bytes(digest[:8], "big"))
+        self.chars += len(text)
+
+    def close(self):
+        """The documents: a list, or a SpooledDocuments over the closed file."""
+        return self.docs if self.writer is None else self.writer.close()
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+
+
+def _collect(src: SourceConfig, cfg: CorpusConfig, spool: Path | None, seen: set | None,
+             exclude: set | None = None) -> tuple[object, SourceStats, np.ndarray, int]:
+    """Read one source, dropping exact duplicates (``seen``: digests of texts kept so far, updated) and
+    texts in ``exclude`` (held-out text that also appears in training: counted, returned last)."""
+    stats = SourceStats(name=source_name(src))
+    out = _Collector(stats.name, spool)
+    excluded = 0
+    try:
+        for text, origin in _documents(src, stats, cfg.on_error, cfg.min_chars):
+            digest = _digest(text)
+            if seen is not None:
+                if digest[:16] in seen:
+                    stats.duplicates_removed += 1
+                    continue
+                seen.add(digest[:16])
+            if exclude is not None and digest[:16] in exclude:
+                excluded += 1
+                continue
+            out.add(text, origin, digest)
+    except BaseException:
+        out.abort()
+        raise
+    docs = out.close()
+    stats.documents, stats.chars = len(out.keys), out.chars
+    return docs, stats, np.array(out.keys, dtype=np.uint64), excluded
 
 
 def _heldout_key(text: str) -> int:
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+    return int.from_bytes(_digest(text)[:8], "big")
 
 
-def _split_heldout(docs: list[Document], fraction: float) -> tuple[list[Document], list[Document]]:
+def _split_heldout(docs, keys: np.ndarray, fraction: float) -> tuple[object, object]:
     # A document is held out when its text hash falls below `fraction`: stable across runs and
     # independent of order. A source with >= 2 documents keeps at least one on each side (the
     # lowest / highest hashes), so a small corpus still gets an eval set and still trains.
-    keys = [_heldout_key(d.text) for d in docs]
-    n_eval = sum(k < fraction * 2**64 for k in keys)
+    threshold = fraction * 2**64
+    n_eval = sum(k < threshold for k in keys.tolist())   # exact: Python compares int and float exactly
     n_eval = min(max(n_eval, 1 if len(docs) >= 2 else 0), len(docs) - 1)
     if n_eval == 0:
         return docs, []
-    cut = sorted(keys)[n_eval - 1]
-    train = [d for d, k in zip(docs, keys) if k > cut]
-    held = [d for d, k in zip(docs, keys) if k <= cut]
-    return train, held
+    cut = np.sort(keys)[n_eval - 1]
+    train, held = np.flatnonzero(keys > cut), np.flatnonzero(keys <= cut)
+    if isinstance(docs, list):
+        return [docs[i] for i in train], [docs[i] for i in held]
+    return docs.select(train), docs.select(held)
 
 
-def read_corpus(cfg: CorpusConfig) -> Corpus:
-    """Read training and held-out sources; dedup, split off held-out text, collect stats."""
+def read_corpus(cfg: CorpusConfig, spool_dir: str | os.PathLike | None = None) -> Corpus:
+    """Read training and held-out sources; dedup, split off held-out text, collect stats.
+
+    With ``spool_dir``, documents are written there as they are read (:mod:`.spool`) and the corpus
+    holds :class:`~.spool.SpooledDocuments` instead of lists: memory stays flat however large the
+    text. The caller removes the folder when done with the corpus."""
     if not cfg.sources:
         raise CorpusError("corpus: no training sources (set sources: [{path: ...}])")
     # Names are checked before anything is read. Training sources and held-out sets are separate
@@ -267,32 +339,31 @@ def read_corpus(cfg: CorpusConfig) -> Corpus:
     if cfg.eval_sources and cfg.eval_fraction:
         log.warning("eval_sources are given, so eval_fraction=%s is ignored", cfg.eval_fraction)
 
-    train: dict[str, list[Document]] = {}
-    evals: dict[str, list[Document]] = {}
-    stats: dict[str, SourceStats] = {}
-    leaked: dict[str, int] = {}
-    seen: set[str] = set()  # texts of all training documents so far (first occurrence wins)
-    for src in cfg.sources:
-        docs, st = read_source(src, on_error=cfg.on_error, min_chars=cfg.min_chars)
-        if cfg.dedup:
-            docs = _dedup(docs, seen, st)
-            if not docs:
+    spool = (lambda kind, i: Path(spool_dir) / f"{kind}-{i}.arrow") if spool_dir is not None else (lambda kind, i: None)
+    train, evals, stats, leaked, keys = {}, {}, {}, {}, {}
+    seen: set[bytes] = set()  # digests of all training documents so far (first occurrence wins)
+    for i, src in enumerate(cfg.sources):
+        docs, st, source_keys, _ = _collect(src, cfg, spool("train", i), seen if cfg.dedup else None)
+        if not len(docs):
+            if st.duplicates_removed:
                 raise CorpusError(f"{src.path}: all {st.duplicates_removed} documents of {st.name!r} duplicate earlier sources")
+            raise _no_documents(src, st, cfg.min_chars)
         train[st.name], stats[st.name] = docs, st
-    for src in cfg.eval_sources:
-        docs, st = read_source(src, on_error=cfg.on_error, min_chars=cfg.min_chars)
+        keys[st.name] = source_keys
+    for i, src in enumerate(cfg.eval_sources):
+        # eval text seen in training is no test: dropped and counted
+        docs, st, _, leaked_n = _collect(src, cfg, spool("eval", i), set() if cfg.dedup else None,
+                                         exclude=seen if cfg.dedup else None)
         if cfg.dedup:
-            docs = _dedup(docs, set(), st)
-            kept = [d for d in docs if d.text not in seen]  # eval text seen in training is no test
-            leaked[st.name] = len(docs) - len(kept)
-            if not kept:
+            leaked[st.name] = leaked_n
+        if not len(docs):
+            if leaked_n:
                 raise CorpusError(f"{src.path}: every document of eval source {st.name!r} also appears in the training data")
-            docs = kept
-            st.documents, st.chars = len(docs), sum(len(d.text) for d in docs)
+            raise _no_documents(src, st, cfg.min_chars)
         evals[st.name], stats[EVAL_STATS_PREFIX + st.name] = docs, st
     if not cfg.eval_sources and cfg.eval_fraction > 0:
         for name in train:
-            train[name], held = _split_heldout(train[name], cfg.eval_fraction)
-            if held:
+            train[name], held = _split_heldout(train[name], keys[name], cfg.eval_fraction)
+            if len(held):
                 evals[name] = held
     return Corpus(train=train, eval=evals, stats=stats, leaked_into_eval_removed=leaked)

@@ -10,6 +10,7 @@ backend + special tokens), the texts and the settings.
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import json
@@ -138,7 +139,11 @@ def _arrays_fingerprint(docs: TokenizedDocs, *extra) -> str:
     return fp.hexdigest()[:32]
 
 
-def _texts(texts: Iterable[Any]) -> list[str]:
+def _texts(texts: Iterable[Any]):
+    """The documents' texts: a list, or a spooled source as it is (its texts are read a batch at a time)."""
+    from .spool import SpooledDocuments
+    if isinstance(texts, SpooledDocuments):
+        return texts
     out = []
     for i, t in enumerate(texts):
         if not isinstance(t, str):
@@ -204,7 +209,7 @@ def cache_key(texts: Sequence[str], tokenizer, *, separator: str, with_word_star
     h.update(json.dumps({"format": FORMAT_VERSION, "tokenizer": tokenizer_fingerprint(tokenizer),
                          "separator": separator, "affixes": _affixes(tokenizer, separator),
                          "word_starts": bool(with_word_starts), "documents": len(texts)}).encode())
-    for t in texts:
+    for t in _each_text(texts):
         b = t.encode("utf-8", "surrogatepass")
         h.update(len(b).to_bytes(8, "little"))
         h.update(b)
@@ -217,8 +222,8 @@ def _encode_batches(backend, texts: list[str], prefix: list[int], suffix: list[i
     # encode_batch_fast skips character offsets (~1/3 faster) but also loses word ids
     encode = backend.encode_batch if with_word_starts or not hasattr(backend, "encode_batch_fast") \
         else backend.encode_batch_fast
-    for s, e in _batches(texts):
-        encs = encode(texts[s:e], add_special_tokens=False)
+    for s, e in _batches(_char_lengths(texts)):
+        encs = encode(_slice(texts, s, e), add_special_tokens=False)
         lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
         n = int(lengths.sum())
         raw_ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encs), dtype=np.int32, count=n)
@@ -230,16 +235,36 @@ def _encode_batches(backend, texts: list[str], prefix: list[int], suffix: list[i
         yield _with_affixes(raw_ids, lengths, wid, prefix, suffix)
 
 
-def _batches(texts: list[str]):
-    """(start, end) of consecutive batches: at most _CHUNK documents, about _CHUNK_CHARS characters."""
-    s = 0
-    while s < len(texts):
-        e, chars = s, 0
-        while e < len(texts) and e - s < _CHUNK and (chars < _CHUNK_CHARS or e == s):
-            chars += len(texts[e])
+def _batches(lengths: Sequence[int], scale: int = 1):
+    """(start, end) of consecutive batches of documents with these character ``lengths``: at most
+    ``scale`` x _CHUNK documents and about ``scale`` x _CHUNK_CHARS characters each."""
+    docs, chars = scale * _CHUNK, scale * _CHUNK_CHARS
+    s, n = 0, len(lengths)
+    while s < n:
+        e, total = s, 0
+        while e < n and e - s < docs and (total < chars or e == s):
+            total += int(lengths[e])
             e += 1
         yield s, e
         s = e
+
+
+def _char_lengths(texts) -> Sequence[int]:
+    lengths = getattr(texts, "char_lengths", None)
+    return lengths() if lengths is not None else [len(t) for t in texts]
+
+
+def _slice(texts, s: int, e: int) -> list[str]:
+    return texts.texts(s, e) if hasattr(texts, "texts") else texts[s:e]
+
+
+def _each_text(texts):
+    """Every text in order; a spooled source is read a batch at a time."""
+    if not hasattr(texts, "texts"):
+        yield from texts
+        return
+    for s in range(0, len(texts), _CHUNK):
+        yield from texts.texts(s, min(s + _CHUNK, len(texts)))
 
 
 def _concat_parts(parts: list, with_word_starts: bool):
@@ -407,12 +432,19 @@ def _encoded_parts(backend, texts: list[str], prefix, suffix, with_word_starts: 
         import concurrent.futures as cf
         import multiprocessing as mp
 
-        step = max(_CHUNK, -(-len(texts) // (num_proc * 4)))
-        jobs = [(texts[s:s + step], prefix, suffix, with_word_starts) for s in range(0, len(texts), step)]
+        # Jobs of ~4 batches, at most 2 per worker in flight: the texts waiting in the pool's queue
+        # stay ~16M characters a worker, not the whole corpus pickled at once.
+        jobs = _batches(_char_lengths(texts), scale=4)
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
         with cf.ProcessPoolExecutor(num_proc, mp_context=ctx, initializer=_worker_init,
                                     initargs=(backend.to_str(),)) as pool:
-            yield from pool.map(_worker_encode, jobs)
+            pending = collections.deque()
+            for s, e in jobs:
+                pending.append(pool.submit(_worker_encode, (_slice(texts, s, e), prefix, suffix, with_word_starts)))
+                if len(pending) >= 2 * num_proc:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
     else:
         yield from _encode_batches(backend, texts, prefix, suffix, with_word_starts)
 

@@ -75,8 +75,9 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     recipe = to_dict(cfg)
 
     # --- setup: corpus, model, blocks -------------------------------------------------------
-    corpus = read_stage_corpus(cfg)   # on each node's first process; the others never hold the text
+    corpus = read_stage_corpus(cfg, out)   # on each node's first process; the others never read the text
     phase("read_corpus")
+    corpus_summary = corpus.summary() if corpus is not None else None
     if corpus is not None:
         log(f"corpus: {sum(len(d) for d in corpus.train.values()):,} training documents from "
             f"{len(corpus.train)} source(s); held-out sets: {', '.join(corpus.eval) or 'none'}")
@@ -87,8 +88,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     log(f"model: {loaded.source} ({loaded.model_type}, {sum(p.numel() for p in model.parameters()):,} params), "
         f"objective: {objective}, packing: {mode}")
     data = prepare_stage_data(corpus, tokenizer, objective, mode, cfg, out)
-    corpus_summary = corpus.summary() if corpus is not None else None
-    del corpus  # the texts: tokens and blocks are all that training needs from here on
+    del corpus  # the texts (spooled, and removed by now): tokens and blocks are all training needs
     train_blocks, accounting, eval_blocks = data.train, data.accounting, data.eval
     phase("tokenize_and_pack")
     log("token accounting (train):\n" + accounting.table())

@@ -1,15 +1,16 @@
 """A pretrain stage's data: the corpus read, tokenized, mixed and packed, once per node.
 
-    corpus = read_stage_corpus(cfg)                                   # None on a node's other processes
+    corpus = read_stage_corpus(cfg, out)                              # None on a node's other processes
     data = prepare_stage_data(corpus, tokenizer, objective, mode, cfg, out)
     ...train on data.train, evaluate on data.eval...
     remove_stage_data(out)
 
-Each node's first process reads the text, tokenizes it (cached on disk), mixes the sources and
-packs the training and held-out blocks into ``out/.lmadapt-blocks/``, then writes a manifest
-naming the files. The node's other processes never read the text: they memory-map the files the
-manifest names. A corpus is then held once per node (in the first process, until it is packed)
-and its blocks once in the page cache, not once in every process of a torchrun job.
+Each node's first process reads the text, spooling each source to an Arrow file as it goes
+(``out/.lmadapt-blocks/spool-*``), tokenizes it a batch at a time (cached on disk), mixes the
+sources and packs the training and held-out blocks into ``out/.lmadapt-blocks/``, then writes a
+manifest naming the files and removes its spool. The node's other processes never read the text:
+they memory-map the files the manifest names. No process holds the text in memory, and the blocks
+sit once in the page cache, not once in every process of a torchrun job.
 
 Block files are named by a key of everything that decides their content (the token caches, the
 mixture picks, the seed, the block size, the pad id, the packing mode), so a resumed stage reads
@@ -19,7 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,18 +50,30 @@ class StageData:
 
 
 
-def read_stage_corpus(cfg: PretrainConfig) -> Corpus | None:
+def read_stage_corpus(cfg: PretrainConfig, out: Path) -> Corpus | None:
     """The corpus on each node's first process (None on the others), read before the model loads,
-    so bad input stops every process at once, before minutes of model loading."""
-    return main_first(lambda: read_corpus(cfg.data), "reading the corpus", per_node=True, others=lambda: None)
+    so bad input stops every process at once, before minutes of model loading. Its documents are
+    spooled to disk as they are read, so the text is never all in memory."""
+    return main_first(lambda: read_corpus(cfg.data, spool_dir=_spool_dir(out)), "reading the corpus",
+                      per_node=True, others=lambda: None)
+
+
+def _spool_dir(out: Path) -> Path:
+    # This process's own: nodes sharing the output folder each spool (and remove) their own copy.
+    return out / BLOCKS_DIR / f"spool-{socket.gethostname()}-{os.getpid()}"
 
 
 def prepare_stage_data(corpus: Corpus | None, tokenizer, objective: str, mode: str, cfg: PretrainConfig,
                        out: Path) -> StageData:
     """The training and held-out blocks on every process; only a node's first process needs ``corpus``."""
     folder = out / BLOCKS_DIR
-    return main_first(lambda: _open(folder, _pack_all(corpus, tokenizer, objective, mode, cfg, folder)),
-                      "preparing the training data", per_node=True,
+
+    def first() -> StageData:
+        manifest = _pack_all(corpus, tokenizer, objective, mode, cfg, folder)
+        shutil.rmtree(_spool_dir(out), ignore_errors=True)   # the texts are tokens now
+        return _open(folder, manifest)
+
+    return main_first(first, "preparing the training data", per_node=True,
                       others=lambda: _open(folder, json.loads((folder / MANIFEST).read_text())))
 
 
@@ -120,7 +135,7 @@ def _pack_all(corpus: Corpus, tokenizer, objective: str, mode: str, cfg: Pretrai
 def _tokenize(docs_by_source: dict, tokenizer, objective: str, cfg: PretrainConfig) -> dict:
     """Every source tokenized as flat arrays, through the on-disk cache."""
     sep = "eos" if objective == "causal" else "sep"
-    return {name: tokenize_arrays([d.text for d in docs], tokenizer, separator=sep, cache_dir=cfg.data.cache_dir,
+    return {name: tokenize_arrays(docs, tokenizer, separator=sep, cache_dir=cfg.data.cache_dir,
                                   num_proc=cfg.data.num_proc, with_word_starts=objective == "masked")
             for name, docs in docs_by_source.items()}
 
