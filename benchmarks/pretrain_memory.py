@@ -127,7 +127,8 @@ def child_lmadapt(args) -> dict:
     cfg = load_recipe(PretrainConfig, data=recipe(args, args.cache, "out", max_steps=1))
     out = Path(cfg.train.output_dir)
     if hasattr(pretrain, "prepare_stage_data"):   # this checkout: the stage's own data path
-        corpus = pretrain.read_stage_corpus(cfg, out)
+        read = pretrain.read_stage_corpus
+        corpus = read(cfg, out) if "out" in inspect.signature(read).parameters else read(cfg)
         tok = load_model(cfg.model).tokenizer
         data = pretrain.prepare_stage_data(corpus, tok, "causal", "document", cfg, out)
         del corpus
