@@ -3,7 +3,9 @@
 Every variant prepares the same corpus for training (read, tokenize, pack into blocks of
 ``--block-size``) in a fresh subprocess, then reads 2,000 random blocks the way the Trainer does.
 Measured per variant, in the same run:
-  peak RSS     the most resident memory the process ever had (ru_maxrss)
+  peak RSS     the most resident memory the process ever had (ru_maxrss), mapped file pages included
+  peak anon    the most anonymous memory (the process's own, which the kernel cannot drop), sampled
+               every 0.1 s from /proc/PID/smaps_rollup
   anon MB      the process's own memory once the data is ready (smaps Anonymous): what each further
                process of a torchrun job adds on the same node
   file MB      resident pages of memory-mapped files (RSS - Anonymous): page cache, held once per
@@ -203,27 +205,38 @@ def torchrun_node_memory(src: str, args, cache: str, procs: int) -> dict:
            "-m", "lmadapt.cli", "pretrain", str(path)]
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=child_env(src), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak, peak_each = 0.0, 0.0
+    peak, peak_each, peak_anon = 0.0, 0.0, 0.0
     while proc.poll() is None:
-        pss = [smaps(p).get("Pss", 0.0) for p in _descendants(proc.pid)]
+        fields = [smaps(p) for p in _descendants(proc.pid)]
+        pss = [f.get("Pss", 0.0) for f in fields]
         workers = sorted(pss)[-procs:]  # the training processes (the launcher is the smallest)
         peak, peak_each = max(peak, sum(pss)), max(peak_each, max(workers, default=0.0))
+        peak_anon = max(peak_anon, sum(f.get("Anonymous", 0.0) for f in fields))
         time.sleep(0.2)
     err = proc.stderr.read()
     if proc.returncode != 0:
         raise SystemExit(f"torchrun failed:\n{err[-3000:]}")
-    return {"node_pss_mb": round(peak), "largest_process_pss_mb": round(peak_each),
+    return {"node_pss_mb": round(peak), "largest_process_pss_mb": round(peak_each), "node_anon_mb": round(peak_anon),
             "seconds": round(time.perf_counter() - t, 1)}
 
 
 def run_child(variant: str, src: str | None, args, cache: str) -> dict:
+    """One variant in a fresh process; its peak anonymous memory is sampled from here every 0.1 s
+    (peak RSS also counts pages of memory-mapped or recently read files that the kernel can drop)."""
     cmd = [sys.executable, __file__, "--child", variant, "--data", args.data, "--tokenizer", args.tokenizer,
            "--block-size", str(args.block_size), "--cache", cache]
-    proc = subprocess.run(cmd, env=child_env(src), capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, env=child_env(src), stdout=out, stderr=err, text=True)
+        peak_anon = 0.0
+        while proc.poll() is None:
+            peak_anon = max(peak_anon, smaps(proc.pid).get("Anonymous", 0.0))
+            time.sleep(0.1)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        raise SystemExit(f"{variant} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+        raise SystemExit(f"{variant} failed:\n{stderr[-3000:]}")
+    return {**json.loads(lines[-1][len("RESULT "):]), "peak_anon_mb": round(peak_anon)}
 
 
 def main() -> None:
@@ -269,10 +282,11 @@ def main() -> None:
             shutil.rmtree(path, ignore_errors=True)
 
     print()
-    print("| variant | cache | peak RSS MB | anon MB | file MB | prepare s | 2,000 random blocks s | tokens | tokens in blocks |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| variant | cache | peak RSS MB | peak anon MB | anon MB after | file MB after | prepare s | "
+          "2,000 random blocks s | tokens | tokens in blocks |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['variant']} | {r['state']} | {r['peak_rss_mb']:,} | {r['anon_mb']:,} | {r['file_mb']:,} | "
+        print(f"| {r['variant']} | {r['state']} | {r['peak_rss_mb']:,} | {r['peak_anon_mb']:,} | {r['anon_mb']:,} | {r['file_mb']:,} | "
               f"{r['prepare_seconds']} | {r['read_2000_blocks_seconds']} | {r['tokens']:,} | {r['tokens_in_blocks']:,} |")
     new = {r["state"]: r for r in rows if r["variant"] == "lmadapt"}
     for other in ("lmadapt_before", "hf_run_clm"):
@@ -281,17 +295,21 @@ def main() -> None:
             if old is None or state not in new:
                 continue
             print(f"{other} ({state}) / lmadapt ({state}): peak RSS {old['peak_rss_mb'] / new[state]['peak_rss_mb']:.2f}x, "
+                  f"peak anon {old['peak_anon_mb'] / max(new[state]['peak_anon_mb'], 1):.2f}x, "
                   f"anon {old['anon_mb'] / max(new[state]['anon_mb'], 1):.2f}x, "
                   f"prepare time {old['prepare_seconds'] / max(new[state]['prepare_seconds'], 0.1):.2f}x")
     if node:
         print()
-        print("| variant | torchrun processes | node memory MB (max sum of PSS) | largest process PSS MB | wall s |")
-        print("|---|---:|---:|---:|---:|")
+        print("| variant | torchrun processes | node memory MB (max sum of PSS) | max sum of anon MB | "
+              "largest process PSS MB | wall s |")
+        print("|---|---:|---:|---:|---:|---:|")
         for variant, r in node.items():
-            print(f"| {variant} | {args.torchrun} | {r['node_pss_mb']:,} | {r['largest_process_pss_mb']:,} | {r['seconds']} |")
+            print(f"| {variant} | {args.torchrun} | {r['node_pss_mb']:,} | {r['node_anon_mb']:,} | "
+                  f"{r['largest_process_pss_mb']:,} | {r['seconds']} |")
         if "lmadapt_before" in node and "lmadapt" in node:
             print(f"lmadapt_before / lmadapt under torchrun x{args.torchrun}: node memory "
-                  f"{node['lmadapt_before']['node_pss_mb'] / node['lmadapt']['node_pss_mb']:.2f}x")
+                  f"{node['lmadapt_before']['node_pss_mb'] / node['lmadapt']['node_pss_mb']:.2f}x, anon "
+                  f"{node['lmadapt_before']['node_anon_mb'] / max(node['lmadapt']['node_anon_mb'], 1):.2f}x")
 
 
 if __name__ == "__main__":

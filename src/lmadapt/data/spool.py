@@ -8,11 +8,12 @@
 ``read_corpus(cfg, spool_dir=...)`` writes every source's surviving documents here as it reads
 them, so the reading process keeps a few numbers per document (a hash for deduplication and the
 held-out split, the length), not the text, however large the corpus. The tokenizer then reads the
-texts back a batch at a time. The pages are file-backed: the kernel drops them under pressure
-instead of the process running out of memory.
+texts back a batch at a time with plain file reads (the file's pages stay in the kernel's page
+cache, which it drops under pressure, not in the process's memory).
 """
 from __future__ import annotations
 
+import array
 import os
 import tempfile
 from pathlib import Path
@@ -29,7 +30,7 @@ _BATCH_CHARS = 4_000_000
 
 def _schema():
     import pyarrow as pa
-    return pa.schema([("text", pa.large_string()), ("origin", pa.string()), ("chars", pa.int64())])
+    return pa.schema([("text", pa.large_string()), ("origin", pa.string())])
 
 
 class SpoolWriter:
@@ -46,10 +47,13 @@ class SpoolWriter:
         self._texts: list[str] = []
         self._origins: list[str] = []
         self._chars = 0
+        self._lengths = array.array("q")       # characters per document: 8 bytes each, not a Python int
+        self._batch_rows = [0]
 
     def add(self, text: str, origin: str) -> None:
         self._texts.append(text)
         self._origins.append(origin)
+        self._lengths.append(len(text))
         self._chars += len(text)
         if len(self._texts) >= _BATCH_ROWS or self._chars >= _BATCH_CHARS:
             self._flush()
@@ -58,8 +62,8 @@ class SpoolWriter:
         import pyarrow as pa
         if self._texts:
             self._writer.write_batch(pa.record_batch(
-                [pa.array(self._texts, pa.large_string()), pa.array(self._origins, pa.string()),
-                 pa.array([len(t) for t in self._texts], pa.int64())], schema=_schema()))
+                [pa.array(self._texts, pa.large_string()), pa.array(self._origins, pa.string())], schema=_schema()))
+            self._batch_rows.append(self._batch_rows[-1] + len(self._texts))
         self._texts, self._origins, self._chars = [], [], 0
 
     def close(self) -> "SpooledDocuments":
@@ -67,7 +71,9 @@ class SpoolWriter:
         self._writer.close()
         self._sink.close()
         os.replace(self._tmp, self.path)
-        return SpooledDocuments.open(self.path, self.source)
+        lengths = np.frombuffer(self._lengths, dtype=np.int64) if len(self._lengths) else np.zeros(0, np.int64)
+        return SpooledDocuments(_Spool(self.path, np.array(self._batch_rows, dtype=np.int64), lengths.copy()),
+                                self.source, np.arange(len(lengths), dtype=np.int64))
 
     def abort(self) -> None:
         try:
@@ -77,35 +83,56 @@ class SpoolWriter:
             Path(self._tmp).unlink(missing_ok=True)
 
 
-class SpooledDocuments(Sequence):
-    """A source's documents in a spool file, as a read-only ``Sequence[Document]``; ``rows`` picks and
-    orders a subset (the held-out split) without copying texts."""
+class _Spool:
+    """One spool file, read a record batch at a time with plain file reads: nothing is memory-mapped,
+    so the texts never count in the process's memory beyond the batch being read."""
 
-    def __init__(self, table, source: str, rows: np.ndarray, path: Path):
-        self._table, self.source, self._rows, self.path = table, source, rows, path
+    def __init__(self, path: Path, batch_rows: np.ndarray, lengths: np.ndarray):
+        self.path, self.batch_rows, self.lengths = path, batch_rows, lengths
+        self._reader = None
 
-    @classmethod
-    def open(cls, path: str | os.PathLike, source: str) -> "SpooledDocuments":
+    def batch(self, i: int):
         import pyarrow as pa
-        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()   # zero-copy over the mapped file
-        return cls(table, source, np.arange(table.num_rows, dtype=np.int64), Path(path))
+        if self._reader is None:
+            self._reader = pa.ipc.open_file(pa.OSFile(str(self.path)))
+        return self._reader.get_batch(i)
+
+    def rows(self, rows: np.ndarray, column: str) -> list:
+        """Values of ``column`` at file rows ``rows`` (any order), reading each batch they touch once."""
+        import pyarrow as pa
+        which = np.searchsorted(self.batch_rows, rows, side="right") - 1
+        out: list = [None] * len(rows)
+        for b in np.unique(which):
+            mine = np.flatnonzero(which == b)
+            values = self.batch(int(b)).column(column).take(pa.array(rows[mine] - self.batch_rows[b])).to_pylist()
+            for k, v in zip(mine, values):
+                out[k] = v
+        return out
+
+
+class SpooledDocuments(Sequence):
+    """A source's documents in a spool file, as a read-only ``Sequence[Document]``; a selection
+    (``select``: the held-out split) picks and orders a subset without copying texts."""
+
+    def __init__(self, spool: _Spool, source: str, rows: np.ndarray):
+        self._spool, self.source, self._rows = spool, source, rows
+
+    @property
+    def path(self) -> Path:
+        return self._spool.path
 
     def select(self, rows) -> "SpooledDocuments":
-        return SpooledDocuments(self._table, self.source, self._rows[np.asarray(rows, dtype=np.int64)], self.path)
+        return SpooledDocuments(self._spool, self.source, self._rows[np.asarray(rows, dtype=np.int64)])
 
     def __len__(self) -> int:
         return len(self._rows)
 
-    def _column(self, name: str, start: int, stop: int) -> list:
-        import pyarrow as pa
-        return self._table.column(name).take(pa.array(self._rows[start:stop])).to_pylist()
-
     def texts(self, start: int = 0, stop: int | None = None) -> list[str]:
-        """Texts of documents ``start:stop`` (in this selection's order), read from the mapped file."""
-        return self._column("text", start, len(self) if stop is None else stop)
+        """Texts of documents ``start:stop`` (in this selection's order), read from the file."""
+        return self._spool.rows(self._rows[start:len(self) if stop is None else stop], "text")
 
     def char_lengths(self) -> np.ndarray:
-        return self._table.column("chars").to_numpy()[self._rows]
+        return self._spool.lengths[self._rows]
 
     def __getitem__(self, i):
         if isinstance(i, slice):
@@ -114,10 +141,10 @@ class SpooledDocuments(Sequence):
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(i)
-        return Document(self.texts(i, i + 1)[0], self.source, self._column("origin", i, i + 1)[0])
+        return Document(self.texts(i, i + 1)[0], self.source, self._spool.rows(self._rows[i:i + 1], "origin")[0])
 
     def __iter__(self) -> Iterator[Document]:
         for s in range(0, len(self), _BATCH_ROWS):
-            e = min(s + _BATCH_ROWS, len(self))
-            for text, origin in zip(self.texts(s, e), self._column("origin", s, e)):
+            rows = self._rows[s:s + _BATCH_ROWS]
+            for text, origin in zip(self._spool.rows(rows, "text"), self._spool.rows(rows, "origin")):
                 yield Document(text, self.source, origin)
