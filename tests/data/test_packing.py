@@ -475,3 +475,29 @@ def test_a_spooled_source_tokenizes_like_its_list_reading_a_batch_at_a_time(bpe,
         np.testing.assert_array_equal(got.ids, plain.ids)
         np.testing.assert_array_equal(got.offsets, plain.offsets)
         assert asked and max(asked) <= 16 < len(texts), asked    # batches of <= 4 x _CHUNK documents
+
+
+@pytest.mark.parametrize("mode", ["document", "concat"])
+def test_packing_a_mixture_gathers_a_slice_at_a_time(mode, tmp_path, monkeypatch):
+    """The mixed, shuffled corpus is gathered from its sources as packing reads it, a few blocks at a
+    time: the same blocks as packing the mixture built whole, without ever building it whole."""
+    from lmadapt.data.mixing import mix_documents
+
+    rng = np.random.default_rng(9)
+    a, b = _random_docs(rng, 40, 70, word_starts=True), _random_docs(rng, 25, 70, word_starts=True)
+    picks = {"a": np.concatenate([np.arange(40), [5, 5]]), "b": np.arange(25)[::-2]}
+    whole = mix_documents({"a": a, "b": b}, picks, seed=3)
+    eager = TokenizedDocs(np.asarray(whole.ids), whole.offsets, np.asarray(whole.word_starts))
+    ref, ref_acct = pack_blocks(eager, block_size=16, pad_id=1, mode=mode)
+    monkeypatch.setattr(packing, "_SLICE_TOKENS", 48)      # 3 blocks a slice
+    sizes = []
+    real = packing_tokenize.gather_documents
+    monkeypatch.setattr(packing_tokenize, "gather_documents",
+                        lambda parts, p, d: sizes.append(sum(int(parts[i].lengths[j]) for i, j in zip(p, d))) or real(parts, p, d))
+    lazy = mix_documents({"a": a, "b": b}, picks, seed=3)
+    got, acct = pack_blocks(lazy, block_size=16, pad_id=1, mode=mode, path=tmp_path / f"{mode}.arrow")
+    assert acct == ref_acct and acct.tokens_dropped == 0
+    for name in ("input_ids", "position_ids", "labels", "word_starts"):
+        np.testing.assert_array_equal(col(got, name), col(ref, name), err_msg=name)
+    longest = int(max(a.lengths.max(), b.lengths.max()))
+    assert len(sizes) > 3 and max(sizes) <= 48 + 2 * longest < eager.num_tokens, sizes

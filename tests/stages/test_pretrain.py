@@ -232,8 +232,8 @@ def test_two_nodes_sharing_a_disk_prepare_the_same_data_at_once(workspace):
             proc = torchrun("-m", "lmadapt.cli", "pretrain", str(path), procs=1)
             assert proc.returncode == 0, proc.stderr[-3000:]
         else:
-            for code, err in two_nodes("-m", "lmadapt.cli", "pretrain", str(path)):
-                assert code == 0, err[-3000:]
+            done = two_nodes("-m", "lmadapt.cli", "pretrain", str(path))
+            assert [code for code, _ in done] == [0, 0], "\n".join(err[-3000:] for _, err in done)
         results[name] = json.loads((tmp_path / name / "metrics.json").read_text())["heldout"]["valid"]
         assert not (tmp_path / name / ".lmadapt-blocks").exists()
         entries = sorted(p.name for p in (tmp_path / f"cache-{name}").iterdir())

@@ -86,18 +86,20 @@ def plans_as_dicts(plans: list[SourcePlan]) -> list[dict]:
 
 
 def mix_documents(tokenized: dict, picks: dict[str, np.ndarray], seed: int):
-    """One :class:`TokenizedDocs` holding the picked documents of every source, shuffled.
+    """One :class:`TokenizedDocs` holding the picked documents of every source, shuffled; its tokens
+    are gathered from the sources slice by slice as they are read (:func:`.tokenize.gathered_documents`).
 
     Shuffling documents (not blocks) before packing means a block mixes sources in proportion,
     so replayed general text is spread through training instead of arriving in one stretch.
     """
-    from .tokenize import gather_documents, token_arrays
+    from .tokenize import gathered_documents, token_arrays
 
     names = list(tokenized)
     parts = [token_arrays(tokenized[name]) for name in names]
     part_of = np.concatenate([np.full(len(picks[n]), i, dtype=np.int64) for i, n in enumerate(names)]) \
         if names else np.zeros(0, np.int64)
     doc_of = np.concatenate([np.asarray(picks[n], dtype=np.int64) for n in names]) if names else np.zeros(0, np.int64)
-    # One gather straight into the shuffled order: the mixed corpus is built once, not concatenated then permuted.
+    # Gathered straight into the shuffled order, a slice at a time as packing reads it: the mixed
+    # corpus is never built whole, let alone concatenated then permuted.
     order = np.random.default_rng(seed).permutation(len(doc_of))
-    return gather_documents(parts, part_of[order], doc_of[order])
+    return gathered_documents(parts, part_of[order], doc_of[order])

@@ -132,6 +132,69 @@ def gather_documents(parts: Sequence[TokenizedDocs], part_of: np.ndarray, doc_of
     return TokenizedDocs(ids, offsets, ws)
 
 
+def gathered_documents(parts: Sequence[TokenizedDocs], part_of: np.ndarray, doc_of: np.ndarray) -> TokenizedDocs:
+    """:func:`gather_documents` without the copy: a :class:`TokenizedDocs` whose ``ids`` (and
+    ``word_starts``) gather a slice of tokens when it is read. Packing reads a few million tokens at
+    a time, so a mixed corpus is never built whole in memory; only its offsets are (8 bytes a document)."""
+    part_of, doc_of = np.asarray(part_of, dtype=np.int64), np.asarray(doc_of, dtype=np.int64)
+    lengths = np.zeros(len(doc_of), np.int64)
+    for p, part in enumerate(parts):
+        mine = part_of == p
+        lengths[mine] = part.lengths[doc_of[mine]]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    source = _Gatherer(parts, part_of, doc_of, offsets)
+    has_ws = bool(parts) and all(p.word_starts is not None for p in parts)
+    return TokenizedDocs(_GatheredColumn(source, 0, np.int32), offsets,
+                         _GatheredColumn(source, 1, np.uint8) if has_ws else None)
+
+
+class _Gatherer:
+    """The documents' tokens over a token range, gathered on demand; the last range is kept, so
+    reading ids and then word starts of the same slice gathers once."""
+
+    def __init__(self, parts, part_of, doc_of, offsets):
+        self.parts, self.part_of, self.doc_of, self.offsets = parts, part_of, doc_of, offsets
+        self._last = None
+
+    def tokens(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(ids, word_starts) of tokens ``a:b`` of the gathered sequence."""
+        k0 = int(np.searchsorted(self.offsets, a, side="right")) - 1
+        k1 = max(k0 + 1, int(np.searchsorted(self.offsets, b, side="left")))
+        if self._last is None or self._last[0] != (k0, k1):
+            got = gather_documents(self.parts, self.part_of[k0:k1], self.doc_of[k0:k1])
+            self._last = ((k0, k1), got)
+        got, base = self._last[1], int(self.offsets[k0])
+        ws = None if got.word_starts is None else got.word_starts[a - base:b - base]
+        return got.ids[a - base:b - base], ws
+
+
+class _GatheredColumn:
+    """One column (ids or word starts) of :func:`gathered_documents`: slices gather on demand;
+    anything else (fancy indexing, ``np.asarray``) gathers the whole column."""
+
+    def __init__(self, source: _Gatherer, which: int, dtype):
+        self.source, self.which, self.dtype = source, which, np.dtype(dtype)
+
+    def __len__(self) -> int:
+        return int(self.source.offsets[-1])
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self),)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice) and key.step in (None, 1):
+            a, b, _ = key.indices(len(self))
+            if b <= a:
+                return np.zeros(0, self.dtype)
+            return self.source.tokens(a, b)[self.which]
+        return np.asarray(self)[key]
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self[0:len(self)] if len(self) else np.zeros(0, self.dtype)
+        return whole if dtype is None else whole.astype(dtype)
+
+
 def _arrays_fingerprint(docs: TokenizedDocs, *extra) -> str:
     fp = hashlib.sha256(json.dumps([FORMAT_VERSION, *extra]).encode())
     for arr in (docs.ids, docs.offsets, docs.word_starts):
