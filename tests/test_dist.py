@@ -179,3 +179,30 @@ def test_a_launch_that_shards_the_model_is_refused_before_any_work(tmp_path, mon
         with pytest.raises(RuntimeError, match="data-parallel only"):
             run(cfg)
         assert not (tmp_path / cfg.train.output_dir).exists()
+
+
+OUTPUT_DIR = textwrap.dedent('''
+    import json, os, sys, time
+    from lmadapt.train import dist
+    from lmadapt.train.outputs import prepare_output_dir
+
+    out_dir = sys.argv[1]
+    rank = int(os.environ["RANK"])
+    if rank == 1:
+        time.sleep(3)          # looks at the folder late
+    out = prepare_output_dir(os.path.join(out_dir, "stage"), resume=False, overwrite=False)
+    if rank == 0:
+        (out / "first-file").write_text("rank 0 started writing")
+    dist.barrier()
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
+        json.dump({"ok": True}, fh)
+    dist.finish()
+''')
+
+
+def test_no_process_writes_the_output_folder_before_every_process_has_checked_it(tmp_path):
+    """On CPU the check-then-write of a stage folder waits for all processes, so a slow process
+    never refuses the folder because a fast one already started filling it."""
+    proc = run_probe(tmp_path, script=OUTPUT_DIR)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert all((tmp_path / f"rank{r}.json").exists() for r in (0, 1))

@@ -162,6 +162,12 @@ def test_lora_pretrain_adapter_and_merge(workspace):
         assert m["heldout"]["valid"]["after"]["loss"] < m["heldout"]["valid"]["before"]["loss"]
 
 
+def errors_of(stderr: str) -> str:
+    """What each process said went wrong (the launcher's own traceback last, cut short)."""
+    said = [line for line in stderr.splitlines() if "error:" in line or "Error:" in line]
+    return "\n".join(said[-20:]) + "\n---\n" + stderr[-1500:]
+
+
 # The pretrain command, where a node's other processes fail if they read or tokenize the corpus.
 FIRST_READS = """
 import os, sys
@@ -189,7 +195,7 @@ def test_two_processes_match_one_process(workspace):
         path = tmp_path / f"p{procs}.yaml"
         path.write_text(yaml.safe_dump(data))
         proc = torchrun(str(script), str(path), procs=procs)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.returncode == 0, errors_of(proc.stderr)
         results[procs] = json.loads((tmp_path / f"p{procs}" / "metrics.json").read_text())
         assert not (tmp_path / f"p{procs}" / ".lmadapt-blocks").exists()
     one, two = results[1]["heldout"]["valid"]["after"]["loss"], results[2]["heldout"]["valid"]["after"]["loss"]
@@ -233,7 +239,7 @@ def test_two_nodes_sharing_a_disk_prepare_the_same_data_at_once(workspace):
             assert proc.returncode == 0, proc.stderr[-3000:]
         else:
             done = two_nodes("-m", "lmadapt.cli", "pretrain", str(path))
-            assert [code for code, _ in done] == [0, 0], "\n".join(err[-3000:] for _, err in done)
+            assert [code for code, _ in done] == [0, 0], "\n=====\n".join(errors_of(err) for _, err in done)
         results[name] = json.loads((tmp_path / name / "metrics.json").read_text())["heldout"]["valid"]
         assert not (tmp_path / name / ".lmadapt-blocks").exists()
         entries = sorted(p.name for p in (tmp_path / f"cache-{name}").iterdir())

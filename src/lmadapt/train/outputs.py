@@ -88,20 +88,22 @@ def prepare_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool)
     """Refuse to mix a new run into an old folder unless asked to resume or overwrite.
 
     Under several processes every rank checks before any rank writes (a barrier follows), so
-    rank 1 never mistakes rank 0's fresh files for an old run.
+    rank 1 never mistakes rank 0's fresh files for an old run. The barrier is ``dist.barrier``: a
+    bare ``PartialState()`` on a machine without GPUs calls a torchrun job single-process, and its
+    ``wait_for_everyone`` returns at once (seen: rank 1 refusing the folder rank 0 had started to fill).
     """
-    from accelerate import PartialState
+    from .dist import barrier, is_main_process
 
-    state = PartialState()  # joins the process group under torchrun / accelerate launch
     out = Path(output_dir)
+    problem = None
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
-        marker = [p.name for p in out.iterdir()][:5]
+        problem = (f"train.output_dir: {out} is not empty ({', '.join(p.name for p in list(out.iterdir())[:5])}...); "
+                   "pass train.resume=true to continue it or train.overwrite=true to reuse it")
+    barrier()   # every process has looked before any process writes
+    if problem:
         from ..config.base import ConfigError
-        raise ConfigError(
-            f"train.output_dir: {out} is not empty ({', '.join(marker)}...); "
-            "pass train.resume=true to continue it or train.overwrite=true to reuse it")
-    state.wait_for_everyone()
-    if state.is_main_process:
+        raise ConfigError(problem)
+    if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
-    state.wait_for_everyone()
+    barrier()
     return out
