@@ -298,10 +298,6 @@ def _collect(src: SourceConfig, cfg: CorpusConfig, spool: Path | None, seen: set
     return docs, stats, np.array(out.keys, dtype=np.uint64), excluded
 
 
-def _heldout_key(text: str) -> int:
-    return int.from_bytes(_digest(text)[:8], "big")
-
-
 def _split_heldout(docs, keys: np.ndarray, fraction: float) -> tuple[object, object]:
     # A document is held out when its text hash falls below `fraction`: stable across runs and
     # independent of order. A source with >= 2 documents keeps at least one on each side (the

@@ -97,16 +97,18 @@ class _Spool:
             self._reader = pa.ipc.open_file(pa.OSFile(str(self.path)))
         return self._reader.get_batch(i)
 
-    def rows(self, rows: np.ndarray, column: str) -> list:
-        """Values of ``column`` at file rows ``rows`` (any order), reading each batch they touch once."""
+    def rows(self, rows: np.ndarray, *columns: str) -> list[list]:
+        """Values of each of ``columns`` at file rows ``rows`` (any order), reading each batch they
+        touch once."""
         import pyarrow as pa
         which = np.searchsorted(self.batch_rows, rows, side="right") - 1
-        out: list = [None] * len(rows)
+        out: list[list] = [[None] * len(rows) for _ in columns]
         for b in np.unique(which):
             mine = np.flatnonzero(which == b)
-            values = self.batch(int(b)).column(column).take(pa.array(rows[mine] - self.batch_rows[b])).to_pylist()
-            for k, v in zip(mine, values):
-                out[k] = v
+            picked = self.batch(int(b)).take(pa.array(rows[mine] - self.batch_rows[b]))
+            for values, column in zip(out, columns):
+                for k, v in zip(mine, picked.column(column).to_pylist()):
+                    values[k] = v
         return out
 
 
@@ -117,10 +119,6 @@ class SpooledDocuments(Sequence):
     def __init__(self, spool: _Spool, source: str, rows: np.ndarray):
         self._spool, self.source, self._rows = spool, source, rows
 
-    @property
-    def path(self) -> Path:
-        return self._spool.path
-
     def select(self, rows) -> "SpooledDocuments":
         return SpooledDocuments(self._spool, self.source, self._rows[np.asarray(rows, dtype=np.int64)])
 
@@ -129,7 +127,7 @@ class SpooledDocuments(Sequence):
 
     def texts(self, start: int = 0, stop: int | None = None) -> list[str]:
         """Texts of documents ``start:stop`` (in this selection's order), read from the file."""
-        return self._spool.rows(self._rows[start:len(self) if stop is None else stop], "text")
+        return self._spool.rows(self._rows[start:len(self) if stop is None else stop], "text")[0]
 
     def char_lengths(self) -> np.ndarray:
         return self._spool.lengths[self._rows]
@@ -141,10 +139,10 @@ class SpooledDocuments(Sequence):
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(i)
-        return Document(self.texts(i, i + 1)[0], self.source, self._spool.rows(self._rows[i:i + 1], "origin")[0])
+        (text,), (origin,) = self._spool.rows(self._rows[i:i + 1], "text", "origin")
+        return Document(text, self.source, origin)
 
     def __iter__(self) -> Iterator[Document]:
         for s in range(0, len(self), _BATCH_ROWS):
-            rows = self._rows[s:s + _BATCH_ROWS]
-            for text, origin in zip(self._spool.rows(rows, "text"), self._spool.rows(rows, "origin")):
+            for text, origin in zip(*self._spool.rows(self._rows[s:s + _BATCH_ROWS], "text", "origin")):
                 yield Document(text, self.source, origin)

@@ -202,10 +202,28 @@ def _arrays_fingerprint(docs: TokenizedDocs, *extra) -> str:
     return fp.hexdigest()[:32]
 
 
+class _TextList:
+    """Texts in a list, read the way a spooled source is read (``texts(start, stop)``,
+    ``char_lengths()``), so tokenizing has one way to read either."""
+
+    def __init__(self, texts: list[str]):
+        self._texts = texts
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def texts(self, start: int = 0, stop: int | None = None) -> list[str]:
+        return self._texts[start:stop]
+
+    def char_lengths(self) -> np.ndarray:
+        return np.fromiter((len(t) for t in self._texts), dtype=np.int64, count=len(self._texts))
+
+
 def _texts(texts: Iterable[Any]):
-    """The documents' texts: a list, or a spooled source as it is (its texts are read a batch at a time)."""
+    """The documents' texts, read a batch at a time: a spooled source as it is, else a :class:`_TextList`
+    of strings (or of the documents' ``.text``)."""
     from .spool import SpooledDocuments
-    if isinstance(texts, SpooledDocuments):
+    if isinstance(texts, (SpooledDocuments, _TextList)):
         return texts
     out = []
     for i, t in enumerate(texts):
@@ -214,7 +232,7 @@ def _texts(texts: Iterable[Any]):
         if not isinstance(t, str):
             raise TypeError(f"document {i}: expected a string or an object with .text, got {type(t).__name__}")
         out.append(t)
-    return out
+    return _TextList(out)
 
 
 def _backend(tokenizer):
@@ -272,21 +290,21 @@ def cache_key(texts: Sequence[str], tokenizer, *, separator: str, with_word_star
     h.update(json.dumps({"format": FORMAT_VERSION, "tokenizer": tokenizer_fingerprint(tokenizer),
                          "separator": separator, "affixes": _affixes(tokenizer, separator),
                          "word_starts": bool(with_word_starts), "documents": len(texts)}).encode())
-    for t in _each_text(texts):
+    for t in _each_text(_texts(texts)):
         b = t.encode("utf-8", "surrogatepass")
         h.update(len(b).to_bytes(8, "little"))
         h.update(b)
     return h.hexdigest()
 
 
-def _encode_batches(backend, texts: list[str], prefix: list[int], suffix: list[int], with_word_starts: bool):
+def _encode_batches(backend, texts, prefix: list[int], suffix: list[int], with_word_starts: bool):
     """Encode ``texts`` a batch at a time: yields (ids int32, lengths int64, word_starts uint8|None)
     per batch, affixes included, so the Encoding objects and index temporaries stay batch-sized."""
     # encode_batch_fast skips character offsets (~1/3 faster) but also loses word ids
     encode = backend.encode_batch if with_word_starts or not hasattr(backend, "encode_batch_fast") \
         else backend.encode_batch_fast
-    for s, e in _batches(_char_lengths(texts)):
-        encs = encode(_slice(texts, s, e), add_special_tokens=False)
+    for s, e in _batches(texts.char_lengths()):
+        encs = encode(texts.texts(s, e), add_special_tokens=False)
         lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
         n = int(lengths.sum())
         raw_ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encs), dtype=np.int32, count=n)
@@ -312,20 +330,8 @@ def _batches(lengths: Sequence[int], scale: int = 1):
         s = e
 
 
-def _char_lengths(texts) -> Sequence[int]:
-    lengths = getattr(texts, "char_lengths", None)
-    return lengths() if lengths is not None else [len(t) for t in texts]
-
-
-def _slice(texts, s: int, e: int) -> list[str]:
-    return texts.texts(s, e) if hasattr(texts, "texts") else texts[s:e]
-
-
 def _each_text(texts):
-    """Every text in order; a spooled source is read a batch at a time."""
-    if not hasattr(texts, "texts"):
-        yield from texts
-        return
+    """Every text in order, read a batch at a time."""
     for s in range(0, len(texts), _CHUNK):
         yield from texts.texts(s, min(s + _CHUNK, len(texts)))
 
@@ -377,7 +383,7 @@ def _worker_init(tokenizer_json: str):
 
 def _worker_encode(args):
     texts, prefix, suffix, with_word_starts = args
-    return _concat_parts(list(_encode_batches(_WORKER_BACKEND, texts, prefix, suffix, with_word_starts)),
+    return _concat_parts(list(_encode_batches(_WORKER_BACKEND, _TextList(texts), prefix, suffix, with_word_starts)),
                          with_word_starts)
 
 
@@ -489,7 +495,7 @@ def tokenize_arrays(texts: Iterable[Any], tokenizer, *, separator: Literal["eos"
     return out
 
 
-def _encoded_parts(backend, texts: list[str], prefix, suffix, with_word_starts: bool, num_proc: int | None):
+def _encoded_parts(backend, texts, prefix, suffix, with_word_starts: bool, num_proc: int | None):
     """Encoded parts in document order: batches in this process, or larger slices from ``num_proc`` workers."""
     if num_proc is not None and num_proc > 1 and len(texts) > _CHUNK:
         import concurrent.futures as cf
@@ -497,13 +503,13 @@ def _encoded_parts(backend, texts: list[str], prefix, suffix, with_word_starts: 
 
         # Jobs of ~4 batches, at most 2 per worker in flight: the texts waiting in the pool's queue
         # stay ~16M characters a worker, not the whole corpus pickled at once.
-        jobs = _batches(_char_lengths(texts), scale=4)
+        jobs = _batches(texts.char_lengths(), scale=4)
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
         with cf.ProcessPoolExecutor(num_proc, mp_context=ctx, initializer=_worker_init,
                                     initargs=(backend.to_str(),)) as pool:
             pending = collections.deque()
             for s, e in jobs:
-                pending.append(pool.submit(_worker_encode, (_slice(texts, s, e), prefix, suffix, with_word_starts)))
+                pending.append(pool.submit(_worker_encode, (texts.texts(s, e), prefix, suffix, with_word_starts)))
                 if len(pending) >= 2 * num_proc:
                     yield pending.popleft().result()
             while pending:

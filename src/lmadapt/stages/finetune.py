@@ -39,7 +39,6 @@ from ..train.loop import CHECKPOINT_DIR, run_training
 from ..train.outputs import prepare_output_dir, read_json, read_meta, update_metrics, write_meta, write_recipe
 
 
-
 # --- where the model comes from ----------------------------------------------------------------
 
 @dataclass

@@ -26,7 +26,6 @@ from ..train.outputs import (ACCOUNTING_FILE, prepare_output_dir, update_metrics
 from .pretrain_data import prepare_stage_data, read_stage_corpus, remove_stage_data
 
 
-
 def choose_packing(requested: str, model, objective: str) -> str:
     """'auto' -> document packing where a probe shows the model keeps documents apart."""
     if requested == "concat":
@@ -77,8 +76,9 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     # --- setup: corpus, model, blocks -------------------------------------------------------
     corpus = read_stage_corpus(cfg, out)   # on each node's first process; the others never read the text
     phase("read_corpus")
-    corpus_summary = corpus.summary() if corpus is not None else None
+    corpus_summary = None
     if corpus is not None:
+        corpus_summary = corpus.summary()
         log(f"corpus: {sum(len(d) for d in corpus.train.values()):,} training documents from "
             f"{len(corpus.train)} source(s); held-out sets: {', '.join(corpus.eval) or 'none'}")
     loaded = load_model(cfg.model)

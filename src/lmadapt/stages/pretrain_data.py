@@ -49,7 +49,6 @@ class StageData:
     mixture: list[dict]                          # the source mixture plan, for token_accounting.json
 
 
-
 def read_stage_corpus(cfg: PretrainConfig, out: Path) -> Corpus | None:
     """The corpus on each node's first process (None on the others), read before the model loads,
     so bad input stops every process at once, before minutes of model loading. Its documents are
