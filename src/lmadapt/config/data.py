@@ -6,16 +6,27 @@ from typing import Literal
 
 from .base import ConfigError, opt
 
-Format = Literal["auto", "txt", "dir", "jsonl", "json", "csv", "parquet", "hf"]
+Format = Literal["auto", "txt", "dir", "jsonl", "json", "csv", "parquet", "hf", "hub"]
+# Keys that only a hub dataset has (``datasets.load_dataset`` arguments); refused on local files.
+HUB_KEYS = ("subset", "revision", "streaming")
 
 
 @dataclass
 class SourceConfig:
-    """One corpus: a file, a directory, a glob or a datasets folder (save_to_disk)."""
+    """One corpus: a file, a directory, a glob, a datasets folder (save_to_disk) or a hub dataset."""
 
-    path: str = opt(doc="file, directory, glob pattern or datasets folder; .gz variants are read transparently")
-    name: str | None = opt(None, "label used in token accounting and metrics (default: the file stem)")
-    format: Format = opt("auto", "reader; 'auto' decides from the suffix (.txt/.md, .jsonl, .json, .csv, .parquet, a directory, a datasets folder)")
+    path: str = opt(doc="file, directory, glob pattern or datasets folder (.gz variants are read transparently); "
+                        "with format: hub, a dataset id on the Hugging Face Hub (e.g. allenai/c4) or a local dataset repo folder")
+    name: str | None = opt(None, "label used in token accounting and metrics (default: the file stem, or the hub dataset's name)")
+    format: Format = opt("auto", "reader; 'auto' decides from the suffix (.txt/.md, .jsonl, .json, .csv, .parquet, a directory, "
+                                 "a datasets folder); 'hub' loads `path` with datasets.load_dataset")
+    split: str | None = opt(None, "split of a hub dataset (default: train) or of a datasets folder holding a DatasetDict")
+    subset: str | None = opt(None, "hub dataset: its configuration (load_dataset's `name`, e.g. 'en' for allenai/c4)")
+    revision: str | None = opt(None, "hub dataset: branch, tag or commit to read (pin it: a stage cache keys on the recipe, not the remote files)")
+    streaming: bool = opt(False, "hub dataset: read records as they download instead of downloading and converting the whole "
+                                 "split first (for large datasets, with max_documents)")
+    max_documents: int | None = opt(None, "read at most this many documents of the source: the first ones in reading order, "
+                                          "before deduplication (e.g. a slice of a large hub dataset); recorded in the accounting")
     text_field: str = opt("text", "field holding the text (jsonl/json/csv/parquet/hf)")
     split_docs: Literal["file", "blank_line", "line"] = opt(
         "file", "how a .txt/.md file splits into documents: the whole file, paragraphs separated by blank lines, or one per line")
@@ -30,6 +41,15 @@ class SourceConfig:
             raise ConfigError(f"weight: must be > 0, got {self.weight}")
         if self.share is not None and not 0 < self.share < 1:
             raise ConfigError(f"share: must be between 0 and 1 (exclusive), got {self.share}")
+        if self.max_documents is not None and self.max_documents < 1:
+            raise ConfigError(f"max_documents: must be at least 1, got {self.max_documents}")
+        if self.format != "hub":
+            given = [k for k in HUB_KEYS if getattr(self, k) not in (None, False)]
+            if given:
+                raise ConfigError(f"{given[0]}: only for a hub dataset (format: hub); {self.path} is read as "
+                                  f"format {self.format!r}")
+        if self.split is not None and self.format not in ("hub", "hf", "auto", "dir"):
+            raise ConfigError(f"split: only for a hub dataset or a datasets folder, not format {self.format!r}")
 
 
 @dataclass

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import glob as globlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +19,19 @@ ENCODER_MODEL_TYPES = {
 }
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
 def check_source_paths(sources, section: str) -> None:
-    """A missing corpus is a recipe error, reported before any model loads."""
+    """A missing corpus is a recipe error, reported before any model loads. A hub dataset is
+    checked when it is read (the hub may need the network); here only the shape of its id."""
     for i, src in enumerate(sources):
         p = src.path
-        if any(ch in p for ch in "*?["):
+        if src.format == "hub":
+            if not (Path(p).expanduser().is_dir() or HUB_ID.fullmatch(p)):
+                raise ConfigError(f"{section}[{i}].path: {p!r} is neither a hub dataset id (owner/name) nor a "
+                                  "local dataset folder")
+        elif any(ch in p for ch in "*?["):
             if not globlib.glob(p, recursive=True):
                 raise ConfigError(f"{section}[{i}].path: no file matches {p!r}")
         elif not Path(p).exists():

@@ -4,8 +4,9 @@ datasets folder, and reports record-level problems through a ``Ctx`` (raise, or 
     for text, origin in read_unit(Path("notes.jsonl.gz"), "jsonl", SourceConfig(path=...), ctx):
 
 Formats: txt/md (paragraphs, lines or whole files), JSON Lines, a JSON array (streamed, so a large
-file is not parsed as one object), CSV/TSV, parquet and ``datasets.save_to_disk`` folders; any of
-the text formats may be gzip-compressed (recognised by its magic bytes). ``sources.py`` maps a
+file is not parsed as one object), CSV/TSV, parquet, ``datasets.save_to_disk`` folders and hub
+datasets (``datasets.load_dataset``, optionally streamed); any of the text formats may be
+gzip-compressed (recognised by its magic bytes). ``sources.py`` maps a
 source's path to (file, format) units and owns dedup and held-out splits; this module only reads.
 Origins and error rules are documented in ``sources.py``.
 """
@@ -424,20 +425,72 @@ def _read_hf(path: Path, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, str
     label = str(path)
     if isinstance(ds, datasets.DatasetDict):
         splits = list(ds)
-        split = "train" if "train" in ds else splits[0] if len(splits) == 1 else None
+        split = src.split or ("train" if "train" in ds else splits[0] if len(splits) == 1 else None)
         if split is None:
-            raise CorpusError(f"{path}: DatasetDict with splits {splits} and no 'train'; point path at one "
-                              f"split folder, e.g. {path / splits[0]}")
+            raise CorpusError(f"{path}: DatasetDict with splits {splits} and no 'train'; set split: (one of "
+                              f"{', '.join(splits)}) or point path at one split folder, e.g. {path / splits[0]}")
+        if split not in ds:
+            raise CorpusError(f"{path}: no split {split!r} (splits: {', '.join(splits)})")
         ds, label = ds[split], str(path / split)
-    fld = src.text_field
-    feat = ds.features.get(fld)
-    dtype = getattr(feat, "dtype", type(feat).__name__)
-    _string_column(label, ds.column_names, fld, str(dtype), dtype in ("string", "large_string"))
+    elif src.split is not None:
+        raise CorpusError(f"{path}: split: {src.split!r} given, but this datasets folder holds one Dataset, not a DatasetDict")
+    yield from _dataset_rows(ds, label, src.text_field, ctx)
+
+
+def _dataset_rows(ds, label: str, fld: str, ctx: Ctx) -> Iterator[tuple[str, str]]:
+    """(text, "label#row") of a ``datasets`` Dataset or IterableDataset, 1,024 rows at a time."""
+    features = ds.features   # None for a streamed dataset whose files do not declare them
+    if features is not None:
+        feat = features.get(fld)
+        dtype = getattr(feat, "dtype", type(feat).__name__)
+        _string_column(label, list(features), fld, str(dtype), dtype in ("string", "large_string"))
+        ds = ds.select_columns([fld])
     row = 0
-    for batch in ds.select_columns([fld]).iter(batch_size=1024):
+    for batch in ds.iter(batch_size=1024):
+        if fld not in batch:   # streamed without declared features: the first batch tells
+            raise CorpusError(f"{label}: no column {fld!r} {_keys_hint(fld, list(batch))}")
         values = batch[fld]
         yield from _rows(label, values, fld, ctx, row)
         row += len(values)
+
+
+def hub_label(src: SourceConfig) -> str:
+    """How origins name a hub dataset: ``hub:owner/name[subset]:split`` (rows follow as ``#row``)."""
+    return f"hub:{src.path}{f'[{src.subset}]' if src.subset else ''}:{src.split or 'train'}"
+
+
+def _read_hub(src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, str]]:
+    """A dataset on the Hugging Face Hub (or a local dataset repo folder), through ``datasets.load_dataset``.
+
+    Network and hub failures (unreachable hub, unknown dataset, gated repo, unknown split or subset)
+    become a CorpusError naming the source; a failure while streaming names the row reached."""
+    import datasets
+
+    label = hub_label(src)
+    try:
+        ds = datasets.load_dataset(src.path, src.subset, split=src.split or "train", revision=src.revision,
+                                   streaming=src.streaming)
+    except Exception as exc:  # noqa: BLE001 - connection, not found, gated, bad split/config: all "cannot load"
+        hint = (" (no network, or HF_HUB_OFFLINE=1 and the dataset is not in the local cache: download it "
+                "once where the hub is reachable, or point path at a local copy)"
+                if isinstance(exc, (ConnectionError, OSError)) else "")
+        raise CorpusError(f"{label}: cannot load the dataset ({type(exc).__name__}: {str(exc).strip()[:300]}){hint}") from None
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):   # load_dataset gave splits
+        raise CorpusError(f"{label}: loaded several splits ({', '.join(ds)}); set split:")
+    rows = _dataset_rows(ds, label, src.text_field, ctx)
+    n = 0
+    while True:
+        try:
+            item = next(rows)
+        except StopIteration:
+            return
+        except CorpusError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a stream that breaks midway (network, a corrupt shard)
+            raise CorpusError(f"{label}: reading failed after {n:,} rows ({type(exc).__name__}: "
+                              f"{str(exc).strip()[:300]})") from None
+        n += 1
+        yield item
 
 
 _READERS = {"txt": _read_txt, "jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv,
@@ -445,6 +498,8 @@ _READERS = {"txt": _read_txt, "jsonl": _read_jsonl, "json": _read_json, "csv": _
 
 
 def read_unit(path: Path, fmt: str, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, str]]:
+    if fmt == "hub":
+        return _read_hub(src, ctx)
     if fmt in ("txt", "jsonl", "json", "csv"):
         head = _sniff(path)
         if fmt == "jsonl" and head.lstrip(b" \t\r\n\xef\xbb\xbf")[:1] == b"[":

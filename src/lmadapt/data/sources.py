@@ -8,7 +8,10 @@ Conventions later stages rely on:
 - ``Document.text`` is stripped of leading/trailing whitespace; dedup compares these texts exactly.
 - ``Document.origin``: ``"path:line"`` (1-based; the first line of a paragraph, CSV row or JSON array
   element), ``"path"`` for a whole-file document, ``"path#row"`` (0-based row index, as in
-  ``ds[row]``) for parquet files and datasets folders (``"folder/split#row"`` for a DatasetDict).
+  ``ds[row]``) for parquet files and datasets folders (``"folder/split#row"`` for a DatasetDict),
+  ``"hub:owner/name[subset]:split#row"`` for a hub dataset.
+- ``max_documents`` keeps a source's first N documents (after ``min_chars``, before dedup) and stops
+  reading there; ``SourceStats.capped_at`` records it (whether more followed is not looked at).
 - Held-out sets: each ``eval_sources`` entry is its own set, named like a source. Otherwise, with
   ``eval_fraction``, every training source gives up a hash-chosen share of its documents to an eval
   set with the *same name* as the source (so ``corpus.eval["computing"]`` is held-out computing text).
@@ -62,6 +65,7 @@ class SourceStats:
     skipped: int = 0
     skip_reasons: dict[str, int] = field(default_factory=dict)
     first_skips: list[str] = field(default_factory=list)
+    capped_at: int | None = None   # max_documents reached: reading stopped after this many documents
 
 
 @dataclass
@@ -157,6 +161,8 @@ def _missing(path: Path) -> CorpusError:
 
 
 def _units(src: SourceConfig) -> list[tuple[Path, str]]:
+    if src.format == "hub":
+        return [(Path(src.path), "hub")]   # datasets.load_dataset resolves it (hub id or local repo folder)
     path = Path(src.path).expanduser()
     if _MAGIC.search(src.path) and not path.exists():
         matches = sorted(Path(m) for m in globlib.glob(str(path), recursive=True))
@@ -188,6 +194,8 @@ def source_name(src: SourceConfig) -> str:
     """The name a source reports under: ``src.name``, else the file stem / folder / glob base folder."""
     if src.name:
         return src.name
+    if src.format == "hub":   # allenai/c4 + subset en -> "c4-en"
+        return Path(src.path.rstrip("/")).name + (f"-{src.subset}" if src.subset else "")
     path = Path(src.path).expanduser()
     if _MAGIC.search(src.path) and not path.exists():
         fixed = [part for part in _takewhile_fixed(path.parts)]
@@ -211,13 +219,22 @@ def _documents(src: SourceConfig, stats: SourceStats, on_error: str, min_chars: 
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     ctx = Ctx(stats, on_error)
-    for path, fmt in _units(src):
+    units = _units(src)
+    if src.split is not None and any(fmt not in ("hf", "hub") for _, fmt in units):
+        raise CorpusError(f"{src.path}: split: {src.split!r} applies to datasets folders and hub datasets; "
+                          f"this source has {next(fmt for _, fmt in units if fmt not in ('hf', 'hub'))} files")
+    n = 0
+    for path, fmt in units:
         stats.files += 1
         for text, origin in read_unit(path, fmt, src, ctx):
             if len(text) < min_chars:
                 stats.too_short += 1
                 continue
+            n += 1
             yield text, origin
+            if n == src.max_documents:   # stop at once: the rest of the source is never read
+                stats.capped_at = n
+                return
 
 
 def _no_documents(src: SourceConfig, stats: SourceStats, min_chars: int) -> CorpusError:

@@ -81,6 +81,9 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         corpus_summary = corpus.summary()
         log(f"corpus: {sum(len(d) for d in corpus.train.values()):,} training documents from "
             f"{len(corpus.train)} source(s); held-out sets: {', '.join(corpus.eval) or 'none'}")
+        for name, st in corpus.stats.items():
+            if st.capped_at is not None:
+                log(f"{name}: read its first {st.capped_at:,} documents (max_documents) and read no further")
     loaded = load_model(cfg.model)
     model, tokenizer, objective = to_process_device(loaded.model), loaded.tokenizer, loaded.objective
     phase("load_model")
