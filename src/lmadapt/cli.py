@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="predict with a fine-tuned model", formatter_class=_Formatter)
     pr.add_argument("model", help="fine-tuned model folder")
-    pr.add_argument("--input", help="JSONL file of records to predict")
+    pr.add_argument("--input", help="file of records to predict (JSONL, CSV/TSV, parquet), or a hub split: hub:owner/name[subset]:split")
     pr.add_argument("--output", help="JSONL file to write predictions to")
     pr.add_argument("--text", help="predict a single text and print the answer")
     pr.add_argument("--batch-size", type=int, default=16, help="examples per batch")

@@ -4,6 +4,7 @@ The toy task: a text's label follows from one keyword hidden among filler words,
 2-layer, 32-wide model learns it in a few seconds.
 """
 import json
+import re
 import random
 from pathlib import Path
 
@@ -362,3 +363,42 @@ def test_class_weights_and_weighted_loss():
     assert loss({"logits": logits}, labels).item() == pytest.approx(expected.item())
     assert loss({"logits": logits}, labels, num_items_in_batch=4).item() == pytest.approx(expected.item() / 2)
     assert task.sample_weights(ex, space) == [1 / 3, 1 / 3, 1 / 3, 1.0]
+
+
+def test_finetune_from_hub_splits_equals_the_same_records_from_files(bert_base, toy, tmp_path):
+    """data.train/dev as ``hub:`` specs: a dataset repo laid out as on the hub (parquet with class-id
+    labels, resolved by datasets.load_dataset as a hub repo is) trains exactly as its JSONL twin."""
+    datasets = pytest.importorskip("datasets")
+    names = sorted(KEYWORDS)
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
+    repo = tmp_path / "owner_toy"
+    for split, key in (("train", "train"), ("validation", "dev")):
+        rows = [json.loads(line) for line in Path(toy[key]).read_text().splitlines()]
+        ds = datasets.Dataset.from_dict({"text": [r["text"] for r in rows],
+                                         "label": [names.index(r["label"]) for r in rows]}, features=features)
+        ds.to_parquet(str(repo / "data" / f"{split}-00000-of-00001.parquet"))
+    hub_cfg = recipe(bert_base, f"hub:{repo}", f"hub:{repo}:validation", tmp_path / "hub", "train.epochs=2")
+    file_cfg = recipe(bert_base, toy["train"], toy["dev"], tmp_path / "files", "train.epochs=2")
+    hub_metrics, file_metrics = run(hub_cfg), run(file_cfg)
+    assert hub_metrics["dev"]["macro_f1"] == file_metrics["dev"]["macro_f1"]
+    assert losses(tmp_path / "hub") == losses(tmp_path / "files")
+    config = json.loads((tmp_path / "hub" / "config.json").read_text())
+    assert set(config["label2id"]) == set(names)          # names, not class ids
+    summary = predict_file(tmp_path / "hub", f"hub:{repo}:validation", tmp_path / "pred.jsonl")
+    predicted = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    assert summary["records"] == len(predicted) == 40 and predicted[0]["prediction"]["label"] in names
+
+    # a row without a label (class id -1, as in GLUE's test splits) is a null label, with its row
+    ds = datasets.Dataset.from_dict({"text": ["the dog was", "over the dog"], "label": [0, -1]}, features=features)
+    ds.to_parquet(str(repo / "data" / "test-00000-of-00001.parquet"))
+    with pytest.raises(DataError, match=rf"hub:{repo}:test#1: field 'label' is null"):
+        TASKS["classification"].read(f"hub:{repo}:test", file_cfg, split="test", report=None)
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("hub:bad id:train", "is neither a hub dataset id"),
+    ("hub:owner/name[sub:train", "expected hub:owner/name"),
+])
+def test_hub_specs_are_checked_in_the_recipe(bert_base, toy, tmp_path, spec, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        recipe(bert_base, spec, toy["dev"], tmp_path / "out")

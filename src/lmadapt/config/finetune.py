@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from .base import ConfigError, opt
+from .hub import HUB_ID, is_hub_spec, parse_hub_spec
 from .model import LoraConfig, ModelConfig
 from .tasks import ExtractionConfig, InstructionConfig, QAConfig
 from .train import TrainConfig
@@ -76,9 +77,10 @@ class FinetuneTrainConfig(TrainConfig):
 class LabeledDataConfig:
     """Labeled examples: train/dev/test files, fields, splitting, label budget and class balance."""
 
-    train: str = opt(doc="training file (.jsonl, .csv, .tsv, .parquet; .gz too)")
-    dev: str | None = opt(None, "dev file (model selection, early stopping); null: split off train (dev_fraction)")
-    test: str | None = opt(None, "test file (reported, never used for selection); null: split off train when test_fraction > 0")
+    train: str = opt(doc="training file (.jsonl, .csv, .tsv, .parquet; .gz too), or a hub dataset's split: "
+                         "hub:owner/name[@revision][[subset]][:split], e.g. hub:nyu-mll/glue[sst2]:train")
+    dev: str | None = opt(None, "dev file or hub split (model selection, early stopping); null: split off train (dev_fraction)")
+    test: str | None = opt(None, "test file or hub split (reported, never used for selection); null: split off train when test_fraction > 0")
     format: Literal["auto", "jsonl", "csv", "tsv", "parquet"] = opt("auto", "reader; auto decides from the suffix")
     text_field: str = opt("text", "classification: field holding the text")
     text_pair_field: str | None = opt(None, "classification: optional second text (sentence pairs: NLI, paraphrase)")
@@ -142,7 +144,14 @@ class FinetuneConfig:
         m, d, t = self.model, self.data, self.task
         for key in ("train", "dev", "test"):
             p = getattr(d, key)
-            if p is not None and not Path(p).is_file():
+            if is_hub_spec(p):   # loaded (and its split checked) when read: the hub may need the network
+                try:
+                    spec = parse_hub_spec(p)
+                except ValueError as exc:
+                    raise ConfigError(f"data.{key}: {exc}") from None
+                if not (Path(spec.repo).expanduser().is_dir() or HUB_ID.fullmatch(spec.repo)):
+                    raise ConfigError(f"data.{key}: {spec.repo!r} is neither a hub dataset id (owner/name) nor a local dataset folder")
+            elif p is not None and not Path(p).is_file():
                 raise ConfigError(f"data.{key}: file not found: {p}")
         if m.init != "pretrained":
             raise ConfigError("model.init: fine-tuning starts from a model folder; build a scratch model with "

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import glob as globlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .base import ConfigError, opt
 from .data import CorpusConfig
+from .hub import HUB_ID
 from .model import LoraConfig, ModelConfig
 from .train import TrainConfig
 
@@ -17,9 +17,6 @@ ENCODER_MODEL_TYPES = {
     "bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "xlm-roberta",
     "camembert", "modernbert", "mpnet", "xlm", "flaubert", "ernie", "megatron-bert", "roformer",
 }
-
-
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
 def check_source_paths(sources, section: str) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from ..config.data import SourceConfig
+from .hub import HubSpec, load_hub_dataset
 
 if TYPE_CHECKING:
     from .sources import SourceStats
@@ -454,29 +455,13 @@ def _dataset_rows(ds, label: str, fld: str, ctx: Ctx) -> Iterator[tuple[str, str
         row += len(values)
 
 
-def hub_label(src: SourceConfig) -> str:
-    """How origins name a hub dataset: ``hub:owner/name[subset]:split`` (rows follow as ``#row``)."""
-    return f"hub:{src.path}{f'[{src.subset}]' if src.subset else ''}:{src.split or 'train'}"
-
-
 def _read_hub(src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, str]]:
-    """A dataset on the Hugging Face Hub (or a local dataset repo folder), through ``datasets.load_dataset``.
-
-    Network and hub failures (unreachable hub, unknown dataset, gated repo, unknown split or subset)
-    become a CorpusError naming the source; a failure while streaming names the row reached."""
-    import datasets
-
-    label = hub_label(src)
-    try:
-        ds = datasets.load_dataset(src.path, src.subset, split=src.split or "train", revision=src.revision,
-                                   streaming=src.streaming)
-    except Exception as exc:  # noqa: BLE001 - connection, not found, gated, bad split/config: all "cannot load"
-        hint = (" (no network, or HF_HUB_OFFLINE=1 and the dataset is not in the local cache: download it "
-                "once where the hub is reachable, or point path at a local copy)"
-                if isinstance(exc, (ConnectionError, OSError)) else "")
-        raise CorpusError(f"{label}: cannot load the dataset ({type(exc).__name__}: {str(exc).strip()[:300]}){hint}") from None
-    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):   # load_dataset gave splits
-        raise CorpusError(f"{label}: loaded several splits ({', '.join(ds)}); set split:")
+    """A dataset on the Hugging Face Hub (or a local dataset repo folder), through ``datasets.load_dataset``;
+    a failure while loading or streaming names the source (and the row reached)."""
+    spec = HubSpec(repo=src.path, subset=src.subset, split=src.split or "train", revision=src.revision,
+                   streaming=src.streaming)
+    label = spec.label
+    ds = load_hub_dataset(spec, CorpusError)
     rows = _dataset_rows(ds, label, src.text_field, ctx)
     n = 0
     while True:

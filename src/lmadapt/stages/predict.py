@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..config.base import ConfigError, from_dict, read_yaml
 from ..config.finetune import ADAPTER_FILE, FinetuneConfig
+from ..config.hub import is_hub_spec
 from ..tasks import TASKS
 from ..tasks.labeled_io import read_records
 from ..train.dist import is_main_process, map_split, process_device, world_size
@@ -148,13 +149,16 @@ def predict_file(model_dir: str | Path, input_path: str | Path | None = None, ou
         return predict_text(p, text)
     if input_path is None:
         raise ConfigError("predict: give an input file or --text")
+    if output_path is None and is_hub_spec(str(input_path)):
+        raise ConfigError(f"predict: {input_path} is a hub split; give an output file")
+    source = str(input_path)   # a file, or a hub split (hub:owner/name[subset]:split)
     input_path = Path(input_path)
     if output_path is None:
         stem = input_path.name.split(".")[0]
         output_path = input_path.with_name(f"{stem}.predictions.jsonl")
     output_path = Path(output_path)
     fields = p.task.text_fields(p.cfg) if hasattr(p.task, "text_fields") else []
-    records = [ex.fields for ex in read_records(input_path, fields_required=fields, text_fields=fields,
+    records = [ex.fields for ex in read_records(source, fields_required=fields, text_fields=fields,
                                                 on_error="raise")]
     t0 = time.time()
     # Under torchrun each process predicts its share of every chunk on its own GPU; the main

@@ -1,7 +1,9 @@
-"""Reading labeled records (JSONL, CSV/TSV, parquet; ``.gz`` too) and splitting them by label.
+"""Reading labeled records (JSONL, CSV/TSV, parquet; ``.gz`` too; a hub dataset's split given as
+``hub:owner/name[subset]:split``) and splitting them by label.
 
 Shared by every task. Each record becomes an :class:`Example` whose ``origin`` is ``"path:line"``
-(for parquet: the 1-based row), so a later error can point at the input. Bad input stops with a
+(for parquet: the 1-based row; for a hub split ``hub:owner/name:split#row``, 0-based as in
+``ds[row]``), so a later error can point at the input. Bad input stops with a
 :class:`DataError` naming file, line and field — or, with ``on_error="skip"``, is counted in the
 :class:`ReadReport` and skipped.
 
@@ -22,6 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 
+from ..data.hub import HubSpec, class_names, is_hub_spec, load_hub_dataset, named_labels, parse_hub_spec
 from .base import DataError, Example, ReadReport
 
 FORMATS = ("jsonl", "csv", "tsv", "parquet")
@@ -115,6 +118,21 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, Any, str | None]]:
         yield i, rec, None
 
 
+def _hub_spec(value: str) -> HubSpec:
+    try:
+        return parse_hub_spec(value)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+
+
+def _iter_hub(spec: HubSpec) -> Iterator[tuple[int, Any, str | None]]:
+    """(row, record, None) of a hub split; label columns stored as class ids carry their names."""
+    ds = load_hub_dataset(spec, DataError)
+    classes = class_names(ds.features)
+    for i, rec in enumerate(ds):
+        yield i, named_labels(rec, classes), None
+
+
 def _check(rec: Any, fields_required: Sequence[str], text_fields: Sequence[str]) -> tuple[str, str] | None:
     """(short reason for the report, full message) for a bad record, else None."""
     if not isinstance(rec, dict):
@@ -144,24 +162,30 @@ def read_records(path: str | Path, *, fields_required: Sequence[str] = (), text_
 
     ``on_error="raise"`` stops at the first bad record with "file:line: field 'label' missing
     (keys: ...)"; ``"skip"`` counts it in ``report`` (by reason, with the first few origins)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     report = report if report is not None else ReadReport()
-    fmt = detect_format(path, format)
     rows: Iterable
-    if fmt == "jsonl":
-        rows = _iter_jsonl(path)
-    elif fmt in ("csv", "tsv"):
-        rows = _iter_csv(path, "," if fmt == "csv" else "\t")
+    if is_hub_spec(path):
+        spec = _hub_spec(str(path))
+        rows, where = _iter_hub(spec), spec.label + "#{}"
+        path = spec.label
     else:
-        rows = _iter_parquet(path)
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: file not found")
+        fmt = detect_format(path, format)
+        if fmt == "jsonl":
+            rows = _iter_jsonl(path)
+        elif fmt in ("csv", "tsv"):
+            rows = _iter_csv(path, "," if fmt == "csv" else "\t")
+        else:
+            rows = _iter_parquet(path)
+        where = f"{path}:{{}}"
     text_fields = [f for f in text_fields if f]
     out: list[Example] = []
     for line, rec, problem in rows:
-        origin = f"{path}:{line}"
+        origin = where.format(line)
         if problem is None:
             bad = _check(rec, fields_required, text_fields)
             reason, problem = bad if bad else (None, None)

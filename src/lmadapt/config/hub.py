@@ -1,0 +1,44 @@
+"""How a recipe names a dataset on the Hugging Face Hub (parsed here, loaded by ``data.hub``).
+
+Corpus sources say ``format: hub`` with ``split``/``subset``/``revision`` keys; labeled data, whose
+train/dev/test are one string each, say ``hub:owner/name[@revision][[subset]][:split]``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# owner/name or a canonical name: what the hub accepts as a dataset id
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+PREFIX = "hub:"
+_SPEC = re.compile(r"hub:(?P<repo>[^@\[\]:]+)(?:@(?P<revision>[^@\[\]:]+))?(?:\[(?P<subset>[^\]]+)\])?"
+                   r"(?::(?P<split>[^:@\[\]]+))?")
+
+
+@dataclass(frozen=True)
+class HubSpec:
+    repo: str
+    subset: str | None = None
+    split: str = "train"
+    revision: str | None = None
+    streaming: bool = False
+
+    @property
+    def label(self) -> str:
+        """How errors and origins name it (the revision is left out: it is in the recipe)."""
+        return f"{PREFIX}{self.repo}{f'[{self.subset}]' if self.subset else ''}:{self.split}"
+
+
+def is_hub_spec(value) -> bool:
+    return isinstance(value, str) and value.startswith(PREFIX)
+
+
+def parse_hub_spec(value: str) -> HubSpec:
+    """``hub:owner/name[@revision][[subset]][:split]`` -> HubSpec; ValueError for a malformed one."""
+    m = _SPEC.fullmatch(value.strip())
+    if not m:
+        raise ValueError(f"{value!r}: expected hub:owner/name[@revision][[subset]][:split], "
+                         "e.g. hub:nyu-mll/glue[sst2]:validation")
+    return HubSpec(repo=m["repo"], subset=m["subset"], split=m["split"] or "train", revision=m["revision"])
+
+
