@@ -6,6 +6,7 @@ import argparse
 import copy
 import json
 import random
+from pathlib import Path
 
 import pytest
 import yaml
@@ -264,6 +265,36 @@ def test_measure_identical_corpus_gives_overlap_one_and_ratio_one(model_dir, dat
     a = recommend(m, "generate")
     assert a.recommendation == "continued_pretraining"
     assert a.confidence != NO_EVIDENCE
+
+
+def test_domain_is_spooled_and_sampled_as_in_memory(model_dir, data, tmp_path, monkeypatch):
+    """The domain corpus goes to a temporary spool file as it is read (never all in memory); its
+    sample, counts and length percentiles are those of the same corpus held as a list."""
+    from lmadapt.advise.text import percentile, sample_texts
+    from lmadapt.data.sources import read_source as real_read_source
+
+    rng = random.Random(1)
+    docs = [{"text": " ".join(rng.choices(CORPUS, k=rng.randint(5, 400)))} for _ in range(300)]
+    domain = _write_jsonl(tmp_path / "domain.jsonl", docs)
+    spools = []
+
+    def spying_read_source(src, **kw):
+        if kw.get("spool") is not None:
+            spools.append(Path(kw["spool"]))
+        return real_read_source(src, **kw)
+
+    monkeypatch.setattr("lmadapt.data.sources.read_source", spying_read_source)
+    m = measure(str(model_dir), domain=domain, reference=data["general"], probe=False, sample_chars=20_000,
+                max_eval_tokens=256, time_budget=3.0)
+    assert len(spools) == 1 and not spools[0].parent.exists()        # spooled, then removed
+    texts = [d["text"] for d in docs]
+    sample = sample_texts(texts, 20_000)
+    dom = m["domain"]
+    assert dom["documents"] == 300 and dom["chars"] == sum(map(len, texts))
+    assert dom["sampled_documents"] == len(sample) < 300 and dom["sampled_chars"] == sum(map(len, sample))
+    tpc = dom["sampled_tokens"] / dom["sampled_chars"]
+    est = [len(t) * tpc + 1 for t in texts]
+    assert dom["length_tokens_p50"] == int(percentile(est, 50)) and dom["length_tokens_p95"] == int(percentile(est, 95))
 
 
 def test_measure_encoder_uses_masked_loss(tmp_path, data):

@@ -43,12 +43,16 @@ import logging
 import math
 import os
 import statistics
+import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
-from .text import distinctive_terms, percentile, sample_texts, top_words, vocabulary_overlap, word_counts, WORD, STOPWORDS
+import numpy as np
+
+from .text import (SAMPLE_DOC_CHARS, distinctive_terms, percentile, sample_indices, sample_texts, top_words,
+                   vocabulary_overlap, word_counts, WORD, STOPWORDS)
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +103,16 @@ def measure(model_dir: str, *, domain: str | None = None, text_field: str = "tex
     if domain:
         say(f"reading {domain}")
         r0 = time.perf_counter()
-        docs, stats = read_source(SourceConfig(path=str(domain), text_field=text_field, split_docs=split_docs))
-        dom_texts = [d.text for d in docs]
-        dom_sample = sample_texts(dom_texts, sample_chars)
-        dom_info = _volume(domain, dom_texts, stats.chars, dom_sample, tok, max_pos)
+        # Spooled to a temporary file as it is read: a corpus of many GB is counted and sampled
+        # without holding its text (the sample is read back by index).
+        with tempfile.TemporaryDirectory(prefix="lmadapt-advise-") as tmp:
+            docs, stats = read_source(SourceConfig(path=str(domain), text_field=text_field, split_docs=split_docs),
+                                      spool=Path(tmp) / "domain.arrow")
+            lengths = docs.char_lengths()
+            picked = sample_indices(lengths, sample_chars)
+            dom_sample = [t[:SAMPLE_DOC_CHARS] for t in docs.select(picked).texts()]
+            del docs
+        dom_info = _volume(domain, lengths, stats.chars, dom_sample, tok, max_pos)
         dom_info["read_seconds"] = round(time.perf_counter() - r0, 2)
     timing["read"] = time.perf_counter() - t0
 
@@ -211,16 +221,22 @@ def _token_lengths(texts: list[str], tok) -> list[int]:
     return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
 
 
-def _volume(path, texts: list[str], chars: int, sample: list[str], tok, max_pos) -> dict:
+def _volume(path, char_lengths: np.ndarray, chars: int, sample: list[str], tok, max_pos) -> dict:
+    """Token volume and document lengths, estimated from every document's characters and the
+    sample's tokens per character."""
     lengths = _token_lengths(sample, tok)
     sampled_chars = sum(map(len, sample))
     tpc = sum(lengths) / max(sampled_chars, 1)
-    est = [len(t) * tpc + 1 for t in texts]  # + separator
-    return {"path": str(path), "documents": len(texts), "chars": chars, "sampled_documents": len(sample),
+    est = np.sort(char_lengths.astype(np.float64) * tpc + 1)  # + separator
+
+    def nearest_rank(q: float) -> int:   # as text.percentile, without a list of floats per document
+        return int(est[min(len(est) - 1, max(0, int(round(q / 100 * (len(est) - 1)))))])
+
+    return {"path": str(path), "documents": len(est), "chars": chars, "sampled_documents": len(sample),
             "sampled_chars": sampled_chars, "sampled_tokens": sum(lengths), "tokens_per_char": round(tpc, 4),
-            "estimated_tokens": int(round(chars * tpc + len(texts))),
-            "length_tokens_p50": int(percentile(est, 50)), "length_tokens_p95": int(percentile(est, 95)),
-            "over_context_share": round(sum(e > max_pos for e in est) / len(est), 4) if max_pos else None}
+            "estimated_tokens": int(round(chars * tpc + len(est))),
+            "length_tokens_p50": nearest_rank(50), "length_tokens_p95": nearest_rank(95),
+            "over_context_share": round(int((est > max_pos).sum()) / len(est), 4) if max_pos else None}
 
 
 def _label_keys(value) -> tuple[list[str], str]:

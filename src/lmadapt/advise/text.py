@@ -94,21 +94,30 @@ def distinctive_terms(domain: Counter, reference: Counter, n: int = 20, min_coun
     return rows[:n]
 
 
-def sample_texts(texts: Sequence[str], max_chars: int, *, doc_chars: int = 4000, seed: int = 0) -> list[str]:
-    """A seeded random sample of documents (each cut to ``doc_chars``) adding up to ~``max_chars``.
+SAMPLE_DOC_CHARS = 4000   # a sampled document is cut here, so one long file does not fill the sample
 
-    Cutting long documents spreads the sample over more documents, so one long file does not
-    stand for the whole corpus."""
-    order = list(range(len(texts)))
+
+def sample_indices(lengths: Sequence[int], max_chars: int, *, doc_chars: int = SAMPLE_DOC_CHARS, seed: int = 0) -> list[int]:
+    """Which documents :func:`sample_texts` takes, from their lengths alone (so a spooled corpus
+    is sampled without reading its texts): a seeded shuffle, taken until ~``max_chars``."""
+    order = list(range(len(lengths)))
     random.Random(seed).shuffle(order)
     out, total = [], 0
     for i in order:
         if total >= max_chars:
             break
-        t = texts[i][:doc_chars]
-        out.append(t)
-        total += len(t)
+        out.append(i)
+        total += min(int(lengths[i]), doc_chars)
     return out
+
+
+def sample_texts(texts: Sequence[str], max_chars: int, *, doc_chars: int = SAMPLE_DOC_CHARS, seed: int = 0) -> list[str]:
+    """A seeded random sample of documents (each cut to ``doc_chars``) adding up to ~``max_chars``.
+
+    Cutting long documents spreads the sample over more documents, so one long file does not
+    stand for the whole corpus."""
+    return [texts[i][:doc_chars] for i in sample_indices([len(t) for t in texts], max_chars,
+                                                         doc_chars=doc_chars, seed=seed)]
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -243,13 +243,24 @@ def _no_documents(src: SourceConfig, stats: SourceStats, min_chars: int) -> Corp
                        f"{stats.skipped} record(s) skipped, {stats.too_short} shorter than min_chars={min_chars}){example}")
 
 
-def read_source(src: SourceConfig, *, on_error: str = "raise", min_chars: int = 1) -> tuple[list[Document], SourceStats]:
-    """Read every document of one source (no dedup; ``read_corpus`` does that across sources)."""
+def read_source(src: SourceConfig, *, on_error: str = "raise", min_chars: int = 1,
+                spool: str | os.PathLike | None = None) -> tuple[list[Document], SourceStats]:
+    """Read every document of one source (no dedup; ``read_corpus`` does that across sources).
+
+    With ``spool`` (a file path), the documents go to that Arrow file as they are read and come back
+    as a :class:`~.spool.SpooledDocuments`, so a large source is never all in memory."""
     stats = SourceStats(name=source_name(src))
-    docs = [Document(text, stats.name, origin) for text, origin in _documents(src, stats, on_error, min_chars)]
-    if not docs:
+    out = _Collector(stats.name, Path(spool) if spool is not None else None)
+    try:
+        for text, origin in _documents(src, stats, on_error, min_chars):
+            out.add(text, origin)
+    except BaseException:
+        out.abort()
+        raise
+    docs = out.close()
+    if not len(docs):
         raise _no_documents(src, stats, min_chars)
-    stats.documents, stats.chars = len(docs), sum(len(d.text) for d in docs)
+    stats.documents, stats.chars = len(docs), out.chars
     return docs, stats
 
 
@@ -271,12 +282,13 @@ class _Collector:
             from .spool import SpoolWriter
             self.writer = SpoolWriter(spool, name)
 
-    def add(self, text: str, origin: str, digest: bytes) -> None:
+    def add(self, text: str, origin: str, digest: bytes | None = None) -> None:
         if self.writer is None:
             self.docs.append(Document(text, self.name, origin))
         else:
             self.writer.add(text, origin)
-        self.keys.append(int.from_bytes(digest[:8], "big"))
+        if digest is not None:   # only read_corpus splits held-out text by it
+            self.keys.append(int.from_bytes(digest[:8], "big"))
         self.chars += len(text)
 
     def close(self):
