@@ -137,3 +137,49 @@ def test_split_of_a_saved_datasetdict(tmp_path):
     (tmp_path / "plain.txt").write_text("x", encoding="utf-8")
     with pytest.raises(CorpusError, match="split: 'a' applies to datasets folders and hub datasets"):
         read_source(SourceConfig(path=str(tmp_path / "plain.txt"), split="a"))
+
+
+def test_a_hub_path_is_the_same_source_as_its_spelled_out_keys(repo):
+    short = SourceConfig(path=f"hub:{repo}[de]:train")
+    assert (short.format, short.path, short.subset, short.split) == ("hub", str(repo), "de", "train")
+    a, b = read_source(short)[0], read_source(hub(repo, subset="de"))[0]
+    assert [(d.text, d.origin) for d in a] == [(d.text, d.origin) for d in b]
+    assert SourceConfig(path=f"hub:{repo}", split="validation").split == "validation"   # the key fills a gap
+    assert SourceConfig(path="hub:owner/name@v1.0").revision == "v1.0"
+    with pytest.raises(ConfigError, match=r"subset: 'en' contradicts the path 'hub:owner/name\[de\]'"):
+        SourceConfig(path="hub:owner/name[de]", subset="en")
+    with pytest.raises(ConfigError, match="format: 'jsonl' does not go with a hub: path"):
+        SourceConfig(path="hub:owner/name", format="jsonl")
+    with pytest.raises(ConfigError, match="path: 'hub:owner/name\\[de' : expected|expected hub:owner/name"):
+        SourceConfig(path="hub:owner/name[de")
+
+
+def test_evaluate_reads_a_hub_split(repo, tmp_path):
+    """`lmadapt evaluate MODEL --data hub:...` (any corpus argument takes a hub path)."""
+    from helpers import tiny_bpe_tokenizer, tiny_llama
+    from lmadapt.stages.evaluate import evaluate_model
+
+    tok = tiny_bpe_tokenizer(tmp_path / "model")
+    tiny_llama(len(tok)).save_pretrained(tmp_path / "model")
+    (repo / "en" / "validation-00000-of-00001.jsonl").unlink()
+    _jsonl(repo / "en" / "validation-00000-of-00001.jsonl", [{"text": "The quick brown fox jumps over the lazy dog."}] * 3)
+    _jsonl(tmp_path / "same.jsonl", [{"text": "The quick brown fox jumps over the lazy dog."}] * 3)
+    res = evaluate_model(str(tmp_path / "model"), [f"hub:{repo}:validation", str(tmp_path / "same.jsonl")], block_size=32)
+    hub_set, file_set = res["sets"]["owner_corpus"], res["sets"]["same"]
+    assert hub_set["documents"] == 3 and hub_set["loss"] == pytest.approx(file_set["loss"], rel=1e-6)
+
+
+def test_local_repos_of_the_same_name_never_share_cached_rows(repo, tmp_path):
+    """datasets keys its cache of a local repo with README configs by name and config; lmadapt
+    streams local folders with a cache of their own, so a second repo (or an edited one) is read fresh."""
+    first = [d.text for d in read_source(hub(repo, split="validation"))[0]]
+    twin = tmp_path / "elsewhere" / "owner_corpus"
+    for f in repo.rglob("*"):
+        if f.is_file():
+            (twin / f.relative_to(repo)).parent.mkdir(parents=True, exist_ok=True)
+            (twin / f.relative_to(repo)).write_bytes(f.read_bytes())
+    _jsonl(twin / "en" / "validation-00000-of-00001.jsonl", [{"text": "another held text", "n": 1}])
+    assert [d.text for d in read_source(hub(twin, split="validation"))[0]] == ["another held text"]
+    _jsonl(repo / "en" / "validation-00000-of-00001.jsonl", [{"text": "edited", "n": 0}])
+    assert first == [f"english held {i}" for i in range(3)]
+    assert [d.text for d in read_source(hub(repo, split="validation"))[0]] == ["edited"]

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .base import ConfigError, opt
+from .hub import is_hub_spec, parse_hub_spec
 
 Format = Literal["auto", "txt", "dir", "jsonl", "json", "csv", "parquet", "hf", "hub"]
 # Keys that only a hub dataset has (``datasets.load_dataset`` arguments); refused on local files.
@@ -16,7 +17,8 @@ class SourceConfig:
     """One corpus: a file, a directory, a glob, a datasets folder (save_to_disk) or a hub dataset."""
 
     path: str = opt(doc="file, directory, glob pattern or datasets folder (.gz variants are read transparently); "
-                        "with format: hub, a dataset id on the Hugging Face Hub (e.g. allenai/c4) or a local dataset repo folder")
+                        "with format: hub, a dataset id on the Hugging Face Hub (e.g. allenai/c4) or a local dataset repo folder; "
+                        "or hub:owner/name[@revision][[subset]][:split] for both at once")
     name: str | None = opt(None, "label used in token accounting and metrics (default: the file stem, or the hub dataset's name)")
     format: Format = opt("auto", "reader; 'auto' decides from the suffix (.txt/.md, .jsonl, .json, .csv, .parquet, a directory, "
                                  "a datasets folder); 'hub' loads `path` with datasets.load_dataset")
@@ -37,6 +39,8 @@ class SourceConfig:
     def __post_init__(self):
         if not self.path:
             raise ConfigError("path: a source needs a path")
+        if is_hub_spec(self.path):
+            self._take_hub_spec()
         if self.weight <= 0:
             raise ConfigError(f"weight: must be > 0, got {self.weight}")
         if self.share is not None and not 0 < self.share < 1:
@@ -50,6 +54,22 @@ class SourceConfig:
                                   f"format {self.format!r}")
         if self.split is not None and self.format not in ("hub", "hf", "auto", "dir"):
             raise ConfigError(f"split: only for a hub dataset or a datasets folder, not format {self.format!r}")
+
+    def _take_hub_spec(self) -> None:
+        """``path: hub:owner/name[@revision][[subset]][:split]`` (the form command-line arguments and
+        labeled data use) -> format: hub with the same keys a recipe may spell out."""
+        try:
+            spec = parse_hub_spec(self.path)
+        except ValueError as exc:
+            raise ConfigError(f"path: {exc}") from None
+        if self.format not in ("auto", "hub"):
+            raise ConfigError(f"format: {self.format!r} does not go with a hub: path ({self.path})")
+        for key in ("subset", "revision", "split"):
+            given, value = getattr(self, key), getattr(spec, key)
+            if given is not None and value is not None and given != value:
+                raise ConfigError(f"{key}: {given!r} contradicts the path {self.path!r}")
+            setattr(self, key, value if value is not None else given)
+        self.path, self.format = spec.repo, "hub"
 
 
 @dataclass

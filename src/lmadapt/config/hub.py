@@ -19,14 +19,14 @@ _SPEC = re.compile(r"hub:(?P<repo>[^@\[\]:]+)(?:@(?P<revision>[^@\[\]:]+))?(?:\[
 class HubSpec:
     repo: str
     subset: str | None = None
-    split: str = "train"
+    split: str | None = None      # None: train (the spec named none)
     revision: str | None = None
     streaming: bool = False
 
     @property
     def label(self) -> str:
         """How errors and origins name it (the revision is left out: it is in the recipe)."""
-        return f"{PREFIX}{self.repo}{f'[{self.subset}]' if self.subset else ''}:{self.split}"
+        return f"{PREFIX}{self.repo}{f'[{self.subset}]' if self.subset else ''}:{self.split or 'train'}"
 
 
 def is_hub_spec(value) -> bool:
@@ -39,6 +39,6 @@ def parse_hub_spec(value: str) -> HubSpec:
     if not m:
         raise ValueError(f"{value!r}: expected hub:owner/name[@revision][[subset]][:split], "
                          "e.g. hub:nyu-mll/glue[sst2]:validation")
-    return HubSpec(repo=m["repo"], subset=m["subset"], split=m["split"] or "train", revision=m["revision"])
+    return HubSpec(repo=m["repo"], subset=m["subset"], split=m["split"], revision=m["revision"])
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .base import ConfigError, apply_overrides, from_dict, load_recipe, opt, read_yaml
+from .hub import is_hub_spec, parse_hub_spec
 
 STAGE_KINDS = ("pretrain", "finetune", "evaluate")
 PREVIOUS = "@previous"
@@ -238,7 +239,12 @@ class PipelineConfig:
             raise ConfigError(f"report.reference_arm: {self.report.reference_arm!r} is not an arm "
                               f"({', '.join(self.arms)})")
         for name, path in self.evaluation.lm_sets.items():
-            if not isinstance(path, str) or not Path(path).exists():
+            if is_hub_spec(path):   # read when evaluated (the hub may need the network); its form checked here
+                try:
+                    parse_hub_spec(path)
+                except ValueError as exc:
+                    raise ConfigError(f"evaluation.lm_sets.{name}: {exc}") from None
+            elif not isinstance(path, str) or not Path(path).exists():
                 raise ConfigError(f"evaluation.lm_sets.{name}: file not found: {path}")
         checked: set[tuple[str, bool]] = set()
         for arm, items in self.arms.items():

@@ -458,7 +458,7 @@ def _dataset_rows(ds, label: str, fld: str, ctx: Ctx) -> Iterator[tuple[str, str
 def _read_hub(src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, str]]:
     """A dataset on the Hugging Face Hub (or a local dataset repo folder), through ``datasets.load_dataset``;
     a failure while loading or streaming names the source (and the row reached)."""
-    spec = HubSpec(repo=src.path, subset=src.subset, split=src.split or "train", revision=src.revision,
+    spec = HubSpec(repo=src.path, subset=src.subset, split=src.split, revision=src.revision,
                    streaming=src.streaming)
     label = spec.label
     ds = load_hub_dataset(spec, CorpusError)

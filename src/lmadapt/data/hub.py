@@ -12,6 +12,10 @@ error class, so corpus and labeled-data errors keep their own types.
 """
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 from ..config.hub import HubSpec, is_hub_spec, parse_hub_spec
 
 __all__ = ["HubSpec", "is_hub_spec", "parse_hub_spec", "load_hub_dataset", "class_names", "named_labels"]
@@ -21,14 +25,22 @@ def load_hub_dataset(spec: HubSpec, error: type[Exception]):
     """The split ``spec`` names, loaded by ``datasets.load_dataset``; failures raise ``error``."""
     import datasets
 
+    # A local folder is streamed with a cache of its own: datasets keys the cache of a local repo whose
+    # README declares configurations by the folder's name and config, not by its path or file times
+    # (seen: another folder's stale rows, with datasets 5.2), and streaming copies nothing.
+    local = Path(spec.repo).expanduser().is_dir()
+    cache = tempfile.mkdtemp(prefix="lmadapt-hub-") if local else None
     try:
-        ds = datasets.load_dataset(spec.repo, spec.subset, split=spec.split, revision=spec.revision,
-                                   streaming=spec.streaming)
+        ds = datasets.load_dataset(spec.repo, spec.subset, split=spec.split or "train", revision=spec.revision,
+                                   streaming=spec.streaming or local, cache_dir=cache)
     except Exception as exc:  # noqa: BLE001 - connection, not found, gated, bad split/config: all "cannot load"
         hint = (" (no network, or HF_HUB_OFFLINE=1 and the dataset is not in the local cache: download it "
                 "once where the hub is reachable, or point path at a local copy)"
                 if isinstance(exc, (ConnectionError, OSError)) else "")
         raise error(f"{spec.label}: cannot load the dataset ({type(exc).__name__}: {str(exc).strip()[:300]}){hint}") from None
+    finally:
+        if cache is not None:
+            shutil.rmtree(cache, ignore_errors=True)   # streaming reads the folder's files, not the cache
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         raise error(f"{spec.label}: loaded several splits ({', '.join(ds)}); name one")
     return ds
