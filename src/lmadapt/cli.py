@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="held-out perplexity (causal) or masked-token loss and pseudo-perplexity (masked)",
                         formatter_class=_Formatter)
     ev.add_argument("model", help="model folder (an lmadapt output, a LoRA adapter folder, or any HF model folder)")
-    ev.add_argument("--data", nargs="+", required=True, help="held-out text files/directories (any corpus format)")
+    ev.add_argument("--data", nargs="+", required=True, help="held-out text files/directories (any corpus format), or hub splits: hub:owner/name[subset]:split")
     ev.add_argument("--text-field", default="text", help="text field for jsonl/csv/parquet")
     ev.add_argument("--split-docs", default="file", choices=["file", "blank_line", "line"], help="document split for .txt files")
     ev.add_argument("--block-size", type=int, default=512, help="tokens per block")
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     tk = sub.add_parser("tokenizer", help="tokenizer tools", formatter_class=_Formatter)
     tksub = tk.add_subparsers(dest="tok_command", metavar="SUBCOMMAND")
     tt = tksub.add_parser("train", help="train a tokenizer on a corpus", formatter_class=_Formatter)
-    tt.add_argument("--data", nargs="+", required=True, help="corpus files/directories")
+    tt.add_argument("--data", nargs="+", required=True, help="corpus files/directories, or hub splits: hub:owner/name[subset]:split")
     tt.add_argument("--text-field", default="text", help="text field for jsonl/csv/parquet")
     tt.add_argument("--kind", choices=["bpe", "wordpiece"], default="bpe",
                     help="byte-level BPE (causal models) or WordPiece (BERT-style)")

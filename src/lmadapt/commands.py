@@ -82,7 +82,8 @@ def cmd_tokenizer(args, parser):
     from .models.tokenizers import train_tokenizer
     texts = []
     for path in args.data:
-        docs, _ = read_source(SourceConfig(path=path, text_field=args.text_field))
+        # each source stops reading at max_docs (a large hub dataset is not read whole for a tokenizer)
+        docs, _ = read_source(SourceConfig(path=path, text_field=args.text_field, max_documents=args.max_docs or None))
         texts.extend(d.text for d in docs)
     if args.max_docs:
         texts = texts[: args.max_docs]

@@ -48,7 +48,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--goal", required=True, choices=GOALS,
                         help="generate/understand domain language, or classify/extract/instruct in the domain")
     g = parser.add_argument_group("unlabeled domain text")
-    g.add_argument("--domain", help="domain corpus: file, directory, glob or datasets folder (any corpus format)")
+    g.add_argument("--domain", help="domain corpus: file, directory, glob, datasets folder (any corpus format) or hub:owner/name[subset]:split")
     g.add_argument("--text-field", default="text", help="text field of the domain corpus (jsonl/csv/parquet)")
     g.add_argument("--split-docs", default="file", choices=["file", "blank_line", "line"],
                    help="how .txt/.md files split into documents")
