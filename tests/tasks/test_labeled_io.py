@@ -123,3 +123,23 @@ def test_stratified_subsample_nested_and_covering():
     assert Counter(map(lab, s40))["a"] > Counter(map(lab, s40))["b"] > Counter(map(lab, s40))["c"]
     assert [e.origin for e in stratified_subsample(ex, 40, lab, seed=3)] == [e.origin for e in s40]
     assert [e.origin for e in stratified_subsample(ex, 40, lab, seed=4)] != [e.origin for e in s40]
+
+
+def test_save_to_disk_split_folder_with_class_label_names(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["neg", "pos"]),
+                                  "tags": datasets.List(datasets.ClassLabel(names=["a", "b", "c"]))})
+    ds = datasets.Dataset.from_dict({"text": ["good", "bad", "meh"], "label": [1, 0, -1],
+                                     "tags": [[0, 2], [], [1]]}, features=features)
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "dd"))
+    rows = read_records(tmp_path / "dd" / "train", fields_required=["text", "label"], text_fields=["text"],
+                        on_error="skip", report=(report := ReadReport()))
+    assert [(r.fields["text"], r.fields["label"], r.fields["tags"]) for r in rows] == [("good", "pos", ["a", "c"]),
+                                                                                      ("bad", "neg", [])]
+    assert rows[1].origin == f"{tmp_path / 'dd' / 'train'}#1" and report.skipped == 1   # -1: no label
+    with pytest.raises(DataError, match=r"dd: a DatasetDict with splits train; point at one split folder"):
+        read_records(tmp_path / "dd", fields_required=["text"])
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(DataError, match="plain: a folder, but not a datasets folder"):
+        read_records(tmp_path / "plain", fields_required=["text"])

@@ -77,7 +77,7 @@ class FinetuneTrainConfig(TrainConfig):
 class LabeledDataConfig:
     """Labeled examples: train/dev/test files, fields, splitting, label budget and class balance."""
 
-    train: str = opt(doc="training file (.jsonl, .csv, .tsv, .parquet; .gz too), or a hub dataset's split: "
+    train: str = opt(doc="training file (.jsonl, .csv, .tsv, .parquet; .gz too), a save_to_disk split folder, or a hub dataset's split: "
                          "hub:owner/name[@revision][[subset]][:split], e.g. hub:nyu-mll/glue[sst2]:train")
     dev: str | None = opt(None, "dev file or hub split (model selection, early stopping); null: split off train (dev_fraction)")
     test: str | None = opt(None, "test file or hub split (reported, never used for selection); null: split off train when test_fraction > 0")
@@ -151,8 +151,9 @@ class FinetuneConfig:
                     raise ConfigError(f"data.{key}: {exc}") from None
                 if not (Path(spec.repo).expanduser().is_dir() or HUB_ID.fullmatch(spec.repo)):
                     raise ConfigError(f"data.{key}: {spec.repo!r} is neither a hub dataset id (owner/name) nor a local dataset folder")
-            elif p is not None and not Path(p).is_file():
-                raise ConfigError(f"data.{key}: file not found: {p}")
+            elif p is not None and not (Path(p).is_file() or _is_datasets_folder(Path(p))):
+                raise ConfigError(f"data.{key}: file not found: {p}" + (
+                    " (a folder, but not a save_to_disk split folder)" if Path(p).is_dir() else ""))
         if m.init != "pretrained":
             raise ConfigError("model.init: fine-tuning starts from a model folder; build a scratch model with "
                               "`lmadapt pretrain` first")
@@ -188,6 +189,11 @@ class FinetuneConfig:
             raise ConfigError("train.early_stopping_patience: needs a dev set (data.dev or data.dev_fraction > 0)")
         if self.train.max_tokens is not None:
             raise ConfigError("train.max_tokens: fine-tuning counts examples, not tokens; use train.epochs or train.max_steps")
+
+
+def _is_datasets_folder(p: Path) -> bool:
+    """A ``save_to_disk`` folder (one split, or a DatasetDict the reader will ask to narrow)."""
+    return p.is_dir() and ((p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file())
 
 
 def _check_model_path(path: str, key: str) -> None:

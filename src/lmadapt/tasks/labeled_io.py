@@ -1,9 +1,9 @@
-"""Reading labeled records (JSONL, CSV/TSV, parquet; ``.gz`` too; a hub dataset's split given as
-``hub:owner/name[subset]:split``) and splitting them by label.
+"""Reading labeled records (JSONL, CSV/TSV, parquet; ``.gz`` too; a ``save_to_disk`` split folder; a
+hub dataset's split given as ``hub:owner/name[subset]:split``) and splitting them by label.
 
 Shared by every task. Each record becomes an :class:`Example` whose ``origin`` is ``"path:line"``
-(for parquet: the 1-based row; for a hub split ``hub:owner/name:split#row``, 0-based as in
-``ds[row]``), so a later error can point at the input. Bad input stops with a
+(for parquet: the 1-based row; for a datasets folder ``folder#row`` and a hub split
+``hub:owner/name:split#row``, 0-based as in ``ds[row]``), so a later error can point at the input. Bad input stops with a
 :class:`DataError` naming file, line and field — or, with ``on_error="skip"``, is counted in the
 :class:`ReadReport` and skipped.
 
@@ -24,6 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 
+from ..data.formats import is_hf_dir
 from ..data.hub import HubSpec, class_names, is_hub_spec, load_hub_dataset, named_labels, parse_hub_spec
 from .base import DataError, Example, ReadReport
 
@@ -133,6 +134,24 @@ def _iter_hub(spec: HubSpec) -> Iterator[tuple[int, Any, str | None]]:
         yield i, named_labels(rec, classes), None
 
 
+def _iter_saved(path: Path) -> Iterator[tuple[int, Any, str | None]]:
+    """(row, record, None) of a ``save_to_disk`` folder holding one split (a Dataset)."""
+    if not is_hf_dir(path):
+        raise DataError(f"{path}: a folder, but not a datasets folder (save_to_disk writes dataset_info.json and "
+                        "state.json); give a file, a split folder or a hub:owner/name:split")
+    import datasets
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as exc:  # noqa: BLE001 - any failure here is "this folder cannot be loaded"
+        raise DataError(f"{path}: cannot load the datasets folder ({type(exc).__name__}: {exc})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        raise DataError(f"{path}: a DatasetDict with splits {', '.join(ds)}; point at one split folder, "
+                        f"e.g. {path / next(iter(ds))}")
+    classes = class_names(ds.features)
+    for i, rec in enumerate(ds):
+        yield i, named_labels(rec, classes), None
+
+
 def _check(rec: Any, fields_required: Sequence[str], text_fields: Sequence[str]) -> tuple[str, str] | None:
     """(short reason for the report, full message) for a bad record, else None."""
     if not isinstance(rec, dict):
@@ -170,6 +189,9 @@ def read_records(path: str | Path, *, fields_required: Sequence[str] = (), text_
         spec = _hub_spec(str(path))
         rows, where = _iter_hub(spec), spec.label + "#{}"
         path = spec.label
+    elif Path(path).is_dir():
+        path = Path(path)
+        rows, where = _iter_saved(path), f"{path}#{{}}"
     else:
         path = Path(path)
         if not path.is_file():
