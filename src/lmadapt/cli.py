@@ -2,6 +2,7 @@
 
     lmadapt pretrain RECIPE.yaml [key=value ...]     continued pretraining / from scratch
     lmadapt finetune RECIPE.yaml [key=value ...]     task fine-tuning
+    lmadapt merge [RECIPE.yaml] [key=value ...]      interpolate adapted weights toward the base (forgetting vs gain)
     lmadapt evaluate MODEL --data PATH [PATH ...]    held-out perplexity / masked-LM loss
     lmadapt predict MODEL --input F.jsonl --output P.jsonl | --text "..."
     lmadapt tokenizer train --data PATH ... --kind bpe|wordpiece --vocab-size N --output DIR
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "Continued pretraining (or pretraining from scratch) on unlabeled text with the model's own objective.")
     _add_recipe_command(sub, "finetune", "lmadapt.config.finetune.FinetuneConfig",
                         "Fine-tune a model on labeled task data (classification, extraction, qa, instruction).")
+    _add_recipe_command(sub, "merge", "lmadapt.config.merge.MergeConfig",
+                        "Interpolate an adapted model's weights toward its base (merged = base + alpha x (adapted - base)): "
+                        "scores each alpha on held-out domain and general text and keeps the best within a forgetting budget.")
 
     ev = sub.add_parser("evaluate", help="held-out perplexity (causal) or masked-token loss and pseudo-perplexity (masked)",
                         formatter_class=_Formatter)

@@ -38,6 +38,7 @@ def _load(cls_path: str, args):
 RECIPE_STAGES = {
     "pretrain": ("lmadapt.config.pretrain.PretrainConfig", "lmadapt.stages.pretrain", "run_pretrain"),
     "finetune": ("lmadapt.config.finetune.FinetuneConfig", "lmadapt.stages.finetune", "run_finetune"),
+    "merge": ("lmadapt.config.merge.MergeConfig", "lmadapt.stages.merge", "run_merge"),
 }
 
 
@@ -138,7 +139,8 @@ def cmd_demo(args, parser):
 COMMANDS = {
     "run": cmd_run, "report": cmd_report, "demo": cmd_demo,
     "advise": cmd_advise,
-    "pretrain": cmd_recipe_stage, "finetune": cmd_recipe_stage, "evaluate": cmd_evaluate, "predict": cmd_predict,
+    "pretrain": cmd_recipe_stage, "finetune": cmd_recipe_stage, "merge": cmd_recipe_stage,
+    "evaluate": cmd_evaluate, "predict": cmd_predict,
     "tokenizer": cmd_tokenizer, "convert": cmd_convert, "presets": cmd_presets, "cache": cmd_cache,
 }
 

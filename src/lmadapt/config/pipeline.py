@@ -13,6 +13,7 @@
     arms:
       ft_only: [base, ft]
       dapt_ft: [base, {kind: pretrain, recipe: {...}}, ft]   # inline stages are fine too
+      dapt_merge_ft: [base, dapt, {kind: merge, recipe: {eval: {sets: {...}}}}, ft]   # interpolate dapt toward base
 
 Hand-off: every stage after the first starts from the previous stage's output folder (its
 ``model.path`` is set; ``"@previous"`` may be written there explicitly). Every stage recipe is
@@ -29,7 +30,9 @@ from typing import Any, Literal
 from .base import ConfigError, apply_overrides, from_dict, load_recipe, opt, read_yaml
 from .hub import is_hub_spec, parse_hub_spec
 
-STAGE_KINDS = ("pretrain", "finetune", "evaluate")
+STAGE_KINDS = ("pretrain", "finetune", "evaluate", "merge")
+# Kinds whose output is a language model (held-out perplexity evidence is taken after them).
+LM_KINDS = ("pretrain", "merge")
 PREVIOUS = "@previous"
 # Stands in for the parent's output folder while validating (a hub-id-like name: not checked on disk).
 PARENT_PLACEHOLDER = "lmadapt-parent/previous-stage"
@@ -59,7 +62,7 @@ class EvaluateStageConfig:
         if not self.data:
             raise ConfigError("data: at least one held-out set is required")
         for name, path in self.sets().items():
-            if not Path(path).exists():
+            if not (is_hub_spec(path) or Path(path).exists()):
                 raise ConfigError(f"data.{name}: file not found: {path}")
         if self.model and self.model != PREVIOUS and self.model.startswith((".", "/", "~")) \
                 and not Path(self.model).exists():
@@ -78,8 +81,8 @@ def _stem(path: str) -> str:
 class StageSpec:
     """One stage: its kind and its recipe (the keys of that kind's single-stage recipe)."""
 
-    kind: Literal["pretrain", "finetune", "evaluate"] = opt(doc="pretrain | finetune | evaluate")
-    recipe: dict = opt(doc="the stage's recipe (PretrainConfig / FinetuneConfig / evaluate keys)", factory=dict)
+    kind: Literal["pretrain", "finetune", "evaluate", "merge"] = opt(doc="pretrain | finetune | evaluate | merge")
+    recipe: dict = opt(doc="the stage's recipe (PretrainConfig / FinetuneConfig / evaluate / MergeConfig keys)", factory=dict)
 
 
 @dataclass
@@ -252,9 +255,9 @@ class PipelineConfig:
             for i in range(len(items)):
                 name, spec = self.stage_of(arm, i)
                 where = f"arms.{arm}[{i}] ({name}, {spec.kind})"
-                if model_kind == "finetune" and spec.kind in ("pretrain", "evaluate"):
+                if model_kind == "finetune" and spec.kind in ("pretrain", "evaluate", "merge"):
                     raise ConfigError(f"{where}: cannot follow a finetune stage (a fine-tuned task model is not a "
-                                      "language model to pretrain or score)")
+                                      "language model to pretrain, merge or score)")
                 if spec.kind != "evaluate":
                     model_kind = spec.kind
                 first = i == 0
@@ -288,6 +291,9 @@ def recipe_class(kind: str) -> type:
         return FinetuneConfig
     if kind == "evaluate":
         return EvaluateStageConfig
+    if kind == "merge":
+        from .merge import MergeConfig
+        return MergeConfig
     raise ConfigError(f"kind: {kind!r} is not one of {', '.join(STAGE_KINDS)}")
 
 

@@ -167,9 +167,9 @@ def arm_values(run: Run) -> dict[str, dict[str, Stat]]:
                 if v is not None:
                     cols[c.key][last_ft["id"]] = float(v)
         limit = last_ft["position"] if last_ft else float("inf")
-        # LM evidence (evaluation.lm_sets) of the last model before the fine-tune: an input model or a
-        # pretrain stage. Evaluate stages score their own sets and are listed separately.
-        lm_rows = [r for r in rows if r.get("lm") and r.get("kind") in ("input", "pretrain")
+        # LM evidence (evaluation.lm_sets) of the last model before the fine-tune: an input model, a
+        # pretrain or a merge stage. Evaluate stages score their own sets and are listed separately.
+        lm_rows = [r for r in rows if r.get("lm") and r.get("kind") in ("input", "pretrain", "merge")
                    and r.get("position", 0) < limit]
         if lm_rows:
             lm = lm_rows[-1]

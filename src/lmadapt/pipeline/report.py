@@ -286,7 +286,25 @@ def build(run: Run) -> dict:
              for r in _stage_rows(run, "evaluate") for name, m in (r.get("lm") or {}).items()]
     return {"comp": comp, "labels": labels, "per_class": pcf, "plots": plots, "has": has,
             "tokens": token_rows(run), "perf": perf_rows(run), "metric": metric, "evals": evals,
-            "verdicts": verdicts(run.rows, comp, run.columns)}
+            "merges": merge_rows(run), "verdicts": verdicts(run.rows, comp, run.columns)}
+
+
+def merge_rows(run: Run) -> list[dict]:
+    """Per merge stage: its sweep as rows (alpha, perplexity per held-out set, chosen or not)."""
+    out = []
+    for r in _stage_rows(run, "merge"):
+        m = r.get("merge") or {}
+        sweep = m.get("sweep") or []
+        names = list(dict.fromkeys(n for row in sweep for n in row.get("sets") or {}))
+        rows = [{"alpha": row["alpha"], "chosen": row["alpha"] == m.get("alpha"),
+                 "ppl": [((row.get("sets") or {}).get(n) or {}).get("perplexity") for n in names]} for row in sweep]
+        out.append({"stage": _stage_label(r), "alpha": m.get("alpha"), "rule": m.get("rule"), "sets": names,
+                    "rows": rows})
+    return out
+
+
+MERGE_NOTE = ("merged = base + alpha × (adapted − base): alpha 0 is the model before continued pretraining, 1 the "
+              "adapted one. Perplexities on the merge stage's own held-out sets.")
 
 
 VERDICT_NOTE = ("Task: the difference on the test split of the metric fine-tuning selected on, judged by the noise "
@@ -365,6 +383,13 @@ def render_markdown(run: Run, b: dict) -> str:
         lines += ["## Evaluate stages", "", "| stage | set | loss | perplexity | tokens |", "|---|---|---:|---:|---:|"]
         lines += [f"| {x['stage']} | {x['set']} | {_num(x['loss'], '{:.4f}')} | {_fmt(x['perplexity'], 'ppl')} | "
                   f"{_num(x['tokens'])} |" for x in b["evals"]]
+        lines.append("")
+    for mg in b["merges"]:
+        lines += [f"## Weight interpolation: {mg['stage']}", "", f"Chosen alpha {_num(mg['alpha'], '{:.2f}')}: "
+                  f"{mg['rule']}. {MERGE_NOTE}", "",
+                  "| alpha | " + " | ".join(f"{n} ppl" for n in mg["sets"]) + " |", "|---:|" + "---:|" * len(mg["sets"])]
+        lines += [f"| {'**' if x['chosen'] else ''}{x['alpha']:.2f}{'**' if x['chosen'] else ''} | "
+                  + " | ".join(_fmt(v, 'ppl') for v in x["ppl"]) + " |" for x in mg["rows"]]
         lines.append("")
     if b["tokens"]:
         lines += ["## Token accounting (pretraining stages)", "",
@@ -489,6 +514,14 @@ def render_html(run: Run, b: dict) -> str:
         parts += [f"<tr><td>{e(x['stage'])}</td><td>{e(x['set'])}</td><td class='n'>{_num(x['loss'], '{:.4f}')}</td>"
                   f"<td class='n'>{_fmt(x['perplexity'], 'ppl')}</td><td class='n'>{_num(x['tokens'])}</td></tr>"
                   for x in b["evals"]]
+        parts.append("</table>")
+    for mg in b["merges"]:
+        parts.append(f"<h2>Weight interpolation: {e(mg['stage'])}</h2><p class='note'>Chosen alpha "
+                     f"{_num(mg['alpha'], '{:.2f}')}: {e(mg['rule'] or '')}. {e(MERGE_NOTE)}</p>"
+                     "<table><tr><th>alpha</th>" + "".join(f"<th>{e(n)} ppl</th>" for n in mg["sets"]) + "</tr>")
+        parts += [f"<tr{' class=ref' if x['chosen'] else ''}><td class='n'>{x['alpha']:.2f}"
+                  f"{' (chosen)' if x['chosen'] else ''}</td>"
+                  + "".join(f"<td class='n'>{_fmt(v, 'ppl')}</td>" for v in x["ppl"]) + "</tr>" for x in mg["rows"]]
         parts.append("</table>")
     if b["tokens"]:
         parts.append("<h2>Token accounting (pretraining stages)</h2>")

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..config.pipeline import LM_KINDS
 from ..train.outputs import METRICS_FILE, read_json
 from . import cache
 from .plan import ArmRun, StageInstance
@@ -68,11 +69,14 @@ def stage_row(run: ArmRun, index: int, inst: StageInstance, out: Path, executed:
         "input_model": inst.input_model, "executed": executed, "status": "done" if done else "pending",
         "perf": perf,
     }
-    if inst.kind == "pretrain":
+    if inst.kind in LM_KINDS:
         row["heldout"] = {n: {"before": (v.get("before") or {}).get("perplexity"),
                               "after": (v.get("after") or {}).get("perplexity")}
                           for n, v in (metrics.get("heldout") or {}).items()}
-    ev = read_json(inst.folder / EVIDENCE_FILE, default=None) if inst.kind == "pretrain" else None
+    if inst.kind == "merge":
+        row["merge"] = {"alpha": metrics.get("alpha"), "rule": (metrics.get("selection") or {}).get("rule"),
+                        "sweep": metrics.get("sweep") or []}
+    ev = read_json(inst.folder / EVIDENCE_FILE, default=None) if inst.kind in LM_KINDS else None
     if inst.kind == "evaluate":
         ev = {"sets": metrics.get("sets") or {}}
     if ev:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config.base import ConfigError, load_recipe, to_dict
-from ..config.pipeline import PipelineConfig, load_pipeline
+from ..config.pipeline import LM_KINDS, PipelineConfig, load_pipeline
 from ..stages.pretrain_data import BLOCKS_DIR
 from ..train.dist import barrier, broadcast, gather, is_main_process, world_size
 from ..train.dist import log as dist_log
@@ -148,9 +148,15 @@ def _run_evaluate(recipe: dict, folder: Path) -> dict:
     return metrics
 
 
+def _run_merge(recipe: dict, folder: Path) -> dict:
+    from ..config.merge import MergeConfig
+    from ..stages.merge import run_merge
+    return run_merge(load_recipe(MergeConfig, data=recipe))
+
+
 # Looked up at call time, so tests (and embedders) can wrap a stage.
 STAGE_RUNNERS: dict[str, Callable[[dict, Path], dict]] = {
-    "pretrain": _run_pretrain, "finetune": _run_finetune, "evaluate": _run_evaluate,
+    "pretrain": _run_pretrain, "finetune": _run_finetune, "evaluate": _run_evaluate, "merge": _run_merge,
 }
 
 
@@ -393,7 +399,7 @@ def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, re
                     state.data["executed"].append(inst.id)
                     state.stage(inst, "done", wall_seconds=info["wall_seconds"])
                     log(f"{inst.name} done in {info['wall_seconds']:.1f}s (peak RSS {info.get('peak_rss_mb')} MB)")
-                if inst.kind == "pretrain" and cfg.evaluation.lm_sets and inst.id not in evidence_done:
+                if inst.kind in LM_KINDS and cfg.evaluation.lm_sets and inst.id not in evidence_done:
                     lm_evidence(inst.model_out, cfg, inst.folder / EVIDENCE_FILE)
                     evidence_done.add(inst.id)
                 if not main:

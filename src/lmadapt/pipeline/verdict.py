@@ -27,7 +27,7 @@ EFFECTS = {"beyond noise": None, "within noise": "no measurable effect", "1 run"
 
 def _arm_stages(rows: list[dict], arm: str) -> dict[str, dict]:
     """Distinct stage instances an arm used (any seed), by id."""
-    return {r["id"]: r for r in rows if r["arm"] == arm and r.get("kind") in ("pretrain", "finetune", "evaluate")}
+    return {r["id"]: r for r in rows if r["arm"] == arm and r.get("kind") in ("pretrain", "finetune", "evaluate", "merge")}
 
 
 def _sum(stages: list[dict], key: str, kind: str | None = None) -> float:

@@ -156,3 +156,22 @@ def lm_metrics(model, dataset, collator, objective: str, tokenizer=None, *, batc
     out["loss"] = out["masked_loss"]
     out["perplexity"] = out.get("pseudo_perplexity", out["masked_perplexity"])
     return out
+
+
+def heldout_collator(objective: str, mode: str, tokenizer, model):
+    """The collator held-out blocks are scored with (causal, or masked with fixed-seed masks)."""
+    from ..data.collators import CausalCollator, WholeWordMLMCollator
+    if objective == "causal":
+        return CausalCollator(mode=mode)
+    return WholeWordMLMCollator(tokenizer, mode=mode, mask_dtype=model.dtype)
+
+
+def score_sets(model, sets: dict, collator, objective: str, tokenizer, *, batch_size: int, mode: str) -> dict:
+    """``{name: metrics}`` for ``{name: data.heldout.HeldoutSet}``, each with its document count."""
+    out = {}
+    for name, held in sets.items():
+        metrics = lm_metrics(model, held.blocks, collator, objective, tokenizer, batch_size=batch_size,
+                             document_mode=mode == "document")
+        metrics["documents"] = held.documents
+        out[name] = metrics
+    return out

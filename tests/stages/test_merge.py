@@ -1,0 +1,127 @@
+"""`lmadapt merge`: weight interpolation between a base and its adapted model, on tiny random models."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from helpers import CORPUS, tiny_bpe_tokenizer, tiny_llama
+from lmadapt.config.base import ConfigError, load_recipe
+from lmadapt.config.merge import MergeConfig
+from lmadapt.stages.merge import choose, run_merge
+from lmadapt.train.outputs import write_meta
+
+
+def _jsonl(path: Path, texts) -> str:
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A base folder and an 'adapted' folder whose weights differ from it, recording the base as parent."""
+    d = tmp_path_factory.mktemp("merge")
+    tok = tiny_bpe_tokenizer(d / "base")
+    torch.manual_seed(0)
+    base = tiny_llama(len(tok))
+    base.save_pretrained(d / "base")
+    adapted = tiny_llama(len(tok))
+    with torch.no_grad():
+        for pa, pb in zip(adapted.parameters(), base.parameters()):
+            pa.copy_(pb + 0.05 * torch.randn_like(pb))
+    adapted.save_pretrained(d / "adapted")
+    tok.save_pretrained(d / "adapted")
+    write_meta(d / "adapted", stage="pretrain", objective="causal", parent=str(d / "base"))
+    sets = {"domain": _jsonl(d / "domain.jsonl", CORPUS[:6]), "general": _jsonl(d / "general.jsonl", CORPUS[6:12])}
+    return {"dir": d, "base": d / "base", "adapted": d / "adapted", "sets": sets, "tok": tok}
+
+
+def recipe(pair, out, *overrides, **merge):
+    data = {"model": {"path": str(pair["adapted"])}, "merge": merge,
+            "eval": {"sets": pair["sets"], "block_size": 32}, "train": {"output_dir": str(out)}}
+    return load_recipe(MergeConfig, data=data, overrides=list(overrides))
+
+
+def logits(folder_or_model, ids):
+    model = folder_or_model if isinstance(folder_or_model, torch.nn.Module) else \
+        AutoModelForCausalLM.from_pretrained(folder_or_model).eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_sweep_chooses_within_the_forgetting_budget_and_saves_that_model(pair, tmp_path):
+    metrics = run_merge(recipe(pair, tmp_path / "out", alphas=[0.5]))
+    sweep = {row["alpha"]: row["sets"] for row in metrics["sweep"]}
+    assert sorted(sweep) == [0.0, 0.5, 1.0] and all(set(s) == {"domain", "general"} for s in sweep.values())
+    # the anchors are the two models themselves
+    ids = torch.tensor([pair["tok"](" ".join(CORPUS[:2]))["input_ids"]])
+    from lmadapt.stages.evaluate import evaluate_model
+    for alpha, folder in ((0.0, pair["base"]), (1.0, pair["adapted"])):
+        res = evaluate_model(str(folder), [pair["sets"]["domain"]], block_size=32, max_tokens=20000)
+        assert sweep[alpha]["domain"]["perplexity"] == pytest.approx(res["sets"]["domain"]["perplexity"], rel=1e-5)
+    # the choice follows the stated rule, and the folder holds exactly the chosen interpolation
+    want, _ = choose(sweep, {"domain": "domain", "general": "general"}, 0.05)
+    assert metrics["alpha"] == want
+    out = tmp_path / "out"
+    base = AutoModelForCausalLM.from_pretrained(pair["base"])
+    adapted = AutoModelForCausalLM.from_pretrained(pair["adapted"])
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    name = "model.layers.0.mlp.up_proj.weight"
+    expect = torch.lerp(base.state_dict()[name], adapted.state_dict()[name], want)
+    assert torch.allclose(merged.state_dict()[name], expect, atol=1e-6)
+    meta = json.loads((out / "lmadapt_meta.json").read_text())
+    assert meta["stage"] == "merge" and meta["base"] == str(pair["base"]) and meta["alpha"] == want
+    assert meta["parent"] == str(pair["adapted"]) and (out / "model.safetensors").is_file()
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["heldout"]["general"]["before"] == sweep[0.0]["general"]
+    assert saved["heldout"]["general"]["after"] == sweep[want]["general"]
+    assert torch.allclose(logits(out, ids), logits(merged.eval(), ids))
+
+
+def test_fixed_alpha_without_sets_is_the_exact_midpoint(pair, tmp_path):
+    cfg = load_recipe(MergeConfig, data={"model": {"path": str(pair["adapted"])}, "merge": {"alpha": 0.5},
+                                         "train": {"output_dir": str(tmp_path / "half")}})
+    metrics = run_merge(cfg)
+    assert metrics["alpha"] == 0.5 and metrics["sweep"] == [] and metrics["selection"]["rule"].startswith("fixed")
+    base = AutoModelForCausalLM.from_pretrained(pair["base"]).state_dict()
+    adapted = AutoModelForCausalLM.from_pretrained(pair["adapted"]).state_dict()
+    half = AutoModelForCausalLM.from_pretrained(tmp_path / "half").state_dict()
+    for name in base:
+        assert torch.allclose(half[name], (base[name] + adapted[name]) / 2, atol=1e-6), name
+
+
+def test_choose_rule():
+    def sets(d, g):
+        return {"domain": {"perplexity": d}, "general": {"perplexity": g}}
+    sweep = {0.0: sets(100, 50), 0.5: sets(60, 52), 0.75: sets(55, 54), 1.0: sets(50, 70)}
+    roles = {"domain": "domain", "general": "general"}
+    assert choose(sweep, roles, 0.05)[0] == 0.5            # 0.75 forgets 8% > 5%
+    assert choose(sweep, roles, 0.10)[0] == 0.75
+    assert choose(sweep, roles, 1.0)[0] == 1.0
+    assert choose(sweep, roles, 0.0)[0] == 0.0              # nothing else is free of forgetting
+    assert choose(sweep, {"domain": "domain", "general": None}, 0.0)[0] == 1.0
+
+
+def test_bad_merges_are_refused_with_the_reason(pair, tmp_path):
+    orphan = tmp_path / "orphan"
+    tiny_llama(len(pair["tok"])).save_pretrained(orphan)
+    pair["tok"].save_pretrained(orphan)
+    with pytest.raises(ConfigError, match="records no parent model"):
+        run_merge(load_recipe(MergeConfig, data={"model": {"path": str(orphan)}, "merge": {"alpha": 0.5},
+                                                 "train": {"output_dir": str(tmp_path / "o1")}}))
+    wide = tmp_path / "wide"
+    tiny_llama(len(pair["tok"]), intermediate_size=96).save_pretrained(wide)
+    pair["tok"].save_pretrained(wide)
+    with pytest.raises(ConfigError, match=r"mlp\.\w+_proj\.weight has shape \(64, 32\) in .* but \(96, 32\)"):
+        run_merge(load_recipe(MergeConfig, data={"model": {"path": str(wide)},
+                                                 "merge": {"alpha": 0.5, "base": str(pair["base"])},
+                                                 "train": {"output_dir": str(tmp_path / "o2")}}))
+    write_meta(orphan, stage="finetune", parent=str(pair["base"]))
+    with pytest.raises(ConfigError, match="fine-tuned task model"):
+        run_merge(load_recipe(MergeConfig, data={"model": {"path": str(orphan)}, "merge": {"alpha": 0.5},
+                                                 "train": {"output_dir": str(tmp_path / "o3")}}))
+    with pytest.raises(ConfigError, match="eval.sets: choosing alpha needs held-out sets"):
+        load_recipe(MergeConfig, data={"model": {"path": str(pair["adapted"])}})
+    with pytest.raises(ConfigError, match=r"alpha: weights must be in \[0, 1\]"):
+        recipe(pair, tmp_path / "o4", alpha=1.5)
