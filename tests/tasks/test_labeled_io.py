@@ -141,5 +141,5 @@ def test_save_to_disk_split_folder_with_class_label_names(tmp_path):
     with pytest.raises(DataError, match=r"dd: a DatasetDict with splits train; point at one split folder"):
         read_records(tmp_path / "dd", fields_required=["text"])
     (tmp_path / "plain").mkdir()
-    with pytest.raises(DataError, match="plain: a folder, but not a datasets folder"):
+    with pytest.raises(DataError, match="plain: not a datasets folder"):
         read_records(tmp_path / "plain", fields_required=["text"])

@@ -103,3 +103,12 @@ class CorpusConfig:
             raise ConfigError(f"sources: shares add up to {sum(shares):.3f}; they must leave room (< 1)")
         if shares and len(shares) == len(self.sources):
             raise ConfigError("sources: every source has a share; leave at least one without to take the rest")
+
+
+def heldout_roles(names: list[str], domain_set: str | None, general_set: str | None) -> dict[str, str | None]:
+    """Which held-out set is the domain and which is general text: the named ones, else the sets
+    called 'domain' and 'general', else the first and the second (None where there is none)."""
+    domain = domain_set or ("domain" if "domain" in names else (names[0] if names else None))
+    rest = [n for n in names if n != domain]
+    general = general_set or ("general" if "general" in names else (rest[0] if rest else None))
+    return {"domain": domain, "general": general}

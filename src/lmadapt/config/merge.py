@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .base import ConfigError, opt
+from .data import heldout_roles
 from .hub import is_hub_spec
 from .model import ModelConfig
 
@@ -63,11 +64,8 @@ class MergeEvalConfig:
     text_field: str = opt("text", "text field for jsonl/csv/parquet")
 
     def roles(self) -> dict[str, str | None]:
-        names = list(self.sets)
-        domain = self.domain_set or ("domain" if "domain" in names else (names[0] if names else None))
-        rest = [n for n in names if n != domain]
-        general = self.general_set or ("general" if "general" in names else (rest[0] if rest else None))
-        return {"domain": domain, "general": general}
+        """{'domain': set name, 'general': set name} (None where there is no such set)."""
+        return heldout_roles(list(self.sets), self.domain_set, self.general_set)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .base import ConfigError, apply_overrides, from_dict, load_recipe, opt, read_yaml
+from .data import heldout_roles
 from .hub import is_hub_spec, parse_hub_spec
 
 STAGE_KINDS = ("pretrain", "finetune", "evaluate", "merge")
@@ -109,11 +110,7 @@ class EvaluationConfig:
 
     def roles(self) -> dict[str, str | None]:
         """{'domain': set name, 'general': set name} (None where there is no such set)."""
-        names = list(self.lm_sets)
-        domain = self.domain_set or ("domain" if "domain" in names else (names[0] if names else None))
-        rest = [n for n in names if n != domain]
-        general = self.general_set or ("general" if "general" in names else (rest[0] if rest else None))
-        return {"domain": domain, "general": general}
+        return heldout_roles(list(self.lm_sets), self.domain_set, self.general_set)
 
 
 @dataclass

@@ -413,16 +413,24 @@ def is_hf_dir(path: Path) -> bool:
         (path / "state.json").is_file() and (path / "dataset_info.json").is_file())
 
 
-def _read_hf(path: Path, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, str]]:
+def load_saved(path: Path, error: type[Exception]):
+    """A ``save_to_disk`` folder (Dataset or DatasetDict); a folder that is not one, or does not load,
+    raises ``error`` (the caller's: corpus and labeled-data errors keep their own types)."""
     if not is_hf_dir(path):
-        raise CorpusError(f"{path}: not a datasets folder (save_to_disk writes dataset_info.json + state.json, "
-                          "or dataset_dict.json)")
-    import datasets  # slow to import: only when a datasets folder is actually read
+        raise error(f"{path}: not a datasets folder (save_to_disk writes dataset_info.json + state.json, "
+                    "or dataset_dict.json)")
+    import datasets
 
     try:
-        ds = datasets.load_from_disk(str(path))
+        return datasets.load_from_disk(str(path))
     except Exception as exc:  # noqa: BLE001 - any failure here is "this folder cannot be loaded"
-        raise CorpusError(f"{path}: cannot load datasets folder ({type(exc).__name__}: {exc})") from None
+        raise error(f"{path}: cannot load datasets folder ({type(exc).__name__}: {exc})") from None
+
+
+def _read_hf(path: Path, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, str]]:
+    import datasets  # slow to import: only when a datasets folder is actually read
+
+    ds = load_saved(path, CorpusError)
     label = str(path)
     if isinstance(ds, datasets.DatasetDict):
         splits = list(ds)

@@ -78,7 +78,7 @@ def choose(sweep: dict[float, dict], roles: dict, budget: float) -> tuple[float,
         limit = ppl[0.0][gen] * (1 + budget)
         eligible = [a for a in ppl if ppl[a][gen] <= limit]
         rule = (f"lowest {dom} perplexity with {gen} perplexity within +{budget:.0%} of the base's "
-                f"({ppl[0.0][gen]:,.2f} -> at most {limit:,.2f})")
+                f"({ppl[0.0][gen]:,.2f} → at most {limit:,.2f})")
     best = min(eligible, key=lambda a: (ppl[a][dom], a))
     return best, rule
 

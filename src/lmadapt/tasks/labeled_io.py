@@ -24,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 
-from ..data.formats import is_hf_dir
+from ..data.formats import load_saved
 from ..data.hub import HubSpec, class_names, is_hub_spec, load_hub_dataset, named_labels, parse_hub_spec
 from .base import DataError, Example, ReadReport
 
@@ -136,14 +136,8 @@ def _iter_hub(spec: HubSpec) -> Iterator[tuple[int, Any, str | None]]:
 
 def _iter_saved(path: Path) -> Iterator[tuple[int, Any, str | None]]:
     """(row, record, None) of a ``save_to_disk`` folder holding one split (a Dataset)."""
-    if not is_hf_dir(path):
-        raise DataError(f"{path}: a folder, but not a datasets folder (save_to_disk writes dataset_info.json and "
-                        "state.json); give a file, a split folder or a hub:owner/name:split")
     import datasets
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except Exception as exc:  # noqa: BLE001 - any failure here is "this folder cannot be loaded"
-        raise DataError(f"{path}: cannot load the datasets folder ({type(exc).__name__}: {exc})") from None
+    ds = load_saved(path, DataError)
     if isinstance(ds, datasets.DatasetDict):
         raise DataError(f"{path}: a DatasetDict with splits {', '.join(ds)}; point at one split folder, "
                         f"e.g. {path / next(iter(ds))}")
