@@ -125,3 +125,49 @@ def test_bad_merges_are_refused_with_the_reason(pair, tmp_path):
         load_recipe(MergeConfig, data={"model": {"path": str(pair["adapted"])}})
     with pytest.raises(ConfigError, match=r"alpha: weights must be in \[0, 1\]"):
         recipe(pair, tmp_path / "o4", alpha=1.5)
+
+
+def test_a_lora_adapter_folder_is_merged_into_its_base_first(pair, tmp_path):
+    """The adapted model may be a LoRA pretrain output (adapter folder): alpha 1 is base + adapter."""
+    from lmadapt.config.model import LoraConfig
+    from lmadapt.models.lora import apply_lora, save_model
+
+    base = AutoModelForCausalLM.from_pretrained(pair["base"])
+    peft_model = apply_lora(base, LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0), "causal")
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.1 * torch.randn_like(p))
+    adapter = tmp_path / "adapter"
+    save_model(peft_model, pair["tok"], adapter, merge=False)
+    write_meta(adapter, stage="pretrain", objective="causal", parent=str(pair["base"]), lora=True)
+    assert (adapter / "adapter_config.json").is_file() and not (adapter / "model.safetensors").exists()
+    run_merge(load_recipe(MergeConfig, data={"model": {"path": str(adapter)}, "merge": {"alpha": 1.0},
+                                             "train": {"output_dir": str(tmp_path / "full")}}))
+    ids = torch.tensor([pair["tok"](" ".join(CORPUS[:2]))["input_ids"]])
+    want = logits(peft_model.merge_and_unload().eval(), ids)
+    assert torch.allclose(logits(tmp_path / "full", ids), want, atol=1e-5)
+
+
+def test_an_encoder_pair_is_scored_with_its_own_objective(tmp_path):
+    """BERT-style models: the sweep scores masked-LM pseudo-perplexity, the same rule chooses."""
+    from helpers import tiny_bert, tiny_wordpiece_tokenizer
+    tok = tiny_wordpiece_tokenizer(tmp_path / "base")
+    torch.manual_seed(1)
+    tiny_bert(len(tok)).save_pretrained(tmp_path / "base")
+    adapted = tiny_bert(len(tok))
+    with torch.no_grad():
+        for p in adapted.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    adapted.save_pretrained(tmp_path / "adapted")
+    tok.save_pretrained(tmp_path / "adapted")
+    write_meta(tmp_path / "adapted", stage="pretrain", objective="masked", parent=str(tmp_path / "base"))
+    sets = {"domain": _jsonl(tmp_path / "d.jsonl", CORPUS[:6]), "general": _jsonl(tmp_path / "g.jsonl", CORPUS[6:12])}
+    metrics = run_merge(load_recipe(MergeConfig, data={
+        "model": {"path": str(tmp_path / "adapted")}, "merge": {"alphas": [0.5]},
+        "eval": {"sets": sets, "block_size": 32}, "train": {"output_dir": str(tmp_path / "out")}}))
+    assert metrics["objective"] == "masked"
+    first = metrics["sweep"][0]["sets"]["domain"]
+    assert "masked_loss" in first and first["perplexity"] == first["pseudo_perplexity"] > 1
+    assert metrics["alpha"] == choose({r["alpha"]: r["sets"] for r in metrics["sweep"]},
+                                      {"domain": "domain", "general": "general"}, 0.05)[0]
