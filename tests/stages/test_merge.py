@@ -171,3 +171,25 @@ def test_an_encoder_pair_is_scored_with_its_own_objective(tmp_path):
     assert "masked_loss" in first and first["perplexity"] == first["pseudo_perplexity"] > 1
     assert metrics["alpha"] == choose({r["alpha"]: r["sets"] for r in metrics["sweep"]},
                                       {"domain": "domain", "general": "general"}, 0.05)[0]
+
+
+def test_refine_bisects_to_the_edge_of_the_forgetting_budget():
+    """General perplexity 100(1 + a^2), domain 100(1 - a/2): a 5% budget ends at a = 0.2236; the grid's
+    best is 0 (0.25 forgets 6.25%), three halvings land on 0.21875 (4.8% forgetting)."""
+    from lmadapt.stages.merge import refine
+
+    def score(a):
+        return {"domain": {"perplexity": 100 * (1 - a / 2)}, "general": {"perplexity": 100 * (1 + a * a)}}
+
+    roles = {"domain": "domain", "general": "general"}
+    sweep = {a: score(a) for a in (0.0, 0.25, 0.5, 0.75, 1.0)}
+    assert choose(sweep, roles, 0.05)[0] == 0.0
+    asked = []
+    refine(lambda a: asked.append(a) or score(a), sweep, roles, 0.05, 3)
+    assert asked == [0.125, 0.1875, 0.21875]
+    assert choose(sweep, roles, 0.05)[0] == 0.21875
+    refine(lambda a: asked.append(a) or score(a), sweep, roles, 0.05, 0)
+    assert len(asked) == 3                                                  # refine: 0 scores nothing more
+    flat = {a: {"domain": {"perplexity": 10 - a}, "general": {"perplexity": 10.0}} for a in (0.0, 0.5, 1.0)}
+    refine(lambda a: asked.append(a), flat, roles, 0.05, 3)
+    assert len(asked) == 3                                                  # nothing breaks the budget

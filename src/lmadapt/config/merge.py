@@ -35,6 +35,8 @@ class MergeSection:
                               factory=lambda: [0.25, 0.5, 0.75])
     forgetting_budget: float = opt(0.05, "chosen alpha: lowest domain perplexity among those whose general "
                                          "perplexity is at most (1 + budget) x the base's")
+    refine: int = opt(3, "then halve the gap between the chosen alpha and the nearest one above it that breaks "
+                         "the budget this many times (one more scoring each), to land near the budget's edge")
 
     def __post_init__(self):
         for a in ([self.alpha] if self.alpha is not None else []) + list(self.alphas):
@@ -42,6 +44,8 @@ class MergeSection:
                 raise ConfigError(f"alpha: weights must be in [0, 1], got {a}")
         if self.forgetting_budget < 0:
             raise ConfigError(f"forgetting_budget: must be >= 0, got {self.forgetting_budget}")
+        if self.refine < 0:
+            raise ConfigError(f"refine: must be >= 0, got {self.refine}")
 
     def grid(self) -> list[float]:
         """The weights to score: the fixed one, or the sweep with both anchors, ascending."""
