@@ -193,3 +193,24 @@ def test_refine_bisects_to_the_edge_of_the_forgetting_budget():
     flat = {a: {"domain": {"perplexity": 10 - a}, "general": {"perplexity": 10.0}} for a in (0.0, 0.5, 1.0)}
     refine(lambda a: asked.append(a), flat, roles, 0.05, 3)
     assert len(asked) == 3                                                  # nothing breaks the budget
+
+
+@pytest.mark.skipif(__import__("sys").platform != "linux", reason="gloo two-process runs on Linux")
+def test_two_processes_choose_and_save_what_one_process_does(pair, tmp_path):
+    """Under torchrun every process scores its share of the blocks (all-reduced); the main process
+    saves alone. The sweep, the choice and the saved weights equal one process's."""
+    from helpers import torchrun
+
+    args = [f"model.path={pair['adapted']}", f"eval.sets.domain={pair['sets']['domain']}",
+            f"eval.sets.general={pair['sets']['general']}", "eval.block_size=8", "merge.alphas=[0.5]"]
+    proc = torchrun("-m", "lmadapt.cli", "merge", *args, f"train.output_dir={tmp_path / 'two'}")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    one = run_merge(load_recipe(MergeConfig, data=None, overrides=args + [f"train.output_dir={tmp_path / 'one'}"]))
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two["alpha"] == one["alpha"] and [r["alpha"] for r in two["sweep"]] == [r["alpha"] for r in one["sweep"]]
+    for a, b in zip(two["sweep"], one["sweep"]):
+        for name in ("domain", "general"):
+            assert a["sets"][name]["tokens"] == b["sets"][name]["tokens"]
+            assert a["sets"][name]["perplexity"] == pytest.approx(b["sets"][name]["perplexity"], rel=1e-5)
+    saved = {n: AutoModelForCausalLM.from_pretrained(tmp_path / n).state_dict() for n in ("one", "two")}
+    assert all(torch.equal(saved["one"][k], saved["two"][k]) for k in saved["one"])
