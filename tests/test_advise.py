@@ -410,3 +410,24 @@ def test_written_pipeline_runs_with_lmadapt_run(model_dir, data, tmp_path, capsy
     report = (tmp_path / "run" / "report.md").read_text()
     for arm in pipeline["arms"]:
         assert arm in report
+
+
+def test_with_held_out_domain_text_the_pipeline_adds_a_merge_arm(model_dir, data, tmp_path, capsys):
+    """--domain-valid gives the merge stage its sets: dapt_merge_ft shares dapt's pretraining, then
+    interpolates toward the base, then fine-tunes; the file is a valid pipeline."""
+    from lmadapt.config.pipeline import load_pipeline
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    pipe = tmp_path / "pipeline.yaml"
+    args = parser.parse_args([str(model_dir), "--goal", "classify", "--domain", data["shred"], "--domain-valid",
+                              data["general"], "--task-train", data["task"], "--reference", data["general"],
+                              "--pipeline", str(pipe), "--max-eval-tokens", "512", "--time-budget", "4", "--no-probe"])
+    assert main(args) == 0
+    capsys.readouterr()
+    arms = yaml.safe_load(pipe.read_text())["arms"]
+    assert [s["kind"] for s in arms["dapt_merge_ft"]] == ["pretrain", "merge", "finetune"]
+    assert arms["dapt_merge_ft"][0] == arms["dapt_ft"][0]          # one continued pretraining, shared
+    assert arms["dapt_merge_ft"][1]["recipe"]["eval"]["sets"] == {"domain": data["general"], "general": data["general"]}
+    cfg = load_pipeline(pipe)
+    assert "dapt_merge_ft" in cfg.arms

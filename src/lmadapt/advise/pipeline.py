@@ -27,7 +27,9 @@ It is a pipeline for `lmadapt run` (schema: ``lmadapt.config.pipeline.PipelineCo
 Arms: ``ft_only`` (fine-tune the base model: the reference arm), ``dapt_ft`` (continued pretraining on
 the domain corpus, then fine-tune), ``tapt_ft`` (continued pretraining on the task's own training
 texts, then fine-tune), ``dapt_tapt_ft`` (both, domain first; the best combination in Gururangan et
-al. 2020); without labeled data ``dapt_full`` vs ``dapt_lora`` (continued pretraining only; the
+al. 2020); with ``--domain-valid``, ``dapt_merge_ft`` (the same continued pretraining interpolated back
+toward the base within a 5% forgetting budget, `lmadapt merge`, then fine-tune); without labeled data
+``dapt_full`` vs ``dapt_lora`` (continued pretraining only; the
 pretrain stage reports held-out perplexity before and after). Compare fine-tuning arms on the test
 metric (mean and spread over seeds).
 """
@@ -184,6 +186,16 @@ def build_pipeline(advice: Advice, m: dict, *, model_dir: str, domain: str | Non
             arms[arm] = [dapt(base, "lora")]
         else:  # pragma: no cover - rules and pipeline are kept in step
             raise ValueError(f"unknown arm {arm!r}")
+    if "dapt_ft" in arms and domain_valid and reference:
+        if text_field == "text":
+            # the same continued pretraining (a shared stage), interpolated back toward the base within a
+            # 5% forgetting budget on the general reference: what DAPT's gain costs, and what is kept without it
+            merge = {"kind": "merge", "recipe": {"model": {"path": PREVIOUS}, "eval": {"sets": {
+                "domain": str(domain_valid), "general": str(reference)}}}}
+            arms["dapt_merge_ft"] = [dapt(base, method), merge, ft(PREVIOUS)]
+        else:
+            notes.append(f"dapt_merge_ft left out: the merge stage reads its held-out sets with one text field, and "
+                         f"the domain's is {text_field!r} while the reference's is 'text'")
     pipeline: dict[str, Any] = {"output_dir": str(output_dir), "seeds": [int(s) for s in seeds], "arms": arms}
     if domain_valid and reference and any(a.startswith("dapt") for a in arms):
         pipeline["evaluation"] = {"lm_sets": {"domain": str(domain_valid), "general": str(reference)}}
