@@ -227,15 +227,11 @@ def _volume(path, char_lengths: np.ndarray, chars: int, sample: list[str], tok, 
     lengths = _token_lengths(sample, tok)
     sampled_chars = sum(map(len, sample))
     tpc = sum(lengths) / max(sampled_chars, 1)
-    est = np.sort(char_lengths.astype(np.float64) * tpc + 1)  # + separator
-
-    def nearest_rank(q: float) -> int:   # as text.percentile, without a list of floats per document
-        return int(est[min(len(est) - 1, max(0, int(round(q / 100 * (len(est) - 1)))))])
-
+    est = char_lengths.astype(np.float64) * tpc + 1  # + separator; an array, not a float per document
     return {"path": str(path), "documents": len(est), "chars": chars, "sampled_documents": len(sample),
             "sampled_chars": sampled_chars, "sampled_tokens": sum(lengths), "tokens_per_char": round(tpc, 4),
             "estimated_tokens": int(round(chars * tpc + len(est))),
-            "length_tokens_p50": nearest_rank(50), "length_tokens_p95": nearest_rank(95),
+            "length_tokens_p50": int(percentile(est, 50)), "length_tokens_p95": int(percentile(est, 95)),
             "over_context_share": round(int((est > max_pos).sum()) / len(est), 4) if max_pos else None}
 
 

@@ -16,6 +16,8 @@ import re
 from collections import Counter
 from typing import Iterable, Sequence
 
+import numpy as np
+
 WORD = re.compile(r"[^\W\d_]+(?:['\u2019-][^\W\d_]+)*")
 
 # English function words (close to NLTK's list, plus frequent contraction pieces).
@@ -121,9 +123,9 @@ def sample_texts(texts: Sequence[str], max_chars: int, *, doc_chars: int = SAMPL
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100); None for no values."""
-    if not values:
+    """Nearest-rank percentile (q in 0..100) of a list or array; None for no values."""
+    if len(values) == 0:
         return None
-    s = sorted(values)
+    s = np.sort(np.asarray(values))
     idx = min(len(s) - 1, max(0, int(round(q / 100 * (len(s) - 1)))))
-    return s[idx]
+    return s[idx].item()

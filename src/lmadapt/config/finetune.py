@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from .base import ConfigError, opt
-from .hub import HUB_ID, is_hub_spec, parse_hub_spec
+from .hub import is_dataset_repo, is_hub_spec, parse_hub_spec
 from .model import LoraConfig, ModelConfig
 from .tasks import ExtractionConfig, InstructionConfig, QAConfig
 from .train import TrainConfig
@@ -149,7 +149,7 @@ class FinetuneConfig:
                     spec = parse_hub_spec(p)
                 except ValueError as exc:
                     raise ConfigError(f"data.{key}: {exc}") from None
-                if not (Path(spec.repo).expanduser().is_dir() or HUB_ID.fullmatch(spec.repo)):
+                if not is_dataset_repo(spec.repo):
                     raise ConfigError(f"data.{key}: {spec.repo!r} is neither a hub dataset id (owner/name) nor a local dataset folder")
             elif p is not None and not (Path(p).is_file() or _is_datasets_folder(Path(p))):
                 raise ConfigError(f"data.{key}: file not found: {p}" + (

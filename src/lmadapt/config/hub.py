@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 # owner/name or a canonical name: what the hub accepts as a dataset id
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
@@ -42,3 +43,7 @@ def parse_hub_spec(value: str) -> HubSpec:
     return HubSpec(repo=m["repo"], subset=m["subset"], split=m["split"], revision=m["revision"])
 
 
+def is_dataset_repo(repo: str) -> bool:
+    """A hub dataset id (owner/name, or a canonical name) or a local folder: what load_dataset takes.
+    Checked by shape only; whether the hub has it is known when it is read (that may need the network)."""
+    return Path(repo).expanduser().is_dir() or bool(HUB_ID.fullmatch(repo))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .base import ConfigError, opt
 from .data import CorpusConfig
-from .hub import HUB_ID
+from .hub import is_dataset_repo
 from .model import LoraConfig, ModelConfig
 from .train import TrainConfig
 
@@ -25,7 +25,7 @@ def check_source_paths(sources, section: str) -> None:
     for i, src in enumerate(sources):
         p = src.path
         if src.format == "hub":
-            if not (Path(p).expanduser().is_dir() or HUB_ID.fullmatch(p)):
+            if not is_dataset_repo(p):
                 raise ConfigError(f"{section}[{i}].path: {p!r} is neither a hub dataset id (owner/name) nor a "
                                   "local dataset folder")
         elif any(ch in p for ch in "*?["):

@@ -470,20 +470,16 @@ def _read_hub(src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, str]]:
                    streaming=src.streaming)
     label = spec.label
     ds = load_hub_dataset(spec, CorpusError)
-    rows = _dataset_rows(ds, label, src.text_field, ctx)
     n = 0
-    while True:
-        try:
-            item = next(rows)
-        except StopIteration:
-            return
-        except CorpusError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a stream that breaks midway (network, a corrupt shard)
-            raise CorpusError(f"{label}: reading failed after {n:,} rows ({type(exc).__name__}: "
-                              f"{str(exc).strip()[:300]})") from None
-        n += 1
-        yield item
+    try:
+        for item in _dataset_rows(ds, label, src.text_field, ctx):
+            yield item
+            n += 1
+    except CorpusError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a stream that breaks midway (network, a corrupt shard)
+        raise CorpusError(f"{label}: reading failed after {n:,} rows ({type(exc).__name__}: "
+                          f"{str(exc).strip()[:300]})") from None
 
 
 _READERS = {"txt": _read_txt, "jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv,

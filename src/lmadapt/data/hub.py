@@ -1,6 +1,6 @@
 """Datasets on the Hugging Face Hub, for corpora (``format: hub``) and labeled data (``hub:`` paths).
 
-    spec = parse_hub_spec("hub:nyu-mll/glue[sst2]:validation")    # labeled data: one string per split
+    spec = config.hub.parse_hub_spec("hub:nyu-mll/glue[sst2]:validation")   # labeled data: one string per split
     ds = load_hub_dataset(spec, DataError)                         # datasets.Dataset (or IterableDataset)
 
 A spec names a dataset repo (a hub id, or a local folder laid out like one), an optional
@@ -16,9 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..config.hub import HubSpec, is_hub_spec, parse_hub_spec
-
-__all__ = ["HubSpec", "is_hub_spec", "parse_hub_spec", "load_hub_dataset", "class_names", "named_labels"]
+from ..config.hub import HubSpec
 
 
 def load_hub_dataset(spec: HubSpec, error: type[Exception]):

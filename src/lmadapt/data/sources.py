@@ -220,9 +220,10 @@ def _documents(src: SourceConfig, stats: SourceStats, on_error: str, min_chars: 
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     ctx = Ctx(stats, on_error)
     units = _units(src)
-    if src.split is not None and any(fmt not in ("hf", "hub") for _, fmt in units):
+    files = [fmt for _, fmt in units if fmt not in ("hf", "hub")]
+    if src.split is not None and files:
         raise CorpusError(f"{src.path}: split: {src.split!r} applies to datasets folders and hub datasets; "
-                          f"this source has {next(fmt for _, fmt in units if fmt not in ('hf', 'hub'))} files")
+                          f"this source has {files[0]} files")
     n = 0
     for path, fmt in units:
         stats.files += 1

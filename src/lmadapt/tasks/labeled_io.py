@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 
 from ..data.formats import load_saved
-from ..data.hub import HubSpec, class_names, is_hub_spec, load_hub_dataset, named_labels, parse_hub_spec
+from ..config.hub import HubSpec, is_hub_spec, parse_hub_spec
+from ..data.hub import class_names, load_hub_dataset, named_labels
 from .base import DataError, Example, ReadReport
 
 FORMATS = ("jsonl", "csv", "tsv", "parquet")
@@ -126,24 +127,25 @@ def _hub_spec(value: str) -> HubSpec:
         raise DataError(str(exc)) from None
 
 
-def _iter_hub(spec: HubSpec) -> Iterator[tuple[int, Any, str | None]]:
-    """(row, record, None) of a hub split; label columns stored as class ids carry their names."""
-    ds = load_hub_dataset(spec, DataError)
+def _named_rows(ds) -> Iterator[tuple[int, Any, str | None]]:
+    """(row, record, None) of a ``datasets`` split; label columns stored as class ids carry their names."""
     classes = class_names(ds.features)
     for i, rec in enumerate(ds):
         yield i, named_labels(rec, classes), None
 
 
+def _iter_hub(spec: HubSpec) -> Iterator[tuple[int, Any, str | None]]:
+    yield from _named_rows(load_hub_dataset(spec, DataError))
+
+
 def _iter_saved(path: Path) -> Iterator[tuple[int, Any, str | None]]:
-    """(row, record, None) of a ``save_to_disk`` folder holding one split (a Dataset)."""
+    """The rows of a ``save_to_disk`` folder holding one split (a Dataset)."""
     import datasets
     ds = load_saved(path, DataError)
     if isinstance(ds, datasets.DatasetDict):
         raise DataError(f"{path}: a DatasetDict with splits {', '.join(ds)}; point at one split folder, "
                         f"e.g. {path / next(iter(ds))}")
-    classes = class_names(ds.features)
-    for i, rec in enumerate(ds):
-        yield i, named_labels(rec, classes), None
+    yield from _named_rows(ds)
 
 
 def _check(rec: Any, fields_required: Sequence[str], text_fields: Sequence[str]) -> tuple[str, str] | None:
