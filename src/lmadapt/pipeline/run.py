@@ -335,8 +335,13 @@ class RunLock:
         self.fh.close()
 
 
-def run_pipeline(cfg: PipelineConfig, *, pipeline_file: str | None = None, report: bool = True) -> dict:
-    """Run (or reuse) every stage of every arm and seed; write results.jsonl, run_state.json, report."""
+def run_pipeline(cfg: PipelineConfig, *, pipeline_file: str | None = None, report: bool = True, jobs: int = 1) -> dict:
+    """Run (or reuse) every stage of every arm and seed; write results.jsonl, run_state.json, report.
+
+    ``jobs`` > 1 runs independent stages at once, each in a process of its own (see jobs.py)."""
+    if jobs > 1 and world_size() > 1:
+        raise ConfigError("--jobs: runs stages in processes of its own, one device each; under torchrun / "
+                          "accelerate launch every process already runs each stage, so leave --jobs at 1")
     out = Path(cfg.output_dir).resolve()
     with contextlib.ExitStack() as stack:
         # Only the main process holds the lock; the others follow it, or its refusal.
@@ -350,10 +355,10 @@ def run_pipeline(cfg: PipelineConfig, *, pipeline_file: str | None = None, repor
         error = broadcast(error)
         if error:
             raise ConfigError(error)
-        return _run_locked(cfg, out, pipeline_file=pipeline_file, report=report)
+        return _run_locked(cfg, out, pipeline_file=pipeline_file, report=report, jobs=jobs)
 
 
-def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, report: bool) -> dict:
+def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, report: bool, jobs: int = 1) -> dict:
     import yaml
     main = is_main_process()
     if main:
@@ -374,6 +379,19 @@ def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, re
     t_run = time.time()
     n_run = 0
     try:
+        if jobs > 1 and todo:
+            from .jobs import run_jobs
+
+            def on_change(inst: StageInstance, status: str, extra: dict) -> None:
+                if status == "running":
+                    extra = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+                state.stage(inst, status, **extra)
+
+            log(f"{len(todo)} stage(s) to run in up to {jobs} jobs at once")
+            for inst_id in run_jobs(out, todo, cached, jobs, on_change, log):
+                executed.add(inst_id)
+                state.data["executed"].append(inst_id)
+            state.save()
         for run in runs:
             log(f"== arm {run.arm}, seed {run.seed}: " + " -> ".join(i.name for i in run.stages))
             if run.input_model and cfg.evaluation.lm_sets:
@@ -442,6 +460,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                         help="key=value overrides, e.g. seeds=[0,1,2] output_dir=runs/x vars.corpus=data/")
     parser.add_argument("--dry-run", action="store_true", help="validate, print the plan (cached / to run) and exit")
     parser.add_argument("--no-report", action="store_true", help="skip report.md / report.html")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="run up to N independent stages at once, each in a process of its own (one GPU "
+                             "each, round robin over the visible GPUs; on CPU the cores are shared out); "
+                             "logs in OUTPUT_DIR/logs/")
     return parser
 
 
@@ -463,7 +485,7 @@ def main_run(args: argparse.Namespace) -> int:
         if is_main_process():
             print(describe_plan(cfg))
         return 0
-    summary = run_pipeline(cfg, pipeline_file=str(args.pipeline), report=not args.no_report)
+    summary = run_pipeline(cfg, pipeline_file=str(args.pipeline), report=not args.no_report, jobs=args.jobs)
     if not is_main_process():
         return 0
     from .report import summary_table

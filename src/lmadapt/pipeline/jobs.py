@@ -1,0 +1,212 @@
+"""`lmadapt run --jobs N`: stage instances that do not depend on each other run at once.
+
+Why: a small model leaves a big GPU mostly idle (a 135M model's kernels are too small to fill an
+H100), and the seeds of an arm, or the fine-tune-only arm beside continued pretraining, do not wait
+for each other. Run one after another they take the sum of their times; here, about the longest
+chain's.
+
+How: the parent process schedules; each stage runs in a worker process of its own,
+``python -m lmadapt.pipeline.jobs OUT STAGE_ID``, which re-plans the run from ``OUT/pipeline.yaml``
+(the resolved pipeline the run wrote) and runs that one stage through ``execute_stage``, so
+resuming, ``DONE`` and the peak-memory figures are exactly those of a sequential run, then scores
+its LM evidence. Its output goes to ``OUT/logs/STAGE_ID.log``. A stage starts once its parent is
+done; of the ready ones, the one with the longest chain of stages still to run below it starts
+first (the critical path: continued pretraining before fine-tunes that do not wait for it). When
+every stage is done, the ordinary sequential walk finds them all finished and only gathers the
+rows, the baseline and the report.
+
+Devices: with k GPUs visible, job slot i sees GPU i mod k alone (``CUDA_VISIBLE_DEVICES``); on CPU
+each job gets cores // jobs threads (``OMP_NUM_THREADS``) unless the caller set it. A failed stage
+lets the running ones finish (their folders are kept for the cache), starts nothing that needs it,
+and then stops the run with the stage's log tail.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+from ..config.base import ConfigError
+from . import cache
+from .plan import StageInstance
+
+LOGS_DIR = "logs"
+PROGRESS_EVERY = 60.0     # seconds between "still running" lines
+
+
+def log_path(out: Path, inst_id: str) -> Path:
+    return out / LOGS_DIR / f"{inst_id}.log"
+
+
+def _last_line(path: Path, n: int = 1) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 8192))
+            lines = [ln for ln in fh.read().decode("utf-8", "replace").replace("\r", "\n").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+def chain_lengths(todo: list[StageInstance]) -> dict[str, int]:
+    """For each stage to run: the number of stages in the longest chain of to-run stages it starts."""
+    children: dict[str, list[StageInstance]] = {}
+    for inst in todo:
+        if inst.parent is not None:
+            children.setdefault(inst.parent.id, []).append(inst)
+    memo: dict[str, int] = {}
+
+    def length(inst: StageInstance) -> int:
+        if inst.id not in memo:
+            memo[inst.id] = 1 + max((length(c) for c in children.get(inst.id, [])), default=0)
+        return memo[inst.id]
+
+    return {inst.id: length(inst) for inst in todo}
+
+
+def device_env(slot: int, jobs: int) -> dict[str, str]:
+    """Environment for job slot ``slot``: one GPU of those visible, or a share of the CPU cores."""
+    env = dict(os.environ)
+    gpus: list[str] = []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = [g for g in visible.split(",") if g.strip()]
+    else:
+        try:
+            import torch
+            gpus = [str(i) for i in range(torch.cuda.device_count())]
+        except Exception:  # noqa: BLE001 - no torch CUDA: CPU jobs
+            gpus = []
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    elif "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def run_jobs(out: Path, todo: list[StageInstance], done: set[str], jobs: int,
+             on_change: Callable[[StageInstance, str, dict], None], log: Callable[[str], None]) -> list[str]:
+    """Run ``todo`` in up to ``jobs`` worker processes; returns the ids run, in finishing order.
+
+    ``done`` holds the ids already finished (cached). ``on_change(inst, status, extra)`` is told of
+    every start ("running"), finish ("done") and failure ("failed"), for run_state.json."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs: must be at least 1, got {jobs}")
+    (out / LOGS_DIR).mkdir(parents=True, exist_ok=True)
+    done = set(done)
+    priority = chain_lengths(todo)
+    pending = deque(sorted(todo, key=lambda i: -priority[i.id]))      # stable: plan order among equals
+    running: dict[int, tuple[StageInstance, subprocess.Popen, float, object]] = {}
+    finished: list[str] = []
+    failed: dict[str, str] = {}
+    last_progress = time.time()
+    try:
+        while pending or running:
+            # start what is ready, longest chain first, while slots are free
+            for inst in list(pending):
+                free = [s for s in range(jobs) if s not in running]
+                if not free:
+                    break
+                parent = inst.parent.id if inst.parent is not None else None
+                if parent in failed:
+                    pending.remove(inst)                  # it starts from what failed: it cannot run
+                    failed[inst.id] = f"not run: {parent} failed"
+                    continue
+                if parent is not None and parent not in done:
+                    continue
+                pending.remove(inst)
+                slot = free[0]
+                path = log_path(out, inst.id)
+                fh = path.open("ab")
+                env = device_env(slot, jobs)
+                proc = subprocess.Popen([sys.executable, "-m", "lmadapt.pipeline.jobs", str(out), inst.id],
+                                        stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd())
+                running[slot] = (inst, proc, time.time(), fh)
+                where = f"GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else \
+                    f"{env.get('OMP_NUM_THREADS', '?')} thread(s)"
+                log(f"[job {slot}] {inst.name} ({inst.kind}) started on {where} -> {inst.id} (log: {path})")
+                on_change(inst, "running", {"log": str(path)})
+            if not running:
+                if pending:            # nothing can start and nothing runs: a dependency was never planned
+                    raise ConfigError("--jobs: stages wait for parents that are neither done nor planned: "
+                                      + ", ".join(i.id for i in pending))
+                break
+            time.sleep(0.5)
+            for slot, (inst, proc, t0, fh) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                fh.close()
+                del running[slot]
+                secs = time.time() - t0
+                if proc.returncode == 0 and cache.is_done(inst.folder):
+                    done.add(inst.id)
+                    finished.append(inst.id)
+                    info = cache.read_done(inst.folder)
+                    log(f"[job {slot}] {inst.name} done in {secs:.1f}s (peak RSS {info.get('peak_rss_mb')} MB"
+                        + (f", GPU {info['peak_gpu_mb']} MB" if info.get("peak_gpu_mb") is not None else "") + ")")
+                    on_change(inst, "done", {"wall_seconds": info.get("wall_seconds", round(secs, 2))})
+                else:
+                    tail = _last_line(log_path(out, inst.id), 15)
+                    failed[inst.id] = f"exit code {proc.returncode}"
+                    log(f"[job {slot}] {inst.name} FAILED (exit code {proc.returncode}) after {secs:.0f}s; "
+                        f"log: {log_path(out, inst.id)}\n{tail}")
+                    on_change(inst, "failed", {"error": f"exit code {proc.returncode}; see {log_path(out, inst.id)}"})
+            if running and time.time() - last_progress >= PROGRESS_EVERY:
+                last_progress = time.time()
+                for slot, (inst, _, t0, _) in sorted(running.items()):
+                    log(f"[job {slot}] {inst.name}: {time.time() - t0:.0f}s | {_last_line(log_path(out, inst.id))[:160]}")
+    except BaseException:
+        # Interrupted (Ctrl-C) or broken: stop the workers; their folders stay interrupted and resume later.
+        for inst, proc, _, fh in running.values():
+            proc.terminate()
+        for inst, proc, _, fh in running.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            fh.close()
+            on_change(inst, "interrupted", {})
+        raise
+    if failed:
+        first = next(i for i in failed if not failed[i].startswith("not run"))
+        raise RuntimeError(f"stage {first} failed ({failed[first]}); its log: {log_path(out, first)}"
+                           + (f"; not run because of it: {', '.join(i for i, w in failed.items() if w.startswith('not run'))}"
+                              if any(w.startswith("not run") for w in failed.values()) else ""))
+    return finished
+
+
+def worker_main(out: str, inst_id: str) -> int:
+    """One stage of a run, in a process of its own (see the module docstring)."""
+    import yaml
+
+    from ..config.pipeline import LM_KINDS, load_pipeline
+    from .plan import plan, unique_instances
+    from .rows import EVIDENCE_FILE
+    from .run import execute_stage, lm_evidence, log
+
+    out_dir = Path(out).resolve()
+    data = yaml.safe_load((out_dir / "pipeline.yaml").read_text(encoding="utf-8"))
+    data["output_dir"] = str(out_dir)
+    cfg = load_pipeline(data=data)
+    inst = next((i for i in unique_instances(plan(cfg)) if i.id == inst_id), None)
+    if inst is None:
+        raise ConfigError(f"{out_dir / 'pipeline.yaml'}: no stage {inst_id} in its plan "
+                          "(did an input file change since the run started?)")
+    log(f"{inst.id}: {inst.kind} stage '{inst.name}' in process {os.getpid()}")
+    info = execute_stage(inst)
+    log(f"{inst.id}: done in {info['wall_seconds']:.1f}s")
+    if inst.kind in LM_KINDS and cfg.evaluation.lm_sets:
+        lm_evidence(inst.model_out, cfg, inst.folder / EVIDENCE_FILE)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m lmadapt.pipeline.jobs OUTPUT_DIR STAGE_ID")
+    sys.exit(worker_main(sys.argv[1], sys.argv[2]))

@@ -1,0 +1,113 @@
+"""`lmadapt run --jobs N`: independent stages in worker processes give what a sequential run gives.
+
+The miniature pipeline of test_pipeline.py (two arms x two seeds, seven distinct stages) runs once
+sequentially and once with two jobs; then a pipeline with a stage that breaks at run time shows
+what a failure does to the stages beside it and below it.
+"""
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lmadapt.config.pipeline import load_pipeline
+from lmadapt.pipeline import run as prun
+from lmadapt.pipeline.cache import DONE_FILE, read_done
+from lmadapt.pipeline.jobs import LOGS_DIR, chain_lengths
+from lmadapt.pipeline.plan import plan, unique_instances
+from toy_pipeline import make_workspace, pipeline_dict
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return make_workspace(tmp_path_factory.mktemp("jobs"))
+
+
+def rows_of(out: Path) -> dict:
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    return {(r["arm"], r["seed"], r["stage"], r["kind"]): r for r in rows}
+
+
+def stamp(text: str) -> float:
+    return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S%z"))
+
+
+@pytest.fixture(scope="module")
+def both_runs(workspace):
+    seq, par = workspace["dir"] / "seq", workspace["dir"] / "par"
+    prun.run_pipeline(load_pipeline(data=pipeline_dict(workspace, seq)), report=False)
+    summary = prun.run_pipeline(load_pipeline(data=pipeline_dict(workspace, par)), report=True, jobs=2)
+    return seq, par, summary
+
+
+def test_jobs_give_the_sequential_results(both_runs):
+    seq, par, summary = both_runs
+    assert sorted(p.name for p in (seq / "stages").iterdir()) == sorted(p.name for p in (par / "stages").iterdir())
+    assert len(summary["executed"]) == 7 and summary["reused"] == []
+    a, b = rows_of(seq), rows_of(par)
+    assert a.keys() == b.keys()
+    for key, r in a.items():
+        s = b[key]
+        assert s["id"] == r["id"]
+        if r["kind"] == "finetune":
+            for split in ("dev", "test"):
+                assert s["task"][split]["macro_f1"] == pytest.approx(r["task"][split]["macro_f1"], abs=1e-6), key
+        for role, m in (r.get("lm") or {}).items():
+            assert s["lm"][role]["perplexity"] == pytest.approx(m["perplexity"], rel=1e-4), (key, role)
+        if r["kind"] in ("pretrain", "finetune"):
+            assert s["perf"]["wall_seconds"] > 0 and s["perf"]["peak_rss_mb"] > 0
+    state = json.loads((par / "run_state.json").read_text())
+    assert state["status"] == "done" and sorted(state["executed"]) == sorted(summary["executed"])
+    assert "ft_only" in (par / "report.md").read_text()
+
+
+def test_each_stage_ran_in_its_own_logged_process_after_its_parent(both_runs):
+    _, par, _ = both_runs
+    state = json.loads((par / "run_state.json").read_text())
+    resolved = yaml.safe_load((par / "pipeline.yaml").read_text())
+    insts = {i.id: i for i in unique_instances(plan(load_pipeline(data={**resolved, "output_dir": str(par)})))}
+    assert set(insts) == set(state["stages"])
+    pids = set()
+    for sid, inst in insts.items():
+        text = (par / LOGS_DIR / f"{sid}.log").read_text()
+        assert f"{sid}: done in" in text
+        pids.add(int(text.split(" in process ")[1].split()[0]))
+        if inst.parent is not None:     # started only once the parent's DONE was written
+            assert stamp(state["stages"][sid]["started"]) >= stamp(read_done(inst.parent.folder)["finished"]), sid
+    assert len(pids) == 7
+
+
+def test_critical_path_starts_first(workspace):
+    cfg = load_pipeline(data=pipeline_dict(workspace, workspace["dir"] / "unused"))
+    todo = unique_instances(plan(cfg))
+    lengths = chain_lengths(todo)
+    by_name = {}
+    for inst in todo:
+        by_name.setdefault(inst.name, set()).add(lengths[inst.id])
+    # an evaluate stage passes its parent's model on: it and dapt_ft's fine-tunes are all dapt's children
+    assert by_name["base"] == {3} and by_name["dapt"] == {2} and by_name["ft"] == {1}
+
+
+def test_a_failed_stage_stops_what_needs_it_and_nothing_else(workspace, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a fine first line"}\n{"text": broken\n', encoding="utf-8")
+    d = pipeline_dict(workspace, tmp_path / "run")
+    d["seeds"] = [0]
+    d["stages"]["broken"] = {"kind": "pretrain", "recipe": {"model": {"path": "@previous"},
+                                                           "data": {"sources": [{"path": str(bad), "name": "bad"}]}}}
+    d["arms"] = {"ft_only": ["base", "ft"], "broken_ft": ["base", "broken", "ft"]}
+    with pytest.raises(RuntimeError) as err:
+        prun.run_pipeline(load_pipeline(data=d), report=False, jobs=2)
+    out = tmp_path / "run"
+    state = json.loads((out / "run_state.json").read_text())
+    status = {sid: s["status"] for sid, s in state["stages"].items()}
+    broken = next(s for s in status if s.startswith("pretrain-broken-"))
+    assert status[broken] == "failed" and state["status"] == "failed"
+    assert broken in str(err.value) and "not run because of it: finetune-ft-" in str(err.value)
+    log = (out / LOGS_DIR / f"{broken}.log").read_text()
+    assert "bad.jsonl" in log and "line 2" in log           # the stage's own error, naming file and line
+    # the base and the fine-tune that does not need the broken stage finished and are cached
+    done = sorted(s.split("-")[1] for s in status if (out / "stages" / s / DONE_FILE).is_file())
+    assert done == ["base", "ft"]
+    assert not (out / "stages" / broken / DONE_FILE).exists()
