@@ -111,3 +111,79 @@ def test_a_failed_stage_stops_what_needs_it_and_nothing_else(workspace, tmp_path
     done = sorted(s.split("-")[1] for s in status if (out / "stages" / s / DONE_FILE).is_file())
     assert done == ["base", "ft"]
     assert not (out / "stages" / broken / DONE_FILE).exists()
+
+
+# --- the scheduler alone, with a stand-in worker (no models: each "stage" is a short script) -----
+
+FAKE_WORKER = r'''
+import json, os, sys, time
+from pathlib import Path
+out, sid = Path(sys.argv[1]), sys.argv[2]
+behaviour = json.loads((out / "behaviour.json").read_text()).get(sid.split("-")[1], "ok")
+busy = out / "busy"
+busy.mkdir(exist_ok=True)
+me = busy / sid
+me.write_text("")
+time.sleep(0.6)
+others = [p.name for p in busy.iterdir() if p.name != sid]
+with (out / "events.jsonl").open("a") as fh:
+    fh.write(json.dumps({"id": sid, "others": others, "device": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\n")
+if behaviour == "oom_if_shared" and others or behaviour == "oom":
+    me.unlink()
+    print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 6.00 GiB.")
+    sys.exit(1)
+time.sleep(0.3)
+folder = out / "stages" / sid
+folder.mkdir(parents=True, exist_ok=True)
+(folder / "DONE").write_text(json.dumps({"wall_seconds": 0.9, "peak_rss_mb": 1.0}))
+me.unlink()
+'''
+
+
+@pytest.fixture
+def fake_jobs(workspace, tmp_path, monkeypatch):
+    """run_jobs over the toy plan (base -> {ft x2, dapt -> {evaluate, ft x2}}) with the stand-in worker."""
+    from lmadapt.pipeline import jobs as jobs_mod
+    script = tmp_path / "fake_worker.py"
+    script.write_text(FAKE_WORKER)
+    monkeypatch.setattr(jobs_mod, "worker_command", lambda out, sid: [__import__("sys").executable, str(script),
+                                                                       str(out), sid])
+    monkeypatch.setattr(jobs_mod, "visible_gpus", lambda: ["0"])
+    out = tmp_path / "run"
+    todo = unique_instances(plan(load_pipeline(data=pipeline_dict(workspace, out))))
+    out.mkdir()
+
+    def run(behaviour: dict, jobs: int = 3):
+        (out / "behaviour.json").write_text(json.dumps(behaviour))
+        changes, lines = [], []
+        try:
+            ran = jobs_mod.run_jobs(out, todo, set(), jobs, lambda i, st, ex: changes.append((i.name, st)), lines.append)
+        except RuntimeError as exc:
+            ran = exc
+        events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
+        return ran, changes, lines, events
+    return run, todo
+
+
+def test_out_of_memory_beside_others_runs_again_alone(fake_jobs):
+    run, todo = fake_jobs
+    ran, changes, lines, events = run({"dapt": "oom_if_shared"})
+    assert sorted(ran) == sorted(i.id for i in todo)               # every stage finished in the end
+    dapt = [e for e in events if e["id"].startswith("pretrain-dapt-")]
+    assert len(dapt) == 2 and dapt[0]["others"] and dapt[1]["others"] == [], dapt
+    assert all(e["device"] == "0" for e in events)
+    assert any("ran out of memory beside other jobs" in x for x in lines)
+    assert any("dapt (pretrain) started on GPU 0 alone" in x for x in lines)
+    assert ("dapt", "pending") in changes and changes.count(("dapt", "done")) == 1
+    # the children of dapt started only after its second, lone run
+    second = events.index(dapt[1])
+    assert all(events.index(e) > second for e in events
+               if any(i.id == e["id"] and i.parent is not None and i.parent.name == "dapt" for i in todo))
+
+
+def test_out_of_memory_alone_is_a_failure(fake_jobs):
+    run, todo = fake_jobs
+    ran, changes, lines, events = run({"base": "oom"})
+    assert isinstance(ran, RuntimeError) and "pretrain-base-" in str(ran) and "not run because of it" in str(ran)
+    assert [e["id"].split("-")[1] for e in events] == ["base"]       # ran once, alone, nothing after it
+    assert ("base", "failed") in changes and not any("runs again alone" in x for x in lines)

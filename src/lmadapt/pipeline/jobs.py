@@ -15,10 +15,13 @@ first (the critical path: continued pretraining before fine-tunes that do not wa
 every stage is done, the ordinary sequential walk finds them all finished and only gathers the
 rows, the baseline and the report.
 
-Devices: with k GPUs visible, job slot i sees GPU i mod k alone (``CUDA_VISIBLE_DEVICES``); on CPU
-each job gets cores // jobs threads (``OMP_NUM_THREADS``) unless the caller set it. A failed stage
-lets the running ones finish (their folders are kept for the cache), starts nothing that needs it,
-and then stops the run with the stage's log tail.
+Devices: jobs go to the visible GPUs in turn, the least busy first (``CUDA_VISIBLE_DEVICES`` of
+one GPU each; several jobs share a GPU when jobs > GPUs); on CPU each job gets cores // jobs threads
+(``OMP_NUM_THREADS``) unless the caller set it. Sharing can run a GPU out of memory (continued
+pretraining of a 135M model with a 49k vocabulary at 32 x 1,024 tokens peaks at 52 GB, and three
+fine-tunes beside it took 10 GB each): a stage that runs out of memory beside other jobs runs once
+more, alone. A failed stage lets the running ones finish (their folders are kept for the cache),
+starts nothing that needs it, and then stops the run with the stage's log tail.
 """
 from __future__ import annotations
 
@@ -69,25 +72,48 @@ def chain_lengths(todo: list[StageInstance]) -> dict[str, int]:
     return {inst.id: length(inst) for inst in todo}
 
 
-def device_env(slot: int, jobs: int) -> dict[str, str]:
-    """Environment for job slot ``slot``: one GPU of those visible, or a share of the CPU cores."""
-    env = dict(os.environ)
-    gpus: list[str] = []
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries ([] on a CPU machine)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        gpus = [g for g in visible.split(",") if g.strip()]
-    else:
-        try:
-            import torch
-            gpus = [str(i) for i in range(torch.cuda.device_count())]
-        except Exception:  # noqa: BLE001 - no torch CUDA: CPU jobs
-            gpus = []
-    if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+        return [g.strip() for g in visible.split(",") if g.strip()]
+    try:
+        import torch
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001 - no torch CUDA: CPU jobs
+        return []
+
+
+def device_env(device: str | None, jobs: int) -> dict[str, str]:
+    """Environment for a job on ``device`` (a GPU id), or on a share of the CPU cores (None)."""
+    env = dict(os.environ)
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = device
     elif "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def worker_command(out: Path, inst_id: str) -> list[str]:
+    """The worker process's command line (a module-level function so tests can stand in for it)."""
+    return [sys.executable, "-m", "lmadapt.pipeline.jobs", str(out), inst_id]
+
+
+# What a worker's log ends with when it ran out of memory: PyTorch's CUDA error, the CUDA runtime's
+# own message, or a plain MemoryError on CPU. A job killed by signal 9 (the kernel's OOM killer) counts too.
+OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory", "CUDA error: out of memory", "MemoryError")
+
+
+def out_of_memory(returncode: int, log_tail: str) -> bool:
+    return returncode == -9 or any(m in log_tail for m in OOM_MARKERS)
+
+
+class _Job:
+    def __init__(self, inst: StageInstance, proc: subprocess.Popen, device: str | None, fh, exclusive: bool):
+        self.inst, self.proc, self.device, self.fh, self.exclusive = inst, proc, device, fh, exclusive
+        self.t0 = time.time()
+        self.shared = False          # another job ran on its device at some point while it ran
 
 
 def run_jobs(out: Path, todo: list[StageInstance], done: set[str], jobs: int,
@@ -95,23 +121,51 @@ def run_jobs(out: Path, todo: list[StageInstance], done: set[str], jobs: int,
     """Run ``todo`` in up to ``jobs`` worker processes; returns the ids run, in finishing order.
 
     ``done`` holds the ids already finished (cached). ``on_change(inst, status, extra)`` is told of
-    every start ("running"), finish ("done") and failure ("failed"), for run_state.json."""
+    every start ("running"), finish ("done") and failure ("failed"), for run_state.json.
+
+    Jobs go to the visible GPUs in turn (several jobs share one GPU when jobs > GPUs). A stage that
+    runs out of memory while sharing its device with other jobs is not a failure of the stage: it
+    runs once more, alone on a device (nothing else starts there until it finishes). Out of memory
+    when alone is a failure like any other."""
     if jobs < 1:
         raise ConfigError(f"--jobs: must be at least 1, got {jobs}")
     (out / LOGS_DIR).mkdir(parents=True, exist_ok=True)
     done = set(done)
+    gpus = visible_gpus()
+    devices: list[str | None] = list(gpus) if gpus else [None]
     priority = chain_lengths(todo)
     pending = deque(sorted(todo, key=lambda i: -priority[i.id]))      # stable: plan order among equals
-    running: dict[int, tuple[StageInstance, subprocess.Popen, float, object]] = {}
+    exclusive: set[str] = set()          # stages to run alone (they ran out of memory beside others)
+    running: list[_Job] = []
     finished: list[str] = []
     failed: dict[str, str] = {}
     last_progress = time.time()
+
+    def on(device: str | None) -> list[_Job]:
+        return [j for j in running if j.device == device]
+
+    def where(device: str | None, env: dict) -> str:
+        return f"GPU {device}" if device is not None else f"{env.get('OMP_NUM_THREADS', '?')} thread(s)"
+
+    def start(inst: StageInstance, device: str | None) -> None:
+        path = log_path(out, inst.id)
+        fh = path.open("ab")
+        env = device_env(device, jobs)
+        proc = subprocess.Popen(worker_command(out, inst.id), stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                cwd=os.getcwd())
+        job = _Job(inst, proc, device, fh, inst.id in exclusive)
+        for other in on(device):
+            other.shared = job.shared = True
+        running.append(job)
+        log(f"[jobs] {inst.name} ({inst.kind}) started on {where(device, env)}"
+            + (" alone" if job.exclusive else "") + f" -> {inst.id} (log: {path})")
+        on_change(inst, "running", {"log": str(path), "device": where(device, env)})
+
     try:
         while pending or running:
-            # start what is ready, longest chain first, while slots are free
+            # start what is ready, longest chain first, while there is room
             for inst in list(pending):
-                free = [s for s in range(jobs) if s not in running]
-                if not free:
+                if len(running) >= jobs:
                     break
                 parent = inst.parent.id if inst.parent is not None else None
                 if parent in failed:
@@ -120,64 +174,71 @@ def run_jobs(out: Path, todo: list[StageInstance], done: set[str], jobs: int,
                     continue
                 if parent is not None and parent not in done:
                     continue
+                held = {j.device for j in running if j.exclusive}
+                if inst.id in exclusive:
+                    idle = [d for d in devices if not on(d)]
+                    if not idle:
+                        break                             # wait for a device to empty; start nothing meanwhile
+                    device = idle[0]
+                else:
+                    free = [d for d in devices if d not in held]
+                    if not free:
+                        break
+                    device = min(free, key=lambda d: len(on(d)))      # the least busy, first in order
                 pending.remove(inst)
-                slot = free[0]
-                path = log_path(out, inst.id)
-                fh = path.open("ab")
-                env = device_env(slot, jobs)
-                proc = subprocess.Popen([sys.executable, "-m", "lmadapt.pipeline.jobs", str(out), inst.id],
-                                        stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd())
-                running[slot] = (inst, proc, time.time(), fh)
-                where = f"GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else \
-                    f"{env.get('OMP_NUM_THREADS', '?')} thread(s)"
-                log(f"[job {slot}] {inst.name} ({inst.kind}) started on {where} -> {inst.id} (log: {path})")
-                on_change(inst, "running", {"log": str(path)})
+                start(inst, device)
             if not running:
                 if pending:            # nothing can start and nothing runs: a dependency was never planned
                     raise ConfigError("--jobs: stages wait for parents that are neither done nor planned: "
                                       + ", ".join(i.id for i in pending))
                 break
             time.sleep(0.5)
-            for slot, (inst, proc, t0, fh) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                fh.close()
-                del running[slot]
-                secs = time.time() - t0
-                if proc.returncode == 0 and cache.is_done(inst.folder):
+            for job in [j for j in running if j.proc.poll() is not None]:
+                job.fh.close()
+                running.remove(job)
+                inst, rc, secs = job.inst, job.proc.returncode, time.time() - job.t0
+                if rc == 0 and cache.is_done(inst.folder):
                     done.add(inst.id)
                     finished.append(inst.id)
                     info = cache.read_done(inst.folder)
-                    log(f"[job {slot}] {inst.name} done in {secs:.1f}s (peak RSS {info.get('peak_rss_mb')} MB"
+                    log(f"[jobs] {inst.name} done in {secs:.1f}s (peak RSS {info.get('peak_rss_mb')} MB"
                         + (f", GPU {info['peak_gpu_mb']} MB" if info.get("peak_gpu_mb") is not None else "") + ")")
                     on_change(inst, "done", {"wall_seconds": info.get("wall_seconds", round(secs, 2))})
-                else:
-                    tail = _last_line(log_path(out, inst.id), 15)
-                    failed[inst.id] = f"exit code {proc.returncode}"
-                    log(f"[job {slot}] {inst.name} FAILED (exit code {proc.returncode}) after {secs:.0f}s; "
-                        f"log: {log_path(out, inst.id)}\n{tail}")
-                    on_change(inst, "failed", {"error": f"exit code {proc.returncode}; see {log_path(out, inst.id)}"})
+                    continue
+                tail = _last_line(log_path(out, inst.id), 40)
+                if job.shared and not job.exclusive and out_of_memory(rc, tail):
+                    exclusive.add(inst.id)
+                    pending.appendleft(inst)
+                    log(f"[jobs] {inst.name} ran out of memory beside other jobs on {where(job.device, {})} "
+                        f"after {secs:.0f}s; it runs again alone once a device is free")
+                    on_change(inst, "pending", {"retry": "out of memory beside other jobs; runs again alone"})
+                    continue
+                failed[inst.id] = f"exit code {rc}"
+                log(f"[jobs] {inst.name} FAILED (exit code {rc}) after {secs:.0f}s; "
+                    f"log: {log_path(out, inst.id)}\n" + "\n".join(tail.splitlines()[-15:]))
+                on_change(inst, "failed", {"error": f"exit code {rc}; see {log_path(out, inst.id)}"})
             if running and time.time() - last_progress >= PROGRESS_EVERY:
                 last_progress = time.time()
-                for slot, (inst, _, t0, _) in sorted(running.items()):
-                    log(f"[job {slot}] {inst.name}: {time.time() - t0:.0f}s | {_last_line(log_path(out, inst.id))[:160]}")
+                for job in running:
+                    log(f"[jobs] {job.inst.name}: {time.time() - job.t0:.0f}s | "
+                        f"{_last_line(log_path(out, job.inst.id))[:160]}")
     except BaseException:
         # Interrupted (Ctrl-C) or broken: stop the workers; their folders stay interrupted and resume later.
-        for inst, proc, _, fh in running.values():
-            proc.terminate()
-        for inst, proc, _, fh in running.values():
+        for job in running:
+            job.proc.terminate()
+        for job in running:
             try:
-                proc.wait(timeout=30)
+                job.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                proc.kill()
-            fh.close()
-            on_change(inst, "interrupted", {})
+                job.proc.kill()
+            job.fh.close()
+            on_change(job.inst, "interrupted", {})
         raise
     if failed:
         first = next(i for i in failed if not failed[i].startswith("not run"))
+        skipped = [i for i, w in failed.items() if w.startswith("not run")]
         raise RuntimeError(f"stage {first} failed ({failed[first]}); its log: {log_path(out, first)}"
-                           + (f"; not run because of it: {', '.join(i for i, w in failed.items() if w.startswith('not run'))}"
-                              if any(w.startswith("not run") for w in failed.values()) else ""))
+                           + (f"; not run because of it: {', '.join(skipped)}" if skipped else ""))
     return finished
 
 
