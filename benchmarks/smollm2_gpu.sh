@@ -30,4 +30,5 @@ fi
 "$PY" -m lmadapt.cli run --jobs "${JOBS:-4}" benchmarks/recipes/smollm2_pipeline.yaml \
   output_dir="$RUN_DIR" vars.model="$MODEL" vars.data="$DATA" \
   vars.dapt_tokens=20000000 vars.ft_max_examples=null vars.ft_epochs=5 vars.batch_size=32 \
+  vars.dapt_batch_size=8 vars.dapt_grad_accum=4 \
   vars.block_size=1024 "seeds=[0,1,2]" "$@"
