@@ -1,0 +1,58 @@
+"""Tables of a SmolLM2 GPU run from its stage folders alone (metrics.json, DONE, logs.jsonl).
+
+    python benchmarks/smollm2_gpu_table.py benchmarks/results/smollm2_gpu/run
+
+For a run that stopped before `lmadapt run` wrote its rows (results.jsonl is written after the
+parallel stages, see lmadapt/pipeline/jobs.py): finished fine-tunes give their dev and test scores,
+an unfinished one its dev scores per epoch from logs.jsonl; the continued-pretraining stage its
+held-out perplexity before and after, throughput and peak memory.
+"""
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def main(run: Path) -> None:
+    stages = sorted((run / "stages").iterdir())
+    print("| stage | starts from | seed | status | wall s | peak GPU MB | dev macro-F1 by epoch | test macro-F1 | test acc |")
+    print("|---|---|---:|---|---:|---:|---|---:|---:|")
+    scores: dict[str, list[float]] = {}
+    for d in stages:
+        recipe = yaml.safe_load((d / "lmadapt_recipe.yaml").read_text())
+        done = json.loads((d / "DONE").read_text()) if (d / "DONE").exists() else None
+        metrics = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").exists() else {}
+        if recipe.get("task") is None:
+            continue
+        start = "dapt" if "pretrain-dapt" in recipe["model"]["path"] else "SmolLM2"
+        curve = [r["eval_dev_macro_f1"] for r in map(json.loads, (d / "logs.jsonl").read_text().splitlines())
+                 if "eval_dev_macro_f1" in r]
+        test = metrics.get("test", {})
+        arm = "ft_only" if start == "SmolLM2" else "dapt_ft"
+        if test:
+            scores.setdefault(arm, []).append(test["macro_f1"])
+        print(f"| {d.name} | {start} | {recipe['train']['seed']} | {'done' if done else 'unfinished'} | "
+              f"{done['wall_seconds'] if done else '—'} | {done.get('peak_gpu_mb', '—') if done else '—'} | "
+              + " / ".join(f"{v:.3f}" for v in curve) + " | "
+              + (f"{test['macro_f1']:.3f} | {test['accuracy']:.3f} |" if test else "— | — |"))
+    print()
+    for arm, vals in scores.items():
+        sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
+        print(f"{arm}: test macro-F1 {statistics.mean(vals):.3f} ± {sd:.3f} (n={len(vals)})")
+    for d in stages:
+        if not d.name.startswith("pretrain-"):
+            continue
+        m = json.loads((d / "metrics.json").read_text())
+        done = json.loads((d / "DONE").read_text())
+        print(f"\n{d.name}: {m['train']['tokens_seen']:,} tokens in {m['train']['steps']} steps, "
+              f"{m['train']['train_seconds']:.0f} s training ({m['train']['tokens_per_second']:,.0f} tokens/s), "
+              f"stage {done['wall_seconds']:.0f} s, peak GPU {done.get('peak_gpu_mb')} MB")
+        for name, h in m["heldout"].items():
+            print(f"  {name}: perplexity {h['before']['perplexity']:.2f} -> {h['after']['perplexity']:.2f} "
+                  f"(x{h['perplexity_ratio']:.2f}, {h['before']['tokens']:,} tokens)")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/smollm2_gpu/run"))
