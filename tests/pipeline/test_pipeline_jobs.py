@@ -16,6 +16,7 @@ from lmadapt.pipeline import run as prun
 from lmadapt.pipeline.cache import DONE_FILE, read_done
 from lmadapt.pipeline.jobs import LOGS_DIR, chain_lengths
 from lmadapt.pipeline.plan import plan, unique_instances
+from lmadapt.pipeline.report import write_report
 from toy_pipeline import make_workspace, pipeline_dict
 
 
@@ -111,6 +112,12 @@ def test_a_failed_stage_stops_what_needs_it_and_nothing_else(workspace, tmp_path
     done = sorted(s.split("-")[1] for s in status if (out / "stages" / s / DONE_FILE).is_file())
     assert done == ["base", "ft"]
     assert not (out / "stages" / broken / DONE_FILE).exists()
+    # what finished is in results.jsonl, as a sequential run would have written it, and reported
+    rows = rows_of(out)
+    assert {(a, st) for a, _, st, _ in rows} == {("ft_only", "base"), ("ft_only", "ft"), ("broken_ft", "base")}
+    assert 0 <= rows[("ft_only", 0, "ft", "finetune")]["task"]["test"]["macro_f1"] <= 1
+    write_report(out)
+    assert "ft_only" in (out / "report.md").read_text()
 
 
 # --- the scheduler alone, with a stand-in worker (no models: each "stage" is a short script) -----

@@ -284,6 +284,22 @@ def baseline_for(inst: StageInstance, cfg: PipelineConfig, out: Path) -> dict | 
 
 # --- the run -------------------------------------------------------------------------------------
 
+def finished_rows(runs: list[ArmRun], out: Path, done: set[str], executed: set[str]) -> list[dict]:
+    """The rows a stopped run can give without more work: each arm's finished stages, in order, and
+    its input model's LM evidence where it was already scored."""
+    rows: list[dict] = []
+    for run in runs:
+        ev_path = out / "evidence" / f"input-{cache.digest(run.input_model)[:12]}.json" if run.input_model else None
+        evidence = read_json(ev_path, default=None) if ev_path else None
+        if evidence:
+            rows.append(input_row(run, out, evidence))
+        for index, inst in enumerate(run.stages):
+            if inst.id not in done:
+                break
+            rows.append(stage_row(run, index, inst, out, executed=inst.id in executed))
+    return rows
+
+
 class RunState:
     """run_state.json: what this run did so far (rewritten atomically after every step)."""
 
@@ -388,9 +404,18 @@ def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, re
                 state.stage(inst, status, **extra)
 
             log(f"{len(todo)} stage(s) to run in up to {jobs} jobs at once")
-            for inst_id in run_jobs(out, todo, cached, jobs, on_change, log):
-                executed.add(inst_id)
-                state.data["executed"].append(inst_id)
+            try:
+                for inst_id in run_jobs(out, todo, cached, jobs, on_change, log):
+                    executed.add(inst_id)
+                    state.data["executed"].append(inst_id)
+            except BaseException:
+                # A sequential run has written the rows of every stage it finished by now; do the same,
+                # so results.jsonl and `lmadapt report` show what finished before the failure.
+                finished = [i.id for i in todo if cache.is_done(i.folder)]
+                executed.update(finished)
+                state.data["executed"].extend(finished)
+                rows.extend(finished_rows(runs, out, cached | executed, executed))
+                raise
             state.save()
         for run in runs:
             log(f"== arm {run.arm}, seed {run.seed}: " + " -> ".join(i.name for i in run.stages))
