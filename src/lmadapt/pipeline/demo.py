@@ -70,6 +70,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="~5x smaller budgets: a minute or two, for checking the machinery")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="fine-tuning seeds (each adds one fine-tune per arm; the pretrained models are shared)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="run up to N independent stages at once (see `lmadapt run --jobs`)")
     return parser
 
 
@@ -92,7 +94,7 @@ def main_demo(args: argparse.Namespace) -> int:
                            per_node=False)
     with demo_recipe_path() as recipe:
         cfg = load_pipeline(recipe, demo_overrides(args), variables={"tokenizer": str(tokenizer.resolve())})
-        summary = run_pipeline(cfg, pipeline_file=str(recipe))
+        summary = run_pipeline(cfg, pipeline_file=str(recipe), jobs=getattr(args, "jobs", 1))
     if not is_main_process():
         return 0
     print()
