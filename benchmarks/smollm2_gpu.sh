@@ -31,4 +31,4 @@ fi
   output_dir="$RUN_DIR" vars.model="$MODEL" vars.data="$DATA" \
   vars.dapt_tokens=20000000 vars.ft_max_examples=null vars.ft_epochs=5 vars.batch_size=32 \
   vars.dapt_batch_size=8 vars.dapt_grad_accum=4 \
-  vars.block_size=1024 "seeds=[0,1,2]" "$@"
+  vars.block_size=1024 vars.eval_tokens=65536 "seeds=[0,1,2]" "$@"
