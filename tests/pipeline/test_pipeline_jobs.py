@@ -134,7 +134,8 @@ me.write_text("")
 time.sleep(0.6)
 others = [p.name for p in busy.iterdir() if p.name != sid]
 with (out / "events.jsonl").open("a") as fh:
-    fh.write(json.dumps({"id": sid, "others": others, "device": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\n")
+    fh.write(json.dumps({"id": sid, "others": others, "device": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                         "threads": os.environ.get("OMP_NUM_THREADS")}) + "\n")
 if behaviour == "oom_if_shared" and others or behaviour == "oom":
     me.unlink()
     print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 6.00 GiB.")
@@ -156,6 +157,7 @@ def fake_jobs(workspace, tmp_path, monkeypatch):
     monkeypatch.setattr(jobs_mod, "worker_command", lambda out, sid: [__import__("sys").executable, str(script),
                                                                        str(out), sid])
     monkeypatch.setattr(jobs_mod, "visible_gpus", lambda: ["0"])
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     out = tmp_path / "run"
     todo = unique_instances(plan(load_pipeline(data=pipeline_dict(workspace, out))))
     out.mkdir()
@@ -194,3 +196,19 @@ def test_out_of_memory_alone_is_a_failure(fake_jobs):
     assert isinstance(ran, RuntimeError) and "pretrain-base-" in str(ran) and "not run because of it" in str(ran)
     assert [e["id"].split("-")[1] for e in events] == ["base"]       # ran once, alone, nothing after it
     assert ("base", "failed") in changes and not any("runs again alone" in x for x in lines)
+
+
+def test_cpu_jobs_share_the_cores_among_those_running_together(fake_jobs, monkeypatch):
+    from lmadapt.pipeline import jobs as jobs_mod
+    run, todo = fake_jobs
+    monkeypatch.setattr(jobs_mod, "visible_gpus", lambda: [])
+    monkeypatch.setattr(jobs_mod.os, "cpu_count", lambda: 6)
+    ran, changes, lines, events = run({}, jobs=3)
+    assert sorted(ran) == sorted(i.id for i in todo)
+    threads = {e["id"]: int(e["threads"]) for e in events}
+    assert len(threads) == len(events) == 7 and not any(e["device"] for e in events)
+    by_name = lambda name: sorted(t for sid, t in threads.items() if sid.split("-")[1] == name)  # noqa: E731
+    assert by_name("base") == [6]                      # alone: every core
+    assert by_name("dapt") == [2]                      # beside the two ft_only fine-tunes: a third each
+    for e in events:                                   # never more threads at once than cores
+        assert threads[e["id"]] + sum(threads[o] for o in e["others"]) <= 6, e

@@ -16,8 +16,9 @@ every stage is done, the ordinary sequential walk finds them all finished and on
 rows, the baseline and the report.
 
 Devices: jobs go to the visible GPUs in turn, the least busy first (``CUDA_VISIBLE_DEVICES`` of
-one GPU each; several jobs share a GPU when jobs > GPUs); on CPU each job gets cores // jobs threads
-(``OMP_NUM_THREADS``) unless the caller set it. Sharing can run a GPU out of memory (continued
+one GPU each; several jobs share a GPU when jobs > GPUs); on CPU each job gets an equal share of the
+cores among the jobs that run with it (``OMP_NUM_THREADS``; all of them when it runs alone) unless
+the caller set it. Sharing can run a GPU out of memory (continued
 pretraining of a 135M model with a 49k vocabulary at 32 x 1,024 tokens peaks at 52 GB, and three
 fine-tunes beside it took 10 GB each): a stage that runs out of memory beside other jobs runs once
 more, alone. A failed stage lets the running ones finish (their folders are kept for the cache),
@@ -84,13 +85,17 @@ def visible_gpus() -> list[str]:
         return []
 
 
-def device_env(device: str | None, jobs: int) -> dict[str, str]:
-    """Environment for a job on ``device`` (a GPU id), or on a share of the CPU cores (None)."""
+def device_env(device: str | None, sharing: int) -> dict[str, str]:
+    """Environment for a job on ``device`` (a GPU id), or on CPU (None) with cores // ``sharing`` threads.
+
+    On CPU, ``sharing`` is how many jobs will run together as this one starts (those running and
+    those ready, at most --jobs). A job started alone gets every core; nothing can start beside it
+    until a running job ends, and that is then this one, so the shares never add up to more cores."""
     env = dict(os.environ)
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = device
     elif "OMP_NUM_THREADS" not in os.environ:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, sharing)))
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
@@ -147,10 +152,10 @@ def run_jobs(out: Path, todo: list[StageInstance], done: set[str], jobs: int,
     def where(device: str | None, env: dict) -> str:
         return f"GPU {device}" if device is not None else f"{env.get('OMP_NUM_THREADS', '?')} thread(s)"
 
-    def start(inst: StageInstance, device: str | None) -> None:
+    def start(inst: StageInstance, device: str | None, sharing: int) -> None:
         path = log_path(out, inst.id)
         fh = path.open("ab")
-        env = device_env(device, jobs)
+        env = device_env(device, sharing)
         proc = subprocess.Popen(worker_command(out, inst.id), stdout=fh, stderr=subprocess.STDOUT, env=env,
                                 cwd=os.getcwd())
         job = _Job(inst, proc, device, fh, inst.id in exclusive)
@@ -164,6 +169,8 @@ def run_jobs(out: Path, todo: list[StageInstance], done: set[str], jobs: int,
     try:
         while pending or running:
             # start what is ready, longest chain first, while there is room
+            ready = sum(1 for i in pending if i.parent is None or i.parent.id in done)
+            sharing = min(jobs, len(running) + ready)
             for inst in list(pending):
                 if len(running) >= jobs:
                     break
@@ -186,7 +193,7 @@ def run_jobs(out: Path, todo: list[StageInstance], done: set[str], jobs: int,
                         break
                     device = min(free, key=lambda d: len(on(d)))      # the least busy, first in order
                 pending.remove(inst)
-                start(inst, device)
+                start(inst, device, sharing)
             if not running:
                 if pending:            # nothing can start and nothing runs: a dependency was never planned
                     raise ConfigError("--jobs: stages wait for parents that are neither done nor planned: "
