@@ -94,7 +94,7 @@ def main_demo(args: argparse.Namespace) -> int:
                            per_node=False)
     with demo_recipe_path() as recipe:
         cfg = load_pipeline(recipe, demo_overrides(args), variables={"tokenizer": str(tokenizer.resolve())})
-        summary = run_pipeline(cfg, pipeline_file=str(recipe), jobs=getattr(args, "jobs", 1))
+        summary = run_pipeline(cfg, pipeline_file=str(recipe), jobs=args.jobs)
     if not is_main_process():
         return 0
     print()

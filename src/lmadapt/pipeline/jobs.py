@@ -132,8 +132,6 @@ def run_jobs(out: Path, todo: list[StageInstance], done: set[str], jobs: int,
     runs out of memory while sharing its device with other jobs is not a failure of the stage: it
     runs once more, alone on a device (nothing else starts there until it finishes). Out of memory
     when alone is a failure like any other."""
-    if jobs < 1:
-        raise ConfigError(f"--jobs: must be at least 1, got {jobs}")
     (out / LOGS_DIR).mkdir(parents=True, exist_ok=True)
     done = set(done)
     gpus = visible_gpus()
@@ -149,8 +147,10 @@ def run_jobs(out: Path, todo: list[StageInstance], done: set[str], jobs: int,
     def on(device: str | None) -> list[_Job]:
         return [j for j in running if j.device == device]
 
-    def where(device: str | None, env: dict) -> str:
-        return f"GPU {device}" if device is not None else f"{env.get('OMP_NUM_THREADS', '?')} thread(s)"
+    def where(device: str | None, env: dict | None = None) -> str:
+        if device is not None:
+            return f"GPU {device}"
+        return f"{env.get('OMP_NUM_THREADS', '?')} thread(s)" if env else "the CPU"
 
     def start(inst: StageInstance, device: str | None, sharing: int) -> None:
         path = log_path(out, inst.id)
@@ -216,7 +216,7 @@ def run_jobs(out: Path, todo: list[StageInstance], done: set[str], jobs: int,
                 if job.shared and not job.exclusive and out_of_memory(rc, tail):
                     exclusive.add(inst.id)
                     pending.appendleft(inst)
-                    log(f"[jobs] {inst.name} ran out of memory beside other jobs on {where(job.device, {})} "
+                    log(f"[jobs] {inst.name} ran out of memory beside other jobs on {where(job.device)} "
                         f"after {secs:.0f}s; it runs again alone once a device is free")
                     on_change(inst, "pending", {"retry": "out of memory beside other jobs; runs again alone"})
                     continue

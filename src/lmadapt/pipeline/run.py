@@ -284,13 +284,17 @@ def baseline_for(inst: StageInstance, cfg: PipelineConfig, out: Path) -> dict | 
 
 # --- the run -------------------------------------------------------------------------------------
 
+def input_evidence_path(out: Path, run: ArmRun) -> Path:
+    """Where the LM evidence of an arm's input model (one not trained by a stage) is cached."""
+    return out / "evidence" / f"input-{cache.digest(run.input_model)[:12]}.json"
+
+
 def finished_rows(runs: list[ArmRun], out: Path, done: set[str], executed: set[str]) -> list[dict]:
     """The rows a stopped run can give without more work: each arm's finished stages, in order, and
     its input model's LM evidence where it was already scored."""
     rows: list[dict] = []
     for run in runs:
-        ev_path = out / "evidence" / f"input-{cache.digest(run.input_model)[:12]}.json" if run.input_model else None
-        evidence = read_json(ev_path, default=None) if ev_path else None
+        evidence = read_json(input_evidence_path(out, run), default=None) if run.input_model else None
         if evidence:
             rows.append(input_row(run, out, evidence))
         for index, inst in enumerate(run.stages):
@@ -355,6 +359,8 @@ def run_pipeline(cfg: PipelineConfig, *, pipeline_file: str | None = None, repor
     """Run (or reuse) every stage of every arm and seed; write results.jsonl, run_state.json, report.
 
     ``jobs`` > 1 runs independent stages at once, each in a process of its own (see jobs.py)."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs: must be at least 1, got {jobs}")
     if jobs > 1 and world_size() > 1:
         raise ConfigError("--jobs: runs stages in processes of its own, one device each; under torchrun / "
                           "accelerate launch every process already runs each stage, so leave --jobs at 1")
@@ -420,8 +426,7 @@ def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, re
         for run in runs:
             log(f"== arm {run.arm}, seed {run.seed}: " + " -> ".join(i.name for i in run.stages))
             if run.input_model and cfg.evaluation.lm_sets:
-                ev_path = out / "evidence" / f"input-{cache.digest(run.input_model)[:12]}.json"
-                rows.append(input_row(run, out, lm_evidence(run.input_model, cfg, ev_path)))
+                rows.append(input_row(run, out, lm_evidence(run.input_model, cfg, input_evidence_path(out, run))))
             for index, inst in enumerate(run.stages):
                 if inst.id in executed or inst.id in cached:
                     if inst.id not in executed and inst.id not in state.data["reused"]:
