@@ -14,12 +14,14 @@
 #   call 1: carry [".gguf_parts/part_aa"]          command: bash benchmarks/smollm2_device.sh stash
 #   call 2: carry [".gguf_parts/part_ab", ".whl"]  command: bash benchmarks/smollm2_device.sh prepare
 #   call 3: carry [".benchdata"]                   command: bash benchmarks/smollm2_device.sh run SECONDS
+#      or, to finish what the 2026-11-27 session left (the dapt_ft arm; ft_only's three seeds ran then):
+#           carry [".benchdata"]                   command: bash benchmarks/smollm2_device.sh finish SECONDS
 #
 # `run` stops the pipeline after SECONDS (finished stages stay cached: the same call again resumes
 # them) and packs the run folder's small files (no weights) into $OUT/smollm2_gpu.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 PYTHON=python3
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 PYTHON=${PYTHON:-python3}
 stash() { mkdir -p /tmp/gguf_parts && cp .gguf_parts/part_* /tmp/gguf_parts/ && ls -l /tmp/gguf_parts; }
 case "${1:-}" in
 stash)
@@ -47,5 +49,33 @@ run)
   (cd runs && find smollm2_gpu -type f -size -3M | tar czf "${OUT:-/tmp}/smollm2_gpu.tgz" -T -)
   exit $rc
   ;;
-*) echo "usage: $0 stash | prepare | run SECONDS [key=value ...]" >&2; exit 2 ;;
+finish)
+  # The dapt_ft arm alone (continued pretraining, then its three fine-tunes at once), and, once the
+  # pretraining is DONE, ft_only seed 0 again in a folder of its own beside those three fine-tunes:
+  # a same-session check of the ft_only scores of 2026-11-27 that costs no extra wall time (the
+  # fine-tunes are host-bound, ~3 steps/s alone or together). Continued pretraining runs alone
+  # here, so it keeps 32 x 1,024-token micro-batches (the 2026-11-27 setting, fastest) instead of the
+  # 8 x 4 that the full recipe uses to fit beside three fine-tunes.
+  s=$(date +%s)
+  export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True MODEL_DIR=/tmp/smollm2
+  extra=("${@:3}")
+  timeout --signal=INT --kill-after=15 "${2:-560}" bash -c '
+    RUN_DIR=runs/smollm2_gpu JOBS=3 bash benchmarks/smollm2_gpu.sh /tmp/smollm2.gguf .benchdata/dapt \
+      vars.dapt_batch_size=32 vars.dapt_grad_accum=1 "arms={dapt_ft: [dapt, ft]}" "$@" >> /tmp/smollm2_gpu.log 2>&1 &
+    main=$!
+    until ls runs/smollm2_gpu/stages/pretrain-dapt-*/DONE >/dev/null 2>&1 || ! kill -0 $main 2>/dev/null; do sleep 2; done
+    RUN_DIR=runs/smollm2_gpu_check JOBS=1 bash benchmarks/smollm2_gpu.sh /tmp/smollm2.gguf .benchdata/dapt \
+      "arms={ft_only: [ft]}" "seeds=[0]" "$@" >> /tmp/smollm2_check.log 2>&1 &
+    wait $main; rc=$?; wait; exit $rc' finish "${extra[@]}"
+  rc=$?
+  # A worker deep in a long step (CPU) can outlive the INT and the KILL sent to the group leader.
+  pkill -KILL -f "lmadapt.cli run|lmadapt.pipeline.jobs" && sleep 1
+  echo "rc=$rc wall=$(( $(date +%s) - s ))s"
+  tail -40 /tmp/smollm2_gpu.log; echo "--- check"; tail -15 /tmp/smollm2_check.log
+  mkdir -p runs/smollm2_gpu runs/smollm2_gpu_check
+  cp /tmp/smollm2_gpu.log runs/smollm2_gpu/; cp /tmp/smollm2_check.log runs/smollm2_gpu_check/
+  (cd runs && find smollm2_gpu smollm2_gpu_check -type f -size -3M | tar czf "${OUT:-/tmp}/smollm2_gpu.tgz" -T -)
+  exit $rc
+  ;;
+*) echo "usage: $0 stash | prepare | run SECONDS [key=value ...] | finish SECONDS [key=value ...]" >&2; exit 2 ;;
 esac

@@ -1,6 +1,9 @@
 """Tables of a SmolLM2 GPU run from its stage folders alone (metrics.json, DONE, logs.jsonl).
 
-    python benchmarks/smollm2_gpu_table.py benchmarks/results/smollm2_gpu/run
+    python benchmarks/smollm2_gpu_table.py benchmarks/results/smollm2_gpu/run [MORE_RUN_DIRS ...]
+
+Several run folders (e.g. two device sessions of the same recipe) give one table, each stage
+labelled with its folder's name, and the test macro-F1 of each arm pooled over all of them.
 
 For a run that stopped before `lmadapt run` wrote its rows (results.jsonl is written after the
 parallel stages, see lmadapt/pipeline/jobs.py): finished fine-tunes give their dev and test scores,
@@ -14,11 +17,13 @@ from pathlib import Path
 
 import yaml
 
+from lmadapt.pipeline.compare import Stat, compare
 
-def main(run: Path) -> None:
-    stages = sorted((run / "stages").iterdir())
-    print("| stage | starts from | seed | status | wall s | peak GPU MB | dev macro-F1 by epoch | test macro-F1 | test acc |")
-    print("|---|---|---:|---|---:|---:|---|---:|---:|")
+
+def main(runs: list[Path]) -> None:
+    stages = [d for run in runs for d in sorted((run / "stages").iterdir())]
+    print("| run | stage | starts from | seed | status | wall s | peak GPU MB | dev macro-F1 by epoch | test macro-F1 | test acc |")
+    print("|---|---|---|---:|---|---:|---:|---|---:|---:|")
     scores: dict[str, list[float]] = {}
     for d in stages:
         recipe = yaml.safe_load((d / "lmadapt_recipe.yaml").read_text())
@@ -33,14 +38,20 @@ def main(run: Path) -> None:
         arm = "ft_only" if start == "SmolLM2" else "dapt_ft"
         if test:
             scores.setdefault(arm, []).append(test["macro_f1"])
-        print(f"| {d.name} | {start} | {recipe['train']['seed']} | {'done' if done else 'unfinished'} | "
+        print(f"| {d.parent.parent.name} | {d.name} | {start} | {recipe['train']['seed']} | {'done' if done else 'unfinished'} | "
               f"{done['wall_seconds'] if done else '—'} | {done.get('peak_gpu_mb', '—') if done else '—'} | "
               + " / ".join(f"{v:.3f}" for v in curve) + " | "
               + (f"{test['macro_f1']:.3f} | {test['accuracy']:.3f} |" if test else "— | — |"))
     print()
     for arm, vals in scores.items():
         sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
-        print(f"{arm}: test macro-F1 {statistics.mean(vals):.3f} ± {sd:.3f} (n={len(vals)})")
+        print(f"{arm}: test macro-F1 {statistics.mean(vals):.3f} ± {sd:.3f} (n={len(vals)}: "
+              + ", ".join(f"{v:.3f}" for v in vals) + ")")
+    if scores.get("ft_only") and scores.get("dapt_ft"):
+        # the pipeline report's rule (lmadapt/pipeline/compare.py): k = 2 pooled standard errors
+        c = compare(*(Stat(scores[a], [f"{a}{i}" for i in range(len(scores[a]))]) for a in ("dapt_ft", "ft_only")), 2.0)
+        print(f"dapt_ft - ft_only: {c['diff']:+.3f}, {c['verdict']}"
+              + (f" (threshold {c['threshold']:.3f})" if "threshold" in c else ""))
     for d in stages:
         if not d.name.startswith("pretrain-"):
             continue
@@ -55,4 +66,4 @@ def main(run: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/smollm2_gpu/run"))
+    main([Path(a) for a in sys.argv[1:]] or [Path("benchmarks/results/smollm2_gpu/run")])
