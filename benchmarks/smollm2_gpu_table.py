@@ -3,7 +3,8 @@
     python benchmarks/smollm2_gpu_table.py benchmarks/results/smollm2_gpu/run [MORE_RUN_DIRS ...]
 
 Several run folders (e.g. two device sessions of the same recipe) give one table, each stage
-labelled with its folder's name, and the test macro-F1 of each arm pooled over all of them.
+labelled with its folder's name, and the test macro-F1 of each arm pooled over its distinct seeds:
+a seed run again in another folder is a reproduction, listed but counted once.
 
 For a run that stopped before `lmadapt run` wrote its rows (results.jsonl is written after the
 parallel stages, see lmadapt/pipeline/jobs.py): finished fine-tunes give their dev and test scores,
@@ -24,7 +25,7 @@ def main(runs: list[Path]) -> None:
     stages = [d for run in runs for d in sorted((run / "stages").iterdir())]
     print("| run | stage | starts from | seed | status | wall s | peak GPU MB | dev macro-F1 by epoch | test macro-F1 | test acc |")
     print("|---|---|---|---:|---|---:|---:|---|---:|---:|")
-    scores: dict[str, list[float]] = {}
+    scores: dict[str, dict[str, dict[int, list[float]]]] = {"test": {}, "dev": {}}
     for d in stages:
         recipe = yaml.safe_load((d / "lmadapt_recipe.yaml").read_text())
         done = json.loads((d / "DONE").read_text()) if (d / "DONE").exists() else None
@@ -36,22 +37,29 @@ def main(runs: list[Path]) -> None:
                  if "eval_dev_macro_f1" in r]
         test = metrics.get("test", {})
         arm = "ft_only" if start == "SmolLM2" else "dapt_ft"
-        if test:
-            scores.setdefault(arm, []).append(test["macro_f1"])
+        for split in scores if test else ():
+            scores[split].setdefault(arm, {}).setdefault(recipe["train"]["seed"], []).append(metrics[split]["macro_f1"])
         print(f"| {d.parent.parent.name} | {d.name} | {start} | {recipe['train']['seed']} | {'done' if done else 'unfinished'} | "
               f"{done['wall_seconds'] if done else '—'} | {done.get('peak_gpu_mb', '—') if done else '—'} | "
               + " / ".join(f"{v:.3f}" for v in curve) + " | "
               + (f"{test['macro_f1']:.3f} | {test['accuracy']:.3f} |" if test else "— | — |"))
-    print()
-    for arm, vals in scores.items():
-        sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
-        print(f"{arm}: test macro-F1 {statistics.mean(vals):.3f} ± {sd:.3f} (n={len(vals)}: "
-              + ", ".join(f"{v:.3f}" for v in vals) + ")")
-    if scores.get("ft_only") and scores.get("dapt_ft"):
-        # the pipeline report's rule (lmadapt/pipeline/compare.py): k = 2 pooled standard errors
-        c = compare(*(Stat(scores[a], [f"{a}{i}" for i in range(len(scores[a]))]) for a in ("dapt_ft", "ft_only")), 2.0)
-        print(f"dapt_ft - ft_only: {c['diff']:+.3f}, {c['verdict']}"
-              + (f" (threshold {c['threshold']:.3f})" if "threshold" in c else ""))
+    for split, by_arm in scores.items():
+        # dev also chose each fine-tune's best epoch, so its scores lean optimistic for every arm
+        print(f"\n{split} macro-F1{' (the split that chose the best epoch)' if split == 'dev' else ''}:")
+        for arm, by_seed in by_arm.items():
+            vals = [v[0] for _, v in sorted(by_seed.items())]
+            sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
+            print(f"  {arm}: {statistics.mean(vals):.3f} ± {sd:.3f} (n={len(vals)}: "
+                  + ", ".join(f"{v:.3f}" for v in vals) + ")")
+            for seed, v in sorted(by_seed.items()):
+                if len(v) > 1:
+                    print(f"    seed {seed} ran {len(v)} times: " + " / ".join(f"{x:.3f}" for x in v))
+        if by_arm.get("ft_only") and by_arm.get("dapt_ft"):
+            # the pipeline report's rule (lmadapt/pipeline/compare.py): k = 2 pooled standard errors
+            c = compare(*(Stat([v[0] for _, v in sorted(by_arm[a].items())], [f"{a}{k}" for k in sorted(by_arm[a])])
+                          for a in ("dapt_ft", "ft_only")), 2.0)
+            print(f"  dapt_ft - ft_only: {c['diff']:+.3f}, {c['verdict']}"
+                  + (f" (threshold {c['threshold']:.3f})" if "threshold" in c else ""))
     for d in stages:
         if not d.name.startswith("pretrain-"):
             continue

@@ -408,8 +408,8 @@ def render_markdown(run: Run, b: dict) -> str:
                      f"{_num(p.get('train_seconds'), '{:,.1f}')} | {_num(p.get('tokens_seen'))} | "
                      f"{_num(p.get('tokens_per_second'))} | {_num(p.get('peak_rss_mb'))} | {_num(p.get('peak_gpu_mb'))} | "
                      f"{'ran' if p['executed'] else 'cached'} |")
-    lines += ["", "Peak RSS is the resident memory of the whole `lmadapt run` process while the stage ran "
-                  "(stages run in one process, so it includes what earlier stages left loaded).", "",
+    lines += ["", "Peak RSS is the resident memory of the process that ran the stage: the `lmadapt run` process, "
+                  "which still holds what earlier stages left loaded, or under `--jobs` a worker of the stage's own.", "",
               "## Stage folders", ""]
     lines += [f"- `stages/{p['id']}` ({p['kind']}; {p['stage']})"
               + (f" ← starts from `{p['parent']}`" if p.get("parent") else "") for p in b["perf"]]
@@ -545,8 +545,9 @@ def render_html(run: Run, b: dict) -> str:
                      f"<td class='n'>{_num(p.get('tokens_seen'))}</td><td class='n'>{_num(p.get('tokens_per_second'))}</td>"
                      f"<td class='n'>{_num(p.get('peak_rss_mb'))}</td><td class='n'>{_num(p.get('peak_gpu_mb'))}</td>"
                      f"<td>{'ran' if p['executed'] else 'cached'}</td></tr>")
-    parts.append("</table><p class='note'>Peak RSS is the resident memory of the whole <code>lmadapt run</code> process "
-                 "while the stage ran (stages share one process, so it includes what earlier stages left loaded).</p>")
+    parts.append("</table><p class='note'>Peak RSS is the resident memory of the process that ran the stage: the "
+                 "<code>lmadapt run</code> process, which still holds what earlier stages left loaded, or under "
+                 "<code>--jobs</code> a worker of the stage's own.</p>")
     parts.append("<h2>Stage folders</h2><ul>")
     parts += [f"<li><code>stages/{e(p['id'])}</code> ({e(p['kind'])}; {e(p['stage'])})"
               + (f" ← starts from <code>{e(p['parent'])}</code>" if p.get("parent") else "") + "</li>"
