@@ -283,26 +283,15 @@ def print_part_a(a: dict) -> None:
 # --- part B: quality ---------------------------------------------------------------------------
 
 def tfidf_baseline(data: Path) -> dict:
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score
+    """The shared/data README's definition (min_df 2, <=200k features), through lmadapt's own baseline."""
+    from lmadapt.pipeline.baseline import tfidf_baseline as lmadapt_tfidf
 
-    t0 = time.time()
-    tr, dv, te = (read_jsonl(data / f"{s}.jsonl") for s in ("train", "dev", "test"))
-    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2, max_features=200_000)
-    Xtr = vec.fit_transform([r["text"] for r in tr])
-    Xdv, Xte = vec.transform([r["text"] for r in dv]), vec.transform([r["text"] for r in te])
-    ytr, ydv, yte = ([r["label"] for r in s] for s in (tr, dv, te))
-    dev_f1, models = {}, {}
-    for C in (0.1, 1, 10):
-        clf = LogisticRegression(C=C, max_iter=3000).fit(Xtr, ytr)
-        dev_f1[C] = float(f1_score(ydv, clf.predict(Xdv), average="macro"))
-        models[C] = clf
-    best = max(dev_f1, key=lambda c: dev_f1[c])
-    pred = models[best].predict(Xte)
-    return {"accuracy": float(accuracy_score(yte, pred)), "macro_f1": float(f1_score(yte, pred, average="macro")),
-            "C": best, "dev_macro_f1_by_C": {str(c): v for c, v in dev_f1.items()}, "features": Xtr.shape[1],
-            "seconds": round(time.time() - t0, 1)}
+    recipe = {"data": {s: str(data / f"{s}.jsonl") for s in ("train", "dev", "test")},
+              "task": {"type": "classification"}}
+    r = lmadapt_tfidf(recipe, Cs=(0.1, 1, 10), max_features=200_000, min_df=2)
+    return {"accuracy": r["test"]["accuracy"], "macro_f1": r["test"]["macro_f1"], "C": r["C"],
+            "dev_macro_f1_by_C": {str(t["C"]): t["dev_macro_f1"] for t in r["tried"]}, "features": r["features"],
+            "seconds": r["seconds"]}
 
 
 def part_b(cfg, data: Path) -> dict:

@@ -700,19 +700,12 @@ def tfidf_path(task: str) -> Path:
 
 
 def cmd_tfidf(args) -> None:
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score
+    from lmadapt.pipeline.baseline import tfidf_baseline
 
-    from lmadapt.config.base import from_dict
-    from lmadapt.config.finetune import FinetuneConfig
-    from lmadapt.stages.finetune import read_splits
-    from lmadapt.tasks import TASKS as TASK_TYPES
-
-    task = TASK_TYPES["classification"]
     spec = TASKS[args.task]
-    out = {"method": "word 1-2-gram TF-IDF (sublinear tf, min_df 2, <=200k features) + LogisticRegression("
-                     "max_iter 3000), C in {0.1, 1, 10} by dev macro-F1; subsets from lmadapt's read_splits "
+    out = {"method": "word 1-2-gram TF-IDF (sublinear tf, min_df 2 (1 for <=200 texts), <=200k features) + "
+                     "LogisticRegression(max_iter 3000), C in {0.1, 1, 10} by dev macro-F1 "
+                     "(lmadapt.pipeline.baseline.tfidf_baseline); subsets from lmadapt's read_splits "
                      "(data.max_examples + data.subset_seed = seed), i.e. the fine-tuning subsets", "budgets": {}}
     for b in spec["budgets"]:
         runs = []
@@ -720,22 +713,11 @@ def cmd_tfidf(args) -> None:
             d = recipe_dict(spec["recipe"], MODEL="unused", DATA=args.data, OUTDIR="/tmp/unused", SEED=seed,
                             BUDGET="null" if b == "all" else b)
             d.pop("schedule")
-            cfg = from_dict(FinetuneConfig, d)     # only the data section is used (no model is loaded)
-            splits, _, _ = read_splits(task, cfg)
-            X = {k: [e.fields["text"] for e in v] for k, v in splits.items()}
-            y = {k: [e.fields["label"] for e in v] for k, v in splits.items()}
-            vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2 if len(X["train"]) > 200 else 1,
-                                  max_features=200_000)
-            Xtr = vec.fit_transform(X["train"])
-            best = None
-            for C in (0.1, 1, 10):
-                clf = LogisticRegression(max_iter=3000, C=C).fit(Xtr, y["train"])
-                f1 = f1_score(y["dev"], clf.predict(vec.transform(X["dev"])), average="macro")
-                if best is None or f1 > best[0]:
-                    best = (f1, C, clf)
-            pred = best[2].predict(vec.transform(X["test"]))
-            runs.append({"seed": seed, "n": len(X["train"]), "C": best[1], "dev_macro_f1": best[0],
-                         "macro_f1": f1_score(y["test"], pred, average="macro"), "accuracy": accuracy_score(y["test"], pred)})
+            # min_df 2 drops one-off n-grams; a tiny training set keeps them (min_df 2 would leave too few)
+            r = tfidf_baseline(d, Cs=(0.1, 1, 10), max_features=200_000,
+                               min_df=2 if b == "all" or int(b) > 200 else 1)
+            runs.append({"seed": seed, "n": r["examples"]["train"], "C": r["C"], "dev_macro_f1": r["dev"]["macro_f1"],
+                         "macro_f1": r["test"]["macro_f1"], "accuracy": r["test"]["accuracy"]})
         m, sd = _mean_std([r["macro_f1"] for r in runs])
         ma, sda = _mean_std([r["accuracy"] for r in runs])
         out["budgets"][b] = {"runs": runs, "macro_f1_mean": m, "macro_f1_std": sd if len(runs) > 1 else 0.0,

@@ -120,10 +120,14 @@ class BaselineConfig:
     tfidf: bool = opt(False, "TF-IDF (word 1-2 grams) + logistic regression, C chosen by dev macro-F1")
     C: list[float] = opt(doc="inverse regularisation strengths tried", factory=lambda: [0.1, 1.0, 10.0])
     max_features: int | None = opt(100000, "vocabulary cap of the TF-IDF vectorizer")
+    min_df: int = opt(1, "keep n-grams found in at least this many training texts (the shared/data README's "
+                         "baselines use 2 and a 200k cap)")
 
     def __post_init__(self):
         if not self.C or any(c <= 0 for c in self.C):
             raise ConfigError(f"C: a non-empty list of positive numbers, got {self.C}")
+        if self.min_df < 1:
+            raise ConfigError(f"min_df: a whole number >= 1, got {self.min_df}")
 
 
 @dataclass

@@ -29,6 +29,17 @@ PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8
            "#7f7f7f", "#bcbd22"]
 
 
+def baseline_note(run: Run) -> str:
+    """What the reference row is, with the vectorizer settings this run used (pipeline.yaml)."""
+    from ..config.pipeline import BaselineConfig
+    default = BaselineConfig()
+    given = run.pipeline.get("baseline") or {}
+    min_df, cap = given.get("min_df", default.min_df), given.get("max_features", default.max_features)
+    return (f"TF-IDF (word 1–2-grams, min_df {min_df}, " + (f"at most {cap:,} features" if cap else "no feature cap")
+            + ") + logistic regression on the same fine-tuning data, C chosen by dev macro-F1; a reference row, "
+              "no language model involved.")
+
+
 def _fmt_stat(s: Stat | None, key: str) -> str:
     if s is None or s.mean is None:
         return "—"
@@ -366,8 +377,7 @@ def render_markdown(run: Run, b: dict) -> str:
             _fmt_diff(row['cells'][k]['cmp'], k) if row['cells'][k]['cmp'] else "—" for k in keys) + " |")
     lines += ["", noise_rule(run), ""]
     if BASELINE_ARM in {r["arm"] for r in comp["rows"]}:
-        lines += ["`tfidf_baseline`: TF-IDF (word 1–2-grams) + logistic regression on the same fine-tuning data, "
-                  "C chosen by dev macro-F1; a reference row, no language model involved.", ""]
+        lines += ["`tfidf_baseline`: " + baseline_note(run), ""]
     lines += ["## Plots", ""]
     for name in ("pretrain_loss", "pretrain_ppl", "finetune_loss", "finetune_dev"):
         if (name.startswith("pretrain") and b["has"]["pretrain"]) or (name.startswith("finetune") and b["has"]["finetune"]):
@@ -489,8 +499,7 @@ def render_html(run: Run, b: dict) -> str:
     parts.append(f"<p class='note'>{e(noise_rule(run))} Green: better than the reference beyond noise; red: worse "
                  "beyond noise.</p>")
     if BASELINE_ARM in {r["arm"] for r in comp["rows"]}:
-        parts.append("<p class='note'><i>tfidf_baseline</i>: TF-IDF (word 1–2-grams) + logistic regression on the same "
-                     "fine-tuning data, C chosen by dev macro-F1; a reference row, no language model involved.</p>")
+        parts.append(f"<p class='note'><i>tfidf_baseline</i>: {e(baseline_note(run))}</p>")
     parts.append("<h2>Plots</h2><div class='plots'>")
     for name, svg in b["plots"].items():
         if b["has"]["pretrain" if name.startswith("pretrain") else "finetune"]:

@@ -264,14 +264,14 @@ def baseline_for(inst: StageInstance, cfg: PipelineConfig, out: Path) -> dict | 
     bkey = baseline_key(inst.recipe)
     fp = cache.input_fingerprints(bkey["data"])
     digest = cache.digest({"key": bkey, "inputs": fp, "C": cfg.baseline.C, "max_features": cfg.baseline.max_features,
-                           "lmadapt": cache._version()})
+                           "min_df": cfg.baseline.min_df, "lmadapt": cache._version()})
     path = out / BASELINE_DIR / f"tfidf-{digest[:12]}.json"
     old = read_json(path, default=None)
     if old:
         return old
     log("TF-IDF + logistic regression baseline on " + str(bkey["data"].get("train")))
     try:
-        res = tfidf_baseline(inst.recipe, cfg.baseline.C, cfg.baseline.max_features)
+        res = tfidf_baseline(inst.recipe, cfg.baseline.C, cfg.baseline.max_features, cfg.baseline.min_df)
     except Exception as exc:  # noqa: BLE001 - a reference row must not stop the run
         log(f"baseline failed: {type(exc).__name__}: {exc}")
         return {"id": f"tfidf-{digest[:12]}", "error": f"{type(exc).__name__}: {exc}"}
