@@ -79,6 +79,16 @@ def test_each_stage_ran_in_its_own_logged_process_after_its_parent(both_runs):
     assert len(pids) == 7
 
 
+def test_baseline_is_computed_while_the_jobs_run(both_runs):
+    # The parent computes the TF-IDF row while its workers train, not after the last stage: its
+    # file is older than the first fine-tune's DONE (fine-tunes start after the base has trained).
+    _, par, _ = both_runs
+    (baseline,) = (par / "baselines").glob("tfidf-*.json")
+    finished = [stamp(read_done(d)["finished"]) for d in (par / "stages").iterdir() if d.name.startswith("finetune-")]
+    assert len(finished) == 4
+    assert baseline.stat().st_mtime < min(finished)
+
+
 def test_critical_path_starts_first(workspace):
     cfg = load_pipeline(data=pipeline_dict(workspace, workspace["dir"] / "unused"))
     todo = unique_instances(plan(cfg))
