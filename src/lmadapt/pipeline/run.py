@@ -419,7 +419,7 @@ def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, re
 
             log(f"{len(todo)} stage(s) to run in up to {jobs} jobs at once")
             # The baselines need only the data: compute them while the workers train, in this
-            # otherwise idle process, instead of after the last stage (~40 s of FOLDOC on the GPU host).
+            # otherwise idle process, instead of after the last stage (30 s for FOLDOC on the H100 host).
             ahead = threading.Thread(target=baselines_ahead, args=(instances, cfg, out), daemon=True)
             ahead.start()
             try:
