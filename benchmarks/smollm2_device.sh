@@ -23,6 +23,20 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 PYTHON=${PYTHON:-python3}
 stash() { mkdir -p /tmp/gguf_parts && cp .gguf_parts/part_* /tmp/gguf_parts/ && ls -l /tmp/gguf_parts; }
+# timed SECONDS CMD...: CMD under a time limit (INT, then KILL 15 s later). A worker deep in a long
+# step (seen on CPU) can outlive both, since the KILL reaches only the group leader: kill leftovers.
+timed() {
+  timeout --signal=INT --kill-after=15 "$@"
+  local rc=$?
+  pkill -KILL -f "lmadapt.cli run|lmadapt.pipeline.jobs" && sleep 1
+  return $rc
+}
+# pack RUN_DIR...: each run folder gets its log (/tmp/<folder>.log); their small files (no weights)
+# go to $OUT/smollm2_gpu.tgz
+pack() {
+  for d in "$@"; do mkdir -p "runs/$d"; [ ! -f "/tmp/$d.log" ] || cp "/tmp/$d.log" "runs/$d/"; done
+  (cd runs && find "$@" -type f -size -3M | tar czf "${OUT:-/tmp}/smollm2_gpu.tgz" -T -)
+}
 case "${1:-}" in
 stash)
   stash ;;
@@ -40,13 +54,11 @@ prepare)
 run)
   s=$(date +%s)
   PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True RUN_DIR=runs/smollm2_gpu MODEL_DIR=/tmp/smollm2 \
-    timeout --signal=INT --kill-after=15 "${2:-500}" \
-    bash benchmarks/smollm2_gpu.sh /tmp/smollm2.gguf .benchdata/dapt "${@:3}" >> /tmp/smollm2_gpu.log 2>&1
+    timed "${2:-500}" bash benchmarks/smollm2_gpu.sh /tmp/smollm2.gguf .benchdata/dapt "${@:3}" >> /tmp/smollm2_gpu.log 2>&1
   rc=$?
   echo "rc=$rc wall=$(( $(date +%s) - s ))s"
   tail -60 /tmp/smollm2_gpu.log
-  mkdir -p runs/smollm2_gpu && cp /tmp/smollm2_gpu.log runs/smollm2_gpu/
-  (cd runs && find smollm2_gpu -type f -size -3M | tar czf "${OUT:-/tmp}/smollm2_gpu.tgz" -T -)
+  pack smollm2_gpu
   exit $rc
   ;;
 finish)
@@ -59,22 +71,18 @@ finish)
   s=$(date +%s)
   export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True MODEL_DIR=/tmp/smollm2
   extra=("${@:3}")
-  timeout --signal=INT --kill-after=15 "${2:-560}" bash -c '
+  timed "${2:-560}" bash -c '
     RUN_DIR=runs/smollm2_gpu JOBS=3 bash benchmarks/smollm2_gpu.sh /tmp/smollm2.gguf .benchdata/dapt \
       vars.dapt_batch_size=32 vars.dapt_grad_accum=1 "arms={dapt_ft: [dapt, ft]}" "$@" >> /tmp/smollm2_gpu.log 2>&1 &
     main=$!
     until ls runs/smollm2_gpu/stages/pretrain-dapt-*/DONE >/dev/null 2>&1 || ! kill -0 $main 2>/dev/null; do sleep 2; done
     RUN_DIR=runs/smollm2_gpu_check JOBS=1 bash benchmarks/smollm2_gpu.sh /tmp/smollm2.gguf .benchdata/dapt \
-      "arms={ft_only: [ft]}" "seeds=[0]" "$@" >> /tmp/smollm2_check.log 2>&1 &
+      "arms={ft_only: [ft]}" "seeds=[0]" "$@" >> /tmp/smollm2_gpu_check.log 2>&1 &
     wait $main; rc=$?; wait; exit $rc' finish "${extra[@]}"
   rc=$?
-  # A worker deep in a long step (CPU) can outlive the INT and the KILL sent to the group leader.
-  pkill -KILL -f "lmadapt.cli run|lmadapt.pipeline.jobs" && sleep 1
   echo "rc=$rc wall=$(( $(date +%s) - s ))s"
-  tail -40 /tmp/smollm2_gpu.log; echo "--- check"; tail -15 /tmp/smollm2_check.log
-  mkdir -p runs/smollm2_gpu runs/smollm2_gpu_check
-  cp /tmp/smollm2_gpu.log runs/smollm2_gpu/; cp /tmp/smollm2_check.log runs/smollm2_gpu_check/
-  (cd runs && find smollm2_gpu smollm2_gpu_check -type f -size -3M | tar czf "${OUT:-/tmp}/smollm2_gpu.tgz" -T -)
+  tail -40 /tmp/smollm2_gpu.log; echo "--- check"; tail -15 /tmp/smollm2_gpu_check.log 2>/dev/null
+  pack smollm2_gpu smollm2_gpu_check
   exit $rc
   ;;
 *) echo "usage: $0 stash | prepare | run SECONDS [key=value ...] | finish SECONDS [key=value ...]" >&2; exit 2 ;;
