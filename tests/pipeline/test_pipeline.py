@@ -209,12 +209,16 @@ def test_interrupted_stage_resumes(first_run, monkeypatch):
     def crash(recipe, folder):
         raise KeyboardInterrupt
 
+    # dapt runs again, so what starts from it is out of date: its evaluate stage and the other seed's
+    # fine-tune, which is the first fine-tune to run (and crash) below
+    after_dapt = {r["id"] for r in rows if r["arm"] == "dapt_ft" and r["stage"] not in ("base", "dapt")}
+    other = next(r["id"] for r in rows if r["arm"] == "dapt_ft" and r["seed"] == 0 and r["kind"] == "finetune")
     monkeypatch.setitem(prun.STAGE_RUNNERS, "finetune", crash)
     monkeypatch.setitem(prun.STAGE_RUNNERS, "pretrain", spy(real_pretrain))
     with pytest.raises(KeyboardInterrupt):
         prun.run_pipeline(load_pipeline(data=pipeline_dict_for(out, cfg)), report=False)
     state = json.loads((out / "run_state.json").read_text())
-    assert state["status"] == "interrupted" and state["stages"][victim["id"]]["status"] == "interrupted"
+    assert state["status"] == "interrupted" and state["stages"][other]["status"] == "interrupted"
     # the pretrain stage continued from its last checkpoint (it ran before the crash)
     assert calls == [(dapt["id"], True)]
     assert json.loads((out / dapt["folder"] / DONE_FILE).read_text())["resumed"] == "checkpoint"
@@ -222,10 +226,11 @@ def test_interrupted_stage_resumes(first_run, monkeypatch):
     calls.clear()
     monkeypatch.setitem(prun.STAGE_RUNNERS, "finetune", spy(real))
     summary = prun.run_pipeline(load_pipeline(data=pipeline_dict_for(out, cfg)), report=False)
-    # the crashed fine-tune (no checkpoint) starts over; nothing else runs
-    assert calls == [(victim["id"], False)] and summary["executed"] == [victim["id"]]
+    # the crashed fine-tunes (no checkpoint) start over; nothing else runs
+    assert calls == [(other, False), (victim["id"], False)] and summary["executed"] == [other, victim["id"]]
     after = done_mtimes(out)
-    assert {k for k in after if after[k] != before.get(k)} == {victim["id"], dapt["id"]}
+    assert {k for k in after if after[k] != before.get(k)} == after_dapt | {dapt["id"]}
+    assert len(after_dapt) == 3 and victim["id"] in after_dapt
 
 
 def test_stage_hash_tracks_inputs(workspace, tmp_path):

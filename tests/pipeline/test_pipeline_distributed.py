@@ -124,7 +124,8 @@ def test_second_distributed_run_reuses_everything(dist_run):
 
 def test_interrupted_stage_resumes_on_every_process(dist_run):
     """A stage left without DONE (killed after its step-2 checkpoint) resumes from it on both
-    processes: the main process decides, the other must not start it over."""
+    processes: the main process decides, the other must not start it over; the stages after it
+    train again, on both processes."""
     import shutil
     ws, data, path, out, proc = dist_run
     dapt = next((out / "stages").glob("pretrain-dapt-*"))
@@ -134,7 +135,9 @@ def test_interrupted_stage_resumes_on_every_process(dist_run):
     again = run_pipeline_procs(path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("interrupted earlier; resuming from its last checkpoint") == 1
-    assert "6 cached, 1 to run" in again.stdout
+    # what starts from dapt (its evaluate stage, two fine-tunes) trains again from the resumed dapt
+    assert "3 cached, 4 to run" in again.stdout
+    assert again.stdout.count("it starts from dapt, which runs again: removing it") == 3
     done = json.loads((dapt / DONE_FILE).read_text())
     assert done["resumed"] == "checkpoint" and done["processes"] == 2
     assert (dapt / "model.safetensors").is_file() and (dapt / "checkpoints" / "checkpoint-4").is_dir()

@@ -7,15 +7,26 @@
 hash = sha256 of (kind, the resolved recipe without operational keys, the parent stage's hash,
 fingerprints of every input file, lmadapt version). Input files are fingerprinted by content
 (sha256) up to ``SMALL_FILE_BYTES`` and by (path, size, mtime_ns) above. A folder with ``DONE``
-is reused; a folder without it belongs to an interrupted stage and is resumed.
+is reused (plan.reusable says when not); a folder without it belongs to an interrupted stage and
+is resumed.
+
+The hash names what a stage computes, not one training of it: a parent trained again (its folder
+deleted, ``--rerun``) keeps its hash. So ``DONE`` also carries a ``run_id`` of its own, the
+``parent_run`` it started from and a ``code`` fingerprint of lmadapt's source; a child whose
+``parent_run`` is not its parent's ``run_id`` is out of date. The code fingerprint stays out of the
+hash on purpose: an edit anywhere in lmadapt would otherwise retrain every stage of every run, so
+a changed fingerprint is reported, and ``--rerun`` recomputes what the user decides.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import glob as globlib
 import hashlib
 import json
+import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +52,20 @@ _sha_cache: dict[tuple[str, int, int], str] = {}
 def _version() -> str:
     from .. import __version__
     return __version__
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """sha256 (12 hex digits) of lmadapt's own Python source: which code computed a stage."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
 
 
 def file_sha256(path: Path) -> str:
@@ -144,6 +169,19 @@ def mark_done(folder: Path, info: dict) -> None:
     """Written last: a stage folder with DONE is complete and is reused as is."""
     atomic_write_text(Path(folder) / DONE_FILE,
                       json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}, indent=2, default=str) + "\n")
+
+
+def discard(folder: Path) -> None:
+    """Remove a stage folder whose output is out of date. Renamed first (atomic), so a crash
+    midway leaves no half-deleted folder that a later run could take for a finished stage."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    doomed = folder.with_name(folder.name + ".discarded")
+    if doomed.exists():
+        shutil.rmtree(doomed)
+    folder.rename(doomed)
+    shutil.rmtree(doomed)
 
 
 def write_stage_file(folder: Path, key: dict, full_hash: str) -> None:

@@ -6,7 +6,9 @@
 Every stage instance (kind, resolved recipe, parent, input files) has one folder
 ``output_dir/stages/<kind>-<name>-<hash12>`` (see cache.py). Arms that share a prefix share its
 folders, so the base model is trained once; a folder with ``DONE`` is reused, a folder without it
-is an interrupted stage and is resumed (from its last checkpoint, else started over). After each
+is an interrupted stage and is resumed (from its last checkpoint, else started over). ``--rerun
+NAME`` trains the named stages again, and every stage after them; so does a stage whose parent was
+trained again since (plan.reusable): their old folders are removed first. After each
 stage: LM evidence (held-out perplexity of every pretrained model), task metrics, wall time,
 tokens/s and peak memory go to ``results.jsonl``, one row per (arm, seed, stage). plan.py builds
 the chains of stage instances, rows.py the rows; this module runs them.
@@ -37,7 +39,7 @@ from ..train.dist import barrier, broadcast, gather, is_main_process, world_size
 from ..train.dist import log as dist_log
 from ..train.outputs import METRICS_FILE, atomic_write_text, read_json, write_json
 from . import cache
-from .plan import ArmRun, StageInstance, plan, unique_instances
+from .plan import ArmRun, StageInstance, plan, reusable, stage_names, unique_instances
 from .rows import BASELINE_DIR, EVIDENCE_FILE, baseline_row, input_row, stage_row
 
 RESULTS_FILE = "results.jsonl"
@@ -210,7 +212,10 @@ def execute_stage(inst: StageInstance) -> dict:
     with PeakMemory() as mem:
         STAGE_RUNNERS[inst.kind](recipe, folder)
     info = {"hash": inst.hash, "kind": inst.kind, "name": inst.name, "wall_seconds": round(time.time() - t0, 2),
-            "resumed": resumed, **mem.result()}
+            "resumed": resumed, **mem.result(),
+            # which training of the parent this one started from (plan.reusable), and which code ran it
+            "run_id": cache.new_run_id(), "code": cache.code_fingerprint(),
+            "parent_run": cache.read_done(inst.parent.folder).get("run_id") if inst.parent else None}
     gc.collect()
     if main:
         cache.mark_done(folder, info)
@@ -363,10 +368,12 @@ class RunLock:
         self.fh.close()
 
 
-def run_pipeline(cfg: PipelineConfig, *, pipeline_file: str | None = None, report: bool = True, jobs: int = 1) -> dict:
+def run_pipeline(cfg: PipelineConfig, *, pipeline_file: str | None = None, report: bool = True, jobs: int = 1,
+                 rerun: list[str] | tuple[str, ...] = ()) -> dict:
     """Run (or reuse) every stage of every arm and seed; write results.jsonl, run_state.json, report.
 
-    ``jobs`` > 1 runs independent stages at once, each in a process of its own (see jobs.py)."""
+    ``jobs`` > 1 runs independent stages at once, each in a process of its own (see jobs.py).
+    ``rerun`` names stages (or "all") to train again, with every stage that follows them."""
     if jobs < 1:
         raise ConfigError(f"--jobs: must be at least 1, got {jobs}")
     if jobs > 1 and world_size() > 1:
@@ -385,19 +392,53 @@ def run_pipeline(cfg: PipelineConfig, *, pipeline_file: str | None = None, repor
         error = broadcast(error)
         if error:
             raise ConfigError(error)
-        return _run_locked(cfg, out, pipeline_file=pipeline_file, report=report, jobs=jobs)
+        return _run_locked(cfg, out, pipeline_file=pipeline_file, report=report, jobs=jobs, rerun=rerun)
 
 
-def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, report: bool, jobs: int = 1) -> dict:
+def rerun_names(runs: list[ArmRun], rerun) -> set[str]:
+    """``--rerun`` values (names, comma lists, "all") as a set of stage names of this pipeline."""
+    names = {n.strip() for value in rerun for n in str(value).split(",") if n.strip()}
+    known = stage_names(runs)
+    if "all" in names:
+        return set(known)
+    unknown = sorted(names - set(known))
+    if unknown:
+        raise ConfigError(f"--rerun: no stage named {unknown[0]!r} in this pipeline; its stages: "
+                          f"{', '.join(known)} (or 'all')")
+    return names
+
+
+def other_code(instances: list[StageInstance], reused: set[str]) -> list[str]:
+    """The reused stages that a different lmadapt source computed (DONE files from before the
+    fingerprint have none and are not counted)."""
+    now = cache.code_fingerprint()
+    return [i.id for i in instances if i.id in reused and cache.read_done(i.folder).get("code") not in (None, now)]
+
+
+def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, report: bool, jobs: int = 1,
+                rerun=()) -> dict:
     import yaml
     main = is_main_process()
     if main:
         atomic_write_text(out / PIPELINE_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
     runs = plan(cfg)
     instances = unique_instances(runs)
+    names = rerun_names(runs, rerun)
     # What is cached is read once, by the main process: from here on a stage counts as done when
     # it was done at the start or this run executed it, which every process knows alike.
-    cached = set(broadcast([i.id for i in instances if cache.is_done(i.folder)] if main else None))
+    decided = broadcast(reusable(instances, names) if main else None)
+    cached, stale = set(decided[0]), decided[1]
+    if main:
+        for inst in instances:
+            if inst.id in stale:
+                log(f"{inst.id}: finished earlier, but {stale[inst.id]}: removing it to train it again")
+                cache.discard(inst.folder)
+        changed = other_code(instances, cached)
+        if changed:
+            log(f"note: {len(changed)} reused stage(s) were computed by other lmadapt code than this "
+                f"({cache.code_fingerprint()}), e.g. {changed[0]}; `--rerun NAME` trains a stage and "
+                "the ones after it again")
+    barrier()
     todo = [i for i in instances if i.id not in cached]
     total = len(instances)
     log(f"{len(runs)} arm runs ({len(cfg.arms)} arms x {len(cfg.seeds)} seeds), {total} distinct stages: "
@@ -503,6 +544,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                         help="key=value overrides, e.g. seeds=[0,1,2] output_dir=runs/x vars.corpus=data/")
     parser.add_argument("--dry-run", action="store_true", help="validate, print the plan (cached / to run) and exit")
     parser.add_argument("--no-report", action="store_true", help="skip report.md / report.html")
+    parser.add_argument("--rerun", action="append", default=[], metavar="NAME[,NAME]",
+                        help="train these stages again (names from the pipeline's stages, or 'all'), and every "
+                             "stage that starts from them; their old folders are removed")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="run up to N independent stages at once, each in a process of its own (one GPU "
                              "each, round robin over the visible GPUs; on CPU the cores are shared out); "
@@ -510,15 +554,23 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     return parser
 
 
-def describe_plan(cfg: PipelineConfig) -> str:
+def describe_plan(cfg: PipelineConfig, rerun=()) -> str:
+    """The dry run's answer: per arm and seed, which stages are reused, run, or run again."""
     runs = plan(cfg)
-    lines = []
-    for run in runs:
-        parts = [f"{i.name}[{'cached' if cache.is_done(i.folder) else 'run'}]" for i in run.stages]
-        lines.append(f"{run.arm:<16} seed {run.seed:<4} " + " -> ".join(parts))
     insts = unique_instances(runs)
-    lines.append(f"{len(insts)} distinct stages ({sum(cache.is_done(i.folder) for i in insts)} cached):")
-    lines.extend(f"  {i.id}" for i in insts)
+    reused, stale = reusable(insts, rerun_names(runs, rerun))
+
+    def status(inst: StageInstance) -> str:
+        return "cached" if inst.id in reused else "rerun" if inst.id in stale else "run"
+
+    lines = [f"{run.arm:<16} seed {run.seed:<4} " + " -> ".join(f"{i.name}[{status(i)}]" for i in run.stages)
+             for run in runs]
+    lines.append(f"{len(insts)} distinct stages ({len(reused)} cached, {len(stale)} to run again):")
+    lines.extend(f"  {i.id}" + (f"  (run again: {stale[i.id]})" if i.id in stale else "") for i in insts)
+    changed = other_code(insts, reused)
+    if changed:
+        lines.append(f"{len(changed)} cached stage(s) were computed by other lmadapt code than this "
+                     f"({cache.code_fingerprint()})")
     return "\n".join(lines)
 
 
@@ -526,9 +578,10 @@ def main_run(args: argparse.Namespace) -> int:
     cfg = load_pipeline(args.pipeline, list(args.overrides or []))
     if args.dry_run:
         if is_main_process():
-            print(describe_plan(cfg))
+            print(describe_plan(cfg, args.rerun))
         return 0
-    summary = run_pipeline(cfg, pipeline_file=str(args.pipeline), report=not args.no_report, jobs=args.jobs)
+    summary = run_pipeline(cfg, pipeline_file=str(args.pipeline), report=not args.no_report, jobs=args.jobs,
+                           rerun=args.rerun)
     if not is_main_process():
         return 0
     from .report import summary_table

@@ -1,0 +1,123 @@
+"""Which finished stages a run may reuse: `--rerun`, a parent trained again, other lmadapt code.
+
+A stage's folder is named by what it computes, so a parent trained again keeps its name; the
+children it fed must then train again too, or they would pair the new parent with results of the
+old one. One arm (base -> dapt -> ft), one seed, a few steps a stage.
+"""
+import json
+import shutil
+
+import pytest
+
+from lmadapt.config.base import ConfigError
+from lmadapt.config.pipeline import load_pipeline
+from lmadapt.pipeline import cache
+from lmadapt.pipeline import run as prun
+from lmadapt.pipeline.cache import DONE_FILE
+from toy_pipeline import make_workspace, pipeline_dict
+
+
+def small_pipeline(ws, out) -> dict:
+    d = pipeline_dict(ws, out)
+    d.update(seeds=[0], arms={"dapt_ft": ["base", "dapt", "ft"]}, baseline={"tfidf": False})
+    d["evaluation"] = {"lm_sets": {}}
+    return d
+
+
+@pytest.fixture
+def finished(tmp_path):
+    """A finished run: {stage name: folder}, and a function that runs the pipeline again."""
+    ws = make_workspace(tmp_path)
+    data = small_pipeline(ws, tmp_path / "run")
+
+    def again(**kw):
+        return prun.run_pipeline(load_pipeline(data=data), report=False, **kw)
+
+    again()
+    folders = {p.name.split("-")[1]: p for p in (tmp_path / "run" / "stages").iterdir()}
+    assert set(folders) == {"base", "dapt", "ft"}
+    return folders, again, data
+
+
+def done(folder) -> dict:
+    return json.loads((folder / DONE_FILE).read_text())
+
+
+def executed_names(summary) -> list[str]:
+    return [i.split("-")[1] for i in summary["executed"]]
+
+
+def test_done_records_which_parent_training_it_started_from(finished):
+    folders, _, _ = finished
+    base, dapt, ft = (done(folders[n]) for n in ("base", "dapt", "ft"))
+    assert base["parent_run"] is None
+    assert dapt["parent_run"] == base["run_id"] and ft["parent_run"] == dapt["run_id"]
+    assert len({base["run_id"], dapt["run_id"], ft["run_id"]}) == 3
+    assert ft["code"] == cache.code_fingerprint() and len(ft["code"]) == 12
+
+
+def test_a_deleted_parent_trains_again_and_so_does_what_follows_it(finished):
+    folders, again, _ = finished
+    old_ft = done(folders["ft"])["run_id"]
+    shutil.rmtree(folders["dapt"])
+    summary = again()
+    assert executed_names(summary) == ["dapt", "ft"], "ft must not keep the results of the deleted dapt"
+    assert done(folders["ft"])["run_id"] != old_ft
+    assert done(folders["ft"])["parent_run"] == done(folders["dapt"])["run_id"]
+
+
+def test_a_parent_trained_again_elsewhere_makes_its_child_out_of_date(finished):
+    # As if another pipeline sharing this output_dir, whose plan stops at dapt, had run `--rerun dapt`.
+    folders, again, _ = finished
+    record = done(folders["dapt"])
+    (folders["dapt"] / DONE_FILE).write_text(json.dumps({**record, "run_id": cache.new_run_id()}))
+    summary = again()
+    assert executed_names(summary) == ["ft"]
+    assert done(folders["ft"])["parent_run"] == done(folders["dapt"])["run_id"]
+
+
+def test_rerun_trains_the_named_stage_and_the_ones_after_it(finished, monkeypatch):
+    folders, again, data = finished
+    before = {n: done(f)["run_id"] for n, f in folders.items()}
+    marker = folders["dapt"] / "left_by_the_old_training.txt"
+    marker.write_text("x")
+    plan = prun.describe_plan(load_pipeline(data=data), ["dapt"])
+    assert "base[cached] -> dapt[rerun] -> ft[rerun]" in plan and "1 cached, 2 to run again" in plan
+    assert marker.exists(), "a dry run removes nothing"
+
+    summary = again(rerun=["dapt"])
+    assert executed_names(summary) == ["dapt", "ft"]
+    after = {n: done(f)["run_id"] for n, f in folders.items()}
+    assert after["base"] == before["base"] and after["dapt"] != before["dapt"] and after["ft"] != before["ft"]
+    assert not marker.exists(), "the old folder was removed before training again"
+    assert not list(folders["dapt"].parent.glob("*.discarded"))
+
+    assert executed_names(again(rerun=["all"])) == ["base", "dapt", "ft"]
+    assert executed_names(again()) == []
+
+
+def test_rerun_of_an_unknown_stage_is_refused_before_anything_is_removed(finished):
+    folders, again, data = finished
+    before = {n: done(f)["run_id"] for n, f in folders.items()}
+    with pytest.raises(ConfigError, match=r"--rerun: no stage named 'dpat'.*base, dapt, ft"):
+        again(rerun=["dapt,dpat"])
+    with pytest.raises(ConfigError, match="dpat"):
+        prun.describe_plan(load_pipeline(data=data), ["dpat"])
+    assert {n: done(f)["run_id"] for n, f in folders.items()} == before
+
+
+def test_stages_from_other_code_are_reused_and_reported(finished, monkeypatch, capsys):
+    folders, again, data = finished
+    monkeypatch.setattr(cache, "code_fingerprint", lambda: "0123456789ab")
+    capsys.readouterr()
+    assert executed_names(again()) == []
+    log = capsys.readouterr().out
+    assert "3 reused stage(s) were computed by other lmadapt code than this (0123456789ab)" in log
+    assert "3 cached stage(s) were computed by other lmadapt code" in prun.describe_plan(load_pipeline(data=data))
+
+
+def test_the_cli_takes_rerun_names_repeated_or_comma_separated():
+    import argparse
+    args = prun.add_run_arguments(argparse.ArgumentParser()).parse_args(
+        ["p.yaml", "--rerun", "dapt,ft", "--rerun", "base"])
+    assert args.rerun == ["dapt,ft", "base"]
