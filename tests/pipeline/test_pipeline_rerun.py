@@ -121,3 +121,26 @@ def test_the_cli_takes_rerun_names_repeated_or_comma_separated():
     args = prun.add_run_arguments(argparse.ArgumentParser()).parse_args(
         ["p.yaml", "--rerun", "dapt,ft", "--rerun", "base"])
     assert args.rerun == ["dapt,ft", "base"]
+
+
+def test_an_input_model_replaced_at_its_path_is_scored_again(finished, tmp_path):
+    """An arm that starts from a model folder: its stages' hashes cover the folder's files, and so
+    must its cached held-out perplexity (the report's "before" row)."""
+    folders, _, data = finished
+    model = tmp_path / "input_model"
+    shutil.copytree(folders["base"], model, ignore=shutil.ignore_patterns("checkpoints", DONE_FILE))
+    ws_sets = {"general": data["stages"]["base"]["recipe"]["data"]["sources"][0]["path"]}
+    pipe = {**data, "output_dir": str(tmp_path / "run2"), "stages": {"ft": {"kind": "finetune", "recipe": {
+        "model": {"path": str(model)}}}}, "arms": {"ft_only": ["ft"]},
+        "evaluation": {"lm_sets": ws_sets, "block_size": 32, "max_tokens": 400}}
+
+    def input_perplexity():
+        summary = prun.run_pipeline(load_pipeline(data=pipe), report=False)
+        row = next(r for r in summary["rows"] if r["kind"] == "input")
+        return row["lm"]["general"]["perplexity"], executed_names(summary)
+
+    first, ran = input_perplexity()
+    assert ran == ["ft"] and input_perplexity() == (first, [])
+    shutil.copy(folders["dapt"] / "model.safetensors", model / "model.safetensors")   # other weights, same path
+    second, ran = input_perplexity()
+    assert ran == ["ft"] and second != pytest.approx(first, rel=1e-6)

@@ -298,8 +298,10 @@ def baseline_for(inst: StageInstance, cfg: PipelineConfig, out: Path) -> dict | 
 # --- the run -------------------------------------------------------------------------------------
 
 def input_evidence_path(out: Path, run: ArmRun) -> Path:
-    """Where the LM evidence of an arm's input model (one not trained by a stage) is cached."""
-    return out / "evidence" / f"input-{cache.digest(run.input_model)[:12]}.json"
+    """Where the LM evidence of an arm's input model (one not trained by a stage) is cached: keyed
+    by its files too, so a model replaced at the same path is scored again (as its stages run again)."""
+    key = [run.input_model, cache.fingerprint_path(run.input_model)]
+    return out / "evidence" / f"input-{cache.digest(key)[:12]}.json"
 
 
 def finished_rows(runs: list[ArmRun], out: Path, done: set[str], executed: set[str]) -> list[dict]:
