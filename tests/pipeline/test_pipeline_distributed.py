@@ -137,7 +137,7 @@ def test_interrupted_stage_resumes_on_every_process(dist_run):
     assert again.stdout.count("interrupted earlier; resuming from its last checkpoint") == 1
     # what starts from dapt (its evaluate stage, two fine-tunes) trains again from the resumed dapt
     assert "3 cached, 4 to run" in again.stdout
-    assert again.stdout.count("it starts from dapt, which runs again: removing it") == 3
+    assert again.stdout.count("it starts from dapt, which runs again: removing its folder") == 3
     done = json.loads((dapt / DONE_FILE).read_text())
     assert done["resumed"] == "checkpoint" and done["processes"] == 2
     assert (dapt / "model.safetensors").is_file() and (dapt / "checkpoints" / "checkpoint-4").is_dir()

@@ -144,3 +144,31 @@ def test_an_input_model_replaced_at_its_path_is_scored_again(finished, tmp_path)
     shutil.copy(folders["dapt"] / "model.safetensors", model / "model.safetensors")   # other weights, same path
     second, ran = input_perplexity()
     assert ran == ["ft"] and second != pytest.approx(first, rel=1e-6)
+
+
+def test_an_interrupted_stage_whose_parent_trains_again_starts_over(finished, monkeypatch):
+    """dapt died after its checkpoints; base trains again: resuming dapt would continue training
+    the old base's weights, so it starts from the new base instead."""
+    folders, again, _ = finished
+    (folders["dapt"] / DONE_FILE).unlink()
+    assert list((folders["dapt"] / "checkpoints").glob("checkpoint-*")), "the toy dapt saves checkpoints"
+    calls = []
+    real = prun.STAGE_RUNNERS["pretrain"]
+
+    def spy(recipe, folder):
+        calls.append((folder.name.split("-")[1], recipe["train"].get("resume", False)))
+        return real(recipe, folder)
+
+    monkeypatch.setitem(prun.STAGE_RUNNERS, "pretrain", spy)
+    assert executed_names(again(rerun=["base"])) == ["base", "dapt", "ft"]
+    assert calls == [("base", False), ("dapt", False)]
+    assert done(folders["dapt"])["resumed"] is None and done(folders["dapt"])["parent_run"] == done(folders["base"])["run_id"]
+
+
+def test_an_interrupted_stage_of_the_same_parent_training_resumes(finished, monkeypatch):
+    folders, again, _ = finished
+    (folders["dapt"] / DONE_FILE).unlink()
+    stage_file = json.loads((folders["dapt"] / cache.STAGE_FILE).read_text())
+    assert stage_file["parent_run"] == done(folders["base"])["run_id"]
+    assert executed_names(again()) == ["dapt", "ft"]
+    assert done(folders["dapt"])["resumed"] == "checkpoint"

@@ -184,5 +184,15 @@ def discard(folder: Path) -> None:
     shutil.rmtree(doomed)
 
 
-def write_stage_file(folder: Path, key: dict, full_hash: str) -> None:
-    atomic_write_text(Path(folder) / STAGE_FILE, json.dumps({"hash": full_hash, **key}, indent=2, default=str) + "\n")
+def write_stage_file(folder: Path, key: dict, full_hash: str, parent_run: str | None = None) -> None:
+    """Written when a stage starts; ``parent_run`` lets a later run tell whether an interrupted stage
+    started from the parent training that is there now (plan.reusable)."""
+    atomic_write_text(Path(folder) / STAGE_FILE, json.dumps({"hash": full_hash, **key, "parent_run": parent_run},
+                                                           indent=2, default=str) + "\n")
+
+
+def recorded_parent_run(folder: Path) -> str | None:
+    """The parent training a stage started from: DONE's record, else (interrupted) its stage file's."""
+    folder = Path(folder)
+    record = read_done(folder) if is_done(folder) else (read_json(folder / STAGE_FILE, default={}) or {})
+    return record.get("parent_run")

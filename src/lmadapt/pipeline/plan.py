@@ -103,16 +103,18 @@ def stage_names(runs: list[ArmRun]) -> list[str]:
 
 
 def reusable(instances: list[StageInstance], rerun: set[str] = frozenset()) -> tuple[set[str], dict[str, str]]:
-    """Which finished stages this run reuses, and why each other finished one is out of date.
+    """Which finished stages this run reuses, and which folders (finished or interrupted) are out
+    of date, with why.
 
-    A stage with ``DONE`` is reused unless it is named in ``rerun``, or it starts from a stage that
-    runs again (not reusable itself), or from another training of its parent than the one it
-    recorded (``parent_run``; see cache.py). ``instances`` lists parents before their children, as
-    unique_instances does. Returns (reused ids, {out-of-date id: reason})."""
+    A stage's folder is out of date when it is named in ``rerun``, or it starts from a stage that
+    runs again (not reused itself), or from another training of its parent than the one it
+    recorded (``parent_run``; see cache.py): resuming it would continue from the old parent. Other
+    finished stages are reused; other interrupted ones resume. ``instances`` lists parents before
+    their children, as unique_instances does. Returns (reused ids, {out-of-date id: reason})."""
     reused: set[str] = set()
     stale: dict[str, str] = {}
     for inst in instances:
-        if not cache.is_done(inst.folder):
+        if not inst.folder.is_dir():
             continue
         parent = inst.parent
         if inst.name in rerun:
@@ -120,8 +122,8 @@ def reusable(instances: list[StageInstance], rerun: set[str] = frozenset()) -> t
         elif parent is not None and parent.id not in reused:
             stale[inst.id] = f"it starts from {parent.name}, which runs again"
         elif parent is not None and not _same_parent_run(inst, parent):
-            stale[inst.id] = f"{parent.name} was trained again after it ran"
-        else:
+            stale[inst.id] = f"{parent.name} was trained again after it started"
+        elif cache.is_done(inst.folder):
             reused.add(inst.id)
     return reused, stale
 
@@ -129,5 +131,5 @@ def reusable(instances: list[StageInstance], rerun: set[str] = frozenset()) -> t
 def _same_parent_run(inst: StageInstance, parent: StageInstance) -> bool:
     current = cache.read_done(parent.folder).get("run_id")
     # A parent finished before run ids existed has none: trust its child. A child with none whose
-    # parent has one finished before the parent's latest training, so it is out of date.
-    return current is None or cache.read_done(inst.folder).get("parent_run") == current
+    # parent has one started before the parent's latest training, so it is out of date.
+    return current is None or cache.recorded_parent_run(inst.folder) == current

@@ -194,6 +194,7 @@ def execute_stage(inst: StageInstance) -> dict:
     folder = inst.folder
     recipe = json.loads(json.dumps(inst.recipe))
     main = is_main_process()
+    parent_run = cache.read_done(inst.parent.folder).get("run_id") if inst.parent else None
     resumed = broadcast(_interrupted(inst) if main else None)
     if resumed == "checkpoint":
         recipe["train"]["resume"] = True
@@ -204,7 +205,7 @@ def execute_stage(inst: StageInstance) -> dict:
         if resumed == "restart":
             clear_for_restart(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        cache.write_stage_file(folder, inst.key, inst.hash)
+        cache.write_stage_file(folder, inst.key, inst.hash, parent_run=parent_run)
     barrier()
     if inst.kind != "evaluate" and resumed != "checkpoint":
         recipe["train"]["overwrite"] = True       # the folder holds only lmadapt_stage.json
@@ -214,8 +215,7 @@ def execute_stage(inst: StageInstance) -> dict:
     info = {"hash": inst.hash, "kind": inst.kind, "name": inst.name, "wall_seconds": round(time.time() - t0, 2),
             "resumed": resumed, **mem.result(),
             # which training of the parent this one started from (plan.reusable), and which code ran it
-            "run_id": cache.new_run_id(), "code": cache.code_fingerprint(),
-            "parent_run": cache.read_done(inst.parent.folder).get("run_id") if inst.parent else None}
+            "run_id": cache.new_run_id(), "code": cache.code_fingerprint(), "parent_run": parent_run}
     gc.collect()
     if main:
         cache.mark_done(folder, info)
@@ -433,7 +433,7 @@ def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, re
     if main:
         for inst in instances:
             if inst.id in stale:
-                log(f"{inst.id}: finished earlier, but {stale[inst.id]}: removing it to train it again")
+                log(f"{inst.id}: out of date, {stale[inst.id]}: removing its folder to train it from the start")
                 cache.discard(inst.folder)
         changed = other_code(instances, cached)
         if changed:
