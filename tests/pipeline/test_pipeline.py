@@ -278,6 +278,7 @@ def test_a_stage_started_over_keeps_its_packed_blocks(tmp_path):
     """Interrupted without a checkpoint, a stage starts over in an emptied folder, but its packed
     blocks stay (their names key their content), so the new start does not pack again."""
     from lmadapt.pipeline import cache
+    from lmadapt.pipeline.execute import clear_for_restart
     from lmadapt.stages.pretrain_data import BLOCKS_DIR
     folder = tmp_path / "stage"
     (folder / BLOCKS_DIR).mkdir(parents=True)
@@ -285,6 +286,6 @@ def test_a_stage_started_over_keeps_its_packed_blocks(tmp_path):
     (folder / cache.STAGE_FILE).write_text("{}")
     (folder / "checkpoint-2").mkdir()
     (folder / "logs.jsonl").write_text("")
-    prun.clear_for_restart(folder)
+    clear_for_restart(folder)
     assert sorted(p.name for p in folder.iterdir()) == sorted([BLOCKS_DIR, cache.STAGE_FILE])
     assert (folder / BLOCKS_DIR / "train-abc.arrow").read_text() == "blocks"

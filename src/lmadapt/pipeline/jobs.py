@@ -256,7 +256,8 @@ def worker_main(out: str, inst_id: str) -> int:
     from ..config.pipeline import LM_KINDS, load_pipeline
     from .plan import plan, unique_instances
     from .rows import EVIDENCE_FILE
-    from .run import execute_stage, lm_evidence, log
+    from .execute import execute_stage, log
+    from .run import lm_evidence
 
     out_dir = Path(out).resolve()
     data = yaml.safe_load((out_dir / "pipeline.yaml").read_text(encoding="utf-8"))
