@@ -172,3 +172,18 @@ def test_an_interrupted_stage_of_the_same_parent_training_resumes(finished, monk
     assert stage_file["parent_run"] == done(folders["base"])["run_id"]
     assert executed_names(again()) == ["dapt", "ft"]
     assert done(folders["dapt"])["resumed"] == "checkpoint"
+
+
+def test_folders_the_plan_no_longer_uses_are_listed_with_their_size_and_kept(finished, capsys):
+    folders, again, data = finished
+    data["stages"]["ft"]["recipe"] = {"train": {"epochs": 2}}      # a new ft: the old folder is left over
+    plan = prun.describe_plan(load_pipeline(data=data))
+    assert "dapt[cached] -> ft[run]" in plan
+    assert f"1 stage folder(s) under {folders['ft'].parent} are not in this plan" in plan
+    line = next(ln for ln in plan.splitlines() if folders["ft"].name in ln)
+    assert line.split()[-1] in ("KB", "MB") and float(line.split()[-2]) > 0
+    capsys.readouterr()
+    assert executed_names(again()) == ["ft"]
+    assert "are not in this plan" in capsys.readouterr().out
+    assert done(folders["ft"])["run_id"], "the old folder is kept"
+    assert len(list(folders["ft"].parent.iterdir())) == 4

@@ -22,7 +22,7 @@ from .tokenize import FORMAT_VERSION, default_cache_dir
 STALE_TEMP_SECONDS = 24 * 3600
 
 
-def _size(folder: Path) -> int:
+def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
@@ -44,7 +44,7 @@ def entries(root: str | Path | None = None) -> list[dict]:
         except (OSError, ValueError):
             meta, state, last_used = {}, "incomplete", folder.stat().st_mtime
         out.append({"key": folder.name, "path": str(folder), "state": state, "documents": meta.get("documents"),
-                    "tokens": meta.get("tokens"), "tokenizer": meta.get("tokenizer"), "bytes": _size(folder),
+                    "tokens": meta.get("tokens"), "tokenizer": meta.get("tokenizer"), "bytes": folder_bytes(folder),
                     "last_used": last_used})
     return sorted(out, key=lambda e: -e["last_used"])
 
@@ -68,7 +68,7 @@ def clear(root: str | Path | None = None, *, older_than_days: float | None = Non
     return gone
 
 
-def _human(n: float) -> str:
+def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB"):
         if n < 1024:
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
@@ -77,7 +77,7 @@ def _human(n: float) -> str:
 
 
 def _count(rows: list[dict]) -> str:
-    return f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'} ({_human(sum(e['bytes'] for e in rows))})"
+    return f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'} ({human_bytes(sum(e['bytes'] for e in rows))})"
 
 
 def _num(value, width: int) -> str:
@@ -91,7 +91,7 @@ def table(rows: list[dict], now: float | None = None) -> str:
         days = (now - e["last_used"]) / 86400
         used = f"{days:.1f} d ago" if days >= 1 else f"{days * 24:.1f} h ago"
         lines.append(f"{e['key'][:16]:<16} {e['state']:<10} {_num(e['documents'], 10)} {_num(e['tokens'], 14)} "
-                     f"{_human(e['bytes']):>10} {used:>11}  {e['tokenizer'] or '-'}")
+                     f"{human_bytes(e['bytes']):>10} {used:>11}  {e['tokenizer'] or '-'}")
     lines.append(_count(rows))
     return "\n".join(lines)
 

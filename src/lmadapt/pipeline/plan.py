@@ -98,6 +98,17 @@ def unique_instances(runs: list[ArmRun]) -> list[StageInstance]:
     return out
 
 
+def unplanned_folders(out: Path, instances: list[StageInstance]) -> list[Path]:
+    """Stage folders under ``out/stages`` that this plan does not use: left by an earlier version of
+    the pipeline (another recipe, seed or input), or by another pipeline writing to the same folder.
+    Nothing removes them by itself; the dry run and the run's first lines list them with their size."""
+    planned = {inst.folder.name for inst in instances}
+    root = Path(out) / STAGES_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name not in planned)
+
+
 def stage_names(runs: list[ArmRun]) -> list[str]:
     return sorted({inst.name for run in runs for inst in run.stages})
 

@@ -36,7 +36,7 @@ from ..train.dist import barrier, broadcast, is_main_process, world_size
 from ..train.outputs import atomic_write_text, read_json, write_json
 from . import cache
 from .execute import STAGE_RUNNERS, _load_for_eval, execute_stage, log
-from .plan import ArmRun, StageInstance, plan, reusable, stage_names, unique_instances
+from .plan import ArmRun, StageInstance, plan, reusable, stage_names, unique_instances, unplanned_folders
 from .rows import BASELINE_DIR, EVIDENCE_FILE, baseline_row, input_row, stage_row
 
 RESULTS_FILE = "results.jsonl"
@@ -238,6 +238,22 @@ def other_code(instances: list[StageInstance], reused: set[str]) -> list[str]:
     return [i.id for i in instances if i.id in reused and cache.read_done(i.folder).get("code") not in (None, now)]
 
 
+def unplanned_note(out: Path, instances: list[StageInstance], show: int = 20) -> str | None:
+    """The stage folders this plan does not use, with their sizes (a model each: they add up)."""
+    from ..data.token_cache import folder_bytes, human_bytes
+    folders = unplanned_folders(out, instances)
+    if not folders:
+        return None
+    sizes = [folder_bytes(f) for f in folders]
+    lines = [f"{len(folders)} stage folder(s) under {folders[0].parent} are not in this plan "
+             f"({human_bytes(sum(sizes))}), from earlier versions of it or from another pipeline writing "
+             "here; they stay until you delete them:"]
+    lines += [f"  {f.name}  {human_bytes(n)}" for f, n in list(zip(folders, sizes))[:show]]
+    if len(folders) > show:
+        lines.append(f"  ... and {len(folders) - show} more")
+    return "\n".join(lines)
+
+
 def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, report: bool, jobs: int = 1,
                 rerun=()) -> dict:
     import yaml
@@ -256,6 +272,9 @@ def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, re
             if inst.id in stale:
                 log(f"{inst.id}: out of date, {stale[inst.id]}: removing its folder to train it from the start")
                 cache.discard(inst.folder)
+        note = unplanned_note(out, instances)
+        if note:
+            log(note)
         changed = other_code(instances, cached)
         if changed:
             log(f"note: {len(changed)} reused stage(s) were computed by other lmadapt code than this "
@@ -390,6 +409,9 @@ def describe_plan(cfg: PipelineConfig, rerun=()) -> str:
              for run in runs]
     lines.append(f"{len(insts)} distinct stages ({len(reused)} cached, {len(stale)} to run again):")
     lines.extend(f"  {i.id}" + (f"  (run again: {stale[i.id]})" if i.id in stale else "") for i in insts)
+    note = unplanned_note(Path(cfg.output_dir).resolve(), insts)
+    if note:
+        lines.append(note)
     changed = other_code(insts, reused)
     if changed:
         lines.append(f"{len(changed)} cached stage(s) were computed by other lmadapt code than this "
