@@ -98,7 +98,7 @@ def _run_finetune(recipe: dict, folder: Path) -> dict:
     return run_finetune(cfg, to_dict(cfg))
 
 
-def _load_for_eval(model: str):
+def load_for_eval(model: str):
     from ..config.model import ModelConfig
     from ..models.load import load_model
     return load_model(ModelConfig(path=str(model)))
@@ -108,7 +108,7 @@ def _run_evaluate(recipe: dict, folder: Path) -> dict:
     from ..config.pipeline import EvaluateStageConfig
     from ..stages.evaluate import evaluate_model
     cfg: EvaluateStageConfig = load_recipe(EvaluateStageConfig, data=recipe)
-    loaded = _load_for_eval(cfg.model)
+    loaded = load_for_eval(cfg.model)
     sets = {}
     for name, path in cfg.sets().items():
         res = evaluate_model(cfg.model, [path], text_field=cfg.text_field, split_docs=cfg.split_docs,

@@ -35,7 +35,7 @@ from ..config.pipeline import LM_KINDS, PipelineConfig, load_pipeline
 from ..train.dist import barrier, broadcast, is_main_process, world_size
 from ..train.outputs import atomic_write_text, read_json, write_json
 from . import cache
-from .execute import STAGE_RUNNERS, _load_for_eval, execute_stage, log
+from .execute import STAGE_RUNNERS, load_for_eval, execute_stage, log
 from .plan import ArmRun, StageInstance, plan, reusable, stage_names, unique_instances, unplanned_folders
 from .rows import BASELINE_DIR, EVIDENCE_FILE, baseline_row, input_row, stage_row
 
@@ -66,7 +66,7 @@ def lm_evidence(model: str, cfg: PipelineConfig, path: Path) -> dict:
     log(f"LM evidence: {Path(model).name if Path(model).exists() else model} on {', '.join(ev.lm_sets)}")
     sets = {}
     try:
-        loaded = _load_for_eval(model)
+        loaded = load_for_eval(model)
         for name, data in ev.lm_sets.items():
             res = evaluate_model(model, [data], block_size=ev.block_size, batch_size=ev.batch_size,
                                  max_tokens=ev.max_tokens, text_field=ev.text_field, loaded=loaded)
