@@ -187,3 +187,18 @@ def test_folders_the_plan_no_longer_uses_are_listed_with_their_size_and_kept(fin
     assert "are not in this plan" in capsys.readouterr().out
     assert done(folders["ft"])["run_id"], "the old folder is kept"
     assert len(list(folders["ft"].parent.iterdir())) == 4
+
+
+def test_finished_stages_drop_their_checkpoints_unless_kept(tmp_path):
+    ws = make_workspace(tmp_path)
+    data = {**small_pipeline(ws, tmp_path / "run"), "keep_checkpoints": False}
+    prun.run_pipeline(load_pipeline(data=data), report=False)
+    dapt = next((tmp_path / "run" / "stages").glob("pretrain-dapt-*"))
+    assert not (dapt / "checkpoints").exists() and (dapt / "model.safetensors").is_file()
+    assert done(dapt)["checkpoints_deleted_mb"] > 0            # save_every: 2 wrote some
+    assert prun.run_pipeline(load_pipeline(data=data), report=False)["executed"] == []
+
+    kept = {**data, "output_dir": str(tmp_path / "kept"), "keep_checkpoints": True}
+    prun.run_pipeline(load_pipeline(data=kept), report=False)
+    dapt = next((tmp_path / "kept" / "stages").glob("pretrain-dapt-*"))
+    assert list((dapt / "checkpoints").glob("checkpoint-*")) and "checkpoints_deleted_mb" not in done(dapt)

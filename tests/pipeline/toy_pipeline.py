@@ -46,6 +46,9 @@ def pipeline_dict(ws, out: Path) -> dict:
         "output_dir": str(out),
         "seeds": [0, 1],
         "seeded_kinds": ["finetune"],
+        # The resume tests take DONE away from finished stages, as if they had died after their last
+        # checkpoint; a finished stage's checkpoints are otherwise deleted (test_pipeline_rerun.py).
+        "keep_checkpoints": True,
         "vars": {"data": str(ws["dir"])},
         "evaluation": {"lm_sets": {"domain": ws["dval"], "general": ws["gval"]}, "block_size": 32, "max_tokens": 400},
         "baseline": {"tfidf": True},

@@ -159,6 +159,8 @@ class PipelineConfig:
     baseline: BaselineConfig = opt(doc="reference rows", factory=BaselineConfig)
     report: ReportConfig = opt(doc="comparison settings", factory=ReportConfig)
     stages: dict = opt(doc="named stages {name: {kind, recipe}}, reusable across arms", factory=dict)
+    keep_checkpoints: bool = opt(False, "keep a finished stage's training checkpoints (weights and optimizer state); "
+                                 "by default they are deleted once it is DONE, as a finished stage is never resumed")
 
     def __post_init__(self):
         parsed = {}

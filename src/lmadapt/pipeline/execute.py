@@ -158,11 +158,14 @@ def clear_for_restart(folder: Path) -> None:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def execute_stage(inst: StageInstance) -> dict:
+def execute_stage(inst: StageInstance, keep_checkpoints: bool = False) -> dict:
     """Run one stage instance into its folder (resuming an interrupted one); returns DONE's content.
 
     Every process calls this; the main process inspects and prepares the folder, the others wait
-    for it and then run the stage with the same recipe."""
+    for it and then run the stage with the same recipe. Once DONE is written, the stage's training
+    checkpoints are deleted unless ``keep_checkpoints``: a finished stage is reused, or trained again
+    from the start (plan.reusable), never resumed, and each checkpoint holds the optimizer state
+    besides the weights (about three times the model in fp32 with Adam)."""
     folder = inst.folder
     recipe = json.loads(json.dumps(inst.recipe))
     main = is_main_process()
@@ -189,7 +192,14 @@ def execute_stage(inst: StageInstance) -> dict:
             # which training of the parent this one started from (plan.reusable), and which code ran it
             "run_id": cache.new_run_id(), "code": cache.code_fingerprint(), "parent_run": parent_run}
     gc.collect()
+    from ..data.token_cache import folder_bytes
+    from ..train.loop import CHECKPOINT_DIR      # here, not at the top: `lmadapt --help` needs no torch
+    checkpoints = folder / CHECKPOINT_DIR
+    if not keep_checkpoints and checkpoints.is_dir():
+        info["checkpoints_deleted_mb"] = round(folder_bytes(checkpoints) / 2**20, 1)
     if main:
         cache.mark_done(folder, info)
+        if "checkpoints_deleted_mb" in info:      # after DONE: a crash in between leaves them, not a gap
+            shutil.rmtree(checkpoints, ignore_errors=True)
     barrier()
     return info

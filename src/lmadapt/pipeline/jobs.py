@@ -268,7 +268,7 @@ def worker_main(out: str, inst_id: str) -> int:
         raise ConfigError(f"{out_dir / 'pipeline.yaml'}: no stage {inst_id} in its plan "
                           "(did an input file change since the run started?)")
     log(f"{inst.id}: {inst.kind} stage '{inst.name}' in process {os.getpid()}")
-    info = execute_stage(inst)
+    info = execute_stage(inst, keep_checkpoints=cfg.keep_checkpoints)
     log(f"{inst.id}: done in {info['wall_seconds']:.1f}s")
     if inst.kind in LM_KINDS and cfg.evaluation.lm_sets:
         lm_evidence(inst.model_out, cfg, inst.folder / EVIDENCE_FILE)

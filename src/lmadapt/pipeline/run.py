@@ -334,7 +334,7 @@ def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, re
                         f"({n_run}/{len(todo)} to run, {time.time() - t_run:.0f}s elapsed) -> {inst.id}")
                     state.stage(inst, "running")
                     try:
-                        info = execute_stage(inst)
+                        info = execute_stage(inst, keep_checkpoints=cfg.keep_checkpoints)
                     except BaseException as exc:
                         state.stage(inst, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
                                     error=f"{type(exc).__name__}: {exc}")
