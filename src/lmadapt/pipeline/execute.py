@@ -164,8 +164,8 @@ def execute_stage(inst: StageInstance, keep_checkpoints: bool = False) -> dict:
     Every process calls this; the main process inspects and prepares the folder, the others wait
     for it and then run the stage with the same recipe. Once DONE is written, the stage's training
     checkpoints are deleted unless ``keep_checkpoints``: a finished stage is reused, or trained again
-    from the start (plan.reusable), never resumed, and each checkpoint holds the optimizer state
-    besides the weights (about three times the model in fp32 with Adam)."""
+    from the start (plan.reusable), never resumed, and in full training each checkpoint holds Adam's two moments besides the
+    weights (about three times the model)."""
     folder = inst.folder
     recipe = json.loads(json.dumps(inst.recipe))
     main = is_main_process()
