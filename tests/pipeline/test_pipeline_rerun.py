@@ -24,16 +24,27 @@ def small_pipeline(ws, out) -> dict:
     return d
 
 
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """One finished run; each test gets a copy (stage hashes leave output_dir out, so a copied run
+    folder is as finished as the original)."""
+    ws = make_workspace(tmp_path_factory.mktemp("rerun"))
+    out = ws["dir"] / "template"
+    prun.run_pipeline(load_pipeline(data=small_pipeline(ws, out)), report=False)
+    return ws, out
+
+
 @pytest.fixture
-def finished(tmp_path):
-    """A finished run: {stage name: folder}, and a function that runs the pipeline again."""
-    ws = make_workspace(tmp_path)
+def finished(template, tmp_path):
+    """A finished run: {stage name: folder}, a function that runs the pipeline again, its data."""
+    ws, src = template
+    shutil.copytree(src, tmp_path / "run")
     data = small_pipeline(ws, tmp_path / "run")
 
     def again(**kw):
         return prun.run_pipeline(load_pipeline(data=data), report=False, **kw)
 
-    again()
+    assert again()["executed"] == [], "the copy is reused as it is"
     folders = {p.name.split("-")[1]: p for p in (tmp_path / "run" / "stages").iterdir()}
     assert set(folders) == {"base", "dapt", "ft"}
     return folders, again, data
@@ -189,8 +200,8 @@ def test_folders_the_plan_no_longer_uses_are_listed_with_their_size_and_kept(fin
     assert len(list(folders["ft"].parent.iterdir())) == 4
 
 
-def test_finished_stages_drop_their_checkpoints_unless_kept(tmp_path):
-    ws = make_workspace(tmp_path)
+def test_finished_stages_drop_their_checkpoints_unless_kept(template, tmp_path):
+    ws, _ = template
     data = {**small_pipeline(ws, tmp_path / "run"), "keep_checkpoints": False}
     prun.run_pipeline(load_pipeline(data=data), report=False)
     dapt = next((tmp_path / "run" / "stages").glob("pretrain-dapt-*"))
@@ -198,7 +209,6 @@ def test_finished_stages_drop_their_checkpoints_unless_kept(tmp_path):
     assert done(dapt)["checkpoints_deleted_mb"] > 0            # save_every: 2 wrote some
     assert prun.run_pipeline(load_pipeline(data=data), report=False)["executed"] == []
 
-    kept = {**data, "output_dir": str(tmp_path / "kept"), "keep_checkpoints": True}
-    prun.run_pipeline(load_pipeline(data=kept), report=False)
-    dapt = next((tmp_path / "kept" / "stages").glob("pretrain-dapt-*"))
+    _, kept = template                                           # its pipeline says keep_checkpoints: true
+    dapt = next((kept / "stages").glob("pretrain-dapt-*"))
     assert list((dapt / "checkpoints").glob("checkpoint-*")) and "checkpoints_deleted_mb" not in done(dapt)
