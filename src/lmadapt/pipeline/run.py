@@ -231,11 +231,15 @@ def rerun_names(runs: list[ArmRun], rerun) -> set[str]:
     return names
 
 
-def other_code(instances: list[StageInstance], reused: set[str]) -> list[str]:
-    """The reused stages that a different lmadapt source computed (DONE files from before the
-    fingerprint have none and are not counted)."""
+def other_code_note(instances: list[StageInstance], reused: set[str], word: str = "reused") -> str | None:
+    """How many reused stages a different lmadapt source computed, or None (DONE files from before
+    the fingerprint have none and are not counted)."""
     now = cache.code_fingerprint()
-    return [i.id for i in instances if i.id in reused and cache.read_done(i.folder).get("code") not in (None, now)]
+    changed = [i.id for i in instances if i.id in reused and cache.read_done(i.folder).get("code") not in (None, now)]
+    if not changed:
+        return None
+    return (f"{len(changed)} {word} stage(s) were computed by other lmadapt code than this ({now}), e.g. "
+            f"{changed[0]}; `--rerun NAME` trains a stage and the ones after it again")
 
 
 def unplanned_note(out: Path, instances: list[StageInstance], show: int = 20) -> str | None:
@@ -275,11 +279,9 @@ def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, re
         note = unplanned_note(out, instances)
         if note:
             log(note)
-        changed = other_code(instances, cached)
-        if changed:
-            log(f"note: {len(changed)} reused stage(s) were computed by other lmadapt code than this "
-                f"({cache.code_fingerprint()}), e.g. {changed[0]}; `--rerun NAME` trains a stage and "
-                "the ones after it again")
+        code_note = other_code_note(instances, cached)
+        if code_note:
+            log(f"note: {code_note}")
     barrier()
     todo = [i for i in instances if i.id not in cached]
     total = len(instances)
@@ -412,10 +414,9 @@ def describe_plan(cfg: PipelineConfig, rerun=()) -> str:
     note = unplanned_note(Path(cfg.output_dir).resolve(), insts)
     if note:
         lines.append(note)
-    changed = other_code(insts, reused)
-    if changed:
-        lines.append(f"{len(changed)} cached stage(s) were computed by other lmadapt code than this "
-                     f"({cache.code_fingerprint()})")
+    code_note = other_code_note(insts, reused, word="cached")
+    if code_note:
+        lines.append(code_note)
     return "\n".join(lines)
 
 
