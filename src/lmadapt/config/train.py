@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .base import ConfigError, opt
+from .sharding import FsdpConfig, Sharding
 
 
 @dataclass
@@ -36,6 +37,9 @@ class TrainConfig:
     torch_threads: int | None = opt(None, "torch intra-op threads on CPU (default: torch's choice)")
     report_to: list[str] = opt(doc="extra trackers: tensorboard, wandb, ... (JSONL is always written)", factory=lambda: ["tensorboard"])
     overwrite: bool = opt(False, "allow writing into a non-empty output_dir without resume")
+    sharding: Sharding = opt("none", "none: every process holds the whole model (data parallel); fsdp: parameters, "
+                                     "gradients and optimizer state sharded over the processes (FSDP2)")
+    fsdp: FsdpConfig = opt(doc="FSDP2 options (train.sharding: fsdp)", factory=FsdpConfig)
 
     def __post_init__(self):
         for key in ("batch_size", "grad_accum", "log_every"):
