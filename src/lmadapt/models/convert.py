@@ -22,12 +22,11 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from lmadapt.config.base import ConfigError
+from lmadapt.folders import check_output_folder, write_folder
 
 log = logging.getLogger(__name__)
 
@@ -198,16 +197,21 @@ def _logits(model, ids):
         return model(input_ids=ids).logits.float()
 
 
-def gguf_to_model_folder(gguf_path: str, output_dir: str, *, verify: bool = True, atol: float = 1e-4) -> str:
+def gguf_to_model_folder(gguf_path: str, output_dir: str, *, verify: bool = True, atol: float = 1e-4,
+                         overwrite: bool = False) -> str:
     """Dequantise ``gguf_path`` into a plain float32 model folder at ``output_dir``; returns its path.
 
     Writes ``model.safetensors``, ``config.json``, the tokenizer and ``lmadapt_gguf.json``
     (source file, size, conversion time). Written to a temporary sibling and renamed, so an
     interrupted conversion leaves nothing at ``output_dir``. With ``verify`` the logits of the
-    rebuilt model must match those of the model transformers loaded from the GGUF file.
+    rebuilt model must match those of the model transformers loaded from the GGUF file. An existing
+    ``output_dir`` with files lmadapt did not write is refused unless ``overwrite`` (see
+    :mod:`lmadapt.folders`); it is never deleted.
     """
     import torch
     import transformers
+
+    check_output_folder(output_dir, overwrite=overwrite)   # before minutes of dequantising
 
     t0 = time.time()
     model, tokenizer, auto = load_gguf(gguf_path)
@@ -222,22 +226,16 @@ def gguf_to_model_folder(gguf_path: str, output_dir: str, *, verify: bool = True
     del model
     _tidy_tokenizer(tokenizer, plain.config)
 
-    out = Path(output_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        plain.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        src = Path(gguf_path).resolve()
-        (tmp / "lmadapt_gguf.json").write_text(json.dumps({
+    src = Path(gguf_path).resolve()
+
+    def fill(tmp: str) -> None:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (Path(tmp) / "lmadapt_gguf.json").write_text(json.dumps({
             "gguf_file": str(src), "size": src.stat().st_size, "model_type": plain.config.model_type,
             "transformers": transformers.__version__, "seconds": round(time.time() - t0, 1),
         }, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    out = write_folder(output_dir, fill, overwrite=overwrite)
     log.info("converted %s -> %s in %.1fs", gguf_path, out, time.time() - t0)
     return str(out)

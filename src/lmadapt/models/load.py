@@ -229,7 +229,7 @@ def _converted_gguf(gguf_path: str) -> str:
     if (folder / "config.json").is_file():
         return str(folder)
     log.info("dequantising %s into %s (once)", gguf_path, folder)
-    return gguf_to_model_folder(gguf_path, str(folder))
+    return gguf_to_model_folder(gguf_path, str(folder), overwrite=True)   # our own cache folder
 
 
 def _adapter_base(folder: str) -> str | None:

@@ -12,13 +12,10 @@
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Iterable, Iterator
 
 from lmadapt.config.base import ConfigError
+from lmadapt.folders import check_output_folder, write_folder
 
 BPE_SPECIALS = {"eos": "<|endoftext|>", "pad": "<pad>"}
 WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -66,12 +63,15 @@ def _wordpiece(vocab_size: int, min_frequency: int, lowercase: bool):
 
 
 def train_tokenizer(texts: Iterable[str], *, kind: str, vocab_size: int, output_dir: str,
-                    model_max_length: int = 2048, min_frequency: int = 2, lowercase: bool = False):
+                    model_max_length: int = 2048, min_frequency: int = 2, lowercase: bool = False,
+                    overwrite: bool = False):
     """Train a ``bpe`` or ``wordpiece`` tokenizer on ``texts`` and save it to ``output_dir``.
 
     Returns the ``PreTrainedTokenizerFast`` as reloaded by ``AutoTokenizer.from_pretrained``. The
     folder is written to a temporary sibling first and renamed, so a crash never leaves half a
-    tokenizer behind. An existing ``output_dir`` is replaced.
+    tokenizer behind. An existing ``output_dir`` is replaced only if lmadapt wrote all of it; a
+    folder with other files is refused unless ``overwrite`` (then only the tokenizer files are
+    replaced): see :mod:`lmadapt.folders`.
     """
     from tokenizers import processors
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -82,6 +82,7 @@ def train_tokenizer(texts: Iterable[str], *, kind: str, vocab_size: int, output_
         raise ConfigError(f"vocab_size: byte-level BPE needs at least 300 (256 bytes + specials), got {vocab_size}")
     if vocab_size < len(WORDPIECE_SPECIALS) + 1:
         raise ConfigError(f"vocab_size: too small ({vocab_size})")
+    check_output_folder(output_dir, overwrite=overwrite)   # refuse before training, not after
 
     if kind == "bpe":
         tok, trainer = _bpe(vocab_size, min_frequency)
@@ -115,19 +116,5 @@ def train_tokenizer(texts: Iterable[str], *, kind: str, vocab_size: int, output_
             padding_side="right", clean_up_tokenization_spaces=False,
             model_input_names=["input_ids", "token_type_ids", "attention_mask"])
 
-    out = Path(output_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        fast.save_pretrained(str(tmp))
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    out = write_folder(output_dir, fast.save_pretrained, overwrite=overwrite)
     return AutoTokenizer.from_pretrained(str(out))
