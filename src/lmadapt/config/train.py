@@ -22,7 +22,12 @@ class TrainConfig:
     weight_decay: float = opt(0.01, "AdamW weight decay")
     adam_beta2: float = opt(0.95, "AdamW beta2")
     max_grad_norm: float = opt(1.0, "gradient clipping norm")
-    scheduler: Literal["cosine", "linear", "constant"] = opt("cosine", "learning-rate schedule after warmup")
+    scheduler: Literal["cosine", "linear", "constant", "wsd"] = opt(
+        "cosine", "learning-rate schedule after warmup; wsd: warmup-stable-decay (MiniCPM), a constant peak then a "
+        "cosine decay over the last decay_fraction of the steps; a wsd run resumed with a larger max_steps "
+        "continues its stable phase")
+    min_lr_ratio: float = opt(0.0, "cosine and wsd decay to this fraction of the peak lr (0: to zero)")
+    decay_fraction: float = opt(0.1, "wsd: fraction of max_steps spent decaying")
     warmup_ratio: float = opt(0.05, "fraction of steps spent warming up (ignored if warmup_steps > 0)")
     warmup_steps: int = opt(0, "warmup steps")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = opt("auto", "auto: bf16 on GPUs that support it, else fp32 (CPU bf16 is very slow)")
@@ -36,10 +41,27 @@ class TrainConfig:
     num_workers: int = opt(0, "dataloader workers")
     torch_threads: int | None = opt(None, "torch intra-op threads on CPU (default: torch's choice)")
     report_to: list[str] = opt(doc="extra trackers: tensorboard, wandb, ... (JSONL is always written)", factory=lambda: ["tensorboard"])
-    overwrite: bool = opt(False, "allow writing into a non-empty output_dir without resume")
+    overwrite: bool = opt(False, "start over in a non-empty output_dir: what a previous run wrote there "
+                                 "(model, metrics, logs, checkpoints) is removed first")
+    nan_policy: Literal["stop", "skip"] = opt(
+        "stop", "a non-finite loss or gradient norm (or a spike): stop naming the first bad step, or skip the "
+        "step's update (one host sync per step)")
+    max_bad_steps: int = opt(0, "nan_policy skip: after this many skipped steps roll back to the newest complete "
+                                "checkpoint and skip the batches since (0: never roll back)")
+    spike_factor: float | None = opt(None, "treat a step whose loss exceeds this many times the running mean loss "
+                                           "as bad (e.g. 3.0; default: off)")
     sharding: Sharding = opt("none", "none: every process holds the whole model (data parallel); fsdp: parameters, "
                                      "gradients and optimizer state sharded over the processes (FSDP2)")
     fsdp: FsdpConfig = opt(doc="FSDP2 options (train.sharding: fsdp)", factory=FsdpConfig)
+    loss: Literal["auto", "standard", "chunked", "liger"] = opt(
+        "auto", "LM loss: chunked computes head + cross-entropy over token chunks, never the full logits "
+                "(memory); liger: Liger Kernel's fused Triton version (CUDA, pip install liger-kernel); "
+                "auto: liger on a GPU where installed, else chunked; standard for task heads")
+    compile: bool | Literal["auto"] = opt(
+        "auto", "torch.compile each transformer block (auto: on a GPU, off on CPU, where it does not pay)")
+    liger_kernels: bool | Literal["auto"] = opt(
+        "auto", "Liger Kernel's RMSNorm/RoPE/SwiGLU for the architectures it supports (auto: on a GPU where "
+                "liger-kernel is installed)")
 
     def __post_init__(self):
         for key in ("batch_size", "grad_accum", "log_every"):
@@ -49,5 +71,13 @@ class TrainConfig:
             raise ConfigError(f"lr: must be > 0, got {self.lr}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps: must be >= 1, got {self.max_steps}")
+        if not 0 <= self.min_lr_ratio < 1:
+            raise ConfigError(f"min_lr_ratio: must be in [0, 1), got {self.min_lr_ratio}")
+        if not 0 < self.decay_fraction <= 1:
+            raise ConfigError(f"decay_fraction: must be in (0, 1], got {self.decay_fraction}")
+        if self.spike_factor is not None and self.spike_factor <= 1:
+            raise ConfigError(f"spike_factor: must be > 1, got {self.spike_factor}")
+        if self.max_bad_steps < 0:
+            raise ConfigError(f"max_bad_steps: must be >= 0, got {self.max_bad_steps}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")

@@ -12,6 +12,10 @@ where it recognises the names (Llama, GPT-2); BERT's head is then trained as an 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -129,18 +133,45 @@ def save_model(model, tokenizer, output_dir: str, *, merge: bool) -> None:
     then computes exactly what the merged one does. A plain model is saved in full; ``merge`` is
     ignored for it. Other files in ``output_dir`` (recipe, meta, metrics) are left alone.
     """
+    with staged_folder(output_dir) as out:
+        if is_peft_model(model):
+            if merge:
+                merged = model.merge_and_unload()
+                merged.save_pretrained(str(out))
+            else:
+                model.save_pretrained(str(out), safe_serialization=True)
+        else:
+            model.save_pretrained(str(out))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(out))
+        stray = sorted(p.name for p in out.glob("*.bin"))
+        if stray:  # pragma: no cover - transformers/peft write safetensors by default
+            raise RuntimeError(f"{out}: unexpected pickle weight files {stray}; expected safetensors only")
+
+
+@contextmanager
+def staged_folder(output_dir: str | Path):
+    """Yields a temporary folder inside ``output_dir``; once the block succeeds its files are renamed
+    into ``output_dir``. A kill or a full disk while writing (the slow part) leaves ``output_dir`` as it
+    was: never an empty config.json, or weights without their tokenizer (seen before). Each rename is
+    atomic; only a kill within the few renames at the end can leave a mix of old and new files."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if is_peft_model(model):
-        if merge:
-            merged = model.merge_and_unload()
-            merged.save_pretrained(str(out))
-        else:
-            model.save_pretrained(str(out), safe_serialization=True)
-    else:
-        model.save_pretrained(str(out))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(out))
-    stray = sorted(p.name for p in out.glob("*.bin"))
-    if stray:  # pragma: no cover - transformers/peft write safetensors by default
-        raise RuntimeError(f"{out}: unexpected pickle weight files {stray}; expected safetensors only")
+    for old in out.glob(".saving-*"):       # left by a save that was killed
+        shutil.rmtree(old, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=out))
+    try:
+        yield tmp
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())   # the bytes are on disk before the names are
+        for f in sorted(tmp.iterdir()):
+            dest = out / f.name
+            if dest.is_dir() and not f.is_dir():
+                shutil.rmtree(dest)
+            elif f.is_dir() and dest.exists():
+                shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+            os.replace(f, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, set_seed
 
 from .. import metrics as M
@@ -34,8 +33,10 @@ from ..config.finetune import ADAPTER_FILE, FinetuneConfig
 from ..tasks import TASKS
 from ..tasks.base import DataError, Example, ReadReport
 from ..tasks.labeled_io import stratified_split, stratified_subsample
-from ..train.dist import is_main_process, log, require_data_parallel
+from ..train.dist import check_launch, is_main_process, log
+from ..train.fsdp import unsharded_on_main
 from ..train.loop import CHECKPOINT_DIR, run_training
+from ..train.samplers import EpochLengthGroupedSampler, EpochWeightedSampler
 from ..train.outputs import prepare_output_dir, read_json, read_meta, update_metrics, write_meta, write_recipe
 
 
@@ -281,16 +282,14 @@ class FinetuneTrainer(Trainer):
         self.sample_weights, self.group_by_length = sample_weights, group_by_length
 
     def _get_train_sampler(self, train_dataset=None):
-        from torch.utils.data import WeightedRandomSampler
-        from transformers.trainer_pt_utils import LengthGroupedSampler
-
+        # Orders drawn from (seed, epoch), never from a generator seeded once: a resumed run must see
+        # the batches the uninterrupted run saw in the epoch it resumes in (train/samplers.py).
         ds = train_dataset if train_dataset is not None else self.train_dataset
-        gen = torch.Generator().manual_seed(self.args.seed)
         if self.sample_weights is not None:
-            return WeightedRandomSampler(self.sample_weights, num_samples=len(ds), replacement=True, generator=gen)
+            return EpochWeightedSampler(self.sample_weights, num_samples=len(ds), seed=self.args.seed)
         if self.group_by_length and "length" in getattr(ds, "column_names", []):
-            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                        lengths=list(ds["length"]), generator=gen)
+            return EpochLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                             lengths=list(ds["length"]), seed=self.args.seed)
         return super()._get_train_sampler(train_dataset)
 
 
@@ -353,17 +352,20 @@ def save_output(model, tokenizer, out: Path, *, keep_adapter: bool) -> bool:
     head class) needed to rebuild it on its base. Returns whether an adapter folder was written."""
     from peft import PeftModel
 
-    if isinstance(model, PeftModel):
-        if keep_adapter:
-            model.save_pretrained(str(out))
-            base = model.get_base_model()
-            base.config.architectures = [type(base).__name__]   # else still the parent's class (e.g. ...ForMaskedLM)
-            base.config.save_pretrained(str(out))
-            tokenizer.save_pretrained(str(out))
-            return True
-        model = model.merge_and_unload()
-    model.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
+    from ..models.lora import staged_folder
+
+    with staged_folder(out) as tmp:     # files appear complete or not at all
+        if isinstance(model, PeftModel):
+            if keep_adapter:
+                model.save_pretrained(str(tmp))
+                base = model.get_base_model()
+                base.config.architectures = [type(base).__name__]   # else still the parent's class (e.g. ...ForMaskedLM)
+                base.config.save_pretrained(str(tmp))
+                tokenizer.save_pretrained(str(tmp))
+                return True
+            model = model.merge_and_unload()
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
     return False
 
 
@@ -375,7 +377,7 @@ def _report(reports: dict[str, ReadReport]) -> dict:
 
 def run_finetune(cfg: FinetuneConfig, recipe_dict: dict | None = None) -> dict:
     """Fine-tune one model on one task; returns the metrics written to metrics.json."""
-    require_data_parallel()
+    check_launch(cfg.train)
     t_start = time.time()
     task = TASKS[cfg.task.type]
     out = prepare_output_dir(cfg.train.output_dir, resume=cfg.train.resume, overwrite=cfg.train.overwrite)
@@ -472,6 +474,7 @@ def run_finetune(cfg: FinetuneConfig, recipe_dict: dict | None = None) -> dict:
     }
 
     # --- save --------------------------------------------------------------------------------
+    model = unsharded_on_main(model)   # sharded: gathered to the main process's host RAM (None elsewhere)
     if is_main_process():
         merged_base_only_in_memory = bool(src.adapter) and cfg.model.adapter_mode == "stack"
         keep_adapter = not cfg.lora.merge and not merged_base_only_in_memory

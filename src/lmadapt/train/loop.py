@@ -19,12 +19,15 @@ from typing import Any, Callable
 import torch
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..config.base import ConfigError
 from ..config.train import TrainConfig
 from .callbacks import JsonlLogCallback, TokenProgressCallback
-from .dist import is_main_process, timeout_seconds, use_cpu, world_size
+from .checkpoints import AtomicCheckpoints, newest_complete_checkpoint
+from .guard import GuardedTrainer, RollBack, StepGuard, TrainingDiverged
+from .schedules import StableEndCheckpoint, extension_checkpoint, scheduler_arguments, stable_end
+from .dist import broadcast, is_main_process, timeout_seconds, use_cpu, world_size
+from .fsdp import ShardedCheckpoints, is_sharded, shard_model, wants_sharding
 
 CHECKPOINT_DIR = "checkpoints"
 # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns).
@@ -81,7 +84,7 @@ def training_arguments(cfg: TrainConfig, *, tokens_per_example: int | None = Non
         weight_decay=cfg.weight_decay,
         adam_beta2=cfg.adam_beta2,
         max_grad_norm=cfg.max_grad_norm,
-        lr_scheduler_type=cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup",
+        **scheduler_arguments(cfg, max_steps),
         warmup_steps=cfg.warmup_steps if cfg.warmup_steps > 0 else cfg.warmup_ratio,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
@@ -97,6 +100,9 @@ def training_arguments(cfg: TrainConfig, *, tokens_per_example: int | None = Non
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,             # replaced by TokenProgressCallback
         save_only_model=False,
+        # The filter hides a NaN loss behind the running mean (logged "loss 0.0") and syncs the host every
+        # micro-batch; the step guard (guard.py) checks on the device instead. Kept where steps are skipped.
+        logging_nan_inf_filter=cfg.nan_policy == "skip",
         use_cpu=use_cpu(),
         ddp_find_unused_parameters=False,
         ddp_timeout=timeout_seconds(),  # the same as a group lmadapt started itself (train/dist.py)
@@ -114,9 +120,32 @@ class TrainOutcome:
     log_history: list[dict] = field(default_factory=list)
 
 
-def latest_checkpoint(output_dir: str | Path) -> str | None:
-    ckpt_dir = Path(output_dir) / CHECKPOINT_DIR
-    return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+def latest_checkpoint(output_dir: str | Path, *, set_aside: bool = False, say=lambda msg: None) -> str | None:
+    """The newest checkpoint a resume can load (checkpoints.py); incomplete newer ones are reported."""
+    return newest_complete_checkpoint(Path(output_dir) / CHECKPOINT_DIR, set_aside=set_aside, say=say)
+
+
+def guarded(trainer_cls: type[Trainer]) -> type[Trainer]:
+    """``trainer_cls`` with atomic checkpoints and the step guard (thin mixins over any Trainer subclass)."""
+    return type(f"Guarded{trainer_cls.__name__}", (AtomicCheckpoints, GuardedTrainer, trainer_cls), {})
+
+
+def _train_with_rollback(trainer: Trainer, cfg: TrainConfig, resume: str | None):
+    """trainer.train, rolled back to the newest complete checkpoint when the guard asks (guard.py)."""
+    for _ in range(4):
+        try:
+            return trainer.train(resume_from_checkpoint=resume)
+        except RollBack as rb:
+            resume = latest_checkpoint(cfg.output_dir)
+            start = int(Path(resume).name.split("-")[1]) if resume else None
+            if start is None or start >= rb.step:
+                raise TrainingDiverged(f"train.max_bad_steps: {cfg.max_bad_steps} steps skipped by step {rb.step} "
+                                       "(steps " + ", ".join(map(str, trainer.guard.skipped[-10:])) + ") and no "
+                                       "earlier checkpoint to roll back to; lower train.lr or set train.save_every")
+            trainer.guard.skip_ranges.append((start + 1, rb.step))
+            print(f"[lmadapt] train: rolling back to {Path(resume).name} after {cfg.max_bad_steps} bad steps; "
+                  f"the batches of steps {start + 1}-{rb.step} are skipped", flush=True)
+    raise TrainingDiverged(f"train: still diverging after 3 rollbacks (skipped steps {trainer.guard.skipped[-10:]})")
 
 
 def _add_tensorboard(trainer: Trainer, log_dir: Path) -> None:
@@ -128,6 +157,17 @@ def _add_tensorboard(trainer: Trainer, log_dir: Path) -> None:
         return
     writer = SummaryWriter(log_dir=str(log_dir)) if is_main_process() else None
     trainer.add_callback(TensorBoardCallback(tb_writer=writer))
+
+
+def _choose_resume(cfg: TrainConfig, max_steps: int) -> str | None:
+    """Main process: the newest complete checkpoint (incomplete newer ones named and set aside)."""
+    say = lambda msg: print(f"[lmadapt] {msg}", flush=True)  # noqa: E731
+    resume = latest_checkpoint(cfg.output_dir, set_aside=True, say=say)
+    resume = extension_checkpoint(cfg, Path(cfg.output_dir) / CHECKPOINT_DIR, resume,
+                                  max_steps if max_steps > 0 else None, say=say)
+    say(f"resume: from {Path(resume).name}" if resume else
+        f"resume: no complete checkpoint in {Path(cfg.output_dir) / CHECKPOINT_DIR}; starting fresh")
+    return resume
 
 
 def run_training(model, tokenizer, train_dataset, collator, cfg: TrainConfig, *,
@@ -145,6 +185,11 @@ def run_training(model, tokenizer, train_dataset, collator, cfg: TrainConfig, *,
                               eval_each_epoch=eval_each_epoch,
                               # without metrics, keeping every eval logit (vocab x tokens) only costs memory
                               prediction_loss_only=compute_metrics is None)
+    trainer_cls = guarded(trainer_cls)
+    if wants_sharding(cfg) or is_sharded(model):
+        model = shard_model(model, cfg)   # no-op when the stage sharded it already (to score it before training)
+        trainer_cls = type(f"Sharded{trainer_cls.__name__}", (ShardedCheckpoints, trainer_cls), {})
+        args.save_only_model = True       # the Trainer's condition for a model sharded before it (flipped back below)
     trainer = trainer_cls(
         model=model,
         args=args,
@@ -155,6 +200,8 @@ def run_training(model, tokenizer, train_dataset, collator, cfg: TrainConfig, *,
         compute_metrics=compute_metrics,
         **(trainer_kwargs or {}),
     )
+    if is_sharded(model):
+        trainer.args.save_only_model = False   # ShardedCheckpoints writes optimizer and scheduler (DCP) too
     if eval_collator is not None:
         trainer.eval_data_collator = eval_collator  # used by the thin subclass in stages that need it
     trainer.remove_callback(PrinterCallback)
@@ -166,12 +213,12 @@ def run_training(model, tokenizer, train_dataset, collator, cfg: TrainConfig, *,
     for cb in callbacks or []:
         trainer.add_callback(cb)
 
-    resume = None
-    if cfg.resume:
-        resume = latest_checkpoint(cfg.output_dir)
-        if resume is None and is_main_process():
-            print(f"[lmadapt] resume: no checkpoint in {Path(cfg.output_dir) / CHECKPOINT_DIR}; starting fresh")
-    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.guard = StepGuard(cfg.nan_policy, cfg.max_bad_steps, cfg.spike_factor, lr=cfg.lr)
+    if cfg.scheduler == "wsd" and args.max_steps > 0:
+        trainer.add_callback(StableEndCheckpoint(stable_end(cfg, args.max_steps)))
+
+    resume = broadcast(_choose_resume(cfg, args.max_steps) if cfg.resume and is_main_process() else None)
+    result = _train_with_rollback(trainer, cfg, resume)
     return TrainOutcome(trainer=trainer, global_step=trainer.state.global_step,
                         train_loss=getattr(result, "training_loss", None), resumed_from=resume,
                         log_history=list(trainer.state.log_history))
