@@ -118,7 +118,8 @@ class WholeWordMLMCollator:
     (tiny batches) one eligible word is selected so the loss is never NaN.
 
     ``seed``: reproducible masks (a private torch.Generator; each DataLoader worker gets its own stream
-    derived from seed and worker id); None uses torch's global RNG.
+    derived from seed and worker id); None uses torch's global RNG. Features with a ``mask_seed`` (added by
+    :class:`lmadapt.data.mask_seeds.MaskSeeded`) are masked from that seed alone, one generator per example.
     ``mode="document"``: adds ``position_ids`` (restarting per document) and a 4D ``attention_mask``
     [B, 1, L, L] allowing attention only within a document (bidirectionally); padding forms its own
     segment. ``mask_dtype`` float (default float32): additive mask, 0 / finfo.min - works for eager and
@@ -181,24 +182,15 @@ class WholeWordMLMCollator:
             starts[:, 1:] |= segments[:, 1:] != segments[:, :-1]
         else:
             starts = torch.ones_like(input_ids, dtype=torch.bool)
-        # Global word index over the batch; each word is selected with probability p as a whole.
-        word = starts.reshape(-1).long().cumsum(0).reshape(B, L) - 1
-        n_words = int(word.max()) + 1
-        chosen = torch.rand(n_words, generator=g) < self.mlm_probability
-        selected = chosen[word] & eligible
-        if not selected.any() and eligible.any():
-            pick = torch.nonzero(eligible.reshape(-1))[torch.randint(int(eligible.sum()), (1,), generator=g)]
-            selected = (word == word.reshape(-1)[pick]) & eligible
-
-        labels = input_ids.masked_fill(~selected, -100)
-        r = torch.rand((B, L), generator=g)
-        to_mask = selected & (r < 0.8)
-        to_random = selected & (r >= 0.8) & (r < 0.9)
-        masked = input_ids.masked_fill(to_mask, self.mask_token_id)
-        n_rand = int(to_random.sum())
-        if n_rand:
-            picks = torch.randint(len(self.random_candidates), (n_rand,), generator=g)
-            masked[to_random] = self.random_candidates[picks]
+        if "mask_seed" in features[0]:
+            # One generator per example, seeded from (seed, epoch, example index) by data/mask_seeds.py:
+            # the masks are a pure function of those, so a resumed run (or another process count) draws
+            # exactly the masks of the uninterrupted run.
+            masked, labels = self._mask(input_ids, starts, eligible,
+                                        [torch.Generator().manual_seed(int(f["mask_seed"])) for f in features],
+                                        shared=False)
+        else:
+            masked, labels = self._mask(input_ids, starts, eligible, [g] * B, shared=True)
 
         batch = {"input_ids": masked, "labels": labels}
         if self.mode == "document":
@@ -207,6 +199,46 @@ class WholeWordMLMCollator:
         else:
             batch["attention_mask"] = (~padding).long()
         return batch
+
+
+    def _mask(self, input_ids, starts, eligible, gens, *, shared: bool):
+        """Select whole words (probability p each) and apply 80/10/10; ``gens`` holds one generator per row,
+        or the same one (``shared``: the whole batch is drawn at once, as before row generators existed)."""
+        B, L = input_ids.shape
+        if shared:
+            g = gens[0]
+            # Global word index over the batch; each word is selected with probability p as a whole.
+            word = starts.reshape(-1).long().cumsum(0).reshape(B, L) - 1
+            chosen = torch.rand(int(word.max()) + 1, generator=g) < self.mlm_probability
+            selected = chosen[word] & eligible
+        else:
+            word = starts.long().cumsum(1) - 1
+            selected = torch.stack([(torch.rand(int(word[b].max()) + 1, generator=gens[b]) < self.mlm_probability)[word[b]]
+                                    for b in range(B)]) & eligible
+        if not selected.any() and eligible.any():
+            b = int(torch.nonzero(eligible.any(1))[0]) if not shared else None
+            pool = eligible.reshape(-1) if shared else eligible[b]
+            pick = torch.nonzero(pool)[torch.randint(int(pool.sum()), (1,), generator=gens[b or 0])]
+            if shared:
+                selected = (word == word.reshape(-1)[pick]) & eligible
+            else:
+                selected[b] = (word[b] == word[b][pick]) & eligible[b]
+
+        labels = input_ids.masked_fill(~selected, -100)
+        r = torch.rand((B, L), generator=gens[0]) if shared else torch.stack(
+            [torch.rand(L, generator=gens[b]) for b in range(B)])
+        to_mask = selected & (r < 0.8)
+        to_random = selected & (r >= 0.8) & (r < 0.9)
+        masked = input_ids.masked_fill(to_mask, self.mask_token_id)
+        n = len(self.random_candidates)
+        if shared and int(to_random.sum()):
+            masked[to_random] = self.random_candidates[torch.randint(n, (int(to_random.sum()),), generator=gens[0])]
+        elif not shared:
+            for b in range(B):
+                k = int(to_random[b].sum())
+                if k:
+                    masked[b, to_random[b]] = self.random_candidates[torch.randint(n, (k,), generator=gens[b])]
+        return masked, labels
 
 
 def block_diagonal_mask(segments: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
