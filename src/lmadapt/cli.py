@@ -4,6 +4,7 @@
     lmadapt finetune RECIPE.yaml [key=value ...]     task fine-tuning
     lmadapt merge [RECIPE.yaml] [key=value ...]      interpolate adapted weights toward the base (forgetting vs gain)
     lmadapt evaluate MODEL --data PATH [PATH ...]    held-out perplexity / masked-LM loss
+                 [--harness-tasks T ...]          + lm-evaluation-harness scores, instruction retention
     lmadapt predict MODEL --input F.jsonl --output P.jsonl | --text "..."
     lmadapt tokenizer train --data PATH ... --kind bpe|wordpiece --vocab-size N --output DIR
     lmadapt convert FILE.gguf --output DIR           GGUF -> trainable safetensors folder
@@ -56,8 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    _add_recipe_command(sub, "pretrain", "lmadapt.config.pretrain.PretrainConfig",
-                        "Continued pretraining (or pretraining from scratch) on unlabeled text with the model's own objective.")
+    pre = _add_recipe_command(sub, "pretrain", "lmadapt.config.pretrain.PretrainConfig",
+                              "Continued pretraining (or pretraining from scratch) on unlabeled text with the model's own objective.")
+    pre.add_argument("--dry-run", action="store_true",
+                     help="print the memory plan (bytes per parameter, peak per process, GPUs needed for full / LoRA / "
+                          "sharded training) from the model's config, and exit: loads no weights, trains nothing")
     _add_recipe_command(sub, "finetune", "lmadapt.config.finetune.FinetuneConfig",
                         "Fine-tune a model on labeled task data (classification, extraction, qa, instruction).")
     _add_recipe_command(sub, "merge", "lmadapt.config.merge.MergeConfig",
@@ -67,13 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="held-out perplexity (causal) or masked-token loss and pseudo-perplexity (masked)",
                         formatter_class=_Formatter)
     ev.add_argument("model", help="model folder (an lmadapt output, a LoRA adapter folder, or any HF model folder)")
-    ev.add_argument("--data", nargs="+", required=True, help="held-out text files/directories (any corpus format), or hub splits: hub:owner/name[subset]:split")
+    ev.add_argument("--data", nargs="+", default=[], help="held-out text files/directories (any corpus format), or hub splits: hub:owner/name[subset]:split")
     ev.add_argument("--text-field", default="text", help="text field for jsonl/csv/parquet")
     ev.add_argument("--split-docs", default="file", choices=["file", "blank_line", "line"], help="document split for .txt files")
     ev.add_argument("--block-size", type=int, default=512, help="tokens per block")
     ev.add_argument("--batch-size", type=int, default=8, help="blocks per forward pass")
     ev.add_argument("--max-tokens", type=int, default=None, help="score at most this many tokens per data set")
     ev.add_argument("--packing", default="auto", choices=["auto", "document", "concat"], help="block layout")
+    ev.add_argument("--harness-tasks", nargs="+", default=[], metavar="TASK",
+                    help="lm-evaluation-harness tasks (pip install 'lmadapt[harness]'): lmadapt_cloze (bundled, "
+                         "offline), or hellaswag, arc_easy, mmlu, ... (data from the hub)")
+    ev.add_argument("--harness-limit", type=int, default=None, help="at most this many examples per harness task")
+    ev.add_argument("--harness-include", nargs="+", default=[], metavar="DIR",
+                    help="folders of local task YAMLs for --harness-tasks")
+    ev.add_argument("--num-fewshot", type=int, default=None, help="harness few-shot examples (default: the task's)")
+    ev.add_argument("--instruction-data", default=None,
+                    help="held-out instruction JSONL ({prompt, response} or {messages}): response loss (retention)")
+    ev.add_argument("--instruction-limit", type=int, default=50, help="at most this many instruction records")
     ev.add_argument("--output", default=None, help="also write the metrics as JSON here")
 
     pr = sub.add_parser("predict", help="predict with a fine-tuned model", formatter_class=_Formatter)
@@ -85,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-new-tokens", type=int, default=128, help="generation: new tokens (instruction)")
     pr.add_argument("--temperature", type=float, default=0.0, help="generation: temperature (0 = greedy)")
     pr.add_argument("--top-p", type=float, default=1.0, help="generation: nucleus sampling mass")
+    pr.add_argument("--trust-remote-code", action="store_true",
+                    help="run Python code the model folder ships (config.json auto_map); never taken from the folder's own recipe")
 
     tk = sub.add_parser("tokenizer", help="tokenizer tools", formatter_class=_Formatter)
     tksub = tk.add_subparsers(dest="tok_command", metavar="SUBCOMMAND")

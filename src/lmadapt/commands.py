@@ -12,7 +12,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .config.base import ConfigError
     errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
     for module, name in (("lmadapt.data.sources", "CorpusError"), ("lmadapt.tasks.base", "DataError"),
-                         ("lmadapt.models.load", "ModelLoadError")):
+                         ("lmadapt.models.load", "ModelLoadError"), ("lmadapt.train.guard", "TrainingDiverged")):
         try:
             errors.append(getattr(__import__(module, fromlist=[name]), name))
         except (ImportError, AttributeError):
@@ -46,16 +46,29 @@ def cmd_recipe_stage(args, parser):
     from importlib import import_module
     cls_path, module, func = RECIPE_STAGES[args.command]
     cfg = _load(cls_path, args)
+    if cfg is not None and getattr(args, "dry_run", False):
+        from .advise.memory import dry_run
+        from .train.dist import is_main_process
+        plan_text = dry_run(cfg)
+        if is_main_process():
+            print(plan_text)
+        return 0
     if cfg is not None:  # None: --print-recipe only
         getattr(import_module(module), func)(cfg)
     return 0
 
 
 def cmd_evaluate(args, parser):
+    from .config.capability import HarnessConfig, RetentionConfig
     from .stages.evaluate import evaluate_model
+    if not (args.data or args.harness_tasks or args.instruction_data):
+        parser.error("evaluate: give --data, --harness-tasks or --instruction-data")
+    harness = HarnessConfig(tasks=args.harness_tasks, limit=args.harness_limit, include_path=args.harness_include,
+                            num_fewshot=args.num_fewshot, batch_size=args.batch_size)
+    retention = RetentionConfig(data=args.instruction_data, limit=args.instruction_limit)
     metrics = evaluate_model(args.model, args.data, text_field=args.text_field, split_docs=args.split_docs,
                              block_size=args.block_size, batch_size=args.batch_size,
-                             max_tokens=args.max_tokens, packing=args.packing)
+                             max_tokens=args.max_tokens, packing=args.packing, harness=harness, retention=retention)
     print(json.dumps(metrics, indent=2))
     if args.output:
         from .train.outputs import write_json
@@ -69,7 +82,8 @@ def cmd_predict(args, parser):
     if not args.text and not (args.input and args.output):
         parser.error("predict needs --text, or --input and --output")
     gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
-    result = predict_file(args.model, args.input, args.output, batch_size=args.batch_size, text=args.text, **gen)
+    result = predict_file(args.model, args.input, args.output, batch_size=args.batch_size, text=args.text,
+                          trust_remote_code=args.trust_remote_code, **gen)
     if args.text and is_main_process():
         print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0

@@ -44,15 +44,19 @@ class Predictor:
 
 
 def load_predictor(model_dir: str | Path, *, batch_size: int | None = None, device: str | None = None,
-                   **options: Any) -> Predictor:
+                   trust_remote_code: bool = False, **options: Any) -> Predictor:
     """Model, tokenizer, task and recipe of a fine-tuned folder. ``options`` override keys of the
-    task's recipe section (e.g. generation: max_new_tokens, greedy, temperature, top_p)."""
+    task's recipe section (e.g. generation: max_new_tokens, greedy, temperature, top_p).
+
+    ``trust_remote_code`` comes from the caller only (``--trust-remote-code``), never from the
+    folder's own recipe: a downloaded folder must not be able to run its own Python."""
     model_dir = Path(model_dir)
     meta = read_meta(model_dir)
     if meta.get("stage") != "finetune" or not (model_dir / RECIPE_FILE).is_file():
         raise ConfigError(f"{model_dir}: not a `lmadapt finetune` output folder (no {META_FILE} with stage "
                           f"'finetune', or no {RECIPE_FILE})")
     cfg = from_dict(FinetuneConfig, read_yaml(model_dir / RECIPE_FILE))
+    cfg.model.trust_remote_code = bool(trust_remote_code)
     task = TASKS[meta.get("task", cfg.task.type)]
     cfg = _with_options(cfg, task.name, batch_size, options)
     if hasattr(task, "load_trained"):
@@ -68,7 +72,13 @@ def load_finetuned(model_dir: Path, meta: dict, cfg: FinetuneConfig):
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=cfg.model.trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=cfg.model.trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise ConfigError(f"{model_dir}: the model ships its own Python code (config.json auto_map); it runs only "
+                          "if you pass --trust-remote-code, and only do so for a folder you trust") from None
     arch = (config.architectures or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None
     if cls is None:
@@ -140,11 +150,12 @@ def predict_text(p: Predictor, text: str) -> dict:
 
 def predict_file(model_dir: str | Path, input_path: str | Path | None = None, output_path: str | Path | None = None,
                  *, batch_size: int = 16, text: str | None = None, predictor: Predictor | None = None,
-                 **generation: Any) -> dict:
+                 trust_remote_code: bool = False, **generation: Any) -> dict:
     """Predict every record of ``input_path`` (.jsonl/.csv/.tsv/.parquet, .gz) into JSONL at
     ``output_path`` (default: ``<input stem>.predictions.jsonl`` beside the input), or, with
     ``text``, return the single prediction. Returns a summary for a file."""
-    p = predictor or load_predictor(model_dir, batch_size=batch_size, **generation)
+    p = predictor or load_predictor(model_dir, batch_size=batch_size, trust_remote_code=trust_remote_code,
+                                    **generation)
     if text is not None:
         return predict_text(p, text)
     if input_path is None:

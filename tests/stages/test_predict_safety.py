@@ -1,0 +1,58 @@
+"""Issue 19 items 6 and 7 for `lmadapt predict`: a model folder never runs its own code unless the user
+says so on the command line, and a damaged folder or a bad --output is one line, not a traceback."""
+import json
+import shutil
+
+import pytest
+import yaml
+
+from helpers import tiny_bert, tiny_wordpiece_tokenizer
+from lmadapt.cli import main
+from lmadapt.config.base import load_recipe, to_dict
+from lmadapt.config.finetune import FinetuneConfig
+from lmadapt.stages.finetune import run_finetune
+
+EVIL = '''import pathlib
+pathlib.Path(MARKER_PATH).write_text("the folder's code ran")   # transformers runs a copy elsewhere
+from transformers import BertConfig
+
+
+class EvilConfig(BertConfig):
+    model_type = "bert"
+'''
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    """A one-epoch classification fine-tune of a tiny BERT (~2 s)."""
+    d = tmp_path_factory.mktemp("ft")
+    tiny_bert(len(tiny_wordpiece_tokenizer(d / "base"))).save_pretrained(d / "base")
+    rows = [{"text": f"the dog {'was' if i % 2 else 'over'} here {i}", "label": "neg" if i % 2 else "pos"}
+            for i in range(16)]
+    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_recipe(FinetuneConfig, data={
+        "model": {"path": str(d / "base"), "max_length": 16},
+        "data": {"train": str(d / "train.jsonl"), "dev": str(d / "train.jsonl")},
+        "train": {"output_dir": str(d / "out"), "epochs": 1, "batch_size": 8, "report_to": [], "torch_threads": 1}})
+    run_finetune(cfg, to_dict(cfg))
+    return d / "out"
+
+
+def test_predict_never_takes_trust_remote_code_from_the_folder(finetuned, tmp_path, capsys):
+    folder = tmp_path / "downloaded"
+    shutil.copytree(finetuned, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig"}
+    (folder / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "MARKER"
+    (folder / "evil.py").write_text(EVIL.replace("MARKER_PATH", repr(str(marker))))
+    recipe = yaml.safe_load((folder / "lmadapt_recipe.yaml").read_text())
+    recipe["model"]["trust_remote_code"] = True       # the folder asks for its code to run
+    (folder / "lmadapt_recipe.yaml").write_text(yaml.safe_dump(recipe))
+
+    assert main(["predict", str(folder), "--text", "the dog was here"]) == 0
+    assert json.loads(capsys.readouterr().out)["prediction"]["label"] in ("pos", "neg")
+    assert not marker.exists()
+    # the user's own flag is what allows it (and shows the folder above really carried runnable code)
+    assert main(["predict", str(folder), "--text", "the dog was here", "--trust-remote-code"]) == 0
+    assert marker.exists()
