@@ -71,6 +71,8 @@ class TrainConfig:
             raise ConfigError(f"lr: must be > 0, got {self.lr}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps: must be >= 1, got {self.max_steps}")
+        if self.epochs <= 0:   # 0 once saved an untrained model with exit status 0
+            raise ConfigError(f"epochs: must be > 0, got {self.epochs}")
         if not 0 <= self.min_lr_ratio < 1:
             raise ConfigError(f"min_lr_ratio: must be in [0, 1), got {self.min_lr_ratio}")
         if not 0 < self.decay_fraction <= 1:

@@ -1,0 +1,65 @@
+"""Issue 19 item 6: inputs that gave a traceback (or silently did the wrong thing) give one clear line.
+
+Each test reproduces one reported case; none trains a model (tiny random models, saved once)."""
+import errno
+import json
+
+import pytest
+
+from helpers import tiny_bpe_tokenizer, tiny_gpt2, tiny_llama
+from lmadapt.cli import main
+from lmadapt.config import ConfigError, PretrainConfig, load_recipe
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if not line.startswith(("Loading weights", "Writing"))]
+    assert "Traceback" not in err and len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Tiny Llama and GPT-2 folders with a 64-position context, a corpus, and a damaged copy."""
+    d = tmp_path_factory.mktemp("models")
+    for name, build in (("llama", tiny_llama), ("gpt2", tiny_gpt2)):
+        tok = tiny_bpe_tokenizer(d / name)
+        ctx = {"max_position_embeddings": 64} if name == "llama" else {"n_positions": 64}
+        build(len(tok), **ctx).save_pretrained(d / name)
+    corrupt = d / "corrupt"
+    tiny_bpe_tokenizer(corrupt)
+    tiny_llama(400, max_position_embeddings=64).save_pretrained(corrupt)
+    weights = corrupt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])          # a download cut short
+    corpus = d / "corpus.txt"
+    corpus.write_text("\n\n".join(f"the {w} jumps over the lazy dog number {i}." for i, w in
+                                  enumerate(["fox", "cat", "bird", "cow"] * 15)))
+    return d
+
+
+def _pretrain_args(models, tmp_path, *extra):
+    return ["pretrain", f"model.path={models / 'llama'}",
+            f"data.sources=[{{path: {models / 'corpus.txt'}, split_docs: blank_line}}]",
+            "data.block_size=32", f"data.cache_dir={tmp_path / 'cache'}", "train.max_steps=1",
+            "train.report_to=[]", f"train.output_dir={tmp_path / 'run'}", *extra]
+
+
+# --- recipes -----------------------------------------------------------------------------------
+
+def test_yaml_exponent_without_dot_is_a_number_in_files_and_overrides(models, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{path: {models / 'llama'}}}\ndata: {{sources: [{{path: {models / 'corpus.txt'}}}]}}\n"
+                      "train:\n  lr: 2e-4\n  weight_decay: 1E-2\n")    # YAML 1.1 reads both as strings
+    cfg = load_recipe(PretrainConfig, recipe)
+    assert cfg.train.lr == pytest.approx(2e-4) and cfg.train.weight_decay == pytest.approx(1e-2)
+    assert load_recipe(PretrainConfig, recipe, ["train.lr='3e-5'"]).train.lr == pytest.approx(3e-5)
+    with pytest.raises(ConfigError, match=r"train.lr: expected a number, got 'fast'"):
+        load_recipe(PretrainConfig, recipe, ["train.lr=fast"])
+
+
+def test_epochs_zero_is_refused(models, tmp_path, capsys):
+    assert main(_pretrain_args(models, tmp_path, "train.max_steps=null", "train.epochs=0")) == 2
+    _one_line_error(capsys, "epochs: must be > 0, got 0")
+    assert not (tmp_path / "run").exists()
