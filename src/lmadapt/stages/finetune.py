@@ -36,6 +36,7 @@ from ..tasks.labeled_io import stratified_split, stratified_subsample
 from ..train.dist import check_launch, is_main_process, log
 from ..train.fsdp import unsharded_on_main
 from ..train.loop import CHECKPOINT_DIR, run_training
+from ..train.flops import speed_metrics
 from ..train.samplers import EpochLengthGroupedSampler, EpochWeightedSampler
 from ..train.outputs import prepare_output_dir, read_json, read_meta, update_metrics, write_meta, write_recipe
 
@@ -436,7 +437,8 @@ def run_finetune(cfg: FinetuneConfig, recipe_dict: dict | None = None) -> dict:
         metric_for_best_model=f"dev_{metric}" if dev_ds is not None else None,
         greater_is_better=greater, eval_each_epoch=dev_ds is not None,
         callbacks=callbacks, trainer_cls=FinetuneTrainer, trainer_kwargs=trainer_kwargs)
-    train_seconds = time.time() - t_train
+    # The whole run: the parts before a resume (up to the checkpoint it resumed from) count too.
+    train_seconds = time.time() - t_train + outcome.run.get("earlier_seconds", 0.0)
     model = outcome.trainer.model
     state = outcome.trainer.state
 
@@ -468,7 +470,9 @@ def run_finetune(cfg: FinetuneConfig, recipe_dict: dict | None = None) -> dict:
                  "reports": _report(reports)},
         "train": {"steps": outcome.global_step, "epochs": state.epoch, "train_loss": outcome.train_loss,
                   "train_seconds": round(train_seconds, 2), "wall_seconds": round(time.time() - t_start, 2),
-                  "resumed_from": outcome.resumed_from,
+                  "resumed_from": outcome.resumed_from, "parts": outcome.run.get("parts", 1),
+                  "tokens_seen": int(state.num_input_tokens_seen or 0),   # non-padding input tokens
+                  "speed": speed_metrics(outcome.speed, (state.num_input_tokens_seen or 0) / max(train_seconds, 1e-9)),
                   "stopped_early": bool(cfg.train.early_stopping_patience) and state.epoch is not None
                   and state.epoch < cfg.train.epochs - 1e-6 and cfg.train.max_steps is None},
     }

@@ -16,14 +16,18 @@ from transformers import set_seed
 from ..config.base import ConfigError, to_dict
 from ..config.pretrain import PretrainConfig
 from ..data.collators import CausalCollator, WholeWordMLMCollator
+from ..data.mask_seeds import MaskSeeded
 from ..models.load import load_model, supports_document_packing
 from ..models.lora import apply_lora, save_model
 from ..train.lm_eval import lm_metrics
-from ..train.dist import is_main_process, log, require_data_parallel, to_process_device
+from ..train.dist import check_launch, is_main_process, log
+from ..train.fsdp import prepare_model, unsharded_on_main, wants_sharding
 from ..train.loop import run_training
+from ..train.flops import speed_metrics
 from ..train.outputs import (ACCOUNTING_FILE, prepare_output_dir, update_metrics, write_json, write_meta,
                              write_recipe)
 from .pretrain_data import prepare_stage_data, read_stage_corpus, remove_stage_data
+from .pretrain_vocab import extend_vocabulary, training_options, word_perplexities
 
 
 def choose_packing(requested: str, model, objective: str) -> str:
@@ -56,7 +60,7 @@ def make_collator(objective: str, mode: str, tokenizer, model, cfg: PretrainConf
 
 def run_pretrain(cfg: PretrainConfig) -> dict:
     """Run one pretraining stage; returns the metrics written to metrics.json."""
-    require_data_parallel()
+    check_launch(cfg.train)
     t_start = time.time()
     # Where a stage's wall time goes: on a GPU the training loop can be the smallest part
     # (seen: 18 s of a 114 s stage), and this is what tells data preparation from evaluation.
@@ -85,7 +89,14 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
             if st.capped_at is not None:
                 log(f"{name}: read its first {st.capped_at:,} documents (max_documents) and read no further")
     loaded = load_model(cfg.model)
-    model, tokenizer, objective = to_process_device(loaded.model), loaded.tokenizer, loaded.objective
+    vocab = extend_vocabulary(cfg, corpus, loaded, out)   # vocab.*: extended tokenizer, new rows initialised
+    model, tokenizer, objective = loaded.model, loaded.tokenizer, loaded.objective
+    sharded = wants_sharding(cfg.train)
+    if sharded and cfg.lora.enabled:
+        # Adapters go in before sharding (peft cannot wrap sharded layers); at init (B = 0) the model
+        # computes what the base does, so the "before" scores are the base model's all the same.
+        model = apply_lora(model, cfg.lora, objective)
+    model = prepare_model(model, cfg.train)   # sharded (FSDP2), else whole on this process's device
     phase("load_model")
     mode = choose_packing(cfg.data.packing, model, objective)
     log(f"model: {loaded.source} ({loaded.model_type}, {sum(p.numel() for p in model.parameters()):,} params), "
@@ -106,28 +117,33 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
             "corpus": corpus_summary})
 
     # --- evaluate before ---------------------------------------------------------------------
-    before = evaluate_all(model, eval_blocks, collator, objective, tokenizer, cfg.train.batch_size, mode)
+    before = word_perplexities(evaluate_all(model, eval_blocks, collator, objective, tokenizer, cfg.train.batch_size,
+                                            mode), data.eval_words)
     for name, m in before.items():
         log(f"before: {name}: loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f}")
     phase("evaluate_before")
 
     # --- train -------------------------------------------------------------------------------
-    if cfg.lora.enabled:
+    if cfg.lora.enabled and not sharded:
         model = apply_lora(model, cfg.lora, objective)
     if cfg.train.gradient_checkpointing:
         model.config.use_cache = False
     hf_eval = {name: blocks for name, (blocks, _) in eval_blocks.items()} or None
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    if objective == "masked":   # masks drawn from (seed, epoch, example): a resume masks as the run did
+        train_blocks = MaskSeeded(train_blocks, cfg.train.seed)
     t_train = time.time()
     outcome = run_training(model, tokenizer, train_blocks, collator, cfg.train, eval_datasets=hf_eval,
-                           tokens_per_example=cfg.data.block_size)
-    train_seconds = time.time() - t_train
+                           tokens_per_example=cfg.data.block_size, **training_options(cfg, vocab, model, tokenizer))
+    # The whole run: the parts before a resume (up to the checkpoint it resumed from) count too.
+    train_seconds = time.time() - t_train + outcome.run.get("earlier_seconds", 0.0)
     phase("train")
     model = outcome.trainer.model
 
     # --- evaluate after and save -------------------------------------------------------------
-    after = evaluate_all(model, eval_blocks, collator, objective, tokenizer, cfg.train.batch_size, mode)
+    after = word_perplexities(evaluate_all(model, eval_blocks, collator, objective, tokenizer, cfg.train.batch_size,
+                                           mode), data.eval_words)
     for name, m in after.items():
         log(f"after:  {name}: loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f} "
             f"(before {before[name]['perplexity']:.2f})")
@@ -144,10 +160,14 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
                   "tokens_seen": tokens_seen, "train_seconds": round(train_seconds, 2),
                   "tokens_per_second": round(tokens_seen / max(train_seconds, 1e-9), 1),
                   "peak_memory_mb": _peak_memory_mb(), "wall_seconds": round(time.time() - t_start, 2),
-                  "resumed_from": outcome.resumed_from},
+                  "resumed_from": outcome.resumed_from, "parts": outcome.run.get("parts", 1),
+                  "speed": speed_metrics(outcome.speed, tokens_seen / max(train_seconds, 1e-9))},
         "packing": mode,
         "phase_seconds": phases,     # before saving; "train" includes periodic held-out evaluation
     }
+    if vocab is not None:
+        metrics["vocab"] = vocab.summary
+    model = unsharded_on_main(model)   # sharded: gathered to the main process's host RAM (None elsewhere)
     if is_main_process():
         save_model(model, tokenizer, out, merge=cfg.lora.merge)
         write_meta(out, stage="pretrain", objective=objective, packing=mode, model_type=loaded.model_type,

@@ -70,24 +70,19 @@ def _zero_stage() -> int | None:
     return int(raw) if raw.isdigit() else None
 
 
-def require_data_parallel() -> None:
-    """Refuse, at the start of a training stage, a launch that shards the model (FSDP, DeepSpeed
-    ZeRO-3), which ``accelerate launch`` turns on through the environment and the Trainer follows.
+def check_launch(train_cfg) -> None:
+    """At the start of a training stage: a launch that shards the model is followed, not refused.
 
-    lmadapt's work outside the Trainer assumes every process holds the whole model: held-out
-    evaluation gives processes shares that differ by a batch, and the main process saves the model
-    alone. With a sharded model each forward pass and the state dict are collectives, so either
-    would wait forever; better a message at once than a hang at the end of training."""
-    sharded = None
-    if _env_flag("ACCELERATE_USE_FSDP"):
-        sharded = "FSDP (ACCELERATE_USE_FSDP)"
-    elif _env_flag("ACCELERATE_USE_DEEPSPEED") and _zero_stage() == 3:
-        sharded = "DeepSpeed ZeRO-3"
-    if sharded:
-        raise RuntimeError(
-            f"this launch shards the model with {sharded}; lmadapt trains data-parallel only (every "
-            f"process holds the whole model). Launch without it (DeepSpeed ZeRO-1/2 are fine), and fit a "
-            f"large model with lora.enabled: true and train.gradient_checkpointing: true.")
+    ``accelerate launch`` with an FSDP config turns ``train.sharding: fsdp`` on (its FSDP_* options
+    mapped onto ``train.fsdp``; train/fsdp.py). DeepSpeed ZeRO-3 is left to the Trainer and
+    accelerate as they do it (GPU only, not tested here): lmadapt's own evaluations and saving
+    assume FSDP or a whole model, so it says so once."""
+    from .fsdp import apply_launch_options
+    apply_launch_options(train_cfg)
+    if _env_flag("ACCELERATE_USE_DEEPSPEED") and _zero_stage() == 3:
+        log("DeepSpeed ZeRO-3 launch: trained by the Trainer's DeepSpeed integration (GPU only, untested by "
+            "lmadapt's suite); lmadapt's own held-out scoring and saving expect train.sharding: fsdp or a whole "
+            "model: set stage3_gather_16bit_weights_on_model_save, or prefer train.sharding: fsdp")
 
 
 def use_cpu() -> bool:
@@ -183,14 +178,23 @@ def _share(items: Sequence) -> list:
         return list(mine)
 
 
+def _lockstep() -> bool:
+    """A sharded model is alive here: every forward pass is a collective, so every process must run
+    the same ones. map_split/sum_split then run ``fn`` on all items on every process (identical
+    results everywhere, no split), instead of shares whose batch counts differ."""
+    import sys
+    fsdp = sys.modules.get("lmadapt.train.fsdp")
+    return fsdp is not None and fsdp.any_sharded()
+
+
 def map_split(fn: Callable[[list], tuple[Sequence, int]], items: Sequence) -> tuple[list, int]:
     """``fn`` over ``items``, split between the processes; for evaluations that score examples one by one.
 
     ``fn`` maps a list to (one result per item, a count such as "examples truncated"). Each process
     runs it on its share; every process gets back all results in the order of ``items`` and the
     count summed over processes. The model must be whole on every process (data parallel), since
-    the processes run different numbers of batches."""
-    if world_size() == 1:
+    the processes run different numbers of batches; with a sharded one every process runs all items."""
+    if world_size() == 1 or _lockstep():
         results, count = fn(list(items))
         return list(results), count
     mine = _share(items)
@@ -204,8 +208,9 @@ def map_split(fn: Callable[[list], tuple[Sequence, int]], items: Sequence) -> tu
 
 def sum_split(fn: Callable[[list], tuple], items: Sequence) -> tuple:
     """``fn`` over ``items`` split between the processes, where ``fn`` returns additive numbers
-    (a loss sum, a token count): their totals over all processes, on every process."""
-    if world_size() == 1:
+    (a loss sum, a token count): their totals over all processes, on every process (with a sharded
+    model: ``fn`` over all items on every process, see map_split)."""
+    if world_size() == 1 or _lockstep():
         return tuple(fn(list(items)))
     return tuple(sum(vals) for vals in zip(*gather(tuple(fn(_share(items))))))
 

@@ -3,7 +3,8 @@ pseudo-perplexity (masked).
 
 Losses are averaged over *tokens* (sum of token losses / number of predicted tokens), not over
 batches, so a padded final block does not distort the number. Under several processes each rank
-takes a shard of the blocks and the sums are all-reduced.
+takes a shard of the blocks and the sums are all-reduced; with a sharded model (FSDP) the shares
+are padded so every process runs the same forward passes (each one is a collective).
 """
 from __future__ import annotations
 
@@ -28,17 +29,30 @@ def _all_reduce(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
-def _batches(dataset, collator, batch_size: int, shard: bool = True):
+def _batches(dataset, collator, batch_size: int, shard: bool = True, lockstep: bool = False):
+    """(batch, counted) for this process's share. ``lockstep`` (a sharded model, whose every forward
+    pass is a collective): every process runs the same number of batches; a process whose share is
+    a batch short runs a copy of the first block instead, and its result is not counted."""
     rank, world = _dist() if shard else (0, 1)
     n = len(dataset)
     idx = list(range(rank, n, world))
     for i in range(0, len(idx), batch_size):
         rows = [dataset[j] for j in idx[i:i + batch_size]]
-        yield collator(rows)
+        yield collator(rows), True
+    if lockstep and n:
+        most = math.ceil(math.ceil(n / world) / batch_size)   # batches of the largest share
+        for _ in range(math.ceil(len(idx) / batch_size), most):
+            yield collator([dataset[0]]), False
 
 
 def _device(model):
-    return next(model.parameters()).device
+    from .fsdp import input_device
+    return input_device(model)
+
+
+def _lockstep(model) -> bool:
+    from .fsdp import is_sharded
+    return is_sharded(model)
 
 
 @torch.no_grad()
@@ -48,10 +62,12 @@ def causal_lm_loss(model, dataset, collator, *, batch_size: int = 8) -> dict:
     model.eval()
     device = _device(model)
     total, count = 0.0, 0
-    for batch in _batches(dataset, collator, batch_size):
+    for batch, counted in _batches(dataset, collator, batch_size, lockstep=_lockstep(model)):
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         labels = batch.pop("labels")
         logits = model(**batch).logits.float()
+        if not counted:
+            continue
         shift_logits = logits[:, :-1].reshape(-1, logits.size(-1))
         shift_labels = labels[:, 1:].reshape(-1)
         total += F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum").item()
@@ -72,10 +88,12 @@ def masked_lm_loss(model, dataset, collator, *, batch_size: int = 8, seed: int =
     torch.manual_seed(seed)
     total, count = 0.0, 0
     try:
-        for batch in _batches(dataset, collator, batch_size):
+        for batch, counted in _batches(dataset, collator, batch_size, lockstep=_lockstep(model)):
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             labels = batch.pop("labels")
             logits = model(**batch).logits.float()
+            if not counted:
+                continue
             total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
                                      ignore_index=-100, reduction="sum").item()
             count += int((labels != -100).sum())
@@ -101,7 +119,9 @@ def pseudo_perplexity(model, dataset, tokenizer, *, document_mode: bool, max_tok
     special = set(tokenizer.all_special_ids)
     mask_id = tokenizer.mask_token_id
     total, count = 0.0, 0
-    rank, world = _dist()
+    # A sharded model: every process scores every token (the same forward passes, in lockstep) and
+    # nothing is summed; its share would stop at a different pass on each process.
+    rank, world = (0, 1) if _lockstep(model) else _dist()
     for row_i in range(rank, len(dataset), world):
         if count >= max_tokens // world:
             break
@@ -127,7 +147,8 @@ def pseudo_perplexity(model, dataset, tokenizer, *, document_mode: bool, max_tok
             nll = F.cross_entropy(picked, ids[torch.tensor(chunk)].to(device), reduction="sum")
             total += nll.item()
             count += len(chunk)
-    total, count = _all_reduce([total, float(count)], device)
+    if not _lockstep(model):
+        total, count = _all_reduce([total, float(count)], device)
     model.train(was_training)
     loss = total / max(count, 1)
     return {"pseudo_nll": loss, "pseudo_perplexity": math.exp(min(loss, 50)), "pll_tokens": int(count)}
@@ -158,6 +179,16 @@ def lm_metrics(model, dataset, collator, objective: str, tokenizer=None, *, batc
     return out
 
 
+def add_word_perplexity(metrics: dict, words: int | None) -> dict:
+    """``word_perplexity`` = exp(total NLL / words) of causal metrics, in place: unlike per-token
+    perplexity it compares models with different tokenizers (an extended vocabulary) on the same
+    text. ``words``: whitespace-separated words of the scored documents. Masked metrics: unchanged."""
+    if words and "perplexity" in metrics and "masked_loss" not in metrics and metrics.get("tokens"):
+        metrics["words"] = int(words)
+        metrics["word_perplexity"] = math.exp(min(metrics["loss"] * metrics["tokens"] / words, 50))
+    return metrics
+
+
 def heldout_collator(objective: str, mode: str, tokenizer, model):
     """The collator held-out blocks are scored with (causal, or masked with fixed-seed masks)."""
     from ..data.collators import CausalCollator, WholeWordMLMCollator
@@ -173,5 +204,6 @@ def score_sets(model, sets: dict, collator, objective: str, tokenizer, *, batch_
         metrics = lm_metrics(model, held.blocks, collator, objective, tokenizer, batch_size=batch_size,
                              document_mode=mode == "document")
         metrics["documents"] = held.documents
+        add_word_perplexity(metrics, getattr(held, "words", None))
         out[name] = metrics
     return out

@@ -23,11 +23,15 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from ..config.base import ConfigError
 from ..config.train import TrainConfig
 from .callbacks import JsonlLogCallback, TokenProgressCallback
+from .resume_state import DatasetEpoch, PackedTokenCount, RunSegments, find_callback
 from .checkpoints import AtomicCheckpoints, newest_complete_checkpoint
 from .guard import GuardedTrainer, RollBack, StepGuard, TrainingDiverged
 from .schedules import StableEndCheckpoint, extension_checkpoint, scheduler_arguments, stable_end
 from .dist import broadcast, is_main_process, timeout_seconds, use_cpu, world_size
 from .fsdp import ShardedCheckpoints, is_sharded, shard_model, wants_sharding
+from .flops import device_peak_flops, flops_per_token
+from .loss import LMHeadLoss
+from .speed import fast_trainer_class, prepare_speed
 
 CHECKPOINT_DIR = "checkpoints"
 # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns).
@@ -98,6 +102,9 @@ def training_arguments(cfg: TrainConfig, *, tokens_per_example: int | None = Non
         report_to=[r for r in cfg.report_to if r not in ("jsonl", "tensorboard")] or "none",
         remove_unused_columns=False,   # our collators read custom columns (position_ids, word_starts)
         include_num_input_tokens_seen="non_padding",
+        # A resume restores the callbacks' saved state too (early-stopping patience, the run's segments):
+        # without it a resumed fine-tune could stop at another epoch than the uninterrupted run.
+        restore_callback_states_from_checkpoint=True,
         disable_tqdm=True,             # replaced by TokenProgressCallback
         save_only_model=False,
         # The filter hides a NaN loss behind the running mean (logged "loss 0.0") and syncs the host every
@@ -118,6 +125,8 @@ class TrainOutcome:
     train_loss: float | None
     resumed_from: str | None
     log_history: list[dict] = field(default_factory=list)
+    speed: dict = field(default_factory=dict)   # loss, compiled blocks, kernels, flops_per_token, peak_flops
+    run: dict = field(default_factory=dict)     # the whole run over its resumed parts (resume_state.RunSegments)
 
 
 def latest_checkpoint(output_dir: str | Path, *, set_aside: bool = False, say=lambda msg: None) -> str | None:
@@ -127,7 +136,7 @@ def latest_checkpoint(output_dir: str | Path, *, set_aside: bool = False, say=la
 
 def guarded(trainer_cls: type[Trainer]) -> type[Trainer]:
     """``trainer_cls`` with atomic checkpoints and the step guard (thin mixins over any Trainer subclass)."""
-    return type(f"Guarded{trainer_cls.__name__}", (AtomicCheckpoints, GuardedTrainer, trainer_cls), {})
+    return type(f"Guarded{trainer_cls.__name__}", (AtomicCheckpoints, GuardedTrainer, PackedTokenCount, trainer_cls), {})
 
 
 def _train_with_rollback(trainer: Trainer, cfg: TrainConfig, resume: str | None):
@@ -186,6 +195,14 @@ def run_training(model, tokenizer, train_dataset, collator, cfg: TrainConfig, *,
                               # without metrics, keeping every eval logit (vocab x tokens) only costs memory
                               prediction_loss_only=compute_metrics is None)
     trainer_cls = guarded(trainer_cls)
+    # Fused loss, compiled blocks, Liger kernels (train/speed.py); FSDP shards the head's weight, so a
+    # sharded run keeps the standard loss.
+    speed = prepare_speed(model, cfg, sharded=wants_sharding(cfg) or is_sharded(model))
+    trainer_cls = fast_trainer_class(trainer_cls)
+    if speed.loss != "standard":
+        trainer_kwargs = {**(trainer_kwargs or {}), "compute_loss_func": LMHeadLoss(model, speed.loss)}
+    if is_main_process():
+        print("[lmadapt] speed: " + "; ".join(speed.notes), flush=True)
     if wants_sharding(cfg) or is_sharded(model):
         model = shard_model(model, cfg)   # no-op when the stage sharded it already (to score it before training)
         trainer_cls = type(f"Sharded{trainer_cls.__name__}", (ShardedCheckpoints, trainer_cls), {})
@@ -207,7 +224,13 @@ def run_training(model, tokenizer, train_dataset, collator, cfg: TrainConfig, *,
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(JsonlLogCallback(Path(cfg.output_dir) / "logs.jsonl"))
-    trainer.add_callback(TokenProgressCallback())
+    try:
+        fpt = flops_per_token(model, tokens_per_example)
+    except ValueError:   # a config without layer/width names: no MFU, training unchanged
+        fpt = None
+    peak, peak_source = device_peak_flops(resolve_precision(cfg.precision))
+    peak = peak * world_size() if peak else None     # tokens/s counts every process's tokens
+    trainer.add_callback(TokenProgressCallback(flops_per_token=fpt, peak_flops=peak))
     if "tensorboard" in cfg.report_to:
         _add_tensorboard(trainer, Path(cfg.output_dir) / "tensorboard")
     for cb in callbacks or []:
@@ -217,8 +240,15 @@ def run_training(model, tokenizer, train_dataset, collator, cfg: TrainConfig, *,
     if cfg.scheduler == "wsd" and args.max_steps > 0:
         trainer.add_callback(StableEndCheckpoint(stable_end(cfg, args.max_steps)))
 
+    # Last: RunSegments must see should_save after every callback that may set it (resume_state.py).
+    trainer.add_callback(DatasetEpoch())
+    trainer.add_callback(RunSegments())
     resume = broadcast(_choose_resume(cfg, args.max_steps) if cfg.resume and is_main_process() else None)
     result = _train_with_rollback(trainer, cfg, resume)
+    # The whole run: a resumed run's own train() covers only its last part.
+    run = find_callback(trainer, RunSegments).whole_run(trainer.state, getattr(result, "training_loss", None))
     return TrainOutcome(trainer=trainer, global_step=trainer.state.global_step,
-                        train_loss=getattr(result, "training_loss", None), resumed_from=resume,
-                        log_history=list(trainer.state.log_history))
+                        train_loss=run["train_loss"], resumed_from=resume, run=run,
+                        log_history=list(trainer.state.log_history),
+                        speed={**speed.summary(), "flops_per_token": fpt, "peak_flops": peak,
+                               "peak_source": peak_source})

@@ -1,0 +1,290 @@
+"""Sharded training with FSDP2 (``torch.distributed.fsdp.fully_shard``), chosen by ``train.sharding: fsdp``
+or by an ``accelerate launch`` config that turns FSDP on.
+
+Why ``fully_shard`` directly and not accelerate's FSDP plugin (``TrainingArguments.fsdp``):
+accelerate only switches to FSDP on GPU-type launches (``AcceleratorState`` never sets
+``DistributedType.FSDP`` for ``MULTI_CPU``: the Trainer silently falls back to DDP), so the plugin
+path could not be tested on a CPU with gloo. One code path on CPU and GPU: this module shards
+the model before the Trainer sees it and marks it the way transformers marks a model sharded at
+load time (``_is_distributed_loading_by_transformers``): the Trainer then neither moves it nor
+wraps it in DDP, and defers FSDP's gradient reduction across gradient-accumulation micro-batches.
+
+What the Trainer cannot do for such a model, :class:`ShardedCheckpoints` does: checkpoints are
+written with ``torch.distributed.checkpoint`` (each process writes its own shards, in accelerate's
+folder names ``pytorch_model_fsdp_0`` / ``optimizer_0``), and loaded back for resume and for the
+best checkpoint. The final model is gathered to the main process (:func:`unsharded_on_main`).
+"""
+from __future__ import annotations
+
+import os
+import weakref
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from ..config.base import ConfigError
+from . import dist
+
+MODEL_DIR = "pytorch_model_fsdp_0"   # accelerate's names for a sharded checkpoint's parts
+OPTIMIZER_DIR = "optimizer_0"
+_SHARDED: "weakref.WeakSet" = weakref.WeakSet()
+
+
+# --- which launches shard ----------------------------------------------------------------------
+
+def accelerate_fsdp() -> bool:
+    """``accelerate launch`` with an FSDP config (it sets ACCELERATE_USE_FSDP for the processes)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").strip().lower() in ("1", "true", "yes")
+
+
+def wants_sharding(train_cfg) -> bool:
+    return getattr(train_cfg, "sharding", "none") == "fsdp" or accelerate_fsdp()
+
+
+def apply_launch_options(train_cfg) -> None:
+    """An ``accelerate launch`` FSDP config's options where they map onto ``train.fsdp`` (its
+    FSDP_* variables); the launch turns sharding on even when the recipe says none."""
+    if not accelerate_fsdp():
+        return
+    fcfg = train_cfg.fsdp
+    env = os.environ
+    if env.get("FSDP_VERSION", "2").strip() not in ("2", ""):
+        dist.log("accelerate config asks for FSDP version 1; lmadapt shards with FSDP2 (fully_shard)")
+    if "FSDP_RESHARD_AFTER_FORWARD" in env:
+        fcfg.reshard_after_forward = env["FSDP_RESHARD_AFTER_FORWARD"].strip().lower() in ("true", "1", "full_shard")
+    if "FSDP_OFFLOAD_PARAMS" in env:
+        fcfg.cpu_offload = env["FSDP_OFFLOAD_PARAMS"].strip().lower() in ("true", "1")
+    if env.get("FSDP_TRANSFORMER_CLS_TO_WRAP"):
+        fcfg.wrap = [c.strip() for c in env["FSDP_TRANSFORMER_CLS_TO_WRAP"].split(",") if c.strip()]
+    if env.get("FSDP_ACTIVATION_CHECKPOINTING", "").strip().lower() in ("true", "1"):
+        train_cfg.gradient_checkpointing = True
+    train_cfg.sharding = "fsdp"
+
+
+def is_sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(model, FSDPModule)
+
+
+def any_sharded() -> bool:
+    """Whether a sharded model is alive in this process: evaluations must then run in lockstep."""
+    return len(_SHARDED) > 0
+
+
+# --- sharding ----------------------------------------------------------------------------------
+
+def _ensure_group() -> None:
+    """The process group: torchrun's (through dist's accelerate state), or a group of one for a
+    single process (FSDP2 needs a group even then: one process with cpu_offload fits a larger model)."""
+    import torch.distributed as tdist
+    if tdist.is_initialized():
+        return
+    if dist.world_size() > 1:
+        dist.barrier()   # joins the group
+        return
+    backend = "gloo" if dist.use_cpu() else "nccl"
+    tdist.init_process_group(backend, store=tdist.HashStore(), rank=0, world_size=1)
+
+
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _units(model, names: list[str]) -> list:
+    base = _base(model)
+    wanted = list(names) or list(getattr(base, "_no_split_modules", None) or [])
+    if not wanted:
+        raise ConfigError(f"train.fsdp.wrap: {type(base).__name__} names no transformer layer class "
+                          f"(_no_split_modules); list the module classes to shard one by one")
+    units = [m for m in model.modules() if type(m).__name__ in wanted]
+    if not units:
+        found = sorted({type(m).__name__ for m in model.modules()})
+        raise ConfigError(f"train.fsdp.wrap: no module of class {', '.join(wanted)} in {type(base).__name__} "
+                          f"(its classes: {', '.join(found[:12])}...)")
+    # a unit inside another is sharded first (fully_shard goes bottom-up): reverse module order
+    return units[::-1]
+
+
+def _broadcast_from_main(model) -> None:
+    """Every process starts from the main process's weights (as DDP does): a fresh head or LoRA
+    init drawn differently on one process would otherwise be sharded from different values."""
+    import torch.distributed as tdist
+    if dist.world_size() == 1:
+        return
+    device = dist.process_device()
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.device == device:
+                tdist.broadcast(t.data, src=0)
+            else:   # nccl needs device tensors: one tensor at a time, so the peak is one tensor
+                tmp = t.data.to(device)
+                tdist.broadcast(tmp, src=0)
+                t.data.copy_(tmp.to(t.device))
+
+
+def _policies(fcfg, precision: str) -> dict:
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
+    kwargs: dict = {"reshard_after_forward": fcfg.reshard_after_forward}
+    if precision in ("bf16", "fp16"):
+        low = torch.bfloat16 if precision == "bf16" else torch.float16
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=low,
+                                                   reduce_dtype=torch.float32 if fcfg.reduce_fp32 else low)
+    if fcfg.cpu_offload:
+        if dist.use_cpu():
+            raise ConfigError("train.fsdp.cpu_offload: moves shards from a GPU to host RAM; this run is on the "
+                              "CPU already (no GPU visible): set it to false")
+        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=True)
+    return kwargs
+
+
+def shard_model(model, train_cfg):
+    """``model`` (a transformers model, or a peft model around one: the frozen base and the adapters
+    are sharded alike) sharded in place over every process: each unit (a transformer layer by
+    default, ``train.fsdp.wrap``) and the rest as the root unit. Returns the model."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from .loop import resolve_precision
+    if is_sharded(model):
+        return model
+    fcfg = train_cfg.fsdp
+    units = _units(model, fcfg.wrap)          # a bad wrap list stops here, before any collective
+    kwargs = _policies(fcfg, resolve_precision(train_cfg.precision))
+    _ensure_group()
+    _broadcast_from_main(model)
+    mesh = init_device_mesh("cpu" if dist.use_cpu() else "cuda", (dist.world_size(),))
+    for unit in units:
+        fully_shard(unit, mesh=mesh, **kwargs)
+    fully_shard(model, mesh=mesh, **kwargs)
+    # The Trainer's contract for a model sharded before it: no device move, no DDP, FSDP's own no_sync.
+    _base(model)._is_distributed_loading_by_transformers = True
+    model._is_fsdp_managed_module = True
+    _SHARDED.add(model)
+    dist.log(f"FSDP2: {len(units)} units + root sharded over {dist.world_size()} process(es)"
+             f" (reshard_after_forward={fcfg.reshard_after_forward}, cpu_offload={fcfg.cpu_offload})")
+    return model
+
+
+def prepare_model(model, train_cfg):
+    """The model as a stage trains and scores it: sharded (``train.sharding: fsdp``), else whole on
+    this process's device."""
+    if wants_sharding(train_cfg):
+        return shard_model(model, train_cfg)
+    return dist.to_process_device(model)
+
+
+def input_device(model):
+    """Where a batch goes: the process's device for a sharded model (its parameters may be offloaded
+    to host RAM), else the device of its first parameter."""
+    if is_sharded(model):
+        return dist.process_device()
+    return next(model.parameters()).device
+
+
+# --- the whole model, on the main process ------------------------------------------------------
+
+def full_state_dict(model) -> dict:
+    """The whole model's state dict on the main process's CPU (empty elsewhere); a collective.
+    The main process needs host RAM for the whole model; the others only their shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def unsharded_on_main(model):
+    """A plain (unsharded, CPU) copy of a sharded ``model`` on the main process, None on the others;
+    ``model`` itself when it is not sharded. Every process must call it (it gathers).
+
+    The copy is built on the meta device and given the gathered tensors (no second allocation), so
+    the existing saving code (peft adapters, merge_and_unload, save_pretrained) runs on it unchanged."""
+    if not is_sharded(model):
+        return model
+    state = full_state_dict(model)
+    if not dist.is_main_process():
+        return None
+    base = _base(model)
+    with torch.device("meta"):
+        plain = type(base)._from_config(base.config, torch_dtype=base.dtype)
+    if hasattr(model, "peft_config"):
+        from peft import get_peft_model
+        cfg = model.peft_config[model.active_adapter]
+        with torch.device("meta"):
+            plain = get_peft_model(plain, cfg)
+    plain.__class__ = _plain_class(type(model))
+    missing, unexpected = plain.load_state_dict(state, strict=False, assign=True)
+    left = [n for n, p in plain.named_parameters() if p.is_meta]
+    if left or unexpected:
+        raise RuntimeError(f"gathering the sharded model: parameters not gathered {left[:3]}, unknown {unexpected[:3]}")
+    if hasattr(plain, "tie_weights"):
+        _base(plain).tie_weights()
+    return plain.eval()
+
+
+def _plain_class(cls):
+    from torch.distributed.fsdp import FSDPModule
+    bases = [b for b in cls.__mro__[1:] if b is not FSDPModule and not issubclass(b, FSDPModule)]
+    return bases[0]
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+class ShardedCheckpoints:
+    """Trainer mixin for a model sharded by :func:`shard_model`: checkpoints through
+    ``torch.distributed.checkpoint`` (every process writes and reads its own shards; a resume on
+    a different number of processes reshards them, since DCP stores global tensor layouts)."""
+
+    def save_model(self, output_dir=None, _internal_call: bool = False):
+        if not _internal_call:   # a user-level save: the whole model, from the main process
+            plain = unsharded_on_main(self.model)
+            if plain is not None:
+                plain.save_pretrained(output_dir or self.args.output_dir)
+            return
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+        dcp.save(get_model_state_dict(self.model), checkpoint_id=str(Path(output_dir) / MODEL_DIR))
+        if self.args.should_save:   # the config, so the folder says what model it holds
+            _base(self.model).config.save_pretrained(output_dir)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+        dcp.save({"optimizer": get_optimizer_state_dict(self.model, self.optimizer)},
+                 checkpoint_id=str(Path(output_dir) / OPTIMIZER_DIR))
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, "scheduler.pt"))
+
+    def _load_sharded_model(self, folder: str) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+        path = Path(folder) / MODEL_DIR
+        if not path.is_dir():
+            raise RuntimeError(f"{folder}: no {MODEL_DIR} (not a sharded checkpoint; it was written by an "
+                               f"unsharded run: resume it with train.sharding: none)")
+        state = get_model_state_dict(self.model)
+        dcp.load(state, checkpoint_id=str(path))
+        set_model_state_dict(self.model, state)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        self._load_sharded_model(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        self._load_sharded_model(self.state.best_model_checkpoint)
+
+    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+        if checkpoint is None:
+            return
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+        state = {"optimizer": get_optimizer_state_dict(self.model, self.optimizer)}
+        dcp.load(state, checkpoint_id=str(Path(checkpoint) / OPTIMIZER_DIR))
+        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
+        self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, "scheduler.pt"), weights_only=True))
+
+    @contextmanager
+    def _defer_fsdp_gradient_reduction(self):
+        # The Trainer's version reads a transformers DistributedConfig this model does not have.
+        self.model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.model.set_requires_gradient_sync(True)
