@@ -26,6 +26,25 @@ class JsonlLogCallback(TrainerCallback):
         self.t0 = time.time()
         if state.is_world_process_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if state.global_step > 0 and self.path.is_file():
+                self._cut_after(state.global_step)
+
+    def _cut_after(self, step: int) -> None:
+        """A resume from step N: drop the rows a killed part logged after N (they are trained again and
+        logged again), and continue ``elapsed_s`` from the last row kept."""
+        from .outputs import atomic_write_text
+
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:   # a line cut short by the kill
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+                kept.append(line)
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        if kept:
+            self.t0 -= float(json.loads(kept[-1]).get("elapsed_s") or 0.0)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -42,13 +61,17 @@ class JsonlLogCallback(TrainerCallback):
 
 
 class TokenProgressCallback(TrainerCallback):
-    """A live bar: step, loss, tokens/s; tqdm supplies elapsed and ETA."""
+    """A live bar: step, loss, tokens/s and MFU (``flops_per_token`` x tokens/s / ``peak_flops``, see
+    train/flops.py); tqdm supplies elapsed and ETA. On a GPU the token count is read only when the
+    Trainer logs (train/speed.py), so the rate is taken at the last time the count moved."""
 
-    def __init__(self):
+    def __init__(self, flops_per_token: float | None = None, peak_flops: float | None = None):
         self.bar = None
         self.t0 = None
         self.tokens0 = 0
         self.last_loss = None
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        self.seen = (0, None)   # (tokens, time) when the count last changed
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
@@ -62,8 +85,12 @@ class TokenProgressCallback(TrainerCallback):
             return
         self.bar.update(state.global_step - self.bar.n)
         tokens = (getattr(state, "num_input_tokens_seen", 0) or 0) - self.tokens0
-        elapsed = max(time.time() - self.t0, 1e-9)
+        if tokens != self.seen[0]:
+            self.seen = (tokens, time.time())
+        elapsed = max((self.seen[1] or time.time()) - self.t0, 1e-9)
         post = {"tok/s": f"{tokens / elapsed:,.0f}"}
+        if self.flops_per_token and self.peak_flops and tokens:
+            post["MFU"] = f"{100 * tokens / elapsed * self.flops_per_token / self.peak_flops:.1f}%"
         if self.last_loss is not None:
             post["loss"] = f"{self.last_loss:.4f}"
         self.bar.set_postfix(post, refresh=False)
