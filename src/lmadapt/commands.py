@@ -90,8 +90,10 @@ def cmd_predict(args, parser):
 
 
 def cmd_tokenizer(args, parser):
+    if args.tok_command == "extend":
+        return cmd_tokenizer_extend(args)
     if args.tok_command != "train":
-        parser.error("tokenizer needs a subcommand: train")
+        parser.error("tokenizer needs a subcommand: train or extend")
     from .config.data import SourceConfig
     from .data.sources import read_source
     from .folders import check_output_folder
@@ -107,6 +109,51 @@ def cmd_tokenizer(args, parser):
     tok = train_tokenizer(texts, kind=args.kind, vocab_size=args.vocab_size, output_dir=args.output,
                           overwrite=args.overwrite)
     print(f"trained a {args.kind} tokenizer with {len(tok):,} tokens on {len(texts):,} documents -> {args.output}")
+    return 0
+
+
+def _texts(paths, text_field: str, max_chars: int | None = None) -> list[str]:
+    from .config.data import SourceConfig
+    from .data.sources import read_source
+    texts, total = [], 0
+    for path in paths:
+        docs, _ = read_source(SourceConfig(path=path, text_field=text_field))
+        for d in docs:
+            if max_chars is not None and total >= max_chars:
+                return texts
+            texts.append(d.text)
+            total += len(d.text)
+    return texts
+
+
+def cmd_tokenizer_extend(args):
+    from .folders import check_output_folder, write_folder
+    from .models.load import load_tokenizer
+    from .models.vocab import (candidate_table, extend_tokenizer, mine_candidates, pretoken_counts, tokenizer_kind,
+                               tokens_per_word)
+    check_output_folder(args.output, overwrite=args.overwrite)   # refuse before reading the corpus
+    tok = load_tokenizer(args.model)
+    kind = tokenizer_kind(tok)                                   # refuse an unsupported tokenizer at once too
+    texts = _texts(args.data, args.text_field, args.max_chars)
+    if args.heldout:
+        mined, held = texts, _texts(args.heldout, args.text_field)
+    else:   # every 10th document is held out: fragmentation is measured on text the mining never saw
+        mined, held = [t for i, t in enumerate(texts) if i % 10 != 9], [t for i, t in enumerate(texts) if i % 10 == 9]
+    counts = pretoken_counts(tok, mined)
+    cands = mine_candidates(tok, mined, add=args.add, min_frequency=args.min_frequency, counts=counts)
+    write_folder(args.output, lambda tmp: extend_tokenizer(tok, cands, tmp, base=args.model, counts=counts),
+                 overwrite=args.overwrite)
+    new = load_tokenizer(args.output)
+    print(f"mined {sum(map(len, mined)):,} characters ({len(mined):,} documents) of {', '.join(args.data)}; "
+          f"chose {len(cands)} of {args.add} asked ({kind}; a word must occur >= {args.min_frequency} times):")
+    print(candidate_table(cands, kind, limit=args.show))
+    if held:
+        b, a = tokens_per_word(tok, held), tokens_per_word(new, held)
+        print(f"held-out text ({len(held):,} documents, {b['words']:,} words): tokens per word "
+              f"{b['tokens_per_word']} -> {a['tokens_per_word']} ({a['tokens'] - b['tokens']:+,} tokens, "
+              f"{(a['tokens'] / max(b['tokens'], 1) - 1) * 100:+.1f}%)")
+    print(f"extended tokenizer ({len(tok):,} -> {len(new):,} tokens) -> {args.output}; use it as a pretrain "
+          f"recipe's vocab.tokenizer")
     return 0
 
 

@@ -9,8 +9,15 @@ merged = base + alpha x (adapted - base): alpha 1 is the adapted model, 0 the ba
 pretraining moves the weights toward the domain and away from general text; stopping part of the
 way often keeps most of the domain gain for a fraction of the forgetting (WiSE-FT, Wortsman et al.
 2022, for fine-tuning). With ``alpha`` unset the stage scores every ``alphas`` value on the held-out
-sets and keeps the one with the lowest domain perplexity whose general perplexity stays within
-``forgetting_budget`` of the base's.
+sets and keeps the one with the lowest domain perplexity whose forgetting stays within
+``forgetting_budget`` of the base's. Forgetting is general perplexity by default; ``budget_metric``
+can bound a capability instead (scored at every weight, so each costs one harness run or one
+instruction scoring per alpha):
+
+    merge: {budget_metric: "harness:lmadapt_cloze/acc_norm", forgetting_budget: 2}   # at most 2 points lower
+    eval:  {sets: {...}, harness: {tasks: [lmadapt_cloze], limit: 200}}
+    merge: {budget_metric: instruction_loss, forgetting_budget: 0.1}                 # at most +10% response loss
+    eval:  {sets: {...}, instruction_retention: {data: held_out_instructions.jsonl}}
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .base import ConfigError, opt
+from .capability import HarnessConfig, RetentionConfig
 from .data import heldout_roles
 from .hub import is_hub_spec
 from .model import ModelConfig
@@ -33,8 +41,13 @@ class MergeSection:
                                     "from `alphas` on the held-out sets")
     alphas: list[float] = opt(doc="weights scored when alpha is null (0 and 1 are always added, as anchors)",
                               factory=lambda: [0.25, 0.5, 0.75])
-    forgetting_budget: float = opt(0.05, "chosen alpha: lowest domain perplexity among those whose general "
-                                         "perplexity is at most (1 + budget) x the base's")
+    budget_metric: str = opt("general_perplexity", "what the forgetting budget bounds: general_perplexity (the general "
+                                                   "eval set) | harness:<task>/<metric> (e.g. harness:lmadapt_cloze/acc_norm; "
+                                                   "needs eval.harness) | instruction_loss (needs eval.instruction_retention)")
+    forgetting_budget: float | None = opt(None, "chosen alpha: lowest domain perplexity among those whose forgetting is "
+                                                "within budget. Losses and perplexities: a relative increase over the "
+                                                "base's (default 0.05: at most 1.05 x); harness accuracies: a drop in "
+                                                "points (default 1.0: at most 1 point below the base's)")
     refine: int = opt(3, "then halve the gap between the chosen alpha and the nearest one above it that breaks "
                          "the budget this many times (one more scoring each), to land near the budget's edge")
 
@@ -42,10 +55,24 @@ class MergeSection:
         for a in ([self.alpha] if self.alpha is not None else []) + list(self.alphas):
             if not 0 <= a <= 1:
                 raise ConfigError(f"alpha: weights must be in [0, 1], got {a}")
-        if self.forgetting_budget < 0:
+        if self.forgetting_budget is not None and self.forgetting_budget < 0:
             raise ConfigError(f"forgetting_budget: must be >= 0, got {self.forgetting_budget}")
+        m = self.budget_metric
+        if m not in ("general_perplexity", "instruction_loss") and not (m.startswith("harness:") and len(m) > 8):
+            raise ConfigError(f"budget_metric: {m!r} is not general_perplexity, instruction_loss or harness:<task>/<metric>")
         if self.refine < 0:
             raise ConfigError(f"refine: must be >= 0, got {self.refine}")
+
+    @property
+    def harness_task(self) -> str | None:
+        """The task of a ``harness:<task>/<metric>`` budget metric."""
+        return self.budget_metric[len("harness:"):].split("/")[0] if self.budget_metric.startswith("harness:") else None
+
+    def budget(self, higher_is_better: bool = False) -> float:
+        """forgetting_budget, or its default for this kind of metric (points for accuracies, else relative)."""
+        if self.forgetting_budget is not None:
+            return float(self.forgetting_budget)
+        return 1.0 if higher_is_better else 0.05
 
     def grid(self) -> list[float]:
         """The weights to score: the fixed one, or the sweep with both anchors, ascending."""
@@ -66,6 +93,10 @@ class MergeEvalConfig:
     max_tokens: int | None = opt(20000, "score at most this many tokens per set (leading documents)")
     batch_size: int = opt(8, "blocks per forward pass")
     text_field: str = opt("text", "text field for jsonl/csv/parquet")
+    harness: HarnessConfig = opt(doc="lm-evaluation-harness tasks scored at every weight (for "
+                                     "merge.budget_metric: harness:<task>/<metric>)", factory=HarnessConfig)
+    instruction_retention: RetentionConfig = opt(doc="held-out instructions scored at every weight (for "
+                                                     "merge.budget_metric: instruction_loss)", factory=RetentionConfig)
 
     def roles(self) -> dict[str, str | None]:
         """{'domain': set name, 'general': set name} (None where there is no such set)."""
@@ -103,5 +134,12 @@ class MergeConfig:
             name = getattr(self.eval, key)
             if name is not None and name not in self.eval.sets:
                 raise ConfigError(f"eval.{key}: {name!r} is not one of eval.sets ({', '.join(self.eval.sets) or 'none'})")
+        task = self.merge.harness_task
+        if task is not None and not self.eval.harness.enabled:
+            # (a subtask of a group, mmlu_anatomy of mmlu, is checked against the scores when they exist)
+            raise ConfigError(f"merge.budget_metric: {self.merge.budget_metric} needs eval.harness.tasks "
+                              f"(e.g. [{task}])")
+        if self.merge.budget_metric == "instruction_loss" and not self.eval.instruction_retention.enabled:
+            raise ConfigError("merge.budget_metric: instruction_loss needs eval.instruction_retention.data")
         if self.merge.base and self.merge.base.startswith((".", "/", "~")) and not Path(self.merge.base).exists():
             raise ConfigError(f"merge.base: folder not found: {self.merge.base}")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .base import ConfigError, apply_overrides, from_dict, load_recipe, opt, read_yaml
+from .capability import HarnessConfig, RetentionConfig
 from .data import heldout_roles
 from .hub import is_hub_spec, parse_hub_spec
 
@@ -97,6 +98,10 @@ class EvaluationConfig:
     text_field: str = opt("text", "text field for jsonl/csv/parquet")
     domain_set: str | None = opt(None, "which lm_sets entry is the domain (default: 'domain', else the first)")
     general_set: str | None = opt(None, "which lm_sets entry is general text (default: 'general', else the second)")
+    harness: HarnessConfig = opt(doc="lm-evaluation-harness tasks scored on the same models as lm_sets (forgetting "
+                                     "on capability benchmarks)", factory=HarnessConfig)
+    instruction_retention: RetentionConfig = opt(doc="response loss on held-out instructions, for instruction-tuned "
+                                                     "base models", factory=RetentionConfig)
 
     def __post_init__(self):
         if self.block_size < 8:
@@ -111,6 +116,11 @@ class EvaluationConfig:
     def roles(self) -> dict[str, str | None]:
         """{'domain': set name, 'general': set name} (None where there is no such set)."""
         return heldout_roles(list(self.lm_sets), self.domain_set, self.general_set)
+
+    @property
+    def enabled(self) -> bool:
+        """Is any LM evidence configured (held-out sets, harness tasks, instruction retention)?"""
+        return bool(self.lm_sets) or self.harness.enabled or self.instruction_retention.enabled
 
 
 @dataclass
@@ -155,7 +165,8 @@ class PipelineConfig:
     vars: dict = opt(doc="values for ${name} placeholders in any string of this file (${sample_data} is built in)",
                      factory=dict)
     defaults: dict = opt(doc="kind -> recipe mapping deep-merged under every stage of that kind", factory=dict)
-    evaluation: EvaluationConfig = opt(doc="LM evidence after pretrain stages", factory=EvaluationConfig)
+    evaluation: EvaluationConfig = opt(doc="LM evidence (perplexity, harness, instruction retention) after "
+                                           "pretrain and merge stages", factory=EvaluationConfig)
     baseline: BaselineConfig = opt(doc="reference rows", factory=BaselineConfig)
     report: ReportConfig = opt(doc="comparison settings", factory=ReportConfig)
     stages: dict = opt(doc="named stages {name: {kind, recipe}}, reusable across arms", factory=dict)

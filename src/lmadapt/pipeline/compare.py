@@ -35,6 +35,12 @@ class Column:
     split: str | None = None       # task columns: "test" | "dev"
     metric: str | None = None      # task columns: a key of metrics.json's dev/test section
     role: str | None = None        # LM columns: "domain" | "general"
+    evidence: str | None = None    # capability columns: "harness:task/metric" | "instruction:response_loss"
+
+    @property
+    def points(self) -> bool:
+        """An accuracy-like score in [0, 1], whose differences read as points (x100)."""
+        return bool(self.evidence and self.evidence.startswith("harness:") and self.better == "higher")
 
 
 LM_COLUMNS = [Column("domain_ppl", "domain ppl ↓", "lower", role="domain"),
@@ -95,8 +101,44 @@ def load_run(run_dir: str | Path) -> Run:
     general = ev.get("general_set") or ("general" if "general" in names else (rest[0] if rest else None))
     run = Run(folder=folder, rows=rows, state=state, pipeline=pipeline, arms=arms, reference=reference,
               noise_factor=float(rep.get("noise_factor") or 2.0), roles={"domain": domain, "general": general})
-    run.columns = task_columns(run) + LM_COLUMNS
+    run.columns = task_columns(run) + LM_COLUMNS + capability_columns(run.rows)
     return run
+
+
+def evidence_value(row: dict, spec: str) -> float | None:
+    """A capability score of a row: ``harness:task/metric`` or ``instruction:key`` (see Column.evidence)."""
+    kind, _, rest = spec.partition(":")
+    if kind == "harness":
+        task, _, metric = rest.partition("/")
+        v = ((row.get("harness") or {}).get(task) or {}).get(metric)
+    elif kind == "instruction":
+        v = (row.get("instruction") or {}).get(rest)
+    else:
+        v = None
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def capability_columns(rows: list[dict]) -> list[Column]:
+    """One column per harness task (its primary metric: acc_norm, acc, ...) and for instruction
+    retention (response loss; exact match when generated), from the LM rows that carry them."""
+    cols: dict[str, Column] = {}
+    for r in rows:
+        for task, m in (r.get("harness") or {}).items():
+            metric = m.get("primary")
+            if not metric or f"harness:{task}/{metric}" in cols:
+                continue
+            higher = ((r.get("harness_higher") or {}).get(task) or {}).get(metric, True)
+            cols[f"harness:{task}/{metric}"] = Column(
+                f"harness_{task}_{metric}", f"{task} {metric.replace('_', ' ')} {'↑' if higher else '↓'}",
+                "higher" if higher else "lower", evidence=f"harness:{task}/{metric}")
+        ins = r.get("instruction") or {}
+        if ins.get("response_loss") is not None and "instruction:response_loss" not in cols:
+            cols["instruction:response_loss"] = Column("instruction_loss", "instruction loss ↓", "lower",
+                                                       evidence="instruction:response_loss")
+        if ins.get("exact_match") is not None and "instruction:exact_match" not in cols:
+            cols["instruction:exact_match"] = Column("instruction_em", "instruction exact match ↑", "higher",
+                                                     evidence="instruction:exact_match")
+    return list(cols.values())
 
 
 def task_columns(run: Run) -> list[Column]:
@@ -169,13 +211,15 @@ def arm_values(run: Run) -> dict[str, dict[str, Stat]]:
         limit = last_ft["position"] if last_ft else float("inf")
         # LM evidence (evaluation.lm_sets) of the last model before the fine-tune: an input model, a
         # pretrain or a merge stage. Evaluate stages score their own sets and are listed separately.
-        lm_rows = [r for r in rows if r.get("lm") and r.get("kind") in ("input", "pretrain", "merge")
-                   and r.get("position", 0) < limit]
+        lm_rows = [r for r in rows if (r.get("lm") or r.get("harness") or r.get("instruction"))
+                   and r.get("kind") in ("input", "pretrain", "merge") and r.get("position", 0) < limit]
         if lm_rows:
             lm = lm_rows[-1]
             for c in run.columns:
                 name = run.roles.get(c.role) if c.role else None
-                v = ((lm["lm"].get(name) or {}) if name else {}).get("perplexity")
+                v = ((lm.get("lm") or {}).get(name) or {}).get("perplexity") if name else None
+                if c.evidence:
+                    v = evidence_value(lm, c.evidence)
                 if v is not None:
                     cols[c.key][lm["id"]] = float(v)
     return {arm: {k: Stat(list(d.values()), list(d.keys())) for k, d in cols.items()} for arm, cols in out.items()}

@@ -270,7 +270,7 @@ def worker_main(out: str, inst_id: str) -> int:
     log(f"{inst.id}: {inst.kind} stage '{inst.name}' in process {os.getpid()}")
     info = execute_stage(inst, keep_checkpoints=cfg.keep_checkpoints)
     log(f"{inst.id}: done in {info['wall_seconds']:.1f}s")
-    if inst.kind in LM_KINDS and cfg.evaluation.lm_sets:
+    if inst.kind in LM_KINDS and cfg.evaluation.enabled:
         lm_evidence(inst.model_out, cfg, inst.folder / EVIDENCE_FILE)
     return 0
 

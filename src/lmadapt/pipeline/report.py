@@ -328,7 +328,7 @@ VERDICT_NOTE = ("Task: the difference on the test split of the metric fine-tunin
 def _verdict_head(b: dict) -> list[str]:
     ref = b["comp"]["reference"]
     metric = b["verdicts"][0]["metric"] or "task"
-    return ["arm", f"{metric} vs {ref}", "effect", "domain ppl", "general ppl (forgetting)", f"extra cost vs {ref}"]
+    return ["arm", f"{metric} vs {ref}", "effect", "domain ppl", "forgetting (general ppl, capabilities)", f"extra cost vs {ref}"]
 
 
 def _header_facts(run: Run) -> list[tuple[str, str]]:
@@ -357,7 +357,7 @@ def render_markdown(run: Run, b: dict) -> str:
                   "| " + " | ".join(_verdict_head(b)) + " |", "|---|---:|---|---:|---:|---|"]
         for v in b["verdicts"]:
             c = fmt_cells(v)
-            lines.append(f"| {c['arm']} | {c['task']} | {c['effect']} | {c['domain']} | {c['general']} | {c['cost']} |")
+            lines.append(f"| {c['arm']} | {c['task']} | {c['effect']} | {c['domain']} | {c['forgetting']} | {c['cost']} |")
         lines += ["", VERDICT_NOTE]
     lines += ["", "## Comparison", "",
               "Mean ± standard deviation over distinct runs (n). Task metrics come from each arm's last fine-tuning "
@@ -476,7 +476,7 @@ def render_html(run: Run, b: dict) -> str:
             cls = {"helped": "good", "hurt": "bad"}.get(v["effect"], "muted")
             parts.append(f"<tr><td>{e(c['arm'])}</td><td class='n'>{e(c['task'])}</td>"
                          f"<td class='{cls}'>{e(c['effect'])}</td><td class='n'>{e(c['domain'])}</td>"
-                         f"<td class='n'>{e(c['general'])}</td><td>{e(c['cost'])}</td></tr>")
+                         f"<td class='n'>{e(c['forgetting'])}</td><td>{e(c['cost'])}</td></tr>")
         parts.append(f"</table><p class='note'>{e(VERDICT_NOTE)}</p>")
     parts.append("<h2>Comparison</h2><p class='note'>Mean ± standard deviation over distinct runs (n). Task metrics "
                  "come from each arm's last fine-tuning stage; perplexities are of the model that stage started from "

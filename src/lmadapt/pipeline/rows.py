@@ -29,6 +29,17 @@ def task_scalars(section: dict | None) -> dict:
             and (k in TASK_SCALARS or k.endswith("_f1"))}
 
 
+def capability_fields(ev: dict) -> dict:
+    """An evidence file's harness scores and instruction retention, as row fields (absent when not measured)."""
+    out: dict[str, Any] = {}
+    if ev.get("harness"):
+        out["harness"] = {t: {k: v for k, v in m.items() if k != "higher_is_better"} for t, m in ev["harness"].items()}
+        out["harness_higher"] = {t: m.get("higher_is_better") or {} for t, m in ev["harness"].items()}
+    if ev.get("instruction_retention"):
+        out["instruction"] = dict(ev["instruction_retention"])
+    return out
+
+
 def _finetune_tokens(folder: Path) -> int | None:
     path = folder / "logs.jsonl"
     if not path.is_file():
@@ -81,6 +92,7 @@ def stage_row(run: ArmRun, index: int, inst: StageInstance, out: Path, executed:
         ev = {"sets": metrics.get("sets") or {}}
     if ev:
         row["lm"] = {n: {k: m.get(k) for k in ("loss", "perplexity", "tokens")} for n, m in (ev.get("sets") or {}).items()}
+        row.update(capability_fields(ev))
         if ev.get("error"):
             row["lm_error"] = ev["error"]
     if inst.kind == "finetune":
@@ -94,6 +106,7 @@ def input_row(run: ArmRun, out: Path, evidence: dict) -> dict:
             "id": "input-" + cache.digest(run.input_model)[:12], "folder": None, "hash": None, "seeded": False,
             "parent": None, "input_model": run.input_model, "executed": False, "status": "done",
             "lm": {n: {k: m.get(k) for k in ("loss", "perplexity", "tokens")} for n, m in (evidence.get("sets") or {}).items()},
+            **capability_fields(evidence),
             **({"lm_error": evidence["error"]} if evidence.get("error") else {})}
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from ..config.base import ConfigError, to_dict
 from ..config.pipeline import LM_KINDS, PipelineConfig, load_pipeline
 from ..train.dist import barrier, broadcast, is_main_process, world_size
+from ..train.run_folder import FolderLock
 from ..train.outputs import atomic_write_text, read_json, write_json
 from . import cache
 from .execute import STAGE_RUNNERS, load_for_eval, execute_stage, log
@@ -48,23 +49,31 @@ PIPELINE_FILE = "pipeline.yaml"
 
 def evaluation_key(cfg: PipelineConfig) -> str:
     ev = cfg.evaluation
-    return cache.digest({"sets": {n: [p, cache.fingerprint_path(p)] for n, p in sorted(ev.lm_sets.items())},
-                         "block_size": ev.block_size, "max_tokens": ev.max_tokens, "text_field": ev.text_field})
+    key = {"sets": {n: [p, cache.fingerprint_path(p)] for n, p in sorted(ev.lm_sets.items())},
+           "block_size": ev.block_size, "max_tokens": ev.max_tokens, "text_field": ev.text_field}
+    # Only when configured, so the evidence cached by runs without them stays valid.
+    if ev.harness.enabled:
+        key["harness"] = {**to_dict(ev.harness), "include": [cache.fingerprint_path(p) for p in ev.harness.include_path]}
+    if ev.instruction_retention.enabled:
+        key["instruction"] = [to_dict(ev.instruction_retention), cache.fingerprint_path(ev.instruction_retention.data)]
+    return cache.digest(key)
 
 
 def lm_evidence(model: str, cfg: PipelineConfig, path: Path) -> dict:
-    """Held-out loss/perplexity of ``model`` on every ``evaluation.lm_sets`` entry, cached in ``path``."""
+    """Held-out loss/perplexity of ``model`` on every ``evaluation.lm_sets`` entry, and its harness and
+    instruction-retention scores where configured, cached in ``path``."""
     ev = cfg.evaluation
-    if not ev.lm_sets:
+    if not ev.enabled:
         return {}
     key = evaluation_key(cfg)
     old = broadcast(read_json(path, default=None) if is_main_process() else None)
     if old and old.get("key") == key:
         return old
-    from ..stages.evaluate import evaluate_model
+    from ..stages.evaluate import capability_scores, evaluate_model
     t0 = time.time()
-    log(f"LM evidence: {Path(model).name if Path(model).exists() else model} on {', '.join(ev.lm_sets)}")
-    sets = {}
+    what = list(ev.lm_sets) + list(ev.harness.tasks) + (["instruction retention"] if ev.instruction_retention.enabled else [])
+    log(f"LM evidence: {Path(model).name if Path(model).exists() else model} on {', '.join(what)}")
+    sets, scores = {}, {}
     try:
         loaded = load_for_eval(model)
         for name, data in ev.lm_sets.items():
@@ -73,10 +82,15 @@ def lm_evidence(model: str, cfg: PipelineConfig, path: Path) -> dict:
             m = next(iter(res["sets"].values()))
             sets[name] = {k: m.get(k) for k in ("loss", "perplexity", "tokens", "documents") if k in m}
             log(f"  {name}: perplexity {m['perplexity']:.2f}")
+        scores = capability_scores(loaded.model, loaded.tokenizer, loaded.objective, ev.harness, ev.instruction_retention)
+        for task, m in (scores.get("harness") or {}).items():
+            log(f"  {task}: " + ", ".join(f"{k} {m[k]:.3f}" for k in m if isinstance(m[k], float) and "stderr" not in k))
+        if scores.get("instruction_retention"):
+            log(f"  instruction retention: response loss {scores['instruction_retention'].get('response_loss')}")
     except Exception as exc:  # noqa: BLE001 - evidence must not lose a finished stage
         log(f"LM evidence failed for {model}: {exc}")
-        return {"key": key, "error": f"{type(exc).__name__}: {exc}", "sets": sets}
-    result = {"key": key, "model": str(model), "sets": sets, "seconds": round(time.time() - t0, 2)}
+        return {"key": key, "error": f"{type(exc).__name__}: {exc}", "sets": sets, **scores}
+    result = {"key": key, "model": str(model), "sets": sets, **scores, "seconds": round(time.time() - t0, 2)}
     if is_main_process():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, result)
@@ -168,27 +182,8 @@ def write_results(out: Path, rows: list[dict]) -> None:
         atomic_write_text(out / RESULTS_FILE, "".join(json.dumps(r, default=str) + "\n" for r in rows))
 
 
-class RunLock:
-    """One `lmadapt run` per output_dir at a time (an advisory lock on ``output_dir/.lmadapt_run.lock``)."""
-
-    def __init__(self, out: Path):
-        self.path, self.fh = out / ".lmadapt_run.lock", None
-
-    def __enter__(self):
-        self.fh = self.path.open("a+")
-        try:
-            import fcntl
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:       # no fcntl (Windows): no lock
-            pass
-        except OSError:
-            self.fh.close()
-            raise ConfigError(f"output_dir: {self.path.parent} is in use by another `lmadapt run`; "
-                              "wait for it or choose another output_dir") from None
-        return self
-
-    def __exit__(self, *exc):
-        self.fh.close()
+# The lock moved down to train/run_folder.py: standalone stages take the same one.
+RunLock = FolderLock
 
 
 def run_pipeline(cfg: PipelineConfig, *, pipeline_file: str | None = None, report: bool = True, jobs: int = 1,
@@ -323,7 +318,7 @@ def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, re
             state.save()
         for run in runs:
             log(f"== arm {run.arm}, seed {run.seed}: " + " -> ".join(i.name for i in run.stages))
-            if run.input_model and cfg.evaluation.lm_sets:
+            if run.input_model and cfg.evaluation.enabled:
                 rows.append(input_row(run, out, lm_evidence(run.input_model, cfg, input_evidence_path(out, run))))
             for index, inst in enumerate(run.stages):
                 if inst.id in executed or inst.id in cached:
@@ -345,7 +340,7 @@ def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, re
                     state.data["executed"].append(inst.id)
                     state.stage(inst, "done", wall_seconds=info["wall_seconds"])
                     log(f"{inst.name} done in {info['wall_seconds']:.1f}s (peak RSS {info.get('peak_rss_mb')} MB)")
-                if inst.kind in LM_KINDS and cfg.evaluation.lm_sets and inst.id not in evidence_done:
+                if inst.kind in LM_KINDS and cfg.evaluation.enabled and inst.id not in evidence_done:
                     lm_evidence(inst.model_out, cfg, inst.folder / EVIDENCE_FILE)
                     evidence_done.add(inst.id)
                 if not main:

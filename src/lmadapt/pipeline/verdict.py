@@ -8,6 +8,9 @@ comparison that report.py already computed and from the per-stage cost rows:
   effect", or "no noise estimate" (one seed).
 - **dialect and forgetting**: held-out perplexity of the model fine-tuning started from, as a
   factor against the reference's (domain ÷3.2 means 3.2× lower; general ×1.16 means 16% higher).
+- **capabilities** (when the pipeline measures them: evaluation.harness, evaluation.instruction_retention):
+  each harness task's headline score as a difference in points (hellaswag −3.1 points), and the
+  instruction response loss as a factor, of the same model against the reference's.
 - **cost**: the stages this arm runs and the reference does not (the shared base counts for
   neither), their wall time and the tokens they trained on, net of the stages only the
   reference runs. Stage times are those of the run that executed each stage.
@@ -81,9 +84,37 @@ def verdicts(rows: list[dict], comp: dict, columns: list) -> list[dict]:
             r = ref_cells[col.key]["stat"] if col and col.key in ref_cells else None
             v[f"{role}_ppl"] = (a.mean if a else None, r.mean if r else None)
             v[f"{role}_factor"] = _ratio(*v[f"{role}_ppl"])
+        v["capabilities"] = capability_changes(row["cells"], ref_cells, columns)
         v["cost"] = arm_cost(rows, arm, reference)
         out.append(v)
     return out
+
+
+def capability_changes(cells: dict, ref_cells: dict, columns: list) -> list[dict]:
+    """Per capability column: the arm's and the reference's means, and the change (points for
+    accuracies, a factor for losses)."""
+    out = []
+    for col in columns:
+        if not col.evidence or col.key not in ref_cells:
+            continue
+        a, r = cells[col.key]["stat"], ref_cells[col.key]["stat"]
+        if not a or not r or a.mean is None or r.mean is None:
+            continue
+        name = col.label.rstrip(" ↑↓")
+        out.append({"name": name, "arm": a.mean, "reference": r.mean, "points": col.points,
+                    "diff": a.mean - r.mean, "factor": _ratio(a.mean, r.mean)})
+    return out
+
+
+def fmt_capability(c: dict) -> str:
+    """'lmadapt_cloze acc norm −3.1 points (45.0 → 41.9)' or 'instruction loss ×1.12 (2.10 → 2.35)'."""
+    if c["points"]:
+        d = 100 * c["diff"]
+        return (f"{c['name']} {'+' if d >= 0 else '−'}{abs(d):.1f} points "
+                f"({100 * c['reference']:.1f} → {100 * c['arm']:.1f})")
+    if c["factor"] is not None and c["reference"] > 0 and c["arm"] > 0:
+        return f"{c['name']} {fmt_factor(c['factor'])} ({fmt_value(c['reference'])} → {fmt_value(c['arm'])})"
+    return f"{c['name']} {'+' if c['diff'] >= 0 else '−'}{fmt_value(abs(c['diff']))}"
 
 
 def fmt_cells(v: dict) -> dict[str, str]:
@@ -97,6 +128,10 @@ def fmt_cells(v: dict) -> dict[str, str]:
         a, r = v[f"{role}_ppl"]
         cells[role] = "—" if v[f"{role}_factor"] is None else \
             f"{fmt_factor(v[f'{role}_factor'])} ({fmt_value(r, 'ppl')} → {fmt_value(a, 'ppl')})"
+    cells["capabilities"] = "; ".join(fmt_capability(c) for c in v.get("capabilities") or [])
+    # The report's forgetting column: general perplexity, then the capability scores.
+    cells["forgetting"] = "; ".join(x for x in (cells["general"] if cells["general"] != "—" else "",
+                                                cells["capabilities"]) if x) or "—"
     c = v["cost"]
     if not c["extra_stages"] and not c["wall_seconds"]:
         cells["cost"] = "none"
@@ -120,4 +155,6 @@ def sentence(v: dict) -> str:
         text += f"; domain ppl {c['domain']}"
     if c["general"] != "—":
         text += f"; general ppl {c['general']}"
+    if c["capabilities"]:
+        text += f"; {c['capabilities']}"
     return text + f"; extra cost: {c['cost']}."

@@ -5,22 +5,32 @@ pseudo-perplexity. Text is packed exactly as training packs it, so numbers compa
 before/after metrics a pretrain stage writes.
 
     lmadapt evaluate runs/dapt --data ../shared/data/computing/valid.jsonl.gz ../shared/data/general/valid.jsonl.gz
+
+Capabilities besides perplexity: lm-evaluation-harness tasks (``harness``, train/harness.py) and
+instruction retention on held-out instructions (``retention``, tasks/retention.py).
+
+    lmadapt evaluate runs/dapt --harness-tasks lmadapt_cloze --harness-limit 100
 """
 from __future__ import annotations
 
+from ..config.base import ConfigError
+from ..config.capability import HarnessConfig, RetentionConfig
 from ..config.model import ModelConfig
 from ..data.heldout import heldout_set
-from ..models.load import load_model, supports_document_packing
+from ..models.load import check_block_size, load_model, supports_document_packing
 from ..train.dist import to_process_device
 from ..train.lm_eval import heldout_collator, score_sets
 
 
 def evaluate_model(model_dir: str, data: list[str], *, text_field: str = "text", split_docs: str = "file",
                    block_size: int = 512, batch_size: int = 8, max_tokens: int | None = None,
-                   packing: str = "auto", loaded=None) -> dict:
-    """Metrics per data set: {name: {loss, perplexity, tokens, documents, ...}}."""
+                   packing: str = "auto", loaded=None, harness: HarnessConfig | None = None,
+                   retention: RetentionConfig | None = None) -> dict:
+    """Metrics per data set: {name: {loss, perplexity, tokens, documents, ...}}, and the harness /
+    instruction-retention scores when those are configured."""
     if loaded is None:
         loaded = load_model(ModelConfig(path=str(model_dir)))
+    check_block_size(loaded.model, block_size, "block_size")
     model, tokenizer, objective = to_process_device(loaded.model), loaded.tokenizer, loaded.objective
     mode = packing
     if mode == "auto":
@@ -32,4 +42,22 @@ def evaluate_model(model_dir: str, data: list[str], *, text_field: str = "text",
                            text_field=text_field, split_docs=split_docs)
         results["sets"].update(score_sets(model, {held.name: held}, collator, objective, tokenizer,
                                           batch_size=batch_size, mode=mode))
+    results.update(capability_scores(model, tokenizer, objective, harness, retention))
     return results
+
+
+def capability_scores(model, tokenizer, objective: str, harness: HarnessConfig | None,
+                      retention: RetentionConfig | None) -> dict:
+    """{"harness": {task: scores}, "instruction_retention": {...}} for the configured ones."""
+    out: dict = {}
+    if (harness and harness.enabled) or (retention and retention.enabled):
+        if objective != "causal":
+            raise ConfigError("harness / instruction retention: score causal language models; this model's "
+                              f"objective is {objective}")
+    if harness and harness.enabled:
+        from ..train.harness import run_harness
+        out["harness"] = run_harness(model, tokenizer, harness)
+    if retention and retention.enabled:
+        from ..tasks.retention import instruction_retention
+        out["instruction_retention"] = instruction_retention(model, tokenizer, retention)
+    return out

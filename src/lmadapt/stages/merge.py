@@ -21,9 +21,11 @@ from ..config.base import ConfigError, to_dict
 from ..config.merge import MergeConfig
 from ..config.model import ModelConfig
 from ..data.heldout import heldout_sets
-from ..models.load import load_model, supports_document_packing
+from ..models.load import check_block_size, load_model, supports_document_packing
 from ..models.lora import save_model
+from ..tasks.retention import instruction_retention, read_retention_set
 from ..train.dist import is_main_process, log, to_process_device
+from ..train.harness import harness_value, run_harness
 from ..train.lm_eval import heldout_collator, score_sets
 from ..train.outputs import prepare_output_dir, read_meta, update_metrics, write_meta, write_recipe
 
@@ -69,35 +71,83 @@ class Interpolator:
                 p.copy_(a)
 
 
-def choose(sweep: dict[float, dict], roles: dict, budget: float) -> tuple[float, str]:
+def budget_series(sweep: dict[float, dict], roles: dict, metric: str = "general_perplexity",
+                  caps: dict[float, dict] | None = None) -> tuple[dict[float, float], bool, str] | None:
+    """({alpha: forgetting metric}, higher is better, its name), or None when there is nothing to
+    bound (general perplexity without a general set). ``caps[alpha]``: {"harness": run_harness
+    scores, "instruction_retention": ...} at that weight."""
+    caps = caps or {}
+    if metric == "general_perplexity":
+        gen = roles["general"]
+        if gen is None:
+            return None
+        return {a: sets[gen]["perplexity"] for a, sets in sweep.items()}, False, f"{gen} perplexity"
+    if metric == "instruction_loss":
+        vals = {a: ((caps.get(a) or {}).get("instruction_retention") or {}).get("response_loss") for a in sweep}
+        name, higher = "instruction response loss", False
+    else:
+        spec = metric[len("harness:"):]
+        task, _, m = spec.partition("/")
+        base = ((caps.get(0.0) or {}).get("harness") or {}).get(task) or {}
+        m = m or base.get("primary") or ""
+        vals = {a: harness_value((caps.get(a) or {}).get("harness") or {}, f"{task}/{m}") for a in sweep}
+        name, higher = f"{task} {m}", bool((base.get("higher_is_better") or {}).get(m, True))
+    missing = sorted(a for a, v in vals.items() if v is None)
+    if missing:
+        have = ", ".join(f"{t}/{k}" for t, sc in ((caps.get(missing[0]) or {}).get("harness") or {}).items()
+                         for k in sc if isinstance(sc[k], float) and "stderr" not in k)
+        raise ConfigError(f"merge.budget_metric: no {metric} score at alpha {missing[0]}"
+                          + (f" (scored: {have})" if have else ""))
+    return vals, higher, name
+
+
+def budget_limit(base: float, budget: float, higher: bool) -> float:
+    """The worst allowed value: ``budget`` points (of 100) below an accuracy, or (1 + budget) x a loss."""
+    return base - budget / 100 if higher else base * (1 + budget)
+
+
+def _within(value: float, limit: float, higher: bool) -> bool:
+    return value >= limit if higher else value <= limit
+
+
+def choose(sweep: dict[float, dict], roles: dict, budget: float, metric: str = "general_perplexity",
+           caps: dict[float, dict] | None = None) -> tuple[float, str]:
     """The weight with the lowest domain perplexity among those within the forgetting budget."""
-    dom, gen = roles["domain"], roles["general"]
+    dom = roles["domain"]
     ppl = {a: {n: m["perplexity"] for n, m in sets.items()} for a, sets in sweep.items()}
-    if gen is None:
+    series = budget_series(sweep, roles, metric, caps)
+    if series is None:
         eligible, rule = list(ppl), "lowest domain perplexity (no general set to bound forgetting)"
     else:
-        limit = ppl[0.0][gen] * (1 + budget)
-        eligible = [a for a in ppl if ppl[a][gen] <= limit]
-        rule = (f"lowest {dom} perplexity with {gen} perplexity within +{budget:.0%} of the base's "
-                f"({ppl[0.0][gen]:,.2f} → at most {limit:,.2f})")
+        vals, higher, name = series
+        limit = budget_limit(vals[0.0], budget, higher)
+        eligible = [a for a in ppl if _within(vals[a], limit, higher)]
+        allowed = f"at most {budget:g} points below" if higher else f"within +{budget:.0%} of"
+        rule = (f"lowest {dom} perplexity with {name} {allowed} the base's "
+                f"({vals[0.0]:,.{3 if higher else 2}f} → at {'least' if higher else 'most'} "
+                f"{limit:,.{3 if higher else 2}f})")
     best = min(eligible, key=lambda a: (ppl[a][dom], a))
     return best, rule
 
 
-def refine(score: Callable[[float], dict], sweep: dict[float, dict], roles: dict, budget: float, steps: int) -> None:
+def refine(score: Callable[[float], dict], sweep: dict[float, dict], roles: dict, budget: float, steps: int,
+           metric: str = "general_perplexity", caps: dict[float, dict] | None = None) -> None:
     """Bisect between the chosen weight and the nearest weight above it that breaks the forgetting
-    budget, ``steps`` times, adding each scored weight to ``sweep``.
+    budget, ``steps`` times, adding each scored weight to ``sweep`` (``score`` fills ``caps`` too).
 
     A coarse grid can put the budget's edge between two points (seen: +6.4% general perplexity at
-    0.25 against a 5% budget, so the grid's choice was the base itself); general perplexity rises
-    with alpha, so a few halvings find a weight near the edge, which keeps more of the domain gain."""
-    gen = roles["general"]
-    if gen is None:
-        return
-    limit = sweep[0.0][gen]["perplexity"] * (1 + budget)
+    0.25 against a 5% budget, so the grid's choice was the base itself); forgetting grows with
+    alpha, so a few halvings find a weight near the edge, which keeps more of the domain gain. (A
+    harness score on a few hundred questions is noisy, so there the edge is only as sharp as the
+    score.)"""
     for _ in range(steps):
-        best, _ = choose(sweep, roles, budget)
-        above = [a for a in sweep if a > best and sweep[a][gen]["perplexity"] > limit]
+        series = budget_series(sweep, roles, metric, caps)
+        if series is None:
+            return
+        vals, higher, _ = series
+        limit = budget_limit(vals[0.0], budget, higher)
+        best, _ = choose(sweep, roles, budget, metric, caps)
+        above = [a for a in sweep if a > best and not _within(vals[a], limit, higher)]
         if not above:
             return
         mid = round((best + min(above)) / 2, 6)
@@ -106,16 +156,42 @@ def refine(score: Callable[[float], dict], sweep: dict[float, dict], roles: dict
         sweep[mid] = score(mid)
 
 
-def sweep_table(sweep: dict[float, dict], roles: dict) -> str:
+def capability_at(model, tokenizer, cfg: MergeConfig, retention_examples: list | None) -> dict:
+    """Harness and instruction-retention scores of the weights the model holds now (those configured)."""
+    out = {}
+    if cfg.eval.harness.enabled:
+        out["harness"] = run_harness(model, tokenizer, cfg.eval.harness)
+    if retention_examples is not None:
+        out["instruction_retention"] = instruction_retention(model, tokenizer, cfg.eval.instruction_retention,
+                                                             retention_examples)
+    return out
+
+
+def _capability_cells(caps: dict) -> list[tuple[str, str]]:
+    """(header, value) of each capability score at one weight: a harness task's headline metric,
+    the instruction response loss."""
+    cells = [(f"{t} {m.get('primary')}", f"{m.get(m.get('primary') or '', float('nan')):.3f}")
+             for t, m in (caps.get("harness") or {}).items()]
+    if caps.get("instruction_retention"):
+        loss = caps["instruction_retention"].get("response_loss")
+        cells.append(("instruction loss", "-" if loss is None else f"{loss:.3f}"))
+    return cells
+
+
+def sweep_table(sweep: dict[float, dict], roles: dict, caps: dict[float, dict] | None = None) -> str:
     dom, gen = roles["domain"], roles["general"]
+    caps = caps or {}
     d0, d1 = sweep[0.0][dom]["perplexity"], sweep[1.0][dom]["perplexity"]
-    lines = [f"{'alpha':>6}  {dom + ' ppl':>14}  {(gen or '-') + ' ppl':>14}  {'domain gain kept':>16}  {'general change':>14}"]
+    extra = [h for h, _ in _capability_cells(caps.get(0.0) or {})]
+    lines = [f"{'alpha':>6}  {dom + ' ppl':>14}  {(gen or '-') + ' ppl':>14}  {'domain gain kept':>16}  {'general change':>14}"
+             + "".join(f"  {h:>18}" for h in extra)]
     for a, sets in sorted(sweep.items()):
         d = sets[dom]["perplexity"]
         kept = f"{(d0 - d) / (d0 - d1):.0%}" if d0 != d1 else "-"
         g = sets[gen]["perplexity"] if gen else None
         change = f"{g / sweep[0.0][gen]['perplexity'] - 1:+.1%}" if gen else "-"
-        lines.append(f"{a:>6.3f}  {d:>14,.2f}  {g if g is None else f'{g:,.2f}':>14}  {kept:>16}  {change:>14}")
+        lines.append(f"{a:>6.3f}  {d:>14,.2f}  {g if g is None else f'{g:,.2f}':>14}  {kept:>16}  {change:>14}"
+                     + "".join(f"  {v:>18}" for _, v in _capability_cells(caps.get(a) or {})))
     return "\n".join(lines)
 
 
@@ -125,6 +201,8 @@ def run_merge(cfg: MergeConfig) -> dict:
     out = prepare_output_dir(cfg.train.output_dir, resume=False, overwrite=cfg.train.overwrite or cfg.train.resume)
     base_path = resolve_base(cfg)
     adapted = load_model(cfg.model)
+    if cfg.eval.sets:
+        check_block_size(adapted.model, cfg.eval.block_size, "eval.block_size")
     base = load_model(ModelConfig(path=base_path, objective=adapted.objective,
                                   trust_remote_code=cfg.model.trust_remote_code))
     if len(base.tokenizer) != len(adapted.tokenizer):
@@ -139,45 +217,60 @@ def run_merge(cfg: MergeConfig) -> dict:
     log(f"merge: base {base_path}, adapted {cfg.model.path} ({sum(t.numel() for t in adapted_sd.values()):,} weights)")
 
     sweep: dict[float, dict] = {}
+    caps: dict[float, dict] = {}        # harness / instruction scores per weight, when configured
     roles = cfg.eval.roles()
+    metric = cfg.merge.budget_metric
     if cfg.eval.sets:
         mode = "document" if supports_document_packing(model, objective) else "concat"
         sets = heldout_sets({str(k): str(v) for k, v in cfg.eval.sets.items()}, tokenizer, objective, mode,
                             block_size=cfg.eval.block_size, max_tokens=cfg.eval.max_tokens,
                             text_field=cfg.eval.text_field)
         collator = heldout_collator(objective, mode, tokenizer, model)
+        retention = read_retention_set(cfg.eval.instruction_retention) if cfg.eval.instruction_retention.enabled else None
 
         def score(alpha: float) -> dict:
             weights.set(alpha)
             res = score_sets(model, sets, collator, objective, tokenizer, batch_size=cfg.eval.batch_size, mode=mode)
-            log(f"alpha {alpha:.3f}: " + ", ".join(f"{n} perplexity {m['perplexity']:,.2f}" for n, m in res.items()))
+            text = ", ".join(f"{n} perplexity {m['perplexity']:,.2f}" for n, m in res.items())
+            caps[alpha] = capability_at(model, tokenizer, cfg, retention)
+            for task, m in (caps[alpha].get("harness") or {}).items():
+                text += f", {task} {m.get('primary')} {m.get(m.get('primary'), float('nan')):.3f}"
+            if "instruction_retention" in caps[alpha]:
+                text += f", instruction loss {caps[alpha]['instruction_retention'].get('response_loss')}"
+            log(f"alpha {alpha:.3f}: {text}")
             return res
 
         for alpha in cfg.merge.grid():
             sweep[alpha] = score(alpha)
+        higher = (budget_series(sweep, roles, metric, caps) or ({}, False, ""))[1]
+        budget = cfg.merge.budget(higher)
         if cfg.merge.alpha is None:
-            refine(score, sweep, roles, cfg.merge.forgetting_budget, cfg.merge.refine)
+            refine(score, sweep, roles, budget, cfg.merge.refine, metric, caps)
+    else:
+        budget = cfg.merge.budget(False)
     if cfg.merge.alpha is not None:
         alpha, rule = float(cfg.merge.alpha), "fixed (merge.alpha)"
     else:
-        alpha, rule = choose(sweep, roles, cfg.merge.forgetting_budget)
+        alpha, rule = choose(sweep, roles, budget, metric, caps)
         if alpha == 0.0:
             rule += "; no weight above 0 stays within the budget, so the merged model is the base"
     if sweep:
-        log("weight sweep (0 = base, 1 = adapted):\n" + sweep_table(sweep, roles))
+        log("weight sweep (0 = base, 1 = adapted):\n" + sweep_table(sweep, roles, caps))
     log(f"chosen: alpha {alpha:.2f}, {rule}")
     weights.set(alpha)
 
     metrics = {
         "stage": "merge", "alpha": alpha, "base": base_path, "adapted": cfg.model.path, "objective": objective,
-        "selection": {"rule": rule, "forgetting_budget": cfg.merge.forgetting_budget, "roles": roles},
-        "sweep": [{"alpha": a, "sets": sets} for a, sets in sorted(sweep.items())],
+        "selection": {"rule": rule, "forgetting_budget": budget, "budget_metric": metric, "roles": roles},
+        "sweep": [{"alpha": a, "sets": sets, **caps.get(a, {})} for a, sets in sorted(sweep.items())],
         # the shape a pretrain stage writes: "before" is the base (alpha 0), "after" the merged model
         "heldout": {n: {"before": sweep[0.0][n], "after": sweep[alpha][n],
                         "perplexity_ratio": sweep[alpha][n]["perplexity"] / sweep[0.0][n]["perplexity"]}
                     for n in (sweep.get(alpha) or {})},
         "train": {"wall_seconds": round(time.time() - t_start, 2)},
     }
+    if caps.get(alpha):
+        metrics["capabilities"] = {"before": caps[0.0], "after": caps[alpha]}
     if is_main_process():
         save_model(model, tokenizer, out, merge=False)
         write_recipe(out, to_dict(cfg))
