@@ -185,8 +185,12 @@ def execute_stage(inst: StageInstance, keep_checkpoints: bool = False) -> dict:
     if inst.kind != "evaluate" and resumed != "checkpoint":
         recipe["train"]["overwrite"] = True       # the folder holds only lmadapt_stage.json
     t0 = time.time()
-    with PeakMemory() as mem:
-        STAGE_RUNNERS[inst.kind](recipe, folder)
+    from ..train.run_folder import release_folder
+    try:
+        with PeakMemory() as mem:
+            STAGE_RUNNERS[inst.kind](recipe, folder)
+    finally:
+        release_folder(folder)      # the stage took its folder's lock (train/run_folder.py)
     info = {"hash": inst.hash, "kind": inst.kind, "name": inst.name, "wall_seconds": round(time.time() - t0, 2),
             "resumed": resumed, **mem.result(),
             # which training of the parent this one started from (plan.reusable), and which code ran it

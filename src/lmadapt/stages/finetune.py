@@ -30,6 +30,7 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, set_se
 from .. import metrics as M
 from ..config.base import ConfigError, to_dict
 from ..config.finetune import ADAPTER_FILE, FinetuneConfig
+from ..models.load import reading_weights
 from ..tasks import TASKS
 from ..tasks.base import DataError, Example, ReadReport
 from ..tasks.labeled_io import stratified_split, stratified_subsample
@@ -381,7 +382,8 @@ def run_finetune(cfg: FinetuneConfig, recipe_dict: dict | None = None) -> dict:
     check_launch(cfg.train)
     t_start = time.time()
     task = TASKS[cfg.task.type]
-    out = prepare_output_dir(cfg.train.output_dir, resume=cfg.train.resume, overwrite=cfg.train.overwrite)
+    out = prepare_output_dir(cfg.train.output_dir, resume=cfg.train.resume, overwrite=cfg.train.overwrite,
+                             recipe=recipe_dict if recipe_dict is not None else to_dict(cfg))
     set_seed(cfg.train.seed)
 
     # --- setup: data -------------------------------------------------------------------------
@@ -396,9 +398,10 @@ def run_finetune(cfg: FinetuneConfig, recipe_dict: dict | None = None) -> dict:
     # --- setup: model ------------------------------------------------------------------------
     src = resolve_source(cfg)
     tokenizer = load_tokenizer(src.tokenizer, cfg)
-    model = task.load_model(src.base, space, cfg)
-    align_pad_token(tokenizer, model)
-    model = attach_adapters(model, task, src, cfg)
+    with reading_weights(src.adapter or src.base):   # a damaged weights file: one line naming the folder
+        model = task.load_model(src.base, space, cfg)
+        align_pad_token(tokenizer, model)
+        model = attach_adapters(model, task, src, cfg)
     if cfg.train.gradient_checkpointing:
         model.config.use_cache = False
 

@@ -17,7 +17,7 @@ from ..config.base import ConfigError, to_dict
 from ..config.pretrain import PretrainConfig
 from ..data.collators import CausalCollator, WholeWordMLMCollator
 from ..data.mask_seeds import MaskSeeded
-from ..models.load import load_model, supports_document_packing
+from ..models.load import check_block_size, load_model, supports_document_packing
 from ..models.lora import apply_lora, save_model
 from ..train.lm_eval import lm_metrics
 from ..train.dist import check_launch, is_main_process, log
@@ -73,7 +73,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         phases[name] = round(now - t_phase, 2)
         t_phase = now
 
-    out = prepare_output_dir(cfg.train.output_dir, resume=cfg.train.resume, overwrite=cfg.train.overwrite)
+    out = prepare_output_dir(cfg.train.output_dir, resume=cfg.train.resume, overwrite=cfg.train.overwrite,
+                             recipe=to_dict(cfg))
     set_seed(cfg.train.seed)
     recipe = to_dict(cfg)
 
@@ -89,6 +90,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
             if st.capped_at is not None:
                 log(f"{name}: read its first {st.capped_at:,} documents (max_documents) and read no further")
     loaded = load_model(cfg.model)
+    check_block_size(loaded.model, cfg.data.block_size, "data.block_size")
     vocab = extend_vocabulary(cfg, corpus, loaded, out)   # vocab.*: extended tokenizer, new rows initialised
     model, tokenizer, objective = loaded.model, loaded.tokenizer, loaded.objective
     sharded = wants_sharding(cfg.train)

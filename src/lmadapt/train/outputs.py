@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import tempfile
@@ -39,8 +40,22 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
+def finite_json(data: Any, found: list[str] | None = None, at: str = "") -> Any:
+    """``data`` with every NaN/inf float replaced by None (JSON has no NaN: a bare ``NaN`` made
+    metrics.json unreadable by strict parsers); the dotted keys replaced are appended to ``found``."""
+    if isinstance(data, float) and not math.isfinite(data):
+        if found is not None:
+            found.append(at)
+        return None
+    if isinstance(data, dict):
+        return {k: finite_json(v, found, f"{at}.{k}" if at else str(k)) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(v, found, f"{at}[{i}]") for i, v in enumerate(data)]
+    return data
+
+
 def write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    atomic_write_text(path, json.dumps(finite_json(data), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:
@@ -80,12 +95,19 @@ def update_metrics(output_dir: str | Path, new: dict) -> dict:
     path = Path(output_dir) / METRICS_FILE
     metrics = read_json(path, default={}) or {}
     metrics.update(new)
+    bad: list[str] = [] if "non_finite" not in new else list(new["non_finite"])
+    metrics = finite_json(metrics, bad)
+    if bad:
+        metrics["non_finite"] = sorted(set(bad))   # which values were NaN/inf (written as null)
     write_json(path, metrics)
     return metrics
 
 
-def prepare_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool) -> Path:
+def prepare_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool, recipe: dict | None = None) -> Path:
     """Refuse to mix a new run into an old folder unless asked to resume or overwrite.
+
+    The main process also takes the folder's lock, refuses a resume of another recipe's run, clears
+    an earlier run's files on overwrite, and records this run's fingerprint (run_folder.py).
 
     Under several processes every rank checks before any rank writes (a barrier follows), so
     rank 1 never mistakes rank 0's fresh files for an old run. The barrier is ``dist.barrier``: a
@@ -96,14 +118,34 @@ def prepare_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool)
 
     out = Path(output_dir)
     problem = None
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+    if out.exists() and not out.is_dir():   # was a NotADirectoryError traceback
+        problem = f"train.output_dir: {out} is a file, not a folder; give a folder path"
+    elif out.exists() and any(out.iterdir()) and not (resume or overwrite):
         problem = (f"train.output_dir: {out} is not empty ({', '.join(p.name for p in list(out.iterdir())[:5])}...); "
                    "pass train.resume=true to continue it or train.overwrite=true to reuse it")
     barrier()   # every process has looked before any process writes
     if problem:
         from ..config.base import ConfigError
         raise ConfigError(problem)
+    error = None
     if is_main_process():
+        from . import run_folder
         out.mkdir(parents=True, exist_ok=True)
-    barrier()
+        try:
+            run_folder.hold_folder(out)
+            if resume and recipe is not None:
+                run_folder.check_resume(out, recipe)
+            elif overwrite and any(out.iterdir()):
+                run_folder.clear_previous_run(out)
+            if recipe is not None:
+                run_folder.record_run(out, recipe)
+        except Exception as exc:  # noqa: BLE001 - re-raised on every process below
+            error = exc
+    from .dist import broadcast
+    message = broadcast(str(error) if error else None)
+    if error is not None:
+        raise error
+    if message:
+        from ..config.base import ConfigError
+        raise ConfigError(message)
     return out

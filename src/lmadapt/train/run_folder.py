@@ -1,0 +1,130 @@
+"""What guards an output folder against stale or concurrent state (issue 19, item 5).
+
+- :class:`FolderLock`: one lmadapt process writes a folder at a time (``lmadapt run`` and every
+  standalone stage take the same advisory lock, ``.lmadapt_run.lock``); a stage holds it until its
+  process exits (or the pipeline releases it after the stage).
+- :func:`recipe_fingerprint` / :func:`check_resume`: the seed, model and data a run trained with are
+  recorded in ``lmadapt_run.json`` when training starts; ``train.resume`` refuses a folder whose record
+  differs from the recipe, naming the difference (seen: a different seed's checkpoint resumed, "success").
+- :func:`clear_previous_run`: ``train.overwrite`` removes what an earlier run wrote (old metrics
+  sections and checkpoints were kept and mixed into the new run's), keeping only what the pipeline
+  reuses on purpose: its stage file and the packed blocks, whose names key their content.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ..config.base import ConfigError
+
+LOCK_FILE = ".lmadapt_run.lock"
+RUN_FILE = "lmadapt_run.json"
+KEEP_ON_OVERWRITE = {LOCK_FILE, "lmadapt_stage.json", ".lmadapt-blocks"}   # pipeline/cache.py, stages/pretrain_data.py
+# A folder holding any of these was written by lmadapt; overwrite never empties a folder without one.
+LMADAPT_MARKERS = (KEEP_ON_OVERWRITE - {LOCK_FILE}) | {RUN_FILE, "lmadapt_recipe.yaml", "lmadapt_meta.json", "metrics.json",
+                                       "logs.jsonl", "checkpoints"}
+_held: dict[Path, "FolderLock"] = {}
+
+
+class FolderLock:
+    """An advisory lock on ``folder/.lmadapt_run.lock`` (flock: released when the process exits)."""
+
+    def __init__(self, out: Path, what: str = "`lmadapt run`"):
+        self.path, self.fh, self.what = Path(out) / LOCK_FILE, None, what
+
+    def __enter__(self):
+        self.fh = self.path.open("a+")
+        try:
+            import fcntl
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:       # no fcntl (Windows): no lock
+            pass
+        except OSError:
+            self.fh.close()
+            raise ConfigError(f"output_dir: {self.path.parent} is in use by another {self.what}; "
+                              "wait for it or choose another output_dir") from None
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
+def hold_folder(out: Path) -> None:
+    """Take the folder's lock for the rest of this process (a second stage of the same process on the
+    same folder keeps the lock it has: flock locks belong to an open file, not to a process)."""
+    key = Path(out).resolve()
+    if key not in _held:
+        _held[key] = FolderLock(key, "lmadapt process (a run or a training stage)").__enter__()
+
+
+def release_folder(out: Path) -> None:
+    lock = _held.pop(Path(out).resolve(), None)
+    if lock is not None:
+        lock.__exit__(None, None, None)
+
+
+def recipe_fingerprint(recipe: dict) -> dict:
+    """The parts of a recipe a checkpoint belongs to: seed, model, data (+ task, LoRA), and the size
+    of every local input file the data section names."""
+    fp: dict = {"train.seed": (recipe.get("train") or {}).get("seed")}
+    for section in ("model", "data", "task", "lora", "vocab"):
+        value = recipe.get(section)
+        if isinstance(value, dict):
+            fp[section] = {k: v for k, v in value.items() if k not in ("cache_dir", "num_proc")}
+    sizes = {}
+
+    def walk(node, key):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{key}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{key}[{i}]")
+        elif isinstance(node, str) and len(node) < 4096 and Path(node).is_file():
+            sizes[key] = Path(node).stat().st_size
+    walk(fp.get("data"), "data")
+    fp["input_bytes"] = sizes
+    return json.loads(json.dumps(fp, default=str))
+
+
+def _flatten(node, key: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{key}.{k}" if key else str(k)))
+        return out or {key: {}}
+    return {key: node}
+
+
+def check_resume(out: Path, recipe: dict) -> None:
+    """Refuse to resume a folder that another recipe (seed, model, data) trained."""
+    path = Path(out) / RUN_FILE
+    if not path.is_file():
+        return     # nothing recorded (a run of an older lmadapt): nothing to compare
+    old = _flatten(json.loads(path.read_text(encoding="utf-8")))
+    new = _flatten(recipe_fingerprint(recipe))
+    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if diff:
+        shown = "; ".join(f"{k.replace('input_bytes.', 'size of ')}: {old.get(k)!r} there, {new.get(k)!r} now"
+                          for k in diff[:3])
+        raise ConfigError(f"train.resume: {out} holds a run of a different recipe ({shown}"
+                          f"{'; ...' if len(diff) > 3 else ''}); resume it with its own recipe, or use another "
+                          "train.output_dir or train.overwrite=true")
+
+
+def record_run(out: Path, recipe: dict) -> None:
+    from .outputs import write_json
+    write_json(Path(out) / RUN_FILE, recipe_fingerprint(recipe))
+
+
+def clear_previous_run(out: Path) -> None:
+    """Remove what an earlier run wrote in ``out`` (train.overwrite); refuse a folder lmadapt did not write."""
+    names = {p.name for p in out.iterdir()}
+    if not names & LMADAPT_MARKERS:
+        raise ConfigError(f"train.overwrite: {out} holds files lmadapt did not write "
+                          f"({', '.join(sorted(names)[:5])}); it removes only an earlier lmadapt run's output: "
+                          "choose an empty or new train.output_dir")
+    for p in out.iterdir():
+        if p.name not in KEEP_ON_OVERWRITE:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
