@@ -11,6 +11,7 @@ from .data import CorpusConfig
 from .hub import is_dataset_repo
 from .model import LoraConfig, ModelConfig
 from .train import TrainConfig
+from .vocab import VocabConfig
 
 # Encoder-only model types: masked LM is their pretraining objective; everything else is causal.
 ENCODER_MODEL_TYPES = {
@@ -56,6 +57,7 @@ class PretrainConfig:
     lora: LoraConfig = opt(doc="LoRA adapters (off: full training)", factory=LoraConfig)
     data: CorpusConfig = opt(doc="training and held-out text", factory=CorpusConfig)
     train: TrainConfig = opt(doc="optimisation loop", factory=TrainConfig)
+    vocab: VocabConfig = opt(doc="domain vocabulary extension and embedding training (off by default)", factory=VocabConfig)
 
     def validate(self) -> None:
         if not self.data.sources:
@@ -79,3 +81,17 @@ class PretrainConfig:
                     f"model.objective: {mt!r} is an encoder without a causal LM head; use objective: masked (its pretraining objective)")
         if self.lora.merge and not self.lora.enabled:
             raise ConfigError("lora.merge: only meaningful with lora.enabled: true")
+        self._validate_vocab()
+
+    def _validate_vocab(self) -> None:
+        v = self.vocab
+        if v.active and self.model.init == "scratch":
+            raise ConfigError("vocab.extend: extends a pretrained model's tokenizer; a scratch model trains its own "
+                              "(`lmadapt tokenizer train`)")
+        if v.tokenizer and not Path(v.tokenizer).is_dir():
+            raise ConfigError(f"vocab.tokenizer: folder not found: {v.tokenizer}")
+        if (v.active or v.embedding_lr) and self.lora.enabled and not self.lora.train_embeddings:
+            # Otherwise the new rows would never train, and an adapter folder would not carry them.
+            raise ConfigError("lora.train_embeddings: must be true with vocab.extend / vocab.tokenizer / "
+                              "vocab.embedding_lr under LoRA (the embeddings and LM head train in full and are "
+                              "saved with the adapter)")

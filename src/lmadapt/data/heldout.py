@@ -24,6 +24,7 @@ class HeldoutSet:
     blocks: Any          # datasets.Dataset of packed blocks
     accounting: TokenAccounting
     documents: int       # documents scored (after a max_tokens cap)
+    words: int = 0       # their whitespace-separated words (for per-word perplexity)
 
 
 def cap_by_tokens(texts: list[str], tokenizer, max_tokens: int) -> list[str]:
@@ -48,7 +49,8 @@ def heldout_set(path: str, tokenizer, objective: str, mode: str, *, block_size: 
                                 cache_dir=None, num_proc=None, with_word_starts=objective == "masked")
     blocks, accounting = pack_blocks(tokenized, block_size=block_size, pad_id=resolve_pad_id(tokenizer, objective),
                                      mode=mode)
-    return HeldoutSet(name=name or stats.name, blocks=blocks, accounting=accounting, documents=len(texts))
+    return HeldoutSet(name=name or stats.name, blocks=blocks, accounting=accounting, documents=len(texts),
+                      words=sum(len(t.split()) for t in texts))
 
 
 def heldout_sets(sets: dict[str, str], tokenizer, objective: str, mode: str, **kw) -> dict[str, HeldoutSet]:

@@ -116,6 +116,28 @@ def apply_lora(model, lcfg: LoraConfig, objective: str):
     return peft_model
 
 
+def adapter_vocab_rows(folder: str | Path, model) -> int | None:
+    """Rows of the embeddings an adapter folder carries (``modules_to_save`` after a vocabulary
+    extension), when more than ``model`` has: the base must be resized to them before the adapter
+    loads (peft does not; the load fails on the shape). None when nothing needs resizing."""
+    from safetensors import safe_open
+
+    path = Path(folder) / "adapter_model.safetensors"
+    leaves = {n.rsplit(".", 1)[-1] for n in embedding_module_names(model)}
+    rows = model.get_input_embeddings().num_embeddings
+    if not path.is_file() or not leaves:
+        return None
+    found = None
+    with safe_open(str(path), framework="pt") as fh:
+        for key in fh.keys():
+            parts = key.split(".")
+            if len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in leaves:
+                shape = fh.get_slice(key).get_shape()
+                if len(shape) == 2 and shape[0] > rows:
+                    found = max(found or 0, int(shape[0]))
+    return found
+
+
 def is_peft_model(model) -> bool:
     try:
         from peft import PeftModel

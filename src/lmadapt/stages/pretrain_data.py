@@ -47,6 +47,7 @@ class StageData:
     accounting: TokenAccounting
     eval: dict[str, tuple[Any, TokenAccounting]]  # held-out set -> (blocks, accounting)
     mixture: list[dict]                          # the source mixture plan, for token_accounting.json
+    eval_words: dict[str, int] | None = None     # held-out set -> whitespace words scored (per-word perplexity)
 
 
 def read_stage_corpus(cfg: PretrainConfig, out: Path) -> Corpus | None:
@@ -93,14 +94,14 @@ def _open(folder: Path, manifest: dict) -> StageData:
     train, accounting = opened(manifest["train"])
     return StageData(train=train, accounting=accounting,
                      eval={name: opened(file) for name, file in manifest["eval"].items()},
-                     mixture=manifest["mixture"])
+                     mixture=manifest["mixture"], eval_words=manifest.get("eval_words") or {})
 
 
 def _pack_all(corpus: Corpus, tokenizer, objective: str, mode: str, cfg: PretrainConfig, folder: Path) -> dict:
     """Packs what is not packed yet and writes the manifest (last, so the others never read a stale one)."""
     pad_id = resolve_pad_id(tokenizer, objective)
     settings = [BLOCKS_FORMAT, cfg.data.block_size, pad_id, mode]
-    manifest = {"train": None, "eval": {}, "mixture": None}
+    manifest = {"train": None, "eval": {}, "mixture": None, "eval_words": {}}
 
     tokenized = _tokenize(corpus.train, tokenizer, objective, cfg)
     counts = {n: t.lengths for n, t in tokenized.items()}
@@ -119,9 +120,12 @@ def _pack_all(corpus: Corpus, tokenizer, objective: str, mode: str, cfg: Pretrai
     del tokenized
 
     for name, tok in _tokenize(corpus.eval, tokenizer, objective, cfg).items():
+        docs = corpus.eval[name]
         if cfg.data.max_eval_tokens:
             within = np.cumsum(tok.lengths) - tok.lengths < cfg.data.max_eval_tokens   # documents started below the cap
             tok = tok.select(np.flatnonzero(within))
+            docs = docs.select(np.flatnonzero(within))
+        manifest["eval_words"][name] = _words(docs)
         key = hashlib.sha256(json.dumps([*settings, name, tok.key, cfg.data.max_eval_tokens]).encode())
         manifest["eval"][name] = f"eval-{key.hexdigest()[:32]}.arrow"
         if open_blocks(folder / manifest["eval"][name]) is None:
@@ -129,6 +133,15 @@ def _pack_all(corpus: Corpus, tokenizer, objective: str, mode: str, cfg: Pretrai
                         path=folder / manifest["eval"][name])
     write_json(folder / MANIFEST, manifest)   # atomic: another node sharing the folder may be reading it
     return manifest
+
+
+def _words(docs) -> int:
+    """Whitespace-separated words of held-out documents, a batch at a time (spooled texts)."""
+    n = 0
+    for start in range(0, len(docs), 512):
+        texts = docs.texts(start, start + 512) if hasattr(docs, "texts") else [d.text for d in docs[start:start + 512]]
+        n += sum(len(t.split()) for t in texts)
+    return n
 
 
 def _tokenize(docs_by_source: dict, tokenizer, objective: str, cfg: PretrainConfig) -> dict:

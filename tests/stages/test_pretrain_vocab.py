@@ -1,0 +1,96 @@
+"""A pretrain stage with vocabulary extension: mined tokens, new-rows-only first phase, per-word
+perplexity, and output folders (full and LoRA) that load in plain transformers with the new rows."""
+import json
+
+import pytest
+import torch
+
+from helpers import tiny_bpe_tokenizer, tiny_llama
+from lmadapt.config import PretrainConfig, load_recipe
+
+WORD = "hyperparameterisation"
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pvocab")
+    tok = tiny_bpe_tokenizer(d / "base")
+    model = tiny_llama(len(tok))
+    model.save_pretrained(d / "base")
+    for name, n, k in (("train", 40, 0), ("valid", 4, 100)):
+        rows = [{"text": f"The {WORD} of model {i + k} is slow; tune the {WORD} twice."} for i in range(n)]
+        (d / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d, tok, model
+
+
+def _recipe(d, out, **vocab):
+    return {"model": {"path": str(d / "base")},
+            "data": {"sources": [{"path": str(d / "train.jsonl")}], "eval_sources": [{"path": str(d / "valid.jsonl"),
+                                                                                      "name": "valid"}],
+                     "block_size": 32, "cache_dir": str(d / "cache")},
+            "train": {"output_dir": str(d / out), "max_steps": 3, "batch_size": 4, "lr": 1e-2, "warmup_steps": 0,
+                      "log_every": 1, "report_to": [], "seed": 0},
+            "vocab": {"min_frequency": 2, **vocab}}
+
+
+def test_extension_trains_only_new_rows_first_and_saves_a_plain_folder(ws):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmadapt.stages.pretrain import run_pretrain
+    d, tok, base = ws
+    cfg = load_recipe(PretrainConfig, data=_recipe(d, "full", extend=4, warmup_steps=3, embedding_lr=5e-2))
+    metrics = run_pretrain(cfg)
+    v = metrics["vocab"]
+    assert v["added"] == 4 and v["new_size"] == len(tok) + 4 and v["init"] == "mean"
+    assert v["fragmentation"]["tokens_per_word_after"] < v["fragmentation"]["tokens_per_word_before"]
+    held = metrics["heldout"]["valid"]
+    for side in ("before", "after"):   # exp(total NLL / words): comparable across tokenizers
+        m = held[side]
+        assert m["words"] == 4 * len(f"The {WORD} of model 100 is slow; tune the {WORD} twice.".split())
+        assert m["word_perplexity"] == pytest.approx(torch.tensor(m["loss"] * m["tokens"] / m["words"]).exp().item(),
+                                                     rel=1e-6)
+    out = d / "full"
+    plain = AutoModelForCausalLM.from_pretrained(out)
+    ptok = AutoTokenizer.from_pretrained(out)
+    ids = ptok(f"a {WORD}", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 2 and ids[1] >= len(tok)
+    emb, head = plain.get_input_embeddings().weight, plain.get_output_embeddings().weight
+    assert emb.shape[0] == len(tok) + 4
+    # all 3 steps were the new-rows-only phase: old rows and the rest of the model are unchanged ...
+    old = dict(base.named_parameters())
+    assert torch.equal(emb[: len(tok)], old["model.embed_tokens.weight"])
+    assert torch.equal(head[: len(tok)], old["lm_head.weight"])
+    assert torch.equal(plain.model.layers[0].mlp.up_proj.weight, old["model.layers.0.mlp.up_proj.weight"])
+    # ... while the new rows moved away from their mean initialisation
+    pieces = json.loads(json.dumps(v["tokens"]))[0]["pieces"]
+    first = tok.convert_tokens_to_ids(pieces)
+    assert not torch.allclose(emb[len(tok)], old["model.embed_tokens.weight"][first].mean(0))
+
+
+def test_lora_with_extension_saves_the_grown_embeddings(ws):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmadapt.config.base import ConfigError
+    from lmadapt.models.load import load_model
+    from lmadapt.config.model import ModelConfig
+    from lmadapt.stages.pretrain import run_pretrain
+    d, tok, _ = ws
+    data = _recipe(d, "lora", extend=3)
+    data["lora"] = {"enabled": True, "r": 4, "alpha": 8}
+    with pytest.raises(ConfigError, match="lora.train_embeddings"):
+        load_recipe(PretrainConfig, data=data)
+    data["lora"]["train_embeddings"] = True
+    run_pretrain(load_recipe(PretrainConfig, data=data))
+    out = d / "lora"
+    assert (out / "adapter_model.safetensors").is_file()
+    # plain transformers + peft: resize the base to the saved tokenizer, then load the adapter
+    ptok = AutoTokenizer.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(d / "base")
+    base.resize_token_embeddings(len(ptok))
+    merged = PeftModel.from_pretrained(base, out).merge_and_unload()
+    assert merged.get_input_embeddings().weight.shape[0] == len(tok) + 3
+    # lmadapt's own loader does the resize itself
+    loaded = load_model(ModelConfig(path=str(out)))
+    assert torch.equal(loaded.model.get_input_embeddings().weight, merged.get_input_embeddings().weight)
+    assert torch.equal(loaded.model.get_output_embeddings().weight, merged.get_output_embeddings().weight)
