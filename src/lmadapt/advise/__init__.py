@@ -33,6 +33,7 @@ import sys
 from pathlib import Path
 
 from .measure import DEFAULT_REFERENCE, measure
+from .memory import render_advise_plan
 from .pipeline import build_pipeline, pipeline_yaml, write_pipeline
 from .rules import GOALS, THRESHOLDS, Advice, recommend
 
@@ -181,6 +182,9 @@ def render(advice: Advice, m: dict, notes: list[str] | None = None) -> str:
         meas.append(("memory full / LoRA r=16", f"{mem['full_bytes'] / gib:.2f} / {mem['lora_bytes'] / gib:.2f} GiB{avail}"))
     if meas:
         out += _table(meas, ("measurement", "value")) + [""]
+    plan_lines = render_advise_plan(mem.get("plan"))
+    if plan_lines:
+        out += plan_lines + [""]
     if vo.get("candidates"):
         out.append("domain terms most over-represented vs general text (vocabulary candidates): "
                    + ", ".join(f"{c['word']} ({c['pieces']})" if c.get("pieces") else c["word"] for c in vo["candidates"]))

@@ -34,7 +34,8 @@ vocabulary  text, top_k, overlap, frequent_words (1000), domain_split3_share, re
 cost        tokens (one epoch: domain corpus, else task texts), flops_per_epoch (6 x params x tokens),
             probe {device, method, tokens_per_second, activation_bytes_per_token, and for timed steps: dtype,
             batch_size, block_size, steps, seconds_per_step}, seconds_per_epoch,
-            memory {train_batch_tokens, activation_bytes, full_bytes, lora_bytes, available_bytes, device}
+            memory {train_batch_tokens, activation_bytes, full_bytes, lora_bytes, available_bytes, device,
+            plan (advise/memory.py: bytes per parameter and GPUs needed, full / LoRA / sharded / offload)}
 timing      seconds per phase and total
 """
 from __future__ import annotations
@@ -172,6 +173,7 @@ def measure(model_dir: str, *, domain: str | None = None, text_field: str = "tex
     timing["probe"] = time.perf_counter() - t0
 
     cost = _cost(model_info, dom_info, task_info, probe_info, train_batch_tokens, dev)
+    cost["memory"]["plan"] = _memory_plan(model, dev, max_pos, train_batch_tokens)
     timing["total"] = time.perf_counter() - t_start
     return {"model": model_info, "reference": ref_info, "domain": dom_info, "task": task_info, "shift": shift,
             "vocabulary": vocab, "cost": cost, "timing": {k: round(v, 2) for k, v in timing.items()}}
@@ -188,18 +190,10 @@ def _device(name: str):
 
 def lora_trainable_params(model, r: int = LORA_R) -> tuple[int, list[str]]:
     """Parameters LoRA rank ``r`` would train on the default targets: r x (in + out) per adapted layer."""
-    from ..models.registry import is_head_module, is_linear_like, lora_targets
+    from ..models.memory_plan import lora_size
+    from ..models.registry import lora_targets
 
-    targets = lora_targets(model)
-    n = 0
-    for name, mod in model.named_modules():
-        if name and name.rsplit(".", 1)[-1] in targets and is_linear_like(mod) and not is_head_module(name):
-            if hasattr(mod, "in_features"):
-                fan_in, fan_out = mod.in_features, mod.out_features
-            else:  # transformers Conv1D: weight [in, out]
-                fan_in, fan_out = mod.weight.shape
-            n += r * (int(fan_in) + int(fan_out))
-    return n, list(targets)
+    return lora_size(model, r)[0], list(lora_targets(model))
 
 
 def _model_info(model_dir, loaded) -> dict:
@@ -516,6 +510,18 @@ def _probe(loaded, ids: list[int], *, batch_size: int, block_size: int, steps: i
             "batch_size": batch_size, "block_size": block_size, "steps": len(times), "warmup_seconds": round(warm, 3),
             "seconds_per_step": round(per_step, 4), "tokens_per_second": round(tokens / per_step, 1),
             "method": "timed optimizer steps (AdamW, lr 0)"}
+
+
+def _memory_plan(model, dev, max_pos, train_batch_tokens: int) -> dict:
+    """Bytes per parameter and GPUs needed for full / LoRA / sharded training (advise/memory.py),
+    at blocks of 512 tokens (fewer where the model's context is shorter) making train_batch_tokens."""
+    from ..train.loop import resolve_precision
+    from .memory import advise_plan
+
+    block = min(512, max_pos or 512)
+    precision = resolve_precision("auto") if dev.type == "cuda" else "fp32"
+    return advise_plan(model, precision=precision, batch_size=max(1, train_batch_tokens // block),
+                       block_size=block, lora_r=LORA_R)
 
 
 def available_memory(dev) -> int | None:

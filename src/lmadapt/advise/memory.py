@@ -48,12 +48,11 @@ def _weights_dtype(model_cfg, config) -> str:
 def _precision(requested: str) -> tuple[str, str | None]:
     """train.precision as the launch will resolve it. 'auto' on a machine without a GPU (a login node
     planning a GPU job) is planned as bf16, what a bf16-capable GPU picks, and said so."""
-    from ..train.loop import resolve_precision
     if requested != "auto":
         return requested, None
     import torch
-    if torch.cuda.is_available():
-        return resolve_precision("auto"), None
+    if torch.cuda.is_available():  # train.loop.resolve_precision's rule, without importing the Trainer (~5 s)
+        return ("bf16" if torch.cuda.is_bf16_supported() else "fp16"), None
     return "bf16", "train.precision auto: planned as bf16 (what a recent GPU resolves it to; fp32 on this CPU)"
 
 
