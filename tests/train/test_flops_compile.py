@@ -1,0 +1,110 @@
+"""FLOP counter against hand-computed numbers (tiny Llama, full and LoRA), the peak table and MFU;
+torch.compile per block: the same losses as eager, no recompilation when documents move."""
+import copy
+
+import pytest
+import torch
+
+from helpers import tiny_llama
+from lmadapt.train import flops as F
+from lmadapt.train.speed import compile_blocks, prepare_speed, resolve_switch, transformer_blocks
+
+V = 301
+# tiny_llama: hidden 32, MLP 64, 2 layers, 4 query heads / 2 kv heads of width 8
+H, I, LAYERS, KV = 32, 64, 2, 16
+PER_LAYER = H * H + H * KV + H * KV + H * H + 3 * H * I + 2 * H     # q, k, v, o, gate/up/down, 2 norms
+N = LAYERS * PER_LAYER + H + V * H                                  # + final norm + head (9632)
+
+
+def test_full_training_flops_by_hand():
+    assert N == 28224
+    seq = 24
+    attention = 12 * LAYERS * H * seq
+    for tied in (False, True):   # a tied head is counted once, as the head
+        model = tiny_llama(V, tie_word_embeddings=tied)
+        assert F.matmul_params(model) == (0, N)
+        assert F.flops_per_token(model, seq) == 6 * N + attention == 187776
+    assert F.flops_per_token(model, None) == 6 * N   # no sequence length: attention left out
+
+
+def test_lora_flops_by_hand():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_llama(V), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    lora = LAYERS * ((H * 4 + 4 * H) + (H * 4 + 4 * KV))            # A and B of q_proj and v_proj
+    assert lora == 896
+    assert F.matmul_params(model) == (N, lora)
+    # forward 2N + input gradients 2N on the frozen weights, 6 per trainable weight, attention as in full
+    assert F.flops_per_token(model, 24) == 4 * N + 6 * lora + 12 * LAYERS * H * 24 == 136704
+
+
+def test_peak_table_mfu_and_cpu_cache(tmp_path, monkeypatch):
+    assert F.gpu_peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
+    assert F.gpu_peak_flops("NVIDIA H200", "bf16") == 989e12
+    assert F.gpu_peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12
+    assert F.gpu_peak_flops("NVIDIA A100-SXM4-80GB", "fp32") == 19.5e12
+    assert F.gpu_peak_flops("Some Future GPU", "bf16") is None
+    assert F.mfu(1000.0, 6e9, 989e12) == pytest.approx(1000 * 6e9 / 989e12)
+    assert F.mfu(1000.0, 6e9, None) is None
+    measure = F.measure_cpu_peak
+    monkeypatch.setattr(F, "_CPU_PEAK", {})
+    monkeypatch.setattr(F, "measure_cpu_peak", lambda: 5e10)
+    cache = tmp_path / "peak.json"
+    assert F.cpu_peak_flops(cache) == 5e10 and cache.is_file()
+    monkeypatch.setattr(F, "_CPU_PEAK", {})
+    monkeypatch.setattr(F, "measure_cpu_peak", lambda: pytest.fail("measured again despite the cache"))
+    assert F.cpu_peak_flops(cache) == 5e10
+    assert 1e8 < measure(n=128, seconds=0.05) < 1e14   # a real, plausible number
+
+
+def _batches():
+    g = torch.Generator().manual_seed(0)
+    for cuts in [(10, 9, 5), (3, 12, 9), (20, 4), (1, 1, 22), (24,)]:
+        ids = torch.randint(0, V, (2, 24), generator=g)
+        pos = torch.cat([torch.arange(c) for c in cuts]).repeat(2, 1)
+        yield {"input_ids": ids, "position_ids": pos, "labels": ids.masked_fill(pos == 0, -100), "use_cache": False}
+
+
+def test_compiled_blocks_same_losses_without_recompiling():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    eager = tiny_llama(V).train()
+    compiled = copy.deepcopy(eager)
+    keys = list(compiled.state_dict())
+    # aot_eager: dynamo + AOT autograd tracing without code generation (inductor takes minutes on CPU)
+    assert compile_blocks(compiled, backend="aot_eager") == LAYERS == len(transformer_blocks(compiled))
+    assert list(compiled.state_dict()) == keys           # in place: checkpoints and saving unchanged
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-2) for m in (eager, compiled)]
+    graphs = []
+    for batch in _batches():
+        losses = []
+        for model, opt in zip((eager, compiled), opts):
+            loss = model(**batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+        graphs.append(counters["stats"]["unique_graphs"])
+    # one graph for packed blocks (a block-diagonal mask) whatever the document boundaries, one for a
+    # block holding a single document (no mask); never one per batch
+    assert graphs[:4] == [graphs[0]] * 4 and graphs[-1] <= graphs[0] + 1, graphs
+
+
+def test_switches_and_plan_on_cpu():
+    from lmadapt.config.base import ConfigError
+    from lmadapt.config.train import TrainConfig
+
+    assert resolve_switch("auto", "compile") is False      # CPU
+    assert resolve_switch(True, "compile") is True
+    with pytest.raises(ConfigError):
+        resolve_switch("yes", "compile")
+    plan = prepare_speed(tiny_llama(V), TrainConfig())
+    assert plan.summary() == {"loss": "chunked", "compiled_blocks": 0, "liger_kernels": False}
+    with pytest.raises(ConfigError, match="liger"):
+        prepare_speed(tiny_llama(V), TrainConfig(liger_kernels=True))
+    assert prepare_speed(tiny_llama(V), TrainConfig(), sharded=True).loss == "standard"   # FSDP: auto -> standard
+    with pytest.raises(ConfigError, match="sharding"):
+        prepare_speed(tiny_llama(V), TrainConfig(loss="chunked"), sharded=True)
