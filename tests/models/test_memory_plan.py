@@ -58,7 +58,10 @@ def test_activations_by_hand():
     per_layer = 4 * (8 * 32 + 2 * 4) + 4 * (4 * 64 + 2 * 16)
     assert layer_bytes_per_token(s, setup) == per_layer == 2208
     acts, logits = activation_bytes(s, setup)
-    assert acts == 256 * (2 * per_layer + 3 * 32 * 4) and logits == 256 * 400 * 12
+    # lmadapt's chunked loss: 400 / 32 -> 13 chunks of 20 -> 32 rows of fp32 logits, the hidden
+    # states' gradient (256 x 32 x 4) and the head's fp32 gradient (400 x 32 x 4)
+    assert acts == 256 * (2 * per_layer + 3 * 32 * 4) and logits == 32 * 400 * 4 + 256 * 32 * 4 + 400 * 32 * 4
+    assert activation_bytes(s, replace(setup, loss="standard"))[1] == 256 * 400 * 12
     ck, _ = activation_bytes(s, replace(setup, gradient_checkpointing=True))
     assert ck == 256 * (2 * 32 * 4 + per_layer + 3 * 32 * 4)
     assert plan(s, setup).device_bytes == plan(s, Setup()).state_bytes + acts + logits
@@ -98,6 +101,29 @@ def test_activation_estimate_matches_what_autograd_keeps(build):
     ck, _ = activation_bytes(s, replace(setup, gradient_checkpointing=True))
     recompute = 256 * layer_bytes_per_token(s, setup)   # exists only during a layer's recompute in backward
     assert _saved_bytes(model, x) == pytest.approx(ck - recompute + 256 * s.vocab * 4, rel=0.05)
+
+
+def test_chunked_loss_keeps_what_the_plan_says():
+    """lmadapt's chunked LM loss keeps the hidden states' gradient and the head's fp32 gradient for
+    backward (the planner's logits term less the one transient chunk of logits)."""
+    from lmadapt.train.loss import linear_cross_entropy
+
+    s = model_shape(tiny_llama(400))
+    setup = Setup(batch_size=2, block_size=128)
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(256, 32, generator=g, requires_grad=True)
+    weight = torch.randn(400, 32, generator=g, requires_grad=True)
+    labels = torch.randint(0, 400, (256,), generator=g)
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        linear_cross_entropy(hidden, weight, labels)
+    _, logits = activation_bytes(s, setup)
+    assert sum(saved.values()) == pytest.approx(logits - 32 * 400 * 4, rel=0.05)
 
 
 def test_measured_state_after_trainer_steps_equals_the_plan(tmp_path):

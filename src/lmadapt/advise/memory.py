@@ -71,7 +71,8 @@ def recipe_setup(cfg, *, block_size: int, processes: int | None = None) -> tuple
                   cpu_offload=bool(fsdp and fsdp.cpu_offload),
                   reshard_after_forward=bool(fsdp is None or fsdp.reshard_after_forward),
                   batch_size=cfg.train.batch_size, block_size=block_size,
-                  gradient_checkpointing=cfg.train.gradient_checkpointing, attention=attn)
+                  gradient_checkpointing=cfg.train.gradient_checkpointing, attention=attn,
+                  loss="standard" if getattr(cfg.train, "loss", "auto") == "standard" else "chunked")
     return shape, setup, [note] if note else []
 
 

@@ -23,7 +23,9 @@ per layer  T x [hb x (8 h + 2 heads) + cb x (4 I + 2 kv_dim)]      (SwiGLU; GPT-
 eager attention adds T x heads x block x 4 per layer (the attention probabilities), attention dropout
 (GPT-2, BERT checkpoints) T x heads x block x 12 (sdpa's math path on CPU; flash-attention 2 avoids it)
 checkpointing keeps T x h x hb per layer plus one layer's worth during its recompute
-logits     T x vocab x (cb + 4 + 4): the logits, their fp32 log-softmax kept for backward, its gradient
+logits     lmadapt's chunked LM loss (train/loss.py): one chunk's fp32 logits (~T x h floats), the hidden
+           states' gradient and the head's fp32 gradient (vocab x h x 4); the standard loss: T x vocab x
+           (cb + 4 + 4), the logits, their fp32 log-softmax kept for backward, and its gradient
 where hb is the residual stream's bytes (4 with fp32 weights, also under autocast) and cb the matmul
 output's (2 under bf16/fp16). The planned peak adds state, transients and activations: an upper
 bound, since gradients fill in as backward frees activations. GPU sizes are GiB, of which
@@ -80,6 +82,7 @@ class Setup:
     block_size: int = 512
     gradient_checkpointing: bool = False
     attention: str = "sdpa"            # sdpa | flash_attention_2 | eager
+    loss: str = "chunked"              # chunked (train.loss auto/chunked/liger: never the full logits) | standard
 
 
 @dataclass
@@ -232,8 +235,27 @@ def activation_bytes(shape: ModelShape, setup: Setup) -> tuple[int, int]:
         acts = tokens * (shape.layers * shape.hidden * hb + per_layer + outside)
     else:
         acts = tokens * (shape.layers * per_layer + outside)
-    logits = tokens * shape.vocab * (cb + 4 + 4)
-    return int(acts), int(logits)
+    return int(acts), int(logits_bytes(shape, setup))
+
+
+def _chunk_rows(n_rows: int, vocab: int, hidden: int) -> int:
+    """train/loss.py's chunk size (Liger's rule): about vocab / hidden chunks of a power of two rows."""
+    chunks = max(1, math.ceil(vocab / max(hidden, 1)))
+    return max(1, 1 << max(0, math.ceil(math.log2(max(1, math.ceil(n_rows / chunks))))))
+
+
+def logits_bytes(shape: ModelShape, setup: Setup) -> int:
+    """Peak bytes of the LM head + loss. standard: T x vocab x (cb + 4 + 4), the logits, their fp32
+    log-softmax kept for backward and its gradient. chunked (lmadapt's default LM loss): one chunk's
+    fp32 logits, the hidden states' gradient and the head's fp32 gradient accumulator, both computed
+    in forward, plus the head weight cast to the compute dtype under autocast."""
+    wb, hb, cb, _ = _precision_bytes(setup)
+    tokens = setup.batch_size * setup.block_size
+    if setup.loss == "standard":
+        return tokens * shape.vocab * (cb + 4 + 4)
+    chunk = min(tokens, _chunk_rows(tokens, shape.vocab, shape.hidden))
+    head = shape.vocab * shape.hidden
+    return chunk * shape.vocab * 4 + tokens * shape.hidden * hb + head * 4 + (head * cb if cb != wb else 0)
 
 
 def plan(shape: ModelShape, setup: Setup) -> Plan:

@@ -1,0 +1,125 @@
+"""CPU: peak memory per process of sharded (FSDP2) vs unsharded (data-parallel) continued pretraining,
+2 processes x one ~30M-parameter Llama, launched here with torchrun for both, in one run.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fsdp_memory.py \\
+        [--out benchmarks/results/fsdp_memory_cpu.json] [--hidden 512 --layers 8 --steps 3]
+
+Each process runs `lmadapt pretrain` under benchmarks/memory_worker.py, which records its resident
+set after the imports (baseline) and its high-water mark (peak). Printed per process: baseline,
+peak, peak above baseline (what training added), and the planner's prediction for that launch
+(lmadapt.models.memory_plan: 20 B/param unsharded with DDP buckets, 16/N sharded, + activations);
+then the sharded/unsharded ratio of the larger process of each run. Target (issue 17): <= 0.6 on
+the memory training adds. The raw peak's ratio is higher: each process's ~0.5 GB of libraries is
+not sharded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "src" / "lmadapt" / "sample_data" / "computing" / "train.jsonl.gz"
+MIB = 2 ** 20
+
+
+def build_model(work: Path, args) -> Path:
+    """A random-init Llama folder and a BPE tokenizer trained on the bundled computing sample."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmadapt.config.data import SourceConfig
+    from lmadapt.data.sources import read_source
+    from lmadapt.models.tokenizers import train_tokenizer
+
+    folder = work / "model"
+    docs, _ = read_source(SourceConfig(path=str(SAMPLE), max_documents=3000))
+    tok = train_tokenizer([d.text for d in docs], kind="bpe", vocab_size=args.vocab, output_dir=str(folder))
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=3 * args.hidden,
+                      num_hidden_layers=args.layers, num_attention_heads=8, num_key_value_heads=4,
+                      max_position_embeddings=2048, tie_word_embeddings=False,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(str(folder))
+    return folder
+
+
+def launch(work: Path, model: Path, sharding: str, args) -> list[dict]:
+    out = work / f"mem_{sharding}.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.procs),
+           "--master_port", str(29500 + random.randint(0, 900)), str(ROOT / "benchmarks" / "memory_worker.py"),
+           str(out), "--", "pretrain", f"model.path={model}", f"data.sources=[{{path: {SAMPLE}, max_documents: 400}}]",
+           f"data.block_size={args.block}", f"data.cache_dir={work / 'cache'}", f"train.output_dir={work / sharding}",
+           f"train.batch_size={args.batch}", f"train.max_steps={args.steps}", "train.precision=fp32",
+           "train.report_to=[]", "train.log_every=1", "train.overwrite=true", f"train.sharding={sharding}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false"}
+    t0 = time.time()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise SystemExit(f"{sharding} run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    rows = [json.loads(p.read_text()) for p in sorted(work.glob(f"mem_{sharding}.rank*.json"))]
+    for r in rows:
+        r["wall_seconds"] = round(time.time() - t0, 1)
+    return rows
+
+
+def planned(model: Path, sharding: str, args) -> tuple[int, int]:
+    from transformers import AutoConfig
+
+    from lmadapt.models.memory_plan import Setup, model_shape, plan
+    shape = model_shape(AutoConfig.from_pretrained(str(model)))
+    setup = Setup(processes=args.procs, sharding=sharding, batch_size=args.batch, block_size=args.block)
+    return plan(shape, setup).device_bytes, shape.params
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--vocab", type=int, default=8000)
+    ap.add_argument("--block", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--work", default="/tmp/lmadapt_bench/fsdp_memory")
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    args = ap.parse_args()
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        model = build_model(work, args)
+        runs = {s: launch(work, model, s, args) for s in ("none", "fsdp")}
+        result = {"model_params": None, "args": vars(args), "runs": {}, "ratio": {}}
+        print(f"{'run':<6} {'rank':>4} {'baseline MiB':>12} {'peak MiB':>9} {'added MiB':>9} {'planned MiB':>11}")
+        for s, rows in runs.items():
+            plan_bytes, params = planned(model, s, args)
+            result["model_params"] = params
+            for r in rows:
+                r["added_bytes"] = r["peak_rss_bytes"] - r["baseline_rss_bytes"]
+                r["planned_bytes"] = plan_bytes
+                print(f"{s:<6} {r['rank']:>4} {r['baseline_rss_bytes'] / MIB:>12.0f} {r['peak_rss_bytes'] / MIB:>9.0f} "
+                      f"{r['added_bytes'] / MIB:>9.0f} {plan_bytes / MIB:>11.0f}")
+            result["runs"][s] = rows
+        for key in ("peak_rss_bytes", "added_bytes"):
+            worst = {s: max(r[key] for r in rows) for s, rows in runs.items()}
+            result["ratio"][key] = round(worst["fsdp"] / worst["none"], 3)
+        print(f"model: {result['model_params'] / 1e6:.1f}M parameters, {args.procs} processes, "
+              f"micro-batch {args.batch} x {args.block}, {args.steps} steps, fp32")
+        print(f"sharded / unsharded, larger process: added memory {result['ratio']['added_bytes']:.2f}x "
+              f"(target <= 0.6), raw peak RSS {result['ratio']['peak_rss_bytes']:.2f}x")
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
