@@ -13,7 +13,7 @@ from helpers import tiny_bpe_tokenizer
 from lmadapt.config import PretrainConfig, load_recipe
 from lmadapt.config.base import ConfigError
 from lmadapt.stages.pretrain import run_pretrain
-from lmadapt.train.run_folder import FolderLock, release_folder
+from lmadapt.pipeline.run import RunLock   # the lock `lmadapt run` takes
 
 
 def test_overwrite_clears_resume_checks_the_recipe_and_standalone_stages_lock(tmp_path):
@@ -44,8 +44,9 @@ def test_overwrite_clears_resume_checks_the_recipe_and_standalone_stages_lock(tm
     assert [json.loads(line)["step"] for line in (out / "logs.jsonl").read_text().splitlines()][-1] == 2
 
     # a folder another lmadapt process holds is refused (the lock of `lmadapt run`)
+    from lmadapt.train.run_folder import release_folder
     release_folder(out)      # this process's own hold, as if the run above had been another process
-    with FolderLock(out):
+    with RunLock(out):
         with pytest.raises(ConfigError, match="is in use by another lmadapt process"):
             run_pretrain(load_recipe(PretrainConfig, data=data))
 

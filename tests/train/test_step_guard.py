@@ -10,7 +10,6 @@ from transformers import Trainer
 
 from helpers import tiny_llama
 from toy_training import VOCAB, toy_blocks, train_toy, weights
-from lmadapt.train.guard import TrainingDiverged
 
 
 def poison(monkeypatch, steps):
@@ -26,6 +25,7 @@ def poison(monkeypatch, steps):
 
 
 def test_a_nan_loss_stops_the_run_at_the_next_check_naming_the_first_bad_step(tmp_path, monkeypatch):
+    from lmadapt.train.guard import TrainingDiverged
     poison(monkeypatch, {3})
     with pytest.raises(TrainingDiverged, match=r"training stopped at step 3, the first bad step: loss nan"):
         train_toy(tmp_path / "run", log_every=4, save_every=4)   # checked at step 4, before that save
