@@ -101,8 +101,17 @@ def load_run(run_dir: str | Path) -> Run:
     general = ev.get("general_set") or ("general" if "general" in names else (rest[0] if rest else None))
     run = Run(folder=folder, rows=rows, state=state, pipeline=pipeline, arms=arms, reference=reference,
               noise_factor=float(rep.get("noise_factor") or 2.0), roles={"domain": domain, "general": general})
-    run.columns = task_columns(run) + LM_COLUMNS + capability_columns(run.rows)
+    run.columns = task_columns(run) + LM_COLUMNS + word_columns(run.rows) + capability_columns(run.rows)
     return run
+
+
+def word_columns(rows: list[dict]) -> list[Column]:
+    """Per-word perplexity (total NLL / words) of the domain and general sets, where the evidence has
+    it (causal models): the column that compares arms whose tokenizers differ (vocabulary extension)."""
+    if not any((m or {}).get("word_perplexity") is not None for r in rows for m in (r.get("lm") or {}).values()):
+        return []
+    return [Column("domain_wppl", "domain word ppl ↓", "lower", metric="word_perplexity", role="domain"),
+            Column("general_wppl", "general word ppl ↓", "lower", metric="word_perplexity", role="general")]
 
 
 def evidence_value(row: dict, spec: str) -> float | None:
@@ -217,7 +226,7 @@ def arm_values(run: Run) -> dict[str, dict[str, Stat]]:
             lm = lm_rows[-1]
             for c in run.columns:
                 name = run.roles.get(c.role) if c.role else None
-                v = ((lm.get("lm") or {}).get(name) or {}).get("perplexity") if name else None
+                v = ((lm.get("lm") or {}).get(name) or {}).get(c.metric or "perplexity") if name else None
                 if c.evidence:
                     v = evidence_value(lm, c.evidence)
                 if v is not None:

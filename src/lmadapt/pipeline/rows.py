@@ -16,6 +16,7 @@ from . import cache
 from .plan import ArmRun, StageInstance
 
 EVIDENCE_FILE = "lm_evidence.json"
+LM_KEYS = ("loss", "perplexity", "tokens", "word_perplexity", "words")   # per held-out set in a row's "lm"
 BASELINE_DIR = "baselines"
 
 TASK_SCALARS = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "loss", "mse", "rmse", "mae", "pearson",
@@ -91,7 +92,7 @@ def stage_row(run: ArmRun, index: int, inst: StageInstance, out: Path, executed:
     if inst.kind == "evaluate":
         ev = {"sets": metrics.get("sets") or {}}
     if ev:
-        row["lm"] = {n: {k: m.get(k) for k in ("loss", "perplexity", "tokens")} for n, m in (ev.get("sets") or {}).items()}
+        row["lm"] = {n: {k: m.get(k) for k in LM_KEYS} for n, m in (ev.get("sets") or {}).items()}
         row.update(capability_fields(ev))
         if ev.get("error"):
             row["lm_error"] = ev["error"]
@@ -105,7 +106,7 @@ def input_row(run: ArmRun, out: Path, evidence: dict) -> dict:
     return {"arm": run.arm, "seed": run.seed, "position": 0, "stage": "input", "kind": "input",
             "id": "input-" + cache.digest(run.input_model)[:12], "folder": None, "hash": None, "seeded": False,
             "parent": None, "input_model": run.input_model, "executed": False, "status": "done",
-            "lm": {n: {k: m.get(k) for k in ("loss", "perplexity", "tokens")} for n, m in (evidence.get("sets") or {}).items()},
+            "lm": {n: {k: m.get(k) for k in LM_KEYS} for n, m in (evidence.get("sets") or {}).items()},
             **capability_fields(evidence),
             **({"lm_error": evidence["error"]} if evidence.get("error") else {})}
 

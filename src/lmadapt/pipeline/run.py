@@ -80,7 +80,8 @@ def lm_evidence(model: str, cfg: PipelineConfig, path: Path) -> dict:
             res = evaluate_model(model, [data], block_size=ev.block_size, batch_size=ev.batch_size,
                                  max_tokens=ev.max_tokens, text_field=ev.text_field, loaded=loaded)
             m = next(iter(res["sets"].values()))
-            sets[name] = {k: m.get(k) for k in ("loss", "perplexity", "tokens", "documents") if k in m}
+            sets[name] = {k: m.get(k) for k in ("loss", "perplexity", "tokens", "documents", "word_perplexity", "words")
+                          if k in m}
             log(f"  {name}: perplexity {m['perplexity']:.2f}")
         scores = capability_scores(loaded.model, loaded.tokenizer, loaded.objective, ev.harness, ev.instruction_retention)
         for task, m in (scores.get("harness") or {}).items():
@@ -262,6 +263,9 @@ def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, re
     runs = plan(cfg)
     instances = unique_instances(runs)
     names = rerun_names(runs, rerun)
+    if cfg.evaluation.harness.enabled:
+        from ..train.harness import check_tasks
+        check_tasks(cfg.evaluation.harness)     # a misspelt task fails now, not after the first stage trains
     # What is cached is read once, by the main process: from here on a stage counts as done when
     # it was done at the start or this run executed it, which every process knows alike.
     decided = broadcast(reusable(instances, names) if main else None)

@@ -1,0 +1,39 @@
+"""A pipeline arm with vocabulary extension runs through fine-tuning and predict, and the report
+compares arms with different tokenizers by per-word perplexity."""
+from lmadapt.config.pipeline import load_pipeline
+from lmadapt.pipeline import run as prun
+from lmadapt.pipeline.compare import arm_values, load_run
+from toy_pipeline import make_workspace, pipeline_dict
+
+
+def test_vocabulary_arm_runs_through_finetune_and_predict(tmp_path):
+    from transformers import AutoTokenizer
+
+    from lmadapt.stages.predict import predict_file
+    ws = make_workspace(tmp_path)
+    out = tmp_path / "run"
+    p = pipeline_dict(ws, out)
+    p.update(seeds=[0], baseline={"tfidf": False}, keep_checkpoints=False)
+    p["stages"]["vocab"] = {"kind": "pretrain", "recipe": {
+        "model": {"path": "@previous"},
+        "data": {"sources": [{"path": ws["domain"], "name": "domain"}]},
+        "vocab": {"extend": 4, "min_frequency": 2, "warmup_steps": 2, "embedding_lr": 1e-2}}}
+    p["arms"] = {"ft_only": ["base", "ft"], "vocab_ft": ["base", "vocab", "ft"]}
+    prun.run_pipeline(load_pipeline(data=p))
+
+    run = load_run(out)
+    vocab_row = next(r for r in run.rows if r.get("stage") == "vocab")
+    assert vocab_row["lm"]["domain"]["word_perplexity"] > 1 and vocab_row["lm"]["domain"]["words"] > 0
+    keys = [c.key for c in run.columns]
+    assert "domain_wppl" in keys and "general_wppl" in keys
+    values = arm_values(run)
+    assert values["vocab_ft"]["domain_wppl"].mean is not None and values["ft_only"]["domain_wppl"].mean is not None
+    assert "domain word ppl" in (out / "report.md").read_text()
+
+    ft = next(r for r in run.rows if r.get("arm") == "vocab_ft" and r.get("kind") == "finetune")
+    assert ft["task"]["test"]
+    folder = out / ft["folder"]
+    base_tok = AutoTokenizer.from_pretrained(ws["tok"])
+    assert len(AutoTokenizer.from_pretrained(folder)) == len(base_tok) + 4
+    result = predict_file(str(folder), None, None, text="the quick brown fox jumps over")
+    assert result
