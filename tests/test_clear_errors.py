@@ -50,7 +50,8 @@ def _pretrain_args(models, tmp_path, *extra):
 
 def test_yaml_exponent_without_dot_is_a_number_in_files_and_overrides(models, tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"model: {{path: {models / 'llama'}}}\ndata: {{sources: [{{path: {models / 'corpus.txt'}}}]}}\n"
+    recipe.write_text(f"model: {{path: {models / 'llama'}}}\n"
+                      f"data: {{sources: [{{path: {models / 'corpus.txt'}}}], block_size: 32}}\n"
                       "train:\n  lr: 2e-4\n  weight_decay: 1E-2\n")    # YAML 1.1 reads both as strings
     cfg = load_recipe(PretrainConfig, recipe)
     assert cfg.train.lr == pytest.approx(2e-4) and cfg.train.weight_decay == pytest.approx(1e-2)
@@ -63,3 +64,62 @@ def test_epochs_zero_is_refused(models, tmp_path, capsys):
     assert main(_pretrain_args(models, tmp_path, "train.max_steps=null", "train.epochs=0")) == 2
     _one_line_error(capsys, "epochs: must be > 0, got 0")
     assert not (tmp_path / "run").exists()
+
+
+def test_output_dir_that_is_a_file(models, tmp_path, capsys):
+    (tmp_path / "run").write_text("not a folder")
+    assert main(_pretrain_args(models, tmp_path)) == 2
+    _one_line_error(capsys, "train.output_dir", "is a file")
+
+
+# --- models ------------------------------------------------------------------------------------
+
+def test_damaged_safetensors_is_one_line_naming_the_folder(models, tmp_path, capsys):
+    corrupt = str(models / "corrupt")
+    assert main(["evaluate", corrupt, "--data", str(models / "corpus.txt"), "--block-size", "16"]) == 2
+    _one_line_error(capsys, f"could not read the model weights in {corrupt}", "damaged or incomplete")
+    assert main(_pretrain_args(models, tmp_path, f"model.path={corrupt}")) == 2
+    _one_line_error(capsys, f"could not read the model weights in {corrupt}")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_block_size_above_the_model_context(models, tmp_path, capsys, arch):
+    # GPT-2 failed with an IndexError; Llama trained past its 64 positions without a word
+    assert main(_pretrain_args(models, tmp_path, f"model.path={models / arch}", "data.block_size=128")) == 2
+    _one_line_error(capsys, "data.block_size: 128 tokens", "context of 64 positions")
+    assert not (tmp_path / "run").exists()       # refused with the recipe, before any folder is written
+    assert main(["evaluate", str(models / arch), "--data", str(models / "corpus.txt"), "--block-size", "65"]) == 2
+    _one_line_error(capsys, "block_size: 65 tokens", "context of 64 positions")
+
+
+def test_loaded_model_context_is_checked_too(models):
+    from lmadapt.models.load import check_block_size
+    model = tiny_gpt2(400, n_positions=64)       # e.g. a hub model: no local config.json read up front
+    check_block_size(model, 64, "data.block_size")
+    with pytest.raises(ConfigError, match="data.block_size: 65 tokens is more than the model's context of 64"):
+        check_block_size(model, 65, "data.block_size")
+
+
+# --- evaluate / predict / advise arguments -----------------------------------------------------
+
+def test_evaluate_arguments_and_output_folder(models, tmp_path, capsys):
+    base = ["evaluate", str(models / "llama"), "--data", str(models / "corpus.txt")]
+    assert main(base + ["--block-size", "0"]) == 2
+    _one_line_error(capsys, "--block-size: must be at least 2, got 0")
+    (tmp_path / "out").mkdir()
+    assert main(base + ["--block-size", "16", "--output", str(tmp_path / "out")]) == 2
+    _one_line_error(capsys, "--output", "is a folder")
+    assert main(["predict", str(models / "llama"), "--input", str(models / "corpus.txt"),
+                 "--output", str(tmp_path / "out")]) == 2
+    _one_line_error(capsys, "--output", "is a folder")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_advise_measurements_not_json(tmp_path, capsys):
+    bad = tmp_path / "advice.json"
+    bad.write_text("measured: yes\n")
+    assert main(["advise", "--goal", "classify", "--measurements", str(bad)]) == 2
+    _one_line_error(capsys, f"--measurements: {bad} is not JSON")
+    bad.write_text("[1, 2]")
+    assert main(["advise", "--goal", "classify", "--measurements", str(bad)]) == 2
+    _one_line_error(capsys, "holds no measurements")

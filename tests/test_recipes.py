@@ -33,7 +33,8 @@ def stand_ins(tmp_path_factory):
     tok = root / "tok"
     tokenizer = tiny_bpe_tokenizer(tok)
     model = root / "model"
-    tiny_llama(len(tokenizer)).save_pretrained(model)
+    # a real model's context (RoPE: no weights): the recipes' block sizes are checked against it
+    tiny_llama(len(tokenizer), max_position_embeddings=8192).save_pretrained(model)
     tokenizer.save_pretrained(model)
     data = root / "data"                       # sample data in the layout of the benchmark data
     data.mkdir()

@@ -63,9 +63,13 @@ def cmd_evaluate(args, parser):
     from .stages.evaluate import evaluate_model
     if not (args.data or args.harness_tasks or args.instruction_data):
         parser.error("evaluate: give --data, --harness-tasks or --instruction-data")
+    _check_evaluate_args(args)
     harness = HarnessConfig(tasks=args.harness_tasks, limit=args.harness_limit, include_path=args.harness_include,
                             num_fewshot=args.num_fewshot, batch_size=args.batch_size)
     retention = RetentionConfig(data=args.instruction_data, limit=args.instruction_limit)
+    if harness.enabled:
+        from .train.harness import check_tasks
+        check_tasks(harness)        # a misspelt task fails before the model loads
     metrics = evaluate_model(args.model, args.data, text_field=args.text_field, split_docs=args.split_docs,
                              block_size=args.block_size, batch_size=args.batch_size,
                              max_tokens=args.max_tokens, packing=args.packing, harness=harness, retention=retention)
@@ -76,11 +80,26 @@ def cmd_evaluate(args, parser):
     return 0
 
 
+def _check_evaluate_args(args) -> None:
+    """Before the model loads: values that gave a traceback deep inside (--block-size 0, --output a folder)."""
+    from .config.base import ConfigError
+    from .folders import check_output_file
+    for flag, value, low in (("--block-size", args.block_size, 2), ("--batch-size", args.batch_size, 1),
+                             ("--max-tokens", args.max_tokens, 1)):
+        if value is not None and value < low:
+            raise ConfigError(f"{flag}: must be at least {low}, got {value}")
+    if args.output:
+        check_output_file(args.output)
+
+
 def cmd_predict(args, parser):
     from .stages.predict import predict_file
     from .train.dist import is_main_process
     if not args.text and not (args.input and args.output):
         parser.error("predict needs --text, or --input and --output")
+    if args.output:
+        from .folders import check_output_file
+        check_output_file(args.output)     # before the model loads, not after every prediction
     gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
     result = predict_file(args.model, args.input, args.output, batch_size=args.batch_size, text=args.text,
                           trust_remote_code=args.trust_remote_code, **gen)

@@ -93,6 +93,16 @@ def write_folder(output: str | Path, fill: Callable[[str], object], *, overwrite
     return out
 
 
+def check_output_file(path: str | Path, what: str = "--output") -> None:
+    """An output *file* path must not be a folder (a rename onto one was an IsADirectoryError
+    traceback after all the work was done): checked before the work starts."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{what}: {p} is a folder; give a file path (e.g. {p / 'out.json'})")
+    if p.parent.exists() and not p.parent.is_dir():
+        raise ConfigError(f"{what}: {p.parent} is a file, so {p} cannot be written")
+
+
 def _merge_into(tmp: Path, out: Path, written: list[str]) -> None:
     """Move this write's files over the user's folder one by one; remove only our own stale files."""
     stale = written_by_lmadapt(out) - set(written)
@@ -104,4 +114,4 @@ def _merge_into(tmp: Path, out: Path, written: list[str]) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["MANIFEST", "check_output_folder", "write_folder", "written_by_lmadapt"]
+__all__ = ["MANIFEST", "check_output_file", "check_output_folder", "write_folder", "written_by_lmadapt"]

@@ -79,11 +79,25 @@ def add_arguments(parser) -> None:
                    help="time budget per pretraining stage in the pipeline (caps train.max_tokens using the probe)")
 
 
+def _read_measurements(path: str) -> dict:
+    """The measurements of a saved advice (or bare measurements) JSON; anything else is one clear line."""
+    from ..config.base import ConfigError
+    try:
+        saved = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--measurements: {path} is not JSON ({exc}); give the file `lmadapt advise --output` "
+                          "wrote") from None
+    measurements = saved.get("measurements", saved) if isinstance(saved, dict) else None
+    if not isinstance(measurements, dict) or not isinstance(measurements.get("model"), dict):
+        raise ConfigError(f"--measurements: {path} holds no measurements (no 'model' section); give the file "
+                          "`lmadapt advise --output` wrote")
+    return measurements
+
+
 def main(args) -> int:
     """Run `lmadapt advise` from parsed ``args``; prints the table, writes --output/--pipeline. Returns 0."""
     if args.measurements:
-        saved = json.loads(Path(args.measurements).read_text(encoding="utf-8"))
-        measurements = saved.get("measurements", saved)
+        measurements = _read_measurements(args.measurements)
     else:
         if not args.model:
             raise FileNotFoundError("advise: give the base model folder (or --measurements FILE)")

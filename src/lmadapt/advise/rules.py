@@ -127,11 +127,20 @@ def domain_evidence(m: dict, t: dict) -> tuple[bool, str | None]:
     return True, None
 
 
-def task_evidence(m: dict, t: dict) -> tuple[bool, str | None]:
-    """(usable, why not) for the labeled data."""
+def task_evidence(m: dict, t: dict, goal: str | None = None) -> tuple[bool, str | None]:
+    """(usable, why not) for the labeled data. Records without a label (the label field is in none
+    of them) or a single class are nothing to fine-tune a classifier on: said so, never "fine-tuning,
+    confidence high" (extraction and instruction data carry their targets in other fields)."""
     task = m.get("task")
     if not task:
         return False, None
+    if goal not in ("extract", "instruct") and "label_field" in task and not task.get("label_field"):
+        return False, (f"the labeled data has no labels: none of its {task.get('examples') or 0} records has the "
+                       "label field (--label-field names it)")
+    if task.get("classes") == 1:
+        only = next(iter(task.get("per_class") or {}), None)
+        return False, (f"the labeled data has a single class{f' ({only!r})' if only is not None else ''}: "
+                       "a classifier needs at least two to learn anything")
     if task.get("classes"):
         low = task.get("per_class_min") or 0
         if low < t["min_per_class"]:
@@ -161,11 +170,14 @@ def recommend(measurements: dict, goal: str, thresholds: dict | None = None) -> 
 
     lang_goal = goal in LANGUAGE_GOALS
     dom_ok, dom_why = domain_evidence(m, t)
-    task_ok, task_why = task_evidence(m, t)
+    task_ok, task_why = task_evidence(m, t, goal)
     if dom_why:
         warnings.append(dom_why)
         missing.append(f"more domain text (>= {t['min_domain_docs']} documents and >= {t['min_domain_tokens']:,} tokens)")
-    if task_why:
+    if task_why and "too small" not in task_why:
+        warnings.append(task_why)
+        missing.append("labeled examples of at least two classes (a label field: --label-field)")
+    elif task_why:
         warnings.append(task_why)
         missing.append(f"more labeled examples (>= {t['min_per_class']} per class, or >= {t['min_examples']} without classes)")
 

@@ -36,17 +36,32 @@ def check_source_paths(sources, section: str) -> None:
             raise ConfigError(f"{section}[{i}].path: file not found: {p}")
 
 
+def _config_json(path: str | None) -> dict:
+    """A local model folder's config.json ({} for hub ids, GGUF, or an unreadable file)."""
+    cfg = Path(path) / "config.json" if path else None
+    if cfg is None or not cfg.is_file():
+        return {}
+    try:
+        data = json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def model_type_of(path: str | None) -> str | None:
     """model_type from a local folder's config.json (None for hub ids or GGUF)."""
-    if not path:
-        return None
-    cfg = Path(path) / "config.json"
-    if cfg.is_file():
-        try:
-            return json.loads(cfg.read_text()).get("model_type")
-        except (OSError, ValueError):
-            return None
-    return None
+    return _config_json(path).get("model_type")
+
+
+def check_context(path: str | None, block_size: int, key: str) -> None:
+    """Blocks longer than a local model's positions, refused with the recipe (before any folder is
+    written, and for every stage of a pipeline up front); models.load.check_block_size checks the
+    loaded model again (hub models, scratch presets)."""
+    conf = _config_json(path)
+    limit = conf.get("max_position_embeddings") or conf.get("n_positions")
+    if isinstance(limit, int) and 0 < limit < block_size:
+        raise ConfigError(f"{key}: {block_size} tokens is more than the model's context of {limit} positions "
+                          f"(max_position_embeddings in {Path(path) / 'config.json'}); use {key} <= {limit}")
 
 
 @dataclass
@@ -69,6 +84,8 @@ class PretrainConfig:
             raise ConfigError(f"model.path: {m.path} is a file; give the model folder (and gguf_file for a GGUF file)")
         if m.init == "scratch" and not Path(m.tokenizer).exists():
             raise ConfigError(f"model.tokenizer: tokenizer folder not found: {m.tokenizer}")
+        if m.init == "pretrained" and not m.gguf_file:
+            check_context(m.path, self.data.block_size, "data.block_size")
         mt = m.arch if m.init == "scratch" else model_type_of(m.path)
         if mt is not None:
             is_encoder = (mt == "bert") if m.init == "scratch" else mt in ENCODER_MODEL_TYPES

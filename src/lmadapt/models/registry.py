@@ -44,6 +44,10 @@ HEAD_MODULE_PREFIXES: tuple[str, ...] = (
     "vocab_projector", "pre_classifier", "generator_predictions", "generator_lm_head", "head",
 )
 
+# Positions a model's embeddings reserve before the first token (RoBERTa's family numbers
+# positions from padding_idx + 1): its usable context is max_position_embeddings minus this.
+POSITION_OFFSET: dict[str, int] = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}
+
 # Pad-token fallback for tokenizers that ship without one (most decoder tokenizers), in order of
 # preference. Reusing EOS is harmless for training because padded positions get label -100 and
 # attention_mask 0; packing (the default) needs no padding except in the last block.

@@ -25,7 +25,7 @@ from ..models.load import check_block_size, load_model, supports_document_packin
 from ..models.lora import save_model
 from ..tasks.retention import instruction_retention, read_retention_set
 from ..train.dist import is_main_process, log, to_process_device
-from ..train.harness import harness_value, run_harness
+from ..train.harness import check_tasks, harness_value, run_harness
 from ..train.lm_eval import heldout_collator, score_sets
 from ..train.outputs import prepare_output_dir, read_meta, update_metrics, write_meta, write_recipe
 
@@ -198,6 +198,8 @@ def sweep_table(sweep: dict[float, dict], roles: dict, caps: dict[float, dict] |
 def run_merge(cfg: MergeConfig) -> dict:
     """Run one merge stage; returns the metrics written to metrics.json."""
     t_start = time.time()
+    if cfg.eval.harness.enabled:
+        check_tasks(cfg.eval.harness)
     out = prepare_output_dir(cfg.train.output_dir, resume=False, overwrite=cfg.train.overwrite or cfg.train.resume)
     base_path = resolve_base(cfg)
     adapted = load_model(cfg.model)

@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 from ..config.base import ConfigError, from_dict, read_yaml
 from ..config.finetune import ADAPTER_FILE, FinetuneConfig
 from ..config.hub import is_hub_spec
+from ..folders import check_output_file
+from ..models.load import reading_weights
 from ..tasks import TASKS
 from ..tasks.labeled_io import read_records
 from ..train.dist import is_main_process, map_split, process_device, world_size
@@ -90,10 +92,12 @@ def load_finetuned(model_dir: Path, meta: dict, cfg: FinetuneConfig):
         base = meta.get("lora_base")
         if not base:
             raise ConfigError(f"{model_dir}: adapter folder without lora_base in {META_FILE}")
-        model = cls.from_pretrained(base, config=config, **kw)
-        model = PeftModel.from_pretrained(model, str(model_dir)).merge_and_unload()
+        with reading_weights(f"{model_dir} (or its base {base})"):
+            model = cls.from_pretrained(base, config=config, **kw)
+            model = PeftModel.from_pretrained(model, str(model_dir)).merge_and_unload()
     else:
-        model = cls.from_pretrained(model_dir, **kw)
+        with reading_weights(model_dir):
+            model = cls.from_pretrained(model_dir, **kw)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.model.trust_remote_code)
     return model, tokenizer
 
@@ -154,6 +158,8 @@ def predict_file(model_dir: str | Path, input_path: str | Path | None = None, ou
     """Predict every record of ``input_path`` (.jsonl/.csv/.tsv/.parquet, .gz) into JSONL at
     ``output_path`` (default: ``<input stem>.predictions.jsonl`` beside the input), or, with
     ``text``, return the single prediction. Returns a summary for a file."""
+    if output_path is not None:
+        check_output_file(output_path)
     p = predictor or load_predictor(model_dir, batch_size=batch_size, trust_remote_code=trust_remote_code,
                                     **generation)
     if text is not None:
