@@ -142,7 +142,7 @@ def test_task_columns_follow_the_selected_metric(first_run, tmp_path):
     cfg, out, _ = first_run
     run = load_run(out)
     assert [c.key for c in run.columns] == ["test_accuracy", "test_macro_f1", "dev_macro_f1", "domain_ppl",
-                                            "general_ppl"]
+                                            "general_ppl", "domain_wppl", "general_wppl"]
     for metric, greater, label in (("f1", True, "test F1 ↑"), ("loss", False, "test loss ↓")):
         rows = [dict(r, task={**r["task"], "metric": metric,
                               "test": {metric: 0.5 + 0.1 * r["seed"]}, "dev": {metric: 0.4}})
