@@ -50,6 +50,9 @@ class AtomicCheckpoints:
         self.accelerator.wait_for_everyone()   # every process has written its files
         if self.args.should_save:
             self._publish(staging / name, run_dir / name)
+        elif self.state.best_model_checkpoint and Path(self.state.best_model_checkpoint) == staging / name:
+            # the other processes load the best checkpoint at the end too (a sharded model from its own shards)
+            self.state.best_model_checkpoint = str(run_dir / name)
         self.accelerator.wait_for_everyone()
 
     def _publish(self, tmp: Path, final: Path) -> None:

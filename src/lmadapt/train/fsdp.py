@@ -98,6 +98,12 @@ def _units(model, names: list[str]) -> list:
         raise ConfigError(f"train.fsdp.wrap: {type(base).__name__} names no transformer layer class "
                           f"(_no_split_modules); list the module classes to shard one by one")
     units = [m for m in model.modules() if type(m).__name__ in wanted]
+    # A unit holding a tied weight (BERT's word embeddings, also its MLM decoder) would reshard it
+    # while the root still uses it: such a unit stays in the root's.
+    names_of: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        names_of[id(p)] = names_of.get(id(p), 0) + 1
+    units = [m for m in units if not any(names_of.get(id(p), 0) > 1 for p in m.parameters())] or units
     if not units:
         found = sorted({type(m).__name__ for m in model.modules()})
         raise ConfigError(f"train.fsdp.wrap: no module of class {', '.join(wanted)} in {type(base).__name__} "
@@ -164,6 +170,31 @@ def shard_model(model, train_cfg):
     dist.log(f"FSDP2: {len(units)} units + root sharded over {dist.world_size()} process(es)"
              f" (reshard_after_forward={fcfg.reshard_after_forward}, cpu_offload={fcfg.cpu_offload})")
     return model
+
+
+def loss_for_sharded(model, trainer_kwargs: dict | None) -> dict:
+    """``trainer_kwargs`` with a loss that averages over the tokens of all processes, as one process
+    would. The Trainer multiplies the loss by the number of processes whenever the model's forward
+    takes ``**kwargs`` (it then expects the model to divide by the global ``num_items_in_batch``);
+    heads whose loss ignores it (BERT's MLM head, sequence classification) would train and log a
+    loss that many times too large. MLM gets the token-mean loss over all processes; other non-causal
+    heads are marked as not taking loss kwargs (a mean per process, averaged: the same for equal
+    batches of one label each)."""
+    kwargs = dict(trainer_kwargs or {})
+    if kwargs.get("compute_loss_func") is not None:
+        return kwargs
+    name = type(_base(model)).__name__
+    if name.endswith("ForMaskedLM"):
+        kwargs["compute_loss_func"] = _masked_lm_loss
+    elif not name.endswith("ForCausalLM"):
+        _base(model).accepts_loss_kwargs = False
+    return kwargs
+
+
+def _masked_lm_loss(outputs, labels, num_items_in_batch=None):
+    from transformers.loss.loss_utils import ForMaskedLMLoss
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+    return ForMaskedLMLoss(logits, labels, vocab_size=logits.shape[-1], num_items_in_batch=num_items_in_batch)
 
 
 def prepare_model(model, train_cfg):
