@@ -26,12 +26,12 @@ class JsonlLogCallback(TrainerCallback):
         self.t0 = time.time()
         if state.is_world_process_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if state.global_step > 0 and self.path.is_file():
+            if self.path.is_file():   # a resume (or a start over where no checkpoint was left)
                 self._cut_after(state.global_step)
 
     def _cut_after(self, step: int) -> None:
-        """A resume from step N: drop the rows a killed part logged after N (they are trained again and
-        logged again), and continue ``elapsed_s`` from the last row kept."""
+        """A resume from step N (0: no checkpoint was left): drop the rows a killed part logged after N
+        (they are trained and logged again), and continue ``elapsed_s`` from the last row kept."""
         from .outputs import atomic_write_text
 
         kept = []
