@@ -343,6 +343,16 @@ def _header_facts(run: Run) -> list[tuple[str, str]]:
     if ev.get("lm_sets"):
         facts.append(("LM evidence", f"held-out sets {', '.join(f'{k} = {v}' for k, v in ev['lm_sets'].items())}; "
                                      f"block size {ev.get('block_size')}, at most {ev.get('max_tokens')} tokens per set"))
+    h = ev.get("harness") or {}
+    if h.get("tasks"):
+        facts.append(("capability evidence", f"lm-evaluation-harness {', '.join(h['tasks'])}, "
+                      f"{'at most ' + str(h['limit']) if h.get('limit') else 'all'} examples per task, "
+                      f"{h.get('num_fewshot') if h.get('num_fewshot') is not None else 'default'} shots; "
+                      "differences in points (accuracy x 100)"))
+    ir = ev.get("instruction_retention") or {}
+    if ir.get("data"):
+        facts.append(("instruction retention", f"response loss on {ir['data']}"
+                      + (f" (first {ir['limit']} records)" if ir.get("limit") else "")))
     return facts
 
 
