@@ -140,3 +140,42 @@ def test_advise_does_not_recommend_finetuning_without_two_classes(tmp_path, rows
     advice = recommend(m, "classify")
     assert advice.recommendation != "finetuning" and advice.confidence != "high"
     assert any(why in w for w in advice.warnings) and advice.missing
+
+
+# --- full or read-only disk --------------------------------------------------------------------
+
+def test_full_or_read_only_disk_is_one_line_naming_the_path(models, tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    from transformers import PreTrainedTokenizerFast
+
+    def full(self, *a, **k):      # what safetensors raises on a full disk (not an OSError)
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(PreTrainedTokenizerFast, "save_pretrained", full)
+    out = tmp_path / "tok"
+    assert main(["tokenizer", "train", "--data", str(models / "corpus.txt"), "--vocab-size", "300",
+                 "--output", str(out)]) == 2
+    _one_line_error(capsys, f"no space left on the device writing {out}", "GiB free there")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+    def read_only(*a, dir=None, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(dir))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    assert main(["evaluate", str(models / "llama"), "--data", str(models / "corpus.txt"), "--block-size", "16",
+                 "--output", str(tmp_path / "m.json")]) == 2
+    _one_line_error(capsys, "read-only file system: cannot write", str(tmp_path))
+
+
+def test_other_errors_are_not_taken_for_a_full_disk():
+    from lmadapt.commands import storage_error
+    assert storage_error(ValueError("bad value"), None) is None
+    assert storage_error(OSError(errno.ENOENT, "No such file"), None) is None
+    try:
+        try:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded", "/data/run/model.safetensors")
+        except OSError as inner:
+            raise RuntimeError("save failed") from inner
+    except RuntimeError as outer:
+        assert storage_error(outer, None).startswith("disk quota exceeded writing /data/run/model.safetensors")

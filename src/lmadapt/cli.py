@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 0
-    from .commands import dispatch, user_errors
+    from .commands import dispatch, storage_error, user_errors
     from .train.dist import finish
     try:
         code = dispatch(args, parser) or 0
@@ -190,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except user_errors() as exc:
         print(f"lmadapt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - only a full / read-only disk is turned into one line
+        message = storage_error(exc, args)
+        if message is None:
+            raise
+        print(f"lmadapt {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = ("rerun the same command: finished stages are reused and the interrupted one resumes"

@@ -1,7 +1,9 @@
 """What each CLI command does once parsed: load and validate the recipe, then call the stage."""
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 
 import yaml
@@ -18,6 +20,65 @@ def user_errors() -> tuple[type[BaseException], ...]:
         except (ImportError, AttributeError):
             pass
     return tuple(errors)
+
+
+# A full, read-only or over-quota disk, by errno, and by the text libraries that wrap it put in
+# their own errors (safetensors: "I/O error: No space left on device (os error 28)").
+STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                  errno.EROFS: "read-only file system"}
+_STORAGE_TEXT = (("os error 28", errno.ENOSPC), ("No space left on device", errno.ENOSPC),
+                 ("os error 122", errno.EDQUOT), ("Disk quota exceeded", errno.EDQUOT),
+                 ("os error 30", errno.EROFS), ("Read-only file system", errno.EROFS))
+
+
+def storage_error(exc: BaseException, args) -> str | None:
+    """One line for a write that failed on a full or read-only disk (the exception or any it wraps),
+    naming the path and the free space there; None for any other error."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        code = e.errno if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS else \
+            next((c for text, c in _STORAGE_TEXT if text in str(e)), None)
+        if code is not None:
+            path = getattr(e, "filename", None)
+            if not path or os.path.basename(str(path)).startswith("."):   # a temp name of ours: say where it goes
+                path = _output_of(args) or path or "the output"
+            if code == errno.EROFS:
+                return f"read-only file system: cannot write {path}; choose a folder on a writable disk"
+            return (f"{STORAGE_ERRNOS[code]} writing {path}{_free_space(str(path))}; make room or choose another "
+                    "folder, then run the command again")
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _output_of(args) -> str | None:
+    """Where the command writes: --output, else the recipe's train.output_dir (override or file)."""
+    if getattr(args, "output", None):
+        return str(args.output)
+    overrides = [str(o) for o in (getattr(args, "overrides", None) or [])] + [str(getattr(args, "recipe", "") or "")]
+    for item in overrides:
+        if item.startswith(("train.output_dir=", "output_dir=")):
+            return item.split("=", 1)[1]
+    recipe = getattr(args, "recipe", None)
+    if recipe and "=" not in str(recipe):
+        try:
+            data = yaml.safe_load(open(recipe, encoding="utf-8")) or {}
+            return str((data.get("train") or {}).get("output_dir") or data.get("output_dir") or "") or None
+        except (OSError, ValueError, AttributeError, yaml.YAMLError):
+            return None
+    return None
+
+
+def _free_space(path: str) -> str:
+    import shutil
+    p = os.path.abspath(path)
+    while p and not os.path.exists(p):
+        p = os.path.dirname(p)
+    try:
+        return f" ({shutil.disk_usage(p).free / 2**30:.2f} GiB free there)"
+    except OSError:
+        return ""
 
 
 def _load(cls_path: str, args):
