@@ -77,8 +77,9 @@ def check_launch(train_cfg) -> None:
     mapped onto ``train.fsdp``; train/fsdp.py). DeepSpeed ZeRO-3 is left to the Trainer and
     accelerate as they do it (GPU only, not tested here): lmadapt's own evaluations and saving
     assume FSDP or a whole model, so it says so once."""
-    from .fsdp import apply_launch_options
+    from .fsdp import apply_launch_options, check_config
     apply_launch_options(train_cfg)
+    check_config(train_cfg)
     if _env_flag("ACCELERATE_USE_DEEPSPEED") and _zero_stage() == 3:
         log("DeepSpeed ZeRO-3 launch: trained by the Trainer's DeepSpeed integration (GPU only, untested by "
             "lmadapt's suite); lmadapt's own held-out scoring and saving expect train.sharding: fsdp or a whole "

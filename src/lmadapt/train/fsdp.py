@@ -62,6 +62,19 @@ def apply_launch_options(train_cfg) -> None:
     train_cfg.sharding = "fsdp"
 
 
+def check_config(train_cfg) -> None:
+    """Combinations that cannot work, refused at the start of a stage (on every process alike, so
+    none is left waiting in a collective)."""
+    if not wants_sharding(train_cfg):
+        return
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").strip().lower() in ("1", "true", "yes"):
+        raise ConfigError("train.sharding: fsdp in a DeepSpeed launch (ACCELERATE_USE_DEEPSPEED): choose one; "
+                          "launch without the DeepSpeed config, or set train.sharding: none")
+    if train_cfg.fsdp.cpu_offload and dist.use_cpu():
+        raise ConfigError("train.fsdp.cpu_offload: moves shards from a GPU to host RAM; this run is on the "
+                          "CPU already (no GPU visible): set it to false")
+
+
 def is_sharded(model) -> bool:
     from torch.distributed.fsdp import FSDPModule
     return isinstance(model, FSDPModule)
@@ -137,9 +150,6 @@ def _policies(fcfg, precision: str) -> dict:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=low,
                                                    reduce_dtype=torch.float32 if fcfg.reduce_fp32 else low)
     if fcfg.cpu_offload:
-        if dist.use_cpu():
-            raise ConfigError("train.fsdp.cpu_offload: moves shards from a GPU to host RAM; this run is on the "
-                              "CPU already (no GPU visible): set it to false")
         kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=True)
     return kwargs
 

@@ -1,0 +1,227 @@
+"""Sharded training (train.sharding: fsdp, FSDP2) on two CPU processes (gloo) against one process.
+
+One torchrun launch runs every sharded stage (continued pretraining, a kill-and-resume, LoRA with
+activation checkpointing, MLM, a classification fine-tune, two refused combinations); the
+one-process references run unsharded in the test process with the same global batch. Stated
+tolerance: 1e-5 absolute on every weight and every logged loss (seen: <= 1.2e-6; the two runs sum
+the same numbers in a different order), and the resumed run equals the uninterrupted one exactly.
+"""
+import json
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import tiny_bert, tiny_bpe_tokenizer, tiny_wordpiece_tokenizer, torchrun
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="gloo two-process runs on Linux")
+
+TOL = 1e-5
+ANIMALS, VERBS = ["the fox", "the dog", "the cat", "the bird"], ["jumps over", "runs past", "sleeps near"]
+
+
+def write_corpus(path: Path, n: int, seed: int) -> None:
+    import random
+    rng = random.Random(seed)
+    path.write_text("".join(json.dumps({"text": " ".join(f"{rng.choice(ANIMALS)} {rng.choice(VERBS)} the lazy dog."
+                                                          for _ in range(rng.randint(2, 6)))}) + "\n"
+                            for _ in range(n)))
+
+
+def write_labeled(path: Path, n: int, seed: int) -> None:
+    import random
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(["neg", "pos"])
+        words = rng.sample("the quick brown fox jumps lazy dog a journey of thousand miles".split(), 5)
+        words.insert(rng.randrange(1, 6), "over" if label == "pos" else "was")
+        rows.append(json.dumps({"text": " ".join(words), "label": label}))
+    path.write_text("\n".join(rows) + "\n")
+
+
+def make_workspace(ws: Path) -> None:
+    tiny_bpe_tokenizer(ws / "tok")
+    tok = tiny_wordpiece_tokenizer(ws / "bert")
+    tiny_bert(len(tok), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).save_pretrained(ws / "bert")
+    write_corpus(ws / "train.jsonl", 120, 0)
+    write_corpus(ws / "valid.jsonl", 12, 1)
+    for name, n, seed in (("cls_train", 48, 1), ("cls_dev", 20, 2), ("cls_test", 21, 3)):
+        write_labeled(ws / f"{name}.jsonl", n, seed)
+
+
+def pretrain_recipe(ws: Path, out: str, procs: int, *, arch: str = "llama", **train):
+    """Scratch model, 6 steps of a global batch of 4; constant lr so a run stopped at step 3 and
+    resumed follows the same schedule as the uninterrupted one."""
+    tok = ws / ("tok" if arch == "llama" else "bert")
+    dims = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+    if arch == "llama":
+        dims["num_key_value_heads"] = 2
+    else:   # no dropout: two processes draw other dropout masks than one
+        dims.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return {"model": {"init": "scratch", "arch": arch, "size": None, "tokenizer": str(tok), "dims": dims},
+            "data": {"sources": [{"path": str(ws / "train.jsonl")}],
+                     "eval_sources": [{"path": str(ws / "valid.jsonl"), "name": "valid"}],
+                     "block_size": 64, "cache_dir": str(ws / "cache")},
+            "train": {"output_dir": str(ws / out), "max_steps": 6, "batch_size": 4 // procs, "lr": 3e-3,
+                      "scheduler": "constant", "warmup_ratio": 0.0, "log_every": 1, "report_to": [], "seed": 0,
+                      **train}}
+
+
+def finetune_recipe(ws: Path, out: str, procs: int, **train):
+    return {"model": {"path": str(ws / "bert"), "max_length": 32},
+            "data": {"train": str(ws / "cls_train.jsonl"), "dev": str(ws / "cls_dev.jsonl"),
+                     "test": str(ws / "cls_test.jsonl")},
+            "train": {"output_dir": str(ws / out), "epochs": 2, "lr": 3e-3, "batch_size": 8 // procs,
+                      "warmup_ratio": 0.0, "report_to": [], "log_every": 1, "seed": 0, "group_by_length": False,
+                      **train}}
+
+
+LORA = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}
+
+
+def run_all(ws: Path, procs: int, sharding: str) -> dict:
+    """The stages both sides run; returns their metrics by name."""
+    from lmadapt.config import PretrainConfig, load_recipe
+    from lmadapt.config.base import to_dict
+    from lmadapt.config.finetune import FinetuneConfig
+    from lmadapt.stages.finetune import run_finetune
+    from lmadapt.stages.pretrain import run_pretrain
+    tag = "fsdp" if sharding == "fsdp" else "one"
+    out = {"causal": run_pretrain(load_recipe(PretrainConfig, data=pretrain_recipe(
+        ws, f"causal_{tag}", procs, sharding=sharding, save_every=3)))}
+    lora = pretrain_recipe(ws, f"lora_{tag}", procs, sharding=sharding, gradient_checkpointing=True)
+    out["lora"] = run_pretrain(load_recipe(PretrainConfig, data={**lora, "lora": LORA}))
+    out["mlm"] = run_pretrain(load_recipe(PretrainConfig, data=pretrain_recipe(ws, f"mlm_{tag}", procs, arch="bert",
+                                                                              sharding=sharding)))
+    cfg = load_recipe(FinetuneConfig, data=finetune_recipe(ws, f"cls_{tag}", procs, sharding=sharding))
+    out["cls"] = run_finetune(cfg, to_dict(cfg))
+    return out
+
+
+SCRIPT = textwrap.dedent('''
+    import json, sys
+    from pathlib import Path
+    sys.path[:0] = [sys.argv[1], sys.argv[1] + "/train"]
+    from test_fsdp_training import pretrain_recipe, run_all
+    from lmadapt.config import PretrainConfig, load_recipe
+    from lmadapt.stages.pretrain import run_pretrain
+    from lmadapt.train import dist
+
+    ws = Path(sys.argv[2])
+    out = run_all(ws, 2, "fsdp")
+    # killed after its checkpoint at step 3 (a run that stops there), then resumed to step 6
+    run_pretrain(load_recipe(PretrainConfig, data=pretrain_recipe(ws, "resumed", 2, sharding="fsdp", save_every=3,
+                                                                  max_steps=3)))
+    out["resumed"] = run_pretrain(load_recipe(PretrainConfig, data=pretrain_recipe(
+        ws, "resumed", 2, sharding="fsdp", save_every=3, resume=True)))
+    errors = {}
+    bad = {"wrap": {"fsdp": {"wrap": ["NoSuchLayer"]}}, "offload": {"fsdp": {"cpu_offload": True}}}
+    for name, train in bad.items():
+        try:
+            run_pretrain(load_recipe(PretrainConfig, data=pretrain_recipe(ws, "bad_" + name, 2, sharding="fsdp", **train)))
+        except Exception as exc:   # the same error on both processes, before any collective
+            errors[name] = f"{type(exc).__name__}: {exc}"
+    out["errors"] = errors
+    if dist.is_main_process():
+        (ws / "sharded.json").write_text(json.dumps(out, default=str))
+    dist.finish()
+''')
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    ws = tmp_path_factory.mktemp("fsdp")
+    make_workspace(ws)
+    script = ws / "sharded.py"
+    script.write_text(SCRIPT)
+    proc = torchrun(str(script), str(Path(__file__).parents[1]), str(ws), timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = run_all(ws, 1, "none")
+    finally:
+        torch.set_num_threads(torch_threads)
+    yield ws, json.loads((ws / "sharded.json").read_text()), one, proc
+    shutil.rmtree(ws, ignore_errors=True)
+
+
+def weights(folder: Path, name: str = "model.safetensors") -> dict:
+    from safetensors.torch import load_file
+    return load_file(str(folder / name))
+
+
+def assert_same_weights(a: dict, b: dict, tol: float = TOL) -> None:
+    assert sorted(a) == sorted(b)
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= tol, f"weights differ by up to {worst}"
+
+
+def logged_losses(folder: Path) -> list[float]:
+    rows = [json.loads(line) for line in (folder / "logs.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+@pytest.mark.parametrize("name, weight_file", [("causal", "model.safetensors"), ("mlm", "model.safetensors"),
+                                                ("lora", "adapter_model.safetensors"),
+                                                ("cls", "model.safetensors")])
+def test_two_sharded_processes_train_as_one_process(runs, name, weight_file):
+    ws, sharded, one, _ = runs
+    a, b = ws / f"{name}_fsdp", ws / f"{name}_one"
+    la, lb = logged_losses(a), logged_losses(b)
+    assert len(la) == len(lb) >= 6
+    assert max(abs(x - y) for x, y in zip(la, lb)) <= TOL, (la, lb)
+    assert la[-1] < la[0]   # it trained
+    assert_same_weights(weights(a, weight_file), weights(b, weight_file))
+    if name in ("causal", "lora"):   # held-out perplexity before/after, scored in lockstep
+        for when in ("before", "after"):
+            pa = sharded[name]["heldout"]["valid"][when]
+            pb = one[name]["heldout"]["valid"][when]
+            assert pa["tokens"] == pb["tokens"] > 0
+            assert pa["loss"] == pytest.approx(pb["loss"], abs=TOL)
+    if name == "mlm":   # masked scores draw masks per process; pseudo-perplexity is deterministic
+        for when in ("before", "after"):
+            assert sharded[name]["heldout"]["valid"][when]["pseudo_nll"] == pytest.approx(
+                one[name]["heldout"]["valid"][when]["pseudo_nll"], abs=TOL)
+    if name == "cls":   # the task's own dev/test evaluation ran on the sharded model
+        for split in ("dev", "test"):
+            assert sharded[name][split]["n"] == one[name][split]["n"]
+            assert sharded[name][split]["accuracy"] == one[name][split]["accuracy"]
+            assert sharded[name][split]["confusion_matrix"] == one[name][split]["confusion_matrix"]
+
+
+def test_saved_folder_loads_in_plain_transformers(runs):
+    from transformers import AutoModelForCausalLM
+    ws, *_ = runs
+    model = AutoModelForCausalLM.from_pretrained(ws / "causal_fsdp")
+    assert type(model).__name__ == "LlamaForCausalLM"   # not the FSDP class
+    assert json.loads((ws / "causal_fsdp" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    ids = torch.tensor([[1, 2, 3, 4]])
+    ref = AutoModelForCausalLM.from_pretrained(ws / "causal_one")
+    torch.testing.assert_close(model(ids).logits, ref(ids).logits, atol=1e-4, rtol=0)
+
+
+def test_kill_after_checkpoint_and_resume_matches_the_uninterrupted_sharded_run(runs):
+    ws, sharded, *_ = runs
+    assert sharded["resumed"]["train"]["resumed_from"].endswith("checkpoint-3")
+    ckpt = ws / "resumed" / "checkpoints" / "checkpoint-3"
+    # every process wrote its own shards (torch.distributed.checkpoint), no whole-model file
+    assert (ckpt / "pytorch_model_fsdp_0" / ".metadata").is_file() and (ckpt / "optimizer_0").is_dir()
+    assert len(list((ckpt / "pytorch_model_fsdp_0").glob("*.distcp"))) == 2
+    assert not (ckpt / "model.safetensors").exists()
+    assert not (ws / "resumed" / "checkpoints" / ".saving" / "checkpoint-3").exists()
+    a, b = weights(ws / "resumed"), weights(ws / "causal_fsdp")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert logged_losses(ws / "resumed")[-3:] == logged_losses(ws / "causal_fsdp")[-3:]
+
+
+def test_combinations_that_cannot_work_stop_with_a_message(runs):
+    ws, sharded, _, proc = runs
+    errors = sharded["errors"]
+    assert "train.fsdp.wrap" in errors["wrap"] and "NoSuchLayer" in errors["wrap"]
+    assert "train.fsdp.cpu_offload" in errors["offload"] and "CPU" in errors["offload"]
+    assert not (ws / "bad_offload").exists()   # refused before the stage wrote anything
