@@ -179,3 +179,44 @@ def test_other_errors_are_not_taken_for_a_full_disk():
             raise RuntimeError("save failed") from inner
     except RuntimeError as outer:
         assert storage_error(outer, None).startswith("disk quota exceeded writing /data/run/model.safetensors")
+
+
+# --- labeled data ------------------------------------------------------------------------------
+
+def _splits(models, tmp_path, train_rows, dev_rows, **data):
+    from lmadapt.config.finetune import FinetuneConfig
+    from lmadapt.stages.finetune import read_splits
+    from lmadapt.tasks import TASKS
+    paths = {}
+    for name, rows in (("train", train_rows), ("dev", dev_rows)):
+        paths[name] = tmp_path / f"{name}.jsonl"
+        paths[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_recipe(FinetuneConfig, data={"model": {"path": str(models / "llama")},
+                                            "data": {"train": str(paths["train"]), "dev": str(paths["dev"]), **data},
+                                            "train": {"output_dir": str(tmp_path / "out"), "report_to": []}})
+    return read_splits(TASKS["classification"], cfg)
+
+
+def test_labels_differing_only_by_case_or_number_format_are_warned_with_counts(models, tmp_path, capsys):
+    train = ([{"text": f"a {i}", "label": "jargon"} for i in range(6)] + [{"text": "b", "label": "JARGON"}]
+             + [{"text": f"c {i}", "label": 3} for i in range(4)] + [{"text": "d", "label": 3.0}]
+             + [{"text": "e", "label": "plain"}])
+    _, _, space = _splits(models, tmp_path, train, [{"text": "x", "label": "plain"}])
+    assert set(space["labels"]) == {"jargon", "JARGON", "3", "3.0", "plain"}   # kept apart, as written
+    out = capsys.readouterr().out
+    assert "'jargon' (6 examples), 'JARGON' (1 examples)" in out
+    assert "'3' (4 examples), '3.0' (1 examples)" in out
+
+
+def test_unseen_dev_label_is_skipped_and_counted_with_on_error_skip(models, tmp_path):
+    from lmadapt.tasks.base import DataError
+    train = [{"text": f"a {i}", "label": "pos" if i % 2 else "neg"} for i in range(8)]
+    dev = [{"text": "x", "label": "pos"}, {"text": "y", "label": "Pos"}, {"text": "z", "label": "maybe"}]
+    with pytest.raises(DataError, match=r"dev\.jsonl:2: .*label 'Pos' .* differs only by case .* from 'pos'"):
+        _splits(models, tmp_path, train, dev)
+    splits, reports, _ = _splits(models, tmp_path, train, dev, on_error="skip")    # as the README says
+    assert [ex.fields["label"] for ex in splits["dev"]] == ["pos"]
+    assert reports["dev"].skipped == 2 and reports["dev"].examples == 1
+    assert any("label 'maybe' in the dev set never occurs" in r for r in reports["dev"].skip_reasons)
+    with pytest.raises(DataError, match="every record was skipped"):
+        _splits(models, tmp_path, train, dev[1:], on_error="skip")

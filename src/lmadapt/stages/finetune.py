@@ -118,12 +118,35 @@ def align_pad_token(tokenizer, model) -> None:
 
 # --- data ----------------------------------------------------------------------------------------
 
+def checked_split(task, examples: list[Example], space: dict, split: str, on_error: str,
+                  report: ReadReport) -> list[Example]:
+    """A dev/test record the training data cannot score (a label it never saw; a QA record the
+    task cannot answer) is an error, or with ``data.on_error: skip`` is skipped and counted like any
+    other bad record (the README's promise; it used to stop even then)."""
+    if on_error != "skip":
+        task.check_split(examples, space, split)
+        return examples
+    kept = []
+    for ex in examples:
+        try:
+            task.check_split([ex], space, split)
+        except DataError as exc:
+            report.skip(ex.origin, str(exc).removeprefix(f"{ex.origin}: ").split(" (")[0])
+            report.examples -= 1
+            continue
+        kept.append(ex)
+    if not kept:
+        raise DataError(f"data.{split}: every record was skipped ({report.skip_reasons})")
+    return kept
+
+
 def read_splits(task, cfg: FinetuneConfig) -> tuple[dict[str, list[Example]], dict[str, ReadReport], dict]:
     """train/dev/test examples, a ReadReport per file, and the label space.
 
     Missing dev/test sets are split off train (stratified, ``data.split_seed``). The label space
     comes from all training examples, before the ``max_examples`` subsample, so every arm of a
-    label-budget curve has the same head; dev/test labels unseen in train are an error."""
+    label-budget curve has the same head; dev/test labels unseen in train are an error (skipped and
+    counted with ``data.on_error: skip``)."""
     d = cfg.data
     reports = {"train": ReadReport()}
     train = task.read(d.train, cfg, split="train", report=reports["train"])
@@ -146,7 +169,7 @@ def read_splits(task, cfg: FinetuneConfig) -> tuple[dict[str, list[Example]], di
             splits[name] = task.read(path, cfg, split=name, report=reports[name])
     for name in ("dev", "test"):
         if name in splits:
-            task.check_split(splits[name], space, name)
+            splits[name] = checked_split(task, splits[name], space, name, d.on_error, reports[name])
     if d.max_examples is not None and d.max_examples < len(train):
         seed = d.subset_seed if d.subset_seed is not None else cfg.train.seed
         before = len(train)

@@ -26,7 +26,7 @@ import torch
 from .. import metrics as M
 from ..config.finetune import PROBLEM_METRICS
 from ..data.collators import pad_right
-from ..train.dist import map_split
+from ..train.dist import log, map_split
 from .base import DataError, Example, ReadReport
 from .labeled_io import read_records
 
@@ -63,6 +63,24 @@ def parse_label(value: Any, problem: str, separator: str | None) -> tuple[Any, s
         return None, f"is a {type(value).__name__} ({value!r}); use task.problem: multi_label for several labels"
     label = str(value).strip()
     return (label, None) if label else (None, "is empty")
+
+
+def _variant_key(label: str) -> str:
+    """Labels equal up to case, surrounding space or number format ('3', '3.0') share this key."""
+    text = label.strip().casefold()
+    try:
+        return repr(float(text))
+    except ValueError:
+        return text
+
+
+def label_variants(counts: dict[str, int]) -> list[list[tuple[str, int]]]:
+    """Groups of distinct labels that differ only by case or number format, most frequent first: each
+    became a class of its own (`JARGON` beside `jargon`), which is rarely what the data meant."""
+    groups: dict[str, list[tuple[str, int]]] = {}
+    for lab, n in counts.items():
+        groups.setdefault(_variant_key(lab), []).append((lab, n))
+    return [sorted(g, key=lambda x: (-x[1], x[0])) for g in groups.values() if len(g) > 1]
 
 
 class ClassificationTask:
@@ -132,6 +150,10 @@ class ClassificationTask:
             raise DataError(f"training data has only one label ({labels}); a classifier needs at least two")
         if not labels:
             raise DataError("training data has no labels at all")
+        for group in label_variants(counts):
+            log("warning: labels that differ only by case or number format are separate classes: "
+                + ", ".join(f"{lab!r} ({n} examples)" for lab, n in group)
+                + "; if they mean one class, write them one way in the data")
         space.update(labels=labels, label2id={lab: i for i, lab in enumerate(labels)},
                      id2label=dict(enumerate(labels)), counts=dict(counts))
         return space
@@ -145,8 +167,10 @@ class ClassificationTask:
             for x in (lab if isinstance(lab, list) else [lab]):
                 if x not in known:
                     shown = ", ".join(space["labels"][:20]) + (", ..." if len(known) > 20 else "")
+                    near = [k for k in known if _variant_key(k) == _variant_key(x)]
+                    hint = f"; differs only by case or number format from {near[0]!r}" if near else ""
                     raise DataError(f"{ex.origin}: field '{space['label_field']}': label {x!r} in the {split} set never "
-                                    f"occurs in the training data (train labels: {shown})")
+                                    f"occurs in the training data (train labels: {shown}{hint})")
 
     def class_weights(self, train: list[Example], space: dict) -> torch.Tensor:
         """'balanced' weights n / (k * count_c) over the classes present in ``train`` (single label),
