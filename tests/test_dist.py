@@ -138,20 +138,17 @@ def test_one_process_runs_the_work_itself(monkeypatch):
     assert dist.sum_split(lambda share: (sum(share), len(share)), [1, 2, 3]) == (6, 3)
 
 
-@pytest.mark.parametrize("env, refused", [
-    ({"ACCELERATE_USE_FSDP": "true"}, "FSDP"),
-    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "ZeRO-3"),
-    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, None),
-    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": "ds.json"}, "ZeRO-3"),
-    ({"ACCELERATE_USE_FSDP": "false"}, None),
+@pytest.mark.parametrize("env, sharding", [
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_OFFLOAD_PARAMS": "false", "FSDP_RESHARD_AFTER_FORWARD": "false",
+      "FSDP_TRANSFORMER_CLS_TO_WRAP": "LlamaDecoderLayer", "FSDP_ACTIVATION_CHECKPOINTING": "true"}, "fsdp"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "none"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": "ds.json"}, "none"),
+    ({"ACCELERATE_USE_FSDP": "false"}, "none"),
 ])
-def test_a_launch_that_shards_the_model_is_refused_before_any_work(tmp_path, monkeypatch, env, refused):
-    """lmadapt evaluates and saves on whole models; a sharded launch would hang at the first
-    uneven evaluation or at saving, so both training stages refuse it before reading any data."""
-    from lmadapt.config import PretrainConfig, load_recipe
-    from lmadapt.config.finetune import FinetuneConfig
-    from lmadapt.stages.finetune import run_finetune
-    from lmadapt.stages.pretrain import run_pretrain
+def test_a_launch_that_shards_the_model_is_followed(tmp_path, monkeypatch, env, sharding):
+    """`accelerate launch` with an FSDP config turns train.sharding: fsdp on with its options (it was
+    refused before FSDP support); DeepSpeed ZeRO-3 is left to the Trainer, no longer refused."""
+    from lmadapt.config import TrainConfig
     (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 3}}))
     monkeypatch.chdir(tmp_path)
     for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE",
@@ -159,26 +156,20 @@ def test_a_launch_that_shards_the_model_is_refused_before_any_work(tmp_path, mon
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    if refused is None:
-        dist.require_data_parallel()
-        return
-    with pytest.raises(RuntimeError, match=refused):
-        dist.require_data_parallel()
-    model = tmp_path / "model"   # an empty folder: no stage gets as far as loading it
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    (tmp_path / "corpus.txt").write_text("some text\n")
-    (tmp_path / "train.jsonl").write_text('{"text": "a", "label": "x"}\n')
-    pre = load_recipe(PretrainConfig, data={"model": {"path": str(model)},
-                                            "data": {"sources": [{"path": "corpus.txt"}]},
-                                            "train": {"output_dir": "pre"}})
-    fin = load_recipe(FinetuneConfig, data={"model": {"path": str(model)},
-                                            "data": {"train": "train.jsonl"},
-                                            "train": {"output_dir": "fin"}})
-    for run, cfg in ((run_pretrain, pre), (run_finetune, fin)):
-        with pytest.raises(RuntimeError, match="data-parallel only"):
-            run(cfg)
-        assert not (tmp_path / cfg.train.output_dir).exists()
+    cfg = TrainConfig()
+    dist.check_launch(cfg)
+    assert cfg.sharding == sharding
+    if sharding == "fsdp":
+        assert cfg.fsdp.reshard_after_forward is False and cfg.fsdp.cpu_offload is False
+        assert cfg.fsdp.wrap == ["LlamaDecoderLayer"] and cfg.gradient_checkpointing is True
+
+
+def test_fsdp_in_a_deepspeed_launch_is_refused(monkeypatch):
+    from lmadapt.config import TrainConfig
+    from lmadapt.config.base import ConfigError
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match="DeepSpeed"):
+        dist.check_launch(TrainConfig(sharding="fsdp"))
 
 
 OUTPUT_DIR = textwrap.dedent('''
