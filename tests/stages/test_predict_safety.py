@@ -56,3 +56,33 @@ def test_predict_never_takes_trust_remote_code_from_the_folder(finetuned, tmp_pa
     # the user's own flag is what allows it (and shows the folder above really carried runnable code)
     assert main(["predict", str(folder), "--text", "the dog was here", "--trust-remote-code"]) == 0
     assert marker.exists()
+
+
+def _damage(folder):
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])     # a copy cut short
+
+
+def test_damaged_weights_are_one_line_in_predict_and_finetune(finetuned, tmp_path, capsys):
+    folder = tmp_path / "ft"
+    shutil.copytree(finetuned, folder)
+    _damage(folder)
+    assert main(["predict", str(folder), "--text", "the dog was here"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: could not read the model weights in {folder}" in err and "Traceback" not in err
+
+    base = tmp_path / "base"
+    shutil.copytree(finetuned.parent / "base", base)
+    _damage(base)
+    train = finetuned.parent / "train.jsonl"
+    assert main(["finetune", f"model.path={base}", f"data.train={train}", f"data.dev={train}",
+                 f"train.output_dir={tmp_path / 'out'}", "train.report_to=[]"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: could not read the model weights in {base}" in err and "Traceback" not in err
+
+
+def test_predict_output_that_is_a_folder_is_refused_before_loading(finetuned, tmp_path, capsys):
+    (tmp_path / "preds").mkdir()
+    assert main(["predict", str(finetuned), "--input", str(finetuned.parent / "train.jsonl"),
+                 "--output", str(tmp_path / "preds")]) == 2
+    assert "--output" in capsys.readouterr().err and list((tmp_path / "preds").iterdir()) == []
