@@ -116,9 +116,14 @@ def training_options(cfg: PretrainConfig, ext: VocabExtension | None, model, tok
     """run_training keywords for ``vocab.embedding_lr`` and ``vocab.warmup_steps`` ({} without them)."""
     from ..train.embedding_groups import EmbeddingLRTrainer, NewRowsOnly, embedding_params
 
+    from ..train.fsdp import wants_sharding
+
     vc = cfg.vocab
     if vc.embedding_lr is None and not vc.warmup_steps:
         return {}
+    if wants_sharding(cfg.train):
+        raise ConfigError("vocab.embedding_lr / vocab.warmup_steps: not supported with train.sharding (the embedding "
+                          "rows are split across processes); train the new rows without sharding")
     params = embedding_params(model, _embedding_rows(model))
     if not params:
         raise ConfigError("vocab.embedding_lr / vocab.warmup_steps: the model has no trainable embedding matrix "
