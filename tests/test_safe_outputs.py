@@ -92,3 +92,4 @@ def test_cache_clear_leaves_folders_that_are_not_cache_entries(tmp_path, capsys)
     assert token_cache.entries(tmp_path) == []
     assert main(["cache", "clear", "--dir", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [".git", "gguf", "project"]
+

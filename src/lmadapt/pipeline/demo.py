@@ -57,7 +57,8 @@ def ensure_tokenizer(folder: Path, sample: str) -> Path:
     docs, _ = read_source(SourceConfig(path=str(Path(sample) / TOKENIZER_SETTINGS["data"])))
     tok = train_tokenizer([d.text for d in docs], kind=TOKENIZER_SETTINGS["kind"],
                           vocab_size=TOKENIZER_SETTINGS["vocab_size"], output_dir=str(folder),
-                          min_frequency=TOKENIZER_SETTINGS["min_frequency"])
+                          min_frequency=TOKENIZER_SETTINGS["min_frequency"],
+                          overwrite=True)   # the demo's own subfolder (its settings marker is not in the manifest)
     write_json(marker, TOKENIZER_SETTINGS)
     log(f"trained a {len(tok):,}-token BPE tokenizer on {len(docs)} general documents in {time.time() - t0:.1f}s")
     return folder

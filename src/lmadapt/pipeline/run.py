@@ -203,8 +203,9 @@ def run_pipeline(cfg: PipelineConfig, *, pipeline_file: str | None = None, repor
         # Only the main process holds the lock; the others follow it, or its refusal.
         error = None
         if is_main_process():
-            out.mkdir(parents=True, exist_ok=True)
             try:
+                check_run_folder(out)
+                out.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(RunLock(out))
             except ConfigError as exc:
                 error = str(exc)
@@ -212,6 +213,21 @@ def run_pipeline(cfg: PipelineConfig, *, pipeline_file: str | None = None, repor
         if error:
             raise ConfigError(error)
         return _run_locked(cfg, out, pipeline_file=pipeline_file, report=report, jobs=jobs, rerun=rerun)
+
+
+def check_run_folder(out: Path) -> None:
+    """A run writes report.md, results.jsonl, ... into ``output_dir``: a non-empty folder that is not
+    a run folder (none of its files) is refused rather than written over (issue 19: never overwrite
+    what lmadapt did not write)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir: {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        markers = (PIPELINE_FILE, STATE_FILE, RESULTS_FILE, "stages", ".lmadapt_run.lock",
+                   "tokenizer/lmadapt_demo_tokenizer.json")   # `lmadapt demo` trains its tokenizer first
+        if not any((out / m).exists() for m in markers):
+            shown = ", ".join(sorted(p.name for p in out.iterdir())[:4])
+            raise ConfigError(f"output_dir: {out} is not empty ({shown}, ...) and is not an `lmadapt run` folder; "
+                              "give a new or empty folder")
 
 
 def rerun_names(runs: list[ArmRun], rerun) -> set[str]:
