@@ -156,3 +156,20 @@ def test_real_harness_and_instruction_scores_at_every_weight(pair, tmp_path):
     want = min(ok, key=lambda a: (rows[a]["sets"]["domain"]["perplexity"], a))
     assert metrics["alpha"] == want
     assert "instruction response loss within +0% of the base's" in metrics["selection"]["rule"]
+
+
+def test_report_shows_the_capability_scores_of_a_merge_sweep(tmp_path):
+    """report.md / report.html of a run whose merge stage scored a harness task at every weight."""
+    from lmadapt.pipeline.report import write_report
+    sweep = [{"alpha": a, "sets": {"domain": {"perplexity": 100 - 50 * a}},
+              "harness": {"lmadapt_cloze": {"acc_norm": 0.5 - 0.1 * a, "primary": "acc_norm"}},
+              "instruction_retention": {"response_loss": 2 + a}} for a in (0.0, 0.5, 1.0)]
+    row = {"arm": "m", "seed": 0, "position": 1, "stage": "merge", "kind": "merge", "id": "merge-x", "folder": None,
+           "status": "done", "executed": True, "perf": {},
+           "merge": {"alpha": 0.5, "rule": "the rule", "sweep": sweep}}
+    (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n")
+    write_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "| alpha | domain ppl | lmadapt_cloze acc_norm | instruction loss |" in md
+    assert "| **0.50** | 75.00 | 0.450 | 2.500 |" in md
+    assert "<th>lmadapt_cloze acc_norm</th>" in (tmp_path / "report.html").read_text()

@@ -307,10 +307,24 @@ def merge_rows(run: Run) -> list[dict]:
         m = r.get("merge") or {}
         sweep = m.get("sweep") or []
         names = list(dict.fromkeys(n for row in sweep for n in row.get("sets") or {}))
+        # capability scores at each weight (merge eval.harness / instruction_retention): headline metrics
+        caps = list(dict.fromkeys(f"{t} {sc.get('primary')}" for row in sweep
+                                  for t, sc in (row.get("harness") or {}).items()))
+        if any(row.get("instruction_retention") for row in sweep):
+            caps.append("instruction loss")
+
+        def cap_values(row: dict) -> list:
+            h = row.get("harness") or {}
+            vals = [(h.get(c.rsplit(" ", 1)[0]) or {}).get(c.rsplit(" ", 1)[1]) for c in caps if c != "instruction loss"]
+            if "instruction loss" in caps:
+                vals.append((row.get("instruction_retention") or {}).get("response_loss"))
+            return vals
+
         rows = [{"alpha": row["alpha"], "chosen": row["alpha"] == m.get("alpha"),
-                 "ppl": [((row.get("sets") or {}).get(n) or {}).get("perplexity") for n in names]} for row in sweep]
+                 "ppl": [((row.get("sets") or {}).get(n) or {}).get("perplexity") for n in names],
+                 "caps": cap_values(row)} for row in sweep]
         out.append({"stage": _stage_label(r), "alpha": m.get("alpha"), "rule": m.get("rule"), "sets": names,
-                    "rows": rows})
+                    "caps": caps, "rows": rows})
     return out
 
 
@@ -407,9 +421,11 @@ def render_markdown(run: Run, b: dict) -> str:
     for mg in b["merges"]:
         lines += [f"## Weight interpolation: {mg['stage']}", "", f"Chosen alpha {_num(mg['alpha'], '{:.2f}')}: "
                   f"{mg['rule']}. {MERGE_NOTE}", "",
-                  "| alpha | " + " | ".join(f"{n} ppl" for n in mg["sets"]) + " |", "|---:|" + "---:|" * len(mg["sets"])]
+                  "| alpha | " + " | ".join([f"{n} ppl" for n in mg["sets"]] + mg["caps"]) + " |",
+                  "|---:|" + "---:|" * (len(mg["sets"]) + len(mg["caps"]))]
         lines += [f"| {'**' if x['chosen'] else ''}{x['alpha']:.2f}{'**' if x['chosen'] else ''} | "
-                  + " | ".join(_fmt(v, 'ppl') for v in x["ppl"]) + " |" for x in mg["rows"]]
+                  + " | ".join([_fmt(v, 'ppl') for v in x["ppl"]] + [_fmt(v) for v in x["caps"]]) + " |"
+                  for x in mg["rows"]]
         lines.append("")
     if b["tokens"]:
         lines += ["## Token accounting (pretraining stages)", "",
@@ -537,10 +553,12 @@ def render_html(run: Run, b: dict) -> str:
     for mg in b["merges"]:
         parts.append(f"<h2>Weight interpolation: {e(mg['stage'])}</h2><p class='note'>Chosen alpha "
                      f"{_num(mg['alpha'], '{:.2f}')}: {e(mg['rule'] or '')}. {e(MERGE_NOTE)}</p>"
-                     "<table><tr><th>alpha</th>" + "".join(f"<th>{e(n)} ppl</th>" for n in mg["sets"]) + "</tr>")
+                     "<table><tr><th>alpha</th>" + "".join(f"<th>{e(n)} ppl</th>" for n in mg["sets"])
+                     + "".join(f"<th>{e(n)}</th>" for n in mg["caps"]) + "</tr>")
         parts += [f"<tr{' class=ref' if x['chosen'] else ''}><td class='n'>{x['alpha']:.2f}"
                   f"{' (chosen)' if x['chosen'] else ''}</td>"
-                  + "".join(f"<td class='n'>{_fmt(v, 'ppl')}</td>" for v in x["ppl"]) + "</tr>" for x in mg["rows"]]
+                  + "".join(f"<td class='n'>{_fmt(v, 'ppl')}</td>" for v in x["ppl"])
+                  + "".join(f"<td class='n'>{_fmt(v)}</td>" for v in x["caps"]) + "</tr>" for x in mg["rows"]]
         parts.append("</table>")
     if b["tokens"]:
         parts.append("<h2>Token accounting (pretraining stages)</h2>")
