@@ -59,7 +59,8 @@ class RetentionConfig:
     limit: int | None = opt(50, "score at most this many records (leading ones)")
     template: Literal["auto", "chat", "plain"] = opt("auto", "auto: the tokenizer's chat template when it has one, "
                                                             "else the plain ### Instruction / ### Response layout")
-    max_length: int = opt(512, "tokens per example (longer prompts are cut from the left)")
+    max_length: int = opt(512, "tokens per example (a longer one is cut at the end for the loss and counted as "
+                               "truncated; a generation prompt keeps its last max_length tokens)")
     generate_max: int = opt(0, "exact match of greedy generations on the first N records (0: loss only; "
                                "generation costs one decoding loop per record)")
     max_new_tokens: int = opt(64, "generation length for exact match")
