@@ -1,8 +1,8 @@
 """Kill-and-resume: does a run SIGKILLed 10 times at random points, resumed after each kill, end with the
 weights of the uninterrupted run, bit for bit? One row per stage kind (tiny models, CPU, a few minutes).
 
-For each kind (causal pretraining, whole-word masked-LM pretraining, classification fine-tuning with a
-dev set, instruction fine-tuning) the script runs the stage once to the end, then runs it again into
+For each kind (causal pretraining, whole-word masked-LM pretraining, classification fine-tuning without
+and with a dev set, instruction fine-tuning) the script runs the stage once to the end, then runs it again into
 another folder with ``train.resume=true``, SIGKILLing it 10 times: most kills when the log shows a
 randomly drawn step was reached (plus 0-40 ms, so the kill lands anywhere in a step, a checkpoint save,
 an evaluation), some at a random moment of the start-up (data preparation, evaluation before training).
@@ -43,6 +43,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from helpers import tiny_bert, tiny_bpe_tokenizer, tiny_llama, tiny_wordpiece_tokenizer  # noqa: E402
 from lmadapt.cli import main as lmadapt_main  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
 import lmadapt.commands, lmadapt.stages.finetune, lmadapt.stages.pretrain  # noqa: E401,E402,F401  (imported once, before the forks)
 
 WORDS = ("the fox dog cat bird jumps over runs past sleeps near looks at lazy quick brown river moon "
@@ -96,7 +97,14 @@ def setup(work: Path) -> dict[str, tuple[str, dict]]:
             "model": {"init": "scratch", "arch": "bert", "tokenizer": str(wp), "dims": dims},
             "data": {**pretrain_data, "sources": [{"path": small}]},
             "train": {**COMMON_TRAIN, "epochs": 3, "batch_size": 4, "lr": 3e-3, "warmup_steps": 3, "save_every": 4}}),
-        "classification": ("finetune", {   # a dev set: checkpoints (and evaluation) at each epoch's end
+        "classification": ("finetune", {   # no dev set: the final weights are the last step's; checkpoints mid-epoch
+            "model": {"path": str(bert), "max_length": 32},
+            "data": {"train": cls_train, "dev_fraction": 0.0},
+            "train": {**COMMON_TRAIN, "epochs": 4, "batch_size": 8, "lr": 3e-3, "warmup_ratio": 0.0,
+                      "group_by_length": True, "save_every": 3}}),
+        # A dev set: evaluation and checkpoints at each epoch's end, early stopping, the best epoch's weights
+        # saved (so runs that part after the best epoch can still end alike: the kind above is the stricter).
+        "classification_dev": ("finetune", {
             "model": {"path": str(bert), "max_length": 32},
             "data": {"train": cls_train, "dev": cls_dev},
             "train": {**COMMON_TRAIN, "epochs": 4, "batch_size": 8, "lr": 3e-3, "warmup_ratio": 0.0,
@@ -153,8 +161,9 @@ def run_killed(command: str, recipe: Path, out: Path, total_steps: int, kills: i
                 break
             time.sleep(0.005)
         if not proc.is_alive():
-            landed.append(f"{kind} {at:.0f}: finished before the kill" if kind == "step" else "startup: finished")
             proc.join()
+            landed.append(f"{kind} {at:.0f}: " + ("finished before the kill" if proc.exitcode == 0 else
+                                                   f"FAILED on its own (exit {proc.exitcode})"))
             continue
         step = last_step(out)
         os.kill(proc.pid, signal.SIGKILL)
@@ -163,11 +172,13 @@ def run_killed(command: str, recipe: Path, out: Path, total_steps: int, kills: i
     proc = start(command, recipe, out, "train.resume=true")
     proc.join()
     if proc.exitcode != 0:
-        raise RuntimeError(f"the final resumed run failed (exit {proc.exitcode}); see {out}.log")
+        landed.append(f"the final resumed run FAILED (exit {proc.exitcode})")
     return landed
 
 
 def compare(full: Path, killed: Path) -> dict:
+    if not (killed / "metrics.json").is_file():
+        return {"identical": False, "duplicated_steps": None, "error": "no finished run to compare"}
     wa, wb = load_file(str(full / "model.safetensors")), load_file(str(killed / "model.safetensors"))
     differ = [k for k in wa if k not in wb or not torch.equal(wa[k], wb[k])]
     ma, mb = (json.loads((p / "metrics.json").read_text())["train"] for p in (full, killed))
@@ -184,9 +195,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=0, help="draws the kill points")
     ap.add_argument("--kills", type=int, default=10)
-    ap.add_argument("--kinds", default="causal_pretrain,mlm_pretrain,classification,instruction")
+    ap.add_argument("--kinds", default="causal_pretrain,mlm_pretrain,classification,classification_dev,instruction")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (printed)")
     args = ap.parse_args()
+    hf_logging.disable_progress_bar()
     work = Path(tempfile.mkdtemp(prefix="lmadapt_kill_resume_"))
     rows, t_all = [], time.time()
     try:
