@@ -220,3 +220,16 @@ def test_unseen_dev_label_is_skipped_and_counted_with_on_error_skip(models, tmp_
     assert any("label 'maybe' in the dev set never occurs" in r for r in reports["dev"].skip_reasons)
     with pytest.raises(DataError, match="every record was skipped"):
         _splits(models, tmp_path, train, dev[1:], on_error="skip")
+
+
+def test_full_disk_without_a_file_name_names_the_recipe_output_dir(tmp_path):
+    import argparse
+
+    from lmadapt.commands import storage_error
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train: {output_dir: runs/dapt}\n")
+    full = OSError(errno.ENOSPC, "No space left on device")          # a write(2) names no file
+    args = argparse.Namespace(command="pretrain", recipe=str(recipe), overrides=[])
+    assert storage_error(full, args).startswith("no space left on the device writing runs/dapt (")
+    args.overrides = ["train.output_dir=/scratch/run2"]
+    assert "writing /scratch/run2 (" in storage_error(full, args)

@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -63,7 +64,7 @@ def _output_of(args) -> str | None:
     recipe = getattr(args, "recipe", None)
     if recipe and "=" not in str(recipe):
         try:
-            data = yaml.safe_load(open(recipe, encoding="utf-8")) or {}
+            data = yaml.safe_load(Path(recipe).read_text(encoding="utf-8")) or {}
             return str((data.get("train") or {}).get("output_dir") or data.get("output_dir") or "") or None
         except (OSError, ValueError, AttributeError, yaml.YAMLError):
             return None
