@@ -153,3 +153,43 @@ def test_every_process_stops_when_the_output_dir_is_locked(dist_run):
         locked = run_pipeline_procs(path)
     assert locked.returncode != 0
     assert "is in use by another `lmadapt run`" in locked.stderr + locked.stdout
+
+
+def _numbers(row: dict, prefix: str = "") -> dict:
+    """The row's results (held-out scores, task metrics), flattened; not its ids, folders or timings."""
+    out = {}
+    for key, value in row.items():
+        if key in ("id", "folder", "hash", "parent", "perf", "input_model", "position", "executed"):
+            continue
+        if isinstance(value, dict):
+            out.update(_numbers(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float, str)) or value is None:
+            out[prefix + key] = value
+    return out
+
+
+def test_sharded_pipeline_gives_the_same_rows(dist_run, tmp_path):
+    """The same pipeline with train.sharding: fsdp in its pretrain and finetune stages (FSDP2 over the
+    two processes) gives the rows of the data-parallel run: the same perplexities and task metrics."""
+    ws, data, path, out, proc = dist_run
+    sharded = dict(data, output_dir=str(tmp_path / "run"), seeds=[0], defaults={
+        kind: dict(section, train={**section["train"], "sharding": "fsdp"})
+        for kind, section in data["defaults"].items()})
+    spath = tmp_path / "sharded.yaml"
+    spath.write_text(yaml.safe_dump(sharded))
+    again = run_pipeline_procs(spath)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-4000:]
+    assert "FSDP2: 2 units + root sharded over 2 process(es)" in again.stdout
+
+    def rows(folder):
+        return {(r["arm"], r["seed"], r["stage"]): _numbers(r)
+                for r in map(json.loads, (folder / "results.jsonl").read_text().splitlines())}
+    mine, theirs = rows(tmp_path / "run"), rows(out)
+    assert mine and set(mine) <= set(theirs)
+    for key, numbers in mine.items():
+        assert set(numbers) == set(theirs[key]), key
+        for name, value in numbers.items():
+            if isinstance(value, float):
+                assert value == pytest.approx(theirs[key][name], rel=1e-5, abs=1e-9), (key, name)
+            else:
+                assert value == theirs[key][name], (key, name)

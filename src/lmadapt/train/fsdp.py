@@ -245,13 +245,12 @@ def unsharded_on_main(model):
         return None
     base = _base(model)
     with torch.device("meta"):
-        plain = type(base)._from_config(base.config, torch_dtype=base.dtype)
+        plain = type(base)._from_config(base.config, dtype=base.dtype)
     if hasattr(model, "peft_config"):
         from peft import get_peft_model
         cfg = model.peft_config[model.active_adapter]
         with torch.device("meta"):
             plain = get_peft_model(plain, cfg)
-    plain.__class__ = _plain_class(type(model))
     missing, unexpected = plain.load_state_dict(state, strict=False, assign=True)
     left = [n for n, p in plain.named_parameters() if p.is_meta]
     if left or unexpected:
@@ -259,12 +258,6 @@ def unsharded_on_main(model):
     if hasattr(plain, "tie_weights"):
         _base(plain).tie_weights()
     return plain.eval()
-
-
-def _plain_class(cls):
-    from torch.distributed.fsdp import FSDPModule
-    bases = [b for b in cls.__mro__[1:] if b is not FSDPModule and not issubclass(b, FSDPModule)]
-    return bases[0]
 
 
 # --- checkpoints -------------------------------------------------------------------------------
