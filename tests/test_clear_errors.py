@@ -233,3 +233,10 @@ def test_full_disk_without_a_file_name_names_the_recipe_output_dir(tmp_path):
     assert storage_error(full, args).startswith("no space left on the device writing runs/dapt (")
     args.overrides = ["train.output_dir=/scratch/run2"]
     assert "writing /scratch/run2 (" in storage_error(full, args)
+
+
+def test_advise_output_that_is_a_folder_is_refused_before_measuring(tmp_path, capsys):
+    (tmp_path / "advice").mkdir()
+    assert main(["advise", "--goal", "classify", "--measurements", str(tmp_path / "never-read.json"),
+                 "--output", str(tmp_path / "advice")]) == 2
+    _one_line_error(capsys, "--output", "is a folder")
