@@ -62,6 +62,7 @@ def test_activations_by_hand():
     # states' gradient (256 x 32 x 4) and the head's fp32 gradient (400 x 32 x 4)
     assert acts == 256 * (2 * per_layer + 3 * 32 * 4) and logits == 32 * 400 * 4 + 256 * 32 * 4 + 400 * 32 * 4
     assert activation_bytes(s, replace(setup, loss="standard"))[1] == 256 * 400 * 12
+    assert activation_bytes(s, replace(setup, sharding="fsdp"))[1] == 256 * 400 * 12  # sharded: standard loss
     ck, _ = activation_bytes(s, replace(setup, gradient_checkpointing=True))
     assert ck == 256 * (2 * 32 * 4 + per_layer + 3 * 32 * 4)
     assert plan(s, setup).device_bytes == plan(s, Setup()).state_bytes + acts + logits

@@ -25,7 +25,8 @@ eager attention adds T x heads x block x 4 per layer (the attention probabilitie
 checkpointing keeps T x h x hb per layer plus one layer's worth during its recompute
 logits     lmadapt's chunked LM loss (train/loss.py): one chunk's fp32 logits (~T x h floats), the hidden
            states' gradient and the head's fp32 gradient (vocab x h x 4); the standard loss: T x vocab x
-           (cb + 4 + 4), the logits, their fp32 log-softmax kept for backward, and its gradient
+           (cb + 4 + 4), the logits, their fp32 log-softmax kept for backward, and its gradient (sharded
+           runs use the standard loss: FSDP shards the head's weight)
 where hb is the residual stream's bytes (4 with fp32 weights, also under autocast) and cb the matmul
 output's (2 under bf16/fp16). The planned peak adds state, transients and activations: an upper
 bound, since gradients fill in as backward frees activations. GPU sizes are GiB, of which
@@ -251,7 +252,7 @@ def logits_bytes(shape: ModelShape, setup: Setup) -> int:
     in forward, plus the head weight cast to the compute dtype under autocast."""
     wb, hb, cb, _ = _precision_bytes(setup)
     tokens = setup.batch_size * setup.block_size
-    if setup.loss == "standard":
+    if setup.loss == "standard" or setup.sharding == "fsdp":   # a sharded run keeps the standard loss (train/loop.py)
         return tokens * shape.vocab * (cb + 4 + 4)
     chunk = min(tokens, _chunk_rows(tokens, shape.vocab, shape.hidden))
     head = shape.vocab * shape.hidden
