@@ -173,3 +173,21 @@ def test_report_shows_the_capability_scores_of_a_merge_sweep(tmp_path):
     assert "| alpha | domain ppl | lmadapt_cloze acc_norm | instruction loss |" in md
     assert "| **0.50** | 75.00 | 0.450 | 2.500 |" in md
     assert "<th>lmadapt_cloze acc_norm</th>" in (tmp_path / "report.html").read_text()
+
+
+def test_run_harness_leaves_the_random_state_as_it_was():
+    """lm-eval seeds python/numpy/torch; a pipeline goes on after the evidence, unaffected."""
+    import random
+
+    import numpy as np
+
+    from lmadapt.config.capability import HarnessConfig
+    from lmadapt.train.harness import run_harness
+    tok = tiny_bpe_tokenizer()
+    model = tiny_llama(len(tok))
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    want = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    scores = run_harness(model, tok, HarnessConfig(tasks=["lmadapt_cloze"], limit=4))
+    assert scores["lmadapt_cloze"]["n"] == 4
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == want

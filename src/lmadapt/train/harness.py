@@ -97,6 +97,27 @@ def _flatten(name: str, res: dict, higher: dict) -> dict:
     return out
 
 
+def _rng_state():
+    import random
+
+    import numpy as np
+    import torch
+    return random.getstate(), np.random.get_state(), torch.random.get_rng_state(), \
+        (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def _set_rng_state(state) -> None:
+    import random
+
+    import numpy as np
+    import torch
+    random.setstate(state[0])
+    np.random.set_state(state[1])
+    torch.random.set_rng_state(state[2])
+    if state[3] is not None:
+        torch.cuda.set_rng_state_all(state[3])
+
+
 def run_harness(model, tokenizer, cfg: HarnessConfig) -> dict:
     """{task: {metric: value, metric_stderr: value, n, primary, higher_is_better}} for ``cfg.tasks``
     (a group such as mmlu gives its aggregate where lm-eval computes one, else its subtasks)."""
@@ -116,12 +137,16 @@ def run_harness(model, tokenizer, cfg: HarnessConfig) -> dict:
     for name in ("lm_eval.models.huggingface", "lm_eval.api.task"):
         logging.getLogger(name).setLevel(logging.ERROR)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size)
+    # simple_evaluate seeds python, numpy and torch (fixed few-shot draws); a pipeline or a test goes
+    # on after it, so their random state is put back as it was.
+    state = _rng_state()
     try:
         res = lm_eval.simple_evaluate(model=lm, tasks=list(cfg.tasks), num_fewshot=cfg.num_fewshot, limit=cfg.limit,
                                       task_manager=manager, log_samples=False, bootstrap_iters=100,
                                       verbosity="WARNING")
     finally:
         model.train(was_training)
+        _set_rng_state(state)
     results, higher = res.get("results") or {}, res.get("higher_is_better") or {}
     counts = {k: (v or {}).get("effective") for k, v in (res.get("n-samples") or {}).items()}
     out = {}
