@@ -50,10 +50,12 @@ def capability_scores(model, tokenizer, objective: str, harness: HarnessConfig |
                       retention: RetentionConfig | None) -> dict:
     """{"harness": {task: scores}, "instruction_retention": {...}} for the configured ones."""
     out: dict = {}
-    if (harness and harness.enabled) or (retention and retention.enabled):
-        if objective != "causal":
-            raise ConfigError("harness / instruction retention: score causal language models; this model's "
-                              f"objective is {objective}")
+    if not ((harness and harness.enabled) or (retention and retention.enabled)):
+        return out
+    if objective != "causal":
+        raise ConfigError("harness / instruction retention: score causal language models; this model's "
+                          f"objective is {objective}")
+    model = to_process_device(model)        # loaded models start on the CPU (a no-op when already there)
     if harness and harness.enabled:
         from ..train.harness import run_harness
         out["harness"] = run_harness(model, tokenizer, harness)
