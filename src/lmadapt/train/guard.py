@@ -78,16 +78,18 @@ class StepGuard:
         if loss is None:
             return
         s = self._init(loss.device)
-        gn = grad_norm if isinstance(grad_norm, torch.Tensor) else torch.tensor(
-            float("nan") if grad_norm is None else float(grad_norm), device=loss.device)
-        gn = gn.detach().float().to(loss.device)
-        finite = torch.isfinite(loss) & (torch.isfinite(gn) if grad_norm is not None else torch.tensor(True, device=loss.device))
-        spike = torch.tensor(False, device=loss.device)
+        # Only kernels on the device from here (new_full is a fill, not a host-to-device copy): no sync.
+        if isinstance(grad_norm, torch.Tensor):
+            gn = grad_norm.detach().float().to(loss.device)
+        else:   # DeepSpeed hands back a float; None when no norm was computed
+            gn = loss.new_full((), float("nan") if grad_norm is None else float(grad_norm))
+        finite = torch.isfinite(loss) & (torch.isfinite(gn) if grad_norm is not None else loss.new_ones((), dtype=torch.bool))
+        spike = loss.new_zeros((), dtype=torch.bool)
         if self.spike_factor:
             spike = (s["good"] >= SPIKE_WARMUP) & (loss > self.spike_factor * s["ema"])
         bad = ~finite | spike
         new = bad & (s["first_bad"] < 0)
-        s["first_bad"] = torch.where(new, torch.tensor(step, device=loss.device), s["first_bad"])
+        s["first_bad"] = torch.where(new, s["first_bad"].new_full((), step), s["first_bad"])
         s["loss"] = torch.where(new, loss, s["loss"])
         s["grad_norm"] = torch.where(new, gn, s["grad_norm"])
         s["spike"] = torch.where(new, spike, s["spike"])

@@ -64,27 +64,39 @@ def release_folder(out: Path) -> None:
         lock.__exit__(None, None, None)
 
 
+def _local_identity(value: str):
+    """A local file or folder by what it holds, not where it is (a run folder, or its parent model,
+    may be moved or copied between a run and its resume): a file's name and size; a model folder's
+    weight files and their sizes. Anything else (a hub id) is compared as written."""
+    if len(value) > 4096:
+        return value
+    path = Path(value).expanduser()
+    try:
+        if path.is_file():
+            return {"file": path.name, "bytes": path.stat().st_size}
+        if path.is_dir():
+            weights = {p.name: p.stat().st_size for p in sorted(path.glob("*.safetensors"))[:200]}
+            return {"folder_weights": weights} if weights else {"folder": path.name}
+    except OSError:
+        pass
+    return value
+
+
 def recipe_fingerprint(recipe: dict) -> dict:
-    """The parts of a recipe a checkpoint belongs to: seed, model, data (+ task, LoRA), and the size
-    of every local input file the data section names."""
+    """The parts of a recipe a checkpoint belongs to: seed, model, data (+ task, LoRA, vocabulary),
+    local paths by their content (:func:`_local_identity`)."""
+    def walk(node):
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return _local_identity(node) if isinstance(node, str) else node
+
     fp: dict = {"train.seed": (recipe.get("train") or {}).get("seed")}
     for section in ("model", "data", "task", "lora", "vocab"):
         value = recipe.get(section)
         if isinstance(value, dict):
-            fp[section] = {k: v for k, v in value.items() if k not in ("cache_dir", "num_proc")}
-    sizes = {}
-
-    def walk(node, key):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{key}.{k}")
-        elif isinstance(node, list):
-            for i, v in enumerate(node):
-                walk(v, f"{key}[{i}]")
-        elif isinstance(node, str) and len(node) < 4096 and Path(node).is_file():
-            sizes[key] = Path(node).stat().st_size
-    walk(fp.get("data"), "data")
-    fp["input_bytes"] = sizes
+            fp[section] = walk({k: v for k, v in value.items() if k not in ("cache_dir", "num_proc")})
     return json.loads(json.dumps(fp, default=str))
 
 
@@ -94,6 +106,11 @@ def _flatten(node, key: str = "") -> dict:
         for k, v in node.items():
             out.update(_flatten(v, f"{key}.{k}" if key else str(k)))
         return out or {key: {}}
+    if isinstance(node, list):
+        out = {}
+        for i, v in enumerate(node):
+            out.update(_flatten(v, f"{key}[{i}]"))
+        return out or {key: []}
     return {key: node}
 
 
@@ -106,7 +123,7 @@ def check_resume(out: Path, recipe: dict) -> None:
     new = _flatten(recipe_fingerprint(recipe))
     diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diff:
-        shown = "; ".join(f"{k.replace('input_bytes.', 'size of ')}: {old.get(k)!r} there, {new.get(k)!r} now"
+        shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now"
                           for k in diff[:3])
         raise ConfigError(f"train.resume: {out} holds a run of a different recipe ({shown}"
                           f"{'; ...' if len(diff) > 3 else ''}); resume it with its own recipe, or use another "
