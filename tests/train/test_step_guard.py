@@ -89,3 +89,18 @@ def test_metrics_are_always_valid_json(tmp_path):
     m = read_json(tmp_path / "metrics.json")
     assert m["train"]["train_loss"] is None and m["ppl"] is None
     assert sorted(m["non_finite"]) == ["ppl", "train.train_loss"]
+
+
+def test_a_loss_spike_is_a_bad_step_when_asked():
+    from lmadapt.train.guard import StepGuard, TrainingDiverged
+    guard = StepGuard("stop", spike_factor=3.0)
+    for step, loss in enumerate([2.0, 2.1, 1.9, 2.0, 2.0, 2.1, 9.0, 2.0], start=1):
+        guard.add_loss(torch.tensor(loss))
+        guard.end_step(step, torch.tensor(1.0), model=None)
+    with pytest.raises(TrainingDiverged, match=r"step 7, the first bad step: loss spike: 9 > train.spike_factor 3"):
+        guard.check()
+    quiet = StepGuard("stop")            # off by default: a high but finite loss is not an error
+    for step, loss in enumerate([2.0, 2.0, 2.0, 2.0, 2.0, 9.0], start=1):
+        quiet.add_loss(torch.tensor(loss))
+        quiet.end_step(step, torch.tensor(1.0), model=None)
+    quiet.check()

@@ -37,7 +37,8 @@ class TrainConfig:
     save_total_limit: int | None = opt(2, "keep at most this many checkpoints")
     log_every: int = opt(10, "steps between log lines (JSONL + TensorBoard)")
     seed: int = opt(42, "random seed (data order, masking, initialisation)")
-    resume: bool = opt(False, "resume from the latest checkpoint in output_dir")
+    resume: bool = opt(False, "resume from the newest complete checkpoint in output_dir (refused if that run's "
+                              "seed, model or data differ from this recipe)")
     num_workers: int = opt(0, "dataloader workers")
     torch_threads: int | None = opt(None, "torch intra-op threads on CPU (default: torch's choice)")
     report_to: list[str] = opt(doc="extra trackers: tensorboard, wandb, ... (JSONL is always written)", factory=lambda: ["tensorboard"])
