@@ -49,6 +49,13 @@ def test_pretrain_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     assert f"host RAM {lora.host_bytes / 2 ** 20:.3f} MiB per process" in out
     assert "note: train.sharding fsdp in a single process: launch with torchrun" in out
 
+    # an `accelerate launch --config_file` with FSDP (its environment) is planned as the launch trains
+    import os
+    from unittest import mock
+    with mock.patch.dict(os.environ, {"ACCELERATE_USE_FSDP": "true", "FSDP_OFFLOAD_PARAMS": "true"}):
+        assert main(["pretrain", *common, "--dry-run"]) == 0
+    assert "this recipe (full, fsdp x1 + cpu offload)" in capsys.readouterr().out
+
 
 def test_dry_run_of_a_scratch_model_counts_the_preset(tmp_path, capsys):
     from lmadapt.models.presets import count_params, scratch_config

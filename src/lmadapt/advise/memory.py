@@ -163,6 +163,8 @@ def render_plan(summary: dict, notes: list[str] | None = None) -> str:
 def dry_run(cfg, *, block_size: int | None = None) -> str:
     """`lmadapt pretrain RECIPE --dry-run`: the plan of this recipe, as the launch would run it."""
     from ..train.dist import world_size
+    from ..train.fsdp import apply_launch_options
+    apply_launch_options(cfg.train)   # under `accelerate launch --config_file` with FSDP: as the launch would train
     block = block_size or getattr(getattr(cfg, "data", None), "block_size", None) or 512
     shape, setup, notes = recipe_setup(cfg, block_size=block)
     n = world_size() if world_size() > 1 else ILLUSTRATIVE_PROCESSES
