@@ -41,6 +41,10 @@ def main(argv=None) -> int:
     from lmadapt.train.lm_eval import heldout_collator, score_sets
 
     t0 = time.time()
+
+    def say(msg: str) -> None:
+        print(f"[{time.time() - t0:6.1f} s] {msg}", file=sys.stderr, flush=True)
+
     base = load_model(ModelConfig(path=args.model))
     tok = base.tokenizer
     docs, _ = read_source(SourceConfig(path=f"{args.data}/computing/train.jsonl.gz"))
@@ -50,6 +54,7 @@ def main(argv=None) -> int:
             break
         texts.append(d.text)
         total += len(d.text)
+    say(f"mining {total:,} characters")
     counts = pretoken_counts(tok, texts)
     cands = mine_candidates(tok, texts, add=args.add, min_frequency=5, counts=counts)
     valid, _ = read_source(SourceConfig(path=f"{args.data}/computing/valid.jsonl.gz"))
@@ -70,8 +75,10 @@ def main(argv=None) -> int:
                            "causal", tokenizer, batch_size=8, mode="document")["computing"]
             return {k: m[k] for k in ("tokens", "words", "perplexity", "word_perplexity")}
 
+        say("scoring the base model")
         result["scores"] = {"base": score(base.model, tok)}
         for method in ("mean", "overall_mean"):
+            say(f"scoring the extended model, {method} init")
             model = copy.deepcopy(base.model)
             init_new_rows(model, pieces, method=method, old_size=len(tok))
             result["scores"][method] = score(model, new_tok)

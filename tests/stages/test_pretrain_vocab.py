@@ -94,3 +94,17 @@ def test_lora_with_extension_saves_the_grown_embeddings(ws):
     loaded = load_model(ModelConfig(path=str(out)))
     assert torch.equal(loaded.model.get_input_embeddings().weight, merged.get_input_embeddings().weight)
     assert torch.equal(loaded.model.get_output_embeddings().weight, merged.get_output_embeddings().weight)
+    # fine-tuning starts from the adapter folder: its trained new rows are used, not fresh ones
+    from lmadapt.config.base import to_dict
+    from lmadapt.config.finetune import FinetuneConfig
+    from lmadapt.stages.finetune import run_finetune
+    rows = [{"text": f"the {WORD} is {'fast' if i % 2 else 'slow'}", "label": "a" if i % 2 else "b"} for i in range(16)]
+    (d / "ft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ft = load_recipe(FinetuneConfig, data={
+        "model": {"path": str(out), "max_length": 16}, "data": {"train": str(d / "ft.jsonl"), "dev": str(d / "ft.jsonl")},
+        "train": {"output_dir": str(d / "ft"), "epochs": 1, "batch_size": 8, "report_to": [], "torch_threads": 1}})
+    run_finetune(ft, to_dict(ft))
+    from transformers import AutoModelForSequenceClassification
+    clf = AutoModelForSequenceClassification.from_pretrained(d / "ft")
+    assert clf.get_input_embeddings().weight.shape[0] == len(tok) + 3
+    assert len(AutoTokenizer.from_pretrained(d / "ft")(f"a {WORD}", add_special_tokens=False)["input_ids"]) == 2

@@ -275,6 +275,8 @@ def attach_adapters(model, task, src: ModelSource, cfg: FinetuneConfig):
     task_type = getattr(task, "peft_task_type", None)
     if src.adapter and cfg.model.adapter_mode == "stack":
         model = load_adapter(model, src.adapter, modules_to_save=[], task_type=None, trainable=False).merge_and_unload()
+        for p in model.parameters():   # loaded for inference (frozen): the merged model trains like any other
+            p.requires_grad_(True)
         log(f"merged adapter {src.adapter} into {src.base}")
     elif src.adapter:
         model = load_adapter(model, src.adapter, modules_to_save=fresh, task_type=task_type, trainable=True)
