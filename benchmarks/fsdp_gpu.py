@@ -127,12 +127,15 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     unit = "GPU peak allocated" if args.gpu else "peak RSS above baseline (CPU rehearsal: caps not applied)"
     params = next(iter(result["runs"].values()))["planned"]["params"]
-    print(f"\n{params / 1e9:.2f}B-parameter Llama ({args.size}), micro-batch {args.batch} x {spec['block']}, "
+    print(f"\n{params / 1e6:,.1f}M-parameter Llama ({args.size}), micro-batch {args.batch} x {spec['block']}, "
           f"{args.steps} steps, {'bf16' if args.gpu else 'fp32'}; memory = {unit}")
     print(f"{'run':<22} {'cap GiB':>7} {'planned GiB':>11} {'measured GiB':>12} {'host GiB (plan)':>15} {'tokens/s':>9}  status")
     for name, rec in result["runs"].items():
         peak, pl = measured_peak(rec), rec["planned"]
         status = "out of memory" if rec.get("oom") else "error" if rec.get("error") else "ok"
+        if rec.get("cap_gib"):
+            fits = pl["device_bytes"] <= rec["cap_gib"] * GIB
+            status += f" (planner: {'fits' if fits else 'does not fit'} {rec['cap_gib']:g} GiB)"
         tps = (rec.get("train") or {}).get("tokens_per_second")
         print(f"{name:<22} {str(rec.get('cap_gib') or '-'):>7} {pl['device_bytes'] / GIB:>11.2f} "
               f"{(peak / GIB if peak else float('nan')):>12.2f} {pl['host_bytes'] / GIB:>15.2f} "

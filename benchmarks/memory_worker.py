@@ -57,6 +57,10 @@ def main() -> int:
         code = lmadapt_main(command)
     except torch.OutOfMemoryError as exc:   # the point of a capped run: record it, do not crash the benchmark
         oom, error = True, str(exc).splitlines()[0][:300]
+    except RuntimeError as exc:             # some kernels report it as a plain CUDA error
+        if "out of memory" not in str(exc):
+            raise
+        oom, error = True, str(exc).splitlines()[0][:300]
     record = {"rank": int(os.environ.get("RANK", "0")), "world_size": int(os.environ.get("WORLD_SIZE", "1")),
               "command": command, "exit_code": code, "oom": oom, "error": error, "seconds": round(time.time() - t0, 1),
               "baseline_rss_bytes": baseline, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
