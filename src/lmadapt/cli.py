@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--instruction-data", default=None,
                     help="held-out instruction JSONL ({prompt, response} or {messages}): response loss (retention)")
     ev.add_argument("--instruction-limit", type=int, default=50, help="at most this many instruction records")
+    ev.add_argument("--instruction-generate", type=int, default=0, metavar="N",
+                    help="also exact match of greedy generations on the first N instruction records")
     ev.add_argument("--output", default=None, help="also write the metrics as JSON here")
 
     pr = sub.add_parser("predict", help="predict with a fine-tuned model", formatter_class=_Formatter)

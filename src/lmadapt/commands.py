@@ -128,7 +128,8 @@ def cmd_evaluate(args, parser):
     _check_evaluate_args(args)
     harness = HarnessConfig(tasks=args.harness_tasks, limit=args.harness_limit, include_path=args.harness_include,
                             num_fewshot=args.num_fewshot, batch_size=args.batch_size)
-    retention = RetentionConfig(data=args.instruction_data, limit=args.instruction_limit)
+    retention = RetentionConfig(data=args.instruction_data, limit=args.instruction_limit,
+                                generate_max=args.instruction_generate)
     if harness.enabled:
         from .train.harness import check_tasks
         check_tasks(harness)        # a misspelt task fails before the model loads

@@ -54,6 +54,9 @@ def test_harness_and_retention_scores_are_evidence_columns_and_verdict(cap_run):
     assert cells["base_only"]["instruction_loss"]["stat"].mean == lm_rows["base"]["instruction"]["response_loss"]
     (v,) = verdicts(run.rows, comp, run.columns)
     drop = 100 * (lm_rows["dapt"]["harness"]["lmadapt_cloze"]["acc_norm"] - lm_rows["base"]["harness"]["lmadapt_cloze"]["acc_norm"])
+    cap = next(c for c in v["capabilities"] if c["name"] == "lmadapt_cloze acc norm")
+    se = [lm_rows[s]["harness"]["lmadapt_cloze"]["acc_norm_stderr"] for s in ("dapt", "base")]
+    assert cap["within_sampling_error"] == (abs(cap["diff"]) <= 2 * (se[0] ** 2 + se[1] ** 2) ** 0.5)
     text = sentence(v)
     assert f"lmadapt_cloze acc norm {'+' if drop >= 0 else '−'}{abs(drop):.1f} points" in text, text
     assert "instruction loss ×" in text or "instruction loss ÷" in text

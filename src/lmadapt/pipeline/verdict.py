@@ -84,15 +84,26 @@ def verdicts(rows: list[dict], comp: dict, columns: list) -> list[dict]:
             r = ref_cells[col.key]["stat"] if col and col.key in ref_cells else None
             v[f"{role}_ppl"] = (a.mean if a else None, r.mean if r else None)
             v[f"{role}_factor"] = _ratio(*v[f"{role}_ppl"])
-        v["capabilities"] = capability_changes(row["cells"], ref_cells, columns)
+        v["capabilities"] = capability_changes(row["cells"], ref_cells, columns, rows)
         v["cost"] = arm_cost(rows, arm, reference)
         out.append(v)
     return out
 
 
-def capability_changes(cells: dict, ref_cells: dict, columns: list) -> list[dict]:
+def _sampling_se(rows: list[dict], stat, spec: str) -> float | None:
+    """The harness's own standard error of a score (over its questions), averaged over the rows the
+    stat's values came from; None when a row lacks it."""
+    task, _, metric = spec[len("harness:"):].partition("/")
+    ses = [((r.get("harness") or {}).get(task) or {}).get(f"{metric}_stderr") for r in rows if r.get("id") in stat.ids]
+    ses = [x for x in ses if isinstance(x, (int, float))]
+    return sum(ses) / len(ses) if ses and len(ses) >= len(set(stat.ids)) else None
+
+
+def capability_changes(cells: dict, ref_cells: dict, columns: list, rows: list[dict] | None = None) -> list[dict]:
     """Per capability column: the arm's and the reference's means, and the change (points for
-    accuracies, a factor for losses)."""
+    accuracies, a factor for losses). A harness difference within twice the two scores' sampling
+    standard errors (unpaired, so conservative: both score the same questions) is marked as such:
+    with a few hundred questions, a few points are sampling noise."""
     out = []
     for col in columns:
         if not col.evidence or col.key not in ref_cells:
@@ -101,8 +112,13 @@ def capability_changes(cells: dict, ref_cells: dict, columns: list) -> list[dict
         if not a or not r or a.mean is None or r.mean is None:
             continue
         name = col.label.rstrip(" ↑↓")
-        out.append({"name": name, "arm": a.mean, "reference": r.mean, "points": col.points,
-                    "diff": a.mean - r.mean, "factor": _ratio(a.mean, r.mean)})
+        c = {"name": name, "arm": a.mean, "reference": r.mean, "points": col.points,
+             "diff": a.mean - r.mean, "factor": _ratio(a.mean, r.mean), "within_sampling_error": None}
+        if col.evidence.startswith("harness:") and rows is not None:
+            se_a, se_r = _sampling_se(rows, a, col.evidence), _sampling_se(rows, r, col.evidence)
+            if se_a is not None and se_r is not None:
+                c["within_sampling_error"] = abs(c["diff"]) <= 2 * (se_a ** 2 + se_r ** 2) ** 0.5
+        out.append(c)
     return out
 
 
@@ -111,7 +127,8 @@ def fmt_capability(c: dict) -> str:
     if c["points"]:
         d = 100 * c["diff"]
         return (f"{c['name']} {'+' if d >= 0 else '−'}{abs(d):.1f} points "
-                f"({100 * c['reference']:.1f} → {100 * c['arm']:.1f})")
+                f"({100 * c['reference']:.1f} → {100 * c['arm']:.1f}"
+                + ("; within sampling error" if c.get("within_sampling_error") else "") + ")")
     if c["factor"] is not None and c["reference"] > 0 and c["arm"] > 0:
         return f"{c['name']} {fmt_factor(c['factor'])} ({fmt_value(c['reference'])} → {fmt_value(c['arm'])})"
     return f"{c['name']} {'+' if c['diff'] >= 0 else '−'}{fmt_value(abs(c['diff']))}"
