@@ -48,6 +48,7 @@ def test_pretrain_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     assert "this recipe (lora, fsdp x1 + cpu offload): 0.00 B/param on the device" in out
     assert f"host RAM {lora.host_bytes / 2 ** 20:.3f} MiB per process" in out
     assert "note: train.sharding fsdp in a single process: launch with torchrun" in out
+    assert f"every process loads the whole model ({shape.params * 4 / 2 ** 20:.3f} MiB) before it is sharded" in out
 
     # an `accelerate launch --config_file` with FSDP (its environment) is planned as the launch trains
     import os

@@ -172,6 +172,11 @@ def dry_run(cfg, *, block_size: int | None = None) -> str:
         notes.append("train.sharding fsdp in a single process: launch with torchrun --nproc_per_node N "
                      "(or accelerate launch) to shard over N; the table shows N = "
                      f"{n}.")
+    if setup.sharding == "fsdp":
+        whole = shape.params * (2 if setup.weights_dtype in ("bfloat16", "float16") else 4)
+        notes.append(f"host RAM: every process loads the whole model ({_gib(whole)}) before it is sharded, so a node "
+                     f"running k processes needs k x {_gib(whole)} at the start; the main process gathers the whole "
+                     f"model again ({_gib(whole)}) to save it (train/fsdp.py).")
     src = cfg.model.path or f"scratch {cfg.model.arch} {cfg.model.size or ''}".strip()
     return f"dry run: {src}; nothing is trained\n" + render_plan(plan_summary(shape, setup, processes=n), notes)
 
