@@ -118,6 +118,14 @@ SCRIPT = textwrap.dedent('''
                                                                   max_steps=3)))
     out["resumed"] = run_pretrain(load_recipe(PretrainConfig, data=pretrain_recipe(
         ws, "resumed", 2, sharding="fsdp", save_every=3, resume=True)))
+    # data-parallel (unsharded) too: the Trainer's loss scaling by the number of processes is undone
+    # for heads whose loss ignores num_items_in_batch, so DDP also trains as one process
+    from lmadapt.config.base import to_dict
+    from lmadapt.config.finetune import FinetuneConfig
+    from lmadapt.stages.finetune import run_finetune
+    from test_fsdp_training import finetune_recipe
+    cfg = load_recipe(FinetuneConfig, data=finetune_recipe(ws, "cls_ddp", 2))
+    out["cls_ddp"] = run_finetune(cfg, to_dict(cfg))
     errors = {}
     bad = {"wrap": {"fsdp": {"wrap": ["NoSuchLayer"]}}, "offload": {"fsdp": {"cpu_offload": True}}}
     for name, train in bad.items():
@@ -192,6 +200,13 @@ def test_two_sharded_processes_train_as_one_process(runs, name, weight_file):
             assert sharded[name][split]["n"] == one[name][split]["n"]
             assert sharded[name][split]["accuracy"] == one[name][split]["accuracy"]
             assert sharded[name][split]["confusion_matrix"] == one[name][split]["confusion_matrix"]
+
+
+def test_data_parallel_classification_trains_as_one_process(runs):
+    ws, *_ = runs
+    la, lb = logged_losses(ws / "cls_ddp"), logged_losses(ws / "cls_one")
+    assert max(abs(x - y) for x, y in zip(la, lb)) <= TOL, (la, lb)   # was twice as large before the fix
+    assert_same_weights(weights(ws / "cls_ddp"), weights(ws / "cls_one"))
 
 
 def test_saved_folder_loads_in_plain_transformers(runs):

@@ -182,12 +182,13 @@ def shard_model(model, train_cfg):
     return model
 
 
-def loss_for_sharded(model, trainer_kwargs: dict | None) -> dict:
+def loss_across_processes(model, trainer_kwargs: dict | None) -> dict:
     """``trainer_kwargs`` with a loss that averages over the tokens of all processes, as one process
     would. The Trainer multiplies the loss by the number of processes whenever the model's forward
     takes ``**kwargs`` (it then expects the model to divide by the global ``num_items_in_batch``);
     heads whose loss ignores it (BERT's MLM head, sequence classification) would train and log a
-    loss that many times too large. MLM gets the token-mean loss over all processes; other non-causal
+    loss that many times too large (seen under DDP too: a 2-process classification fine-tune logged
+    1.395 where one process logged 0.698, and stepped with doubled gradients). MLM gets the token-mean loss over all processes; other non-causal
     heads are marked as not taking loss kwargs (a mean per process, averaged: the same for equal
     batches of one label each)."""
     kwargs = dict(trainer_kwargs or {})

@@ -28,7 +28,7 @@ from .checkpoints import AtomicCheckpoints, newest_complete_checkpoint
 from .guard import GuardedTrainer, RollBack, StepGuard, TrainingDiverged
 from .schedules import StableEndCheckpoint, extension_checkpoint, scheduler_arguments, stable_end
 from .dist import broadcast, is_main_process, timeout_seconds, use_cpu, world_size
-from .fsdp import ShardedCheckpoints, is_sharded, loss_for_sharded, shard_model, wants_sharding
+from .fsdp import ShardedCheckpoints, is_sharded, loss_across_processes, shard_model, wants_sharding
 from .flops import device_peak_flops, flops_per_token
 from .loss import LMHeadLoss
 from .speed import fast_trainer_class, prepare_speed
@@ -207,7 +207,8 @@ def run_training(model, tokenizer, train_dataset, collator, cfg: TrainConfig, *,
         model = shard_model(model, cfg)   # no-op when the stage sharded it already (to score it before training)
         trainer_cls = type(f"Sharded{trainer_cls.__name__}", (ShardedCheckpoints, trainer_cls), {})
         args.save_only_model = True       # the Trainer's condition for a model sharded before it (flipped back below)
-        trainer_kwargs = loss_for_sharded(model, trainer_kwargs)
+    if world_size() > 1 or is_sharded(model):
+        trainer_kwargs = loss_across_processes(model, trainer_kwargs)
     trainer = trainer_cls(
         model=model,
         args=args,
