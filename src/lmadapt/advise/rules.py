@@ -307,7 +307,8 @@ def recommend(measurements: dict, goal: str, thresholds: dict | None = None) -> 
     candidates = [c["word"] for c in (_get(m, "vocabulary", "candidates", default=[]) or [])] if vocab_usable else []
     if fragmented and candidates:
         warnings.append("the tokenizer fragments frequent domain words; vocabulary-extension candidates: "
-                        + ", ".join(candidates[:10]))
+                        + ", ".join(candidates[:10]) + " (add them: `lmadapt tokenizer extend MODEL --data CORPUS "
+                        "--add N`, or vocab.extend in the pretrain stage)")
 
     # ---- cost
     secs = _get(m, "cost", "seconds_per_epoch")
