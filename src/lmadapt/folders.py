@@ -103,6 +103,16 @@ def check_output_file(path: str | Path, what: str = "--output") -> None:
         raise ConfigError(f"{what}: {p.parent} is a file, so {p} cannot be written")
 
 
+def refuse_foreign_folder(out: Path, markers: tuple[str, ...], key: str, kind: str) -> None:
+    """For a command that writes fixed file names into a folder it keeps using (``lmadapt run``): a
+    non-empty folder holding none of ``markers`` is someone else's, and is refused."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{key}: {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in markers):
+        shown = ", ".join(sorted(p.name for p in out.iterdir())[:4])
+        raise ConfigError(f"{key}: {out} is not empty ({shown}, ...) and is not {kind}; give a new or empty folder")
+
+
 def _merge_into(tmp: Path, out: Path, written: list[str]) -> None:
     """Move this write's files over the user's folder one by one; remove only our own stale files."""
     stale = written_by_lmadapt(out) - set(written)
@@ -114,4 +124,4 @@ def _merge_into(tmp: Path, out: Path, written: list[str]) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["MANIFEST", "check_output_file", "check_output_folder", "write_folder", "written_by_lmadapt"]
+__all__ = ["MANIFEST", "check_output_file", "check_output_folder", "refuse_foreign_folder", "write_folder", "written_by_lmadapt"]

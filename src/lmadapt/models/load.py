@@ -23,7 +23,6 @@ the embeddings are resized. ``model.config.pad_token_id`` is set from the tokeni
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -36,15 +35,12 @@ from typing import Any
 from lmadapt.config.base import ConfigError
 from lmadapt.config.model import ModelConfig
 
-from .registry import PAD_TOKEN_FALLBACKS, POSITION_OFFSET, is_encoder, model_type_of, objective_for
+from .checks import ModelLoadError, check_block_size, context_length, reading_weights
+from .registry import PAD_TOKEN_FALLBACKS, is_encoder, model_type_of, objective_for
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-
-
-class ModelLoadError(ConfigError):
-    """A model or tokenizer could not be found or read; the message says where we looked."""
 
 
 @dataclass
@@ -87,29 +83,6 @@ def _resolve_local(name: str, what: str) -> str | None:
     if _looks_local(name):
         raise ModelLoadError(f"could not load {what} {name!r}: no such file or folder")
     return None
-
-
-def _damaged_weights(exc: BaseException) -> bool:
-    """A weights file that cannot be parsed (cut short, overwritten): safetensors' own error, or
-    torch's for a pickled ``pytorch_model.bin``."""
-    import pickle
-
-    return (type(exc).__name__ == "SafetensorError" or isinstance(exc, (pickle.UnpicklingError, EOFError))
-            or "PytorchStreamReader" in str(exc))
-
-
-@contextlib.contextmanager
-def reading_weights(where: str | Path):
-    """Around any ``from_pretrained`` that reads weights: a damaged file is one ModelLoadError naming
-    the folder, not a traceback from inside safetensors (every command that loads a model)."""
-    try:
-        yield
-    except Exception as exc:  # noqa: BLE001 - only damaged-file errors are translated, the rest re-raised
-        if not _damaged_weights(exc):
-            raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"could not read the model weights in {where}: {first} (the file is damaged or "
-                             "incomplete, e.g. a download or copy cut short: copy it again)") from exc
 
 
 def _hub_kwargs(cfg: ModelConfig) -> dict:
@@ -355,25 +328,6 @@ def _align_with_tokenizer(model, tokenizer) -> None:
         gen = getattr(model, "generation_config", None)
         if gen is not None and getattr(gen, "pad_token_id", None) is None:
             gen.pad_token_id = pad
-
-
-def context_length(model_or_config) -> int | None:
-    """Positions the model can embed (``max_position_embeddings``, GPT-2's ``n_positions``), less
-    :data:`registry.POSITION_OFFSET`; None when its config states no limit."""
-    config = getattr(model_or_config, "config", model_or_config)
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if not isinstance(limit, int) or limit <= 0:
-        return None
-    return limit - POSITION_OFFSET.get(getattr(config, "model_type", None) or "", 0)
-
-
-def check_block_size(model, block_size: int, key: str) -> None:
-    """Refuse blocks longer than the model's context: GPT-2 failed with an IndexError mid-run, and
-    a RoPE model (Llama) silently trained on positions it was never built for."""
-    limit = context_length(model)
-    if limit is not None and block_size > limit:
-        raise ConfigError(f"{key}: {block_size} tokens is more than the model's context of {limit} positions "
-                          f"(max_position_embeddings in its config.json); use {key} <= {limit}")
 
 
 def load_model(cfg: ModelConfig, *, objective: str | None = None, for_task: None = None,

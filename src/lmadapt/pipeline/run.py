@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ..config.base import ConfigError, to_dict
 from ..config.pipeline import LM_KINDS, PipelineConfig, load_pipeline
+from ..folders import refuse_foreign_folder
 from ..train.dist import barrier, broadcast, is_main_process, world_size
 from ..train.run_folder import FolderLock
 from ..train.outputs import atomic_write_text, read_json, write_json
@@ -43,6 +44,9 @@ from .rows import BASELINE_DIR, EVIDENCE_FILE, baseline_row, input_row, stage_ro
 RESULTS_FILE = "results.jsonl"
 STATE_FILE = "run_state.json"
 PIPELINE_FILE = "pipeline.yaml"
+# A folder holding one of these is a run folder (the demo trains its tokenizer there before the run).
+RUN_MARKERS = (PIPELINE_FILE, STATE_FILE, RESULTS_FILE, "stages", ".lmadapt_run.lock",
+               "tokenizer/lmadapt_demo_tokenizer.json")
 
 
 # --- evidence ------------------------------------------------------------------------------------
@@ -204,7 +208,8 @@ def run_pipeline(cfg: PipelineConfig, *, pipeline_file: str | None = None, repor
         error = None
         if is_main_process():
             try:
-                check_run_folder(out)
+                # report.md, results.jsonl, ... go into output_dir: never over a folder that is not a run's
+                refuse_foreign_folder(out, RUN_MARKERS, "output_dir", "an `lmadapt run` folder")
                 out.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(RunLock(out))
             except ConfigError as exc:
@@ -213,21 +218,6 @@ def run_pipeline(cfg: PipelineConfig, *, pipeline_file: str | None = None, repor
         if error:
             raise ConfigError(error)
         return _run_locked(cfg, out, pipeline_file=pipeline_file, report=report, jobs=jobs, rerun=rerun)
-
-
-def check_run_folder(out: Path) -> None:
-    """A run writes report.md, results.jsonl, ... into ``output_dir``: a non-empty folder that is not
-    a run folder (none of its files) is refused rather than written over (issue 19: never overwrite
-    what lmadapt did not write)."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output_dir: {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        markers = (PIPELINE_FILE, STATE_FILE, RESULTS_FILE, "stages", ".lmadapt_run.lock",
-                   "tokenizer/lmadapt_demo_tokenizer.json")   # `lmadapt demo` trains its tokenizer first
-        if not any((out / m).exists() for m in markers):
-            shown = ", ".join(sorted(p.name for p in out.iterdir())[:4])
-            raise ConfigError(f"output_dir: {out} is not empty ({shown}, ...) and is not an `lmadapt run` folder; "
-                              "give a new or empty folder")
 
 
 def rerun_names(runs: list[ArmRun], rerun) -> set[str]:
