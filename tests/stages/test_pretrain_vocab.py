@@ -108,3 +108,23 @@ def test_lora_with_extension_saves_the_grown_embeddings(ws):
     clf = AutoModelForSequenceClassification.from_pretrained(d / "ft")
     assert clf.get_input_embeddings().weight.shape[0] == len(tok) + 3
     assert len(AutoTokenizer.from_pretrained(d / "ft")(f"a {WORD}", add_special_tokens=False)["input_ids"]) == 2
+
+
+def test_masked_lm_with_wordpiece_extension(ws, tmp_path):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from helpers import tiny_bert, tiny_wordpiece_tokenizer
+    from lmadapt.stages.pretrain import run_pretrain
+    d, _, _ = ws
+    tok = tiny_wordpiece_tokenizer(tmp_path / "bert")
+    tiny_bert(len(tok)).save_pretrained(tmp_path / "bert")
+    data = _recipe(d, tmp_path / "out", extend=2)
+    data["model"] = {"path": str(tmp_path / "bert")}
+    data["train"]["max_steps"] = 2
+    metrics = run_pretrain(load_recipe(PretrainConfig, data=data))
+    assert metrics["objective"] == "masked" and metrics["vocab"]["added"] == 2
+    assert "word_perplexity" not in metrics["heldout"]["valid"]["after"]   # per word: causal models only
+    ptok = AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert ptok.convert_ids_to_tokens(ptok(f"the {WORD}", add_special_tokens=False)["input_ids"]) == ["the", WORD]
+    model = AutoModelForMaskedLM.from_pretrained(tmp_path / "out")
+    assert model.get_input_embeddings().weight.shape[0] == len(tok) + 2
