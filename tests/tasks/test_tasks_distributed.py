@@ -30,8 +30,10 @@ TASKS = {
 }
 
 
-@pytest.mark.parametrize("task", sorted(TASKS))
-def test_two_process_finetune_scores_like_one_process(tmp_path, task):
+@pytest.mark.parametrize("task, sharding", [(t, "none") for t in sorted(TASKS)] + [("instruction", "fsdp")])
+def test_two_process_finetune_scores_like_one_process(tmp_path, task, sharding):
+    """(fsdp: the model sharded over the two processes; the callback's and the final evaluation,
+    generation included, then run in lockstep on every process.)"""
     from lmadapt.stages.finetune import read_splits
     from lmadapt.stages.predict import load_predictor
 
@@ -42,7 +44,7 @@ def test_two_process_finetune_scores_like_one_process(tmp_path, task):
             for seed, (split, n) in enumerate((("train", 32), ("dev", 11), ("test", 9)))}   # odd: uneven shares
     recipe = {"model": {"path": str(tmp_path / "model")}, "data": data, "task": {"type": task}, **sections,
               "train": {"output_dir": str(tmp_path / "out"), "epochs": 2, "batch_size": 4, "lr": 3e-3,
-                        "log_every": 1, "report_to": [], "torch_threads": 1}}
+                        "log_every": 1, "report_to": [], "torch_threads": 1, "sharding": sharding}}
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     proc = torchrun("-m", "lmadapt.cli", "finetune", str(tmp_path / "recipe.yaml"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
