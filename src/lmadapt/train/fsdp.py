@@ -188,9 +188,9 @@ def loss_across_processes(model, trainer_kwargs: dict | None) -> dict:
     takes ``**kwargs`` (it then expects the model to divide by the global ``num_items_in_batch``);
     heads whose loss ignores it (BERT's MLM head, sequence classification) would train and log a
     loss that many times too large (seen under DDP too: a 2-process classification fine-tune logged
-    1.395 where one process logged 0.698, and stepped with doubled gradients). MLM gets the token-mean loss over all processes; other non-causal
-    heads are marked as not taking loss kwargs (a mean per process, averaged: the same for equal
-    batches of one label each)."""
+    1.395 where one process logged 0.698, and stepped with doubled gradients). MLM gets the
+    token-mean loss over all processes; other non-causal heads are marked as not taking loss kwargs
+    (a mean per process, averaged: the same for equal batches of one label each)."""
     kwargs = dict(trainer_kwargs or {})
     if kwargs.get("compute_loss_func") is not None:
         return kwargs
@@ -252,12 +252,11 @@ def unsharded_on_main(model):
         cfg = model.peft_config[model.active_adapter]
         with torch.device("meta"):
             plain = get_peft_model(plain, cfg)
-    missing, unexpected = plain.load_state_dict(state, strict=False, assign=True)
-    left = [n for n, p in plain.named_parameters() if p.is_meta]
+    _, unexpected = plain.load_state_dict(state, strict=False, assign=True)
+    _base(plain).tie_weights()   # assign=True replaced the tied tensors one by one
+    left = [n for n, p in plain.named_parameters(remove_duplicate=False) if p.is_meta]
     if left or unexpected:
         raise RuntimeError(f"gathering the sharded model: parameters not gathered {left[:3]}, unknown {unexpected[:3]}")
-    if hasattr(plain, "tie_weights"):
-        _base(plain).tie_weights()
     return plain.eval()
 
 
