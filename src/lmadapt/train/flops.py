@@ -17,8 +17,9 @@ lower bound). Masked LM counts the head on every token, as its forward does.
 
 Peaks are dense (no sparsity) tensor-core numbers from the vendors' data sheets, per device name;
 on CPU the peak is a measured fp32 matmul rate (once per machine and thread count, cached in
-~/.cache/lmadapt/cpu_peak.json): MFU there says how close training runs to what this CPU's BLAS
-does on a large matmul, not to a data-sheet number.
+~/.cache/lmadapt/cpu_peak.json; LMADAPT_CPU_PEAK_FLOPS overrides it): MFU there says how close
+training runs to what this CPU's BLAS does on a large matmul, not to a data-sheet number. On a
+shared machine the measurement is as noisy as the training it is compared with.
 """
 from __future__ import annotations
 
@@ -120,6 +121,8 @@ def _cpu_name() -> str:
 
 def cpu_peak_flops(cache: Path | None = None) -> float:
     """The measured CPU peak (see :func:`measure_cpu_peak`), cached per CPU model and thread count."""
+    if os.environ.get("LMADAPT_CPU_PEAK_FLOPS"):   # a known number, or one measured on an idle machine
+        return float(os.environ["LMADAPT_CPU_PEAK_FLOPS"])
     threads = torch.get_num_threads()
     if threads in _CPU_PEAK:
         return _CPU_PEAK[threads]
