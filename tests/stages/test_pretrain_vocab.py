@@ -128,3 +128,24 @@ def test_masked_lm_with_wordpiece_extension(ws, tmp_path):
     assert ptok.convert_ids_to_tokens(ptok(f"the {WORD}", add_special_tokens=False)["input_ids"]) == ["the", WORD]
     model = AutoModelForMaskedLM.from_pretrained(tmp_path / "out")
     assert model.get_input_embeddings().weight.shape[0] == len(tok) + 2
+
+
+def test_pretrain_with_a_tokenizer_folder_from_the_command(ws, tmp_path):
+    from lmadapt.config.base import ConfigError
+    from lmadapt.models.vocab import extend_tokenizer, mine_candidates
+    from lmadapt.stages.pretrain import run_pretrain
+    from helpers import tiny_wordpiece_tokenizer
+    d, tok, base = ws
+    texts = [f"a {WORD} here"] * 6
+    cands = mine_candidates(tok, texts, add=1, min_frequency=2)
+    extend_tokenizer(tok, cands, tmp_path / "ext")
+    data = _recipe(d, tmp_path / "out", tokenizer=str(tmp_path / "ext"))
+    data["train"]["max_steps"] = 1
+    metrics = run_pretrain(load_recipe(PretrainConfig, data=data))
+    assert metrics["vocab"]["source"] == str(tmp_path / "ext") and metrics["vocab"]["new_size"] == len(tok) + 1
+    # a folder extending another tokenizer (here of the same size) is refused
+    other = tiny_wordpiece_tokenizer(tmp_path / "wp")
+    extend_tokenizer(other, mine_candidates(other, texts, add=1, min_frequency=2), tmp_path / "wrong")
+    data = _recipe(d, tmp_path / "out2", tokenizer=str(tmp_path / "wrong"))
+    with pytest.raises(ConfigError, match="extends another tokenizer"):
+        run_pretrain(load_recipe(PretrainConfig, data=data))

@@ -212,7 +212,7 @@ def extend_tokenizer(tokenizer, cands: list[Candidate], folder: str | Path, *, b
                               f"(e.g. {', '.join(map(repr, changed[:5]))}); its vocabulary holds entries its merges "
                               "never produce")
         record = {"kind": kind, "base": base or str(tokenizer.name_or_path), "old_size": len(tokenizer),
-                  "new_size": len(new), "tokens": [asdict(c) for c in cands]}
+                  "old_vocab_sha256": vocab_digest(tokenizer), "new_size": len(new), "tokens": [asdict(c) for c in cands]}
         (tmp / VOCAB_FILE).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
@@ -228,6 +228,13 @@ def _copy(tokenizer, folder: Path):
 
     tokenizer.save_pretrained(str(folder))
     return AutoTokenizer.from_pretrained(str(folder))
+
+
+def vocab_digest(tokenizer) -> str:
+    """sha256 of a tokenizer's token -> id map: which vocabulary an extension was made for."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()).hexdigest()
 
 
 def read_extension(folder: str | Path) -> dict | None:

@@ -21,7 +21,7 @@ from ..data.sources import Corpus
 from ..models.embed_init import init_new_rows
 from ..models.load import fix_pad_token
 from ..models.vocab import (candidate_table, extend_tokenizer, mine_candidates, pretoken_counts, read_extension,
-                            tokenizer_kind, tokens_per_word)
+                            tokenizer_kind, tokens_per_word, vocab_digest)
 from ..train.dist import log, main_first
 from .pretrain_data import BLOCKS_DIR
 
@@ -84,9 +84,9 @@ def extend_vocabulary(cfg: PretrainConfig, corpus: Corpus | None, loaded, out: P
     if record is None:
         raise ConfigError(f"vocab.tokenizer: {folder} has no lmadapt_vocab.json; make the folder with "
                           "`lmadapt tokenizer extend MODEL --data CORPUS --add N --output DIR`")
-    if record["old_size"] != len(old):
-        raise ConfigError(f"vocab.tokenizer: {folder} extends a tokenizer of {record['old_size']:,} tokens, but "
-                          f"the model's has {len(old):,}; extend this model's tokenizer")
+    if record["old_size"] != len(old) or record.get("old_vocab_sha256", vocab_digest(old)) != vocab_digest(old):
+        raise ConfigError(f"vocab.tokenizer: {folder} extends another tokenizer ({record['old_size']:,} tokens) than "
+                          f"the model's ({len(old):,} tokens); extend this model's tokenizer")
     new = AutoTokenizer.from_pretrained(str(folder))
     fix_pad_token(new)
     pieces = {int(t["id"]): list(t["piece_ids"]) for t in record["tokens"]}
