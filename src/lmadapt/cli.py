@@ -7,6 +7,7 @@
                  [--harness-tasks T ...]          + lm-evaluation-harness scores, instruction retention
     lmadapt predict MODEL --input F.jsonl --output P.jsonl | --text "..."
     lmadapt tokenizer train --data PATH ... --kind bpe|wordpiece --vocab-size N --output DIR
+    lmadapt tokenizer extend MODEL --data PATH ... --add N --output DIR   add the most fragmented domain words
     lmadapt convert FILE.gguf --output DIR           GGUF -> trainable safetensors folder
     lmadapt presets                                  scratch model sizes
     lmadapt advise MODEL --domain CORPUS --task-train LABELED --goal classify
@@ -91,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--instruction-generate", type=int, default=0, metavar="N",
                     help="also exact match of greedy generations on the first N instruction records")
     ev.add_argument("--output", default=None, help="also write the metrics as JSON here")
+    ev.add_argument("--trust-remote-code", action="store_true",
+                    help="run Python code the model folder ships (config.json auto_map); only for a folder you trust")
 
     pr = sub.add_parser("predict", help="predict with a fine-tuned model", formatter_class=_Formatter)
     pr.add_argument("model", help="fine-tuned model folder")
