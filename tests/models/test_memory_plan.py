@@ -175,3 +175,39 @@ def test_gpus_needed_is_the_fewest_that_fit():
     assert fits(n) and not fits(n - 1)
     assert gpus_needed(s, setup, 24) > gpus_needed(s, setup, 40) >= n >= gpus_needed(s, setup, 141)
     assert gpus_needed(s, replace(setup, cpu_offload=True), 40) == 1           # the state lives in host RAM
+
+
+def test_sharded_state_per_process_is_the_plans(monkeypatch):
+    """FSDP2 over 2 processes, as lmadapt shards (train/fsdp.shard_model), one AdamW step: each process
+    holds exactly the planner's 16/N B/param of weights, gradients and AdamW state (+ the unsharded
+    step counters). Each rank is built in this process on torch's fake process group (collectives
+    are no-ops; shapes, shards and allocations are real), so no two-process launch is needed."""
+    import torch.distributed as tdist
+    fake_pg = pytest.importorskip("torch.testing._internal.distributed.fake_pg")
+
+    from lmadapt.config.train import TrainConfig
+    from lmadapt.train.fsdp import shard_model
+
+    def local_bytes(t) -> int:
+        t = t.to_local() if hasattr(t, "to_local") else t   # a DTensor: this process's shard
+        return t.numel() * t.element_size()
+
+    s = model_shape(tiny_llama(400))
+    per = plan(s, Setup(processes=2, sharding="fsdp")).state
+    for rank in (0, 1):
+        for key, value in (("WORLD_SIZE", "2"), ("RANK", str(rank)), ("LOCAL_RANK", str(rank))):
+            monkeypatch.setenv(key, value)
+        tdist.init_process_group("fake", store=fake_pg.FakeStore(), rank=rank, world_size=2)
+        try:
+            model = shard_model(tiny_llama(400).train(), TrainConfig(precision="fp32", sharding="fsdp"))
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+            ids = torch.randint(5, 400, (2, 16), generator=torch.Generator().manual_seed(0))
+            model(input_ids=ids, labels=ids).loss.backward()
+            opt.step()
+            ps = list({id(p): p for p in model.parameters()}.values())
+            measured = {"weights": sum(local_bytes(p) for p in ps), "grads": sum(local_bytes(p.grad) for p in ps),
+                        "optimizer": sum(local_bytes(t) for st in opt.state.values() for t in st.values()
+                                         if torch.is_tensor(t))}
+        finally:
+            tdist.destroy_process_group()
+        assert measured == per, rank
