@@ -146,6 +146,13 @@ def last_step(out: Path) -> int:
     return -1
 
 
+def error_of(out: Path) -> str:
+    """The last error line of a run's log."""
+    lines = Path(f"{out}.log").read_text(encoding="utf-8", errors="replace").splitlines()
+    said = [line for line in lines if "rror" in line]
+    return (said or lines or ["(no output)"])[-1][-300:]
+
+
 def run_killed(command: str, recipe: Path, out: Path, total_steps: int, kills: int, rng: random.Random) -> list[str]:
     """``kills`` SIGKILLs at random points, each run resuming the last; then a run to the end. Where each kill landed."""
     plan = [("step", t) for t in sorted(rng.sample(range(1, total_steps), kills - kills // 5))]
@@ -163,7 +170,7 @@ def run_killed(command: str, recipe: Path, out: Path, total_steps: int, kills: i
         if not proc.is_alive():
             proc.join()
             landed.append(f"{kind} {at:.0f}: " + ("finished before the kill" if proc.exitcode == 0 else
-                                                   f"FAILED on its own (exit {proc.exitcode})"))
+                                                   f"FAILED on its own (exit {proc.exitcode}: {error_of(out)})"))
             continue
         step = last_step(out)
         os.kill(proc.pid, signal.SIGKILL)
@@ -172,7 +179,7 @@ def run_killed(command: str, recipe: Path, out: Path, total_steps: int, kills: i
     proc = start(command, recipe, out, "train.resume=true")
     proc.join()
     if proc.exitcode != 0:
-        landed.append(f"the final resumed run FAILED (exit {proc.exitcode})")
+        landed.append(f"the final resumed run FAILED (exit {proc.exitcode}: {error_of(out)})")
     return landed
 
 
@@ -196,7 +203,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="draws the kill points")
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--kinds", default="causal_pretrain,mlm_pretrain,classification,classification_dev,instruction")
-    ap.add_argument("--keep", action="store_true", help="keep the work folder (printed)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (printed; kept anyway when a kind differs)")
     args = ap.parse_args()
     hf_logging.disable_progress_bar()
     work = Path(tempfile.mkdtemp(prefix="lmadapt_kill_resume_"))
@@ -224,7 +231,7 @@ def main() -> int:
             print("  " + json.dumps(result))
             sys.stdout.flush()
     finally:
-        if args.keep:
+        if args.keep or not all(r["identical"] for _, r in rows):   # what went wrong stays to be read
             print(f"work folder: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
