@@ -29,7 +29,12 @@ def test_vocabulary_arm_runs_through_finetune_and_predict(tmp_path):
     assert "domain_wppl" in keys and "general_wppl" in keys
     values = arm_values(run)
     assert values["vocab_ft"]["domain_wppl"].mean == vocab_row["lm"]["domain"]["word_perplexity"]
-    assert "domain word ppl" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "domain word ppl" in report and "## Vocabulary extension" in report
+    v = vocab_row["vocab"]
+    assert v["added"] == 4 and v["tokens_per_word_after"] < v["tokens_per_word_before"]
+    assert f"| vocab | 4 | mean | {v['tokens_per_word_before']:.3f} | {v['tokens_per_word_after']:.3f} |" in report
+    assert "Vocabulary extension" in (out / "report.html").read_text()
 
     ft = next(r for r in run.rows if r.get("arm") == "vocab_ft" and r.get("kind") == "finetune")
     assert ft["task"]["test"]

@@ -23,6 +23,7 @@ from .compare import BASELINE_ARM, Run, Stat, arm_chains, comparison, load_run, 
 from .fmt import fmt_value as _fmt
 from .svg import svg_chart
 from .verdict import fmt_cells, sentence, verdicts
+from .vocab_report import vocab_html, vocab_md
 
 ASSETS_DIR = "report_files"
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
@@ -427,6 +428,7 @@ def render_markdown(run: Run, b: dict) -> str:
                   + " | ".join([_fmt(v, 'ppl') for v in x["ppl"]] + [_fmt(v) for v in x["caps"]]) + " |"
                   for x in mg["rows"]]
         lines.append("")
+    lines += vocab_md(run.rows)
     if b["tokens"]:
         lines += ["## Token accounting (pretraining stages)", "",
                   "| stage | documents | tokens | blocks | padding | dropped | non-pad | tokens seen | mixture (tokens used, share, factor) |",
@@ -560,6 +562,7 @@ def render_html(run: Run, b: dict) -> str:
                   + "".join(f"<td class='n'>{_fmt(v, 'ppl')}</td>" for v in x["ppl"])
                   + "".join(f"<td class='n'>{_fmt(v)}</td>" for v in x["caps"]) + "</tr>" for x in mg["rows"]]
         parts.append("</table>")
+    parts += vocab_html(run.rows, e)
     if b["tokens"]:
         parts.append("<h2>Token accounting (pretraining stages)</h2>")
         parts.append("<table><tr><th>stage</th><th>documents</th><th>tokens</th><th>blocks</th><th>padding</th>"

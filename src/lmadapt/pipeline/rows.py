@@ -85,6 +85,12 @@ def stage_row(run: ArmRun, index: int, inst: StageInstance, out: Path, executed:
         row["heldout"] = {n: {"before": (v.get("before") or {}).get("perplexity"),
                               "after": (v.get("after") or {}).get("perplexity")}
                           for n, v in (metrics.get("heldout") or {}).items()}
+    if inst.kind == "pretrain" and metrics.get("vocab"):
+        v, frag = metrics["vocab"], metrics["vocab"].get("fragmentation") or {}
+        row["vocab"] = {"added": v.get("added"), "init": v.get("init"), "text": frag.get("text"),
+                        "tokens_per_word_before": frag.get("tokens_per_word_before"),
+                        "tokens_per_word_after": frag.get("tokens_per_word_after"),
+                        "top": [t.get("word") for t in (v.get("tokens") or [])[:8]]}
     if inst.kind == "merge":
         row["merge"] = {"alpha": metrics.get("alpha"), "rule": (metrics.get("selection") or {}).get("rule"),
                         "sweep": metrics.get("sweep") or []}
