@@ -146,3 +146,46 @@ def test_masked_lm_pretraining_resumes_bit_identically(tmp_path, monkeypatch):
     # tokens/s over the whole run: the parts before the last count (their time up to their last checkpoint)
     assert resumed["train"]["train_seconds"] > resumed["phase_seconds"]["train"] + 0.01
     check_whole_run(full, resumed, tmp_path / "full", tmp_path / "killed")
+
+
+# --- the pure functions underneath (no training) --------------------------------------------------------
+
+def test_sampler_order_depends_on_seed_and_epoch_only():
+    from lmadapt.train.samplers import EpochLengthGroupedSampler, EpochWeightedSampler
+
+    lengths = [random.Random(i).randint(3, 40) for i in range(64)]
+    for build in (lambda: EpochLengthGroupedSampler(8, lengths=lengths, seed=5),
+                  lambda: EpochWeightedSampler([1.0 + i % 3 for i in range(64)], num_samples=64, seed=5)):
+        ran = build()
+        orders = []
+        for epoch in range(3):
+            ran.set_epoch(epoch)
+            orders.append(list(ran))
+        fresh = build()            # a resumed run builds its sampler anew, in epoch 2
+        fresh.set_epoch(2)
+        assert list(fresh) == orders[2]
+        assert orders[0] != orders[1] != orders[2]      # still a new order every epoch
+
+
+def test_masks_depend_on_seed_epoch_and_example_only():
+    from lmadapt.data.collators import WholeWordMLMCollator
+    from lmadapt.data.mask_seeds import MaskSeeded
+
+    tok = tiny_wordpiece_tokenizer()
+    rng = random.Random(0)
+    rows = []
+    for _ in range(6):
+        ids = tok(" ".join(rng.choice(WORDS) for _ in range(20)), add_special_tokens=False)["input_ids"][:24]
+        ids += [tok.pad_token_id] * (24 - len(ids))
+        rows.append({"input_ids": ids, "position_ids": list(range(24)), "word_starts": [1] * 24,
+                     "is_padding": [int(i == tok.pad_token_id) for i in ids]})
+    data = MaskSeeded(rows, seed=0)
+    collate = WholeWordMLMCollator(tok, mlm_probability=0.3)
+    torch.manual_seed(1)
+    together = collate([data[i] for i in range(6)])
+    torch.manual_seed(2)                 # other global RNG state, other batch company, other order
+    alone = collate([data[4], data[1]])
+    assert torch.equal(alone["input_ids"][0], together["input_ids"][4])
+    assert torch.equal(alone["labels"][1], together["labels"][1])
+    data.set_epoch(1)
+    assert not torch.equal(collate([data[4]])["labels"][0], together["labels"][4])   # fresh masks next epoch
