@@ -131,7 +131,9 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
         # Liger wants one dtype for input and weight: cast (the cast is differentiable, so the
         # fp32 master weight still gets its gradient).
         fn = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE, reduction="sum")
-        total = fn(weight.to(dtype), h.to(dtype), t, bias.to(dtype) if bias is not None else None)
+        total = fn(weight.to(dtype), h.to(dtype).contiguous(), t, bias.to(dtype) if bias is not None else None)
+        if not isinstance(total, torch.Tensor):   # versions that also return z-loss / accuracy
+            total = total[0] if isinstance(total, (tuple, list)) else total.loss
         return total.float() / denom
     scale = 1.0 / denom
     with torch.autocast(h.device.type, enabled=False):   # dtypes are chosen explicitly above
