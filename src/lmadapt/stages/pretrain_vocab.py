@@ -6,12 +6,13 @@
 
 The candidates are mined on each node's first process (the one holding the corpus) from the first
 ``vocab.mine_chars`` characters of the training sources and the extended tokenizer is written to
-``out/.lmadapt-blocks/vocab`` (removed with the blocks when the stage ends); the node's other
+``out/.lmadapt-blocks/vocab-HOST`` (removed with the blocks when the stage ends); the node's other
 processes read it from there. Fragmentation (tokens per word) before and after is measured on the
 held-out sources (else on the mined text) where the corpus is.
 """
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +79,8 @@ def extend_vocabulary(cfg: PretrainConfig, corpus: Corpus | None, loaded, out: P
     if vc.tokenizer:
         folder = Path(vc.tokenizer)
     else:
-        folder = out / BLOCKS_DIR / VOCAB_DIR
+        # per host: nodes sharing the output folder each mine (the same tokens) into their own copy
+        folder = out / BLOCKS_DIR / f"{VOCAB_DIR}-{socket.gethostname()}"
         main_first(lambda: _mine(cfg, corpus, old, folder), "mining the vocabulary", per_node=True, others=lambda: None)
     record = read_extension(folder)
     if record is None:
