@@ -135,7 +135,8 @@ def cmd_evaluate(args, parser):
         check_tasks(harness)        # a misspelt task fails before the model loads
     metrics = evaluate_model(args.model, args.data, text_field=args.text_field, split_docs=args.split_docs,
                              block_size=args.block_size, batch_size=args.batch_size,
-                             max_tokens=args.max_tokens, packing=args.packing, harness=harness, retention=retention)
+                             max_tokens=args.max_tokens, packing=args.packing, harness=harness, retention=retention,
+                             trust_remote_code=args.trust_remote_code)
     print(json.dumps(metrics, indent=2))
     if args.output:
         from .train.outputs import write_json

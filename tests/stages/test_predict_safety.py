@@ -86,3 +86,22 @@ def test_predict_output_that_is_a_folder_is_refused_before_loading(finetuned, tm
     assert main(["predict", str(finetuned), "--input", str(finetuned.parent / "train.jsonl"),
                  "--output", str(tmp_path / "preds")]) == 2
     assert "--output" in capsys.readouterr().err and list((tmp_path / "preds").iterdir()) == []
+
+
+def test_evaluate_runs_folder_code_only_with_the_flag(tmp_path, capsys):
+    from helpers import tiny_bpe_tokenizer, tiny_llama
+    folder = tmp_path / "downloaded"
+    tiny_llama(len(tiny_bpe_tokenizer(folder))).save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "MARKER"
+    code = EVIL.replace("MARKER_PATH", repr(str(marker))).replace("BertConfig", "LlamaConfig").replace('"bert"', '"llama"')
+    (folder / "evil.py").write_text(code.replace("from transformers import LlamaConfig",
+                                                 "from transformers import LlamaConfig, LlamaForCausalLM")
+                                    + "\n\nclass EvilModel(LlamaForCausalLM):\n    config_class = EvilConfig\n")
+    text = tmp_path / "valid.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 8)
+    args = ["evaluate", str(folder), "--data", str(text), "--block-size", "16"]
+    assert main(args) == 0 and not marker.exists()
+    assert main(args + ["--trust-remote-code"]) == 0 and marker.exists()

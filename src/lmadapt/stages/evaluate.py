@@ -25,11 +25,12 @@ from ..train.lm_eval import heldout_collator, score_sets
 def evaluate_model(model_dir: str, data: list[str], *, text_field: str = "text", split_docs: str = "file",
                    block_size: int = 512, batch_size: int = 8, max_tokens: int | None = None,
                    packing: str = "auto", loaded=None, harness: HarnessConfig | None = None,
-                   retention: RetentionConfig | None = None) -> dict:
+                   retention: RetentionConfig | None = None, trust_remote_code: bool = False) -> dict:
     """Metrics per data set: {name: {loss, perplexity, tokens, documents, ...}}, and the harness /
-    instruction-retention scores when those are configured."""
+    instruction-retention scores when those are configured. Code shipped with the model runs only
+    with ``trust_remote_code`` (the caller's ``--trust-remote-code``, never the folder's own files)."""
     if loaded is None:
-        loaded = load_model(ModelConfig(path=str(model_dir)))
+        loaded = load_model(ModelConfig(path=str(model_dir), trust_remote_code=trust_remote_code))
     check_block_size(loaded.model, block_size, "block_size")
     model, tokenizer, objective = to_process_device(loaded.model), loaded.tokenizer, loaded.objective
     mode = packing
