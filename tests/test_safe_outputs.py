@@ -62,6 +62,7 @@ def test_overwrite_replaces_only_our_files_and_removes_only_our_stale_ones(tmp_p
         for name in ("a.txt", "b.txt"):
             open(os.path.join(tmp, name), "w").write("1")
 
+    out.mkdir()                                       # an empty folder is simply filled
     write_folder(out, fill_ab)
     (out / "c.txt").write_text("user")                # the user adds a file
     with pytest.raises(ConfigError, match="c.txt"):
