@@ -53,13 +53,13 @@ def context_length(model_or_config) -> int | None:
     return limit - POSITION_OFFSET.get(getattr(config, "model_type", None) or "", 0)
 
 
-def check_block_size(model, block_size: int, key: str) -> None:
+def check_block_size(model, block_size: int, key: str, where: str = "in its config.json") -> None:
     """Refuse blocks longer than the model's context: GPT-2 failed with an IndexError mid-run, and
     a RoPE model (Llama) silently trained on positions it was never built for."""
     limit = context_length(model)
     if limit is not None and block_size > limit:
         raise ConfigError(f"{key}: {block_size} tokens is more than the model's context of {limit} positions "
-                          f"(max_position_embeddings in its config.json); use {key} <= {limit}")
+                          f"(max_position_embeddings {where}); use {key} <= {limit}")
 
 
 __all__ = ["ModelLoadError", "check_block_size", "context_length", "reading_weights"]

@@ -90,7 +90,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
             if st.capped_at is not None:
                 log(f"{name}: read its first {st.capped_at:,} documents (max_documents) and read no further")
     loaded = load_model(cfg.model)
-    check_block_size(loaded.model, cfg.data.block_size, "data.block_size")
+    check_block_size(loaded.model, cfg.data.block_size, "data.block_size", "in its config.json" if
+                     cfg.model.init != "scratch" else "of the size preset; or raise model.dims.max_position_embeddings")
     vocab = extend_vocabulary(cfg, corpus, loaded, out)   # vocab.*: extended tokenizer, new rows initialised
     model, tokenizer, objective = loaded.model, loaded.tokenizer, loaded.objective
     sharded = wants_sharding(cfg.train)
