@@ -252,5 +252,6 @@ def tokens_per_word(tokenizer, texts: Iterable[str]) -> dict:
     """Fragmentation of ``texts``: tokens (no special tokens) per whitespace-separated word."""
     texts = list(texts)
     words = sum(len(t.split()) for t in texts)
-    tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else 0
+    # verbose=False: counting only; no "longer than the model's maximum length" warning per long document
+    tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]) if texts else 0
     return {"tokens": tokens, "words": words, "tokens_per_word": round(tokens / words, 4) if words else None}
