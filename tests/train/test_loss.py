@@ -111,7 +111,8 @@ def test_function_matches_cross_entropy_with_bias_and_dtype():
 
 def test_chunk_rule_and_resolution():
     assert chunk_rows(32 * 1024, 49152, 576) == 512           # ~85 chunks of a power of two
-    assert chunk_rows(10, 100, 1000) == 16                     # vocab < hidden: one chunk
+    assert chunk_rows(10, 100, 1000) == 256                    # at least 256 rows
+    assert chunk_rows(2048 * 1024, 128256, 2048) == 65536      # Llama-1B, 2M tokens: 32 chunks
     model = tiny_llama(V)
     assert resolve_loss("auto", model)[0] == "chunked"         # CPU: no Liger
     assert resolve_loss("standard", model)[0] == "standard"

@@ -37,11 +37,17 @@ LOSSES = ("auto", "standard", "chunked", "liger")
 _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
+MIN_CHUNK_ROWS = 256
+
+
 def chunk_rows(n_rows: int, vocab: int, hidden: int) -> int:
     """Tokens per chunk: Liger's rule, so one chunk's logits are about the size of the hidden states
-    (``n_rows * hidden``): about vocab / hidden chunks, a power of two rows each."""
+    (``n_rows * hidden``): about vocab / hidden chunks, a power of two rows each; but at least 256
+    rows, since every chunk adds a vocab x hidden product into W's gradient (memory traffic that
+    tiny chunks of a small CPU batch would multiply)."""
     chunks = max(1, math.ceil(vocab / max(hidden, 1)))
-    return max(1, 1 << max(0, math.ceil(math.log2(max(1, math.ceil(n_rows / chunks))))))
+    rule = 1 << max(0, math.ceil(math.log2(max(1, math.ceil(n_rows / chunks)))))
+    return max(rule, MIN_CHUNK_ROWS)
 
 
 class _ChunkedLinearCE(torch.autograd.Function):
