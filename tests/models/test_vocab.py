@@ -119,3 +119,35 @@ def test_cli_extend_prints_the_table_and_respects_the_output_folder(tmp_path, ca
     out = capsys.readouterr().out
     assert f"' {WORD.capitalize()}'" in out and "tokens per word" in out and "pieces before" in out
     assert (tmp_path / "ext" / VOCAB_FILE).is_file()
+
+
+def _bpe_variant(pre_tokenizer, **model):
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from helpers import _bpe_json
+    j = json.loads(_bpe_json(400))
+    j["pre_tokenizer"] = pre_tokenizer
+    j["model"].update(model)
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(j)), eos_token="<|endoftext|>",
+                                   pad_token="<pad>")
+
+
+def test_llama3_style_pretokenizer(tmp_path):
+    """Llama 3: a Split regex then ByteLevel without its own regex, ignore_merges already on."""
+    pat = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    tok = _bpe_variant({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": pat}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+        ignore_merges=True)
+    cands = mine_candidates(tok, DOMAIN, add=2, min_frequency=2)
+    new = extend_tokenizer(tok, cands, tmp_path / "ext", counts=pretoken_counts(tok, DOMAIN))
+    assert len(_ids(new, f"The {WORD}")) == 2 and new.decode(_ids(new, f"The {WORD}")) == f"The {WORD}"
+    for text in CORPUS + [f"{WORD}s x{WORD}"]:
+        assert _ids(new, text) == _ids(tok, text), text
+
+
+def test_tokenizer_without_word_splitting_is_refused(tmp_path):
+    tok = _bpe_variant(None)     # the whole text is one pre-token: a whole-word entry could never apply
+    with pytest.raises(ConfigError, match="pre-tokenizer splits words"):
+        mine_candidates(tok, DOMAIN, add=2)
