@@ -189,3 +189,16 @@ def test_masks_depend_on_seed_epoch_and_example_only():
     assert torch.equal(alone["labels"][1], together["labels"][1])
     data.set_epoch(1)
     assert not torch.equal(collate([data[4]])["labels"][0], together["labels"][4])   # fresh masks next epoch
+
+
+def test_resuming_a_finished_run_trains_no_further(tmp_path):
+    """A run killed after its last step (in its final evaluation or save) resumes from its last checkpoint:
+    the Trainer once trained one step more there (41 of a 40-step run)."""
+    from toy_training import train_toy, weights
+
+    done, model = train_toy(tmp_path, max_steps=6, save_every=3)      # 16 steps an epoch: ends mid-epoch
+    again, model2 = train_toy(tmp_path, max_steps=6, save_every=3, resume=True)
+    assert again.resumed_from.endswith("checkpoint-6") and again.global_step == 6
+    w1, w2 = weights(model), weights(model2)
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert again.run["parts"] == 2 and again.train_loss == pytest.approx(done.train_loss)

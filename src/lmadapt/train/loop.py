@@ -23,7 +23,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from ..config.base import ConfigError
 from ..config.train import TrainConfig
 from .callbacks import JsonlLogCallback, TokenProgressCallback
-from .resume_state import DatasetEpoch, PackedTokenCount, RunSegments, find_callback
+from .resume_state import DatasetEpoch, ResumeExactly, RunSegments, find_callback
 from .checkpoints import AtomicCheckpoints, newest_complete_checkpoint
 from .guard import GuardedTrainer, RollBack, StepGuard, TrainingDiverged
 from .schedules import StableEndCheckpoint, extension_checkpoint, scheduler_arguments, stable_end
@@ -136,7 +136,7 @@ def latest_checkpoint(output_dir: str | Path, *, set_aside: bool = False, say=la
 
 def guarded(trainer_cls: type[Trainer]) -> type[Trainer]:
     """``trainer_cls`` with atomic checkpoints and the step guard (thin mixins over any Trainer subclass)."""
-    return type(f"Guarded{trainer_cls.__name__}", (AtomicCheckpoints, GuardedTrainer, PackedTokenCount, trainer_cls), {})
+    return type(f"Guarded{trainer_cls.__name__}", (AtomicCheckpoints, GuardedTrainer, ResumeExactly, trainer_cls), {})
 
 
 def _train_with_rollback(trainer: Trainer, cfg: TrainConfig, resume: str | None):

@@ -13,10 +13,14 @@ things it does not:
   ``ExportableState`` callback), so the checkpoint a resume loads holds exactly the history that led to
   it, and :meth:`RunSegments.whole_run` adds the last part. Time spent after the last checkpoint of a
   killed part is lost work, not counted.
-* :class:`PackedTokenCount`: the Trainer counts "non-padding" tokens as ``attention_mask.sum()``; a
-  masked-LM batch in document mode carries a 4D additive mask (0 = attend, dtype-min = blocked), so the
-  count went hugely negative (BERT's ``tokens_seen``). For masks that are not [batch, length] the count
-  is the tokens that are not padding, from ``input_ids``.
+* :class:`ResumeExactly` (a Trainer mixin), two things:
+  - the Trainer counts "non-padding" tokens as ``attention_mask.sum()``; a masked-LM batch in document
+    mode carries a 4D additive mask (0 = attend, dtype-min = blocked), so the count went hugely negative
+    (BERT's ``tokens_seen``). For masks that are not [batch, length] the count is the tokens that are not
+    padding, from ``input_ids``.
+  - resumed from a checkpoint that already reached ``max_steps`` (the run was killed in its final
+    evaluation or save), the Trainer trained one step more (seen: 41 and 42 of a 40-step run, after
+    two such resumes). It now gets no batch there, and ends where the run ended.
 """
 from __future__ import annotations
 
@@ -108,8 +112,14 @@ class RunSegments(TrainerCallback, ExportableState):
                 "segments": parts}
 
 
-class PackedTokenCount:
-    """Trainer mixin: tokens seen counted right for 4D attention masks (see the module docstring)."""
+class ResumeExactly:
+    """Trainer mixin: tokens seen counted right for 4D attention masks, and no step past ``max_steps``
+    on a resume (see the module docstring)."""
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        if 0 < self.state.max_steps <= self.state.global_step:
+            return [], None   # the run is done: the epoch's remaining steps run empty, the loop ends
+        return super().get_batch_samples(epoch_iterator, num_batches, device)
 
     def _track_num_input_tokens(self, inputs):
         mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
@@ -125,4 +135,4 @@ def find_callback(trainer, cls):
     return next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, cls)), None)
 
 
-__all__ = ["DatasetEpoch", "PackedTokenCount", "RunSegments", "find_callback"]
+__all__ = ["DatasetEpoch", "ResumeExactly", "RunSegments", "find_callback"]
