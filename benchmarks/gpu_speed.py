@@ -53,10 +53,11 @@ CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 
 
-def build_model(shape: str, seq: int, attn: str = "sdpa"):
+def build_model(shape: str, seq: int, attn: str = "sdpa", layers: int | None = None):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(**SHAPES[shape], max_position_embeddings=max(seq, 2048), rms_norm_eps=1e-5,
+    dims = {**SHAPES[shape], **({"num_hidden_layers": layers} if layers else {})}
+    cfg = LlamaConfig(**dims, max_position_embeddings=max(seq, 2048), rms_norm_eps=1e-5,
                       bos_token_id=None, eos_token_id=None, pad_token_id=None)
     cfg._attn_implementation = attn
     torch.manual_seed(0)
@@ -95,7 +96,7 @@ def _rss_mb() -> float:
 
 class _Timer:
     def __init__(self, warmup: int, steps: int):
-        self.warmup, self.steps, self.t = warmup, steps, {}
+        self.warmup, self.steps, self.t = warmup, steps, {0: time.perf_counter()}   # warmup 0: from here
 
     def mark(self, step: int):
         if step in (self.warmup, self.warmup + self.steps):
@@ -166,7 +167,7 @@ def run_bare(model, rows, a) -> dict:
 
 
 def measure(variant: str, shape: str, a) -> dict:
-    model = build_model(shape, a.seq, a.attn)
+    model = build_model(shape, a.seq, a.attn, a.layers)
     if a.lora:
         from peft import LoraConfig, get_peft_model
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=[
@@ -187,7 +188,7 @@ def measure(variant: str, shape: str, a) -> dict:
     tokens = a.steps * a.batch * a.accum * a.seq
     peak, source = device_peak_flops("bf16" if CUDA else "fp32")
     tps = tokens / r["seconds"]
-    out = {"model": shape, "variant": variant, "seq": a.seq, "batch": a.batch, "accum": a.accum,
+    out = {"model": shape + (f" ({a.layers} layers)" if a.layers else ""), "variant": variant, "seq": a.seq, "batch": a.batch, "accum": a.accum,
            "lora": a.lora, "gradient_checkpointing": a.ckpt, "tokens_per_s": round(tps, 1),
            "flops_per_token": fpt, "mfu": round(tps * fpt / peak, 4) if peak else None, "peak_source": source,
            "peak_memory_mb": round(_peak_mb(), 1), "memory_above_start_mb": None if CUDA else round(_peak_mb() - rss0, 1),
@@ -202,7 +203,7 @@ def in_subprocess(variant: str, shape: str, a, **extra) -> dict:
     """One measurement in a fresh process: CPU peak RSS is a process-lifetime maximum."""
     args = [sys.executable, __file__, "--one", variant, "--models", shape, "--seq", str(a.seq), "--batch",
             str(a.batch), "--accum", str(a.accum), "--steps", str(a.steps), "--warmup", str(a.warmup),
-            "--loss", extra.get("loss", a.loss)] + (["--lora"] if a.lora else []) + (["--ckpt"] if a.ckpt else [])
+            "--loss", extra.get("loss", a.loss)] + (["--layers", str(a.layers)] if a.layers else []) + (["--lora"] if a.lora else []) + (["--ckpt"] if a.ckpt else [])
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
     if proc.returncode:
         raise RuntimeError(f"{variant} {shape} failed:\n{proc.stderr[-3000:]}")
@@ -233,6 +234,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (compilation)")
     ap.add_argument("--loss", default="auto", help="train.loss of the 'after' variant")
     ap.add_argument("--attn", default="sdpa")
+    ap.add_argument("--layers", type=int, default=None, help="override the shape's layer count")
     ap.add_argument("--lora", action="store_true")
     ap.add_argument("--ckpt", action="store_true", help="gradient checkpointing")
     ap.add_argument("--memory", default=None, help="CPU: SHAPE whose peak memory to compare standard vs chunked")
