@@ -108,3 +108,26 @@ def test_switches_and_plan_on_cpu():
     assert prepare_speed(tiny_llama(V), TrainConfig(), sharded=True).loss == "standard"   # FSDP: auto -> standard
     with pytest.raises(ConfigError, match="sharding"):
         prepare_speed(tiny_llama(V), TrainConfig(loss="chunked"), sharded=True)
+
+
+def test_token_count_deferred_until_log(tmp_path):
+    """The GPU path of the token count (forced here): nothing read per micro-batch, the exact count
+    (non-padding, as the stock method counts) once the Trainer logs."""
+    from transformers import Trainer, TrainingArguments
+
+    from lmadapt.train.speed import fast_trainer_class
+
+    cls = fast_trainer_class(Trainer)
+    trainer = cls(model=tiny_llama(V), args=TrainingArguments(output_dir=str(tmp_path), report_to="none",
+                                                                include_num_input_tokens_seen="non_padding",
+                                                                use_cpu=True))
+    trainer._defer_token_count = lambda ids: True
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    for _ in range(3):
+        trainer._track_num_input_tokens({"input_ids": torch.zeros(2, 4, dtype=torch.long), "attention_mask": mask})
+    assert trainer.state.num_input_tokens_seen == 0            # not read yet: no host sync per micro-batch
+    trainer.log({"loss": 1.0})
+    assert trainer.state.num_input_tokens_seen == 15           # 3 x 5 non-padding tokens
+    del trainer._defer_token_count
+    trainer._track_num_input_tokens({"input_ids": torch.zeros(2, 4, dtype=torch.long), "attention_mask": mask})
+    assert trainer.state.num_input_tokens_seen == 20           # CPU: the stock count, at once

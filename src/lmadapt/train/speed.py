@@ -112,10 +112,14 @@ class AsyncTokenCountMixin:
 
     _tokens_pending = None
 
+    @staticmethod
+    def _defer_token_count(ids: torch.Tensor) -> bool:
+        return ids.is_cuda   # on CPU .item() costs nothing: the stock method runs
+
     def _track_num_input_tokens(self, inputs):
         mode = self.args.include_num_input_tokens_seen
         ids = inputs.get(getattr(self.model, "main_input_name", "input_ids"))
-        if mode == "no" or not (isinstance(ids, torch.Tensor) and ids.is_cuda):
+        if mode == "no" or not (isinstance(ids, torch.Tensor) and self._defer_token_count(ids)):
             return super()._track_num_input_tokens(inputs)
         pad = getattr(self.processing_class, "pad_token_id", None)
         if mode != "non_padding":
