@@ -58,3 +58,22 @@ def test_overwrite_clears_resume_checks_the_recipe_and_standalone_stages_lock(tm
     with pytest.raises(ConfigError, match="holds files lmadapt did not write"):
         run_pretrain(load_recipe(PretrainConfig, data=data))
     assert (foreign / "thesis.tex").is_file()
+
+
+def test_overwrite_into_a_new_folder_and_a_rerun_after_an_early_failure_start(tmp_path):
+    """The lock file a run takes is not "an earlier run" (train.overwrite=true into a new folder was refused
+    because of it), and a folder left by a run that failed before its first checkpoint or output holds
+    nothing to lose: the corrected run starts there without a flag."""
+    from lmadapt.train import run_folder
+    from lmadapt.train.outputs import prepare_output_dir
+    new = tmp_path / "new"
+    prepare_output_dir(new, resume=False, overwrite=True, recipe={"train": {"seed": 0}})
+    assert (new / run_folder.LOCK_FILE).is_file() and (new / run_folder.RUN_FILE).is_file()
+    run_folder.release_folder(new)      # as if that process had failed and exited
+    (new / ".lmadapt-blocks").mkdir()
+    prepare_output_dir(new, resume=False, overwrite=False, recipe={"train": {"seed": 1}})
+    assert json.loads((new / run_folder.RUN_FILE).read_text())["train.seed"] == 1
+    run_folder.release_folder(new)
+    (new / "metrics.json").write_text("{}")   # an output: now a flag is needed
+    with pytest.raises(ConfigError, match="is not empty"):
+        prepare_output_dir(new, resume=False, overwrite=False, recipe={"train": {"seed": 1}})

@@ -114,13 +114,14 @@ def prepare_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool,
     bare ``PartialState()`` on a machine without GPUs calls a torchrun job single-process, and its
     ``wait_for_everyone`` returns at once (seen: rank 1 refusing the folder rank 0 had started to fill).
     """
+    from . import run_folder
     from .dist import barrier, is_main_process
 
     out = Path(output_dir)
     problem = None
     if out.exists() and not out.is_dir():   # was a NotADirectoryError traceback
         problem = f"train.output_dir: {out} is a file, not a folder; give a folder path"
-    elif out.exists() and any(out.iterdir()) and not (resume or overwrite):
+    elif out.exists() and run_folder.holds_a_run(out) and not (resume or overwrite):
         problem = (f"train.output_dir: {out} is not empty ({', '.join(p.name for p in list(out.iterdir())[:5])}...); "
                    "pass train.resume=true to continue it or train.overwrite=true to reuse it")
     barrier()   # every process has looked before any process writes
@@ -129,7 +130,6 @@ def prepare_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool,
         raise ConfigError(problem)
     error = None
     if is_main_process():
-        from . import run_folder
         out.mkdir(parents=True, exist_ok=True)
         try:
             run_folder.hold_folder(out)

@@ -24,6 +24,9 @@ KEEP_ON_OVERWRITE = {LOCK_FILE, "lmadapt_stage.json", ".lmadapt-blocks"}   # pip
 # A folder holding any of these was written by lmadapt; overwrite never empties a folder without one.
 LMADAPT_MARKERS = (KEEP_ON_OVERWRITE - {LOCK_FILE}) | {RUN_FILE, "lmadapt_recipe.yaml", "lmadapt_meta.json", "metrics.json",
                                        "logs.jsonl", "checkpoints"}
+# What a run leaves before its first checkpoint or output (a run that failed early: bad data, a wrong
+# block size): nothing in it is worth keeping, so the next run starts over there without a flag.
+NOTHING_TO_LOSE = {LOCK_FILE, RUN_FILE, ".lmadapt-blocks"}
 _held: dict[Path, "FolderLock"] = {}
 
 
@@ -137,7 +140,9 @@ def record_run(out: Path, recipe: dict) -> None:
 
 def clear_previous_run(out: Path) -> None:
     """Remove what an earlier run wrote in ``out`` (train.overwrite); refuse a folder lmadapt did not write."""
-    names = {p.name for p in out.iterdir()}
+    names = {p.name for p in out.iterdir()} - {LOCK_FILE}   # our own lock, taken just before
+    if not names:
+        return
     if not names & LMADAPT_MARKERS:
         raise ConfigError(f"train.overwrite: {out} holds files lmadapt did not write "
                           f"({', '.join(sorted(names)[:5])}); it removes only an earlier lmadapt run's output: "
@@ -145,3 +150,8 @@ def clear_previous_run(out: Path) -> None:
     for p in out.iterdir():
         if p.name not in KEEP_ON_OVERWRITE:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+def holds_a_run(out: Path) -> bool:
+    """Whether ``out`` holds anything a new run could lose or mix with (see NOTHING_TO_LOSE)."""
+    return any(p.name not in NOTHING_TO_LOSE for p in Path(out).iterdir())
