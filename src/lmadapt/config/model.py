@@ -19,7 +19,10 @@ class ModelConfig:
     dims: dict = opt(doc="explicit config values for init: scratch (hidden_size, num_hidden_layers, ...); override the preset", factory=dict)
     tokenizer: str | None = opt(None, "tokenizer folder (default: the model's own; required for init: scratch)")
     objective: Literal["auto", "causal", "masked"] = opt("auto", "training objective; auto: causal for decoder models, masked for encoders")
-    attn_implementation: str | None = opt("sdpa", "attention kernel: sdpa, eager, flash_attention_2 (GPU)")
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"] | None = opt(
+        "auto", "attention kernel. auto: flash_attention_2 for decoders on a GPU with flash-attn installed (packed "
+                "documents padding-free, varlen), else sdpa (a document mask over the full block); flex_attention "
+                "(block-sparse document mask, compiled: for GPUs); eager (materialised scores)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt("float32", "weights dtype when loading (train in float32 on CPU)")
     trust_remote_code: bool = opt(False, "allow custom modelling code from the hub")
     revision: str | None = opt(None, "hub revision (branch, tag or commit)")

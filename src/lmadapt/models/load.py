@@ -5,8 +5,9 @@
     supports_document_packing(loaded.model, loaded.objective)
 
 * **Folder / hub id**: ``AutoModelForCausalLM`` or ``AutoModelForMaskedLM`` by objective (see
-  :func:`registry.objective_for`), in ``cfg.dtype``, with ``cfg.attn_implementation`` (falling back
-  to sdpa, then eager, with a warning, when the model or machine does not support it).
+  :func:`registry.objective_for`), in ``cfg.dtype``, with ``cfg.attn_implementation`` (``auto``
+  resolved by :func:`attention.resolve_attention`; falling back to sdpa, then eager, with a warning,
+  when the model or machine does not support it).
 * **LoRA adapter folder** (``adapter_config.json``, e.g. the output of a LoRA pretrain stage): its
   base model is loaded the same way, the adapter is merged in, and the result is a plain model.
 * **GGUF**: dequantised once into a plain model folder under ``$LMADAPT_CACHE/gguf`` (default
@@ -35,6 +36,7 @@ from typing import Any
 from lmadapt.config.base import ConfigError
 from lmadapt.config.model import ModelConfig
 
+from .attention import resolve_attention
 from .checks import ModelLoadError, check_block_size, context_length, reading_weights
 from .registry import PAD_TOKEN_FALLBACKS, is_encoder, model_type_of, objective_for
 
@@ -282,9 +284,10 @@ def _load_pretrained(path: str, cfg: ModelConfig, requested: str):
             kw["attn_implementation"] = impl
         return auto.from_pretrained(where, config=config, **kw)
 
+    attn = resolve_attention(cfg.attn_implementation, causal=objective == "causal")
     try:
         with reading_weights(where):
-            model = _with_attn_fallback(build, cfg.attn_implementation, where)
+            model = _with_attn_fallback(build, attn, where)
     except OSError as exc:
         if local is None:
             raise _hub_error("model", path, exc) from exc
@@ -312,7 +315,8 @@ def _load_scratch(cfg: ModelConfig, tokenizer, requested: str, seed: int):
             torch.manual_seed(seed)
             return auto.from_config(config, **kw)
 
-    model = _with_attn_fallback(build, cfg.attn_implementation, f"scratch {cfg.arch}")
+    attn = resolve_attention(cfg.attn_implementation, causal=objective == "causal")
+    model = _with_attn_fallback(build, attn, f"scratch {cfg.arch}")
     return model, objective, config.model_type, f"scratch:{cfg.arch}:{cfg.size or 'dims'}"
 
 

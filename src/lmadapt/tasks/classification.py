@@ -26,6 +26,7 @@ import torch
 from .. import metrics as M
 from ..config.finetune import PROBLEM_METRICS
 from ..data.collators import pad_right
+from ..models.attention import resolve_attention
 from ..train.dist import log, map_split
 from .base import DataError, Example, ReadReport
 from .labeled_io import read_records
@@ -401,16 +402,18 @@ def pad_id_of(tokenizer) -> int:
     return 0
 
 
-def model_kwargs(cfg) -> dict:
-    """from_pretrained keyword arguments from the recipe's ``model:`` section."""
+def model_kwargs(cfg, *, causal: bool = False) -> dict:
+    """from_pretrained keyword arguments from the recipe's ``model:`` section (``causal``: a decoder LM
+    head, which ``attn_implementation: auto`` may give varlen flash attention)."""
     m = cfg.model
     kw: dict = {}
     if m.dtype == "auto":
         kw["dtype"] = "auto"
     elif m.dtype:
         kw["dtype"] = getattr(torch, m.dtype)
-    if m.attn_implementation:
-        kw["attn_implementation"] = m.attn_implementation
+    attn = resolve_attention(m.attn_implementation, causal=causal)
+    if attn:
+        kw["attn_implementation"] = attn
     if m.trust_remote_code:
         kw["trust_remote_code"] = True
     if m.revision:

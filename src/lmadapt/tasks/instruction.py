@@ -337,7 +337,7 @@ class InstructionTask:
     def load_model(self, base_dir: str, space: dict, cfg):
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(base_dir, **model_kwargs(cfg))
+        return AutoModelForCausalLM.from_pretrained(base_dir, **model_kwargs(cfg, causal=True))
 
     def encode_rows(self, examples: list[Example], tokenizer, cfg, report: ReadReport | None,
                     allow_truncation: bool) -> list[tuple[list[int], list[int]]]:
