@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--instruction-limit", type=int, default=50, help="at most this many instruction records")
     ev.add_argument("--instruction-generate", type=int, default=0, metavar="N",
                     help="also exact match of greedy generations on the first N instruction records")
+    ev.add_argument("--sharding", default="none", choices=["none", "fsdp"],
+                    help="fsdp: under torchrun, shard the model over the processes (FSDP2) and score in lockstep "
+                         "(each process still loads it whole first); none: each process holds the whole model")
     ev.add_argument("--output", default=None, help="also write the metrics as JSON here")
     ev.add_argument("--trust-remote-code", action="store_true",
                     help="run Python code the model folder ships (config.json auto_map); only for a folder you trust")

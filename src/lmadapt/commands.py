@@ -136,7 +136,10 @@ def cmd_evaluate(args, parser):
     metrics = evaluate_model(args.model, args.data, text_field=args.text_field, split_docs=args.split_docs,
                              block_size=args.block_size, batch_size=args.batch_size,
                              max_tokens=args.max_tokens, packing=args.packing, harness=harness, retention=retention,
-                             trust_remote_code=args.trust_remote_code)
+                             trust_remote_code=args.trust_remote_code, sharding=args.sharding)
+    from .train.dist import is_main_process
+    if not is_main_process():   # under torchrun every process has the same numbers: one prints and writes
+        return 0
     print(json.dumps(metrics, indent=2))
     if args.output:
         from .train.outputs import write_json

@@ -1,8 +1,9 @@
 """Sharded training (train.sharding: fsdp, FSDP2) on two CPU processes (gloo) against one process.
 
 One torchrun launch runs every sharded stage (continued pretraining, a kill-and-resume, LoRA with
-activation checkpointing, MLM, a classification fine-tune, two refused combinations); the
-one-process references run unsharded in the test process with the same global batch. Stated
+activation checkpointing, MLM, a classification fine-tune, two refused combinations, a merge and
+`evaluate` of the sharded outputs); the one-process references run unsharded in the test process
+with the same global batch. Stated
 tolerance: 1e-5 absolute on every weight and every logged loss (seen: <= 1.2e-6; the two runs sum
 the same numbers in a different order), and the resumed run equals the uninterrupted one exactly.
 """
@@ -51,6 +52,15 @@ def make_workspace(ws: Path) -> None:
     write_corpus(ws / "valid.jsonl", 12, 1)
     for name, n, seed in (("cls_train", 48, 1), ("cls_dev", 20, 2), ("cls_test", 21, 3)):
         write_labeled(ws / f"{name}.jsonl", n, seed)
+    # merge: a base of the scratch model's shape (another init), and "general" text unlike the corpus
+    from lmadapt.config.model import ModelConfig
+    from lmadapt.models.load import load_model
+    scratch = pretrain_recipe(ws, "-", 1)["model"]
+    base = load_model(ModelConfig(**scratch), seed=7)
+    base.model.save_pretrained(ws / "llama_base")
+    base.tokenizer.save_pretrained(ws / "llama_base")
+    (ws / "general.jsonl").write_text("".join(json.dumps({"text": f"{i * 7919 % 10007} + {i} = {i ** 2} {chr(65 + i % 26)}"})
+                                              + "\n" for i in range(40)))
 
 
 def pretrain_recipe(ws: Path, out: str, procs: int, *, arch: str = "llama", **train):
@@ -81,6 +91,24 @@ def finetune_recipe(ws: Path, out: str, procs: int, **train):
 
 
 LORA = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}
+
+
+def merge_and_evaluate(ws: Path, sharding: str) -> dict:
+    """A merge of the sharded causal run toward a scratch base, and `evaluate` of the sharded causal
+    and MLM outputs: the same inputs on both sides (the sharded run's folders)."""
+    from lmadapt.config import load_recipe
+    from lmadapt.config.merge import MergeConfig
+    from lmadapt.stages.evaluate import evaluate_model
+    from lmadapt.stages.merge import run_merge
+    tag = "fsdp" if sharding == "fsdp" else "one"
+    cfg = load_recipe(MergeConfig, data={
+        "model": {"path": str(ws / "causal_fsdp")}, "merge": {"base": str(ws / "llama_base")},
+        "eval": {"sets": {"domain": str(ws / "valid.jsonl"), "general": str(ws / "general.jsonl")}, "block_size": 64},
+        "train": {"output_dir": str(ws / f"merged_{tag}"), "sharding": sharding}})
+    sets = [str(ws / "valid.jsonl"), str(ws / "general.jsonl")]
+    return {"merge": run_merge(cfg),
+            "evaluate": evaluate_model(ws / "causal_fsdp", sets, block_size=64, batch_size=4, sharding=sharding),
+            "evaluate_mlm": evaluate_model(ws / "mlm_fsdp", sets[:1], block_size=64, batch_size=4, sharding=sharding)}
 
 
 def run_all(ws: Path, procs: int, sharding: str) -> dict:
@@ -126,6 +154,8 @@ SCRIPT = textwrap.dedent('''
     from test_fsdp_training import finetune_recipe
     cfg = load_recipe(FinetuneConfig, data=finetune_recipe(ws, "cls_ddp", 2))
     out["cls_ddp"] = run_finetune(cfg, to_dict(cfg))
+    from test_fsdp_training import merge_and_evaluate
+    out.update(merge_and_evaluate(ws, "fsdp"))
     errors = {}
     bad = {"wrap": {"fsdp": {"wrap": ["NoSuchLayer"]}}, "offload": {"fsdp": {"cpu_offload": True}}}
     for name, train in bad.items():
@@ -152,6 +182,7 @@ def runs(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         one = run_all(ws, 1, "none")
+        one.update(merge_and_evaluate(ws, "none"))
     finally:
         torch.set_num_threads(torch_threads)
     yield ws, json.loads((ws / "sharded.json").read_text()), one, proc
@@ -240,3 +271,27 @@ def test_combinations_that_cannot_work_stop_with_a_message(runs):
     assert "train.fsdp.wrap" in errors["wrap"] and "NoSuchLayer" in errors["wrap"]
     assert "train.fsdp.cpu_offload" in errors["offload"] and "CPU" in errors["offload"]
     assert not (ws / "bad_offload").exists()   # refused before the stage wrote anything
+
+
+def test_sharded_merge_and_evaluate_give_the_unsharded_results(runs):
+    ws, sharded, one, _ = runs
+    a, b = sharded["merge"], one["merge"]
+    assert [r["alpha"] for r in a["sweep"]] == [r["alpha"] for r in b["sweep"]]
+    for ra, rb in zip(a["sweep"], b["sweep"]):
+        for name in ("domain", "general"):
+            assert ra["sets"][name]["tokens"] == rb["sets"][name]["tokens"] > 0
+            assert ra["sets"][name]["loss"] == pytest.approx(rb["sets"][name]["loss"], abs=TOL)
+    assert len({r["sets"]["domain"]["loss"] for r in a["sweep"]}) == len(a["sweep"])   # every weight scored differently
+    assert a["alpha"] == b["alpha"] and a["selection"]["rule"] == b["selection"]["rule"]
+    merged = weights(ws / "merged_fsdp")
+    assert_same_weights(merged, weights(ws / "merged_one"))
+    # what was saved is the interpolation at the chosen weight, gathered whole from the shards
+    base, adapted = weights(ws / "llama_base"), weights(ws / "causal_fsdp")
+    assert_same_weights(merged, {k: torch.lerp(base[k].float(), adapted[k].float(), a["alpha"]) for k in merged})
+    # (masked-token loss draws its masks per process, as in training: pseudo-perplexity is deterministic)
+    for key, field, count in (("evaluate", "loss", "tokens"), ("evaluate_mlm", "pseudo_nll", "pll_tokens")):
+        assert sharded[key]["sharding"] == "fsdp" and "sharding" not in one[key]
+        assert sorted(sharded[key]["sets"]) == sorted(one[key]["sets"])
+        for name, m in sharded[key]["sets"].items():
+            assert m[field] == pytest.approx(one[key]["sets"][name][field], abs=TOL)
+            assert m[count] == one[key]["sets"][name][count] > 0

@@ -29,6 +29,7 @@ from .capability import HarnessConfig, RetentionConfig
 from .data import heldout_roles
 from .hub import is_hub_spec
 from .model import ModelConfig
+from .sharding import FsdpConfig, Sharding
 
 
 @dataclass
@@ -110,6 +111,11 @@ class MergeOutputConfig:
     output_dir: str = opt("runs/merged", "output folder (merged model, tokenizer, recipe, metrics with the sweep)")
     overwrite: bool = opt(False, "allow writing into a non-empty output_dir")
     resume: bool = opt(False, "accepted for pipelines; a merge has no checkpoints and simply runs again")
+    sharding: Sharding = opt("none", "none: every process holds the whole model; fsdp (under torchrun): the adapted "
+                                     "model sharded over the processes (FSDP2), each interpolating only its own "
+                                     "shards and scoring in lockstep; the merged model is gathered to the main "
+                                     "process to save (both models are still loaded whole on each process first)")
+    fsdp: FsdpConfig = opt(doc="FSDP2 options (train.sharding: fsdp)", factory=FsdpConfig)
 
 
 @dataclass

@@ -9,6 +9,13 @@ check they are the same network -> score every weight on the held-out sets -> ch
 output is a plain model folder like a pretrain stage's, so fine-tuning (or a pipeline arm) can start
 from it; metrics.json keeps the whole sweep. Memory: the base's and the adapted model's weights are
 both held (on the CPU) besides the model being scored.
+
+Sharded (``train.sharding: fsdp`` under torchrun, or an ``accelerate launch`` FSDP config): the
+adapted model is sharded (FSDP2) right after it loads, then the base loads and each process keeps
+only its own shards of both; every weight is set shard by shard, every process scores the same
+batches in lockstep, and the merged model is gathered to the main process to be saved. Still
+whole: each model once on each process while it loads (host RAM), and the merged model on the
+main process while it is saved.
 """
 from __future__ import annotations
 
@@ -24,7 +31,8 @@ from ..data.heldout import heldout_sets
 from ..models.load import check_block_size, load_model, supports_document_packing
 from ..models.lora import save_model
 from ..tasks.retention import instruction_retention, read_retention_set
-from ..train.dist import is_main_process, log, to_process_device
+from ..train.dist import check_launch, is_main_process, log, to_process_device
+from ..train.fsdp import local_part, local_shard, shard_model, unsharded_on_main, wants_sharding
 from ..train.harness import check_tasks, harness_value, run_harness
 from ..train.lm_eval import heldout_collator, score_sets
 from ..train.outputs import prepare_output_dir, read_meta, update_metrics, write_meta, write_recipe
@@ -56,14 +64,26 @@ def check_same_network(base_sd: dict, adapted_sd: dict, base: str, adapted: str)
 
 
 class Interpolator:
-    """Sets ``model``'s weights to base + alpha x (adapted - base), computed in fp32 per tensor."""
+    """Sets ``model``'s weights to base + alpha x (adapted - base), computed in fp32 per tensor.
+    For a sharded model ``base_sd`` / ``adapted_sd`` hold this process's shards only (:meth:`sharded`)
+    and each process sets only its own part of every weight."""
 
     def __init__(self, model, base_sd: dict, adapted_sd: dict):
         self.model, self.base, self.adapted = model, base_sd, adapted_sd
 
+    @classmethod
+    def sharded(cls, model, base_sd: dict) -> "Interpolator":
+        """``model``: sharded, holding the adapted weights; ``base_sd``: the base's whole tensors,
+        cut to this process's shards here (so the caller can free them)."""
+        state = model.state_dict()      # DTensors (FSDP2 reshards the root's gathered weights first)
+        adapted = {k: local_part(v).detach().clone() for k, v in state.items()}
+        base = {k: local_shard(base_sd[k], v) for k, v in state.items()}
+        return cls(model, base, adapted)
+
     @torch.no_grad()
     def set(self, alpha: float) -> None:
         for name, p in self.model.state_dict().items():
+            p = local_part(p)   # a sharded weight: this process's shard, written through to FSDP2's storage
             a, b = self.adapted[name], self.base[name]
             if p.is_floating_point():
                 p.copy_(torch.lerp(b.float(), a.float(), float(alpha)).to(p.dtype))
@@ -195,28 +215,46 @@ def sweep_table(sweep: dict[float, dict], roles: dict, caps: dict[float, dict] |
     return "\n".join(lines)
 
 
-def run_merge(cfg: MergeConfig) -> dict:
-    """Run one merge stage; returns the metrics written to metrics.json."""
-    t_start = time.time()
-    if cfg.eval.harness.enabled:
-        check_tasks(cfg.eval.harness)
-    out = prepare_output_dir(cfg.train.output_dir, resume=False, overwrite=cfg.train.overwrite or cfg.train.resume)
-    base_path = resolve_base(cfg)
+def load_pair(cfg: MergeConfig, base_path: str):
+    """(the adapted model as loaded, the model to score, its :class:`Interpolator`). Sharded: the
+    adapted model is sharded before the base loads, and only this process's shards of the base are kept."""
     adapted = load_model(cfg.model)
     if cfg.eval.sets:
         check_block_size(adapted.model, cfg.eval.block_size, "eval.block_size")
+    sharded = wants_sharding(cfg.train)
+    if sharded:
+        shard_model(adapted.model, cfg.train)
     base = load_model(ModelConfig(path=base_path, objective=adapted.objective,
                                   trust_remote_code=cfg.model.trust_remote_code))
     if len(base.tokenizer) != len(adapted.tokenizer):
         raise ConfigError(f"merge: {base_path} has {len(base.tokenizer):,} tokens, {cfg.model.path} "
                           f"{len(adapted.tokenizer):,}; interpolation needs one vocabulary")
-    base_sd = {k: v.detach().to("cpu", copy=True) for k, v in base.model.state_dict().items()}
-    del base
-    adapted_sd = {k: v.detach().to("cpu", copy=True) for k, v in adapted.model.state_dict().items()}
-    check_same_network(base_sd, adapted_sd, base_path, cfg.model.path)
-    model, tokenizer, objective = to_process_device(adapted.model), adapted.tokenizer, adapted.objective
-    weights = Interpolator(model, base_sd, adapted_sd)
-    log(f"merge: base {base_path}, adapted {cfg.model.path} ({sum(t.numel() for t in adapted_sd.values()):,} weights)")
+    if sharded:   # (a DTensor's shape is the whole weight's: the check is the same as unsharded)
+        check_same_network(base.model.state_dict(), adapted.model.state_dict(), base_path, cfg.model.path)
+        model, weights = adapted.model, Interpolator.sharded(adapted.model, base.model.state_dict())
+        del base
+    else:
+        base_sd = {k: v.detach().to("cpu", copy=True) for k, v in base.model.state_dict().items()}
+        del base
+        adapted_sd = {k: v.detach().to("cpu", copy=True) for k, v in adapted.model.state_dict().items()}
+        check_same_network(base_sd, adapted_sd, base_path, cfg.model.path)
+        model = to_process_device(adapted.model)
+        weights = Interpolator(model, base_sd, adapted_sd)
+    log(f"merge: base {base_path}, adapted {cfg.model.path} "
+        f"({sum(t.numel() for t in model.state_dict().values()):,} weights)")
+    return adapted, model, weights
+
+
+def run_merge(cfg: MergeConfig) -> dict:
+    """Run one merge stage; returns the metrics written to metrics.json."""
+    t_start = time.time()
+    if cfg.eval.harness.enabled:
+        check_tasks(cfg.eval.harness)
+    check_launch(cfg.train)   # an accelerate FSDP launch turns sharding on; impossible options stop here
+    out = prepare_output_dir(cfg.train.output_dir, resume=False, overwrite=cfg.train.overwrite or cfg.train.resume)
+    base_path = resolve_base(cfg)
+    adapted, model, weights = load_pair(cfg, base_path)
+    tokenizer, objective = adapted.tokenizer, adapted.objective
 
     sweep: dict[float, dict] = {}
     caps: dict[float, dict] = {}        # harness / instruction scores per weight, when configured
@@ -273,6 +311,7 @@ def run_merge(cfg: MergeConfig) -> dict:
     }
     if caps.get(alpha):
         metrics["capabilities"] = {"before": caps[0.0], "after": caps[alpha]}
+    model = unsharded_on_main(model)   # sharded: gathered to the main process's host RAM (None elsewhere)
     if is_main_process():
         save_model(model, tokenizer, out, merge=False)
         write_recipe(out, to_dict(cfg))

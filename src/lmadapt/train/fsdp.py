@@ -166,7 +166,8 @@ def shard_model(model, train_cfg):
         return model
     fcfg = train_cfg.fsdp
     units = _units(model, fcfg.wrap)          # a bad wrap list stops here, before any collective
-    kwargs = _policies(fcfg, resolve_precision(train_cfg.precision))
+    # a merge or an evaluation has no train.precision: the model is scored in the dtype it loaded in
+    kwargs = _policies(fcfg, resolve_precision(getattr(train_cfg, "precision", "fp32")))
     _ensure_group()
     _broadcast_from_main(model)
     mesh = init_device_mesh("cpu" if dist.use_cpu() else "cuda", (dist.world_size(),))
@@ -180,6 +181,34 @@ def shard_model(model, train_cfg):
     dist.log(f"FSDP2: {len(units)} units + root sharded over {dist.world_size()} process(es)"
              f" (reshard_after_forward={fcfg.reshard_after_forward}, cpu_offload={fcfg.cpu_offload})")
     return model
+
+
+def local_part(tensor):
+    """This process's part of a sharded parameter or state-dict entry (a DTensor's local shard, a
+    view that writes through to the sharded storage FSDP2 gathers from); ``tensor`` itself otherwise."""
+    from torch.distributed.tensor import DTensor
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def local_shard(full: torch.Tensor, like) -> torch.Tensor:
+    """The part of ``full`` (a whole tensor of the same shape, e.g. another model's weight) that this
+    process holds of the sharded ``like``, as a new tensor (so ``full`` can be freed). FSDP2 cuts
+    dim 0 as ``torch.chunk`` does (the last processes may get fewer rows, or none); the result is
+    checked against ``like``'s local shape."""
+    from torch.distributed.tensor import DTensor, Shard
+    if not isinstance(like, DTensor):
+        return full.detach().clone()
+    piece = full.detach()
+    for mesh_dim, placement in enumerate(like.placements):
+        if isinstance(placement, Shard):
+            chunks = torch.chunk(piece, like.device_mesh.size(mesh_dim), dim=placement.dim)
+            rank = like.device_mesh.get_local_rank(mesh_dim)
+            piece = chunks[rank] if rank < len(chunks) else piece.narrow(placement.dim, 0, 0)
+    local = like.to_local()
+    if tuple(piece.shape) != tuple(local.shape):
+        raise RuntimeError(f"local_shard: cut {tuple(piece.shape)} from {tuple(full.shape)}, but this process "
+                           f"holds {tuple(local.shape)} ({like.placements})")
+    return piece.clone()
 
 
 def loss_across_processes(model, trainer_kwargs: dict | None) -> dict:
