@@ -164,6 +164,11 @@ class FinetuneConfig:
             if not (Path(m.adapter) / ADAPTER_FILE).is_file():
                 raise ConfigError(f"model.adapter: {m.adapter} is not a LoRA adapter folder (no {ADAPTER_FILE})")
         continuing = m.adapter_mode == "continue" and (m.adapter or (Path(m.path) / ADAPTER_FILE).is_file())
+        if self.lora.quantize != "none" and (m.adapter or (Path(m.path) / ADAPTER_FILE).is_file()):
+            raise ConfigError(f"lora.quantize: {self.lora.quantize} quantises a plain base model; model.path/adapter name a "
+                              "LoRA adapter (merge it first: `lmadapt merge`, or finetune with quantize: none)")
+        if self.lora.quantize != "none" and self.train.sharding != "none":
+            raise ConfigError(f"lora.quantize: {self.lora.quantize} is not supported with train.sharding: {self.train.sharding}")
         if self.lora.merge and not self.lora.enabled and not continuing:
             raise ConfigError("lora.merge: only meaningful with lora.enabled: true (or a continued adapter)")
         if m.adapter is not None and (Path(m.path) / ADAPTER_FILE).is_file():

@@ -50,9 +50,22 @@ class LoraConfig:
     target_modules: list[str] | None = opt(None, "module names to adapt (default: chosen per architecture)")
     train_embeddings: bool = opt(False, "also train the input embeddings and LM head in full (useful for new domain vocabulary)")
     merge: bool = opt(False, "save a full model with the adapters merged in (else an adapter folder)")
+    quantize: Literal["none", "4bit"] = opt("none", "QLoRA: 4bit loads the frozen base in NF4 (bitsandbytes, double quantisation, "
+                                                    "bf16 compute; CUDA only; extra lmadapt[speed]); the adapters train in full precision")
 
     def __post_init__(self):
         if self.r < 1:
             raise ConfigError(f"r: must be >= 1, got {self.r}")
+        if self.quantize != "none":
+            if not self.enabled:
+                raise ConfigError(f"quantize: {self.quantize} quantises the frozen base under LoRA; set lora.enabled: true")
+            if self.merge:
+                raise ConfigError(f"merge: not with quantize: {self.quantize} (merging into a quantised base loses the "
+                                  "adapter's precision); save the adapter and merge it into the full-precision base")
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError(f"quantize: {self.quantize} (bitsandbytes NF4) needs a CUDA GPU; this machine has none "
+                                  "(use quantize: none)")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")

@@ -98,6 +98,8 @@ class PretrainConfig:
                     f"model.objective: {mt!r} is an encoder without a causal LM head; use objective: masked (its pretraining objective)")
         if self.lora.merge and not self.lora.enabled:
             raise ConfigError("lora.merge: only meaningful with lora.enabled: true")
+        if self.lora.quantize != "none" and self.train.sharding != "none":
+            raise ConfigError(f"lora.quantize: {self.lora.quantize} is not supported with train.sharding: {self.train.sharding}")
         self._validate_vocab()
 
     def _validate_vocab(self) -> None:

@@ -38,6 +38,7 @@ from lmadapt.config.model import ModelConfig
 
 from .attention import resolve_attention
 from .checks import ModelLoadError, check_block_size, context_length, reading_weights
+from .quantize import quantized_load_kwargs
 from .registry import PAD_TOKEN_FALLBACKS, is_encoder, model_type_of, objective_for
 
 log = logging.getLogger(__name__)
@@ -244,7 +245,7 @@ def _adapter_base(folder: str) -> str | None:
     return base
 
 
-def _load_pretrained(path: str, cfg: ModelConfig, requested: str):
+def _load_pretrained(path: str, cfg: ModelConfig, requested: str, quantize: str = "none"):
     """(model, objective, model_type, source) for a folder or hub id."""
     from transformers import AutoConfig
 
@@ -260,6 +261,9 @@ def _load_pretrained(path: str, cfg: ModelConfig, requested: str):
 
         from .lora import adapter_vocab_rows
 
+        if quantize != "none":
+            raise ConfigError(f"lora.quantize: {quantize}: {local} is a LoRA adapter folder (merged into its base on "
+                              "load); quantise the base itself (model.path: the base)")
         model, objective, model_type, source = _load_pretrained(base, cfg, requested)
         rows = adapter_vocab_rows(local, model)
         if rows:   # an extended vocabulary: the adapter carries the grown embeddings and head
@@ -279,7 +283,7 @@ def _load_pretrained(path: str, cfg: ModelConfig, requested: str):
     dtype = _torch_dtype(cfg.dtype)
 
     def build(impl):
-        kw = dict(hub, dtype=dtype)
+        kw = dict(hub, dtype=dtype, **quantized_load_kwargs(quantize))
         if impl is not None:
             kw["attn_implementation"] = impl
         return auto.from_pretrained(where, config=config, **kw)
@@ -335,27 +339,30 @@ def _align_with_tokenizer(model, tokenizer) -> None:
 
 
 def load_model(cfg: ModelConfig, *, objective: str | None = None, for_task: None = None,
-               seed: int = 42) -> LoadedModel:
+               seed: int = 42, quantize: str = "none") -> LoadedModel:
     """Load (or build) the model and tokenizer ``cfg`` describes; see the module doc.
 
-    ``objective`` overrides ``cfg.objective``. ``seed`` initialises scratch models.
+    ``objective`` overrides ``cfg.objective``. ``seed`` initialises scratch models. ``quantize``
+    ("4bit": ``lora.quantize``) loads a pretrained base in NF4 on this process's GPU (models.quantize).
     ``for_task`` is reserved for task heads (fine-tuning) and must be None here.
     """
     if for_task is not None:
         raise NotImplementedError("load_model(for_task=...) is not supported yet: task heads are built by the finetune stage")
     requested = objective or cfg.objective or "auto"
     hub = _hub_kwargs(cfg)
+    if quantize != "none" and cfg.init == "scratch":
+        raise ConfigError(f"lora.quantize: {quantize} quantises pretrained weights; a scratch model has none to freeze")
     if cfg.init == "scratch":
         tokenizer = load_tokenizer(cfg.tokenizer)
         model, obj, mt, source = _load_scratch(cfg, tokenizer, requested, seed)
     elif cfg.gguf_file:
         gguf = _gguf_source(cfg)
         folder = _converted_gguf(gguf)
-        model, obj, mt, _ = _load_pretrained(folder, cfg, requested)
+        model, obj, mt, _ = _load_pretrained(folder, cfg, requested, quantize)
         tokenizer = load_tokenizer(cfg.tokenizer or folder, **({} if cfg.tokenizer is None else hub))
         source = gguf
     else:
-        model, obj, mt, source = _load_pretrained(cfg.path, cfg, requested)
+        model, obj, mt, source = _load_pretrained(cfg.path, cfg, requested, quantize)
         tok_from = cfg.tokenizer or (_resolve_local(cfg.path, "model") or cfg.path)
         tokenizer = load_tokenizer(tok_from, **hub)
     _align_with_tokenizer(model, tokenizer)

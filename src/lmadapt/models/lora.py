@@ -22,6 +22,7 @@ from typing import Any
 from lmadapt.config.base import ConfigError
 from lmadapt.config.model import LoraConfig
 
+from .quantize import prepare_quantized
 from .registry import all_linear_targets, is_head_module, is_linear_like, lora_targets
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def apply_lora(model, lcfg: LoraConfig, objective: str):
         r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout, target_modules=targets,
         exclude_modules=exclude or None, modules_to_save=modules_to_save, fan_in_fan_out=fan_in_fan_out,
         task_type="CAUSAL_LM" if objective == "causal" else None, bias="none", **kwargs)
+    model = prepare_quantized(model)   # QLoRA (lora.quantize): fp32 norms, input gradients; else a no-op
     peft_model = get_peft_model(model, pcfg)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())

@@ -89,7 +89,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         for name, st in corpus.stats.items():
             if st.capped_at is not None:
                 log(f"{name}: read its first {st.capped_at:,} documents (max_documents) and read no further")
-    loaded = load_model(cfg.model)
+    loaded = load_model(cfg.model, quantize=cfg.lora.quantize)   # lora.quantize: 4bit -> NF4 base (QLoRA)
     check_block_size(loaded.model, cfg.data.block_size, "data.block_size", "in its config.json" if
                      cfg.model.init != "scratch" else "of the size preset; or raise model.dims.max_position_embeddings")
     vocab = extend_vocabulary(cfg, corpus, loaded, out)   # vocab.*: extended tokenizer, new rows initialised

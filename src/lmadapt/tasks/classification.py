@@ -27,6 +27,7 @@ from .. import metrics as M
 from ..config.finetune import PROBLEM_METRICS
 from ..data.collators import pad_right
 from ..models.attention import resolve_attention
+from ..models.quantize import quantized_load_kwargs
 from ..train.dist import log, map_split
 from .base import DataError, Example, ReadReport
 from .labeled_io import read_records
@@ -420,6 +421,9 @@ def model_kwargs(cfg, *, causal: bool = False) -> dict:
         kw["revision"] = m.revision
     if m.gguf_file:
         kw["gguf_file"] = m.gguf_file
+    lora = getattr(cfg, "lora", None)
+    if lora is not None and lora.enabled and lora.quantize != "none":   # QLoRA: the frozen base in NF4
+        kw.update(quantized_load_kwargs(lora.quantize))
     return kw
 
 
