@@ -166,9 +166,27 @@ def run_bare(model, rows, a) -> dict:
     return {"seconds": timer.seconds(), "settings": {"loss": impl, "compiled_blocks": compiled}}
 
 
+def qlora_model(model, attn: str):
+    """lmadapt's QLoRA (lora.quantize: 4bit): the random model saved and reloaded in NF4 on the GPU
+    (bitsandbytes quantises at load), then the same LoRA adapters (r 16, every projection)."""
+    from transformers import AutoModelForCausalLM
+
+    from lmadapt.config.model import LoraConfig
+    from lmadapt.models.lora import apply_lora
+    from lmadapt.models.quantize import quantized_load_kwargs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        del model
+        model = AutoModelForCausalLM.from_pretrained(tmp, attn_implementation=attn, **quantized_load_kwargs("4bit"))
+    return apply_lora(model, LoraConfig(enabled=True, r=16, alpha=32, dropout=0.0, quantize="4bit"), "causal")
+
+
 def measure(variant: str, shape: str, a) -> dict:
     model = build_model(shape, a.seq, a.attn, a.layers)
-    if a.lora:
+    if a.qlora:
+        model = qlora_model(model, a.attn)
+    elif a.lora:
         from peft import LoraConfig, get_peft_model
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=[
             "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
@@ -189,7 +207,7 @@ def measure(variant: str, shape: str, a) -> dict:
     peak, source = device_peak_flops("bf16" if CUDA else "fp32")
     tps = tokens / r["seconds"]
     out = {"model": shape + (f" ({a.layers} layers)" if a.layers else ""), "variant": variant, "seq": a.seq, "batch": a.batch, "accum": a.accum,
-           "lora": a.lora, "gradient_checkpointing": a.ckpt, "tokens_per_s": round(tps, 1),
+           "lora": "qlora" if a.qlora else a.lora, "gradient_checkpointing": a.ckpt, "tokens_per_s": round(tps, 1),
            "flops_per_token": fpt, "mfu": round(tps * fpt / peak, 4) if peak else None, "peak_source": source,
            "peak_memory_mb": round(_peak_mb(), 1), "memory_above_start_mb": None if CUDA else round(_peak_mb() - rss0, 1),
            "settings": {k: v for k, v in r["settings"].items() if k in ("loss", "compiled_blocks", "liger_kernels")}}
@@ -216,7 +234,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         s = r["settings"]
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
-        lines.append(f"| {r['model']}{' LoRA' if r['lora'] else ''}{' ckpt' if r['gradient_checkpointing'] else ''} "
+        lines.append(f"| {r['model']}{' QLoRA (NF4)' if r['lora'] == 'qlora' else ' LoRA' if r['lora'] else ''}{' ckpt' if r['gradient_checkpointing'] else ''} "
                      f"| {r['variant']} | {s.get('loss')} | {s.get('compiled_blocks', 0)} "
                      f"| {r['seq']} x {r['batch']} x {r['accum']} | {r['tokens_per_s']:,.0f} | {mfu} "
                      f"| {r['peak_memory_mb']:,.0f} | {r['memory_above_start_mb'] or '-'} |")
@@ -236,12 +254,15 @@ def main() -> None:
     ap.add_argument("--attn", default="sdpa")
     ap.add_argument("--layers", type=int, default=None, help="override the shape's layer count")
     ap.add_argument("--lora", action="store_true")
+    ap.add_argument("--qlora", action="store_true", help="LoRA on an NF4 base (lora.quantize: 4bit; CUDA + bitsandbytes)")
     ap.add_argument("--ckpt", action="store_true", help="gradient checkpointing")
     ap.add_argument("--memory", default=None, help="CPU: SHAPE whose peak memory to compare standard vs chunked")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default=None, help="result file name: gpu_speed_<tag>.{json,md} (default gpu|cpu)")
     a = ap.parse_args()
+    if a.qlora and not CUDA:
+        sys.exit("--qlora: bitsandbytes NF4 needs a CUDA GPU")
     a.seq = a.seq or (2048 if CUDA else 256)
     a.batch = a.batch or (8 if CUDA else 8)
     a.steps = a.steps or (20 if CUDA else 8)
