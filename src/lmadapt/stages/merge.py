@@ -76,7 +76,8 @@ class Interpolator:
         """``model``: sharded, holding the adapted weights; ``base_sd``: the base's whole tensors,
         cut to this process's shards here (so the caller can free them)."""
         state = model.state_dict()      # DTensors (FSDP2 reshards the root's gathered weights first)
-        adapted = {k: local_part(v).detach().clone() for k, v in state.items()}
+        # both ends on the host (as unsharded): the device holds only the shards being scored
+        adapted = {k: local_part(v).detach().to("cpu", copy=True) for k, v in state.items()}
         base = {k: local_shard(base_sd[k], v) for k, v in state.items()}
         return cls(model, base, adapted)
 
