@@ -221,7 +221,7 @@ def in_subprocess(variant: str, shape: str, a, **extra) -> dict:
     """One measurement in a fresh process: CPU peak RSS is a process-lifetime maximum."""
     args = [sys.executable, __file__, "--one", variant, "--models", shape, "--seq", str(a.seq), "--batch",
             str(a.batch), "--accum", str(a.accum), "--steps", str(a.steps), "--warmup", str(a.warmup),
-            "--loss", extra.get("loss", a.loss)] + (["--layers", str(a.layers)] if a.layers else []) + (["--lora"] if a.lora else []) + (["--ckpt"] if a.ckpt else [])
+            "--loss", extra.get("loss", a.loss), "--attn", a.attn] + (["--layers", str(a.layers)] if a.layers else []) + (["--lora"] if a.lora else []) + (["--ckpt"] if a.ckpt else [])
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
     if proc.returncode:
         raise RuntimeError(f"{variant} {shape} failed:\n{proc.stderr[-3000:]}")

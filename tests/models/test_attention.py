@@ -20,8 +20,9 @@ def test_auto_resolves_by_machine_objective_and_flash_attn(monkeypatch):
     assert resolve_attention("auto", causal=False, cuda=True) == "sdpa"      # encoders: 4D document masks
     assert resolve_attention("eager", causal=True, cuda=True) == "eager"     # an explicit choice stays
     assert resolve_attention(None, causal=True, cuda=True) is None
-    with pytest.raises(ConfigError, match="flex_attention.*encoders on CPU"):
-        resolve_attention("flex_attention", causal=False, cuda=False)
+    with pytest.raises(ConfigError, match="flex_attention needs a GPU to train"):
+        resolve_attention("flex_attention", causal=True, cuda=False)
+    assert resolve_attention("flex_attention", causal=True, cuda=True) == "flex_attention"
 
 
 def test_recipe_key_default_and_unknown_value():
@@ -44,9 +45,10 @@ def test_document_attention_fraction():
 
 
 def test_flex_attention_keeps_packed_documents_apart(monkeypatch):
-    """flex_attention runs on CPU (torch 2.13), but compiling its kernel and block mask takes 20-60 s
-    here; the isolation comes from transformers' packed-sequence BlockMask, which the uncompiled
-    kernel applies the same way, so the probe runs uncompiled."""
+    """flex_attention's forward runs on CPU (torch 2.13; no backward, so training with it is GPU-only),
+    but compiling its kernel and block mask takes 20-60 s here; the isolation comes from transformers'
+    packed-sequence BlockMask, which the uncompiled kernel applies the same way, so the probe runs
+    uncompiled."""
     import transformers.integrations.flex_attention as fa
     import transformers.masking_utils as mu
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention

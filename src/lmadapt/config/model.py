@@ -22,7 +22,7 @@ class ModelConfig:
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"] | None = opt(
         "auto", "attention kernel. auto: flash_attention_2 for decoders on a GPU with flash-attn installed (packed "
                 "documents padding-free, varlen), else sdpa (a document mask over the full block); flex_attention "
-                "(block-sparse document mask, compiled: for GPUs); eager (materialised scores)")
+                "(block-sparse document mask, compiled; GPU only); eager (materialised scores)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt("float32", "weights dtype when loading (train in float32 on CPU)")
     trust_remote_code: bool = opt(False, "allow custom modelling code from the hub")
     revision: str | None = opt(None, "hub revision (branch, tag or commit)")

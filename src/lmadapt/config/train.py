@@ -18,6 +18,9 @@ class TrainConfig:
     max_tokens: int | None = opt(None, "stop after about this many training tokens (turned into max_steps)")
     batch_size: int = opt(8, "sequences per device per micro-batch")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
+    micro_batch: Literal["fixed", "auto"] = opt(
+        "fixed", "auto (GPU): before training, the largest divisor of batch_size whose trial step fits in memory, "
+                 "grad_accum grown to keep batch_size x grad_accum (train/micro_batch.py); fixed: batch_size as given")
     lr: float = opt(1e-4, "peak learning rate (AdamW)")
     weight_decay: float = opt(0.01, "AdamW weight decay")
     adam_beta2: float = opt(0.95, "AdamW beta2")
@@ -68,6 +71,12 @@ class TrainConfig:
         for key in ("batch_size", "grad_accum", "log_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if self.micro_batch == "auto":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError("micro_batch: auto searches GPU memory; this machine has no GPU (set batch_size "
+                                  "and grad_accum; `--dry-run` prints the memory plan)")
         if self.lr <= 0:
             raise ConfigError(f"lr: must be > 0, got {self.lr}")
         if self.max_steps is not None and self.max_steps < 1:

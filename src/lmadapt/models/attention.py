@@ -15,9 +15,9 @@ flash_attention_2   varlen kernel: the collator sends ``position_ids`` and no ma
                     sum d_i^2 / 2 score pairs, nothing computed across documents (padding-free).
 flex_attention      a block-sparse ``BlockMask`` built from the same position ids: tiles of 128 x 128
                     wholly outside every document are skipped, so about sum d_i^2 / 2 rounded up to
-                    tiles. Compiled (torch.compile of flex_attention) on first use: on CPU that takes
-                    20-60 s per shape, so it is for GPUs; encoders (4D masks) are refused on CPU
-                    (torch 2.13's CPU kernel aborted the process on BERT).
+                    tiles. Compiled (torch.compile of flex_attention) on first use. GPU only: torch
+                    2.13's CPU kernel has no backward pass (and compiles 20-60 s per shape; it aborted
+                    the process on BERT's 4D masks), so it is refused on CPU.
 sdpa                a 4D block-diagonal boolean mask: the memory-efficient kernel computes all S^2 / 2
                     causal pairs and masks the cross-document ones (flash SDPA takes no mask).
 eager               the full S x S score matrix, materialised (S^2 x heads floats per layer).
@@ -53,11 +53,11 @@ def resolve_attention(requested: str | None, *, causal: bool, cuda: bool | None 
     if requested == "auto":
         # Encoders get an explicit 4D document mask, which varlen flash attention cannot take.
         return "flash_attention_2" if causal and cuda and flash_attention_available() else "sdpa"
-    if requested == "flex_attention" and not causal and not cuda:
+    if requested == "flex_attention" and not cuda:
         from lmadapt.config.base import ConfigError
 
-        raise ConfigError("model.attn_implementation: flex_attention is not supported for encoders on CPU "
-                          "(torch's CPU flex kernel aborts on their 4D masks); use sdpa")
+        raise ConfigError("model.attn_implementation: flex_attention needs a GPU to train (torch's CPU flex kernel "
+                          "has no backward pass); use sdpa on CPU")
     return requested
 
 

@@ -31,6 +31,7 @@ from .dist import broadcast, is_main_process, timeout_seconds, use_cpu, world_si
 from .fsdp import ShardedCheckpoints, is_sharded, loss_across_processes, shard_model, wants_sharding
 from .flops import device_peak_flops, flops_per_token
 from .loss import LMHeadLoss
+from .micro_batch import choose_micro_batch
 from .speed import fast_trainer_class, prepare_speed
 
 CHECKPOINT_DIR = "checkpoints"
@@ -245,6 +246,11 @@ def run_training(model, tokenizer, train_dataset, collator, cfg: TrainConfig, *,
     # Last: RunSegments must see should_save after every callback that may set it (resume_state.py).
     trainer.add_callback(DatasetEpoch())
     trainer.add_callback(RunSegments())
+    if getattr(cfg, "micro_batch", "fixed") == "auto":   # largest micro-batch that fits (train/micro_batch.py)
+        micro, accum = choose_micro_batch(trainer, train_dataset, say=lambda m: print(f"[lmadapt] {m}", flush=True))
+        if is_main_process():
+            print(f"[lmadapt] train.micro_batch auto: {micro} x {accum} accumulation (batch_size x grad_accum "
+                  f"{cfg.batch_size} x {cfg.grad_accum} kept)", flush=True)
     resume = broadcast(_choose_resume(cfg, args.max_steps) if cfg.resume and is_main_process() else None)
     result = _train_with_rollback(trainer, cfg, resume)
     # The whole run: a resumed run's own train() covers only its last part.
