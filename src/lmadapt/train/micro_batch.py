@@ -8,7 +8,9 @@ step, so AdamW's two fp32 moments (8 bytes per trainable parameter, allocated at
 added to its peak, and a micro-batch whose total passes ``HEADROOM`` of the device's memory counts as
 not fitting. The micro-batch found replaces ``batch_size`` and ``grad_accum`` grows by the same
 factor: ``batch_size x grad_accum`` (tokens per optimizer step, hence the schedule and ``max_steps``)
-is unchanged. Divisors only, so the product stays exact. CPU: refused by the recipe (host memory does
+is unchanged. Divisors only, so the product stays exact. The trial takes the first examples: packed
+blocks are all full length; fine-tuning's dynamically padded batches can be longer later (leave room
+with a smaller batch_size there). A resume searches again. CPU: refused by the recipe (host memory does
 not fail as an out-of-memory error does; ``--dry-run``'s memory plan sizes a CPU run).
 """
 from __future__ import annotations
