@@ -1,4 +1,4 @@
-"""train/dist.py under torchrun with two CPU processes (gloo): splitting an evaluation, waiting for
+"""runtime/dist.py under torchrun with two CPU processes (gloo): splitting an evaluation, waiting for
 the main process, and the collective timeout."""
 import json
 import subprocess
@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from helpers import torchrun
-from lmadapt.train import dist
+from lmadapt.runtime import dist
 
 
 SCRIPT = textwrap.dedent('''
     import json, os, sys, time
     import torch
-    from lmadapt.train import dist
+    from lmadapt.runtime import dist
 
     out_dir, sleep = sys.argv[1], float(sys.argv[2])
     rank = int(os.environ["RANK"])
@@ -49,7 +49,7 @@ TOKENIZE = textwrap.dedent('''
     import json, os, sys
     from transformers import AutoTokenizer
     from lmadapt.data.packing import tokenize_documents
-    from lmadapt.train import dist
+    from lmadapt.runtime import dist
 
     out_dir, fail = sys.argv[1], sys.argv[2] == "fail"
     rank = int(os.environ["RANK"])
@@ -156,8 +156,9 @@ def test_a_launch_that_shards_the_model_is_followed(tmp_path, monkeypatch, env, 
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    from lmadapt.train.fsdp import check_launch
     cfg = TrainConfig()
-    dist.check_launch(cfg)
+    check_launch(cfg)
     assert cfg.sharding == sharding
     if sharding == "fsdp":
         assert cfg.fsdp.reshard_after_forward is False and cfg.fsdp.cpu_offload is False
@@ -167,15 +168,16 @@ def test_a_launch_that_shards_the_model_is_followed(tmp_path, monkeypatch, env, 
 def test_fsdp_in_a_deepspeed_launch_is_refused(monkeypatch):
     from lmadapt.config import TrainConfig
     from lmadapt.config.base import ConfigError
+    from lmadapt.train.fsdp import check_launch
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(ConfigError, match="DeepSpeed"):
-        dist.check_launch(TrainConfig(sharding="fsdp"))
+        check_launch(TrainConfig(sharding="fsdp"))
 
 
 OUTPUT_DIR = textwrap.dedent('''
     import json, os, sys, time
-    from lmadapt.train import dist
-    from lmadapt.train.outputs import prepare_output_dir
+    from lmadapt.runtime import dist
+    from lmadapt.runtime.run_folder import prepare_output_dir
 
     out_dir = sys.argv[1]
     rank = int(os.environ["RANK"])

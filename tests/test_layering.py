@@ -118,10 +118,6 @@ def test_stages_never_import_each_other():
 # Cycles in today's graph, to be broken by moves (issue 21); the test fails when one disappears,
 # so this list only shrinks.
 KNOWN_CYCLES: list[frozenset[str]] = [
-    # train/dist.py and train/outputs.py are infrastructure every floor uses; moving to lmadapt/runtime/
-    frozenset({"lmadapt.train.callbacks", "lmadapt.train.dist", "lmadapt.train.fsdp", "lmadapt.train.loop",
-               "lmadapt.train.micro_batch", "lmadapt.train.outputs", "lmadapt.train.run_folder",
-               "lmadapt.train.speed"}),
     # Document lives in sources.py, which writes the spool (a delayed import dodges the cycle)
     frozenset({"lmadapt.data.formats", "lmadapt.data.sources", "lmadapt.data.spool"}),
     # jobs.py reads run.py's lm_evidence (a delayed import dodges the cycle)

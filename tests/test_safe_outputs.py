@@ -7,7 +7,7 @@ import pytest
 from lmadapt.cli import main
 from lmadapt.config.base import ConfigError
 from lmadapt.data import token_cache
-from lmadapt.folders import MANIFEST, write_folder
+from lmadapt.runtime.folders import MANIFEST, write_folder
 
 
 @pytest.fixture

@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     from .commands import dispatch, storage_error, user_errors
-    from .train.dist import finish
+    from .runtime.dist import finish
     try:
         code = dispatch(args, parser) or 0
         finish()        # under torchrun: every process leaves the group before the interpreter exits

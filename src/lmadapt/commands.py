@@ -110,7 +110,7 @@ def cmd_recipe_stage(args, parser):
     cfg = _load(cls_path, args)
     if cfg is not None and getattr(args, "dry_run", False):
         from .advise.memory import dry_run
-        from .train.dist import is_main_process
+        from .runtime.dist import is_main_process
         plan_text = dry_run(cfg)
         if is_main_process():
             print(plan_text)
@@ -137,12 +137,12 @@ def cmd_evaluate(args, parser):
                              block_size=args.block_size, batch_size=args.batch_size,
                              max_tokens=args.max_tokens, packing=args.packing, harness=harness, retention=retention,
                              trust_remote_code=args.trust_remote_code, sharding=args.sharding)
-    from .train.dist import is_main_process
+    from .runtime.dist import is_main_process
     if not is_main_process():   # under torchrun every process has the same numbers: one prints and writes
         return 0
     print(json.dumps(metrics, indent=2))
     if args.output:
-        from .train.outputs import write_json
+        from .runtime.outputs import write_json
         write_json(args.output, metrics)
     return 0
 
@@ -150,7 +150,7 @@ def cmd_evaluate(args, parser):
 def _check_evaluate_args(args) -> None:
     """Before the model loads: values that gave a traceback deep inside (--block-size 0, --output a folder)."""
     from .config.base import ConfigError
-    from .folders import check_output_file
+    from .runtime.folders import check_output_file
     for flag, value, low in (("--block-size", args.block_size, 2), ("--batch-size", args.batch_size, 1),
                              ("--max-tokens", args.max_tokens, 1)):
         if value is not None and value < low:
@@ -161,11 +161,11 @@ def _check_evaluate_args(args) -> None:
 
 def cmd_predict(args, parser):
     from .stages.predict import predict_file
-    from .train.dist import is_main_process
+    from .runtime.dist import is_main_process
     if not args.text and not (args.input and args.output):
         parser.error("predict needs --text, or --input and --output")
     if args.output:
-        from .folders import check_output_file
+        from .runtime.folders import check_output_file
         check_output_file(args.output)     # before the model loads, not after every prediction
     gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
     result = predict_file(args.model, args.input, args.output, batch_size=args.batch_size, text=args.text,
@@ -182,7 +182,7 @@ def cmd_tokenizer(args, parser):
         parser.error("tokenizer needs a subcommand: train or extend")
     from .config.data import SourceConfig
     from .data.sources import read_source
-    from .folders import check_output_folder
+    from .runtime.folders import check_output_folder
     from .models.tokenizers import train_tokenizer
     check_output_folder(args.output, overwrite=args.overwrite)   # refuse before reading the corpus
     texts = []
@@ -213,7 +213,7 @@ def _texts(paths, text_field: str, max_chars: int | None = None) -> list[str]:
 
 
 def cmd_tokenizer_extend(args):
-    from .folders import check_output_folder, write_folder
+    from .runtime.folders import check_output_folder, write_folder
     from .models.load import load_tokenizer
     from .models.vocab import (candidate_table, extend_tokenizer, mine_candidates, pretoken_counts, tokenizer_kind,
                                tokens_per_word)

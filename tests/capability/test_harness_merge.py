@@ -11,7 +11,7 @@ from lmadapt.config.base import ConfigError, load_recipe
 from lmadapt.config.merge import MergeConfig
 from lmadapt.stages import merge as merge_stage
 from lmadapt.stages.merge import choose, refine, run_merge
-from lmadapt.train.outputs import write_meta
+from lmadapt.runtime.outputs import write_meta
 
 ROLES = {"domain": "domain", "general": "general"}
 

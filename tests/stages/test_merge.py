@@ -10,7 +10,7 @@ from helpers import CORPUS, tiny_bpe_tokenizer, tiny_llama
 from lmadapt.config.base import ConfigError, load_recipe
 from lmadapt.config.merge import MergeConfig
 from lmadapt.stages.merge import choose, run_merge
-from lmadapt.train.outputs import write_meta
+from lmadapt.runtime.outputs import write_meta
 
 
 def _jsonl(path: Path, texts) -> str:

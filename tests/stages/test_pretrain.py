@@ -254,7 +254,7 @@ def test_evaluations_outside_the_trainer_run_on_the_process_device(workspace, mo
     on the CPU where it was loaded. Here the device is recorded, not changed."""
     from lmadapt.stages.evaluate import evaluate_model
     from lmadapt.stages.pretrain import run_pretrain
-    from lmadapt.train import dist
+    from lmadapt.runtime import dist
 
     tmp_path, tok_dir, train, valid = workspace
     asked = []
@@ -267,7 +267,7 @@ def test_evaluations_outside_the_trainer_run_on_the_process_device(workspace, mo
 
 
 def test_process_device_is_the_local_rank_gpu(monkeypatch):
-    from lmadapt.train import dist
+    from lmadapt.runtime import dist
 
     monkeypatch.setattr(dist, "use_cpu", lambda: False)
     monkeypatch.setenv("LOCAL_RANK", "3")

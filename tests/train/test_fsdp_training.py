@@ -137,7 +137,7 @@ SCRIPT = textwrap.dedent('''
     from test_fsdp_training import pretrain_recipe, run_all
     from lmadapt.config import PretrainConfig, load_recipe
     from lmadapt.stages.pretrain import run_pretrain
-    from lmadapt.train import dist
+    from lmadapt.runtime import dist
 
     ws = Path(sys.argv[2])
     out = run_all(ws, 2, "fsdp")

@@ -44,7 +44,7 @@ def test_overwrite_clears_resume_checks_the_recipe_and_standalone_stages_lock(tm
     assert [json.loads(line)["step"] for line in (out / "logs.jsonl").read_text().splitlines()][-1] == 2
 
     # a folder another lmadapt process holds is refused (the lock of `lmadapt run`)
-    from lmadapt.train.run_folder import release_folder
+    from lmadapt.runtime.run_folder import release_folder
     release_folder(out)      # this process's own hold, as if the run above had been another process
     with RunLock(out):
         with pytest.raises(ConfigError, match="is in use by another lmadapt process"):
@@ -64,8 +64,8 @@ def test_overwrite_into_a_new_folder_and_a_rerun_after_an_early_failure_start(tm
     """The lock file a run takes is not "an earlier run" (train.overwrite=true into a new folder was refused
     because of it), and a folder left by a run that failed before its first checkpoint or output holds
     nothing to lose: the corrected run starts there without a flag."""
-    from lmadapt.train import run_folder
-    from lmadapt.train.outputs import prepare_output_dir
+    from lmadapt.runtime import run_folder
+    from lmadapt.runtime.run_folder import prepare_output_dir
     new = tmp_path / "new"
     prepare_output_dir(new, resume=False, overwrite=True, recipe={"train": {"seed": 0}})
     assert (new / run_folder.LOCK_FILE).is_file() and (new / run_folder.RUN_FILE).is_file()

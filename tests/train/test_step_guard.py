@@ -82,7 +82,7 @@ def test_skip_policy_drops_bad_updates_and_rolls_back_after_k(tmp_path, monkeypa
 
 
 def test_metrics_are_always_valid_json(tmp_path):
-    from lmadapt.train.outputs import read_json, update_metrics
+    from lmadapt.runtime.outputs import read_json, update_metrics
     update_metrics(tmp_path, {"train": {"train_loss": float("nan"), "steps": 3}, "ppl": float("inf")})
     text = (tmp_path / "metrics.json").read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in metrics.json"))

@@ -96,7 +96,7 @@ def _read_measurements(path: str) -> dict:
 
 def main(args) -> int:
     """Run `lmadapt advise` from parsed ``args``; prints the table, writes --output/--pipeline. Returns 0."""
-    from ..folders import check_output_file
+    from ..runtime.folders import check_output_file
     for flag, path in (("--output", args.output), ("--pipeline", args.pipeline)):
         if path:
             check_output_file(path, flag)    # before minutes of measuring, not after
@@ -135,7 +135,7 @@ def main(args) -> int:
                "inputs": {k: getattr(args, k, None) for k in ("model", "domain", "text_field", "task_train", "task_dev",
                                                                 "task_test", "task_text_field", "label_field", "reference")},
                "advice": advice.to_dict(), "measurements": measurements, "pipeline": pipeline_path}
-        from ..train.outputs import atomic_write_text
+        from ..runtime.outputs import atomic_write_text
         atomic_write_text(args.output, json.dumps(out, indent=2, default=str) + "\n")
     return 0
 

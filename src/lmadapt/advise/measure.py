@@ -184,7 +184,7 @@ def measure(model_dir: str, *, domain: str | None = None, text_field: str = "tex
 def _device(name: str):
     import torch
 
-    from ..train.dist import process_device
+    from ..runtime.dist import process_device
     return process_device() if name == "auto" else torch.device(name)
 
 
@@ -515,7 +515,7 @@ def _probe(loaded, ids: list[int], *, batch_size: int, block_size: int, steps: i
 def _memory_plan(model, dev, max_pos, train_batch_tokens: int) -> dict:
     """Bytes per parameter and GPUs needed for full / LoRA / sharded training (advise/memory.py),
     at blocks of 512 tokens (fewer where the model's context is shorter) making train_batch_tokens."""
-    from ..train.loop import resolve_precision
+    from ..runtime.dist import resolve_precision
     from .memory import advise_plan
 
     block = min(512, max_pos or 512)

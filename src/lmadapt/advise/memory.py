@@ -59,7 +59,7 @@ def _precision(requested: str) -> tuple[str, str | None]:
 def recipe_setup(cfg, *, block_size: int, processes: int | None = None) -> tuple[ModelShape, Setup, list[str]]:
     """(shape, setup, notes) of a pretrain (or finetune) recipe, launched on ``processes`` (default:
     WORLD_SIZE, else 1)."""
-    from ..train.dist import world_size
+    from ..runtime.dist import world_size
     config = recipe_model_config(cfg.model)
     shape = model_shape(config, lora_r=cfg.lora.r)
     precision, note = _precision(cfg.train.precision)
@@ -162,7 +162,7 @@ def render_plan(summary: dict, notes: list[str] | None = None) -> str:
 
 def dry_run(cfg, *, block_size: int | None = None) -> str:
     """`lmadapt pretrain RECIPE --dry-run`: the plan of this recipe, as the launch would run it."""
-    from ..train.dist import world_size
+    from ..runtime.dist import world_size
     from ..train.fsdp import apply_launch_options
     apply_launch_options(cfg.train)   # under `accelerate launch --config_file` with FSDP: as the launch would train
     block = block_size or getattr(getattr(cfg, "data", None), "block_size", None) or 512

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from lmadapt.config.base import ConfigError
-from lmadapt.folders import check_output_folder, write_folder
+from lmadapt.runtime.folders import check_output_folder, write_folder
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def gguf_to_model_folder(gguf_path: str, output_dir: str, *, verify: bool = True
     interrupted conversion leaves nothing at ``output_dir``. With ``verify`` the logits of the
     rebuilt model must match those of the model transformers loaded from the GGUF file. An existing
     ``output_dir`` with files lmadapt did not write is refused unless ``overwrite`` (see
-    :mod:`lmadapt.folders`); it is never deleted.
+    :mod:`lmadapt.runtime.folders`); it is never deleted.
     """
     import torch
     import transformers

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Iterable, Iterator
 
 from lmadapt.config.base import ConfigError
-from lmadapt.folders import check_output_folder, write_folder
+from lmadapt.runtime.folders import check_output_folder, write_folder
 
 BPE_SPECIALS = {"eos": "<|endoftext|>", "pad": "<pad>"}
 WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -71,7 +71,7 @@ def train_tokenizer(texts: Iterable[str], *, kind: str, vocab_size: int, output_
     folder is written to a temporary sibling first and renamed, so a crash never leaves half a
     tokenizer behind. An existing ``output_dir`` is replaced only if lmadapt wrote all of it; a
     folder with other files is refused unless ``overwrite`` (then only the tokenizer files are
-    replaced): see :mod:`lmadapt.folders`.
+    replaced): see :mod:`lmadapt.runtime.folders`.
     """
     from tokenizers import processors
     from transformers import AutoTokenizer, PreTrainedTokenizerFast

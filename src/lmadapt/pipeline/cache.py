@@ -30,7 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..train.outputs import atomic_write_text, read_json
+from ..runtime.outputs import atomic_write_text, read_json
 
 DONE_FILE = "DONE"
 STAGE_FILE = "lmadapt_stage.json"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from ..train.outputs import METRICS_FILE, read_json
+from ..runtime.outputs import METRICS_FILE, read_json
 
 RESULTS_FILE = "results.jsonl"
 STATE_FILE = "run_state.json"

@@ -23,8 +23,8 @@ from importlib.resources import as_file, files
 from pathlib import Path
 
 from ..config.pipeline import load_pipeline, sample_data_dir
-from ..train.dist import is_main_process, main_first
-from ..train.dist import log as dist_log
+from ..runtime.dist import is_main_process, main_first
+from ..runtime.dist import log as dist_log
 
 TOKENIZER_SETTINGS = {"kind": "bpe", "vocab_size": 4096, "data": "general/train.jsonl.gz", "min_frequency": 2}
 # --quick: the same pipeline with budgets cut ~5x (a smoke run of the machinery, a minute or two).
@@ -52,7 +52,7 @@ def ensure_tokenizer(folder: Path, sample: str) -> Path:
     from ..config.data import SourceConfig
     from ..data.sources import read_source
     from ..models.tokenizers import train_tokenizer
-    from ..train.outputs import write_json
+    from ..runtime.outputs import write_json
     t0 = time.time()
     docs, _ = read_source(SourceConfig(path=str(Path(sample) / TOKENIZER_SETTINGS["data"])))
     tok = train_tokenizer([d.text for d in docs], kind=TOKENIZER_SETTINGS["kind"],

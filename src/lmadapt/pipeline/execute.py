@@ -14,9 +14,9 @@ from typing import Callable
 
 from ..config.base import load_recipe, to_dict
 from ..stages.pretrain_data import BLOCKS_DIR
-from ..train.dist import barrier, broadcast, gather, is_main_process, world_size
-from ..train.dist import log as dist_log
-from ..train.outputs import METRICS_FILE, write_json
+from ..runtime.dist import barrier, broadcast, gather, is_main_process, world_size
+from ..runtime.dist import log as dist_log
+from ..runtime.outputs import METRICS_FILE, write_json
 from . import cache
 from .plan import StageInstance
 
@@ -185,12 +185,12 @@ def execute_stage(inst: StageInstance, keep_checkpoints: bool = False) -> dict:
     if inst.kind != "evaluate" and resumed != "checkpoint":
         recipe["train"]["overwrite"] = True       # the folder holds only lmadapt_stage.json
     t0 = time.time()
-    from ..train.run_folder import release_folder
+    from ..runtime.run_folder import release_folder
     try:
         with PeakMemory() as mem:
             STAGE_RUNNERS[inst.kind](recipe, folder)
     finally:
-        release_folder(folder)      # the stage took its folder's lock (train/run_folder.py)
+        release_folder(folder)      # the stage took its folder's lock (runtime/run_folder.py)
     info = {"hash": inst.hash, "kind": inst.kind, "name": inst.name, "wall_seconds": round(time.time() - t0, 2),
             "resumed": resumed, **mem.result(),
             # which training of the parent this one started from (plan.reusable), and which code ran it

@@ -18,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from ..train.outputs import ACCOUNTING_FILE, atomic_write_text, read_json
+from ..runtime.outputs import ACCOUNTING_FILE, atomic_write_text, read_json
 from .compare import BASELINE_ARM, Run, Stat, arm_chains, comparison, load_run, noise_rule
 from .fmt import fmt_value as _fmt
 from .svg import svg_chart

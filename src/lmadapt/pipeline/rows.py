@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.pipeline import LM_KINDS
-from ..train.outputs import METRICS_FILE, read_json
+from ..runtime.outputs import METRICS_FILE, read_json
 from . import cache
 from .plan import ArmRun, StageInstance
 

@@ -16,7 +16,7 @@ folder, rows.py makes the rows; this module walks the plan.
 
 Under ``torchrun`` / ``accelerate launch`` every process runs this same loop: the stages and the
 perplexity evidence need all of them. The main process alone takes the lock, decides what is
-cached or interrupted (and tells the others, see train/dist.py), and writes everything outside
+cached or interrupted (and tells the others, see runtime/dist.py), and writes everything outside
 the stage folders' model files: DONE markers, run_state.json, results.jsonl, the baseline and the
 report. ``output_dir`` must be on a file system every process sees, as checkpoint resume needs.
 """
@@ -32,10 +32,10 @@ from pathlib import Path
 
 from ..config.base import ConfigError, to_dict
 from ..config.pipeline import LM_KINDS, PipelineConfig, load_pipeline
-from ..folders import refuse_foreign_folder
-from ..train.dist import barrier, broadcast, is_main_process, world_size
-from ..train.run_folder import FolderLock
-from ..train.outputs import atomic_write_text, read_json, write_json
+from ..runtime.folders import refuse_foreign_folder
+from ..runtime.dist import barrier, broadcast, is_main_process, world_size
+from ..runtime.run_folder import FolderLock
+from ..runtime.outputs import atomic_write_text, read_json, write_json
 from . import cache
 from .execute import STAGE_RUNNERS, load_for_eval, execute_stage, log
 from .plan import ArmRun, StageInstance, plan, reusable, stage_names, unique_instances, unplanned_folders
@@ -187,7 +187,7 @@ def write_results(out: Path, rows: list[dict]) -> None:
         atomic_write_text(out / RESULTS_FILE, "".join(json.dumps(r, default=str) + "\n" for r in rows))
 
 
-# The lock moved down to train/run_folder.py: standalone stages take the same one.
+# The lock moved down to runtime/run_folder.py: standalone stages take the same one.
 RunLock = FolderLock
 
 

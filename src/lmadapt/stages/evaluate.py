@@ -23,7 +23,7 @@ from ..config.capability import HarnessConfig, RetentionConfig
 from ..config.model import ModelConfig
 from ..data.heldout import heldout_set
 from ..models.load import check_block_size, load_model, supports_document_packing
-from ..train.dist import to_process_device
+from ..runtime.dist import to_process_device
 from ..train.fsdp import apply_launch_options, check_config, is_sharded, prepare_model
 from ..train.lm_eval import heldout_collator, score_sets
 

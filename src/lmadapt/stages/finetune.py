@@ -34,12 +34,14 @@ from ..models.load import reading_weights
 from ..tasks import TASKS
 from ..tasks.base import DataError, Example, ReadReport
 from ..tasks.labeled_io import stratified_split, stratified_subsample
-from ..train.dist import check_launch, is_main_process, log
+from ..runtime.dist import is_main_process, log
+from ..train.fsdp import check_launch
 from ..train.fsdp import unsharded_on_main
 from ..train.loop import CHECKPOINT_DIR, run_training
 from ..train.flops import speed_metrics
 from ..train.samplers import EpochLengthGroupedSampler, EpochWeightedSampler
-from ..train.outputs import prepare_output_dir, read_json, read_meta, update_metrics, write_meta, write_recipe
+from ..runtime.run_folder import prepare_output_dir
+from ..runtime.outputs import read_json, read_meta, update_metrics, write_meta, write_recipe
 
 
 # --- where the model comes from ----------------------------------------------------------------

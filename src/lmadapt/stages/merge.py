@@ -31,11 +31,13 @@ from ..data.heldout import heldout_sets
 from ..models.load import check_block_size, load_model, supports_document_packing
 from ..models.lora import save_model
 from ..tasks.retention import instruction_retention, read_retention_set
-from ..train.dist import check_launch, is_main_process, log, to_process_device
+from ..runtime.dist import is_main_process, log, to_process_device
+from ..train.fsdp import check_launch
 from ..train.fsdp import local_part, local_shard, shard_model, unsharded_on_main, wants_sharding
 from ..train.harness import check_tasks, harness_value, run_harness
 from ..train.lm_eval import heldout_collator, score_sets
-from ..train.outputs import prepare_output_dir, read_meta, update_metrics, write_meta, write_recipe
+from ..runtime.run_folder import prepare_output_dir
+from ..runtime.outputs import read_meta, update_metrics, write_meta, write_recipe
 
 
 def resolve_base(cfg: MergeConfig) -> str:

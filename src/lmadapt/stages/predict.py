@@ -25,12 +25,12 @@ from tqdm.auto import tqdm
 from ..config.base import ConfigError, from_dict, read_yaml
 from ..config.finetune import ADAPTER_FILE, FinetuneConfig
 from ..config.hub import is_hub_spec
-from ..folders import check_output_file
+from ..runtime.folders import check_output_file
 from ..models.load import reading_weights
 from ..tasks import TASKS
 from ..tasks.labeled_io import read_records
-from ..train.dist import is_main_process, map_split, process_device, world_size
-from ..train.outputs import META_FILE, RECIPE_FILE, read_meta
+from ..runtime.dist import is_main_process, map_split, process_device, world_size
+from ..runtime.outputs import META_FILE, RECIPE_FILE, read_meta
 
 # Field that a single --text fills, per task: (recipe section, key). QA needs a JSON record.
 SINGLE_TEXT_FIELD = {"classification": ("data", "text_field"), "extraction": ("extraction", "text_field"),

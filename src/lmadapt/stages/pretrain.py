@@ -20,11 +20,13 @@ from ..data.mask_seeds import MaskSeeded
 from ..models.load import check_block_size, load_model, supports_document_packing
 from ..models.lora import apply_lora, save_model
 from ..train.lm_eval import lm_metrics
-from ..train.dist import check_launch, is_main_process, log
+from ..runtime.dist import is_main_process, log
+from ..train.fsdp import check_launch
 from ..train.fsdp import prepare_model, unsharded_on_main, wants_sharding
 from ..train.loop import run_training
 from ..train.flops import speed_metrics
-from ..train.outputs import (ACCOUNTING_FILE, prepare_output_dir, update_metrics, write_json, write_meta,
+from ..runtime.run_folder import prepare_output_dir
+from ..runtime.outputs import (ACCOUNTING_FILE, update_metrics, write_json, write_meta,
                              write_recipe)
 from .pretrain_data import prepare_stage_data, read_stage_corpus, remove_stage_data
 from .pretrain_vocab import extend_vocabulary, training_options, word_perplexities

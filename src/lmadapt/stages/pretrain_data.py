@@ -33,8 +33,8 @@ from ..config.pretrain import PretrainConfig
 from ..data.mixing import mix_documents, plan_mixture, plan_table, plans_as_dicts
 from ..data.packing import BLOCKS_FORMAT, TokenAccounting, open_blocks, pack_blocks, resolve_pad_id, tokenize_arrays
 from ..data.sources import Corpus, read_corpus, source_name
-from ..train.dist import barrier, is_local_main_process, log, main_first
-from ..train.outputs import write_json
+from ..runtime.dist import barrier, is_local_main_process, log, main_first
+from ..runtime.outputs import write_json
 
 # Where a stage keeps its packed blocks while it runs (removed when it ends; kept for a resume).
 BLOCKS_DIR = ".lmadapt-blocks"

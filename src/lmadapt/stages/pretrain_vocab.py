@@ -23,7 +23,7 @@ from ..models.embed_init import init_new_rows
 from ..models.load import fix_pad_token
 from ..models.vocab import (candidate_table, extend_tokenizer, mine_candidates, pretoken_counts, read_extension,
                             tokenizer_kind, tokens_per_word, vocab_digest)
-from ..train.dist import log, main_first
+from ..runtime.dist import log, main_first
 from .pretrain_data import BLOCKS_DIR
 
 VOCAB_DIR = "vocab"

@@ -28,7 +28,7 @@ from ..config.finetune import PROBLEM_METRICS
 from ..data.collators import pad_right
 from ..models.attention import resolve_attention
 from ..models.quantize import quantized_load_kwargs
-from ..train.dist import log, map_split
+from ..runtime.dist import log, map_split
 from .base import DataError, Example, ReadReport
 from .labeled_io import read_records
 

@@ -49,7 +49,7 @@ except ImportError:                    # pragma: no cover - then no template can
 
 from ..config.base import ConfigError
 from ..config.tasks import InstructionConfig
-from ..train.dist import map_split, sum_split
+from ..runtime.dist import map_split, sum_split
 from .base import DataError, Example, ReadReport, allow_truncation, eval_batch_size, on_error_mode, recipe_section
 from .classification import model_kwargs, pad_id_of
 from .labeled_io import read_records

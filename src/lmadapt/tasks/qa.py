@@ -31,7 +31,7 @@ import torch
 from ..config.base import ConfigError
 from ..config.tasks import QAConfig
 from ..data.collators import pad_right
-from ..train.dist import map_split
+from ..runtime.dist import map_split
 from .base import DataError, Example, ReadReport, allow_truncation, eval_batch_size, on_error_mode, recipe_section
 from .classification import model_kwargs, pad_id_of
 from .labeled_io import read_records

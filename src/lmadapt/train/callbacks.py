@@ -32,7 +32,7 @@ class JsonlLogCallback(TrainerCallback):
     def _cut_after(self, step: int) -> None:
         """A resume from step N (0: no checkpoint was left): drop the rows a killed part logged after N
         (they are trained and logged again), and continue ``elapsed_s`` from the last row kept."""
-        from .outputs import atomic_write_text
+        from ..runtime.outputs import atomic_write_text
 
         kept = []
         for line in self.path.read_text(encoding="utf-8").splitlines():

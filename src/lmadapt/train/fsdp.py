@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..config.base import ConfigError
-from . import dist
+from ..runtime import dist
 
 MODEL_DIR = "pytorch_model_fsdp_0"   # accelerate's names for a sharded checkpoint's parts
 OPTIMIZER_DIR = "optimizer_0"
@@ -161,13 +161,12 @@ def shard_model(model, train_cfg):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from .loop import resolve_precision
     if is_sharded(model):
         return model
     fcfg = train_cfg.fsdp
     units = _units(model, fcfg.wrap)          # a bad wrap list stops here, before any collective
     # a merge or an evaluation has no train.precision: the model is scored in the dtype it loaded in
-    kwargs = _policies(fcfg, resolve_precision(getattr(train_cfg, "precision", "fp32")))
+    kwargs = _policies(fcfg, dist.resolve_precision(getattr(train_cfg, "precision", "fp32")))
     _ensure_group()
     _broadcast_from_main(model)
     mesh = init_device_mesh("cpu" if dist.use_cpu() else "cuda", (dist.world_size(),))
@@ -351,3 +350,38 @@ class ShardedCheckpoints:
             yield
         finally:
             self.model.set_requires_gradient_sync(True)
+
+
+# What a launcher asked for (here, not in runtime/dist.py: following it applies train.fsdp's rules)
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def _zero_stage() -> int | None:
+    """The DeepSpeed ZeRO stage ``accelerate launch`` passes on: its config file's, else its flag's."""
+    import json
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
+    if path and os.path.isfile(path):
+        try:
+            with open(path) as fh:
+                return int(json.load(fh).get("zero_optimization", {}).get("stage", 0))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return None   # DeepSpeed itself will report a config it cannot read
+    raw = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "").strip()
+    return int(raw) if raw.isdigit() else None
+
+
+def check_launch(train_cfg) -> None:
+    """At the start of a training stage: a launch that shards the model is followed, not refused.
+
+    ``accelerate launch`` with an FSDP config turns ``train.sharding: fsdp`` on (its FSDP_* options
+    mapped onto ``train.fsdp``; train/fsdp.py). DeepSpeed ZeRO-3 is left to the Trainer and
+    accelerate as they do it (GPU only, not tested here): lmadapt's own evaluations and saving
+    assume FSDP or a whole model, so it says so once."""
+    apply_launch_options(train_cfg)
+    check_config(train_cfg)
+    if _env_flag("ACCELERATE_USE_DEEPSPEED") and _zero_stage() == 3:
+        dist.log("DeepSpeed ZeRO-3 launch: trained by the Trainer's DeepSpeed integration (GPU only, untested by "
+                 "lmadapt's suite); lmadapt's own held-out scoring and saving expect train.sharding: fsdp or a whole "
+                 "model: set stage3_gather_16bit_weights_on_model_save, or prefer train.sharding: fsdp")

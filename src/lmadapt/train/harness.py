@@ -128,7 +128,7 @@ def run_harness(model, tokenizer, cfg: HarnessConfig) -> dict:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    from .dist import to_process_device
+    from ..runtime.dist import to_process_device
     model = to_process_device(model) if cfg.device == "auto" else model.to(cfg.device)
     was_training = model.training
     model.eval()

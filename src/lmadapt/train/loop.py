@@ -27,7 +27,7 @@ from .resume_state import DatasetEpoch, ResumeExactly, RunSegments, find_callbac
 from .checkpoints import AtomicCheckpoints, newest_complete_checkpoint
 from .guard import GuardedTrainer, RollBack, StepGuard, TrainingDiverged
 from .schedules import StableEndCheckpoint, extension_checkpoint, scheduler_arguments, stable_end
-from .dist import broadcast, is_main_process, timeout_seconds, use_cpu, world_size
+from ..runtime.dist import broadcast, is_main_process, resolve_precision, timeout_seconds, use_cpu, world_size
 from .fsdp import ShardedCheckpoints, is_sharded, loss_across_processes, shard_model, wants_sharding
 from .flops import device_peak_flops, flops_per_token
 from .loss import LMHeadLoss
@@ -38,18 +38,6 @@ CHECKPOINT_DIR = "checkpoints"
 # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns).
 _CHECKPOINTING_ARG = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
                       else "gradient_checkpointing")
-
-
-def resolve_precision(precision: str) -> str:
-    """'auto' -> bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU (CPU bf16 is slow here)."""
-    if precision != "auto":
-        if precision in ("bf16", "fp16") and not torch.cuda.is_available():
-            # bf16 on CPU works but can be ~80x slower than fp32 on CPUs without AMX/AVX512-BF16.
-            return precision
-        return precision
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
 
 
 def steps_for_tokens(max_tokens: int, tokens_per_example: int, cfg: TrainConfig) -> int:
@@ -113,7 +101,7 @@ def training_arguments(cfg: TrainConfig, *, tokens_per_example: int | None = Non
         logging_nan_inf_filter=cfg.nan_policy == "skip",
         use_cpu=use_cpu(),
         ddp_find_unused_parameters=False,
-        ddp_timeout=timeout_seconds(),  # the same as a group lmadapt started itself (train/dist.py)
+        ddp_timeout=timeout_seconds(),  # the same as a group lmadapt started itself (runtime/dist.py)
         **eval_kwargs,
         **extra,
     )

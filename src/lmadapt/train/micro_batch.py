@@ -74,7 +74,7 @@ def trainer_trial(trainer, dataset) -> Callable[[int], None]:
 def choose_micro_batch(trainer, dataset, *, say=print) -> tuple[int, int]:
     """:func:`find_micro_batch` with the Trainer's trial, the smallest over all processes (they step
     together), applied to the Trainer; returns (micro-batch, grad_accum)."""
-    from .dist import gather
+    from ..runtime.dist import gather
 
     micro = min(gather(find_micro_batch(trainer_trial(trainer, dataset), trainer.args.per_device_train_batch_size,
                                         say=say)))

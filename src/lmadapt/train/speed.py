@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..config.base import ConfigError
-from .dist import log
+from ..runtime.dist import log
 from .loss import FusedLossMixin, resolve_loss
 
 

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .config.base import ConfigError
+from ..config.base import ConfigError
 
 MANIFEST = ".lmadapt-files.json"
 

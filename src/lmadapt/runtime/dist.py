@@ -52,44 +52,23 @@ def timeout_seconds() -> int:
     return value
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
-
-
-def _zero_stage() -> int | None:
-    """The DeepSpeed ZeRO stage ``accelerate launch`` passes on: its config file's, else its flag's."""
-    import json
-    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
-    if path and os.path.isfile(path):
-        try:
-            with open(path) as fh:
-                return int(json.load(fh).get("zero_optimization", {}).get("stage", 0))
-        except (OSError, ValueError, TypeError, AttributeError):
-            return None   # DeepSpeed itself will report a config it cannot read
-    raw = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "").strip()
-    return int(raw) if raw.isdigit() else None
-
-
-def check_launch(train_cfg) -> None:
-    """At the start of a training stage: a launch that shards the model is followed, not refused.
-
-    ``accelerate launch`` with an FSDP config turns ``train.sharding: fsdp`` on (its FSDP_* options
-    mapped onto ``train.fsdp``; train/fsdp.py). DeepSpeed ZeRO-3 is left to the Trainer and
-    accelerate as they do it (GPU only, not tested here): lmadapt's own evaluations and saving
-    assume FSDP or a whole model, so it says so once."""
-    from .fsdp import apply_launch_options, check_config
-    apply_launch_options(train_cfg)
-    check_config(train_cfg)
-    if _env_flag("ACCELERATE_USE_DEEPSPEED") and _zero_stage() == 3:
-        log("DeepSpeed ZeRO-3 launch: trained by the Trainer's DeepSpeed integration (GPU only, untested by "
-            "lmadapt's suite); lmadapt's own held-out scoring and saving expect train.sharding: fsdp or a whole "
-            "model: set stage3_gather_16bit_weights_on_model_save, or prefer train.sharding: fsdp")
-
-
 def use_cpu() -> bool:
     """Train and coordinate on the CPU: exactly when no GPU is visible (the Trainer is told the same)."""
     import torch
     return not torch.cuda.is_available()
+
+
+def resolve_precision(precision: str) -> str:
+    """'auto' -> bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU (CPU bf16 is slow here)."""
+    import torch
+    if precision != "auto":
+        if precision in ("bf16", "fp16") and not torch.cuda.is_available():
+            # bf16 on CPU works but can be ~80x slower than fp32 on CPUs without AMX/AVX512-BF16.
+            return precision
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
 
 
 def process_device():

@@ -9,6 +9,7 @@
 - :func:`clear_previous_run`: ``train.overwrite`` removes what an earlier run wrote (old metrics
   sections and checkpoints were kept and mixed into the new run's), keeping only what the pipeline
   reuses on purpose: its stage file and the packed blocks, whose names key their content.
+- :func:`prepare_output_dir`: all of the above at a training stage's start, decided on the main process.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import shutil
 from pathlib import Path
 
 from ..config.base import ConfigError
+from .dist import barrier, broadcast, is_main_process
+from .outputs import write_json
 
 LOCK_FILE = ".lmadapt_run.lock"
 RUN_FILE = "lmadapt_run.json"
@@ -134,7 +137,6 @@ def check_resume(out: Path, recipe: dict) -> None:
 
 
 def record_run(out: Path, recipe: dict) -> None:
-    from .outputs import write_json
     write_json(Path(out) / RUN_FILE, recipe_fingerprint(recipe))
 
 
@@ -155,3 +157,45 @@ def clear_previous_run(out: Path) -> None:
 def holds_a_run(out: Path) -> bool:
     """Whether ``out`` holds anything a new run could lose or mix with (see NOTHING_TO_LOSE)."""
     return any(p.name not in NOTHING_TO_LOSE for p in Path(out).iterdir())
+
+
+def prepare_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool, recipe: dict | None = None) -> Path:
+    """Refuse to mix a new run into an old folder unless asked to resume or overwrite.
+
+    The main process also takes the folder's lock, refuses a resume of another recipe's run, clears
+    an earlier run's files on overwrite, and records this run's fingerprint (above).
+
+    Under several processes every rank checks before any rank writes (a barrier follows), so
+    rank 1 never mistakes rank 0's fresh files for an old run. The barrier is ``dist.barrier``: a
+    bare ``PartialState()`` on a machine without GPUs calls a torchrun job single-process, and its
+    ``wait_for_everyone`` returns at once (seen: rank 1 refusing the folder rank 0 had started to fill).
+    """
+    out = Path(output_dir)
+    problem = None
+    if out.exists() and not out.is_dir():   # was a NotADirectoryError traceback
+        problem = f"train.output_dir: {out} is a file, not a folder; give a folder path"
+    elif out.exists() and holds_a_run(out) and not (resume or overwrite):
+        problem = (f"train.output_dir: {out} is not empty ({', '.join(p.name for p in list(out.iterdir())[:5])}...); "
+                   "pass train.resume=true to continue it or train.overwrite=true to reuse it")
+    barrier()   # every process has looked before any process writes
+    if problem:
+        raise ConfigError(problem)
+    error = None
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            hold_folder(out)
+            if resume and recipe is not None:
+                check_resume(out, recipe)
+            elif overwrite and any(out.iterdir()):
+                clear_previous_run(out)
+            if recipe is not None:
+                record_run(out, recipe)
+        except Exception as exc:  # noqa: BLE001 - re-raised on every process below
+            error = exc
+    message = broadcast(str(error) if error else None)
+    if error is not None:
+        raise error
+    if message:
+        raise ConfigError(message)
+    return out
