@@ -94,3 +94,26 @@ def test_cache_clear_leaves_folders_that_are_not_cache_entries(tmp_path, capsys)
     assert main(["cache", "clear", "--dir", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [".git", "gguf", "project"]
 
+
+
+def test_atomic_file_commits_discards_and_keeps_the_first_of_two_writers(tmp_path):
+    """runtime.outputs.AtomicFile, the one temp-then-rename writer: the target appears whole on commit,
+    an error leaves neither target nor temp file, and clobber=False keeps a file another writer put first."""
+    import pytest
+    from lmadapt.runtime.outputs import AtomicFile, atomic_write_text
+    target = tmp_path / "sub" / "f.txt"
+    with AtomicFile(target) as out:
+        out.tmp.write_text("one")
+        assert not target.exists()
+    assert target.read_text() == "one"
+    with pytest.raises(RuntimeError):
+        with AtomicFile(target) as out:
+            out.tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "one"
+    with AtomicFile(target, clobber=False) as out:
+        out.tmp.write_text("second")
+    assert target.read_text() == "one"
+    atomic_write_text(target, "two")
+    assert target.read_text() == "two"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["f.txt"]

@@ -34,13 +34,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
 import numpy as np
 
+from ..runtime.outputs import AtomicFile, atomic_write_text
 from .tokenize import (TokenizedDocs, _arrays_fingerprint, _special_id, cache_key, default_cache_dir,
                        gather_documents, token_arrays, tokenize_arrays, tokenize_documents, tokenizer_fingerprint)
 
@@ -138,7 +138,7 @@ def pack_blocks(tokenized, *, block_size: int, pad_id: int, mode: Mode = "docume
         # An explicit fingerprint: datasets would otherwise hash the whole table (seconds for 10M tokens).
         dataset = datasets.Dataset(table, fingerprint=_arrays_fingerprint(docs, L, int(pad_id), mode))
         return dataset.with_format("numpy"), accounting
-    _write_text(_sidecar(path), json.dumps(accounting.to_dict(), indent=1))  # last: marks the file complete
+    atomic_write_text(_sidecar(path), json.dumps(accounting.to_dict(), indent=1))  # last: marks the file complete
     return open_blocks(path)
 
 
@@ -160,13 +160,6 @@ def open_blocks(path: str | os.PathLike):
 
 def _sidecar(path) -> Path:
     return Path(f"{path}.json")
-
-
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def _schema(L: int, word_starts: bool):
@@ -228,22 +221,10 @@ def _write_arrow(path: Path, schema, batches) -> None:
     (e.g. two nodes on a shared disk) cannot replace each other's file."""
     import pyarrow as pa
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+    with AtomicFile(path, clobber=False) as out:
+        with pa.OSFile(str(out.tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
             for batch in batches:
                 writer.write_batch(batch)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass  # another process finished the same file first; it is identical
-        except OSError:  # a filesystem without hard links: a plain rename (same contents either way)
-            os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def resolve_pad_id(tokenizer, objective: Objective) -> int:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import array
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..runtime.outputs import AtomicFile
 from .sources import Document
 
 # Rows per record batch: small enough that a batch of long documents stays a few MB in memory.
@@ -39,10 +39,8 @@ class SpoolWriter:
     def __init__(self, path: str | os.PathLike, source: str):
         import pyarrow as pa
         self.path, self.source = Path(path), source
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self._sink = pa.OSFile(self._tmp, "wb")
+        self._out = AtomicFile(self.path)
+        self._sink = pa.OSFile(str(self._out.tmp), "wb")
         self._writer = pa.ipc.new_file(self._sink, _schema())
         self._texts: list[str] = []
         self._origins: list[str] = []
@@ -70,7 +68,7 @@ class SpoolWriter:
         self._flush()
         self._writer.close()
         self._sink.close()
-        os.replace(self._tmp, self.path)
+        self._out.commit()
         lengths = np.frombuffer(self._lengths, dtype=np.int64) if len(self._lengths) else np.zeros(0, np.int64)
         return SpooledDocuments(_Spool(self.path, np.array(self._batch_rows, dtype=np.int64), lengths.copy()),
                                 self.source, np.arange(len(lengths), dtype=np.int64))
@@ -80,7 +78,7 @@ class SpoolWriter:
             self._writer.close()
             self._sink.close()
         finally:
-            Path(self._tmp).unlink(missing_ok=True)
+            self._out.discard()
 
 
 class _Spool:

@@ -27,17 +27,53 @@ LIBRARIES = ("lmadapt", "torch", "transformers", "datasets", "tokenizers", "acce
              "safetensors", "scikit-learn")
 
 
+class AtomicFile:
+    """The one write-to-temp-then-rename of lmadapt: write ``tmp`` (a hidden sibling of ``path``, so the
+    rename stays on one filesystem) any way you like (text, JSON, an Arrow stream), then :meth:`commit`
+    puts it at ``path`` in one step; :meth:`discard` (or an error inside a ``with`` block) removes it.
+    A reader never sees half a file, and an interrupted run leaves no half-written one behind.
+
+    ``clobber=False`` commits with a hard link that never replaces an existing ``path``: when two
+    writers (two nodes on a shared disk) produce the same file, the first one's stays (filesystems
+    without hard links fall back to the rename; the contents are the same either way)."""
+
+    def __init__(self, path: str | Path, *, clobber: bool = True):
+        self.path, self.clobber = Path(path), clobber
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+
+    def commit(self) -> None:
+        try:
+            if self.clobber:
+                os.replace(self.tmp, self.path)
+                return
+            try:
+                os.link(self.tmp, self.path)
+            except FileExistsError:
+                pass   # another process finished the same file first
+            except OSError:
+                os.replace(self.tmp, self.path)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "AtomicFile":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with AtomicFile(path) as out, open(out.tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
 
 
 def finite_json(data: Any, found: list[str] | None = None, at: str = "") -> Any:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from ..models.load import reading_weights
 from ..tasks import TASKS
 from ..tasks.labeled_io import read_records
 from ..runtime.dist import is_main_process, map_split, process_device, world_size
-from ..runtime.outputs import META_FILE, RECIPE_FILE, read_meta
+from ..runtime.outputs import META_FILE, RECIPE_FILE, AtomicFile, read_meta
 
 # Field that a single --text fills, per task: (recipe section, key). QA needs a JSON record.
 SINGLE_TEXT_FIELD = {"classification": ("data", "text_field"), "extraction": ("extraction", "text_field"),
@@ -181,11 +179,10 @@ def predict_file(model_dir: str | Path, input_path: str | Path | None = None, ou
     # Under torchrun each process predicts its share of every chunk on its own GPU; the main
     # process alone writes the file, in input order.
     main, chunk = is_main_process(), max(1, batch_size) * 8 * world_size()
-    fh, tmp = None, None
+    fh, out = None, None
     if main:
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
-        fh = os.fdopen(fd, "w", encoding="utf-8")
+        out = AtomicFile(output_path)
+        fh = open(out.tmp, "w", encoding="utf-8")
     try:
         with tqdm(total=len(records), desc="predict", unit="rec", dynamic_ncols=True, mininterval=1.0,
                   disable=not main) as bar:
@@ -197,11 +194,11 @@ def predict_file(model_dir: str | Path, input_path: str | Path | None = None, ou
                 bar.update(len(part))
         if fh is not None:
             fh.close()
-            os.replace(tmp, output_path)
+            out.commit()
     except BaseException:
         if fh is not None:
             fh.close()
-            Path(tmp).unlink(missing_ok=True)
+            out.discard()
         raise
     return {"input": str(input_path), "output": str(output_path), "records": len(records),
             "seconds": round(time.time() - t0, 2), "task": p.task.name, "processes": world_size()}
