@@ -109,20 +109,16 @@ def test_imports_point_down():
 
 
 def test_stages_never_import_each_other():
+    # a stage's own helper modules share its name's first word (pretrain.py, pretrain_data.py, pretrain_vocab.py)
     bad = [f"{MODULES[a].relative_to(SRC)}:{line} imports {b}" for a, b, line, _ in _imports()
            if _part(a) == _part(b) == "stages" and a != "lmadapt.stages" and b != "lmadapt.stages"
            and a.split(".")[2].split("_")[0] != b.split(".")[2].split("_")[0]]
     assert not bad, "a stage imports another stage:\n" + "\n".join(bad)
 
 
-# Cycles in today's graph, to be broken by moves (issue 21); the test fails when one disappears,
-# so this list only shrinks.
-KNOWN_CYCLES: list[frozenset[str]] = [
-    # Document lives in sources.py, which writes the spool (a delayed import dodges the cycle)
-    frozenset({"lmadapt.data.formats", "lmadapt.data.sources", "lmadapt.data.spool"}),
-    # jobs.py reads run.py's lm_evidence (a delayed import dodges the cycle)
-    frozenset({"lmadapt.pipeline.jobs", "lmadapt.pipeline.run"}),
-]
+# Cycles tolerated for a while (each with why); none since issue 21's moves. The test fails when one
+# listed here disappears, so the list only shrinks.
+KNOWN_CYCLES: list[frozenset[str]] = []
 
 
 def test_no_import_cycle():

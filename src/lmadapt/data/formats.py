@@ -19,13 +19,11 @@ import json
 import re
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 from ..config.data import SourceConfig
+from .documents import SourceStats
 from .hub import HubSpec, load_hub_dataset
-
-if TYPE_CHECKING:
-    from .sources import SourceStats
 
 SUFFIX_FORMAT = {
     ".txt": "txt", ".md": "txt", ".markdown": "txt", ".text": "txt",

@@ -37,6 +37,8 @@ from typing import Iterator
 import numpy as np
 
 from ..config.data import CorpusConfig, SourceConfig
+from .documents import Document, SourceStats
+from .spool import SpoolWriter
 from .formats import FILE_FORMATS, SUFFIX_FORMAT, CorpusError, Ctx, is_hf_dir, read_unit, split_suffix
 
 __all__ = ["CorpusError", "Document", "SourceStats", "Corpus", "read_source", "read_corpus", "source_name",
@@ -45,27 +47,6 @@ __all__ = ["CorpusError", "Document", "SourceStats", "Corpus", "read_source", "r
 log = logging.getLogger(__name__)
 
 _MAGIC = re.compile(r"[*?[]")
-
-
-@dataclass
-class Document:
-    text: str
-    source: str
-    origin: str
-
-
-@dataclass
-class SourceStats:
-    name: str
-    files: int = 0
-    documents: int = 0
-    chars: int = 0
-    duplicates_removed: int = 0
-    too_short: int = 0
-    skipped: int = 0
-    skip_reasons: dict[str, int] = field(default_factory=dict)
-    first_skips: list[str] = field(default_factory=list)
-    capped_at: int | None = None   # max_documents reached: reading stopped after this many documents
 
 
 @dataclass
@@ -280,7 +261,6 @@ class _Collector:
         if spool is None:
             self.docs, self.writer = [], None
         else:
-            from .spool import SpoolWriter
             self.writer = SpoolWriter(spool, name)
 
     def add(self, text: str, origin: str, digest: bytes | None = None) -> None:

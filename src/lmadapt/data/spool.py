@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..runtime.outputs import AtomicFile
-from .sources import Document
+from .documents import Document
 
 # Rows per record batch: small enough that a batch of long documents stays a few MB in memory.
 _BATCH_ROWS = 1000

@@ -257,7 +257,7 @@ def worker_main(out: str, inst_id: str) -> int:
     from .plan import plan, unique_instances
     from .rows import EVIDENCE_FILE
     from .execute import execute_stage, log
-    from .run import lm_evidence
+    from .evidence import lm_evidence
 
     out_dir = Path(out).resolve()
     data = yaml.safe_load((out_dir / "pipeline.yaml").read_text(encoding="utf-8"))
