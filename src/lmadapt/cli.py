@@ -21,7 +21,6 @@ can fix (recipe, data) print one clear line and exit with status 2, never a trac
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
@@ -211,10 +210,6 @@ def main(argv: list[str] | None = None) -> int:
                 "rerun with train.resume=true to continue from the last checkpoint")
         print(f"interrupted; {hint}", file=sys.stderr)
         return 130
-
-
-def _print_json(data) -> None:
-    print(json.dumps(data, indent=2, default=str))
 
 
 if __name__ == "__main__":
