@@ -17,5 +17,7 @@ if [ "${free_mb:-0}" -lt 2500 ]; then
   echo "error: the test suite needs ~2.5 GB free under $tmp (TMPDIR); only ${free_mb} MB are free" >&2
   exit 1
 fi
+# Lint first ([tool.ruff] in pyproject.toml): seconds, and an undefined name fails here, not mid-suite.
+.venv/bin/ruff check src tests
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 exec .venv/bin/python -m pytest "$@"

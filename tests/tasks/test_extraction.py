@@ -8,7 +8,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _tiny import one_thread, marker_span_rows, recipe, train, write_jsonl  # noqa: E402
+from _tiny import one_thread, marker_span_rows, recipe, train, write_jsonl  # noqa: E402, F401 (one_thread: a fixture, used by name)
 from helpers import tiny_bert, tiny_bpe_tokenizer, tiny_llama, tiny_wordpiece_tokenizer  # noqa: E402
 
 from lmadapt.tasks import TASKS  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _tiny import one_thread, FILLER, marker_sentence, recipe, train, write_jsonl  # noqa: E402
+from _tiny import one_thread, FILLER, marker_sentence, recipe, train, write_jsonl  # noqa: E402, F401 (one_thread: a fixture, used by name)
 from helpers import tiny_bert, tiny_wordpiece_tokenizer  # noqa: E402
 
 from lmadapt.config.base import ConfigError  # noqa: E402

@@ -8,8 +8,7 @@ import pytest
 import torch
 from transformers import Trainer
 
-from helpers import tiny_llama
-from toy_training import VOCAB, toy_blocks, train_toy, weights
+from toy_training import train_toy, weights
 
 
 def poison(monkeypatch, steps):

@@ -502,7 +502,7 @@ def _probe(loaded, ids: list[int], *, batch_size: int, block_size: int, steps: i
                 break
     finally:
         opt.zero_grad(set_to_none=True)
-        del opt
+        opt.state.clear()   # the Adam moments go now, not when step()'s closure does
         model.train(was_training)
     per_step = sum(times) / len(times)
     tokens = batch_size * block_size
