@@ -82,12 +82,8 @@ def _free_space(path: str) -> str:
         return ""
 
 
-def _load(cls_path: str, args):
-    from importlib import import_module
-
+def _load(cls: type, args):
     from .config.base import load_recipe, to_dict
-    module, name = cls_path.rsplit(".", 1)
-    cls = getattr(import_module(module), name)
     cfg = load_recipe(cls, args.recipe, args.overrides) if args.recipe and "=" not in args.recipe \
         else load_recipe(cls, None, ([args.recipe] if args.recipe else []) + args.overrides)
     if args.print_recipe:
@@ -96,18 +92,10 @@ def _load(cls_path: str, args):
     return cfg
 
 
-# Recipe-driven commands: (recipe class, stage module, stage function).
-RECIPE_STAGES = {
-    "pretrain": ("lmadapt.config.pretrain.PretrainConfig", "lmadapt.stages.pretrain", "run_pretrain"),
-    "finetune": ("lmadapt.config.finetune.FinetuneConfig", "lmadapt.stages.finetune", "run_finetune"),
-    "merge": ("lmadapt.config.merge.MergeConfig", "lmadapt.stages.merge", "run_merge"),
-}
-
-
 def cmd_recipe_stage(args, parser):
-    from importlib import import_module
-    cls_path, module, func = RECIPE_STAGES[args.command]
-    cfg = _load(cls_path, args)
+    from .stages import STAGES   # the table the pipeline runs stages from too
+    stage = STAGES[args.command]
+    cfg = _load(stage.config_class(), args)
     if cfg is not None and getattr(args, "dry_run", False):
         from .advise.memory import dry_run
         from .runtime.dist import is_main_process
@@ -116,7 +104,7 @@ def cmd_recipe_stage(args, parser):
             print(plan_text)
         return 0
     if cfg is not None:  # None: --print-recipe only
-        getattr(import_module(module), func)(cfg)
+        stage.runner()(cfg)
     return 0
 
 

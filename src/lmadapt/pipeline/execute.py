@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..config.base import load_recipe, to_dict
+from ..config.base import load_recipe
+from ..stages import STAGES
 from ..stages.pretrain_data import BLOCKS_DIR
 from ..runtime.dist import barrier, broadcast, gather, is_main_process, world_size
 from ..runtime.dist import log as dist_log
@@ -85,17 +86,13 @@ class PeakMemory:
         return out
 
 
-def _run_pretrain(recipe: dict, folder: Path) -> dict:
-    from ..config.pretrain import PretrainConfig
-    from ..stages.pretrain import run_pretrain
-    return run_pretrain(load_recipe(PretrainConfig, data=recipe))
-
-
-def _run_finetune(recipe: dict, folder: Path) -> dict:
-    from ..config.finetune import FinetuneConfig
-    from ..stages.finetune import run_finetune
-    cfg = load_recipe(FinetuneConfig, data=recipe)
-    return run_finetune(cfg, to_dict(cfg))
+def _recipe_stage(kind: str) -> Callable[[dict, Path], dict]:
+    """The pipeline's runner of a recipe-driven stage (stages.STAGES): its recipe loaded and checked, then run."""
+    def run(recipe: dict, folder: Path) -> dict:
+        stage = STAGES[kind]
+        return stage.runner()(load_recipe(stage.config_class(), data=recipe))
+    run.__name__ = f"_run_{kind}"
+    return run
 
 
 def load_for_eval(model: str):
@@ -122,15 +119,10 @@ def _run_evaluate(recipe: dict, folder: Path) -> dict:
     return metrics
 
 
-def _run_merge(recipe: dict, folder: Path) -> dict:
-    from ..config.merge import MergeConfig
-    from ..stages.merge import run_merge
-    return run_merge(load_recipe(MergeConfig, data=recipe))
-
-
 # Looked up at call time, so tests (and embedders) can wrap a stage.
 STAGE_RUNNERS: dict[str, Callable[[dict, Path], dict]] = {
-    "pretrain": _run_pretrain, "finetune": _run_finetune, "evaluate": _run_evaluate, "merge": _run_merge,
+    **{kind: _recipe_stage(kind) for kind in STAGES},
+    "evaluate": _run_evaluate,   # the pipeline's own: held-out perplexity of a model, no recipe stage of its own
 }
 
 
