@@ -43,3 +43,27 @@ def test_vocabulary_arm_runs_through_finetune_and_predict(tmp_path):
     assert len(AutoTokenizer.from_pretrained(folder)) == len(base_tok) + 4
     result = predict_file(str(folder), None, None, text="the quick brown fox jumps over")
     assert result
+
+
+def test_the_verdict_judges_an_extended_vocabulary_per_word():
+    """Per-token perplexity favours a tokenizer that splits text into fewer tokens no matter what the model
+    learned: where an arm extended its vocabulary, the verdict compares per-word perplexity; otherwise
+    it keeps per-token perplexity."""
+    from types import SimpleNamespace
+
+    from lmadapt.pipeline.compare import LM_COLUMNS, word_columns
+    from lmadapt.pipeline.verdict import sentence, verdicts
+
+    def cells(tok_ppl, word_ppl):
+        return {"domain_ppl": {"stat": SimpleNamespace(mean=tok_ppl, ids=[])},
+                "domain_wppl": {"stat": SimpleNamespace(mean=word_ppl, ids=[])}}
+
+    rows = [{"arm": "dapt", "id": "p1", "stage": "dapt", "kind": "pretrain", "lm": {"domain": {"word_perplexity": 9.0}}},
+            {"arm": "vocab", "id": "p2", "stage": "vocab", "kind": "pretrain", "vocab": {"added": 4}}]
+    columns = [c for c in LM_COLUMNS + word_columns(rows) if c.role == "domain"]
+    comp = {"reference": "dapt", "rows": [{"arm": "dapt", "cells": cells(4.0, 9.0)},
+                                          {"arm": "vocab", "cells": cells(6.0, 4.5)},
+                                          {"arm": "plain", "cells": cells(2.0, 8.0)}]}
+    by_arm = {v["arm"]: v for v in verdicts(rows, comp, columns)}
+    assert by_arm["vocab"]["domain_factor"] == 0.5 and "domain word ppl ÷2" in sentence(by_arm["vocab"])
+    assert by_arm["plain"]["domain_factor"] == 0.5 and "; domain ppl ÷2" in sentence(by_arm["plain"])

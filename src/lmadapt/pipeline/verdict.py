@@ -65,6 +65,7 @@ def verdicts(rows: list[dict], comp: dict, columns: list) -> list[dict]:
     task_cols = [c for c in columns if c.split == "test" and c.metric != "accuracy"] or \
         [c for c in columns if c.split == "test"]
     primary = task_cols[0] if task_cols else None
+    extended = {r.get("arm") for r in rows if r.get("vocab")}
     out = []
     for row in comp["rows"]:
         arm = row["arm"]
@@ -78,8 +79,12 @@ def verdicts(rows: list[dict], comp: dict, columns: list) -> list[dict]:
             v["effect"] = EFFECTS.get(cmp["verdict"]) or ("helped" if improved else "hurt")
         else:
             v["diff"], v["verdict"], v["effect"] = None, "n/a", EFFECTS["n/a"]
+        # Per-token perplexity does not compare models whose tokenizers differ (an extended vocabulary
+        # splits the same text into fewer tokens): where either side extended it, judge per word.
+        per_word = bool({arm, reference} & extended)
+        v["ppl_unit"] = "word ppl" if per_word else "ppl"
         for role in ("domain", "general"):
-            col = next((c for c in columns if c.role == role), None)
+            col = next((c for c in columns if c.role == role and (c.metric == "word_perplexity") == per_word), None)
             a = row["cells"][col.key]["stat"] if col else None
             r = ref_cells[col.key]["stat"] if col and col.key in ref_cells else None
             v[f"{role}_ppl"] = (a.mean if a else None, r.mean if r else None)
@@ -168,10 +173,11 @@ def sentence(v: dict) -> str:
     text = f"{v['arm']} vs {v['reference']}: "
     metric = (v["metric"] or "").rstrip(" ↑↓")
     text += f"{metric} {c['task']}, {c['effect']}" if metric else "no task metric"
+    unit = v.get("ppl_unit", "ppl")
     if c["domain"] != "—":
-        text += f"; domain ppl {c['domain']}"
+        text += f"; domain {unit} {c['domain']}"
     if c["general"] != "—":
-        text += f"; general ppl {c['general']}"
+        text += f"; general {unit} {c['general']}"
     if c["capabilities"]:
         text += f"; {c['capabilities']}"
     return text + f"; extra cost: {c['cost']}."
