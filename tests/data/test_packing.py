@@ -9,6 +9,7 @@ import pytest
 from helpers import CORPUS, tiny_bpe_tokenizer, tiny_wordpiece_tokenizer
 
 from lmadapt.data import packing
+from lmadapt.data import tokenized_docs
 from lmadapt.data import tokenize as packing_tokenize
 from lmadapt.data.packing import (
     TokenizedDocs, build_blocks, cache_key, pack_blocks, resolve_pad_id, token_arrays, tokenize_documents)
@@ -301,7 +302,7 @@ def test_gather_in_small_pieces_equals_reference(monkeypatch):
     order = np.random.default_rng(5).permutation(len(expected_docs))
     expected = [expected_docs[i] for i in order]
     for piece in (1 << 22, 7, 1):
-        monkeypatch.setattr(packing_tokenize, "_GATHER_TOKENS", piece)
+        monkeypatch.setattr(tokenized_docs, "_GATHER_TOKENS", piece)
         mixed = mix_documents({"a": a, "b": b}, picks, seed=5)
         assert [mixed[i] for i in range(len(mixed))] == expected
         sel = a.select([29, 0, 0])
@@ -491,8 +492,8 @@ def test_packing_a_mixture_gathers_a_slice_at_a_time(mode, tmp_path, monkeypatch
     ref, ref_acct = pack_blocks(eager, block_size=16, pad_id=1, mode=mode)
     monkeypatch.setattr(packing, "_SLICE_TOKENS", 48)      # 3 blocks a slice
     sizes = []
-    real = packing_tokenize.gather_documents
-    monkeypatch.setattr(packing_tokenize, "gather_documents",
+    real = tokenized_docs.gather_documents
+    monkeypatch.setattr(tokenized_docs, "gather_documents",
                         lambda parts, p, d: sizes.append(sum(int(parts[i].lengths[j]) for i, j in zip(p, d))) or real(parts, p, d))
     lazy = mix_documents({"a": a, "b": b}, picks, seed=3)
     got, acct = pack_blocks(lazy, block_size=16, pad_id=1, mode=mode, path=tmp_path / f"{mode}.arrow")

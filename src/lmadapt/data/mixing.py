@@ -87,12 +87,13 @@ def plans_as_dicts(plans: list[SourcePlan]) -> list[dict]:
 
 def mix_documents(tokenized: dict, picks: dict[str, np.ndarray], seed: int):
     """One :class:`TokenizedDocs` holding the picked documents of every source, shuffled; its tokens
-    are gathered from the sources slice by slice as they are read (:func:`.tokenize.gathered_documents`).
+    are gathered from the sources slice by slice as they are read (:func:`.tokenized_docs.gathered_documents`).
 
     Shuffling documents (not blocks) before packing means a block mixes sources in proportion,
     so replayed general text is spread through training instead of arriving in one stretch.
     """
-    from .tokenize import gathered_documents, token_arrays
+    from .tokenized_docs import gathered_documents
+    from .tokenize import token_arrays
 
     names = list(tokenized)
     parts = [token_arrays(tokenized[name]) for name in names]

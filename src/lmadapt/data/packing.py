@@ -41,8 +41,9 @@ from typing import Any, Iterable, Literal
 import numpy as np
 
 from ..runtime.outputs import AtomicFile, atomic_write_text
-from .tokenize import (TokenizedDocs, _arrays_fingerprint, _special_id, cache_key, default_cache_dir,
-                       gather_documents, token_arrays, tokenize_arrays, tokenize_documents, tokenizer_fingerprint)
+from .tokenized_docs import TokenizedDocs, arrays_fingerprint, gather_documents
+from .tokenize import (_special_id, cache_key, default_cache_dir, token_arrays, tokenize_arrays, tokenize_documents,
+                       tokenizer_fingerprint)
 
 Mode = Literal["document", "concat"]
 Objective = Literal["causal", "masked"]
@@ -136,7 +137,7 @@ def pack_blocks(tokenized, *, block_size: int, pad_id: int, mode: Mode = "docume
         raise AssertionError(f"packing dropped {accounting.tokens_dropped} tokens")
     if path is None:
         # An explicit fingerprint: datasets would otherwise hash the whole table (seconds for 10M tokens).
-        dataset = datasets.Dataset(table, fingerprint=_arrays_fingerprint(docs, L, int(pad_id), mode))
+        dataset = datasets.Dataset(table, fingerprint=arrays_fingerprint(docs, L, int(pad_id), mode))
         return dataset.with_format("numpy"), accounting
     atomic_write_text(_sidecar(path), json.dumps(accounting.to_dict(), indent=1))  # last: marks the file complete
     return open_blocks(path)
