@@ -200,3 +200,27 @@ def torchrun(*args: str, procs: int = 2, env: dict | None = None, timeout: int =
            "--master_port", str(29700 + random.randint(0, 800)), *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
                           cwd=Path(__file__).resolve().parents[1])
+
+
+def base_and_adapted(d: Path, noise: float = 0.05) -> dict:
+    """A tiny Llama base folder and an 'adapted' folder whose weights are the base's plus noise, recording
+    the base as its parent (what `lmadapt merge` reads), with held-out domain/general JSONL sets."""
+    import json
+
+    from lmadapt.runtime.outputs import write_meta
+    tok = tiny_bpe_tokenizer(d / "base")
+    torch.manual_seed(0)
+    base = tiny_llama(len(tok))
+    base.save_pretrained(d / "base")
+    adapted = tiny_llama(len(tok))
+    with torch.no_grad():
+        for pa, pb in zip(adapted.parameters(), base.parameters()):
+            pa.copy_(pb + noise * torch.randn_like(pb))
+    adapted.save_pretrained(d / "adapted")
+    tok.save_pretrained(d / "adapted")
+    write_meta(d / "adapted", stage="pretrain", objective="causal", parent=str(d / "base"))
+    sets = {}
+    for name, texts in (("domain", CORPUS[:6]), ("general", CORPUS[6:12])):
+        (d / f"{name}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+        sets[name] = str(d / f"{name}.jsonl")
+    return {"dir": d, "base": d / "base", "adapted": d / "adapted", "sets": sets, "tok": tok}

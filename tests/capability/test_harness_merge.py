@@ -6,12 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import CORPUS, tiny_bpe_tokenizer, tiny_llama
+from helpers import CORPUS, base_and_adapted, tiny_bpe_tokenizer, tiny_llama
 from lmadapt.config.base import ConfigError, load_recipe
 from lmadapt.config.merge import MergeConfig
 from lmadapt.stages import merge as merge_stage
 from lmadapt.stages.merge import choose, refine, run_merge
-from lmadapt.runtime.outputs import write_meta
 
 ROLES = {"domain": "domain", "general": "general"}
 
@@ -23,22 +22,10 @@ def _jsonl(path: Path, rows) -> str:
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cap_merge")
-    tok = tiny_bpe_tokenizer(d / "base")
-    torch.manual_seed(0)
-    base = tiny_llama(len(tok))
-    base.save_pretrained(d / "base")
-    adapted = tiny_llama(len(tok))
-    with torch.no_grad():
-        for pa, pb in zip(adapted.parameters(), base.parameters()):
-            pa.copy_(pb + 0.05 * torch.randn_like(pb))
-    adapted.save_pretrained(d / "adapted")
-    tok.save_pretrained(d / "adapted")
-    write_meta(d / "adapted", stage="pretrain", objective="causal", parent=str(d / "base"))
-    sets = {"domain": _jsonl(d / "domain.jsonl", [{"text": t} for t in CORPUS[:6]]),
-            "general": _jsonl(d / "general.jsonl", [{"text": t} for t in CORPUS[6:12]])}
+    pair = base_and_adapted(tmp_path_factory.mktemp("cap_merge"))
+    d = pair["dir"]
     instr = _jsonl(d / "instr.jsonl", [{"prompt": f"Repeat: {t}", "response": t} for t in CORPUS[12:20]])
-    return {"dir": d, "adapted": d / "adapted", "sets": sets, "instr": instr}
+    return {**pair, "instr": instr}
 
 
 def recipe(pair, out, merge: dict, **evaluation):

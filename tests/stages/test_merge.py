@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from helpers import CORPUS, tiny_bpe_tokenizer, tiny_llama
+from helpers import CORPUS, base_and_adapted, tiny_llama
 from lmadapt.config.base import ConfigError, load_recipe
 from lmadapt.config.merge import MergeConfig
 from lmadapt.stages.merge import choose, run_merge
@@ -21,20 +21,7 @@ def _jsonl(path: Path, texts) -> str:
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """A base folder and an 'adapted' folder whose weights differ from it, recording the base as parent."""
-    d = tmp_path_factory.mktemp("merge")
-    tok = tiny_bpe_tokenizer(d / "base")
-    torch.manual_seed(0)
-    base = tiny_llama(len(tok))
-    base.save_pretrained(d / "base")
-    adapted = tiny_llama(len(tok))
-    with torch.no_grad():
-        for pa, pb in zip(adapted.parameters(), base.parameters()):
-            pa.copy_(pb + 0.05 * torch.randn_like(pb))
-    adapted.save_pretrained(d / "adapted")
-    tok.save_pretrained(d / "adapted")
-    write_meta(d / "adapted", stage="pretrain", objective="causal", parent=str(d / "base"))
-    sets = {"domain": _jsonl(d / "domain.jsonl", CORPUS[:6]), "general": _jsonl(d / "general.jsonl", CORPUS[6:12])}
-    return {"dir": d, "base": d / "base", "adapted": d / "adapted", "sets": sets, "tok": tok}
+    return base_and_adapted(tmp_path_factory.mktemp("merge"))
 
 
 def recipe(pair, out, *overrides, **merge):

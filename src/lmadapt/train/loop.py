@@ -27,7 +27,7 @@ from .resume_state import DatasetEpoch, ResumeExactly, RunSegments, find_callbac
 from .checkpoints import AtomicCheckpoints, newest_complete_checkpoint
 from .guard import GuardedTrainer, RollBack, StepGuard, TrainingDiverged
 from .schedules import StableEndCheckpoint, extension_checkpoint, scheduler_arguments, stable_end
-from ..runtime.dist import broadcast, is_main_process, resolve_precision, timeout_seconds, use_cpu, world_size
+from ..runtime.dist import broadcast, is_main_process, log, resolve_precision, timeout_seconds, use_cpu, world_size
 from .fsdp import ShardedCheckpoints, is_sharded, loss_across_processes, shard_model, wants_sharding
 from .flops import device_peak_flops, flops_per_token
 from .loss import LMHeadLoss
@@ -159,11 +159,10 @@ def _add_tensorboard(trainer: Trainer, log_dir: Path) -> None:
 
 def _choose_resume(cfg: TrainConfig, max_steps: int) -> str | None:
     """Main process: the newest complete checkpoint (incomplete newer ones named and set aside)."""
-    say = lambda msg: print(f"[lmadapt] {msg}", flush=True)  # noqa: E731
-    resume = latest_checkpoint(cfg.output_dir, set_aside=True, say=say)
+    resume = latest_checkpoint(cfg.output_dir, set_aside=True, say=log)
     resume = extension_checkpoint(cfg, Path(cfg.output_dir) / CHECKPOINT_DIR, resume,
-                                  max_steps if max_steps > 0 else None, say=say)
-    say(f"resume: from {Path(resume).name}" if resume else
+                                  max_steps if max_steps > 0 else None, say=log)
+    log(f"resume: from {Path(resume).name}" if resume else
         f"resume: no complete checkpoint in {Path(cfg.output_dir) / CHECKPOINT_DIR}; starting fresh")
     return resume
 
@@ -190,8 +189,7 @@ def run_training(model, tokenizer, train_dataset, collator, cfg: TrainConfig, *,
     trainer_cls = fast_trainer_class(trainer_cls)
     if speed.loss != "standard":
         trainer_kwargs = {**(trainer_kwargs or {}), "compute_loss_func": LMHeadLoss(model, speed.loss)}
-    if is_main_process():
-        print("[lmadapt] speed: " + "; ".join(speed.notes), flush=True)
+    log("speed: " + "; ".join(speed.notes))
     if wants_sharding(cfg) or is_sharded(model):
         model = shard_model(model, cfg)   # no-op when the stage sharded it already (to score it before training)
         trainer_cls = type(f"Sharded{trainer_cls.__name__}", (ShardedCheckpoints, trainer_cls), {})
@@ -234,11 +232,10 @@ def run_training(model, tokenizer, train_dataset, collator, cfg: TrainConfig, *,
     # Last: RunSegments must see should_save after every callback that may set it (resume_state.py).
     trainer.add_callback(DatasetEpoch())
     trainer.add_callback(RunSegments())
-    if getattr(cfg, "micro_batch", "fixed") == "auto":   # largest micro-batch that fits (train/micro_batch.py)
-        micro, accum = choose_micro_batch(trainer, train_dataset, say=lambda m: print(f"[lmadapt] {m}", flush=True))
-        if is_main_process():
-            print(f"[lmadapt] train.micro_batch auto: {micro} x {accum} accumulation (batch_size x grad_accum "
-                  f"{cfg.batch_size} x {cfg.grad_accum} kept)", flush=True)
+    if cfg.micro_batch == "auto":   # largest micro-batch that fits (train/micro_batch.py)
+        micro, accum = choose_micro_batch(trainer, train_dataset, say=log)
+        log(f"train.micro_batch auto: {micro} x {accum} accumulation (batch_size x grad_accum "
+            f"{cfg.batch_size} x {cfg.grad_accum} kept)")
     resume = broadcast(_choose_resume(cfg, args.max_steps) if cfg.resume and is_main_process() else None)
     result = _train_with_rollback(trainer, cfg, resume)
     # The whole run: a resumed run's own train() covers only its last part.
