@@ -273,7 +273,14 @@ def main() -> None:
     rows = []
     for shape in (a.models or ("smollm2,llama1b" if CUDA else "8m")).split(",") if a.models != "none" else []:
         for variant in a.variants.split(","):
-            rows.append(measure(variant, shape, a) if CUDA else in_subprocess(variant, shape, a))
+            try:
+                rows.append(measure(variant, shape, a) if CUDA else in_subprocess(variant, shape, a))
+            except Exception as exc:  # noqa: BLE001 - one failing variant must not cost the others' numbers
+                print(f"{shape} {variant}: FAILED {type(exc).__name__}: {str(exc)[-2000:]}", flush=True)
+                gc.collect()
+                if CUDA:
+                    torch.cuda.empty_cache()
+                continue
             print(json.dumps(rows[-1]), flush=True)
     if a.memory and not CUDA:
         for loss in ("standard", "chunked"):
