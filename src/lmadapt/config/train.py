@@ -65,7 +65,7 @@ class TrainConfig:
         "auto", "torch.compile each transformer block (auto: on a GPU, off on CPU, where it does not pay)")
     liger_kernels: bool | Literal["auto"] = opt(
         "auto", "Liger Kernel's RMSNorm/RoPE/SwiGLU for the architectures it supports (auto: on a GPU where "
-                "liger-kernel is installed)")
+                "liger-kernel is installed and the blocks are not compiled: under compile they measured slower)")
 
     def __post_init__(self):
         for key in ("batch_size", "grad_accum", "log_every"):

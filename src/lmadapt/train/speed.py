@@ -93,11 +93,20 @@ def prepare_speed(model, cfg, *, sharded: bool = False, compile_backend: str | N
     if sharded:
         why = "FSDP"
     plan = SpeedPlan(loss=loss, notes=[f"loss {loss} ({why})"])
-    if resolve_switch(getattr(cfg, "liger_kernels", False), "liger_kernels", available=liger_available()):
+    compiling = resolve_switch(getattr(cfg, "compile", False), "compile")
+    liger = getattr(cfg, "liger_kernels", False)
+    # auto: Liger's RMSNorm/RoPE/SwiGLU only where the blocks stay eager. Inside compiled blocks they are
+    # worse than nothing: measured on an H200 (torch 2.11, liger-kernel 0.8.5, benchmarks/results/
+    # gpu_speed_gpu_llama1b.md), inductor cannot trace Liger's Triton RMSNorm (it assumes every input
+    # mutated and copies them) and a 1B Llama ran at 16% MFU against 44% for the same compiled blocks
+    # without them; inductor fuses those element-wise ops itself.
+    if liger == "auto" and compiling:
+        plan.notes.append("liger kernels: auto = off under compile (inductor fuses norm/rope/swiglu itself)")
+    elif resolve_switch(liger, "liger_kernels", available=liger_available()):
         if not liger_available():
             raise ConfigError("train.liger_kernels: true needs a CUDA GPU and `pip install liger-kernel`")
         plan.liger_kernels = apply_liger_kernels(model)
-    if resolve_switch(getattr(cfg, "compile", False), "compile"):
+    if compiling:
         plan.compiled_blocks = compile_blocks(model, compile_backend)
         if not plan.compiled_blocks:
             plan.notes.append(f"compile: no transformer blocks found in {type(model).__name__}; eager")
