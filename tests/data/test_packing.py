@@ -11,8 +11,9 @@ from helpers import CORPUS, tiny_bpe_tokenizer, tiny_wordpiece_tokenizer
 from lmadapt.data import packing
 from lmadapt.data import tokenized_docs
 from lmadapt.data import tokenize as packing_tokenize
+from lmadapt.data.objective import ObjectiveTokens, resolve_pad_id
 from lmadapt.data.packing import (
-    TokenizedDocs, build_blocks, cache_key, pack_blocks, resolve_pad_id, token_arrays, tokenize_documents)
+    TokenizedDocs, build_blocks, cache_key, pack_blocks, token_arrays, tokenize_documents)
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +243,15 @@ def test_pad_id_falls_back_to_eos_for_causal(bpe):
     assert resolve_pad_id(tok, "causal") == tok.eos_token_id
     with pytest.raises(ValueError, match="PAD"):
         resolve_pad_id(tok, "masked")
+
+
+def test_objective_tokens(bpe, wordpiece):
+    """One place turns an objective into the separator, word starts and pad id that training,
+    held-out scoring and the advisor all pack with."""
+    assert ObjectiveTokens.of(bpe, "causal") == ObjectiveTokens("causal", "eos", False, resolve_pad_id(bpe, "causal"))
+    assert ObjectiveTokens.of(wordpiece, "masked") == ObjectiveTokens("masked", "sep", True, wordpiece.pad_token_id)
+    with pytest.raises(ValueError, match="objective must be"):
+        ObjectiveTokens.of(bpe, "seq2seq")
 
 
 def test_tokenized_dataset_select_and_concatenate(bpe, wordpiece, tmp_path):

@@ -346,12 +346,14 @@ def _blocks(texts: list[str], loaded, block_size: int, mode: str, seed: int = 0)
     Packed blocks come in document order, and a 4,000-character sample document fills about four
     256-token blocks. Scoring the first few blocks in that order would measure one or two documents
     of the corpus. The shuffle spreads the few blocks a time budget allows over many documents."""
-    from ..data.packing import pack_blocks, resolve_pad_id, tokenize_arrays
+    from ..data.objective import ObjectiveTokens
+    from ..data.packing import pack_blocks
+    from ..data.tokenize import tokenize_arrays
 
-    masked = loaded.objective == "masked"
-    docs = tokenize_arrays(texts, loaded.tokenizer, separator="sep" if masked else "eos", cache=False,
-                           with_word_starts=masked)
-    blocks, _ = pack_blocks(docs, block_size=block_size, pad_id=resolve_pad_id(loaded.tokenizer, loaded.objective), mode=mode)
+    tokens = ObjectiveTokens.of(loaded.tokenizer, loaded.objective)
+    docs = tokenize_arrays(texts, loaded.tokenizer, separator=tokens.separator, cache=False,
+                           with_word_starts=tokens.word_starts)
+    blocks, _ = pack_blocks(docs, block_size=block_size, pad_id=tokens.pad_id, mode=mode)
     return blocks.shuffle(seed=seed).flatten_indices()
 
 

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config.data import SourceConfig
-from .packing import TokenAccounting, pack_blocks, resolve_pad_id, tokenize_arrays
+from .objective import ObjectiveTokens
+from .packing import TokenAccounting, pack_blocks
 from .sources import read_source
+from .tokenize import tokenize_arrays
 
 
 @dataclass
@@ -45,10 +47,10 @@ def heldout_set(path: str, tokenizer, objective: str, mode: str, *, block_size: 
     texts = [d.text for d in docs]
     if max_tokens:
         texts = cap_by_tokens(texts, tokenizer, max_tokens)
-    tokenized = tokenize_arrays(texts, tokenizer, separator="eos" if objective == "causal" else "sep",
-                                cache_dir=None, num_proc=None, with_word_starts=objective == "masked")
-    blocks, accounting = pack_blocks(tokenized, block_size=block_size, pad_id=resolve_pad_id(tokenizer, objective),
-                                     mode=mode)
+    tokens = ObjectiveTokens.of(tokenizer, objective)
+    tokenized = tokenize_arrays(texts, tokenizer, separator=tokens.separator, cache_dir=None, num_proc=None,
+                                with_word_starts=tokens.word_starts)
+    blocks, accounting = pack_blocks(tokenized, block_size=block_size, pad_id=tokens.pad_id, mode=mode)
     return HeldoutSet(name=name or stats.name, blocks=blocks, accounting=accounting, documents=len(texts),
                       words=sum(len(t.split()) for t in texts))
 

@@ -42,11 +42,11 @@ import numpy as np
 
 from ..runtime.outputs import AtomicFile, atomic_write_text
 from .tokenized_docs import TokenizedDocs, arrays_fingerprint, gather_documents
-from .tokenize import (_special_id, cache_key, default_cache_dir, token_arrays, tokenize_arrays, tokenize_documents,
+from .objective import Objective, ObjectiveTokens
+from .tokenize import (cache_key, default_cache_dir, token_arrays, tokenize_arrays, tokenize_documents,
                        tokenizer_fingerprint)
 
 Mode = Literal["document", "concat"]
-Objective = Literal["causal", "masked"]
 # The layout of packed blocks; part of the name a stage gives its blocks file, so a resume never
 # reuses blocks an older lmadapt packed differently. Bump it whenever pack_blocks' output changes.
 BLOCKS_FORMAT = 1
@@ -228,33 +228,20 @@ def _write_arrow(path: Path, schema, batches) -> None:
                 writer.write_batch(batch)
 
 
-def resolve_pad_id(tokenizer, objective: Objective) -> int:
-    """``pad_token_id``; causal models without one pad with EOS (padding is masked out anyway)."""
-    pad = getattr(tokenizer, "pad_token_id", None)
-    if pad is not None:
-        return int(pad)
-    if objective == "causal":
-        return _special_id(tokenizer, "eos", "as padding (the tokenizer has no pad token)")
-    return _special_id(tokenizer, "pad", "to pad the last block of a masked-LM dataset")
-
-
 def build_blocks(texts: Iterable[Any], tokenizer, *, block_size: int, mode: Mode = "document",
                  objective: Objective = "causal", cache_dir: str | os.PathLike | None = None,
                  num_proc: int | None = None, seed: int | None = 0, cache: bool = True):
     """Tokenize (cached) and pack: EOS-separated for ``causal``, ``[CLS] .. [SEP]`` with word starts
     for ``masked``. ``seed``: documents are packed in an order shuffled with this seed (so a block
     mixes sources); None keeps the input order. Returns ``(dataset, TokenAccounting)``."""
-    if objective not in ("causal", "masked"):
-        raise ValueError(f"objective must be 'causal' or 'masked', got {objective!r}")
-    separator = "eos" if objective == "causal" else "sep"
-    pad_id = resolve_pad_id(tokenizer, objective)
-    docs = tokenize_documents(texts, tokenizer, separator=separator, cache_dir=cache_dir, num_proc=num_proc,
-                              with_word_starts=objective == "masked", cache=cache)
+    tokens = ObjectiveTokens.of(tokenizer, objective)
+    docs = tokenize_documents(texts, tokenizer, separator=tokens.separator, cache_dir=cache_dir, num_proc=num_proc,
+                              with_word_starts=tokens.word_starts, cache=cache)
     if seed is not None and len(docs) > 1:
         docs = token_arrays(docs).select(np.random.default_rng(seed).permutation(len(docs)))
-    return pack_blocks(docs, block_size=block_size, pad_id=pad_id, mode=mode)
+    return pack_blocks(docs, block_size=block_size, pad_id=tokens.pad_id, mode=mode)
 
 
 __all__ = ["TokenAccounting", "TokenizedDocs", "build_blocks", "cache_key", "default_cache_dir", "gather_documents",
-           "open_blocks", "pack_blocks", "resolve_pad_id", "token_arrays", "tokenize_arrays", "tokenize_documents",
+           "open_blocks", "pack_blocks", "token_arrays", "tokenize_arrays", "tokenize_documents",
            "tokenizer_fingerprint"]

@@ -94,7 +94,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()
 
 
-def _special_id(tokenizer, name: str, why: str) -> int:
+def special_id(tokenizer, name: str, why: str) -> int:
     tid = getattr(tokenizer, f"{name}_token_id", None)
     if tid is None:
         raise ValueError(f"the tokenizer ({getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}) has no "
@@ -104,9 +104,9 @@ def _special_id(tokenizer, name: str, why: str) -> int:
 
 def _affixes(tokenizer, separator: str) -> tuple[list[int], list[int]]:
     if separator == "eos":
-        return [], [_special_id(tokenizer, "eos", "to separate documents for causal LM (separator='eos')")]
+        return [], [special_id(tokenizer, "eos", "to separate documents for causal LM (separator='eos')")]
     if separator == "sep":
-        sep = _special_id(tokenizer, "sep", "to separate documents for masked LM (separator='sep')")
+        sep = special_id(tokenizer, "sep", "to separate documents for masked LM (separator='sep')")
         cls = getattr(tokenizer, "cls_token_id", None)
         return ([int(cls)] if cls is not None else []), [sep]
     raise ValueError(f"separator must be 'eos' or 'sep', got {separator!r}")

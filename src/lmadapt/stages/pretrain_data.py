@@ -31,8 +31,10 @@ import numpy as np
 
 from ..config.pretrain import PretrainConfig
 from ..data.mixing import mix_documents, plan_mixture, plan_table, plans_as_dicts
-from ..data.packing import BLOCKS_FORMAT, TokenAccounting, open_blocks, pack_blocks, resolve_pad_id, tokenize_arrays
+from ..data.objective import ObjectiveTokens
+from ..data.packing import BLOCKS_FORMAT, TokenAccounting, open_blocks, pack_blocks
 from ..data.sources import Corpus, read_corpus, source_name
+from ..data.tokenize import tokenize_arrays
 from ..runtime.dist import barrier, is_local_main_process, log, main_first
 from ..runtime.outputs import write_json
 
@@ -99,11 +101,12 @@ def _open(folder: Path, manifest: dict) -> StageData:
 
 def _pack_all(corpus: Corpus, tokenizer, objective: str, mode: str, cfg: PretrainConfig, folder: Path) -> dict:
     """Packs what is not packed yet and writes the manifest (last, so the others never read a stale one)."""
-    pad_id = resolve_pad_id(tokenizer, objective)
+    tokens = ObjectiveTokens.of(tokenizer, objective)
+    pad_id = tokens.pad_id
     settings = [BLOCKS_FORMAT, cfg.data.block_size, pad_id, mode]
     manifest = {"train": None, "eval": {}, "mixture": None, "eval_words": {}}
 
-    tokenized = _tokenize(corpus.train, tokenizer, objective, cfg)
+    tokenized = _tokenize(corpus.train, tokenizer, tokens, cfg)
     counts = {n: t.lengths for n, t in tokenized.items()}
     picks, plans = plan_mixture(counts, _by_source(cfg, "weight"), _by_source(cfg, "share"), seed=cfg.train.seed)
     if len(plans) > 1 or any(p.factor != 1 for p in plans):
@@ -119,7 +122,7 @@ def _pack_all(corpus: Corpus, tokenizer, objective: str, mode: str, cfg: Pretrai
                     pad_id=pad_id, mode=mode, path=path)
     del tokenized
 
-    for name, tok in _tokenize(corpus.eval, tokenizer, objective, cfg).items():
+    for name, tok in _tokenize(corpus.eval, tokenizer, tokens, cfg).items():
         docs = corpus.eval[name]
         if cfg.data.max_eval_tokens:
             within = np.cumsum(tok.lengths) - tok.lengths < cfg.data.max_eval_tokens   # documents started below the cap
@@ -144,11 +147,10 @@ def _words(docs) -> int:
     return n
 
 
-def _tokenize(docs_by_source: dict, tokenizer, objective: str, cfg: PretrainConfig) -> dict:
+def _tokenize(docs_by_source: dict, tokenizer, tokens: ObjectiveTokens, cfg: PretrainConfig) -> dict:
     """Every source tokenized as flat arrays, through the on-disk cache."""
-    sep = "eos" if objective == "causal" else "sep"
-    return {name: tokenize_arrays(docs, tokenizer, separator=sep, cache_dir=cfg.data.cache_dir,
-                                  num_proc=cfg.data.num_proc, with_word_starts=objective == "masked")
+    return {name: tokenize_arrays(docs, tokenizer, separator=tokens.separator, cache_dir=cfg.data.cache_dir,
+                                  num_proc=cfg.data.num_proc, with_word_starts=tokens.word_starts)
             for name, docs in docs_by_source.items()}
 
 
