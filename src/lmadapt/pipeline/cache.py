@@ -49,7 +49,8 @@ PARENT_TOKEN = "@parent"
 _sha_cache: dict[tuple[str, int, int], str] = {}
 
 
-def _version() -> str:
+def lmadapt_version() -> str:
+    """The installed lmadapt's version string (recorded with every cached stage)."""
     from .. import __version__
     return __version__
 
@@ -144,7 +145,7 @@ def stage_key(kind: str, recipe: dict, *, parent_hash: str | None, parent_model:
         "recipe": hashable_recipe(kind, recipe, parent_model),
         "parent": parent_hash,
         "inputs": input_fingerprints(recipe, skip={parent_model} if parent_model else set()),
-        "lmadapt": _version(),
+        "lmadapt": lmadapt_version(),
     }
 
 

@@ -84,7 +84,7 @@ def baseline_for(inst: StageInstance, cfg: PipelineConfig, out: Path) -> dict | 
     bkey = baseline_key(inst.recipe)
     fp = cache.input_fingerprints(bkey["data"])
     digest = cache.digest({"key": bkey, "inputs": fp, "C": cfg.baseline.C, "max_features": cfg.baseline.max_features,
-                           "min_df": cfg.baseline.min_df, "lmadapt": cache._version()})
+                           "min_df": cfg.baseline.min_df, "lmadapt": cache.lmadapt_version()})
     path = out / BASELINE_DIR / f"tfidf-{digest[:12]}.json"
     old = read_json(path, default=None)
     if old:
