@@ -93,7 +93,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--docs", type=int, default=2000, help="documents of the computing sample to read")
-    ap.add_argument("--cap-gib", type=float, default=24.0, help="the smaller GPU the capped runs stand in for")
+    ap.add_argument("--cap-gib", type=float, default=16.0, help="the smaller GPU the capped runs stand in for")
     ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing in every run")
     ap.add_argument("--work", default="/tmp/lmadapt_bench/fsdp_gpu")
     ap.add_argument("--out", default=None)

@@ -3,7 +3,7 @@
 # model (TinyLlama-1.1B's shape, random init, blocks of 2,048 tokens, bf16 mixed precision), peak memory
 # per process and tokens/s of three `lmadapt pretrain` runs, each beside the planner's prediction:
 #   unsharded             the whole GPU
-#   unsharded_capped      the GPU capped at CAP_GIB (default 24): out of memory where the planner says it cannot fit
+#   unsharded_capped      the GPU capped at CAP_GIB (default 16; the unsharded run peaked at 21 GiB on an H200): out of memory where the planner says it cannot fit
 #   fsdp_offload_capped   train.sharding=fsdp train.fsdp.cpu_offload=true under the same cap: fits
 #
 #   bash benchmarks/fsdp_gpu.sh                    # GPU: writes benchmarks/results/fsdp_gpu_<gpu>.{json,log}
@@ -24,5 +24,5 @@ else
 fi
 OUT=${OUT_DIR:-benchmarks/results}
 mkdir -p "$OUT"
-"$PY" benchmarks/fsdp_gpu.py --size "$SIZE" --cap-gib "${CAP_GIB:-24}" --out "$OUT/fsdp_gpu_$TAG.json" "$@" 2>&1 \
+"$PY" benchmarks/fsdp_gpu.py --size "$SIZE" --cap-gib "${CAP_GIB:-16}" --out "$OUT/fsdp_gpu_$TAG.json" "$@" 2>&1 \
   | grep -v -E "Warning|warn\(|Writing model shards" | tee "$OUT/fsdp_gpu_$TAG.log"

@@ -4,7 +4,7 @@
 # only its own numbers. Results land in $OUT (the device tool's folder) or benchmarks/results.
 #
 #   1. FSDP2 (issue 17): benchmarks/fsdp_gpu.py, a ~1B Llama (TinyLlama-1.1B shape), unsharded on the
-#      whole GPU, unsharded capped at 24 GiB, FSDP2 + CPU offload under the same cap; planner beside
+#      whole GPU, unsharded capped at 16 GiB (it needs 21), FSDP2 + CPU offload under the same cap; planner beside
 #      the measured peak.
 #   2. Speed (issue 18): benchmarks/gpu_speed.py, Llama-3.2-1B shape then SmolLM2-135M at 2,048 x 8,
 #      lmadapt before / after / bare loop: tokens/s, MFU, peak memory.
@@ -51,7 +51,7 @@ if [ -n "${REHEARSE:-}" ]; then
   LORA=(--models smollm2 --layers 2 --lora --seq 128 --batch 2 --steps 1 --warmup 0)
   TF=200; TB=200; TS=200; TL=120
 else
-  FSDP_ARGS=(--size 1b --steps 6 --cap-gib 24); FSDP_TAG=$("$PY" -c "import torch; print(torch.cuda.get_device_name().split()[-1].lower())")
+  FSDP_ARGS=(--size 1b --steps 6 --cap-gib 16); FSDP_TAG=$("$PY" -c "import torch; print(torch.cuda.get_device_name().split()[-1].lower())")
   BIG=(--models llama1b --seq 2048 --batch 8 --steps 8 --warmup 3)
   SMALL=(--models smollm2 --seq 2048 --batch 8 --steps 15 --warmup 3)
   LORA=(--models smollm2 --lora --seq 1024 --batch 32 --steps 4 --warmup 2)

@@ -45,11 +45,31 @@ def test_bytes_per_parameter_by_hand():
     # gathered: the root unit + two layers in fp32, plus one layer's unsharded gradient
     assert fsdp.transient_bytes == 4 * (PARAMS - 2 * LAYER) + 2 * 4 * LAYER + 4 * LAYER
     off = plan(s, Setup(processes=2, sharding="fsdp", cpu_offload=True))
-    assert off.state == {} and off.host == fsdp.state and off.device_bytes == fsdp.device_bytes - fsdp.state_bytes
+    assert off.state == {} and off.host == fsdp.state
+    assert off.device_bytes == off.transient_bytes + off.activation_bytes + off.logits_bytes
+    # host: the whole model while it loads; under offload the optimizer step's fp32 temporaries (per
+    # process) and rank 0's gathered state dict at save beside the offloaded state
+    assert full.host_transient_bytes == 4 * PARAMS and full.host_peak_bytes == 4 * PARAMS
+    assert off.host_transient_bytes == 4 * PARAMS // 2 + 4 * PARAMS
+    assert off.host_peak_bytes == off.host_bytes + off.host_transient_bytes
     lora = plan(s, Setup(method="lora"))
     assert lora.state == {"weights": 4 * PARAMS + 4 * LORA, "grads": 4 * LORA, "optimizer": 8 * LORA + 4 * 28}
     lora2 = plan(s, Setup(method="lora", processes=2, sharding="fsdp"))
     assert lora2.state["weights"] == 2 * PARAMS + 2 * LORA
+
+
+def test_gradients_and_activations_do_not_peak_together():
+    """Gradients are None between steps (zero_grad), so one micro-batch's backward holds the larger of
+    its activations and the gradients; under accumulation the gradients outlive the next forward."""
+    s = model_shape(tiny_llama(400))
+    small = plan(s, Setup(batch_size=1, block_size=1))              # activations < gradients
+    big = plan(s, Setup(batch_size=4, block_size=256))               # activations > gradients
+    for p in (small, big):
+        live, grads = p.activation_bytes + p.logits_bytes, p.state["grads"]
+        assert p.device_bytes == p.state_bytes - grads + p.transient_bytes + max(live, grads)
+    assert small.device_bytes == small.state_bytes + small.transient_bytes
+    accum = plan(s, Setup(batch_size=4, block_size=256, grad_accum=2))
+    assert accum.device_bytes == big.device_bytes + big.state["grads"]
 
 
 def test_activations_by_hand():
@@ -65,7 +85,9 @@ def test_activations_by_hand():
     assert activation_bytes(s, replace(setup, sharding="fsdp"))[1] == 256 * 400 * 12  # sharded: standard loss
     ck, _ = activation_bytes(s, replace(setup, gradient_checkpointing=True))
     assert ck == 256 * (2 * 32 * 4 + per_layer + 3 * 32 * 4)
-    assert plan(s, setup).device_bytes == plan(s, Setup()).state_bytes + acts + logits
+    full = plan(s, setup)   # activations outweigh the gradients here: they replace them in the peak
+    assert acts + logits > full.state["grads"]
+    assert full.device_bytes == full.state_bytes - full.state["grads"] + acts + logits
 
 
 def _saved_bytes(model, x) -> int:

@@ -72,7 +72,8 @@ def recipe_setup(cfg, *, block_size: int, processes: int | None = None) -> tuple
                   reshard_after_forward=bool(fsdp is None or fsdp.reshard_after_forward),
                   batch_size=cfg.train.batch_size, block_size=block_size,
                   gradient_checkpointing=cfg.train.gradient_checkpointing, attention=attn,
-                  loss="standard" if getattr(cfg.train, "loss", "auto") == "standard" else "chunked")
+                  loss="standard" if getattr(cfg.train, "loss", "auto") == "standard" else "chunked",
+                  grad_accum=cfg.train.grad_accum)
     return shape, setup, [note] if note else []
 
 
@@ -135,7 +136,9 @@ def render_plan(summary: dict, notes: list[str] | None = None) -> str:
         if st["sharding"] == "fsdp" else f"{st['processes']} process{'es' if st['processes'] > 1 else ''}, unsharded"
     lines.append(f"this recipe ({st['method']}, {where}): {this['bytes_per_param']:.2f} B/param on the device, "
                  f"peak {_gib(this['device_bytes'])} per process"
-                 + (f", host RAM {_gib(this['host_bytes'])} per process" if this["host_bytes"] else ""))
+                 + (f", host RAM {_gib(this['host_bytes'])} per process" if this["host_bytes"] else "")
+                 + f"; host RAM peak {_gib(this.get('host_peak_bytes', this['host_bytes']))} (loading, and under "
+                   "offload the optimizer step and the save)")
     head = ("setup", "B/param", "state", "peak", "host",
             "GPUs of " + "/".join(str(g) for g in sizes) + " GiB")
     rows = []
@@ -154,8 +157,9 @@ def render_plan(summary: dict, notes: list[str] | None = None) -> str:
             lines.append("  ".join("-" * w for w in widths))
     lines.append(f"GPUs: fsdp rows: the fewest processes (one GPU each) whose planned peak fits {USABLE:.0%} of a GPU "
                  "of that size; unsharded rows: 1 = fits on each GPU; '-': does not fit at any count. cpu offload "
-                 "moves the state to host RAM: 16 B/param / processes per process. Peak = state + gathered layers "
-                 "+ activations + logits (an upper bound); B/param: persistent bytes per parameter per process.")
+                 "moves the state to host RAM: 16 B/param / processes per process. Peak = weights + optimizer state "
+                 "+ gathered layers + the larger of activations + logits and gradients (both under gradient "
+                 "accumulation; an upper bound); B/param: persistent bytes per parameter per process.")
     lines += [f"note: {n}" for n in notes or []]
     return "\n".join(lines)
 

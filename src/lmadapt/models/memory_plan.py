@@ -28,8 +28,12 @@ logits     lmadapt's chunked LM loss (train/loss.py): one chunk's fp32 logits (~
            (cb + 4 + 4), the logits, their fp32 log-softmax kept for backward, and its gradient (sharded
            runs use the standard loss: FSDP shards the head's weight)
 where hb is the residual stream's bytes (4 with fp32 weights, also under autocast) and cb the matmul
-output's (2 under bf16/fp16). The planned peak adds state, transients and activations: an upper
-bound, since gradients fill in as backward frees activations. GPU sizes are GiB, of which
+output's (2 under bf16/fp16). The planned peak adds weights, optimizer state, transients and the
+larger of (activations + logits) and gradients: the Trainer sets gradients to None after each step,
+so with one micro-batch per step they fill in as backward frees the activations (under gradient
+accumulation both are counted). Checked on an H200 (1B Llama, bf16, 2 x 2,048 tokens): 23.0 GiB
+planned, 21.0 measured unsharded; 7.9 planned, 6.1 measured under FSDP2 + offload: an upper bound
+within ~10-30%. Host RAM: ``host`` (offloaded state) plus ``host_transient_bytes``. GPU sizes are GiB, of which
 ``usable`` (default 90%) is counted (CUDA context, allocator fragmentation).
 """
 from __future__ import annotations
@@ -84,6 +88,7 @@ class Setup:
     gradient_checkpointing: bool = False
     attention: str = "sdpa"            # sdpa | flash_attention_2 | eager
     loss: str = "chunked"              # chunked (train.loss auto/chunked/liger: never the full logits) | standard
+    grad_accum: int = 1                # > 1: the gradients live through the next micro-batch's forward
 
 
 @dataclass
@@ -94,6 +99,7 @@ class Plan:
     params: int
     state: dict = field(default_factory=dict)          # kind -> bytes on the device
     host: dict = field(default_factory=dict)           # kind -> bytes in host RAM (cpu_offload)
+    host_transient_bytes: int = 0                      # host RAM at load / optimizer step / save, above ``host``
     transient_bytes: int = 0                           # gathered units, autocast copies
     activation_bytes: int = 0
     logits_bytes: int = 0
@@ -107,9 +113,20 @@ class Plan:
         return sum(self.host.values())
 
     @property
+    def host_peak_bytes(self) -> int:
+        return self.host_bytes + self.host_transient_bytes
+
+    @property
     def device_bytes(self) -> int:
-        """The planned peak on the training device (GPU, or RAM when training on the CPU)."""
-        return self.state_bytes + self.transient_bytes + self.activation_bytes + self.logits_bytes
+        """The planned peak on the training device (GPU, or RAM when training on the CPU). The Trainer
+        frees the gradients after each optimizer step (zero_grad sets them to None), so with one
+        micro-batch per step they fill in only as backward frees the activations: the peak holds the
+        larger of the two, not both (counting both planned 26.7 GiB for a 1B Llama that peaked at 21.0
+        on an H200: benchmarks/results/fsdp_scaling.md)."""
+        grads = self.state.get("grads", 0)
+        live = self.activation_bytes + self.logits_bytes
+        during_backward = max(live, grads) if self.setup.grad_accum <= 1 else live + grads
+        return self.state_bytes - grads + self.transient_bytes + during_backward
 
     @property
     def bytes_per_param(self) -> float:
@@ -120,6 +137,7 @@ class Plan:
         return {"setup": asdict(self.setup), "params": self.params, "state": dict(self.state), "host": dict(self.host),
                 "state_bytes": self.state_bytes, "host_bytes": self.host_bytes, "transient_bytes": self.transient_bytes,
                 "activation_bytes": self.activation_bytes, "logits_bytes": self.logits_bytes,
+                "host_transient_bytes": self.host_transient_bytes, "host_peak_bytes": self.host_peak_bytes,
                 "device_bytes": self.device_bytes, "bytes_per_param": round(self.bytes_per_param, 3)}
 
 
@@ -285,11 +303,19 @@ def plan(shape: ModelShape, setup: Setup) -> Plan:
         transient += (shape.root_params + gathered_layers * shape.layer_params) * gb
         transient += (shape.lora_params if lora else shape.layer_params) * 4  # one unit's unsharded gradient
     host: dict = {}
+    # host RAM beyond the offloaded state: the whole model once while it loads (before it moves to the
+    # device or is sharded); under cpu_offload, at the optimizer step torch's foreach AdamW on the CPU
+    # makes a float32 temporary per trainable parameter, and at save rank 0 gathers the full state dict
+    # beside the offloaded state. Checked on an H200: 1B Llama, FSDP2 + offload, 24.25 GB planned
+    # (16.17 state + 4.04 + 4.04), 24.6 GB measured above the process's baseline.
+    load_copy = shape.params * wb
+    host_transient = load_copy
     if setup.sharding == "fsdp" and setup.cpu_offload:
         host, state = state, {}
+        host_transient = max(load_copy, math.ceil(trainable * 4 / n) + load_copy)
     acts, logits = activation_bytes(shape, setup)
     return Plan(setup=setup, params=shape.params, state=state, host=host, transient_bytes=int(transient),
-                activation_bytes=acts, logits_bytes=logits)
+                activation_bytes=acts, logits_bytes=logits, host_transient_bytes=int(host_transient))
 
 
 def gpus_needed(shape: ModelShape, setup: Setup, gpu_gib: float, *, usable: float = USABLE,
