@@ -4,16 +4,16 @@ datasets folder, and reports record-level problems through a ``Ctx`` (raise, or 
     for text, origin in read_unit(Path("notes.jsonl.gz"), "jsonl", SourceConfig(path=...), ctx):
 
 Formats: txt/md (paragraphs, lines or whole files), JSON Lines, a JSON array (streamed, so a large
-file is not parsed as one object), CSV/TSV, parquet, ``datasets.save_to_disk`` folders and hub
-datasets (``datasets.load_dataset``, optionally streamed); any of the text formats may be
-gzip-compressed (recognised by its magic bytes). ``sources.py`` maps a
-source's path to (file, format) units and owns dedup and held-out splits; this module only reads.
-Origins and error rules are documented in ``sources.py``.
+file is not parsed as one object), CSV/TSV, read here from bytes and lines; parquet,
+``datasets.save_to_disk`` folders and hub datasets (``datasets.load_dataset``, optionally streamed)
+are read by column in :mod:`.columnar`. Any of the text formats may be gzip-compressed (recognised
+by its magic bytes). ``sources.py`` maps a source's path to (file, format) units and owns dedup and
+held-out splits; this module only reads. Origins and error rules are documented in ``sources.py``;
+what a bad record is and how it is reported, in :mod:`.records`.
 """
 from __future__ import annotations
 
 import csv
-import difflib
 import gzip
 import json
 import re
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Iterator
 
 from ..config.data import SourceConfig
-from .documents import SourceStats
-from .hub import HubSpec, load_hub_dataset
+from .columnar import read_hf, read_hub, read_parquet
+from .records import BadRecord, CorpusError, Ctx, check_text, keys_hint
 
 SUFFIX_FORMAT = {
     ".txt": "txt", ".md": "txt", ".markdown": "txt", ".text": "txt",
@@ -35,34 +35,6 @@ _GZ_ERRORS = (OSError, EOFError, zlib.error)  # gzip.BadGzipFile is an OSError
 _WS = re.compile(r"[ \t\n\r]*")
 _BAD_BYTE = re.compile("[\udc80-\udcff]")  # undecodable bytes after decode(errors="surrogateescape")
 _JSON = json.JSONDecoder()
-_MAX_EXAMPLES = 10
-
-
-class CorpusError(ValueError):
-    """Bad corpus input; the message names the file and, where it applies, the line (and field)."""
-
-
-class _Bad(Exception):
-    """A record-level problem; the caller adds where it happened and applies on_error."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason, self.message = reason, message
-
-
-class Ctx:
-    def __init__(self, stats: "SourceStats", on_error: str):
-        self.stats, self.on_error = stats, on_error
-
-    def problem(self, where: str, bad: _Bad, note: str = "") -> None:
-        text = f"{where}: {bad.message}{note}"
-        if self.on_error == "raise":
-            raise CorpusError(text + " (on_error: skip skips and counts such records)")
-        st = self.stats
-        st.skipped += 1
-        st.skip_reasons[bad.reason] = st.skip_reasons.get(bad.reason, 0) + 1
-        if len(st.first_skips) < _MAX_EXAMPLES:
-            st.first_skips.append(text)
 
 
 # ---------------------------------------------------------------- bytes, lines, text fields
@@ -136,8 +108,8 @@ def _lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
             offset += len(raw)
 
 
-def _bad_utf8(byte: int, offset: int, column: int) -> _Bad:
-    return _Bad("invalid UTF-8", f"invalid UTF-8: byte 0x{byte:02x} at byte offset {offset} (byte {column} of the line)")
+def _bad_utf8(byte: int, offset: int, column: int) -> BadRecord:
+    return BadRecord("invalid UTF-8", f"invalid UTF-8: byte 0x{byte:02x} at byte offset {offset} (byte {column} of the line)")
 
 
 def _decode(raw: bytes, lineno: int, offset: int) -> str:
@@ -147,36 +119,12 @@ def _decode(raw: bytes, lineno: int, offset: int) -> str:
         raise _bad_utf8(raw[exc.start], offset + exc.start, exc.start + 1) from None
     return text.removeprefix("\ufeff") if lineno == 1 else text
 
-
-def _check_text(value, fld: str) -> str:
-    if value is None:
-        raise _Bad("null text", f"field {fld!r} is null")
-    if not isinstance(value, str):
-        raise _Bad("text not a string", f"field {fld!r} is {type(value).__name__}, expected a string")
-    text = value.strip()
-    if not text:
-        raise _Bad("empty text", f"field {fld!r} is empty")
-    try:  # JSON "\ud800" escapes give lone surrogates that tokenizers cannot encode later
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise _Bad("invalid unicode", f"field {fld!r} has an unpaired surrogate at character {exc.start}") from None
-    return text
-
-
-def _keys_hint(fld: str, keys: list) -> str:
-    names = [str(k) for k in keys]
-    near = difflib.get_close_matches(fld, names, n=1, cutoff=0.5)
-    shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-    return f"(has: {shown or 'nothing'})" + (f"; did you mean text_field: {near[0]}?" if near else "")
-
-
 def _text_of(record, fld: str) -> str:
     if not isinstance(record, dict):
-        raise _Bad("not an object", f"expected a JSON object with field {fld!r}, got {type(record).__name__}")
+        raise BadRecord("not an object", f"expected a JSON object with field {fld!r}, got {type(record).__name__}")
     if fld not in record:
-        raise _Bad(f"missing field {fld!r}", f"field {fld!r} missing {_keys_hint(fld, list(record))}")
-    return _check_text(record[fld], fld)
-
+        raise BadRecord(f"missing field {fld!r}", f"field {fld!r} missing {keys_hint(fld, list(record))}")
+    return check_text(record[fld], fld)
 
 # ---------------------------------------------------------------- readers: yield (text, origin)
 
@@ -196,7 +144,7 @@ def _read_txt(path: Path, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, st
     for lineno, offset, raw in _lines(path):
         try:
             line, err = _decode(raw, lineno, offset).rstrip("\r\n"), None
-        except _Bad as exc:
+        except BadRecord as exc:
             line, err = None, exc
         if src.split_docs == "line":
             if err:
@@ -234,9 +182,9 @@ def _read_jsonl(path: Path, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, 
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise _Bad("malformed JSON", f"malformed JSON: {exc.msg} at column {exc.colno}") from None
+                raise BadRecord("malformed JSON", f"malformed JSON: {exc.msg} at column {exc.colno}") from None
             yield _text_of(record, src.text_field), where
-        except _Bad as exc:
+        except BadRecord as exc:
             ctx.problem(where, exc)
 
 
@@ -289,7 +237,7 @@ def _read_json(path: Path, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, s
                 lists = [k for k, v in obj.items() if isinstance(v, list)]
                 if len(lists) != 1:
                     raise CorpusError(f"{path}: expected a list of objects with field {fld!r}, or an object "
-                                      f"holding one such list (like {{\"data\": [...]}}); got an object {_keys_hint(fld, list(obj))}")
+                                      f"holding one such list (like {{\"data\": [...]}}); got an object {keys_hint(fld, list(obj))}")
                 items = _array_items(s, _member_start(s, i, lists[0]))
         elif s.startswith("[", i):
             items = _array_items(s, i)
@@ -307,7 +255,7 @@ def _read_json(path: Path, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, s
                     col = off - len(s[:s.rfind("\n", 0, m.start()) + 1].encode("utf-8", "surrogateescape")) + 1
                     raise _bad_utf8(ord(s[m.start()]) - 0xDC00, off, col)
                 yield _text_of(value, fld), where
-            except _Bad as exc:
+            except BadRecord as exc:
                 ctx.problem(where, exc)
     except json.JSONDecodeError as exc:
         raise CorpusError(f"{path}:{exc.lineno}: malformed JSON: {exc.msg} at column {exc.colno}") from None
@@ -316,13 +264,13 @@ def _read_json(path: Path, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, s
 def _read_csv(path: Path, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, str]]:
     # Whole documents easily exceed the csv module's default 128 KiB field limit.
     csv.field_size_limit(2**31 - 1)
-    bad: dict[int, _Bad] = {}
+    bad: dict[int, BadRecord] = {}
 
     def text_lines():  # keeps line endings: quoted fields may span lines
         for lineno, offset, raw in _lines(path):
             try:
                 yield _decode(raw, lineno, offset)
-            except _Bad as exc:
+            except BadRecord as exc:
                 bad[lineno] = exc
                 yield raw.decode("utf-8", "replace")
 
@@ -338,7 +286,7 @@ def _read_csv(path: Path, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, st
     header = [h.strip() for h in header]
     fld = src.text_field
     if fld not in header:
-        raise CorpusError(f"{path}:1: CSV header has no column {fld!r} {_keys_hint(fld, header)}")
+        raise CorpusError(f"{path}:1: CSV header has no column {fld!r} {keys_hint(fld, header)}")
     col, done = header.index(fld), reader.line_num
     while True:
         start = done + 1
@@ -347,146 +295,29 @@ def _read_csv(path: Path, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, st
         except StopIteration:
             return
         except csv.Error as exc:
-            row = _Bad("malformed CSV", f"malformed CSV row: {exc}")
+            row = BadRecord("malformed CSV", f"malformed CSV row: {exc}")
         where, lines, done = f"{path}:{start}", range(start, reader.line_num + 1), reader.line_num
         try:
             for n in lines:
                 if n in bad:
                     raise bad.pop(n)
-            if isinstance(row, _Bad):
+            if isinstance(row, BadRecord):
                 raise row
             if not row:  # blank line
                 continue
             if len(row) != len(header):
-                raise _Bad("wrong field count", f"CSV row has {len(row)} fields, the header has {len(header)}")
-            yield _check_text(row[col], fld), where
-        except _Bad as exc:
+                raise BadRecord("wrong field count", f"CSV row has {len(row)} fields, the header has {len(header)}")
+            yield check_text(row[col], fld), where
+        except BadRecord as exc:
             ctx.problem(where, exc)
-
-
-def _string_column(path, names: list[str], fld: str, type_str: str, ok: bool) -> None:
-    if fld not in names:
-        raise CorpusError(f"{path}: no column {fld!r} {_keys_hint(fld, names)}")
-    if not ok:
-        raise CorpusError(f"{path}: column {fld!r} holds {type_str}, expected strings")
-
-
-def _rows(label: str, values, fld: str, ctx: Ctx, first_row: int) -> Iterator[tuple[str, str]]:
-    for k, value in enumerate(values):
-        where = f"{label}#{first_row + k}"
-        try:
-            yield _check_text(value, fld), where
-        except _Bad as exc:
-            ctx.problem(where, exc)
-
-
-def _read_parquet(path: Path, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, str]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if path.name.lower().endswith(".gz"):
-        raise CorpusError(f"{path}: gzip-compressed parquet is not supported (parquet compresses internally); gunzip it")
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise CorpusError(f"{path}: not a readable parquet file ({exc})") from None
-    schema, fld = pf.schema_arrow, src.text_field
-    typ = schema.field(fld).type if fld in schema.names else None
-    if typ is not None and pa.types.is_dictionary(typ):
-        typ = typ.value_type
-    is_str = typ is not None and (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ))
-    _string_column(path, schema.names, fld, str(typ), is_str)
-    row = 0
-    try:
-        for batch in pf.iter_batches(batch_size=1024, columns=[fld]):
-            values = batch.column(0).to_pylist()
-            yield from _rows(str(path), values, fld, ctx, row)
-            row += len(values)
-    except (pa.ArrowException, OSError) as exc:
-        raise CorpusError(f"{path}: parquet read failed near row {row} ({exc})") from None
-
-
-def is_hf_dir(path: Path) -> bool:
-    return (path / "dataset_dict.json").is_file() or (
-        (path / "state.json").is_file() and (path / "dataset_info.json").is_file())
-
-
-def load_saved(path: Path, error: type[Exception]):
-    """A ``save_to_disk`` folder (Dataset or DatasetDict); a folder that is not one, or does not load,
-    raises ``error`` (the caller's: corpus and labeled-data errors keep their own types)."""
-    if not is_hf_dir(path):
-        raise error(f"{path}: not a datasets folder (save_to_disk writes dataset_info.json + state.json, "
-                    "or dataset_dict.json)")
-    import datasets
-
-    try:
-        return datasets.load_from_disk(str(path))
-    except Exception as exc:  # noqa: BLE001 - any failure here is "this folder cannot be loaded"
-        raise error(f"{path}: cannot load datasets folder ({type(exc).__name__}: {exc})") from None
-
-
-def _read_hf(path: Path, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, str]]:
-    import datasets  # slow to import: only when a datasets folder is actually read
-
-    ds = load_saved(path, CorpusError)
-    label = str(path)
-    if isinstance(ds, datasets.DatasetDict):
-        splits = list(ds)
-        split = src.split or ("train" if "train" in ds else splits[0] if len(splits) == 1 else None)
-        if split is None:
-            raise CorpusError(f"{path}: DatasetDict with splits {splits} and no 'train'; set split: (one of "
-                              f"{', '.join(splits)}) or point path at one split folder, e.g. {path / splits[0]}")
-        if split not in ds:
-            raise CorpusError(f"{path}: no split {split!r} (splits: {', '.join(splits)})")
-        ds, label = ds[split], str(path / split)
-    elif src.split is not None:
-        raise CorpusError(f"{path}: split: {src.split!r} given, but this datasets folder holds one Dataset, not a DatasetDict")
-    yield from _dataset_rows(ds, label, src.text_field, ctx)
-
-
-def _dataset_rows(ds, label: str, fld: str, ctx: Ctx) -> Iterator[tuple[str, str]]:
-    """(text, "label#row") of a ``datasets`` Dataset or IterableDataset, 1,024 rows at a time."""
-    features = ds.features   # None for a streamed dataset whose files do not declare them
-    if features is not None:
-        feat = features.get(fld)
-        dtype = getattr(feat, "dtype", type(feat).__name__)
-        _string_column(label, list(features), fld, str(dtype), dtype in ("string", "large_string"))
-        ds = ds.select_columns([fld])
-    row = 0
-    for batch in ds.iter(batch_size=1024):
-        if fld not in batch:   # streamed without declared features: the first batch tells
-            raise CorpusError(f"{label}: no column {fld!r} {_keys_hint(fld, list(batch))}")
-        values = batch[fld]
-        yield from _rows(label, values, fld, ctx, row)
-        row += len(values)
-
-
-def _read_hub(src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, str]]:
-    """A dataset on the Hugging Face Hub (or a local dataset repo folder), through ``datasets.load_dataset``;
-    a failure while loading or streaming names the source (and the row reached)."""
-    spec = HubSpec(repo=src.path, subset=src.subset, split=src.split, revision=src.revision,
-                   streaming=src.streaming)
-    label = spec.label
-    ds = load_hub_dataset(spec, CorpusError)
-    n = 0
-    try:
-        for item in _dataset_rows(ds, label, src.text_field, ctx):
-            yield item
-            n += 1
-    except CorpusError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a stream that breaks midway (network, a corrupt shard)
-        raise CorpusError(f"{label}: reading failed after {n:,} rows ({type(exc).__name__}: "
-                          f"{str(exc).strip()[:300]})") from None
-
 
 _READERS = {"txt": _read_txt, "jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv,
-            "parquet": _read_parquet, "hf": _read_hf}
+            "parquet": read_parquet, "hf": read_hf}
 
 
 def read_unit(path: Path, fmt: str, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, str]]:
     if fmt == "hub":
-        return _read_hub(src, ctx)
+        return read_hub(src, ctx)
     if fmt in ("txt", "jsonl", "json", "csv"):
         head = _sniff(path)
         if fmt == "jsonl" and head.lstrip(b" \t\r\n\xef\xbb\xbf")[:1] == b"[":

@@ -37,9 +37,11 @@ from typing import Iterator
 import numpy as np
 
 from ..config.data import CorpusConfig, SourceConfig
+from .columnar import is_hf_dir
 from .documents import Document, SourceStats
+from .formats import FILE_FORMATS, SUFFIX_FORMAT, read_unit, split_suffix
+from .records import CorpusError, Ctx
 from .spool import SpoolWriter
-from .formats import FILE_FORMATS, SUFFIX_FORMAT, CorpusError, Ctx, is_hf_dir, read_unit, split_suffix
 
 __all__ = ["CorpusError", "Document", "SourceStats", "Corpus", "read_source", "read_corpus", "source_name",
            "EVAL_STATS_PREFIX"]

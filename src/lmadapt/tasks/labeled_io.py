@@ -24,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 
-from ..data.formats import load_saved
+from ..data.columnar import load_saved
 from ..config.hub import HubSpec, is_hub_spec, parse_hub_spec
 from ..data.hub import class_names, load_hub_dataset, named_labels
 from .base import DataError, Example, ReadReport
