@@ -1,5 +1,6 @@
 import json
 import os
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -454,7 +455,7 @@ def test_a_failed_tokenization_leaves_no_entry_and_an_unwritable_cache_still_tok
     monkeypatch.setattr(packing_tokenize, "_encode_batches", real)
     blocked = tmp_path / "a-file"
     blocked.write_text("")                                # the cache folder cannot be made under a file
-    monkeypatch.setattr(packing_tokenize.tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     got = tokenize_arrays(CORPUS, bpe, cache_dir=blocked / "cache")
     assert got.cache_path is None and not isinstance(got.ids, np.memmap)

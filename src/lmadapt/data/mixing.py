@@ -92,8 +92,7 @@ def mix_documents(tokenized: dict, picks: dict[str, np.ndarray], seed: int):
     Shuffling documents (not blocks) before packing means a block mixes sources in proportion,
     so replayed general text is spread through training instead of arriving in one stretch.
     """
-    from .tokenized_docs import gathered_documents
-    from .tokenize import token_arrays
+    from .tokenized_docs import gathered_documents, token_arrays
 
     names = list(tokenized)
     parts = [token_arrays(tokenized[name]) for name in names]

@@ -41,10 +41,10 @@ from typing import Any, Iterable, Literal
 import numpy as np
 
 from ..runtime.outputs import AtomicFile, atomic_write_text
-from .tokenized_docs import TokenizedDocs, arrays_fingerprint, gather_documents
 from .objective import Objective, ObjectiveTokens
-from .tokenize import (cache_key, default_cache_dir, token_arrays, tokenize_arrays, tokenize_documents,
-                       tokenizer_fingerprint)
+from .token_store import default_cache_dir
+from .tokenize import cache_key, tokenize_arrays, tokenize_documents, tokenizer_fingerprint
+from .tokenized_docs import TokenizedDocs, arrays_fingerprint, gather_documents, token_arrays
 
 Mode = Literal["document", "concat"]
 # The layout of packed blocks; part of the name a stage gives its blocks file, so a resume never

@@ -17,8 +17,8 @@ import shutil
 import time
 from pathlib import Path
 
+from .token_store import default_cache_dir
 from .tokenized_docs import FORMAT_VERSION
-from .tokenize import default_cache_dir
 
 ENTRY_NAME = re.compile(r"[0-9a-f]{64}|\.[0-9a-f]{16}-\w+")
 # A temp folder (a tokenization that is running, or one that died) older than this is debris.

@@ -6,7 +6,8 @@ tokenizer's own special tokens and append a separator: EOS for causal models, SE
 models, which also get a CLS token prepended (``[CLS] text [SEP]``). Results are cached under
 ``cache_dir/<sha256 key>/`` (numpy arrays, written to a temp folder then renamed; read back
 memory-mapped, so the processes of a node share one copy), keyed by the tokenizer (serialized
-backend + special tokens), the texts and the settings.
+backend + special tokens), the texts and the settings. Writing and reading a cache entry:
+:mod:`.token_store`; the flat arrays and turning other tokenized forms into them: :mod:`.tokenized_docs`.
 """
 from __future__ import annotations
 
@@ -17,14 +18,14 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 
-from .tokenized_docs import FORMAT_VERSION, TokenizedDocs
+from .token_store import TokenSink, default_cache_dir, in_memory, load_entry, publish, work_folder
+from .tokenized_docs import FORMAT_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -110,11 +111,6 @@ def _affixes(tokenizer, separator: str) -> tuple[list[int], list[int]]:
         cls = getattr(tokenizer, "cls_token_id", None)
         return ([int(cls)] if cls is not None else []), [sep]
     raise ValueError(f"separator must be 'eos' or 'sep', got {separator!r}")
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("LMADAPT_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "lmadapt" / "tokenized"
 
 
 def cache_key(texts: Sequence[str], tokenizer, *, separator: str, with_word_starts: bool) -> str:
@@ -219,44 +215,6 @@ def _worker_encode(args):
                          with_word_starts)
 
 
-class _TokenSink:
-    """Encoded batches appended to raw files as they come, then saved as the cache entry's .npy
-    arrays: a corpus's token ids pass through memory a batch at a time, instead of being held as
-    all the batches plus their concatenation (twice the ids) before the cache is written."""
-
-    _DTYPES = {"ids": np.int32, "word_starts": np.uint8}
-
-    def __init__(self, folder: Path, with_word_starts: bool):
-        self.folder, self.lengths = folder, []
-        names = ["ids"] + (["word_starts"] if with_word_starts else [])
-        self.files = {name: open(folder / f"{name}.raw", "wb") for name in names}
-
-    def add(self, part) -> None:
-        ids, lengths, ws = part
-        self.files["ids"].write(np.ascontiguousarray(ids, dtype=np.int32).data)
-        if "word_starts" in self.files:
-            self.files["word_starts"].write(np.ascontiguousarray(ws, dtype=np.uint8).data)
-        self.lengths.append(lengths)
-
-    def close(self) -> None:
-        for fh in self.files.values():
-            fh.close()
-
-    def finish(self, meta: dict) -> None:
-        """The .npy arrays and, last, meta.json (which marks the folder complete)."""
-        self.close()
-        for name in self.files:
-            raw, dtype = self.folder / f"{name}.raw", self._DTYPES[name]
-            n = raw.stat().st_size // np.dtype(dtype).itemsize
-            # copied from the page cache, not from this process's memory
-            np.save(self.folder / f"{name}.npy", np.memmap(raw, dtype=dtype, mode="r", shape=(n,)) if n
-                    else np.zeros(0, dtype))
-            raw.unlink()
-        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
-        np.save(self.folder / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-        (self.folder / "meta.json").write_text(json.dumps({**meta, "tokens": int(lengths.sum())}, indent=1))
-
-
 def tokenize_documents(texts: Iterable[Any], tokenizer, *, separator: Literal["eos", "sep"] = "eos",
                        cache_dir: str | os.PathLike | None = None, num_proc: int | None = None,
                        with_word_starts: bool = False, cache: bool = True):
@@ -295,7 +253,7 @@ def tokenize_arrays(texts: Iterable[Any], tokenizer, *, separator: Literal["eos"
     if cache:
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         final = root / key
-        loaded = _load(final, with_word_starts)
+        loaded = load_entry(final, with_word_starts)
         if loaded is not None:
             logger.info("tokenization cache hit: %s (%d documents, %d tokens)", final, len(loaded), loaded.num_tokens)
             loaded.key, loaded.cache_hit, loaded.cache_path = key, True, str(final)
@@ -304,9 +262,9 @@ def tokenize_arrays(texts: Iterable[Any], tokenizer, *, separator: Literal["eos"
     meta = {"format": FORMAT_VERSION, "documents": len(texts), "separator": separator,
             "with_word_starts": with_word_starts,
             "tokenizer": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__}
-    work = _work_folder(final)
+    work = work_folder(final)
     try:
-        sink = _TokenSink(work, with_word_starts)
+        sink = TokenSink(work, with_word_starts)
         try:
             for part in _encoded_parts(backend, texts, prefix, suffix, with_word_starts, num_proc):
                 sink.add(part)
@@ -315,9 +273,9 @@ def tokenize_arrays(texts: Iterable[Any], tokenizer, *, separator: Literal["eos"
         sink.finish(meta)
         # The cache entry, memory-mapped: the node's other processes share its pages. Without a
         # cache (or where it cannot be written), the arrays are read into memory and the folder goes.
-        out = _publish(work, final, with_word_starts) if final is not None else None
+        out = publish(work, final, with_word_starts) if final is not None else None
         if out is None:
-            out = _in_memory(work, with_word_starts)
+            out = in_memory(work, with_word_starts)
             final = None
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -348,109 +306,3 @@ def _encoded_parts(backend, texts, prefix, suffix, with_word_starts: bool, num_p
                 yield pending.popleft().result()
     else:
         yield from _encode_batches(backend, texts, prefix, suffix, with_word_starts)
-
-
-def _work_folder(final: Path | None) -> Path:
-    """A fresh temp folder beside the cache entry (so publishing it is a rename), else in the system's temp."""
-    if final is not None:
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            return Path(tempfile.mkdtemp(prefix=f".{final.name[:16]}-", dir=final.parent))
-        except OSError as exc:
-            logger.warning("tokenization cache not written (%s): %s", final.parent, exc)
-    return Path(tempfile.mkdtemp(prefix="lmadapt-tokens-"))
-
-
-def _publish(work: Path, final: Path, with_word_starts: bool) -> TokenizedDocs | None:
-    """``work`` renamed to the cache entry ``final`` and read back memory-mapped; None when it cannot be."""
-    if work.parent != final.parent:
-        return None   # the cache folder could not be written: see _work_folder
-    try:
-        os.replace(work, final)  # atomic; fails if another process already renamed a complete copy
-    except OSError as exc:
-        if not (final / "meta.json").exists():
-            logger.warning("tokenization cache not written (%s): %s", final, exc)
-            return None
-    return _load(final, with_word_starts)
-
-
-def _in_memory(folder: Path, with_word_starts: bool) -> TokenizedDocs:
-    mapped = _load(folder, with_word_starts)
-    if mapped is None:
-        raise RuntimeError(f"{folder}: tokenized arrays just written cannot be read back")
-    return TokenizedDocs(np.array(mapped.ids), np.array(mapped.offsets),
-                         None if mapped.word_starts is None else np.array(mapped.word_starts))
-
-
-def _load(folder: Path, with_word_starts: bool) -> TokenizedDocs | None:
-    try:
-        meta = json.loads((folder / "meta.json").read_text())
-        if meta.get("format") != FORMAT_VERSION:
-            return None
-        # Memory-mapped: pages are read as packing touches them, and the processes of a node share them.
-        ids = np.load(folder / "ids.npy", mmap_mode="r")
-        offsets = np.load(folder / "offsets.npy")
-        ws = np.load(folder / "word_starts.npy", mmap_mode="r") if with_word_starts else None
-    except (OSError, ValueError):
-        return None
-    if offsets[-1] != len(ids) or (ws is not None and len(ws) != len(ids)):
-        logger.warning("ignoring inconsistent tokenization cache %s", folder)
-        return None
-    try:
-        os.utime(folder / "meta.json")  # marks the entry used (`lmadapt cache clear --older-than`)
-    except OSError:
-        pass  # a read-only cache still serves hits
-    return TokenizedDocs(ids, offsets, ws)
-
-
-def token_arrays(tokenized) -> TokenizedDocs:
-    """Flat arrays (ids, offsets, word_starts) of tokenized documents: a Dataset from
-    :func:`tokenize_documents` (also after ``select``/``concatenate_datasets``), a list of token-id
-    lists, a list of dicts with ``input_ids`` (+ ``word_starts``), or a :class:`TokenizedDocs`."""
-    if isinstance(tokenized, TokenizedDocs):
-        return tokenized
-    if hasattr(tokenized, "column_names") and hasattr(tokenized, "with_format"):  # datasets.Dataset
-        return _dataset_arrays(tokenized)
-    rows = tokenized
-    seqs, wss = [], []
-    for r in rows:
-        if isinstance(r, dict):
-            seqs.append(np.asarray(r["input_ids"], dtype=np.int64))
-            wss.append(None if r.get("word_starts") is None else np.asarray(r["word_starts"], dtype=np.uint8))
-        else:
-            seqs.append(np.asarray(r, dtype=np.int64))
-            wss.append(None)
-    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    ids = np.concatenate(seqs).astype(np.int32) if seqs else np.zeros(0, np.int32)
-    ws = None
-    if seqs and all(w is not None for w in wss):
-        ws = np.concatenate(wss)
-    return TokenizedDocs(ids, offsets, ws)
-
-
-def _dataset_arrays(ds) -> TokenizedDocs:
-    import pyarrow as pa
-
-    if "input_ids" not in ds.column_names:
-        raise ValueError(f"tokenized dataset needs an input_ids column, has {ds.column_names}")
-    if len(ds) == 0:
-        return TokenizedDocs(np.zeros(0, np.int32), np.zeros(1, np.int64),
-                             np.zeros(0, np.uint8) if "word_starts" in ds.column_names else None)
-    table = ds.with_format("arrow")[:]  # honours select()/shuffle() index mappings
-
-    def flat(name, dtype):
-        col = table.column(name).combine_chunks()
-        if isinstance(col, pa.ChunkedArray):
-            col = pa.concat_arrays(col.chunks)
-        lengths = col.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-        return col.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False), lengths
-
-    ids, lengths = flat("input_ids", np.int32)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    ws = None
-    if "word_starts" in ds.column_names:
-        ws, ws_len = flat("word_starts", np.uint8)
-        if not np.array_equal(ws_len, lengths):
-            raise ValueError("word_starts and input_ids have different lengths")
-    return TokenizedDocs(ids, offsets, ws)

@@ -1,6 +1,7 @@
 """Tokenized documents as flat arrays (:class:`TokenizedDocs`), the format the token cache stores
-(``FORMAT_VERSION``), their fingerprint, and gathering chosen documents from several of them (the
-replay mixture) a slice at a time. tokenize.py produces them, mixing.py and packing.py consume them.
+(``FORMAT_VERSION``), their fingerprint, gathering chosen documents from several of them (the
+replay mixture) a slice at a time, and any other tokenized form (a Dataset, lists of ids) turned
+into them (:func:`token_arrays`). tokenize.py produces them, mixing.py and packing.py consume them.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ class TokenizedDocs:
     """Tokenized documents as flat arrays: document ``i`` is ``ids[offsets[i]:offsets[i+1]]``.
 
     Every document already ends with its separator (and starts with CLS for masked models).
-    :func:`pack_blocks` accepts it directly; :func:`.tokenize.token_arrays` turns a tokenized Dataset into one."""
+    :func:`pack_blocks` accepts it directly; :func:`token_arrays` turns a tokenized Dataset into one."""
 
     ids: np.ndarray  # int32 [total tokens]
     offsets: np.ndarray  # int64 [documents + 1]
@@ -181,3 +182,56 @@ def arrays_fingerprint(docs: TokenizedDocs, *extra) -> str:
     for arr in (docs.ids, docs.offsets, docs.word_starts):
         fp.update(b"-" if arr is None else np.ascontiguousarray(arr).tobytes())
     return fp.hexdigest()[:32]
+
+
+def token_arrays(tokenized) -> TokenizedDocs:
+    """Flat arrays (ids, offsets, word_starts) of tokenized documents: a Dataset from
+    :func:`tokenize_documents` (also after ``select``/``concatenate_datasets``), a list of token-id
+    lists, a list of dicts with ``input_ids`` (+ ``word_starts``), or a :class:`TokenizedDocs`."""
+    if isinstance(tokenized, TokenizedDocs):
+        return tokenized
+    if hasattr(tokenized, "column_names") and hasattr(tokenized, "with_format"):  # datasets.Dataset
+        return _dataset_arrays(tokenized)
+    rows = tokenized
+    seqs, wss = [], []
+    for r in rows:
+        if isinstance(r, dict):
+            seqs.append(np.asarray(r["input_ids"], dtype=np.int64))
+            wss.append(None if r.get("word_starts") is None else np.asarray(r["word_starts"], dtype=np.uint8))
+        else:
+            seqs.append(np.asarray(r, dtype=np.int64))
+            wss.append(None)
+    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = np.concatenate(seqs).astype(np.int32) if seqs else np.zeros(0, np.int32)
+    ws = None
+    if seqs and all(w is not None for w in wss):
+        ws = np.concatenate(wss)
+    return TokenizedDocs(ids, offsets, ws)
+
+
+def _dataset_arrays(ds) -> TokenizedDocs:
+    import pyarrow as pa
+
+    if "input_ids" not in ds.column_names:
+        raise ValueError(f"tokenized dataset needs an input_ids column, has {ds.column_names}")
+    if len(ds) == 0:
+        return TokenizedDocs(np.zeros(0, np.int32), np.zeros(1, np.int64),
+                             np.zeros(0, np.uint8) if "word_starts" in ds.column_names else None)
+    table = ds.with_format("arrow")[:]  # honours select()/shuffle() index mappings
+
+    def flat(name, dtype):
+        col = table.column(name).combine_chunks()
+        if isinstance(col, pa.ChunkedArray):
+            col = pa.concat_arrays(col.chunks)
+        lengths = col.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        return col.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False), lengths
+
+    ids, lengths = flat("input_ids", np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ws = None
+    if "word_starts" in ds.column_names:
+        ws, ws_len = flat("word_starts", np.uint8)
+        if not np.array_equal(ws_len, lengths):
+            raise ValueError("word_starts and input_ids have different lengths")
+    return TokenizedDocs(ids, offsets, ws)
