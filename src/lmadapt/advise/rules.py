@@ -37,11 +37,15 @@ perplexity ratio from < min_scored_tokens tokens per set is not used to decide; 
 what is missing instead of guessing. Confidence starts high and drops one level for each: a deciding
 number within +-near of its threshold, a missing or thin shift measurement where continued pretraining
 is decided, measurements that disagree with the seed rule, a goal whose data is missing.
+
+``facts.py`` reads the measurements into the numbers these rules decide on; each rule below is one
+function that appends its reasons, in the order :func:`recommend` calls them.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+
+from .facts import Facts, domain_evidence, get_in, read_facts, task_evidence
 
 GOALS = ("generate", "understand", "classify", "extract", "instruct")
 LANGUAGE_GOALS = ("generate", "understand")
@@ -103,54 +107,23 @@ class Advice:
         return asdict(self)
 
 
-def _get(d: Any, *keys, default=None):
-    for k in keys:
-        if not isinstance(d, dict) or d.get(k) is None:
-            return default
-        d = d[k]
-    return d
-
-
 def _near(value: float | None, threshold: float, rel: float) -> bool:
     return value is not None and threshold > 0 and abs(value - threshold) <= rel * threshold
 
 
-def domain_evidence(m: dict, t: dict) -> tuple[bool, str | None]:
-    """(usable, why not) for the domain corpus sample."""
-    dom = m.get("domain")
-    if not dom:
-        return False, None
-    docs, toks = dom.get("sampled_documents") or 0, dom.get("sampled_tokens") or 0
-    if docs < t["min_domain_docs"] or toks < t["min_domain_tokens"]:
-        return False, (f"domain sample too small to judge: {docs} documents / {toks:,} tokens "
-                       f"(need >= {t['min_domain_docs']} documents and >= {t['min_domain_tokens']:,} tokens)")
-    return True, None
+@dataclass
+class _Notes:
+    """What the rules found, in the order they found it: the Advice's reasons, missing data and
+    warnings, and the penalties that each lower the confidence one level."""
 
+    reasons: list[dict] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    penalties: list[str] = field(default_factory=list)
 
-def task_evidence(m: dict, t: dict, goal: str | None = None) -> tuple[bool, str | None]:
-    """(usable, why not) for the labeled data. Records without a label (the label field is in none
-    of them) or a single class are nothing to fine-tune a classifier on: said so, never "fine-tuning,
-    confidence high" (extraction and instruction data carry their targets in other fields)."""
-    task = m.get("task")
-    if not task:
-        return False, None
-    if goal not in ("extract", "instruct") and "label_field" in task and not task.get("label_field"):
-        return False, (f"the labeled data has no labels: none of its {task.get('examples') or 0} records has the "
-                       "label field (--label-field names it)")
-    if task.get("classes") == 1:
-        only = next(iter(task.get("per_class") or {}), None)
-        return False, (f"the labeled data has a single class{f' ({only!r})' if only is not None else ''}: "
-                       "a classifier needs at least two to learn anything")
-    if task.get("classes"):
-        low = task.get("per_class_min") or 0
-        if low < t["min_per_class"]:
-            return False, (f"labeled data too small to judge: smallest class has {low} examples "
-                           f"(need >= {t['min_per_class']} per class)")
-        return True, None
-    n = task.get("examples") or 0
-    if n < t["min_examples"]:
-        return False, f"labeled data too small to judge: {n} examples (need >= {t['min_examples']})"
-    return True, None
+    def reason(self, rule, finding, value=None, threshold=None, supports=""):
+        self.reasons.append({"rule": rule, "finding": finding, "value": value, "threshold": threshold,
+                             "supports": supports})
 
 
 def recommend(measurements: dict, goal: str, thresholds: dict | None = None) -> Advice:
@@ -160,187 +133,193 @@ def recommend(measurements: dict, goal: str, thresholds: dict | None = None) -> 
         raise ValueError(f"goal must be one of {', '.join(GOALS)}; got {goal!r}")
     t = {**THRESHOLDS, **(thresholds or {})}
     m = measurements
-    reasons: list[dict] = []
-    missing: list[str] = []
-    warnings: list[str] = []
-    penalties: list[str] = []
+    notes = _Notes()
+    dom_ok, task_ok = _rule_evidence(m, t, goal, notes)
+    f = read_facts(m, t, goal, lang_goal=goal in LANGUAGE_GOALS, dom_ok=dom_ok, task_ok=task_ok)
+    _report_measurements(f, m, t, notes)
+    # The rules run in this order: each appends its reasons, and tapt only applies without dapt.
+    dapt = _rule_dapt(f, m, t, notes)
+    ft = _rule_ft(f, m, t, notes)
+    tapt = _rule_tapt(f, dapt, notes)
+    steps = [s for s, on in (("dapt", dapt), ("tapt", tapt), ("ft", ft)) if on]
+    recommendation = RECOMMENDATIONS[tuple(steps)]
+    if dapt and not ft and goal in TASK_TYPES:
+        notes.warnings.append(f"goal '{goal}': after continued pretraining, fine-tune on labeled examples "
+                              "(then rerun advise with --task-train)")
+    method, train_embeddings = None, False
+    if steps:
+        method, train_embeddings = _method(m, t, steps, f.tokens, f.lots, f.shifted, f.fragmented, notes.reason,
+                                           notes.warnings)
+    candidates = _vocabulary_candidates(f, m, notes)
+    _rule_cost(m, steps, notes)
+    confidence = _confidence(f, steps, notes)
+    arms = _arms(steps, f.dom_ok, f.task_ok, _full_fits(m, t))
+    summary = _summary(steps, method, confidence, goal)
+    return Advice(goal=goal, recommendation=recommendation, steps=steps, method=method, confidence=confidence,
+                  summary=summary, reasons=notes.reasons, missing=notes.missing,
+                  warnings=notes.warnings + [f"confidence lowered: {p}" for p in notes.penalties],
+                  arms=arms, train_embeddings=train_embeddings, vocabulary_candidates=candidates, thresholds=t)
 
-    def reason(rule, finding, value=None, threshold=None, supports=""):
-        reasons.append({"rule": rule, "finding": finding, "value": value, "threshold": threshold, "supports": supports})
 
-    lang_goal = goal in LANGUAGE_GOALS
+def _rule_evidence(m: dict, t: dict, goal: str, notes: _Notes) -> tuple[bool, bool]:
+    """(domain sample usable, labeled data usable), noting why not and what more data is missing."""
     dom_ok, dom_why = domain_evidence(m, t)
     task_ok, task_why = task_evidence(m, t, goal)
     if dom_why:
-        warnings.append(dom_why)
-        missing.append(f"more domain text (>= {t['min_domain_docs']} documents and >= {t['min_domain_tokens']:,} tokens)")
+        notes.warnings.append(dom_why)
+        notes.missing.append(f"more domain text (>= {t['min_domain_docs']} documents and >= {t['min_domain_tokens']:,} tokens)")
     if task_why and "too small" not in task_why:
-        warnings.append(task_why)
-        missing.append("labeled examples of at least two classes (a label field: --label-field)")
+        notes.warnings.append(task_why)
+        notes.missing.append("labeled examples of at least two classes (a label field: --label-field)")
     elif task_why:
-        warnings.append(task_why)
-        missing.append(f"more labeled examples (>= {t['min_per_class']} per class, or >= {t['min_examples']} without classes)")
+        notes.warnings.append(task_why)
+        notes.missing.append(f"more labeled examples (>= {t['min_per_class']} per class, or >= {t['min_examples']} without classes)")
+    return dom_ok, task_ok
 
-    tokens = _get(m, "domain", "estimated_tokens")
-    ref_scored = _get(m, "shift", "reference", "tokens", default=0)
-    metric = _get(m, "shift", "metric", default="perplexity")
 
-    def shift_of(text: str, usable: bool) -> dict | None:
-        """{ratio, thin, shifted, close} of one text set, None when not measured or its data is unusable."""
-        r = _get(m, "shift", text, "ratio")
-        if r is None or not usable:
-            return None
-        scored = min(_get(m, "shift", text, "tokens", default=0), ref_scored)
-        thin = scored < t["min_scored_tokens"]
-        return {"ratio": r, "scored": scored, "thin": thin, "shifted": not thin and r >= t["shift_ratio"],
-                "close": not thin and r < t["close_ratio"]}
-
-    d_shift, t_shift = shift_of("domain", dom_ok), shift_of("task", task_ok)
-    shifted = bool(d_shift and d_shift["shifted"])
-    close = bool(d_shift and d_shift["close"])
-    ratio = d_shift["ratio"] if d_shift else None
-    overlap = _get(m, "vocabulary", "overlap")
-    split_d = _get(m, "vocabulary", "domain_split3_share")
-    split_r = _get(m, "vocabulary", "reference_split3_share")
-    excess = (split_d - split_r) if split_d is not None and split_r is not None else None
-    vocab_text = _get(m, "vocabulary", "text", default="domain")
-    vocab_usable = overlap is not None and (vocab_text == "domain" and dom_ok or vocab_text == "task" and task_ok)
-    vocab_shifted = vocab_usable and overlap < t["overlap_shifted"]
-    fragmented = vocab_usable and excess is not None and excess >= t["split3_excess"]
-    lots = dom_ok and tokens is not None and tokens >= t["lots_domain_tokens"]
-
-    # ---- shift and vocabulary: reported whenever measured on usable data
-    for text, sh in (("domain", d_shift), ("task", t_shift)):
+def _report_measurements(f: Facts, m: dict, t: dict, notes: _Notes) -> None:
+    """Shift and vocabulary: reported whenever measured on usable data, whether or not they decide."""
+    for text, sh in (("domain", f.d_shift), ("task", f.t_shift)):
         if not sh:
             continue
         what = "the domain corpus" if text == "domain" else "the task texts"
         verdict = ("thin measurement, not used to decide" if sh["thin"] else "foreign to the model (shifted)"
                    if sh["shifted"] else "close to what the model already models" if sh["close"] else "moderately shifted")
-        reason("shift", f"{metric} ratio of {what} to general English text = {sh['ratio']:.2f}: {verdict} "
-               f"({sh['scored']:,} tokens scored per set)", round(sh["ratio"], 3), t["shift_ratio"],
-               ("continued pretraining" if text == "domain" else "task-adaptive pretraining") if sh["shifted"]
-               else "fine-tuning only" if sh["close"] else "")
-    if vocab_usable:
-        reason("vocabulary", f"top-{_get(m, 'vocabulary', 'top_k')} word overlap of the {vocab_text} text with general "
-               f"text = {overlap:.2f} ({'shifted vocabulary' if vocab_shifted else 'shared vocabulary'}; "
-               "two general-English samples: ~0.45)", round(overlap, 3), t["overlap_shifted"],
-               "continued pretraining" if vocab_shifted else "")
-        if excess is not None:
-            reason("tokenizer", f"{split_d:.0%} of the 1k most frequent {vocab_text} words are cut into >= 3 pieces "
-                   f"vs {split_r:.0%} of general words", round(excess, 3), t["split3_excess"],
-                   "train embeddings / extend vocabulary" if fragmented else "")
+        notes.reason("shift", f"{f.metric} ratio of {what} to general English text = {sh['ratio']:.2f}: {verdict} "
+                     f"({sh['scored']:,} tokens scored per set)", round(sh["ratio"], 3), t["shift_ratio"],
+                     ("continued pretraining" if text == "domain" else "task-adaptive pretraining") if sh["shifted"]
+                     else "fine-tuning only" if sh["close"] else "")
+    if f.vocab_usable:
+        notes.reason("vocabulary", f"top-{get_in(m, 'vocabulary', 'top_k')} word overlap of the {f.vocab_text} text with "
+                     f"general text = {f.overlap:.2f} ({'shifted vocabulary' if f.vocab_shifted else 'shared vocabulary'}; "
+                     "two general-English samples: ~0.45)", round(f.overlap, 3), t["overlap_shifted"],
+                     "continued pretraining" if f.vocab_shifted else "")
+        if f.excess is not None:
+            notes.reason("tokenizer", f"{f.split_d:.0%} of the 1k most frequent {f.vocab_text} words are cut into >= 3 "
+                         f"pieces vs {f.split_r:.0%} of general words", round(f.excess, 3), t["split3_excess"],
+                         "train embeddings / extend vocabulary" if f.fragmented else "")
 
-    # ---- continued pretraining on the domain corpus
+
+def _rule_dapt(f: Facts, m: dict, t: dict, notes: _Notes) -> bool:
+    """Continued pretraining on the domain corpus: lots of it (rule "volume"), or a language goal."""
     dapt = False
-    if dom_ok:
-        if lots:
+    if f.dom_ok:
+        tokens = f.tokens
+        if f.lots:
             dapt = True
-            reason("volume", f"about {tokens:,.0f} domain tokens: lots of unlabeled domain data",
-                   int(tokens), t["lots_domain_tokens"], "continued pretraining")
+            notes.reason("volume", f"about {tokens:,.0f} domain tokens: lots of unlabeled domain data",
+                         int(tokens), t["lots_domain_tokens"], "continued pretraining")
             if _near(tokens, t["lots_domain_tokens"], t["near"]):
-                penalties.append("domain volume near the 'lots' threshold")
+                notes.penalties.append("domain volume near the 'lots' threshold")
         elif tokens is not None:
-            reason("volume", f"about {tokens:,.0f} domain tokens: less than 'lots'", int(tokens),
-                   t["lots_domain_tokens"], "")
-        if lang_goal:
+            notes.reason("volume", f"about {tokens:,.0f} domain tokens: less than 'lots'", int(tokens),
+                         t["lots_domain_tokens"], "")
+        if f.lang_goal:
             dapt = True
-            reason("goal", f"goal '{goal}': generating/understanding the domain's own language is learned by "
-                   "continued pretraining on its text", None, None, "continued pretraining")
+            notes.reason("goal", f"goal '{f.goal}': generating/understanding the domain's own language is learned by "
+                         "continued pretraining on its text", None, None, "continued pretraining")
         if dapt:
-            if not d_shift or d_shift["thin"]:
-                penalties.append("domain shift not measured (or from few tokens)")
-            elif close:
-                penalties.append("the model already models the domain well")
-                warnings.append(f"perplexity ratio {ratio:.2f} < {t['close_ratio']}: continued pretraining is expected "
-                                "to add little; the pipeline's arms compare it with the base model")
-            elif _near(ratio, t["shift_ratio"], t["near"]) and not lang_goal:
-                penalties.append("shift near its threshold")
-    elif m.get("domain") is None and lang_goal and not task_ok:
-        missing.append("unlabeled domain text (continued pretraining needs it; >= 5M tokens is 'lots')")
+            _dapt_shift_penalties(f, t, notes)
+    elif m.get("domain") is None and f.lang_goal and not f.task_ok:
+        notes.missing.append("unlabeled domain text (continued pretraining needs it; >= 5M tokens is 'lots')")
+    return dapt
 
-    # ---- fine-tuning
-    ft = task_ok
-    if task_ok:
+
+def _dapt_shift_penalties(f: Facts, t: dict, notes: _Notes) -> None:
+    """Continued pretraining is decided: a shift that is missing, thin, close or near its threshold
+    makes that decision less sure."""
+    if not f.d_shift or f.d_shift["thin"]:
+        notes.penalties.append("domain shift not measured (or from few tokens)")
+    elif f.close:
+        notes.penalties.append("the model already models the domain well")
+        notes.warnings.append(f"perplexity ratio {f.ratio:.2f} < {t['close_ratio']}: continued pretraining is expected "
+                              "to add little; the pipeline's arms compare it with the base model")
+    elif _near(f.ratio, t["shift_ratio"], t["near"]) and not f.lang_goal:
+        notes.penalties.append("shift near its threshold")
+
+
+def _rule_ft(f: Facts, m: dict, t: dict, notes: _Notes) -> bool:
+    """Fine-tuning: usable labeled data (rule "labels"); a task goal asks for it (rule "goal")."""
+    goal = f.goal
+    if f.task_ok:
         task = m["task"]
         per = (f"{task.get('examples', 0):,} labeled examples"
                + (f", {task['classes']} classes, min/median {task.get('per_class_min')}/{task.get('per_class_median')} per class"
                   if task.get("classes") else ""))
-        reason("labels", f"{per}: labeled data for a specific task", task.get("examples"), None, "fine-tuning")
+        notes.reason("labels", f"{per}: labeled data for a specific task", task.get("examples"), None, "fine-tuning")
     if goal in TASK_TYPES:
-        reason("goal", f"goal '{goal}': a task behaviour is learned from labeled examples", None, None, "fine-tuning")
-        if not task_ok:
-            penalties.append("the goal needs labeled data")
+        notes.reason("goal", f"goal '{goal}': a task behaviour is learned from labeled examples", None, None, "fine-tuning")
+        if not f.task_ok:
+            notes.penalties.append("the goal needs labeled data")
             if not m.get("task"):
-                missing.append(f"labeled {goal} examples (--task-train; >= {t['min_per_class']} per class)"
-                               if goal == "classify" else f"labeled {goal} examples (--task-train; >= {t['min_examples']})")
+                notes.missing.append(f"labeled {goal} examples (--task-train; >= {t['min_per_class']} per class)"
+                                     if goal == "classify" else f"labeled {goal} examples (--task-train; >= {t['min_examples']})")
+    return f.task_ok
 
-    # ---- task-adaptive pretraining on the task's own texts
-    tapt = False
-    if task_ok and not dapt:
-        if lang_goal:
-            tapt = True
-            reason("goal", f"goal '{goal}' without a usable domain corpus: continued pretraining on the task's "
-                   "own texts is the domain text available", None, None, "task-adaptive pretraining")
-        else:
-            # Foreign to the model? The task texts' own perplexity ratio decides, else the domain's,
-            # else (no usable perplexity) the vocabulary overlap.
-            sh = next((x for x in (t_shift, d_shift) if x and not x["thin"]), None)
-            foreign = sh["shifted"] if sh else vocab_shifted
-            if foreign:
-                tapt = True
-                what = f"perplexity ratio {sh['ratio']:.2f}" if sh else f"vocabulary overlap {overlap:.2f}"
-                reason("tapt", f"text foreign to the model ({what}) but not 'lots' of domain text: task-adaptive "
-                       "pretraining (Gururangan et al. 2020) is cheap and helps", None, None, "task-adaptive pretraining")
-                if not sh:
-                    penalties.append("shift not measured on enough tokens")
 
-    steps = [s for s, on in (("dapt", dapt), ("tapt", tapt), ("ft", ft)) if on]
-    recommendation = RECOMMENDATIONS[tuple(steps)]
-    if dapt and not ft and goal in TASK_TYPES:
-        warnings.append(f"goal '{goal}': after continued pretraining, fine-tune on labeled examples "
-                        "(then rerun advise with --task-train)")
+def _rule_tapt(f: Facts, dapt: bool, notes: _Notes) -> bool:
+    """Task-adaptive pretraining on the task's own texts, when there is labeled data but no domain
+    pretraining: for a language goal always, else when the text is foreign to the model."""
+    if not f.task_ok or dapt:
+        return False
+    if f.lang_goal:
+        notes.reason("goal", f"goal '{f.goal}' without a usable domain corpus: continued pretraining on the task's "
+                     "own texts is the domain text available", None, None, "task-adaptive pretraining")
+        return True
+    # Foreign to the model? The task texts' own perplexity ratio decides, else the domain's,
+    # else (no usable perplexity) the vocabulary overlap.
+    sh = next((x for x in (f.t_shift, f.d_shift) if x and not x["thin"]), None)
+    foreign = sh["shifted"] if sh else f.vocab_shifted
+    if not foreign:
+        return False
+    what = f"perplexity ratio {sh['ratio']:.2f}" if sh else f"vocabulary overlap {f.overlap:.2f}"
+    notes.reason("tapt", f"text foreign to the model ({what}) but not 'lots' of domain text: task-adaptive "
+                 "pretraining (Gururangan et al. 2020) is cheap and helps", None, None, "task-adaptive pretraining")
+    if not sh:
+        notes.penalties.append("shift not measured on enough tokens")
+    return True
 
-    # ---- method: LoRA or full
-    method, train_embeddings = None, False
-    if steps:
-        method, train_embeddings = _method(m, t, steps, tokens, lots, shifted, fragmented, reason, warnings)
-    candidates = [c["word"] for c in (_get(m, "vocabulary", "candidates", default=[]) or [])] if vocab_usable else []
-    if fragmented and candidates:
-        warnings.append("the tokenizer fragments frequent domain words; vocabulary-extension candidates: "
-                        + ", ".join(candidates[:10]) + " (add them: `lmadapt tokenizer extend MODEL --data CORPUS "
-                        "--add N`, or vocab.extend in the pretrain stage)")
 
-    # ---- cost
-    secs = _get(m, "cost", "seconds_per_epoch")
+def _vocabulary_candidates(f: Facts, m: dict, notes: _Notes) -> list[str]:
+    """Words to add to the tokenizer (from usable vocabulary measurements), and a warning naming
+    them when the tokenizer fragments the domain's words."""
+    candidates = ([c["word"] for c in (get_in(m, "vocabulary", "candidates", default=[]) or [])]
+                  if f.vocab_usable else [])
+    if f.fragmented and candidates:
+        notes.warnings.append("the tokenizer fragments frequent domain words; vocabulary-extension candidates: "
+                              + ", ".join(candidates[:10]) + " (add them: `lmadapt tokenizer extend MODEL --data CORPUS "
+                              "--add N`, or vocab.extend in the pretrain stage)")
+    return candidates
+
+
+def _rule_cost(m: dict, steps: list[str], notes: _Notes) -> None:
+    """What one epoch of continued pretraining on the domain corpus costs (reported, decides nothing)."""
+    secs = get_in(m, "cost", "seconds_per_epoch")
     if secs is not None and "dapt" in steps:
-        reason("cost", f"one epoch of the domain corpus: {_get(m, 'cost', 'flops_per_epoch', default=0):.3g} FLOPs "
-               f"(6 x params x tokens), about {_hours(secs)} on {_get(m, 'cost', 'probe', 'device', default='this machine')}",
-               round(secs), None, "")
+        notes.reason("cost", f"one epoch of the domain corpus: {get_in(m, 'cost', 'flops_per_epoch', default=0):.3g} FLOPs "
+                     f"(6 x params x tokens), about {_hours(secs)} on {get_in(m, 'cost', 'probe', 'device', default='this machine')}",
+                     round(secs), None, "")
 
-    # ---- confidence
-    if not steps or (not dom_ok and not task_ok):
-        confidence = NO_EVIDENCE
-        if not missing and not warnings:
-            missing.append("unlabeled domain text (--domain) and/or labeled task data (--task-train)")
-    else:
-        confidence = CONFIDENCE[max(0, 2 - len(penalties))]
-    arms = _arms(steps, dom_ok, task_ok, _full_fits(m, t))
-    summary = _summary(steps, method, confidence, goal)
-    return Advice(goal=goal, recommendation=recommendation, steps=steps, method=method, confidence=confidence,
-                  summary=summary, reasons=reasons, missing=missing, warnings=warnings + [f"confidence lowered: {p}" for p in penalties],
-                  arms=arms, train_embeddings=train_embeddings, vocabulary_candidates=candidates, thresholds=t)
+
+def _confidence(f: Facts, steps: list[str], notes: _Notes) -> str:
+    """High, lowered one level per penalty; "not enough evidence" when nothing is decided."""
+    if not steps or (not f.dom_ok and not f.task_ok):
+        if not notes.missing and not notes.warnings:
+            notes.missing.append("unlabeled domain text (--domain) and/or labeled task data (--task-train)")
+        return NO_EVIDENCE
+    return CONFIDENCE[max(0, 2 - len(notes.penalties))]
 
 
 def _full_fits(m, t) -> bool:
     """Full training fits memory_fraction of the device memory (or memory was not measured)."""
-    full_b, avail = _get(m, "cost", "memory", "full_bytes"), _get(m, "cost", "memory", "available_bytes")
+    full_b, avail = get_in(m, "cost", "memory", "full_bytes"), get_in(m, "cost", "memory", "available_bytes")
     return not (full_b and avail and full_b > t["memory_fraction"] * avail)
 
 
 def _method(m, t, steps, tokens, lots, shifted, fragmented, reason, warnings):
-    params = _get(m, "model", "params")
-    full_b, lora_b = _get(m, "cost", "memory", "full_bytes"), _get(m, "cost", "memory", "lora_bytes")
-    avail = _get(m, "cost", "memory", "available_bytes")
+    params = get_in(m, "model", "params")
+    full_b, lora_b = get_in(m, "cost", "memory", "full_bytes"), get_in(m, "cost", "memory", "lora_bytes")
+    avail = get_in(m, "cost", "memory", "available_bytes")
     gib = 2 ** 30
     method = "full"
     if not _full_fits(m, t):
