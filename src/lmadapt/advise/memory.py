@@ -21,17 +21,17 @@ def recipe_model_config(model_cfg):
     """The transformers config a recipe's model section builds, read without loading any weights."""
     from transformers import AutoConfig
 
-    from ..models.load import _adapter_base, _hub_kwargs, _resolve_local, load_tokenizer
+    from ..models.load import adapter_base, hub_options, resolve_local, load_tokenizer
     if model_cfg.init == "scratch":
         from ..models.presets import scratch_config
         return scratch_config(model_cfg.arch, model_cfg.size, model_cfg.dims, load_tokenizer(model_cfg.tokenizer))
     if model_cfg.gguf_file:
         raise ConfigError("model.gguf_file: the memory plan reads a model folder's config.json; convert the GGUF "
                           "first (lmadapt convert FILE.gguf --output DIR) and plan with model.path: DIR")
-    hub = _hub_kwargs(model_cfg)
-    local = _resolve_local(model_cfg.path, "model")
+    hub = hub_options(model_cfg)
+    local = resolve_local(model_cfg.path, "model")
     where = local or model_cfg.path
-    base = _adapter_base(local) if local else None
+    base = adapter_base(local) if local else None
     try:
         return AutoConfig.from_pretrained(base or where, **hub)
     except (OSError, ValueError) as exc:

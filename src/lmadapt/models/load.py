@@ -79,7 +79,7 @@ def _hub_error(what: str, name: str, exc: BaseException) -> ModelLoadError:
     return ModelLoadError(f"could not load {what} {name!r}: not a local folder {why}. ({first})")
 
 
-def _resolve_local(name: str, what: str) -> str | None:
+def resolve_local(name: str, what: str) -> str | None:
     """The local path for ``name``, None for a hub id; a missing local-looking path raises."""
     p = Path(os.path.expanduser(name))
     if p.exists():
@@ -89,7 +89,7 @@ def _resolve_local(name: str, what: str) -> str | None:
     return None
 
 
-def _hub_kwargs(cfg: ModelConfig) -> dict:
+def hub_options(cfg: ModelConfig) -> dict:
     kw: dict[str, Any] = {}
     if cfg.revision:
         kw["revision"] = cfg.revision
@@ -128,7 +128,7 @@ def load_tokenizer(path_or_id: str, **hub_kwargs):
     from transformers import AutoTokenizer
 
     name = str(path_or_id)
-    local = _resolve_local(name, "tokenizer")
+    local = resolve_local(name, "tokenizer")
     try:
         tok = AutoTokenizer.from_pretrained(local or name, **hub_kwargs)
     except (OSError, ValueError) as exc:
@@ -198,7 +198,7 @@ def _gguf_source(cfg: ModelConfig) -> str:
             raise ModelLoadError(f"model.gguf_file: GGUF file not found: {gguf}")
         return gguf
     if cfg.path:
-        local = _resolve_local(cfg.path, "model")
+        local = resolve_local(cfg.path, "model")
         if local is not None:
             full = Path(local) / cfg.gguf_file
             if not full.is_file():
@@ -233,7 +233,7 @@ def _converted_gguf(gguf_path: str) -> str:
     return gguf_to_model_folder(gguf_path, str(folder), overwrite=True)   # our own cache folder
 
 
-def _adapter_base(folder: str) -> str | None:
+def adapter_base(folder: str) -> str | None:
     f = Path(folder) / "adapter_config.json"
     if not f.is_file():
         return None
@@ -250,13 +250,13 @@ def _load_pretrained(path: str, cfg: ModelConfig, requested: str, quantize: str 
     """(model, objective, model_type, source) for a folder or hub id."""
     from transformers import AutoConfig
 
-    hub = _hub_kwargs(cfg)
-    local = _resolve_local(path, "model")
+    hub = hub_options(cfg)
+    local = resolve_local(path, "model")
     if local is not None and Path(local).is_file():
         raise ModelLoadError(f"model.path: {local} is a file; give the model folder (and gguf_file for a GGUF file)")
     where = local or path
 
-    base = _adapter_base(local) if local else None
+    base = adapter_base(local) if local else None
     if base is not None:
         from peft import PeftModel
 
@@ -350,7 +350,7 @@ def load_model(cfg: ModelConfig, *, objective: str | None = None, for_task: None
     if for_task is not None:
         raise NotImplementedError("load_model(for_task=...) is not supported yet: task heads are built by the finetune stage")
     requested = objective or cfg.objective or "auto"
-    hub = _hub_kwargs(cfg)
+    hub = hub_options(cfg)
     if quantize != "none" and cfg.init == "scratch":
         raise ConfigError(f"lora.quantize: {quantize} quantises pretrained weights; a scratch model has none to freeze")
     if cfg.init == "scratch":
@@ -364,7 +364,7 @@ def load_model(cfg: ModelConfig, *, objective: str | None = None, for_task: None
         source = gguf
     else:
         model, obj, mt, source = _load_pretrained(cfg.path, cfg, requested, quantize)
-        tok_from = cfg.tokenizer or (_resolve_local(cfg.path, "model") or cfg.path)
+        tok_from = cfg.tokenizer or (resolve_local(cfg.path, "model") or cfg.path)
         tokenizer = load_tokenizer(tok_from, **hub)
     _align_with_tokenizer(model, tokenizer)
     if obj == "causal" and getattr(model.config, "use_cache", None):

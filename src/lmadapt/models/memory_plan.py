@@ -181,8 +181,8 @@ def model_shape(config_or_model, *, lora_r: int = 16) -> ModelShape:
     device, so an 8B config costs no memory)."""
     model = config_or_model
     if not hasattr(model, "parameters"):
-        from .presets import _meta_model
-        model = _meta_model(config_or_model)
+        from .presets import meta_model
+        model = meta_model(config_or_model)
     cfg = model.config
     params = _unique(model.parameters())
     layers = _layer_modules(model)

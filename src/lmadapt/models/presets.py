@@ -159,7 +159,7 @@ def _unique_params(model) -> list:
     return out
 
 
-def _meta_model(config):
+def meta_model(config):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
@@ -178,7 +178,7 @@ def count_params(config_or_model, *, non_embedding: bool = False, trainable_only
     """
     model = config_or_model
     if not hasattr(model, "parameters"):
-        model = _meta_model(config_or_model)
+        model = meta_model(config_or_model)
     params = _unique_params(model)
     if trainable_only:
         params = [p for p in params if p.requires_grad]

@@ -149,7 +149,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
 
 # --- which loss a model gets ----------------------------------------------------------------------
 
-def _unwrap(model):
+def unwrap_peft(model):
     from peft import PeftModel
 
     return model.get_base_model() if isinstance(model, PeftModel) else model
@@ -157,7 +157,7 @@ def _unwrap(model):
 
 def lm_head_of(model) -> tuple[nn.Linear | None, str]:
     """The plain ``nn.Linear`` output head the fused loss can replace, or None and why not."""
-    inner = _unwrap(model)
+    inner = unwrap_peft(model)
     get = getattr(inner, "get_output_embeddings", None)
     head = get() if get is not None else None
     if head is None:
@@ -177,7 +177,7 @@ def loss_shift(model) -> bool | None:
     """True for causal-LM losses, False for masked-LM, None for anything else (task heads)."""
     from transformers.loss.loss_utils import ForCausalLMLoss, ForMaskedLMLoss
 
-    fn = getattr(_unwrap(model), "loss_function", None)
+    fn = getattr(unwrap_peft(model), "loss_function", None)
     return True if fn is ForCausalLMLoss else False if fn is ForMaskedLMLoss else None
 
 
@@ -201,7 +201,7 @@ def resolve_loss(requested: str, model) -> tuple[str, str]:
     head, why = lm_head_of(model)
     shift = loss_shift(model) if head is not None else None
     if head is not None and shift is None:
-        why = f"{type(_unwrap(model)).__name__} does not use a causal or masked LM loss"
+        why = f"{type(unwrap_peft(model)).__name__} does not use a causal or masked LM loss"
     if head is None or shift is None:
         if requested == "auto":
             return "standard", why

@@ -38,9 +38,9 @@ def resolve_switch(value, key: str, *, available: bool = True) -> bool:
 
 def transformer_blocks(model) -> list[nn.Module]:
     """The repeated blocks: modules of a class in ``_no_split_modules`` that sit in a ModuleList."""
-    from .loss import _unwrap
+    from .loss import unwrap_peft
 
-    inner = _unwrap(model)
+    inner = unwrap_peft(model)
     names = set(getattr(inner, "_no_split_modules", None) or ())
     return [m for lst in inner.modules() if isinstance(lst, nn.ModuleList)
             for m in lst if type(m).__name__ in names]
@@ -59,10 +59,10 @@ def apply_liger_kernels(model) -> bool:
     patched MLP still calls its projections). False where Liger does not support the architecture."""
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
-    from .loss import _unwrap
+    from .loss import unwrap_peft
 
     try:
-        _apply_liger_kernel_to_instance(model=_unwrap(model), rope=True, rms_norm=True, swiglu=True,
+        _apply_liger_kernel_to_instance(model=unwrap_peft(model), rope=True, rms_norm=True, swiglu=True,
                                         cross_entropy=False, fused_linear_cross_entropy=False)
     except Exception as exc:  # noqa: BLE001 - an unsupported model type trains without them
         log(f"liger kernels: not applied ({type(exc).__name__}: {exc})")
