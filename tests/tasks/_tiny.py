@@ -32,9 +32,9 @@ def write_jsonl(path: Path, rows) -> Path:
 
 
 def recipe(tmp: Path, task: str, *, train: Path | None = None, sections: dict | None = None,
-           data: dict | None = None, train_cfg: dict | None = None) -> FinetuneConfig:
+           data: dict | None = None, train_cfg: dict | None = None, max_length: int | None = None) -> FinetuneConfig:
     """A FinetuneConfig (not validated: paths need not exist) for ``task``."""
-    raw = {"model": {"path": str(tmp / "model")},
+    raw = {"model": {"path": str(tmp / "model"), "max_length": max_length},
            "data": {"train": str(train or tmp / "train.jsonl"), **(data or {})},
            "task": {"type": task},
            "train": {"output_dir": str(tmp / "out"), "report_to": [], "eval_batch_size": 16, **(train_cfg or {})}}

@@ -13,9 +13,9 @@ from helpers import tiny_bert, tiny_bpe_tokenizer, tiny_llama, tiny_wordpiece_to
 
 from lmadapt.tasks import TASKS  # noqa: E402
 from lmadapt.tasks.base import DataError, ReadReport  # noqa: E402
-from lmadapt.tasks.extraction import (  # noqa: E402
-    IGNORE, check_spans, fill_first_subword_tags, spans_to_token_tags, spans_to_word_tags, tags_to_spans,
-    token_tags_to_spans)
+from lmadapt.tasks.bio_tags import (  # noqa: E402
+    check_spans, fill_first_subword_tags, spans_to_token_tags, spans_to_word_tags, tags_to_spans, token_tags_to_spans)
+from lmadapt.tasks.extraction import IGNORE  # noqa: E402
 from lmadapt.tasks.span_metrics import span_scores  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,7 +109,7 @@ def test_missing_fields_and_skip_mode(tmp_path):
 def _wordpiece_setup(tmp_path, rows, **data):
     path = write_jsonl(tmp_path / "train.jsonl", rows)
     tok = tiny_wordpiece_tokenizer()
-    cfg = recipe(tmp_path, "extraction", train=path, sections={"extraction": {"max_length": 12}}, data=data)
+    cfg = recipe(tmp_path, "extraction", train=path, max_length=12, data=data)
     report = ReadReport()
     ex = TASK.read(str(path), cfg, split="train", report=report)
     return tok, cfg, ex, report
@@ -121,7 +121,7 @@ def test_long_texts_error_unless_truncation_allowed(tmp_path):
             {"text": long, "spans": [{"start": 0, "end": 3, "label": "A"}, {"start": len(long) - 4, "end": len(long), "label": "A"}]}]
     tok, cfg, ex, report = _wordpiece_setup(tmp_path, rows)
     space = TASK.label_space(ex, cfg)
-    with pytest.raises(DataError, match=r"train.jsonl:2: text is \d+ tokens, more than extraction.max_length 12"):
+    with pytest.raises(DataError, match=r"train.jsonl:2: text is \d+ tokens, more than model.max_length 12"):
         TASK.encode(ex, tok, space, cfg, report)
     tok, cfg, ex, report = _wordpiece_setup(tmp_path, rows, allow_truncation=True)
     ds = TASK.encode(ex, tok, space, cfg, report)

@@ -15,7 +15,8 @@ from helpers import tiny_bpe_tokenizer, tiny_llama  # noqa: E402
 from lmadapt.config.tasks import InstructionConfig  # noqa: E402
 from lmadapt.tasks import TASKS  # noqa: E402
 from lmadapt.tasks.base import DataError, ReadReport  # noqa: E402
-from lmadapt.tasks.instruction import IGNORE, Renderer, SFTCollator, pack  # noqa: E402
+from lmadapt.tasks.conversations import IGNORE, Renderer  # noqa: E402
+from lmadapt.tasks.instruction import SFTCollator, pack  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TASK = TASKS["instruction"]
@@ -128,12 +129,12 @@ def test_too_long_examples_error_or_are_cut_and_counted(tmp_path, tok):
     path = write_jsonl(tmp_path / "train.jsonl", [{"prompt": "copy: fox", "response": "fox"},
                                                   {"prompt": "copy: " + "the court held " * 8, "response": "fox"},
                                                   {"prompt": "copy: fox", "response": "the court held " * 8}])
-    sec = {"instruction": {"max_length": 40, "template": "plain", "packing": False}}
-    cfg = recipe(tmp_path, "instruction", train=path, sections=sec)
+    sec = {"instruction": {"template": "plain", "packing": False}}
+    cfg = recipe(tmp_path, "instruction", train=path, sections=sec, max_length=40)
     ex = TASK.read(str(path), cfg, split="train", report=ReadReport())
-    with pytest.raises(DataError, match=r"train.jsonl:2: example is \d+ tokens, more than instruction.max_length 40"):
+    with pytest.raises(DataError, match=r"train.jsonl:2: example is \d+ tokens, more than model.max_length 40"):
         TASK.encode(ex, tok, {}, cfg, ReadReport())
-    cfg = recipe(tmp_path, "instruction", train=path, sections=sec, data={"allow_truncation": True})
+    cfg = recipe(tmp_path, "instruction", train=path, sections=sec, data={"allow_truncation": True}, max_length=40)
     report = ReadReport()
     ds = TASK.encode(ex, tok, {}, cfg, report)
     assert report.truncated == 2 and report.skipped == 1                # row 2 lost its whole response
@@ -184,8 +185,8 @@ def test_sft_learns_copy_and_generates(tmp_path, tok):
                                                   for w in (rng.choice(words) for _ in range(240))])
     tok.save_pretrained(tmp_path / "model")
     tiny_llama(len(tok)).save_pretrained(tmp_path / "model")
-    cfg = recipe(tmp_path, "instruction", train=path,
-                 sections={"instruction": {"max_length": 128, "max_new_tokens": 6, "eval_generate_max": 8}})
+    cfg = recipe(tmp_path, "instruction", train=path, max_length=128,
+                 sections={"instruction": {"max_new_tokens": 6, "eval_generate_max": 8}})
     report = ReadReport()
     ex = TASK.read(str(path), cfg, split="train", report=report)
     model = TASK.load_model(str(tmp_path / "model"), {}, cfg)

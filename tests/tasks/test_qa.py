@@ -21,7 +21,8 @@ from lmadapt.tasks.span_metrics import exact_match, normalize_answer, squad_scor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TASK = TASKS["qa"]
-SEC = {"max_length": 48, "doc_stride": 16, "max_question_length": 16}
+SEC = {"doc_stride": 16, "max_question_length": 16}
+LENGTH = 48                                           # model.max_length of these tests
 QUESTION = "who is named"
 
 
@@ -51,7 +52,7 @@ def test_long_passage_windows_and_answer_in_second_window():
     tok = tiny_wordpiece_tokenizer()
     sec = QAConfig(**SEC)
     row = _long_row()
-    windows, cut = make_windows([row["question"]], [row["context"]], tok, sec, answers=[row["answers"]])
+    windows, cut = make_windows([row["question"]], [row["context"]], tok, sec, LENGTH, answers=[row["answers"]])
     assert cut == 0 and len(windows) >= 3
     assert all(len(w.input_ids) <= 48 for w in windows)
     assert windows[0].start_position == windows[0].end_position == 0            # not in the first window: [CLS]
@@ -76,7 +77,7 @@ def test_long_passage_windows_and_answer_in_second_window():
 def test_null_score_decides_unanswerable():
     tok = tiny_wordpiece_tokenizer()
     ctx = "the court over held"
-    windows, _ = make_windows([QUESTION], [ctx], tok, QAConfig(**SEC))
+    windows, _ = make_windows([QUESTION], [ctx], tok, QAConfig(**SEC), LENGTH)
     n = len(windows[0].input_ids)
     ans = next(i for i, o in enumerate(windows[0].offsets) if o and ctx[o[0]:o[1]] == "over")
     start, end = [0.0] * n, [0.0] * n
@@ -119,8 +120,8 @@ def test_question_too_long_and_config_checks(tmp_path):
     tok = tiny_wordpiece_tokenizer()
     q = "what does the court hold about the contract and the bank rates over time"
     with pytest.raises(DataError, match=r"x.jsonl:3: question is \d+ tokens, more than qa.max_question_length 16"):
-        make_windows([q], ["the fox"], tok, QAConfig(**SEC), origins=["x.jsonl:3"])
-    windows, cut = make_windows([q], ["the fox"], tok, QAConfig(**SEC), allow_truncation=True)
+        make_windows([q], ["the fox"], tok, QAConfig(**SEC), LENGTH, origins=["x.jsonl:3"])
+    windows, cut = make_windows([q], ["the fox"], tok, QAConfig(**SEC), LENGTH, allow_truncation=True)
     assert cut == 1 and windows[0].input_ids.index(tok.sep_token_id) == 17       # [CLS] + 16 question tokens
     with pytest.raises(ConfigError, match="doc_stride: must be smaller than max_length"):
         QAConfig(max_length=64, doc_stride=64)
@@ -156,7 +157,8 @@ def test_learns_answer_after_marker_over_windows(tmp_path):
     tok = tiny_wordpiece_tokenizer(tmp_path / "model")
     tiny_bert(len(tok)).save_pretrained(tmp_path / "model")
     path = write_jsonl(tmp_path / "train.jsonl", _rows(160) + _rows(60, seed=3, words=30))
-    cfg = recipe(tmp_path, "qa", train=path, sections={"qa": SEC})
+    cfg = recipe(tmp_path, "qa", train=path,
+                 sections={"qa": SEC, "model": {"path": str(tmp_path / "model"), "max_length": LENGTH}})
     report = ReadReport()
     train_ex = TASK.read(str(path), cfg, split="train", report=report)
     space = TASK.label_space(train_ex, cfg)
@@ -175,7 +177,7 @@ def test_learns_answer_after_marker_over_windows(tmp_path):
     # passages longer than one window, answer beyond the first window
     long = _rows(12, seed=2, words=30, null_every=0)
     long_ex = TASK.read(str(write_jsonl(tmp_path / "long.jsonl", long)), cfg, split="test", report=ReadReport())
-    n_windows = len(make_windows([QUESTION] * len(long), [r["context"] for r in long], tok, TASK_SEC(cfg))[0])
+    n_windows = len(make_windows([QUESTION] * len(long), [r["context"] for r in long], tok, cfg.qa, cfg.max_length)[0])
     assert n_windows > 2 * len(long)
     assert TASK.evaluate(model, tok, long_ex, space, cfg)["exact_match"] >= 0.5
     row = _long_row()
@@ -191,7 +193,3 @@ def test_learns_answer_after_marker_over_windows(tmp_path):
     assert start < gold["start"] + len(gold["text"]) and start + len(text) > gold["start"], (text, gold)
     assert out[0]["id"] == "long"
     assert out[1]["answer"] == "" and out[1]["answer_start"] is None
-
-
-def TASK_SEC(cfg):
-    return cfg.qa

@@ -25,7 +25,7 @@ def instruction_rows(n, seed):
 
 TASKS = {
     "extraction": (marker_span_rows, {}, ("span_f1", "span_precision", "span_recall", "n")),
-    "instruction": (instruction_rows, {"instruction": {"max_length": 64, "max_new_tokens": 4, "eval_generate_max": 7}},
+    "instruction": (instruction_rows, {"instruction": {"max_new_tokens": 4, "eval_generate_max": 7}},
                     ("exact_match", "generated", "response_tokens", "n")),
 }
 
@@ -42,7 +42,8 @@ def test_two_process_finetune_scores_like_one_process(tmp_path, task, sharding):
     tiny_llama(len(tok)).save_pretrained(tmp_path / "model")
     data = {split: str(write_jsonl(tmp_path / f"{split}.jsonl", rows(n, seed)))
             for seed, (split, n) in enumerate((("train", 32), ("dev", 11), ("test", 9)))}   # odd: uneven shares
-    recipe = {"model": {"path": str(tmp_path / "model")}, "data": data, "task": {"type": task}, **sections,
+    length = 64 if task == "instruction" else None
+    recipe = {"model": {"path": str(tmp_path / "model"), "max_length": length}, "data": data, "task": {"type": task}, **sections,
               "train": {"output_dir": str(tmp_path / "out"), "epochs": 2, "batch_size": 4, "lr": 3e-3,
                         "log_every": 1, "report_to": [], "torch_threads": 1, "sharding": sharding}}
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))

@@ -106,16 +106,15 @@ def finetune_recipe(model_path: str, *, m: dict, goal: str, method: str, train_e
     else:
         data["test_fraction"] = 0.2  # arms are compared on held-out examples never used for selection
     task: dict[str, Any] = {"type": ttype}
-    recipe: dict[str, Any] = {"model": {"path": model_path}, "data": data, "task": task}
+    recipe: dict[str, Any] = {"model": {"path": model_path, "max_length": max_length}, "data": data, "task": task}
     if ttype == "classification":
         data.update(text_field=text_field, label_field=label_field or "label")
-        recipe["model"]["max_length"] = max_length
         if task_m.get("problem") in ("multi_label", "regression"):
             task["problem"] = task_m["problem"]
     elif ttype == "extraction":
-        recipe["extraction"] = {"text_field": text_field, "max_length": max_length}
+        recipe["extraction"] = {"text_field": text_field}
     else:
-        recipe["instruction"] = {"max_length": max(256, max_length)}
+        recipe["model"]["max_length"] = max(256, max_length)
     recipe["lora"] = _lora(method, train_embeddings)
     recipe["train"] = {"epochs": 5.0, "lr": 2e-4 if method == "lora" else 5e-5, "batch_size": 16,
                        "early_stopping_patience": 2}

@@ -9,7 +9,9 @@ Everything is validated here, before a model or a record is loaded.
 """
 from __future__ import annotations
 
+import copy
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,11 +19,17 @@ from typing import Literal
 from .base import ConfigError, opt
 from .hub import is_dataset_repo, is_hub_spec, parse_hub_spec
 from .model import LoraConfig, ModelConfig
-from .tasks import ExtractionConfig, InstructionConfig, QAConfig
+from .tasks import ExtractionConfig, InstructionConfig, QAConfig, check_qa_window
 from .train import TrainConfig
 
 TASK_TYPES = ("classification", "extraction", "qa", "instruction")
 ADAPTER_FILE = "adapter_config.json"
+# model.max_length when the recipe leaves it null: each task's own default (the values its old
+# per-task key had, so a recipe that sets no length behaves as before).
+TASK_MAX_LENGTH = {"classification": 512, "extraction": 512, "qa": 384, "instruction": 1024}
+MIN_MAX_LENGTH = 8
+# Task sections that used to hold their own max_length (deprecated; folded into model.max_length).
+LENGTH_SECTIONS = ("extraction", "qa", "instruction")
 
 # Scalar metrics a recipe may select per classification problem (first = the `auto` choice).
 PROBLEM_METRICS = {
@@ -40,13 +48,14 @@ class FinetuneModelConfig(ModelConfig):
     adapter_mode: Literal["stack", "continue"] = opt(
         "stack", "stack: merge the adapter into the base, then train (new LoRA if lora.enabled, else all weights); "
                  "continue: keep training that adapter (its own r/targets; the `lora` section is ignored), new head trained in full")
-    max_length: int = opt(512, "classification: tokens per example (special tokens included); longer ones need "
-                                  "data.allow_truncation (extraction/qa/instruction have their own max_length)")
+    max_length: int | None = opt(None, "tokens per example, special tokens included (qa: per window; instruction: per "
+                                       "packed block and generation prompt); longer ones stop the run unless "
+                                       "data.allow_truncation; null: the task's default (classification 512, "
+                                       "extraction 512, qa 384, instruction 1024)")
 
     def __post_init__(self):
         super().__post_init__()
-        if self.max_length < 8:
-            raise ConfigError(f"max_length: must be at least 8, got {self.max_length}")
+        _check_min_length(self.max_length, "max_length")
 
 
 @dataclass
@@ -140,6 +149,20 @@ class FinetuneConfig:
     qa: QAConfig = opt(doc="task type qa: extractive question answering", factory=QAConfig)
     instruction: InstructionConfig = opt(doc="task type instruction: prompt/response fine-tuning", factory=InstructionConfig)
 
+    def __post_init__(self):
+        # Resolved at load, so every reader (tasks, the saved recipe, predict) sees one number.
+        self.model.max_length = resolve_max_length(self)
+        if self.task.type == "qa":
+            try:
+                check_qa_window(self.qa, self.model.max_length, "model.max_length")
+            except ConfigError as exc:
+                raise ConfigError(f"qa.{exc}") from None
+
+    @property
+    def max_length(self) -> int:
+        """Tokens per example (the resolved ``model.max_length``); what the tasks read."""
+        return self.model.max_length
+
     def validate(self) -> None:
         m, d, t = self.model, self.data, self.task
         for key in ("train", "dev", "test"):
@@ -194,6 +217,59 @@ class FinetuneConfig:
             raise ConfigError("train.early_stopping_patience: needs a dev set (data.dev or data.dev_fraction > 0)")
         if self.train.max_tokens is not None:
             raise ConfigError("train.max_tokens: fine-tuning counts examples, not tokens; use train.epochs or train.max_steps")
+
+
+_noticed: set[str] = set()
+
+
+def _deprecated(key: str) -> None:
+    """Print a deprecation notice once per process (a pipeline loads the same recipe many times)."""
+    if key not in _noticed:
+        _noticed.add(key)
+        print(f"{key} is deprecated: use model.max_length", file=sys.stderr)
+
+
+def _check_min_length(value: int | None, key: str) -> None:
+    if value is not None and value < MIN_MAX_LENGTH:
+        raise ConfigError(f"{key}: must be at least {MIN_MAX_LENGTH}, got {value}")
+
+
+def resolve_max_length(cfg: FinetuneConfig) -> int:
+    """model.max_length, else the chosen task's deprecated ``<task>.max_length``, else the task's default.
+
+    The deprecated key is folded into model.max_length (and cleared), so the resolved recipe names
+    one length; both set and different is an error naming both. Another task's section is not read
+    (as before), but its length key still draws the notice."""
+    length = cfg.model.max_length
+    for name in LENGTH_SECTIONS:
+        sec = getattr(cfg, name)
+        if sec.max_length is None:
+            continue
+        _deprecated(f"{name}.max_length")
+        if name != cfg.task.type:
+            continue
+        if length is not None and length != sec.max_length:
+            raise ConfigError(f"model.max_length ({length}) and {name}.max_length ({sec.max_length}) disagree; "
+                              f"keep model.max_length only ({name}.max_length is deprecated)")
+        _check_min_length(sec.max_length, f"{name}.max_length")
+        length, sec.max_length = sec.max_length, None
+    return length if length is not None else TASK_MAX_LENGTH[cfg.task.type]
+
+
+def upgrade_saved_recipe(raw: dict) -> dict:
+    """A fine-tuned folder's saved recipe in today's keys. Folders written before model.max_length
+    covered every task hold each task's own max_length, and a model.max_length that only
+    classification read; the chosen task's length becomes model.max_length, without a notice (the
+    user never wrote those keys), and the other tasks' lengths are dropped (they were never read)."""
+    raw = copy.deepcopy(raw)
+    task_type = (raw.get("task") or {}).get("type", "classification")
+    for name in LENGTH_SECTIONS:
+        sec = raw.get(name)
+        if isinstance(sec, dict) and sec.get("max_length") is not None:
+            length = sec.pop("max_length")
+            if name == task_type and isinstance(raw.get("model"), dict):
+                raw["model"]["max_length"] = length
+    return raw
 
 
 def _is_datasets_folder(p: Path) -> bool:

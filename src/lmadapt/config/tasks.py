@@ -11,6 +11,22 @@ from typing import Literal
 from .base import ConfigError, opt
 
 
+# The old per-task length keys: model.max_length holds every task's length now (config/finetune.py
+# folds these into it, with a deprecation notice, and rejects the two when they disagree).
+DEPRECATED_LENGTH_DOC = "deprecated: use model.max_length (null: unset)"
+
+
+def check_qa_window(sec: QAConfig, max_length: int, key: str = "max_length") -> None:
+    """A qa window must hold the question, the stride and some passage: checked against the length in
+    force (``key`` names it in the message)."""
+    if sec.doc_stride >= max_length:
+        raise ConfigError(f"doc_stride: must be smaller than {key} ({max_length}), got {sec.doc_stride}")
+    if sec.max_question_length + sec.doc_stride + 8 > max_length:
+        raise ConfigError(
+            f"max_question_length + doc_stride ({sec.max_question_length} + {sec.doc_stride}) leave no room for the "
+            f"passage in {key} {max_length}; lower one of them or raise {key}")
+
+
 def _positive(obj, *keys: str) -> None:
     for key in keys:
         value = getattr(obj, key)
@@ -29,13 +45,10 @@ class ExtractionConfig:
     subword_labels: Literal["all", "first"] = opt(
         "all", "all: every subword of an entity is labelled (B- on its first, I- on the rest); "
                "first: only a word's first subword carries a label, the word's other subwords are -100 and inherit it")
-    max_length: int = opt(512, "tokens per text (special tokens included); longer texts stop the run unless "
-                               "data.allow_truncation (then cut, counted, spans past the cut dropped)")
+    max_length: int | None = opt(None, DEPRECATED_LENGTH_DOC)
 
     def __post_init__(self):
         _positive(self, "max_length")
-        if self.max_length < 4:
-            raise ConfigError(f"max_length: must be at least 4, got {self.max_length}")
 
 
 @dataclass
@@ -46,7 +59,7 @@ class QAConfig:
     question_field: str = opt("question", "field holding the question")
     context_field: str = opt("context", "field holding the passage")
     answers_field: str = opt("answers", "field holding [{text, start}] (start = character offset in the context); [] = unanswerable")
-    max_length: int = opt(384, "tokens per window (question + passage piece + special tokens)")
+    max_length: int | None = opt(None, DEPRECATED_LENGTH_DOC)
     doc_stride: int = opt(128, "tokens shared by consecutive windows of a long passage")
     max_question_length: int = opt(64, "questions longer than this (tokens) stop the run, or are cut (counted) with data.allow_truncation")
     n_best: int = opt(20, "start and end candidates per window considered when choosing the answer")
@@ -56,12 +69,8 @@ class QAConfig:
 
     def __post_init__(self):
         _positive(self, "max_length", "doc_stride", "max_question_length", "n_best", "max_answer_length")
-        if self.doc_stride >= self.max_length:
-            raise ConfigError(f"doc_stride: must be smaller than max_length ({self.max_length}), got {self.doc_stride}")
-        if self.max_question_length + self.doc_stride + 8 > self.max_length:
-            raise ConfigError(
-                f"max_question_length + doc_stride ({self.max_question_length} + {self.doc_stride}) leave no room for the "
-                f"passage in max_length {self.max_length}; lower one of them or raise max_length")
+        if self.max_length is not None:         # else checked against model.max_length (FinetuneConfig)
+            check_qa_window(self, self.max_length)
 
 
 @dataclass
@@ -77,9 +86,8 @@ class InstructionConfig:
     messages_field: str = opt("messages", "chat records: field holding [{role, content}] (roles: system, user, assistant)")
     template: Literal["auto", "chat", "plain"] = opt(
         "auto", "chat: the tokenizer's chat template; plain: '### Instruction:/### Response:' headers; auto: chat when the tokenizer has one")
-    max_length: int = opt(1024, "tokens per example (and per packed block); longer examples stop the run unless "
-                                "data.allow_truncation (then cut at the end, counted)")
-    packing: bool = opt(True, "pack short examples into blocks of max_length (positions restart per example, no cross-attention)")
+    max_length: int | None = opt(None, DEPRECATED_LENGTH_DOC)
+    packing: bool = opt(True, "pack short examples into blocks of model.max_length (positions restart per example, no cross-attention)")
     eval_generate_max: int = opt(50, "evaluate: examples whose reference is compared with a greedy generation (0: none)")
     max_new_tokens: int = opt(128, "generation: most new tokens per answer")
     greedy: bool = opt(True, "generation: greedy decoding (do_sample false); false samples with temperature/top_p")

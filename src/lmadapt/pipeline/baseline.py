@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 
 from .. import metrics as M
-from ..config.base import from_dict
 
 
 def baseline_key(recipe: dict) -> dict:
@@ -38,13 +37,13 @@ def tfidf_baseline(recipe: dict, Cs: list[float] = (0.1, 1.0, 10.0), max_feature
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from ..config.finetune import FinetuneConfig
     from ..stages.finetune import read_splits
     from ..tasks import TASKS
+    from ..tasks.base import TaskSettings
 
     t0 = time.time()
-    # no validate(), and any model: only the data and task sections matter here
-    cfg = from_dict(FinetuneConfig, {"model": {"path": "(unused)"}, **recipe})
+    # no validate() and no model: only the data and task sections decide the examples
+    cfg = TaskSettings.of_recipe(recipe)
     task = TASKS["classification"]
     splits, _, space = read_splits(task, cfg)
     labels = list(space["labels"])

@@ -31,7 +31,7 @@ from ..config.base import ConfigError, to_dict
 from ..config.finetune import ADAPTER_FILE, FinetuneConfig
 from ..models.load import reading_weights
 from ..tasks import TASKS
-from ..tasks.base import DataError, Example, ReadReport
+from ..tasks.base import DataError, Example, ReadReport, TaskRecipe
 from ..tasks.labeled_io import stratified_split, stratified_subsample
 from ..runtime.dist import is_main_process, log
 from ..train.fsdp import check_launch
@@ -136,8 +136,9 @@ def checked_split(task, examples: list[Example], space: dict, split: str, on_err
     return kept
 
 
-def read_splits(task, cfg: FinetuneConfig) -> tuple[dict[str, list[Example]], dict[str, ReadReport], dict]:
-    """train/dev/test examples, a ReadReport per file, and the label space.
+def read_splits(task, cfg: TaskRecipe) -> tuple[dict[str, list[Example]], dict[str, ReadReport], dict]:
+    """train/dev/test examples, a ReadReport per file, and the label space. Needs no model: ``cfg``
+    is a FinetuneConfig or, for a reader without one (the TF-IDF baseline), a TaskSettings.
 
     Missing dev/test sets are split off train (stratified, ``data.split_seed``). The label space
     comes from all training examples, before the ``max_examples`` subsample, so every arm of a

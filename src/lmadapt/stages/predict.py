@@ -21,7 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..config.base import ConfigError, from_dict, read_yaml
-from ..config.finetune import ADAPTER_FILE, FinetuneConfig
+from ..config.finetune import ADAPTER_FILE, FinetuneConfig, upgrade_saved_recipe
 from ..config.hub import is_hub_spec
 from ..runtime.folders import check_output_file
 from ..models.load import reading_weights
@@ -55,7 +55,7 @@ def load_predictor(model_dir: str | Path, *, batch_size: int | None = None, devi
     if meta.get("stage") != "finetune" or not (model_dir / RECIPE_FILE).is_file():
         raise ConfigError(f"{model_dir}: not a `lmadapt finetune` output folder (no {META_FILE} with stage "
                           f"'finetune', or no {RECIPE_FILE})")
-    cfg = from_dict(FinetuneConfig, read_yaml(model_dir / RECIPE_FILE))
+    cfg = from_dict(FinetuneConfig, upgrade_saved_recipe(read_yaml(model_dir / RECIPE_FILE)))
     cfg.model.trust_remote_code = bool(trust_remote_code)
     task = TASKS[meta.get("task", cfg.task.type)]
     cfg = _with_options(cfg, task.name, batch_size, options)

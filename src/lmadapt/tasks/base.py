@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..config.base import from_dict
+from ..config.finetune import TASK_MAX_LENGTH, FinetuneConfig, FinetuneTrainConfig, LabeledDataConfig, TaskConfig
+from ..config.tasks import ExtractionConfig, InstructionConfig, QAConfig
+
 
 class DataError(ValueError):
     """Bad labeled input; the message names file, line and field."""
@@ -43,36 +47,59 @@ class Task(Protocol):
 
     name: str
 
-    def read(self, path: str, cfg, *, split: str, report: ReadReport) -> list[Example]: ...
-    def label_space(self, train: list[Example], cfg) -> dict: ...          # e.g. {"label2id": {...}} saved in model config
+    def read(self, path: str, cfg: TaskRecipe, *, split: str, report: ReadReport) -> list[Example]: ...
+    def label_space(self, train: list[Example], cfg: TaskRecipe) -> dict: ...   # e.g. {"label2id": {...}} saved in model config
     def check_split(self, examples: list[Example], space: dict, split: str) -> None: ...  # e.g. unseen dev labels
-    def load_model(self, base_dir: str, space: dict, cfg): ...               # model with the right head (LoRA applied by the stage)
-    def encode(self, examples: list[Example], tokenizer, space: dict, cfg, report: ReadReport): ...  # -> datasets.Dataset
-    def collator(self, tokenizer, cfg): ...
-    def evaluate(self, model, tokenizer, examples: list[Example], space: dict, cfg) -> dict: ...  # metrics (flat floats + tables)
-    def predict(self, model, tokenizer, records: list[dict], cfg) -> list[dict]: ...
+    def load_model(self, base_dir: str, space: dict, cfg: FinetuneConfig): ...   # model with the right head (LoRA applied by the stage)
+    def encode(self, examples: list[Example], tokenizer, space: dict, cfg: TaskRecipe, report: ReadReport): ...  # -> datasets.Dataset
+    def collator(self, tokenizer, cfg: TaskRecipe): ...
+    def evaluate(self, model, tokenizer, examples: list[Example], space: dict, cfg: TaskRecipe) -> dict: ...  # metrics
+    def predict(self, model, tokenizer, records: list[dict], cfg: TaskRecipe) -> list[dict]: ...
 
 
-# --- recipe access shared by the task modules ---------------------------------------------------
-# Tasks receive the whole FinetuneConfig (or, in unit tests, just their own section), so every
-# lookup tolerates a missing section and falls back to the defaults.
+# --- what a task reads of its recipe ------------------------------------------------------------
+# Reading, splitting, encoding and scoring examples read only these sections (and the resolved
+# length); loading a model also reads ``model`` and ``lora``, so those methods take a FinetuneConfig.
+# A caller without a model (the TF-IDF baseline, the instruction-retention check) builds a
+# TaskSettings instead of a FinetuneConfig with a made-up model path.
 
-def recipe_section(cfg, attr: str, cls: type):
-    """The ``attr`` section of a finetune recipe, the section itself, or its defaults when absent."""
-    if isinstance(cfg, cls):
-        return cfg
-    sec = getattr(cfg, attr, None)
-    return sec if isinstance(sec, cls) else cls()
+class TaskRecipe(Protocol):
+    """The recipe a task's reading and scoring methods receive: a FinetuneConfig or a TaskSettings."""
+
+    data: LabeledDataConfig
+    task: TaskConfig
+    train: FinetuneTrainConfig
+    extraction: ExtractionConfig
+    qa: QAConfig
+    instruction: InstructionConfig
+
+    @property
+    def max_length(self) -> int: ...
 
 
-def on_error_mode(cfg) -> str:
-    return getattr(getattr(cfg, "data", None), "on_error", None) or "raise"
+@dataclass
+class TaskSettings:
+    """A finetune recipe's sections without its model: enough to read, split and score examples."""
+
+    data: LabeledDataConfig
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
+    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    qa: QAConfig = field(default_factory=QAConfig)
+    instruction: InstructionConfig = field(default_factory=InstructionConfig)
+    max_length: int | None = None          # null: the task's default, as model.max_length
+
+    def __post_init__(self):
+        if self.max_length is None:
+            self.max_length = TASK_MAX_LENGTH[self.task.type]
+
+    @classmethod
+    def of_recipe(cls, recipe: dict) -> TaskSettings:
+        """The reading sections of a finetune recipe mapping (model, lora: not read)."""
+        keep = {"data", "task", "train", "extraction", "qa", "instruction"}
+        return from_dict(cls, {k: v for k, v in recipe.items() if k in keep})
 
 
-def allow_truncation(cfg) -> bool:
-    return bool(getattr(getattr(cfg, "data", None), "allow_truncation", False))
-
-
-def eval_batch_size(cfg, default: int = 16) -> int:
-    train = getattr(cfg, "train", None)
-    return getattr(train, "eval_batch_size", None) or getattr(train, "batch_size", None) or default
+def eval_batch_size(cfg: TaskRecipe) -> int:
+    """Examples per forward pass when a task scores or predicts."""
+    return cfg.train.eval_batch_size or cfg.train.batch_size

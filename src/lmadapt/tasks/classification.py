@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from .. import metrics as M
-from ..config.finetune import PROBLEM_METRICS
+from ..config.finetune import PROBLEM_METRICS, FinetuneConfig
 from ..data.collators import pad_right
 from ..models.attention import resolve_attention
 from ..models.quantize import quantized_load_kwargs
 from ..runtime.dist import log, map_split
-from .base import DataError, Example, ReadReport
+from .base import DataError, Example, ReadReport, TaskRecipe, eval_batch_size
 from .labeled_io import read_records
 
 PROBLEM_TYPES = {"single_label": "single_label_classification", "multi_label": "multi_label_classification",
@@ -90,11 +90,11 @@ class ClassificationTask:
     peft_task_type = "SEQ_CLS"
 
     # reading -----------------------------------------------------------------------------------
-    def text_fields(self, cfg) -> list[str]:
+    def text_fields(self, cfg: TaskRecipe) -> list[str]:
         d = cfg.data
         return [d.text_field] + ([d.text_pair_field] if d.text_pair_field else [])
 
-    def read(self, path: str, cfg, *, split: str, report: ReadReport) -> list[Example]:
+    def read(self, path: str, cfg: TaskRecipe, *, split: str, report: ReadReport) -> list[Example]:
         d, problem = cfg.data, cfg.task.problem
         texts = self.text_fields(cfg)
         rows = read_records(path, fields_required=texts + [d.label_field], text_fields=texts,
@@ -133,7 +133,7 @@ class ClassificationTask:
         return key
 
     # labels --------------------------------------------------------------------------------------
-    def label_space(self, train: list[Example], cfg) -> dict:
+    def label_space(self, train: list[Example], cfg: TaskRecipe) -> dict:
         problem = cfg.task.problem
         space: dict[str, Any] = {"problem": problem, "problem_type": PROBLEM_TYPES[problem],
                                  "label_field": cfg.data.label_field}
@@ -195,7 +195,7 @@ class ClassificationTask:
         return [1.0 / counts[key(ex)] for ex in train]
 
     # model ---------------------------------------------------------------------------------------
-    def load_model(self, base_dir: str, space: dict, cfg):
+    def load_model(self, base_dir: str, space: dict, cfg: FinetuneConfig):
         from transformers import AutoModelForSequenceClassification
 
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -211,10 +211,10 @@ class ClassificationTask:
             kw["max_length"] = max_length
         return tokenizer(texts, pairs, **kw) if pairs is not None else tokenizer(texts, **kw)
 
-    def encode(self, examples: list[Example], tokenizer, space: dict, cfg, report: ReadReport):
+    def encode(self, examples: list[Example], tokenizer, space: dict, cfg: TaskRecipe, report: ReadReport):
         import datasets
 
-        max_len, allow = cfg.model.max_length, cfg.data.allow_truncation
+        max_len, allow = cfg.max_length, cfg.data.allow_truncation
         texts = [ex.fields["text"] for ex in examples]
         pairs = [ex.fields["text_pair"] for ex in examples] if cfg.data.text_pair_field else None
         enc = dict(self._tokenize(tokenizer, texts, pairs, None))
@@ -248,7 +248,7 @@ class ClassificationTask:
             return hot
         return space["label2id"][label]
 
-    def collator(self, tokenizer, cfg):
+    def collator(self, tokenizer, cfg: TaskRecipe):
         return PaddingCollator(pad_id_of(tokenizer))
 
     def loss_function(self, space: dict, weights: torch.Tensor):
@@ -256,10 +256,10 @@ class ClassificationTask:
         return WeightedLoss(space["problem"], weights)
 
     # metrics -------------------------------------------------------------------------------------
-    def default_metric(self, cfg) -> str:
+    def default_metric(self, cfg: TaskRecipe) -> str:
         return PROBLEM_METRICS[cfg.task.problem][0]
 
-    def compute_metrics(self, space: dict, cfg, keep: Callable[[dict], None] | None = None) -> Callable:
+    def compute_metrics(self, space: dict, cfg: TaskRecipe, keep: Callable[[dict], None] | None = None) -> Callable:
         """For the Trainer's per-epoch dev evaluation: scalars for the Trainer; ``keep`` receives
         the full metrics (per-class, confusion matrix), so the stage need not score dev again."""
         def fn(eval_pred) -> dict:
@@ -270,7 +270,7 @@ class ClassificationTask:
             return M.scalars(full)
         return fn
 
-    def _metrics(self, logits: np.ndarray, targets: np.ndarray, space: dict, cfg) -> dict:
+    def _metrics(self, logits: np.ndarray, targets: np.ndarray, space: dict, cfg: TaskRecipe) -> dict:
         problem, labels = space["problem"], space["labels"]
         if problem == "regression":
             return M.regression_metrics(targets.reshape(-1), logits.reshape(-1))
@@ -282,11 +282,11 @@ class ClassificationTask:
 
     # inference -----------------------------------------------------------------------------------
     @torch.no_grad()
-    def logits(self, model, tokenizer, texts: list[str], pairs: list[str] | None, cfg,
+    def logits(self, model, tokenizer, texts: list[str], pairs: list[str] | None, cfg: TaskRecipe,
                progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, int]:
         """Logits for every text (batched, longest first), and how many were cut at model.max_length."""
-        batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
-        max_len = cfg.model.max_length
+        batch_size = eval_batch_size(cfg)
+        max_len = cfg.max_length
         collate = PaddingCollator(pad_id_of(tokenizer))
         was_training = model.training
         model.eval()
@@ -310,7 +310,7 @@ class ClassificationTask:
             model.train()
         return out, truncated
 
-    def evaluate(self, model, tokenizer, examples: list[Example], space: dict, cfg) -> dict:
+    def evaluate(self, model, tokenizer, examples: list[Example], space: dict, cfg: TaskRecipe) -> dict:
         def score(share: list[Example]):
             texts = [ex.fields["text"] for ex in share]
             pairs = [ex.fields["text_pair"] for ex in share] if cfg.data.text_pair_field else None
@@ -323,7 +323,7 @@ class ClassificationTask:
         metrics["truncated"] = truncated
         return metrics
 
-    def predict(self, model, tokenizer, records: list[dict], cfg) -> list[dict]:
+    def predict(self, model, tokenizer, records: list[dict], cfg: TaskRecipe) -> list[dict]:
         """Each record gets a ``prediction``: {label, score, top_k} (single label), {labels,
         probabilities} (multi label: labels with probability >= task.threshold) or {value} (regression)."""
         d = cfg.data
@@ -403,7 +403,7 @@ def pad_id_of(tokenizer) -> int:
     return 0
 
 
-def model_kwargs(cfg, *, causal: bool = False) -> dict:
+def model_kwargs(cfg: FinetuneConfig, *, causal: bool = False) -> dict:
     """from_pretrained keyword arguments from the recipe's ``model:`` section (``causal``: a decoder LM
     head, which ``attn_implementation: auto`` may give varlen flash attention)."""
     m = cfg.model
@@ -421,8 +421,8 @@ def model_kwargs(cfg, *, causal: bool = False) -> dict:
         kw["revision"] = m.revision
     if m.gguf_file:
         kw["gguf_file"] = m.gguf_file
-    lora = getattr(cfg, "lora", None)
-    if lora is not None and lora.enabled and lora.quantize != "none":   # QLoRA: the frozen base in NF4
+    lora = cfg.lora
+    if lora.enabled and lora.quantize != "none":   # QLoRA: the frozen base in NF4
         kw.update(quantized_load_kwargs(lora.quantize))
     return kw
 

@@ -8,7 +8,7 @@ Input records (JSONL)::
 ``answer_start`` is accepted for ``start`` (SQuAD's own name). Every answer must match the context
 at its offset, else reading stops with file:line and both strings.
 
-Encoding: question + passage pairs, the passage cut into overlapping windows of ``max_length``
+Encoding: question + passage pairs, the passage cut into overlapping windows of ``model.max_length``
 tokens sharing ``doc_stride`` tokens (only the passage is ever cut). A window's start/end
 positions are the answer's first/last token when the whole answer lies inside it, else the null
 position 0 (BERT's [CLS]) -- as for unanswerable questions. Training uses the first answer.
@@ -29,26 +29,16 @@ from dataclasses import dataclass
 import torch
 
 from ..config.base import ConfigError
+from ..config.finetune import FinetuneConfig
 from ..config.tasks import QAConfig
 from ..data.collators import pad_right
 from ..runtime.dist import map_split
-from .base import DataError, Example, ReadReport, allow_truncation, eval_batch_size, on_error_mode, recipe_section
+from .base import DataError, Example, ReadReport, TaskRecipe, eval_batch_size
 from .classification import model_kwargs, pad_id_of
 from .labeled_io import read_records
 from .span_metrics import squad_scores
 
 IGNORE = -100
-
-
-# --- recipe access --------------------------------------------------------------------------------
-
-def section(cfg) -> QAConfig:
-    """The ``qa:`` section of a finetune recipe (or the section itself; defaults when absent)."""
-    return recipe_section(cfg, "qa", QAConfig)
-
-
-def _eval_batch_size(cfg) -> int:
-    return eval_batch_size(cfg, default=16)
 
 
 def check_answers(context: str, answers, field: str = "answers") -> tuple[list[dict], str | None]:
@@ -105,12 +95,12 @@ def _question_ids(question: str, tokenizer, sec: QAConfig, allow: bool, origin: 
         return question
     if not allow:
         raise DataError(f"{origin}: question is {n} tokens, more than qa.max_question_length {sec.max_question_length}; "
-                        f"raise it (and max_length) or set data.allow_truncation: true")
+                        f"raise it (and model.max_length) or set data.allow_truncation: true")
     counter[0] += 1
     return question[:enc["offset_mapping"][sec.max_question_length - 1][1]]
 
 
-def make_windows(questions: list[str], contexts: list[str], tokenizer, sec: QAConfig, *,
+def make_windows(questions: list[str], contexts: list[str], tokenizer, sec: QAConfig, max_length: int, *,
                  answers: list[list[dict]] | None = None, origins: list[str] | None = None,
                  allow_truncation: bool = False) -> tuple[list[Window], int]:
     """Windows of every (question, context); with ``answers`` also their start/end positions.
@@ -123,7 +113,7 @@ def make_windows(questions: list[str], contexts: list[str], tokenizer, sec: QACo
     qs = [_question_ids(q, tokenizer, sec, allow_truncation, o, cut) for q, o in zip(questions, origins)]
     windows: list[Window] = []
     for i, (q, ctx) in enumerate(zip(qs, contexts)):
-        enc = tokenizer(q, ctx, truncation="only_second", max_length=sec.max_length, stride=sec.doc_stride,
+        enc = tokenizer(q, ctx, truncation="only_second", max_length=max_length, stride=sec.doc_stride,
                         return_overflowing_tokens=True, return_offsets_mapping=True)
         for w in range(len(enc["input_ids"])):
             ids = enc["input_ids"][w]
@@ -196,24 +186,24 @@ class QATask:
     name = "qa"
     peft_task_type = "QUESTION_ANS"
 
-    def default_metric(self, cfg) -> str:
+    def default_metric(self, cfg: TaskRecipe) -> str:
         return "f1"
 
-    def text_fields(self, cfg) -> list[str]:
+    def text_fields(self, cfg: TaskRecipe) -> list[str]:
         """Fields every predict record needs (non-empty strings)."""
-        sec = section(cfg)
+        sec = cfg.qa
         return [sec.question_field, sec.context_field]
 
     def stratify_key(self, space: dict | None):
         """Dev/test split off train: answerable and unanswerable questions in proportion."""
         return lambda ex: bool(ex.fields["answers"])
 
-    def read(self, path: str, cfg, *, split: str, report: ReadReport) -> list[Example]:
-        sec = section(cfg)
-        on_error = on_error_mode(cfg)
+    def read(self, path: str, cfg: TaskRecipe, *, split: str, report: ReadReport) -> list[Example]:
+        sec = cfg.qa
+        on_error = cfg.data.on_error
         raw = read_records(path, fields_required=[sec.question_field, sec.context_field, sec.answers_field],
                            text_fields=[sec.question_field, sec.context_field], on_error=on_error, report=report,
-                           format=getattr(getattr(cfg, "data", None), "format", "auto"))
+                           format=cfg.data.format)
         out = []
         for ex in raw:
             rec = ex.fields
@@ -234,8 +224,8 @@ class QATask:
             raise DataError(f"{path}: no usable records ({report.skipped} skipped: {report.skip_reasons})")
         return out
 
-    def label_space(self, train: list[Example], cfg) -> dict:
-        sec = section(cfg)
+    def label_space(self, train: list[Example], cfg: TaskRecipe) -> dict:
+        sec = cfg.qa
         has_null = any(not ex.fields["answers"] for ex in train)
         allowed = sec.unanswerable if sec.unanswerable is not None else has_null
         if all(not ex.fields["answers"] for ex in train):
@@ -250,7 +240,7 @@ class QATask:
                 raise DataError(f"{ex.origin}: {split} question is unanswerable (answers: []) but the training data "
                                 f"has no unanswerable questions; add some, or set qa.unanswerable: true")
 
-    def load_model(self, base_dir: str, space: dict, cfg):
+    def load_model(self, base_dir: str, space: dict, cfg: FinetuneConfig):
         from transformers import AutoModelForQuestionAnswering
 
         model = AutoModelForQuestionAnswering.from_pretrained(base_dir, **model_kwargs(cfg))
@@ -258,13 +248,12 @@ class QATask:
         model.config.lmadapt_qa_unanswerable = bool(space.get("unanswerable", False))
         return model
 
-    def encode(self, examples: list[Example], tokenizer, space: dict, cfg, report: ReadReport):
+    def encode(self, examples: list[Example], tokenizer, space: dict, cfg: TaskRecipe, report: ReadReport):
         import datasets
 
-        sec = section(cfg)
         windows, cut = make_windows([e.fields["question"] for e in examples], [e.fields["context"] for e in examples],
-                                    tokenizer, sec, answers=[e.fields["answers"] for e in examples],
-                                    origins=[e.origin for e in examples], allow_truncation=allow_truncation(cfg))
+                                    tokenizer, cfg.qa, cfg.max_length, answers=[e.fields["answers"] for e in examples],
+                                    origins=[e.origin for e in examples], allow_truncation=cfg.data.allow_truncation)
         report.truncated += cut
         cols = {"input_ids": [w.input_ids for w in windows],
                 "attention_mask": [[1] * len(w.input_ids) for w in windows],
@@ -275,25 +264,25 @@ class QATask:
         cols["length"] = [len(w.input_ids) for w in windows]           # for train.group_by_length
         return datasets.Dataset.from_dict(cols)
 
-    def collator(self, tokenizer, cfg):
+    def collator(self, tokenizer, cfg: TaskRecipe):
         return QACollator(pad_id_of(tokenizer))
 
     @torch.no_grad()
-    def answer(self, model, tokenizer, questions: list[str], contexts: list[str], cfg,
+    def answer(self, model, tokenizer, questions: list[str], contexts: list[str], cfg: TaskRecipe,
                unanswerable: bool | None = None) -> tuple[list[dict], int]:
         """Answers ({"text", "start", "score", "null_score"}) and the number of questions cut."""
-        sec = section(cfg)
+        sec = cfg.qa
         if unanswerable is None:
             unanswerable = sec.unanswerable
         if unanswerable is None:
             unanswerable = bool(getattr(model.config, "lmadapt_qa_unanswerable", False))
-        windows, cut = make_windows(questions, contexts, tokenizer, sec, allow_truncation=True)
+        windows, cut = make_windows(questions, contexts, tokenizer, sec, cfg.max_length, allow_truncation=True)
         collate = self.collator(tokenizer, cfg)
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
         starts, ends = [], []
-        bs = _eval_batch_size(cfg)
+        bs = eval_batch_size(cfg)
         for b in range(0, len(windows), bs):
             chunk = windows[b:b + bs]
             rows = [{"input_ids": w.input_ids, **({"token_type_ids": w.token_type_ids} if w.token_type_ids else {})}
@@ -308,7 +297,7 @@ class QATask:
             model.train()
         return best_answers(contexts, windows, starts, ends, sec, unanswerable), cut
 
-    def evaluate(self, model, tokenizer, examples: list[Example], space: dict, cfg) -> dict:
+    def evaluate(self, model, tokenizer, examples: list[Example], space: dict, cfg: TaskRecipe) -> dict:
         def answer(share: list[Example]):
             return self.answer(model, tokenizer, [e.fields["question"] for e in share],
                                [e.fields["context"] for e in share], cfg,
@@ -320,9 +309,9 @@ class QATask:
         metrics["truncated"] = cut
         return metrics
 
-    def predict(self, model, tokenizer, records: list[dict], cfg) -> list[dict]:
+    def predict(self, model, tokenizer, records: list[dict], cfg: TaskRecipe) -> list[dict]:
         """Adds ``answer`` (text, "" = no answer), ``answer_start`` (character offset or null) and ``score``."""
-        sec = section(cfg)
+        sec = cfg.qa
         qs, cs = [], []
         for i, rec in enumerate(records):
             q, c = rec.get(sec.question_field), rec.get(sec.context_field)
