@@ -22,9 +22,8 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, set_seed
+from transformers import set_seed
 
 from .. import metrics as M
 from ..config.base import ConfigError, to_dict
@@ -38,10 +37,10 @@ from ..train.fsdp import check_launch
 from ..train.fsdp import unsharded_on_main
 from ..train.loop import CHECKPOINT_DIR, run_training
 from ..train.flops import speed_metrics
-from ..train.samplers import EpochLengthGroupedSampler, EpochWeightedSampler
 from ..runtime.run_folder import prepare_output_dir
 from ..runtime.outputs import read_json, read_meta, update_metrics, write_meta, write_recipe
 from .finetune_adapters import ModelSource, attach_adapters
+from .finetune_training import FinetuneTrainer, select_metric, trainer_options
 
 
 # --- where the model comes from ----------------------------------------------------------------
@@ -176,79 +175,6 @@ def read_splits(task, cfg: TaskRecipe) -> tuple[dict[str, list[Example]], dict[s
     return {k: splits[k] for k in ("train", "dev", "test") if k in splits}, reports, space
 
 
-# --- training -----------------------------------------------------------------------------------
-
-class FinetuneTrainer(Trainer):
-    """The Trainer with one change: the training sampler (class-balanced, or length-grouped)."""
-
-    def __init__(self, *args, sample_weights=None, group_by_length: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.sample_weights, self.group_by_length = sample_weights, group_by_length
-
-    def _get_train_sampler(self, train_dataset=None):
-        # Orders drawn from (seed, epoch), never from a generator seeded once: a resumed run must see
-        # the batches the uninterrupted run saw in the epoch it resumes in (train/samplers.py).
-        ds = train_dataset if train_dataset is not None else self.train_dataset
-        if self.sample_weights is not None:
-            return EpochWeightedSampler(self.sample_weights, num_samples=len(ds), seed=self.args.seed)
-        if self.group_by_length and "length" in getattr(ds, "column_names", []):
-            return EpochLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                             lengths=list(ds["length"]), seed=self.args.seed)
-        return super()._get_train_sampler(train_dataset)
-
-
-class DevScores(TrainerCallback):
-    """The full dev metrics of every evaluation during training, by step. The best checkpoint's
-    are the final dev metrics (load_best_model_at_end reloads exactly those weights), so dev is not
-    scored a second time: on a 135M model on CPU that pass took as long as the test split's."""
-
-    def __init__(self):
-        self.by_step: dict[int, dict] = {}
-        self.pending: dict | None = None
-
-    def keep(self, full: dict) -> None:
-        self.pending = full
-
-    def on_evaluate(self, args, state, control, **kwargs):
-        if self.pending is not None:
-            self.by_step[state.global_step] = self.pending
-            self.pending = None
-
-    def for_checkpoint(self, checkpoint: str | None) -> dict | None:
-        """The metrics kept at ``checkpoint`` (".../checkpoint-<step>"), if this process saw them."""
-        if not checkpoint:
-            return None
-        step = Path(checkpoint).name.rsplit("-", 1)[-1]
-        return self.by_step.get(int(step)) if step.isdigit() else None
-
-
-class TaskEvalCallback(TrainerCallback):
-    """For tasks without Trainer-side metrics: scores dev with ``task.evaluate`` at each evaluation
-    and adds the scalars (``eval_dev_<name>``) before the Trainer picks the best checkpoint."""
-
-    def __init__(self, task, tokenizer, examples, space, cfg, keep: Callable[[dict], None]):
-        self.args = (task, tokenizer, examples, space, cfg)
-        self.keep = keep
-
-    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
-        task, tokenizer, examples, space, cfg = self.args
-        if metrics is not None and model is not None and any(k.startswith("eval_dev_") for k in metrics):
-            full = task.evaluate(model, tokenizer, examples, space, cfg)
-            self.keep(full)
-            scores = M.scalars(full)
-            extra = {f"eval_dev_{k}": v for k, v in scores.items()}
-            metrics.update(extra)
-            if state.log_history and "eval_dev_loss" in state.log_history[-1]:
-                state.log_history[-1].update(extra)     # logged already; keep the history complete
-
-
-def select_metric(task, cfg: FinetuneConfig) -> tuple[str, bool]:
-    name = cfg.train.metric
-    if name == "auto":
-        name = task.default_metric(cfg) if hasattr(task, "default_metric") else "loss"
-    return name, M.GREATER_IS_BETTER.get(name, True)
-
-
 # --- saving -------------------------------------------------------------------------------------
 
 def save_output(model, tokenizer, out: Path, *, keep_adapter: bool) -> bool:
@@ -288,8 +214,53 @@ def run_finetune(cfg: FinetuneConfig, recipe_dict: dict | None = None) -> dict:
                              recipe=recipe_dict if recipe_dict is not None else to_dict(cfg))
     set_seed(cfg.train.seed)
 
-    # --- setup: data -------------------------------------------------------------------------
+    # --- setup: data, model, encoded splits --------------------------------------------------
     splits, reports, space = read_splits(task, cfg)
+    _log_splits(task, splits, reports, space)
+    src, tokenizer, model = _setup_model(task, space, cfg)
+    train_ds, dev_ds = _encode(task, splits, tokenizer, space, cfg, reports)
+    collator = task.collator(tokenizer, cfg)
+    if is_main_process():
+        write_recipe(out, recipe_dict if recipe_dict is not None else to_dict(cfg))
+
+    # --- train -------------------------------------------------------------------------------
+    metric, greater = select_metric(task, cfg)
+    opts = trainer_options(task, cfg, splits["train"], splits.get("dev"), space, tokenizer, metric,
+                           has_dev=dev_ds is not None)
+    t_train = time.time()
+    outcome = run_training(
+        model, tokenizer, train_ds, collator, cfg.train,
+        eval_datasets={"dev": dev_ds} if dev_ds is not None else None,
+        compute_metrics=opts.compute_metrics if dev_ds is not None else None,
+        metric_for_best_model=f"dev_{metric}" if dev_ds is not None else None,
+        greater_is_better=greater, eval_each_epoch=dev_ds is not None,
+        callbacks=opts.callbacks, trainer_cls=FinetuneTrainer, trainer_kwargs=opts.kwargs)
+    # The whole run: the parts before a resume (up to the checkpoint it resumed from) count too.
+    train_seconds = time.time() - t_train + outcome.run.get("earlier_seconds", 0.0)
+    model = outcome.trainer.model
+    state = outcome.trainer.state
+
+    # --- evaluate ----------------------------------------------------------------------------
+    kept = opts.dev_scores.for_checkpoint(state.best_model_checkpoint)
+    results = _evaluate(task, model, tokenizer, splits, space, cfg, reports, kept, state.best_model_checkpoint)
+    metrics = {
+        "stage": "finetune",
+        "task": task.name,
+        "problem": cfg.task.problem if task.name == "classification" else None,
+        "selection": _selection(state, metric, greater, kept),
+        **results,
+        "labels": space.get("labels"),
+        "data": {"examples": {k: len(v) for k, v in splits.items()}, "max_examples": cfg.data.max_examples,
+                 "reports": _report(reports)},
+        "train": _train_summary(outcome, cfg, train_seconds, t_start),
+    }
+    _save(model, tokenizer, out, cfg, task=task, src=src, space=space, metric=metric, metrics=metrics)
+    return metrics
+
+
+# --- the steps, in the order run_finetune takes them -------------------------------------------
+
+def _log_splits(task, splits: dict[str, list[Example]], reports: dict[str, ReadReport], space: dict) -> None:
     train, dev, test = splits["train"], splits.get("dev"), splits.get("test")
     log(f"task {task.name}: train {len(train)}, dev {len(dev or [])}, test {len(test or [])} examples"
         + (f"; {len(space['labels'])} labels" if space.get("labels") else ""))
@@ -297,7 +268,9 @@ def run_finetune(cfg: FinetuneConfig, recipe_dict: dict | None = None) -> dict:
         if rep.skipped:
             log(f"{name}: skipped {rep.skipped} bad records {rep.skip_reasons}; first: {rep.first_skips[:3]}")
 
-    # --- setup: model ------------------------------------------------------------------------
+
+def _setup_model(task, space: dict, cfg: FinetuneConfig) -> tuple[ModelSource, object, object]:
+    """Where the weights come from, the tokenizer, and the task's model with any adapters attached."""
     src = resolve_source(cfg)
     tokenizer = load_tokenizer(src.tokenizer, cfg)
     with reading_weights(src.adapter or src.base):   # a damaged weights file: one line naming the folder
@@ -306,83 +279,60 @@ def run_finetune(cfg: FinetuneConfig, recipe_dict: dict | None = None) -> dict:
         model = attach_adapters(model, task, src, cfg)
     if cfg.train.gradient_checkpointing:
         model.config.use_cache = False
+    return src, tokenizer, model
 
+
+def _encode(task, splits: dict[str, list[Example]], tokenizer, space: dict, cfg: FinetuneConfig,
+            reports: dict[str, ReadReport]):
+    """The train and dev datasets (dev None without a dev split); truncation counted in the reports."""
+    train, dev = splits["train"], splits.get("dev")
     train_ds = task.encode(train, tokenizer, space, cfg, reports["train"])
     dev_ds = task.encode(dev, tokenizer, space, cfg, reports["dev"]) if dev else None
     for name in ("train", "dev"):
         if reports.get(name) and reports[name].truncated:
             log(f"{name}: {reports[name].truncated} examples cut to model.max_length={cfg.model.max_length}")
-    collator = task.collator(tokenizer, cfg)
-    if is_main_process():
-        write_recipe(out, recipe_dict if recipe_dict is not None else to_dict(cfg))
+    return train_ds, dev_ds
 
-    # --- train -------------------------------------------------------------------------------
-    metric, greater = select_metric(task, cfg)
-    trainer_kwargs: dict = {"group_by_length": cfg.train.group_by_length}
-    callbacks: list = []
-    if cfg.data.class_weights == "balanced":
-        weights = task.class_weights(train, space)
-        trainer_kwargs["compute_loss_func"] = task.loss_function(space, weights)
-        log("class weights: " + ", ".join(f"{lab} {w:.3f}" for lab, w in zip(space["labels"], weights.tolist())))
-    if cfg.data.balanced_sampling:
-        trainer_kwargs["sample_weights"] = task.sample_weights(train, space)
-    dev_scores = DevScores()
-    compute_metrics = task.compute_metrics(space, cfg, keep=dev_scores.keep) if hasattr(task, "compute_metrics") else None
-    if dev_ds is not None:
-        if compute_metrics is None and metric != "loss":
-            callbacks.append(TaskEvalCallback(task, tokenizer, dev, space, cfg, keep=dev_scores.keep))
-        callbacks.append(dev_scores)   # after TaskEvalCallback: files what it kept under the step
-        if cfg.train.early_stopping_patience:
-            callbacks.append(EarlyStoppingCallback(cfg.train.early_stopping_patience, cfg.train.early_stopping_threshold))
-    t_train = time.time()
-    outcome = run_training(
-        model, tokenizer, train_ds, collator, cfg.train,
-        eval_datasets={"dev": dev_ds} if dev_ds is not None else None,
-        compute_metrics=compute_metrics if dev_ds is not None else None,
-        metric_for_best_model=f"dev_{metric}" if dev_ds is not None else None,
-        greater_is_better=greater, eval_each_epoch=dev_ds is not None,
-        callbacks=callbacks, trainer_cls=FinetuneTrainer, trainer_kwargs=trainer_kwargs)
-    # The whole run: the parts before a resume (up to the checkpoint it resumed from) count too.
-    train_seconds = time.time() - t_train + outcome.run.get("earlier_seconds", 0.0)
-    model = outcome.trainer.model
-    state = outcome.trainer.state
 
-    # --- evaluate ----------------------------------------------------------------------------
+def _evaluate(task, model, tokenizer, splits: dict[str, list[Example]], space: dict, cfg: FinetuneConfig,
+              reports: dict[str, ReadReport], kept: dict | None, best_checkpoint: str | None) -> dict:
+    """dev and test metrics; dev is the best checkpoint's evaluation when it was kept (DevScores)."""
     results: dict = {}
-    kept = dev_scores.for_checkpoint(state.best_model_checkpoint)
-    for name, examples in (("dev", dev), ("test", test)):
+    for name, examples in (("dev", splits.get("dev")), ("test", splits.get("test"))):
         if not examples:
             continue
         if name == "dev" and kept is not None:
             results[name] = {**kept, "truncated": kept.get("truncated", reports["dev"].truncated)}
-            log(f"dev metrics (the best checkpoint's, {Path(state.best_model_checkpoint).name}):\n"
+            log(f"dev metrics (the best checkpoint's, {Path(best_checkpoint).name}):\n"
                 + M.format_metrics(results[name], title=name))
             continue
         results[name] = task.evaluate(model, tokenizer, examples, space, cfg)
         log(f"{name} metrics:\n" + M.format_metrics(results[name], title=name))
-    epochs_run = [round(e["epoch"], 3) for e in state.log_history if "eval_dev_loss" in e]
-    metrics = {
-        "stage": "finetune",
-        "task": task.name,
-        "problem": cfg.task.problem if task.name == "classification" else None,
-        "selection": {"metric": metric, "greater_is_better": greater, "best_value": state.best_metric,
-                      "best_checkpoint": Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None,
-                      "evaluated_epochs": epochs_run,
-                      "dev_scored": "at the best checkpoint's evaluation" if kept is not None else "after training"},
-        **results,
-        "labels": space.get("labels"),
-        "data": {"examples": {k: len(v) for k, v in splits.items()}, "max_examples": cfg.data.max_examples,
-                 "reports": _report(reports)},
-        "train": {"steps": outcome.global_step, "epochs": state.epoch, "train_loss": outcome.train_loss,
-                  "train_seconds": round(train_seconds, 2), "wall_seconds": round(time.time() - t_start, 2),
-                  "resumed_from": outcome.resumed_from, "parts": outcome.run.get("parts", 1),
-                  "tokens_seen": int(state.num_input_tokens_seen or 0),   # non-padding input tokens
-                  "speed": speed_metrics(outcome.speed, (state.num_input_tokens_seen or 0) / max(train_seconds, 1e-9)),
-                  "stopped_early": bool(cfg.train.early_stopping_patience) and state.epoch is not None
-                  and state.epoch < cfg.train.epochs - 1e-6 and cfg.train.max_steps is None},
-    }
+    return results
 
-    # --- save --------------------------------------------------------------------------------
+
+def _selection(state, metric: str, greater: bool, kept: dict | None) -> dict:
+    """How the kept checkpoint was chosen."""
+    epochs_run = [round(e["epoch"], 3) for e in state.log_history if "eval_dev_loss" in e]
+    return {"metric": metric, "greater_is_better": greater, "best_value": state.best_metric,
+            "best_checkpoint": Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None,
+            "evaluated_epochs": epochs_run,
+            "dev_scored": "at the best checkpoint's evaluation" if kept is not None else "after training"}
+
+
+def _train_summary(outcome, cfg: FinetuneConfig, train_seconds: float, t_start: float) -> dict:
+    state = outcome.trainer.state
+    return {"steps": outcome.global_step, "epochs": state.epoch, "train_loss": outcome.train_loss,
+            "train_seconds": round(train_seconds, 2), "wall_seconds": round(time.time() - t_start, 2),
+            "resumed_from": outcome.resumed_from, "parts": outcome.run.get("parts", 1),
+            "tokens_seen": int(state.num_input_tokens_seen or 0),   # non-padding input tokens
+            "speed": speed_metrics(outcome.speed, (state.num_input_tokens_seen or 0) / max(train_seconds, 1e-9)),
+            "stopped_early": bool(cfg.train.early_stopping_patience) and state.epoch is not None
+            and state.epoch < cfg.train.epochs - 1e-6 and cfg.train.max_steps is None}
+
+
+def _save(model, tokenizer, out: Path, cfg: FinetuneConfig, *, task, src: ModelSource, space: dict, metric: str,
+          metrics: dict) -> None:
     model = unsharded_on_main(model)   # sharded: gathered to the main process's host RAM (None elsewhere)
     if is_main_process():
         merged_base_only_in_memory = bool(src.adapter) and cfg.model.adapter_mode == "stack"
@@ -397,7 +347,6 @@ def run_finetune(cfg: FinetuneConfig, recipe_dict: dict | None = None) -> dict:
         if not cfg.train.keep_checkpoints:
             shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
         log(f"saved {out}")
-    return metrics
 
 
 def _json_safe(x):
