@@ -222,7 +222,12 @@ def in_subprocess(variant: str, shape: str, a, **extra) -> dict:
     args = [sys.executable, __file__, "--one", variant, "--models", shape, "--seq", str(a.seq), "--batch",
             str(a.batch), "--accum", str(a.accum), "--steps", str(a.steps), "--warmup", str(a.warmup),
             "--loss", extra.get("loss", a.loss), "--attn", a.attn] + (["--layers", str(a.layers)] if a.layers else []) + (["--lora"] if a.lora else []) + (["--ckpt"] if a.ckpt else [])
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    # glibc keeps large freed blocks in the heap once its dynamic mmap threshold has grown (up to 32 MB),
+    # so peak RSS then measures the allocator's history, not what training holds: the standard loss's
+    # freed logits stayed resident and the 30-layer SmolLM2 ratio read 0.83x; with the threshold fixed,
+    # 0.29x (benchmarks/results/gpu_speed_cpu.md). fsdp_memory.py fixes it the same way.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "65536")}
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     if proc.returncode:
         raise RuntimeError(f"{variant} {shape} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
