@@ -324,7 +324,7 @@ def test_split_off_dev_and_label_budget(bert_base, tmp_path):
     (["data.label_separator=|"], "only meaningful with task.problem: multi_label"),
     (["data.class_weights=balanced", "data.balanced_sampling=true"], "corrects the imbalance twice"),
     (["task.problem=regression", "data.class_weights=balanced"], "regression has no classes"),
-    (["task.type=qa", "task.problem=multi_label"], "applies to classification only"),
+    (["task.type=extraction", "task.problem=multi_label"], "applies to classification only"),
     (["model.path=./missing/model"], "model.path: folder not found"),
     (["data.dev_fraction=0.6", "data.test_fraction=0.5"], "leave no training data"),
 ])
