@@ -2,8 +2,8 @@
 
 One torchrun launch runs every sharded stage (continued pretraining, a kill-and-resume, LoRA with
 activation checkpointing, MLM, a classification fine-tune, two refused combinations, a merge and
-`evaluate` of the sharded outputs); the one-process references run unsharded in the test process
-with the same global batch. Stated
+`evaluate` of the sharded outputs, and the causal run again loaded whole by every process, the
+old way); the one-process references run unsharded in the test process with the same global batch. Stated
 tolerance: 1e-5 absolute on every weight and every logged loss (seen: <= 1.2e-6; the two runs sum
 the same numbers in a different order), and the resumed run equals the uninterrupted one exactly.
 """
@@ -140,7 +140,22 @@ SCRIPT = textwrap.dedent('''
     from lmadapt.runtime import dist
 
     ws = Path(sys.argv[2])
+    # what each process holds when the main process's weights are broadcast into the shards
+    import os
+    import lmadapt.stages.pretrain as pretrain_stage
+    import lmadapt.train.fsdp as fsdp
+    fills, fill = [], fsdp.fill_from_main
+    def recorded_fill(model, state, cpu_offload):
+        params = list(model.parameters())
+        fills.append({"params": len(params), "meta": sum(p.is_meta for p in params), "state": len(state)})
+        return fill(model, state, cpu_offload)
+    fsdp.fill_from_main = recorded_fill
     out = run_all(ws, 2, "fsdp")
+    # the same causal run the old way (every process loads the whole model), to compare the weights
+    load = pretrain_stage.load_model
+    pretrain_stage.load_model = lambda cfg, **kw: load(cfg, **{**kw, "weights_on_main": False})
+    run_pretrain(load_recipe(PretrainConfig, data=pretrain_recipe(ws, "causal_every", 2, sharding="fsdp", save_every=3)))
+    pretrain_stage.load_model = load
     # killed after its checkpoint at step 3 (a run that stops there), then resumed to step 6
     run_pretrain(load_recipe(PretrainConfig, data=pretrain_recipe(ws, "resumed", 2, sharding="fsdp", save_every=3,
                                                                   max_steps=3)))
@@ -164,6 +179,7 @@ SCRIPT = textwrap.dedent('''
         except Exception as exc:   # the same error on both processes, before any collective
             errors[name] = f"{type(exc).__name__}: {exc}"
     out["errors"] = errors
+    (ws / f"fills_{os.environ['RANK']}.json").write_text(json.dumps(fills))
     if dist.is_main_process():
         (ws / "sharded.json").write_text(json.dumps(out, default=str))
     dist.finish()
@@ -249,6 +265,23 @@ def test_saved_folder_loads_in_plain_transformers(runs):
     ids = torch.tensor([[1, 2, 3, 4]])
     ref = AutoModelForCausalLM.from_pretrained(ws / "causal_one")
     torch.testing.assert_close(model(ids).logits, ref(ids).logits, atol=1e-4, rtol=0)
+
+
+def test_sharded_runs_load_the_weights_on_the_main_process_only(runs):
+    """Issue 17: the main process loads (or initialises) the model, the other holds an empty (meta)
+    copy until sharding fills its shards from the main process; training then ends where the old
+    way (every process loads the whole model) ends, bit for bit."""
+    ws, _, _, proc = runs
+    new, old = weights(ws / "causal_fsdp"), weights(ws / "causal_every")
+    assert sorted(new) == sorted(old)
+    assert all(torch.equal(new[k], old[k]) for k in new)
+    fills = {rank: json.loads((ws / f"fills_{rank}.json").read_text()) for rank in (0, 1)}
+    # causal, LoRA, MLM, classification, the resume's two runs (the old-way run and the merge: none)
+    assert len(fills[0]) == len(fills[1]) == 6
+    assert all(f["meta"] == f["params"] > 0 and f["state"] == 0 for f in fills[1])   # never held the model
+    assert all(f["meta"] == 0 and f["state"] >= f["params"] > 0 for f in fills[0])
+    assert "weights loaded by the main process only" in proc.stdout
+    assert "weights loaded whole by every process" in proc.stdout
 
 
 def test_kill_after_checkpoint_and_resume_matches_the_uninterrupted_sharded_run(runs):

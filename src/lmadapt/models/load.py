@@ -35,9 +35,11 @@ from typing import Any
 
 from lmadapt.config.base import ConfigError
 from lmadapt.config.model import ModelConfig
+from lmadapt.runtime import dist
 
 from .attention import resolve_attention
 from .checks import ModelLoadError, check_block_size, context_length, reading_weights
+from .on_main import loaded_on_main
 from .packing_probe import block_diagonal_mask, supports_document_packing   # re-exported: callers import them from here
 from .quantize import quantized_load_kwargs
 from .registry import PAD_TOKEN_FALLBACKS, is_encoder, model_type_of, objective_for
@@ -340,13 +342,17 @@ def _align_with_tokenizer(model, tokenizer) -> None:
 
 
 def load_model(cfg: ModelConfig, *, objective: str | None = None, for_task: None = None,
-               seed: int = 42, quantize: str = "none") -> LoadedModel:
+               seed: int = 42, quantize: str = "none", weights_on_main: bool = False) -> LoadedModel:
     """Load (or build) the model and tokenizer ``cfg`` describes; see the module doc.
 
     ``objective`` overrides ``cfg.objective``. ``seed`` initialises scratch models. ``quantize``
     ("4bit": ``lora.quantize``) loads a pretrained base in NF4 on this process's GPU (models.quantize).
-    ``for_task`` is reserved for task heads (fine-tuning) and must be None here.
+    ``for_task`` is reserved for task heads (fine-tuning) and must be None here. ``weights_on_main``
+    (a sharded run): the main process alone loads; the others get an empty model (models.on_main).
     """
+    if weights_on_main and dist.world_size() > 1:
+        return loaded_on_main(lambda: load_model(cfg, objective=objective, seed=seed, quantize=quantize),
+                              "loading the model")
     if for_task is not None:
         raise NotImplementedError("load_model(for_task=...) is not supported yet: task heads are built by the finetune stage")
     requested = objective or cfg.objective or "auto"

@@ -29,12 +29,13 @@ from .. import metrics as M
 from ..config.base import ConfigError, to_dict
 from ..config.finetune import ADAPTER_FILE, FinetuneConfig
 from ..models.load import reading_weights
+from ..models.on_main import model_on_main
 from ..tasks import TASKS
 from ..tasks.base import DataError, Example, ReadReport, TaskRecipe
 from ..tasks.labeled_io import stratified_split, stratified_subsample
 from ..runtime.dist import is_main_process, log
 from ..train.fsdp import check_launch
-from ..train.fsdp import unsharded_on_main
+from ..train.fsdp import unsharded_on_main, wants_sharding
 from ..train.loop import CHECKPOINT_DIR, run_training
 from ..train.flops import speed_metrics
 from ..runtime.run_folder import prepare_output_dir
@@ -109,6 +110,22 @@ def align_pad_token(tokenizer, model) -> None:
     if emb is not None and len(tokenizer) > emb.num_embeddings:   # a pad token added by the loader
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_task_model(task, src: ModelSource, space: dict, cfg: FinetuneConfig, tokenizer):
+    """The task's model on ``src.base``, its pad token aligned with ``tokenizer``. Sharded, the main
+    process alone loads and the others hold an empty copy until sharding fills it (models.on_main);
+    an existing adapter (``src.adapter``) is loaded into the whole model on every process instead."""
+    def load():
+        model = task.load_model(src.base, space, cfg)
+        align_pad_token(tokenizer, model)   # any resize happens before the others copy the shapes
+        return model
+
+    if not (wants_sharding(cfg.train) and not src.adapter):
+        return load()
+    model = model_on_main(load, "loading the model")
+    align_pad_token(tokenizer, model)   # the others' tokenizer (the shapes are the main process's already)
+    return model
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -274,8 +291,7 @@ def _setup_model(task, space: dict, cfg: FinetuneConfig) -> tuple[ModelSource, o
     src = resolve_source(cfg)
     tokenizer = load_tokenizer(src.tokenizer, cfg)
     with reading_weights(src.adapter or src.base):   # a damaged weights file: one line naming the folder
-        model = task.load_model(src.base, space, cfg)
-        align_pad_token(tokenizer, model)
+        model = load_task_model(task, src, space, cfg, tokenizer)
         model = attach_adapters(model, task, src, cfg)
     if cfg.train.gradient_checkpointing:
         model.config.use_cache = False

@@ -24,7 +24,9 @@ from pathlib import Path
 import torch
 
 from ..config.base import ConfigError
+from ..models.on_main import weights_on_main
 from ..runtime import dist
+from .fsdp_init import broadcast_from_main, fill_from_main, main_state
 
 MODEL_DIR = "pytorch_model_fsdp_0"   # accelerate's names for a sharded checkpoint's parts
 OPTIMIZER_DIR = "optimizer_0"
@@ -125,23 +127,6 @@ def _units(model, names: list[str]) -> list:
     return units[::-1]
 
 
-def _broadcast_from_main(model) -> None:
-    """Every process starts from the main process's weights (as DDP does): a fresh head or LoRA
-    init drawn differently on one process would otherwise be sharded from different values."""
-    import torch.distributed as tdist
-    if dist.world_size() == 1:
-        return
-    device = dist.process_device()
-    with torch.no_grad():
-        for t in list(model.parameters()) + list(model.buffers()):
-            if t.device == device:
-                tdist.broadcast(t.data, src=0)
-            else:   # nccl needs device tensors: one tensor at a time, so the peak is one tensor
-                tmp = t.data.to(device)
-                tdist.broadcast(tmp, src=0)
-                t.data.copy_(tmp.to(t.device))
-
-
 def _policies(fcfg, precision: str) -> dict:
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
     kwargs: dict = {"reshard_after_forward": fcfg.reshard_after_forward}
@@ -168,17 +153,25 @@ def shard_model(model, train_cfg):
     # a merge or an evaluation has no train.precision: the model is scored in the dtype it loaded in
     kwargs = _policies(fcfg, dist.resolve_precision(getattr(train_cfg, "precision", "fp32")))
     _ensure_group()
-    _broadcast_from_main(model)
+    on_main = weights_on_main(model)   # loaded by the main process only: the others' model is empty (meta)
+    state = main_state(model) if on_main else None
+    if not on_main:   # every process loaded the whole model: all start from the main process's values
+        broadcast_from_main(model)
     mesh = init_device_mesh("cpu" if dist.use_cpu() else "cuda", (dist.world_size(),))
     for unit in units:
         fully_shard(unit, mesh=mesh, **kwargs)
     fully_shard(model, mesh=mesh, **kwargs)
+    if on_main:
+        fill_from_main(model, state, fcfg.cpu_offload)
+        del state
     # The Trainer's contract for a model sharded before it: no device move, no DDP, FSDP's own no_sync.
     _base(model)._is_distributed_loading_by_transformers = True
     model._is_fsdp_managed_module = True
     _SHARDED.add(model)
+    loaded = ("loaded by the main process only, the others' shards filled from it" if on_main else
+              "loaded whole by every process" if dist.world_size() > 1 else "loaded by the one process")
     dist.log(f"FSDP2: {len(units)} units + root sharded over {dist.world_size()} process(es)"
-             f" (reshard_after_forward={fcfg.reshard_after_forward}, cpu_offload={fcfg.cpu_offload})")
+             f" (reshard_after_forward={fcfg.reshard_after_forward}, cpu_offload={fcfg.cpu_offload}); weights {loaded}")
     return model
 
 
