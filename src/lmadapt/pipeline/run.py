@@ -12,7 +12,8 @@ trained again since (plan.reusable): their old folders are removed first. After 
 stage: LM evidence (held-out perplexity of every pretrained model), task metrics, wall time,
 tokens/s and peak memory go to ``results.jsonl``, one row per (arm, seed, stage). plan.py builds
 the chains of stage instances (and decides what is reused), execute.py runs one stage into its
-folder, evidence.py scores models and caches the baselines, rows.py makes the rows; this module walks the plan.
+folder, evidence.py scores models and caches the baselines, rows.py makes the rows, walk.py walks the plan;
+this module takes the lock, decides what is cached or out of date, and is the CLI.
 
 Under ``torchrun`` / ``accelerate launch`` every process runs this same loop: the stages and the
 perplexity evidence need all of them. The main process alone takes the lock, decides what is
@@ -24,76 +25,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import threading
-import time
-import traceback
 from pathlib import Path
 
 from ..config.base import ConfigError, to_dict
-from ..config.pipeline import LM_KINDS, PipelineConfig, load_pipeline
+from ..config.pipeline import PipelineConfig, load_pipeline
 from ..runtime.folders import refuse_foreign_folder
 from ..runtime.dist import barrier, broadcast, is_main_process, world_size
 from ..runtime.run_folder import FolderLock
-from ..runtime.outputs import atomic_write_text, read_json, write_json
+from ..runtime.outputs import atomic_write_text
 from . import cache
-from .evidence import baseline_for, baselines_ahead, input_evidence_path, lm_evidence
+from .compare import PIPELINE_FILE, RESULTS_FILE, STATE_FILE
+from .evidence import lm_evidence
 from .execute import STAGE_RUNNERS, execute_stage, log
 from .plan import ArmRun, StageInstance, plan, reusable, stage_names, unique_instances, unplanned_folders
-from .rows import EVIDENCE_FILE, baseline_row, input_row, stage_row
+from .walk import RunState, Walk
 
-RESULTS_FILE = "results.jsonl"
-STATE_FILE = "run_state.json"
-PIPELINE_FILE = "pipeline.yaml"
 # A folder holding one of these is a run folder (the demo trains its tokenizer there before the run).
 RUN_MARKERS = (PIPELINE_FILE, STATE_FILE, RESULTS_FILE, "stages", ".lmadapt_run.lock",
                "tokenizer/lmadapt_demo_tokenizer.json")
 
 
 # --- the run -------------------------------------------------------------------------------------
-
-def finished_rows(runs: list[ArmRun], out: Path, done: set[str], executed: set[str]) -> list[dict]:
-    """The rows a stopped run can give without more work: each arm's finished stages, in order, and
-    its input model's LM evidence where it was already scored."""
-    rows: list[dict] = []
-    for run in runs:
-        evidence = read_json(input_evidence_path(out, run), default=None) if run.input_model else None
-        if evidence:
-            rows.append(input_row(run, out, evidence))
-        for index, inst in enumerate(run.stages):
-            if inst.id not in done:
-                break
-            rows.append(stage_row(run, index, inst, out, executed=inst.id in executed))
-    return rows
-
-
-class RunState:
-    """run_state.json: what this run did so far (rewritten atomically after every step)."""
-
-    def __init__(self, out: Path, runs: list[ArmRun], pipeline_file: str | None, cached: set[str]):
-        self.path = out / STATE_FILE
-        self.data = {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                     "pipeline_file": pipeline_file, "arms": sorted({r.arm for r in runs}, key=[r.arm for r in runs].index),
-                     "seeds": sorted({r.seed for r in runs}), "executed": [], "reused": [], "current": None,
-                     "stages": {i.id: {"kind": i.kind, "name": i.name, "status": "done" if i.id in cached else "pending"}
-                                for i in unique_instances(runs)}}
-        self.save()
-
-    def stage(self, inst: StageInstance, status: str, **extra) -> None:
-        self.data["stages"][inst.id].update(status=status, **extra)
-        self.data["current"] = inst.id if status == "running" else None
-        self.save()
-
-    def save(self) -> None:
-        self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        if is_main_process():
-            write_json(self.path, self.data)
-
-
-def write_results(out: Path, rows: list[dict]) -> None:
-    if is_main_process():
-        atomic_write_text(out / RESULTS_FILE, "".join(json.dumps(r, default=str) + "\n" for r in rows))
-
 
 # The lock moved down to runtime/run_folder.py: standalone stages take the same one.
 RunLock = FolderLock
@@ -168,8 +120,9 @@ def unplanned_note(out: Path, instances: list[StageInstance], show: int = 20) ->
     return "\n".join(lines)
 
 
-def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, report: bool, jobs: int = 1,
-                rerun=()) -> dict:
+def _prepare(cfg: PipelineConfig, out: Path, rerun) -> tuple[list[ArmRun], list[StageInstance], set[str]]:
+    """Write pipeline.yaml, plan the run, and decide what is cached (removing the folders of stages
+    out of date); returns the arm runs, the distinct stage instances and the ids of those cached."""
     import yaml
     main = is_main_process()
     if main:
@@ -180,8 +133,7 @@ def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, re
     if cfg.evaluation.harness.enabled:
         from ..train.harness import check_tasks
         check_tasks(cfg.evaluation.harness)     # a misspelt task fails now, not after the first stage trains
-    # What is cached is read once, by the main process: from here on a stage counts as done when
-    # it was done at the start or this run executed it, which every process knows alike.
+    # What is cached is read once, by the main process, and told to the others (see walk.Walk).
     decided = broadcast(reusable(instances, names) if main else None)
     cached, stale = set(decided[0]), decided[1]
     if main:
@@ -196,97 +148,22 @@ def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, re
         if code_note:
             log(f"note: {code_note}")
     barrier()
+    return runs, instances, cached
+
+
+def _run_locked(cfg: PipelineConfig, out: Path, *, pipeline_file: str | None, report: bool, jobs: int = 1,
+                rerun=()) -> dict:
+    runs, instances, cached = _prepare(cfg, out, rerun)
     todo = [i for i in instances if i.id not in cached]
     total = len(instances)
     log(f"{len(runs)} arm runs ({len(cfg.arms)} arms x {len(cfg.seeds)} seeds), {total} distinct stages: "
         f"{total - len(todo)} cached, {len(todo)} to run -> {out}")
-    state = RunState(out, runs, pipeline_file, cached)
-    rows: list[dict] = []
-    executed: set[str] = set()
-    evidence_done: set[str] = set()
-    t_run = time.time()
-    n_run = 0
-    try:
-        if jobs > 1 and todo:
-            from .jobs import run_jobs
-
-            def on_change(inst: StageInstance, status: str, extra: dict) -> None:
-                if status == "running":
-                    extra = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
-                state.stage(inst, status, **extra)
-
-            log(f"{len(todo)} stage(s) to run in up to {jobs} jobs at once")
-            # The baselines need only the data: compute them while the workers train, in this
-            # otherwise idle process, instead of after the last stage (30 s for FOLDOC on the H100 host).
-            ahead = threading.Thread(target=baselines_ahead, args=(instances, cfg, out), daemon=True)
-            ahead.start()
-            try:
-                for inst_id in run_jobs(out, todo, cached, jobs, on_change, log):
-                    executed.add(inst_id)
-                    state.data["executed"].append(inst_id)
-            except BaseException:
-                # A sequential run has written the rows of every stage it finished by now; do the same,
-                # so results.jsonl and `lmadapt report` show what finished before the failure.
-                finished = [i.id for i in todo if cache.is_done(i.folder)]
-                executed.update(finished)
-                state.data["executed"].extend(finished)
-                rows.extend(finished_rows(runs, out, cached | executed, executed))
-                raise
-            ahead.join()
-            state.save()
-        for run in runs:
-            log(f"== arm {run.arm}, seed {run.seed}: " + " -> ".join(i.name for i in run.stages))
-            if run.input_model and cfg.evaluation.enabled:
-                rows.append(input_row(run, out, lm_evidence(run.input_model, cfg, input_evidence_path(out, run))))
-            for index, inst in enumerate(run.stages):
-                if inst.id in executed or inst.id in cached:
-                    if inst.id not in executed and inst.id not in state.data["reused"]:
-                        state.data["reused"].append(inst.id)
-                        log(f"[{index + 1}/{len(run.stages)}] {inst.name} ({inst.kind}): cached -> {inst.id}")
-                else:
-                    n_run += 1
-                    log(f"[{index + 1}/{len(run.stages)}] {inst.name} ({inst.kind}): running "
-                        f"({n_run}/{len(todo)} to run, {time.time() - t_run:.0f}s elapsed) -> {inst.id}")
-                    state.stage(inst, "running")
-                    try:
-                        info = execute_stage(inst, keep_checkpoints=cfg.keep_checkpoints)
-                    except BaseException as exc:
-                        state.stage(inst, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                                    error=f"{type(exc).__name__}: {exc}")
-                        raise
-                    executed.add(inst.id)
-                    state.data["executed"].append(inst.id)
-                    state.stage(inst, "done", wall_seconds=info["wall_seconds"])
-                    log(f"{inst.name} done in {info['wall_seconds']:.1f}s (peak RSS {info.get('peak_rss_mb')} MB)")
-                if inst.kind in LM_KINDS and cfg.evaluation.enabled and inst.id not in evidence_done:
-                    lm_evidence(inst.model_out, cfg, inst.folder / EVIDENCE_FILE)
-                    evidence_done.add(inst.id)
-                if not main:
-                    continue
-                rows.append(stage_row(run, index, inst, out, executed=inst.id in executed))
-                if inst.kind == "finetune":
-                    res = baseline_for(inst, cfg, out)
-                    if res is not None and not any(r["kind"] == "baseline" and r["seed"] == run.seed
-                                                   and r["id"] == res.get("id") for r in rows):
-                        rows.append(baseline_row(run.seed, res))
-                write_results(out, rows)
-    except KeyboardInterrupt:
-        state.data["status"] = "interrupted"
-        state.save()
-        write_results(out, rows)
-        raise
-    except BaseException as exc:
-        state.data.update(status="failed", error=f"{type(exc).__name__}: {exc}",
-                          traceback=traceback.format_exc(limit=8))
-        state.save()
-        write_results(out, rows)
-        raise
-    state.data.update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                      wall_seconds=round(time.time() - t_run, 1))
-    state.save()
+    walk = Walk(cfg, out, runs, todo, cached, RunState(out, runs, pipeline_file, cached))
+    walk.run(jobs)
+    state = walk.state
     summary = {"output_dir": str(out), "executed": list(state.data["executed"]), "reused": list(state.data["reused"]),
-               "rows": rows, "wall_seconds": state.data["wall_seconds"]}
-    if report and main:
+               "rows": walk.rows, "wall_seconds": state.data["wall_seconds"]}
+    if report and is_main_process():
         from .report import write_report
         summary["report"] = write_report(out)
     barrier()
@@ -353,4 +230,6 @@ def main_run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["plan", "run_pipeline", "execute_stage", "add_run_arguments", "main_run", "STAGE_RUNNERS", "ConfigError"]
+# Re-exported for the tests and callers that know them from here.
+__all__ = ["plan", "run_pipeline", "execute_stage", "add_run_arguments", "main_run", "STAGE_RUNNERS", "ConfigError",
+           "lm_evidence", "RESULTS_FILE", "STATE_FILE", "PIPELINE_FILE"]
