@@ -133,120 +133,147 @@ def run_jobs(out: Path, todo: list[StageInstance], done: set[str], jobs: int,
     runs once more, alone on a device (nothing else starts there until it finishes). Out of memory
     when alone is a failure like any other."""
     (out / LOGS_DIR).mkdir(parents=True, exist_ok=True)
-    done = set(done)
-    gpus = visible_gpus()
-    devices: list[str | None] = list(gpus) if gpus else [None]
-    priority = chain_lengths(todo)
-    pending = deque(sorted(todo, key=lambda i: -priority[i.id]))      # stable: plan order among equals
-    exclusive: set[str] = set()          # stages to run alone (they ran out of memory beside others)
-    running: list[_Job] = []
-    finished: list[str] = []
-    failed: dict[str, str] = {}
-    last_progress = time.time()
+    sched = _Scheduler(out, todo, done, jobs, on_change, log)
+    try:
+        while sched.pending or sched.running:
+            sched.start_ready()
+            if not sched.running:
+                if sched.pending:      # nothing can start and nothing runs: a dependency was never planned
+                    raise ConfigError("--jobs: stages wait for parents that are neither done nor planned: "
+                                      + ", ".join(i.id for i in sched.pending))
+                break
+            time.sleep(0.5)
+            sched.reap()
+            sched.report_progress()
+    except BaseException:
+        sched.stop_all()
+        raise
+    sched.raise_if_failed()
+    return sched.finished
 
-    def on(device: str | None) -> list[_Job]:
-        return [j for j in running if j.device == device]
 
+class _Scheduler:
+    """run_jobs' state: what waits (longest chain first), what runs where, what finished or failed."""
+
+    def __init__(self, out: Path, todo: list[StageInstance], done: set[str], jobs: int,
+                 on_change: Callable[[StageInstance, str, dict], None], log: Callable[[str], None]):
+        self.out, self.jobs, self.on_change, self.log = out, jobs, on_change, log
+        self.done = set(done)
+        gpus = visible_gpus()
+        self.devices: list[str | None] = list(gpus) if gpus else [None]
+        priority = chain_lengths(todo)
+        self.pending = deque(sorted(todo, key=lambda i: -priority[i.id]))      # stable: plan order among equals
+        self.exclusive: set[str] = set()     # stages to run alone (they ran out of memory beside others)
+        self.running: list[_Job] = []
+        self.finished: list[str] = []
+        self.failed: dict[str, str] = {}
+        self.last_progress = time.time()
+
+    def on(self, device: str | None) -> list[_Job]:
+        return [j for j in self.running if j.device == device]
+
+    @staticmethod
     def where(device: str | None, env: dict | None = None) -> str:
         if device is not None:
             return f"GPU {device}"
         return f"{env.get('OMP_NUM_THREADS', '?')} thread(s)" if env else "the CPU"
 
-    def start(inst: StageInstance, device: str | None, sharing: int) -> None:
-        path = log_path(out, inst.id)
+    def start_ready(self) -> None:
+        """Start what is ready, longest chain first, while there is room."""
+        ready = sum(1 for i in self.pending if i.parent is None or i.parent.id in self.done)
+        sharing = min(self.jobs, len(self.running) + ready)
+        for inst in list(self.pending):
+            if len(self.running) >= self.jobs:
+                break
+            parent = inst.parent.id if inst.parent is not None else None
+            if parent in self.failed:
+                self.pending.remove(inst)                  # it starts from what failed: it cannot run
+                self.failed[inst.id] = f"not run: {parent} failed"
+                continue
+            if parent is not None and parent not in self.done:
+                continue
+            device = self.device_for(inst)
+            if not device:
+                break                 # wait for a device to empty (or to be let go); start nothing meanwhile
+            self.pending.remove(inst)
+            self.start(inst, device[0], sharing)
+
+    def device_for(self, inst: StageInstance) -> list[str | None]:
+        """[the device to start ``inst`` on], or [] while it must wait: a stage to run alone needs an
+        idle device; any other one a device no job holds alone, the least busy, first in order."""
+        if inst.id in self.exclusive:
+            return [d for d in self.devices if not self.on(d)][:1]
+        held = {j.device for j in self.running if j.exclusive}
+        free = [d for d in self.devices if d not in held]
+        return [min(free, key=lambda d: len(self.on(d)))] if free else []
+
+    def start(self, inst: StageInstance, device: str | None, sharing: int) -> None:
+        path = log_path(self.out, inst.id)
         fh = path.open("ab")
         env = device_env(device, sharing)
-        proc = subprocess.Popen(worker_command(out, inst.id), stdout=fh, stderr=subprocess.STDOUT, env=env,
+        proc = subprocess.Popen(worker_command(self.out, inst.id), stdout=fh, stderr=subprocess.STDOUT, env=env,
                                 cwd=os.getcwd())
-        job = _Job(inst, proc, device, fh, inst.id in exclusive)
-        for other in on(device):
+        job = _Job(inst, proc, device, fh, inst.id in self.exclusive)
+        for other in self.on(device):
             other.shared = job.shared = True
-        running.append(job)
-        log(f"[jobs] {inst.name} ({inst.kind}) started on {where(device, env)}"
-            + (" alone" if job.exclusive else "") + f" -> {inst.id} (log: {path})")
-        on_change(inst, "running", {"log": str(path), "device": where(device, env)})
+        self.running.append(job)
+        self.log(f"[jobs] {inst.name} ({inst.kind}) started on {self.where(device, env)}"
+                 + (" alone" if job.exclusive else "") + f" -> {inst.id} (log: {path})")
+        self.on_change(inst, "running", {"log": str(path), "device": self.where(device, env)})
 
-    try:
-        while pending or running:
-            # start what is ready, longest chain first, while there is room
-            ready = sum(1 for i in pending if i.parent is None or i.parent.id in done)
-            sharing = min(jobs, len(running) + ready)
-            for inst in list(pending):
-                if len(running) >= jobs:
-                    break
-                parent = inst.parent.id if inst.parent is not None else None
-                if parent in failed:
-                    pending.remove(inst)                  # it starts from what failed: it cannot run
-                    failed[inst.id] = f"not run: {parent} failed"
-                    continue
-                if parent is not None and parent not in done:
-                    continue
-                held = {j.device for j in running if j.exclusive}
-                if inst.id in exclusive:
-                    idle = [d for d in devices if not on(d)]
-                    if not idle:
-                        break                             # wait for a device to empty; start nothing meanwhile
-                    device = idle[0]
-                else:
-                    free = [d for d in devices if d not in held]
-                    if not free:
-                        break
-                    device = min(free, key=lambda d: len(on(d)))      # the least busy, first in order
-                pending.remove(inst)
-                start(inst, device, sharing)
-            if not running:
-                if pending:            # nothing can start and nothing runs: a dependency was never planned
-                    raise ConfigError("--jobs: stages wait for parents that are neither done nor planned: "
-                                      + ", ".join(i.id for i in pending))
-                break
-            time.sleep(0.5)
-            for job in [j for j in running if j.proc.poll() is not None]:
-                job.fh.close()
-                running.remove(job)
-                inst, rc, secs = job.inst, job.proc.returncode, time.time() - job.t0
-                if rc == 0 and cache.is_done(inst.folder):
-                    done.add(inst.id)
-                    finished.append(inst.id)
-                    info = cache.read_done(inst.folder)
-                    log(f"[jobs] {inst.name} done in {secs:.1f}s (peak RSS {info.get('peak_rss_mb')} MB"
-                        + (f", GPU {info['peak_gpu_mb']} MB" if info.get("peak_gpu_mb") is not None else "") + ")")
-                    on_change(inst, "done", {"wall_seconds": info.get("wall_seconds", round(secs, 2))})
-                    continue
-                tail = _last_line(log_path(out, inst.id), 40)
-                if job.shared and not job.exclusive and out_of_memory(rc, tail):
-                    exclusive.add(inst.id)
-                    pending.appendleft(inst)
-                    log(f"[jobs] {inst.name} ran out of memory beside other jobs on {where(job.device)} "
-                        f"after {secs:.0f}s; it runs again alone once a device is free")
-                    on_change(inst, "pending", {"retry": "out of memory beside other jobs; runs again alone"})
-                    continue
-                failed[inst.id] = f"exit code {rc}"
-                log(f"[jobs] {inst.name} FAILED (exit code {rc}) after {secs:.0f}s; "
-                    f"log: {log_path(out, inst.id)}\n" + "\n".join(tail.splitlines()[-15:]))
-                on_change(inst, "failed", {"error": f"exit code {rc}; see {log_path(out, inst.id)}"})
-            if running and time.time() - last_progress >= PROGRESS_EVERY:
-                last_progress = time.time()
-                for job in running:
-                    log(f"[jobs] {job.inst.name}: {time.time() - job.t0:.0f}s | "
-                        f"{_last_line(log_path(out, job.inst.id))[:160]}")
-    except BaseException:
-        # Interrupted (Ctrl-C) or broken: stop the workers; their folders stay interrupted and resume later.
-        for job in running:
+    def reap(self) -> None:
+        """Take in the jobs that ended: done, to run again alone (out of memory beside others), or failed."""
+        for job in [j for j in self.running if j.proc.poll() is not None]:
+            job.fh.close()
+            self.running.remove(job)
+            inst, rc, secs = job.inst, job.proc.returncode, time.time() - job.t0
+            if rc == 0 and cache.is_done(inst.folder):
+                self.done.add(inst.id)
+                self.finished.append(inst.id)
+                info = cache.read_done(inst.folder)
+                self.log(f"[jobs] {inst.name} done in {secs:.1f}s (peak RSS {info.get('peak_rss_mb')} MB"
+                         + (f", GPU {info['peak_gpu_mb']} MB" if info.get("peak_gpu_mb") is not None else "") + ")")
+                self.on_change(inst, "done", {"wall_seconds": info.get("wall_seconds", round(secs, 2))})
+                continue
+            tail = _last_line(log_path(self.out, inst.id), 40)
+            if job.shared and not job.exclusive and out_of_memory(rc, tail):
+                self.exclusive.add(inst.id)
+                self.pending.appendleft(inst)
+                self.log(f"[jobs] {inst.name} ran out of memory beside other jobs on {self.where(job.device)} "
+                         f"after {secs:.0f}s; it runs again alone once a device is free")
+                self.on_change(inst, "pending", {"retry": "out of memory beside other jobs; runs again alone"})
+                continue
+            self.failed[inst.id] = f"exit code {rc}"
+            self.log(f"[jobs] {inst.name} FAILED (exit code {rc}) after {secs:.0f}s; "
+                     f"log: {log_path(self.out, inst.id)}\n" + "\n".join(tail.splitlines()[-15:]))
+            self.on_change(inst, "failed", {"error": f"exit code {rc}; see {log_path(self.out, inst.id)}"})
+
+    def report_progress(self) -> None:
+        if self.running and time.time() - self.last_progress >= PROGRESS_EVERY:
+            self.last_progress = time.time()
+            for job in self.running:
+                self.log(f"[jobs] {job.inst.name}: {time.time() - job.t0:.0f}s | "
+                         f"{_last_line(log_path(self.out, job.inst.id))[:160]}")
+
+    def stop_all(self) -> None:
+        """Interrupted (Ctrl-C) or broken: stop the workers; their folders stay interrupted and resume later."""
+        for job in self.running:
             job.proc.terminate()
-        for job in running:
+        for job in self.running:
             try:
                 job.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 job.proc.kill()
             job.fh.close()
-            on_change(job.inst, "interrupted", {})
-        raise
-    if failed:
-        first = next(i for i in failed if not failed[i].startswith("not run"))
-        skipped = [i for i, w in failed.items() if w.startswith("not run")]
-        raise RuntimeError(f"stage {first} failed ({failed[first]}); its log: {log_path(out, first)}"
-                           + (f"; not run because of it: {', '.join(skipped)}" if skipped else ""))
-    return finished
+            self.on_change(job.inst, "interrupted", {})
+
+    def raise_if_failed(self) -> None:
+        if self.failed:
+            failed = self.failed
+            first = next(i for i in failed if not failed[i].startswith("not run"))
+            skipped = [i for i, w in failed.items() if w.startswith("not run")]
+            raise RuntimeError(f"stage {first} failed ({failed[first]}); its log: {log_path(self.out, first)}"
+                               + (f"; not run because of it: {', '.join(skipped)}" if skipped else ""))
 
 
 def worker_main(out: str, inst_id: str) -> int:
