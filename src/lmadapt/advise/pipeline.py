@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -121,6 +121,79 @@ def finetune_recipe(model_path: str, *, m: dict, goal: str, method: str, train_e
     return recipe
 
 
+class _Stages:
+    """The stages of the arms, from the inputs given to `lmadapt advise`; ``notes`` collects what the
+    user should know about them (a time budget that cuts a pass short, held-out texts seen by tapt)."""
+
+    def __init__(self, advice: Advice, m: dict, *, domain, text_field, split_docs, domain_valid, reference,
+                 task_train, task_dev, task_test, task_text_field, label_field, train_hours, notes: list[str]):
+        self.advice, self.m, self.notes = advice, m, notes
+        self.domain, self.text_field, self.split_docs = domain, text_field, split_docs
+        self.domain_valid, self.reference = domain_valid, reference
+        self.task_train, self.task_dev, self.task_test = task_train, task_dev, task_test
+        self.task_text_field, self.label_field, self.train_hours = task_text_field, label_field, train_hours
+        self.method = advice.method or "full"
+        self.te = advice.train_embeddings
+
+    def dapt(self, prev: str, arm_method: str) -> dict:
+        src = {"path": str(self.domain), "name": "domain", "text_field": self.text_field}
+        if self.split_docs != "file":
+            src["split_docs"] = self.split_docs
+        evals = None
+        if self.domain_valid:
+            valid = {"path": str(self.domain_valid), "name": "domain_valid", "text_field": self.text_field}
+            evals = [valid, {"path": str(self.reference), "name": "general"}] if self.reference else [valid]
+        recipe, note = pretrain_recipe(prev, src, m=self.m, method=arm_method,
+                                       train_embeddings=self.te and arm_method == "lora",
+                                       corpus_tokens=(self.m.get("domain") or {}).get("estimated_tokens"),
+                                       train_hours=self.train_hours, eval_sources=evals)
+        if note and note not in self.notes:
+            self.notes.append(note)
+        return {"kind": "pretrain", "recipe": recipe}
+
+    def tapt(self, prev: str) -> dict:
+        if not self.task_test or not self.task_dev:
+            note = ("tapt: task-adaptive pretraining reads every text of --task-train, including the examples the "
+                    "fine-tune stage holds out as dev/test; give --task-dev and --task-test files for a clean comparison")
+            if note not in self.notes:
+                self.notes.append(note)
+        task_tokens = (self.m.get("task") or {}).get("tokens") or 0
+        tps = _tokens_per_second(self.m)
+        epochs = TAPT_MAX_EPOCHS
+        if tps and task_tokens:
+            epochs = int(max(1, min(TAPT_MAX_EPOCHS, tps * self.train_hours * 3600 // task_tokens)))
+        src = {"path": str(self.task_train), "name": "task", "text_field": self.task_text_field}
+        recipe, _ = pretrain_recipe(prev, src, m=self.m, method=self.method, train_embeddings=self.te,
+                                    corpus_tokens=None, train_hours=self.train_hours, max_epochs=epochs,
+                                    eval_fraction=0.05)
+        return {"kind": "pretrain", "recipe": recipe}
+
+    def ft(self, prev: str) -> dict:
+        return {"kind": "finetune", "recipe": finetune_recipe(
+            prev, m=self.m, goal=self.advice.goal, method=self.method, train_embeddings=self.te,
+            task_train=str(self.task_train), task_dev=self.task_dev, task_test=self.task_test,
+            text_field=self.task_text_field, label_field=self.label_field)}
+
+    def merge_then_ft(self, base: str) -> list[dict]:
+        """dapt_merge_ft: the same continued pretraining as dapt_ft (a shared stage), interpolated back
+        toward the base within a 5% forgetting budget on the general reference: what DAPT's gain
+        costs, and what is kept without it."""
+        merge = {"kind": "merge", "recipe": {"model": {"path": PREVIOUS}, "eval": {"sets": {
+            "domain": str(self.domain_valid), "general": str(self.reference)}}}}
+        return [self.dapt(base, self.method), merge, self.ft(PREVIOUS)]
+
+
+# Each arm's stages from the base model, in order; "@previous" starts a stage from the one before.
+ARM_STAGES: dict[str, Callable[[_Stages, str], list[dict]]] = {
+    "ft_only": lambda s, base: [s.ft(base)],
+    "dapt_ft": lambda s, base: [s.dapt(base, s.method), s.ft(PREVIOUS)],
+    "tapt_ft": lambda s, base: [s.tapt(base), s.ft(PREVIOUS)],
+    "dapt_tapt_ft": lambda s, base: [s.dapt(base, s.method), s.tapt(PREVIOUS), s.ft(PREVIOUS)],
+    "dapt_full": lambda s, base: [s.dapt(base, "full")],
+    "dapt_lora": lambda s, base: [s.dapt(base, "lora")],
+}
+
+
 def build_pipeline(advice: Advice, m: dict, *, model_dir: str, domain: str | None = None, text_field: str = "text",
                    split_docs: str = "file", domain_valid: str | None = None, reference: str | None = None,
                    task_train: str | None = None, task_dev: str | None = None, task_test: str | None = None,
@@ -128,70 +201,19 @@ def build_pipeline(advice: Advice, m: dict, *, model_dir: str, domain: str | Non
                    output_dir: str = "runs/advise", train_hours: float = 2.0) -> tuple[dict, list[str]]:
     """(pipeline dict with keys output_dir, seeds, arms; notes) for ``advice.arms``."""
     notes: list[str] = []
-    method = advice.method or "full"
-    te = advice.train_embeddings
-
-    def dapt(prev: str, arm_method: str) -> dict:
-        src = {"path": str(domain), "name": "domain", "text_field": text_field}
-        if split_docs != "file":
-            src["split_docs"] = split_docs
-        evals = None
-        if domain_valid:
-            evals = [{"path": str(domain_valid), "name": "domain_valid", "text_field": text_field},
-                     {"path": str(reference), "name": "general"}] if reference else \
-                    [{"path": str(domain_valid), "name": "domain_valid", "text_field": text_field}]
-        recipe, note = pretrain_recipe(prev, src, m=m, method=arm_method, train_embeddings=te and arm_method == "lora",
-                                       corpus_tokens=(m.get("domain") or {}).get("estimated_tokens"),
-                                       train_hours=train_hours, eval_sources=evals)
-        if note and note not in notes:
-            notes.append(note)
-        return {"kind": "pretrain", "recipe": recipe}
-
-    def tapt(prev: str) -> dict:
-        if not task_test or not task_dev:
-            note = ("tapt: task-adaptive pretraining reads every text of --task-train, including the examples the "
-                    "fine-tune stage holds out as dev/test; give --task-dev and --task-test files for a clean comparison")
-            if note not in notes:
-                notes.append(note)
-        task_tokens = (m.get("task") or {}).get("tokens") or 0
-        tps = _tokens_per_second(m)
-        epochs = TAPT_MAX_EPOCHS
-        if tps and task_tokens:
-            epochs = int(max(1, min(TAPT_MAX_EPOCHS, tps * train_hours * 3600 // task_tokens)))
-        src = {"path": str(task_train), "name": "task", "text_field": task_text_field}
-        recipe, _ = pretrain_recipe(prev, src, m=m, method=method, train_embeddings=te, corpus_tokens=None,
-                                    train_hours=train_hours, max_epochs=epochs, eval_fraction=0.05)
-        return {"kind": "pretrain", "recipe": recipe}
-
-    def ft(prev: str) -> dict:
-        return {"kind": "finetune", "recipe": finetune_recipe(
-            prev, m=m, goal=advice.goal, method=method, train_embeddings=te, task_train=str(task_train),
-            task_dev=task_dev, task_test=task_test, text_field=task_text_field, label_field=label_field)}
-
+    stages = _Stages(advice, m, domain=domain, text_field=text_field, split_docs=split_docs,
+                     domain_valid=domain_valid, reference=reference, task_train=task_train, task_dev=task_dev,
+                     task_test=task_test, task_text_field=task_text_field, label_field=label_field,
+                     train_hours=train_hours, notes=notes)
     base = str(model_dir)
     arms: dict[str, list[dict]] = {}
     for arm in advice.arms:
-        if arm == "ft_only":
-            arms[arm] = [ft(base)]
-        elif arm == "dapt_ft":
-            arms[arm] = [dapt(base, method), ft(PREVIOUS)]
-        elif arm == "tapt_ft":
-            arms[arm] = [tapt(base), ft(PREVIOUS)]
-        elif arm == "dapt_tapt_ft":
-            arms[arm] = [dapt(base, method), tapt(PREVIOUS), ft(PREVIOUS)]
-        elif arm == "dapt_full":
-            arms[arm] = [dapt(base, "full")]
-        elif arm == "dapt_lora":
-            arms[arm] = [dapt(base, "lora")]
-        else:  # pragma: no cover - rules and pipeline are kept in step
+        if arm not in ARM_STAGES:  # pragma: no cover - rules and pipeline are kept in step
             raise ValueError(f"unknown arm {arm!r}")
+        arms[arm] = ARM_STAGES[arm](stages, base)
     if "dapt_ft" in arms and domain_valid and reference:
         if text_field == "text":
-            # the same continued pretraining (a shared stage), interpolated back toward the base within a
-            # 5% forgetting budget on the general reference: what DAPT's gain costs, and what is kept without it
-            merge = {"kind": "merge", "recipe": {"model": {"path": PREVIOUS}, "eval": {"sets": {
-                "domain": str(domain_valid), "general": str(reference)}}}}
-            arms["dapt_merge_ft"] = [dapt(base, method), merge, ft(PREVIOUS)]
+            arms["dapt_merge_ft"] = stages.merge_then_ft(base)
         else:
             notes.append(f"dapt_merge_ft left out: the merge stage reads its held-out sets with one text field, and "
                          f"the domain's is {text_field!r} while the reference's is 'text'")
