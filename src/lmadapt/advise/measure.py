@@ -46,6 +46,7 @@ import statistics
 import tempfile
 import time
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -75,91 +76,124 @@ def measure(model_dir: str, *, domain: str | None = None, text_field: str = "tex
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
 
-    from ..config.data import SourceConfig
-    from ..data.sources import read_source
-
-    # ---- model
-    t0 = time.perf_counter()
-    if loaded is None:
-        from ..config.model import ModelConfig
-        from ..models.load import load_model
-        say(f"loading {model_dir}")
-        loaded = load_model(ModelConfig(path=str(model_dir)))
+    with _timed(timing, "load_model"):
+        loaded, dev, model_info = _load(model_dir, loaded, device, say)
     model, tok = loaded.model, loaded.tokenizer
-    dev = _device(device)
-    model.to(dev)
-    model_info = _model_info(model_dir, loaded)
     max_pos = model_info["max_position_embeddings"]
-    timing["load_model"] = time.perf_counter() - t0
 
-    # ---- reference and domain text
-    t0 = time.perf_counter()
-    ref_path = str(reference or DEFAULT_REFERENCE)
-    ref_docs, ref_stats = read_source(SourceConfig(path=ref_path, text_field="text"))
-    ref_sample = sample_texts([d.text for d in ref_docs], sample_chars)
-    ref_info = {"path": ref_path, "documents": ref_stats.documents, "chars": ref_stats.chars,
-                "sampled_documents": len(ref_sample), "sampled_chars": sum(map(len, ref_sample))}
-    dom_info = dom_sample = None
-    if domain:
-        say(f"reading {domain}")
-        r0 = time.perf_counter()
-        # Spooled to a temporary file as it is read: a corpus of many GB is counted and sampled
-        # without holding its text (the sample is read back by index).
-        with tempfile.TemporaryDirectory(prefix="lmadapt-advise-") as tmp:
-            docs, stats = read_source(SourceConfig(path=str(domain), text_field=text_field, split_docs=split_docs),
-                                      spool=Path(tmp) / "domain.arrow")
-            lengths = docs.char_lengths()
-            picked = sample_indices(lengths, sample_chars)
-            dom_sample = [t[:SAMPLE_DOC_CHARS] for t in docs.select(picked).texts()]
-            del docs
-        dom_info = _volume(domain, lengths, stats.chars, dom_sample, tok, max_pos)
-        dom_info["read_seconds"] = round(time.perf_counter() - r0, 2)
-    timing["read"] = time.perf_counter() - t0
+    with _timed(timing, "read"):
+        ref_info, ref_sample = _read_reference(reference, sample_chars)
+        dom_info = dom_sample = None
+        if domain:
+            dom_info, dom_sample = _read_domain(domain, text_field, split_docs, sample_chars, tok, max_pos, say)
 
-    # ---- labeled data
     task_info = task_sample = None
     if task_train:
-        t0 = time.perf_counter()
-        say(f"reading {task_train}")
-        task_info, task_texts = _task(task_train, task_text_field, label_field, tok, max_pos)
-        task_sample = sample_texts(task_texts, sample_chars)
-        timing["task"] = time.perf_counter() - t0
+        with _timed(timing, "task"):
+            say(f"reading {task_train}")
+            task_info, task_texts = _task(task_train, task_text_field, label_field, tok, max_pos)
+            task_sample = sample_texts(task_texts, sample_chars)
 
     text_kind, sample = ("domain", dom_sample) if dom_sample else ("task", task_sample) if task_sample else (None, None)
-
-    # ---- vocabulary
     vocab = None
     if sample:
-        t0 = time.perf_counter()
-        vocab = _vocabulary(sample, ref_sample, tok)
-        vocab["text"] = text_kind
-        timing["vocabulary"] = time.perf_counter() - t0
+        with _timed(timing, "vocabulary"):
+            vocab = _vocabulary(sample, ref_sample, tok)
+            vocab["text"] = text_kind
 
     # ---- shift (perplexity on the base model), activation memory, then the timed training probe
     budget_end = time.perf_counter() + time_budget
     shift = None
     sets = {k: v for k, v in (("domain", dom_sample), ("task", task_sample)) if v}
     if sets:
-        t0 = time.perf_counter()
-        say(f"scoring {' and '.join(sets)} text and the general reference with the base model "
-            f"(<= {max_eval_tokens:,} tokens each, <= {time_budget * (0.6 if probe else 0.95):.0f} s)")
-        shift = _shift(loaded, sets, ref_sample, block_size=min(eval_block_size, max_pos or eval_block_size),
-                       max_tokens=max_eval_tokens, seconds=time_budget * (0.6 if probe else 0.95))
-        timing["shift"] = time.perf_counter() - t0
+        with _timed(timing, "shift"):
+            seconds = time_budget * (0.6 if probe else 0.95)
+            say(f"scoring {' and '.join(sets)} text and the general reference with the base model "
+                f"(<= {max_eval_tokens:,} tokens each, <= {seconds:.0f} s)")
+            shift = _shift(loaded, sets, ref_sample, block_size=min(eval_block_size, max_pos or eval_block_size),
+                           max_tokens=max_eval_tokens, seconds=seconds)
+    with _timed(timing, "probe"):
+        probe_info = _probe(loaded, dev, sample or ref_sample, (shift or {}).get("forward_tokens_per_second"),
+                            budget_end, probe=probe, steps=probe_steps, batch_size=probe_batch_size,
+                            block=min(probe_block_size, max_pos or probe_block_size), say=say)
 
+    cost = epoch_cost(model_info, dom_info, task_info, probe_info, train_batch_tokens, dev)
+    cost["memory"]["plan"] = memory_plan(model, dev, max_pos, train_batch_tokens)
+    timing["total"] = time.perf_counter() - t_start
+    return {"model": model_info, "reference": ref_info, "domain": dom_info, "task": task_info, "shift": shift,
+            "vocabulary": vocab, "cost": cost, "timing": {k: round(v, 2) for k, v in timing.items()}}
+
+
+# ---------------------------------------------------------------------------------------- steps
+
+@contextmanager
+def _timed(timing: dict[str, float], phase: str):
+    """Seconds the block took, as ``timing[phase]`` (not set when it raises)."""
     t0 = time.perf_counter()
-    block = min(probe_block_size, max_pos or probe_block_size)
-    ids = probe_ids(tok, sample or ref_sample, probe_batch_size * block)
+    yield
+    timing[phase] = time.perf_counter() - t0
+
+
+def _load(model_dir, loaded, device: str, say) -> tuple[Any, Any, dict]:
+    """(loaded model, its device, model section): ``loaded`` as given, else ``model_dir`` loaded."""
+    if loaded is None:
+        from ..config.model import ModelConfig
+        from ..models.load import load_model
+        say(f"loading {model_dir}")
+        loaded = load_model(ModelConfig(path=str(model_dir)))
+    dev = _device(device)
+    loaded.model.to(dev)
+    return loaded, dev, _model_info(model_dir, loaded)
+
+
+def _read_reference(reference: str | None, sample_chars: int) -> tuple[dict, list[str]]:
+    """(reference section, its sample): the general-English text the domain is compared with."""
+    from ..config.data import SourceConfig
+    from ..data.sources import read_source
+
+    ref_path = str(reference or DEFAULT_REFERENCE)
+    ref_docs, ref_stats = read_source(SourceConfig(path=ref_path, text_field="text"))
+    ref_sample = sample_texts([d.text for d in ref_docs], sample_chars)
+    return {"path": ref_path, "documents": ref_stats.documents, "chars": ref_stats.chars,
+            "sampled_documents": len(ref_sample), "sampled_chars": sum(map(len, ref_sample))}, ref_sample
+
+
+def _read_domain(domain: str, text_field: str, split_docs: str, sample_chars: int, tok, max_pos,
+                 say) -> tuple[dict, list[str]]:
+    """(domain section, its sample, each document cut to SAMPLE_DOC_CHARS)."""
+    from ..config.data import SourceConfig
+    from ..data.sources import read_source
+
+    say(f"reading {domain}")
+    r0 = time.perf_counter()
+    # Spooled to a temporary file as it is read: a corpus of many GB is counted and sampled
+    # without holding its text (the sample is read back by index).
+    with tempfile.TemporaryDirectory(prefix="lmadapt-advise-") as tmp:
+        docs, stats = read_source(SourceConfig(path=str(domain), text_field=text_field, split_docs=split_docs),
+                                  spool=Path(tmp) / "domain.arrow")
+        lengths = docs.char_lengths()
+        picked = sample_indices(lengths, sample_chars)
+        dom_sample = [t[:SAMPLE_DOC_CHARS] for t in docs.select(picked).texts()]
+        del docs
+    dom_info = _volume(domain, lengths, stats.chars, dom_sample, tok, max_pos)
+    dom_info["read_seconds"] = round(time.perf_counter() - r0, 2)
+    return dom_info, dom_sample
+
+
+def _probe(loaded, dev, texts: list[str], fwd_tps: float | None, budget_end: float, *, probe: bool, steps: int,
+           batch_size: int, block: int, say) -> dict:
+    """The probe section: activation bytes per token, and training speed from timed steps when the
+    budget left allows them, else estimated from the forward speed of scoring (or not measured)."""
+    ids = probe_ids(loaded.tokenizer, texts, batch_size * block)
     act = activation_bytes_per_token(loaded, ids[:min(len(ids), 64)])
     probe_info = None
-    fwd_tps = (shift or {}).get("forward_tokens_per_second")
     left = budget_end - time.perf_counter()
     # A training step costs about 3 forward passes; the probe needs a warm-up step and a timed one.
-    expected = 3 * probe_batch_size * block / fwd_tps * 2 if fwd_tps else 0.0
+    expected = 3 * batch_size * block / fwd_tps * 2 if fwd_tps else 0.0
     if probe and expected <= max(left, 0.0):
         say("timing a few training steps")
-        probe_info = time_steps(loaded, ids, batch_size=probe_batch_size, block_size=block, steps=probe_steps,
-                            seconds=max(0.0, budget_end - time.perf_counter()))
+        probe_info = time_steps(loaded, ids, batch_size=batch_size, block_size=block, steps=steps,
+                                seconds=max(0.0, budget_end - time.perf_counter()))
     elif fwd_tps:
         why = "--no-probe" if not probe else f"time budget spent (a probe step would take ~{expected / 2:.0f} s)"
         probe_info = {"device": str(dev), "method": f"estimated from scoring: 3 x forward time ({why})",
@@ -169,13 +203,7 @@ def measure(model_dir: str, *, domain: str | None = None, text_field: str = "tex
     else:
         probe_info = {"device": str(dev), "method": "not measured", "tokens_per_second": None,
                       "activation_bytes_per_token": act}
-    timing["probe"] = time.perf_counter() - t0
-
-    cost = epoch_cost(model_info, dom_info, task_info, probe_info, train_batch_tokens, dev)
-    cost["memory"]["plan"] = memory_plan(model, dev, max_pos, train_batch_tokens)
-    timing["total"] = time.perf_counter() - t_start
-    return {"model": model_info, "reference": ref_info, "domain": dom_info, "task": task_info, "shift": shift,
-            "vocabulary": vocab, "cost": cost, "timing": {k: round(v, 2) for k, v in timing.items()}}
+    return probe_info
 
 
 # ---------------------------------------------------------------------------------------- pieces
