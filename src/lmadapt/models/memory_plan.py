@@ -312,7 +312,7 @@ def plan(shape: ModelShape, setup: Setup) -> Plan:
     host_transient = load_copy
     if setup.sharding == "fsdp" and setup.cpu_offload:
         host, state = state, {}
-        host_transient = max(load_copy, math.ceil(trainable * 4 / n) + load_copy)
+        host_transient = load_copy + math.ceil(trainable * 4 / n)
     acts, logits = activation_bytes(shape, setup)
     return Plan(setup=setup, params=shape.params, state=state, host=host, transient_bytes=int(transient),
                 activation_bytes=acts, logits_bytes=logits, host_transient_bytes=int(host_transient))
