@@ -61,6 +61,10 @@ def add_arguments(parser) -> None:
     t.add_argument("--task-test", help="test file for the pipeline (default: 20%% of --task-train)")
     t.add_argument("--task-text-field", default="text", help="text field of the labeled data")
     t.add_argument("--label-field", default="label", help="label field of the labeled data")
+    _add_measuring_output_arguments(parser)
+
+
+def _add_measuring_output_arguments(parser) -> None:
     m = parser.add_argument_group("measuring")
     m.add_argument("--reference", default=None, help=f"general-English reference text (default: the shipped {DEFAULT_REFERENCE.name})")
     m.add_argument("--time-budget", type=float, default=40.0, help="seconds for the model work (perplexity + training probe)")
@@ -100,44 +104,51 @@ def main(args) -> int:
     for flag, path in (("--output", args.output), ("--pipeline", args.pipeline)):
         if path:
             check_output_file(path, flag)    # before minutes of measuring, not after
-    if args.measurements:
-        measurements = _read_measurements(args.measurements)
-    else:
-        if not args.model:
-            raise FileNotFoundError("advise: give the base model folder (or --measurements FILE)")
-        if not args.domain and not args.task_train:
-            print("advise: no --domain and no --task-train: measuring the model only", file=sys.stderr)
-        measurements = measure(
-            args.model, domain=args.domain, text_field=args.text_field, split_docs=args.split_docs,
-            task_train=args.task_train, task_text_field=args.task_text_field, label_field=args.label_field,
-            reference=args.reference, sample_chars=args.sample_chars, max_eval_tokens=args.max_eval_tokens,
-            time_budget=args.time_budget, probe=not args.no_probe, device=args.device,
-            progress=lambda msg: print(f"advise: {msg}", file=sys.stderr))
+    measurements = _read_measurements(args.measurements) if args.measurements else _measure(args)
     advice = recommend(measurements, args.goal)
-    pipeline_path = None
-    notes: list[str] = []
-    if args.pipeline:
-        if advice.arms:
-            pipe, notes = build_pipeline(
-                advice, measurements, model_dir=args.model or measurements["model"]["path"], domain=args.domain
-                or (measurements.get("domain") or {}).get("path"), text_field=args.text_field, split_docs=args.split_docs,
-                domain_valid=args.domain_valid, reference=args.reference or str(DEFAULT_REFERENCE),
-                task_train=args.task_train or (measurements.get("task") or {}).get("path"), task_dev=args.task_dev,
-                task_test=args.task_test, task_text_field=args.task_text_field, label_field=args.label_field,
-                seeds=args.seeds, output_dir=args.pipeline_output_dir, train_hours=args.train_hours)
-            write_pipeline(args.pipeline, pipe, advice, notes)
-            pipeline_path = str(args.pipeline)
-        else:
-            print("advise: no pipeline written: there is nothing to compare yet (see 'missing')", file=sys.stderr)
+    pipeline_path, notes = _pipeline(args, advice, measurements) if args.pipeline else (None, [])
     print(render(advice, measurements, notes))
     if args.output:
-        out = {"format": FORMAT, "goal": args.goal,
-               "inputs": {k: getattr(args, k, None) for k in ("model", "domain", "text_field", "task_train", "task_dev",
-                                                                "task_test", "task_text_field", "label_field", "reference")},
-               "advice": advice.to_dict(), "measurements": measurements, "pipeline": pipeline_path}
-        from ..runtime.outputs import atomic_write_text
-        atomic_write_text(args.output, json.dumps(out, indent=2, default=str) + "\n")
+        _write_output(args, advice, measurements, pipeline_path)
     return 0
+
+
+def _measure(args) -> dict:
+    if not args.model:
+        raise FileNotFoundError("advise: give the base model folder (or --measurements FILE)")
+    if not args.domain and not args.task_train:
+        print("advise: no --domain and no --task-train: measuring the model only", file=sys.stderr)
+    return measure(
+        args.model, domain=args.domain, text_field=args.text_field, split_docs=args.split_docs,
+        task_train=args.task_train, task_text_field=args.task_text_field, label_field=args.label_field,
+        reference=args.reference, sample_chars=args.sample_chars, max_eval_tokens=args.max_eval_tokens,
+        time_budget=args.time_budget, probe=not args.no_probe, device=args.device,
+        progress=lambda msg: print(f"advise: {msg}", file=sys.stderr))
+
+
+def _pipeline(args, advice: Advice, measurements: dict) -> tuple[str | None, list[str]]:
+    """Writes --pipeline when the advice has arms to compare; (its path or None, the builder's notes)."""
+    if not advice.arms:
+        print("advise: no pipeline written: there is nothing to compare yet (see 'missing')", file=sys.stderr)
+        return None, []
+    pipe, notes = build_pipeline(
+        advice, measurements, model_dir=args.model or measurements["model"]["path"], domain=args.domain
+        or (measurements.get("domain") or {}).get("path"), text_field=args.text_field, split_docs=args.split_docs,
+        domain_valid=args.domain_valid, reference=args.reference or str(DEFAULT_REFERENCE),
+        task_train=args.task_train or (measurements.get("task") or {}).get("path"), task_dev=args.task_dev,
+        task_test=args.task_test, task_text_field=args.task_text_field, label_field=args.label_field,
+        seeds=args.seeds, output_dir=args.pipeline_output_dir, train_hours=args.train_hours)
+    write_pipeline(args.pipeline, pipe, advice, notes)
+    return str(args.pipeline), notes
+
+
+def _write_output(args, advice: Advice, measurements: dict, pipeline_path: str | None) -> None:
+    out = {"format": FORMAT, "goal": args.goal,
+           "inputs": {k: getattr(args, k, None) for k in ("model", "domain", "text_field", "task_train", "task_dev",
+                                                            "task_test", "task_text_field", "label_field", "reference")},
+           "advice": advice.to_dict(), "measurements": measurements, "pipeline": pipeline_path}
+    from ..runtime.outputs import atomic_write_text
+    atomic_write_text(args.output, json.dumps(out, indent=2, default=str) + "\n")
 
 
 def _num(x) -> str:
@@ -167,7 +178,31 @@ def render(advice: Advice, m: dict, notes: list[str] | None = None) -> str:
     if advice.reasons:
         rows = [(r["rule"], r["finding"], _num(r["value"]), _num(r["threshold"]), r["supports"] or "-") for r in advice.reasons]
         out += _table(rows, ("rule", "finding", "value", "threshold", "supports")) + [""]
-    sh, vo, dom, task, cost = (m.get(k) or {} for k in ("shift", "vocabulary", "domain", "task", "cost"))
+    vo, cost = m.get("vocabulary") or {}, m.get("cost") or {}
+    meas = _data_rows(m) + _cost_rows(vo, cost)
+    if meas:
+        out += _table(meas, ("measurement", "value")) + [""]
+    mem = cost.get("memory") or {}
+    plan_lines = render_advise_plan(mem.get("plan"))
+    if plan_lines:
+        out += plan_lines + [""]
+    if vo.get("candidates"):
+        out.append("domain terms most over-represented vs general text (vocabulary candidates): "
+                   + ", ".join(f"{c['word']} ({c['pieces']})" if c.get("pieces") else c["word"] for c in vo["candidates"]))
+    for w in advice.warnings:
+        out.append(f"warning: {w}")
+    for x in advice.missing:
+        out.append(f"missing: {x}")
+    for n in notes or []:
+        out.append(f"note: {n}")
+    if advice.arms:
+        out.append("pipeline arms to confirm: " + ", ".join(advice.arms))
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _data_rows(m: dict) -> list[tuple[str, str]]:
+    """The measurement table's rows about the texts and the model: volume, lengths, classes, context, shift."""
+    sh, dom, task = (m.get(k) or {} for k in ("shift", "domain", "task"))
     meas = []
     if dom:
         meas += [("domain documents / chars", f"{_num(dom.get('documents'))} / {_num(dom.get('chars'))}"),
@@ -185,6 +220,12 @@ def render(advice: Advice, m: dict, notes: list[str] | None = None) -> str:
             x, ref = sh[text], sh["reference"]
             meas.append((f"{sh['metric']} {text} / general", f"{x['perplexity']:.3g} / {ref['perplexity']:.3g} "
                          f"(ratio {x['ratio']:.2f}; {x['tokens']:,} / {ref['tokens']:,} tokens)"))
+    return meas
+
+
+def _cost_rows(vo: dict, cost: dict) -> list[tuple[str, str]]:
+    """The measurement table's rows about the vocabulary and the cost (FLOPs, time, memory)."""
+    meas = []
     if vo:
         meas.append(("vocabulary overlap (top-k)", f"{_num(vo.get('overlap'))} (k={vo.get('top_k')})"))
         meas.append((">=3-piece share of top 1k words", f"{_num(vo.get('domain_split3_share'))} vs general {_num(vo.get('reference_split3_share'))}"))
@@ -198,20 +239,4 @@ def render(advice: Advice, m: dict, notes: list[str] | None = None) -> str:
         gib = 2 ** 30
         avail = f" of {mem['available_bytes'] / gib:.1f} GiB" if mem.get("available_bytes") else ""
         meas.append(("memory full / LoRA r=16", f"{mem['full_bytes'] / gib:.2f} / {mem['lora_bytes'] / gib:.2f} GiB{avail}"))
-    if meas:
-        out += _table(meas, ("measurement", "value")) + [""]
-    plan_lines = render_advise_plan(mem.get("plan"))
-    if plan_lines:
-        out += plan_lines + [""]
-    if vo.get("candidates"):
-        out.append("domain terms most over-represented vs general text (vocabulary candidates): "
-                   + ", ".join(f"{c['word']} ({c['pieces']})" if c.get("pieces") else c["word"] for c in vo["candidates"]))
-    for w in advice.warnings:
-        out.append(f"warning: {w}")
-    for x in advice.missing:
-        out.append(f"missing: {x}")
-    for n in notes or []:
-        out.append(f"note: {n}")
-    if advice.arms:
-        out.append("pipeline arms to confirm: " + ", ".join(advice.arms))
-    return "\n".join(out).rstrip() + "\n"
+    return meas
