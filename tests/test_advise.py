@@ -13,7 +13,8 @@ import yaml
 from helpers import CORPUS, tiny_bert, tiny_bpe_tokenizer, tiny_llama, tiny_wordpiece_tokenizer
 
 from lmadapt.advise import add_arguments, main, measure, recommend
-from lmadapt.advise.measure import DEFAULT_REFERENCE, word_pieces
+from lmadapt.advise.measure import DEFAULT_REFERENCE
+from lmadapt.advise.vocabulary import word_pieces
 from lmadapt.advise.pipeline import PREVIOUS
 from lmadapt.advise.rules import NO_EVIDENCE, THRESHOLDS
 from lmadapt.advise.text import distinctive_terms, vocabulary_overlap, word_counts, words
@@ -168,10 +169,10 @@ def test_shift_blocks_spread_over_documents():
     # them, not from the first document only (packed blocks come in document order)
     from types import SimpleNamespace
 
-    from lmadapt.advise.measure import _blocks
+    from lmadapt.advise.shift import shuffled_blocks
     tok = tiny_bpe_tokenizer()
     texts = [" ".join([f"doc{i}"] * 300) for i in range(8)]
-    blocks = _blocks(texts, SimpleNamespace(tokenizer=tok, objective="causal"), 64, "document")
+    blocks = shuffled_blocks(texts, SimpleNamespace(tokenizer=tok, objective="causal"), 64, "document")
     first = [tok.decode(blocks[i]["input_ids"]) for i in range(8)]
     sources = {i for text in first for i in range(8) if f"doc{i}" in text}
     assert len(sources) >= 4, first

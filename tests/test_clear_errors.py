@@ -131,12 +131,12 @@ def test_advise_measurements_not_json(tmp_path, capsys):
 ])
 def test_advise_does_not_recommend_finetuning_without_two_classes(tmp_path, rows, why):
     from lmadapt.advise import recommend
-    from lmadapt.advise.measure import _task
+    from lmadapt.advise.inputs import task_stats
     from test_advise import meas
     path = tmp_path / "task.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     m = meas()
-    m["task"], _ = _task(str(path), "text", "label", tiny_bpe_tokenizer(), 2048)   # what `measure` records
+    m["task"], _ = task_stats(str(path), "text", "label", tiny_bpe_tokenizer(), 2048)   # what `measure` records
     advice = recommend(m, "classify")
     assert advice.recommendation != "finetuning" and advice.confidence != "high"
     assert any(why in w for w in advice.warnings) and advice.missing
