@@ -46,6 +46,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from .facts import Facts, domain_evidence, get_in, read_facts, task_evidence
+from .method import Notes, choose_method, full_fits, pipeline_arms, rule_cost, vocabulary_candidates
 
 GOALS = ("generate", "understand", "classify", "extract", "instruct")
 LANGUAGE_GOALS = ("generate", "understand")
@@ -111,21 +112,6 @@ def _near(value: float | None, threshold: float, rel: float) -> bool:
     return value is not None and threshold > 0 and abs(value - threshold) <= rel * threshold
 
 
-@dataclass
-class _Notes:
-    """What the rules found, in the order they found it: the Advice's reasons, missing data and
-    warnings, and the penalties that each lower the confidence one level."""
-
-    reasons: list[dict] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    penalties: list[str] = field(default_factory=list)
-
-    def reason(self, rule, finding, value=None, threshold=None, supports=""):
-        self.reasons.append({"rule": rule, "finding": finding, "value": value, "threshold": threshold,
-                             "supports": supports})
-
-
 def recommend(measurements: dict, goal: str, thresholds: dict | None = None) -> Advice:
     """Decide from ``measurements`` (see :func:`lmadapt.advise.measure.measure` for the keys; any
     section may be missing or None) and ``goal`` (one of :data:`GOALS`)."""
@@ -133,7 +119,7 @@ def recommend(measurements: dict, goal: str, thresholds: dict | None = None) -> 
         raise ValueError(f"goal must be one of {', '.join(GOALS)}; got {goal!r}")
     t = {**THRESHOLDS, **(thresholds or {})}
     m = measurements
-    notes = _Notes()
+    notes = Notes()
     dom_ok, task_ok = _rule_evidence(m, t, goal, notes)
     f = read_facts(m, t, goal, lang_goal=goal in LANGUAGE_GOALS, dom_ok=dom_ok, task_ok=task_ok)
     _report_measurements(f, m, t, notes)
@@ -148,12 +134,12 @@ def recommend(measurements: dict, goal: str, thresholds: dict | None = None) -> 
                               "(then rerun advise with --task-train)")
     method, train_embeddings = None, False
     if steps:
-        method, train_embeddings = _method(m, t, steps, f.tokens, f.lots, f.shifted, f.fragmented, notes.reason,
+        method, train_embeddings = choose_method(m, t, steps, f.tokens, f.lots, f.shifted, f.fragmented, notes.reason,
                                            notes.warnings)
-    candidates = _vocabulary_candidates(f, m, notes)
-    _rule_cost(m, steps, notes)
+    candidates = vocabulary_candidates(f, m, notes)
+    rule_cost(m, steps, notes)
     confidence = _confidence(f, steps, notes)
-    arms = _arms(steps, f.dom_ok, f.task_ok, _full_fits(m, t))
+    arms = pipeline_arms(steps, f.dom_ok, f.task_ok, full_fits(m, t))
     summary = _summary(steps, method, confidence, goal)
     return Advice(goal=goal, recommendation=recommendation, steps=steps, method=method, confidence=confidence,
                   summary=summary, reasons=notes.reasons, missing=notes.missing,
@@ -161,7 +147,7 @@ def recommend(measurements: dict, goal: str, thresholds: dict | None = None) -> 
                   arms=arms, train_embeddings=train_embeddings, vocabulary_candidates=candidates, thresholds=t)
 
 
-def _rule_evidence(m: dict, t: dict, goal: str, notes: _Notes) -> tuple[bool, bool]:
+def _rule_evidence(m: dict, t: dict, goal: str, notes: Notes) -> tuple[bool, bool]:
     """(domain sample usable, labeled data usable), noting why not and what more data is missing."""
     dom_ok, dom_why = domain_evidence(m, t)
     task_ok, task_why = task_evidence(m, t, goal)
@@ -177,7 +163,7 @@ def _rule_evidence(m: dict, t: dict, goal: str, notes: _Notes) -> tuple[bool, bo
     return dom_ok, task_ok
 
 
-def _report_measurements(f: Facts, m: dict, t: dict, notes: _Notes) -> None:
+def _report_measurements(f: Facts, m: dict, t: dict, notes: Notes) -> None:
     """Shift and vocabulary: reported whenever measured on usable data, whether or not they decide."""
     for text, sh in (("domain", f.d_shift), ("task", f.t_shift)):
         if not sh:
@@ -200,7 +186,7 @@ def _report_measurements(f: Facts, m: dict, t: dict, notes: _Notes) -> None:
                          "train embeddings / extend vocabulary" if f.fragmented else "")
 
 
-def _rule_dapt(f: Facts, m: dict, t: dict, notes: _Notes) -> bool:
+def _rule_dapt(f: Facts, m: dict, t: dict, notes: Notes) -> bool:
     """Continued pretraining on the domain corpus: lots of it (rule "volume"), or a language goal."""
     dapt = False
     if f.dom_ok:
@@ -225,7 +211,7 @@ def _rule_dapt(f: Facts, m: dict, t: dict, notes: _Notes) -> bool:
     return dapt
 
 
-def _dapt_shift_penalties(f: Facts, t: dict, notes: _Notes) -> None:
+def _dapt_shift_penalties(f: Facts, t: dict, notes: Notes) -> None:
     """Continued pretraining is decided: a shift that is missing, thin, close or near its threshold
     makes that decision less sure."""
     if not f.d_shift or f.d_shift["thin"]:
@@ -238,7 +224,7 @@ def _dapt_shift_penalties(f: Facts, t: dict, notes: _Notes) -> None:
         notes.penalties.append("shift near its threshold")
 
 
-def _rule_ft(f: Facts, m: dict, t: dict, notes: _Notes) -> bool:
+def _rule_ft(f: Facts, m: dict, t: dict, notes: Notes) -> bool:
     """Fine-tuning: usable labeled data (rule "labels"); a task goal asks for it (rule "goal")."""
     goal = f.goal
     if f.task_ok:
@@ -257,7 +243,7 @@ def _rule_ft(f: Facts, m: dict, t: dict, notes: _Notes) -> bool:
     return f.task_ok
 
 
-def _rule_tapt(f: Facts, dapt: bool, notes: _Notes) -> bool:
+def _rule_tapt(f: Facts, dapt: bool, notes: Notes) -> bool:
     """Task-adaptive pretraining on the task's own texts, when there is labeled data but no domain
     pretraining: for a language goal always, else when the text is foreign to the model."""
     if not f.task_ok or dapt:
@@ -280,96 +266,13 @@ def _rule_tapt(f: Facts, dapt: bool, notes: _Notes) -> bool:
     return True
 
 
-def _vocabulary_candidates(f: Facts, m: dict, notes: _Notes) -> list[str]:
-    """Words to add to the tokenizer (from usable vocabulary measurements), and a warning naming
-    them when the tokenizer fragments the domain's words."""
-    candidates = ([c["word"] for c in (get_in(m, "vocabulary", "candidates", default=[]) or [])]
-                  if f.vocab_usable else [])
-    if f.fragmented and candidates:
-        notes.warnings.append("the tokenizer fragments frequent domain words; vocabulary-extension candidates: "
-                              + ", ".join(candidates[:10]) + " (add them: `lmadapt tokenizer extend MODEL --data CORPUS "
-                              "--add N`, or vocab.extend in the pretrain stage)")
-    return candidates
-
-
-def _rule_cost(m: dict, steps: list[str], notes: _Notes) -> None:
-    """What one epoch of continued pretraining on the domain corpus costs (reported, decides nothing)."""
-    secs = get_in(m, "cost", "seconds_per_epoch")
-    if secs is not None and "dapt" in steps:
-        notes.reason("cost", f"one epoch of the domain corpus: {get_in(m, 'cost', 'flops_per_epoch', default=0):.3g} FLOPs "
-                     f"(6 x params x tokens), about {_hours(secs)} on {get_in(m, 'cost', 'probe', 'device', default='this machine')}",
-                     round(secs), None, "")
-
-
-def _confidence(f: Facts, steps: list[str], notes: _Notes) -> str:
+def _confidence(f: Facts, steps: list[str], notes: Notes) -> str:
     """High, lowered one level per penalty; "not enough evidence" when nothing is decided."""
     if not steps or (not f.dom_ok and not f.task_ok):
         if not notes.missing and not notes.warnings:
             notes.missing.append("unlabeled domain text (--domain) and/or labeled task data (--task-train)")
         return NO_EVIDENCE
     return CONFIDENCE[max(0, 2 - len(notes.penalties))]
-
-
-def _full_fits(m, t) -> bool:
-    """Full training fits memory_fraction of the device memory (or memory was not measured)."""
-    full_b, avail = get_in(m, "cost", "memory", "full_bytes"), get_in(m, "cost", "memory", "available_bytes")
-    return not (full_b and avail and full_b > t["memory_fraction"] * avail)
-
-
-def _method(m, t, steps, tokens, lots, shifted, fragmented, reason, warnings):
-    params = get_in(m, "model", "params")
-    full_b, lora_b = get_in(m, "cost", "memory", "full_bytes"), get_in(m, "cost", "memory", "lora_bytes")
-    avail = get_in(m, "cost", "memory", "available_bytes")
-    gib = 2 ** 30
-    method = "full"
-    if not _full_fits(m, t):
-        method = "lora"
-        reason("memory", f"full training needs ~{full_b / gib:.1f} GiB (16 bytes/param + activations), more than "
-               f"{t['memory_fraction']:.0%} of {avail / gib:.1f} GiB; LoRA r=16 needs ~{(lora_b or 0) / gib:.1f} GiB",
-               round(full_b / gib, 2), round(t["memory_fraction"] * avail / gib, 2), "LoRA")
-        if lora_b and lora_b > t["memory_fraction"] * avail:
-            warnings.append("even LoRA may not fit: lower train.batch_size / block size or turn on gradient_checkpointing")
-    elif params and params >= t["large_model_params"]:
-        method = "lora"
-        reason("size", f"{params:,} parameters: full training keeps 16 bytes/param of weights, gradients and "
-               "Adam states", params, t["large_model_params"], "LoRA")
-    elif "dapt" in steps and tokens is not None and tokens < t["some_domain_tokens"]:
-        method = "lora"
-        reason("method", f"continued pretraining on little data ({tokens:,.0f} tokens): LoRA trains few parameters "
-               "and forgets less of the general ability (Biderman et al. 2024)", int(tokens), t["some_domain_tokens"], "LoRA")
-    else:
-        if full_b and avail:
-            reason("memory", f"full training fits: ~{full_b / gib:.1f} GiB of {avail / gib:.1f} GiB",
-                   round(full_b / gib, 2), round(t["memory_fraction"] * avail / gib, 2), "full")
-        if "dapt" in steps and lots and shifted:
-            reason("method", "large, shifted corpus: full training learns more than LoRA in continued "
-                   "pretraining (Biderman et al. 2024)", None, None, "full")
-    return method, bool(method == "lora" and fragmented)
-
-
-def _arms(steps, dom_ok, task_ok, full_fits) -> list[str]:
-    """Pipeline arms that test the advice against its alternatives (each arm uses the advised method,
-    except dapt_full / dapt_lora, which compare the methods when there is no task to fine-tune)."""
-    arms: list[str] = []
-    if task_ok:
-        arms.append("ft_only")
-        if dom_ok:
-            arms += ["dapt_ft", "tapt_ft", "dapt_tapt_ft"]
-        else:
-            arms.append("tapt_ft")
-    elif dom_ok and "dapt" in steps:
-        arms = ["dapt_full", "dapt_lora"] if full_fits else ["dapt_lora"]
-    return arms
-
-
-def _hours(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 3 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
 
 
 def _summary(steps, method, confidence, goal) -> str:
