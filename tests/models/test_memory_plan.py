@@ -82,7 +82,11 @@ def test_activations_by_hand():
     # states' gradient (256 x 32 x 4) and the head's fp32 gradient (400 x 32 x 4)
     assert acts == 256 * (2 * per_layer + 3 * 32 * 4) and logits == 32 * 400 * 4 + 256 * 32 * 4 + 400 * 32 * 4
     assert activation_bytes(s, replace(setup, loss="standard"))[1] == 256 * 400 * 12
-    assert activation_bytes(s, replace(setup, sharding="fsdp"))[1] == 256 * 400 * 12  # sharded: standard loss
+    assert activation_bytes(s, replace(setup, sharding="fsdp"))[1] == logits   # sharded: the same chunked loss
+    # bf16 under FSDP2: the gathered weight is bf16 already (no cast copy), the hidden states' gradient bf16
+    assert activation_bytes(s, replace(setup, sharding="fsdp", precision="bf16"))[1] == (
+        32 * 400 * 4 + 256 * 32 * 2 + 400 * 32 * 4)
+    assert activation_bytes(s, replace(setup, precision="bf16"))[1] == 32 * 400 * 4 + 256 * 32 * 4 + 400 * 32 * 6
     ck, _ = activation_bytes(s, replace(setup, gradient_checkpointing=True))
     assert ck == 256 * (2 * 32 * 4 + per_layer + 3 * 32 * 4)
     full = plan(s, setup)   # activations outweigh the gradients here: they replace them in the peak

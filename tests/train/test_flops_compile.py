@@ -105,9 +105,13 @@ def test_switches_and_plan_on_cpu():
     assert plan.summary() == {"loss": "chunked", "compiled_blocks": 0, "liger_kernels": False}
     with pytest.raises(ConfigError, match="liger"):
         prepare_speed(tiny_llama(V), TrainConfig(liger_kernels=True))
-    assert prepare_speed(tiny_llama(V), TrainConfig(), sharded=True).loss == "standard"   # FSDP: auto -> standard
-    with pytest.raises(ConfigError, match="sharding"):
-        prepare_speed(tiny_llama(V), TrainConfig(loss="chunked"), sharded=True)
+    # FSDP: the fused loss too (run inside the sharded forward); standard still selectable
+    sharded = prepare_speed(tiny_llama(V), TrainConfig(), sharded=True)
+    assert sharded.loss == "chunked" and "inside the sharded forward" in sharded.notes[0]
+    assert prepare_speed(tiny_llama(V), TrainConfig(loss="chunked"), sharded=True).loss == "chunked"
+    assert prepare_speed(tiny_llama(V), TrainConfig(loss="standard"), sharded=True).loss == "standard"
+    with pytest.raises(ConfigError, match="liger"):   # liger still needs CUDA, sharded or not
+        prepare_speed(tiny_llama(V), TrainConfig(loss="liger"), sharded=True)
 
 
 def test_liger_kernels_auto_stay_off_under_compile(monkeypatch):

@@ -26,7 +26,7 @@ checkpointing keeps T x h x hb per layer plus one layer's worth during its recom
 logits     lmadapt's chunked LM loss (train/loss.py): one chunk's fp32 logits (~T x h floats), the hidden
            states' gradient and the head's fp32 gradient (vocab x h x 4); the standard loss: T x vocab x
            (cb + 4 + 4), the logits, their fp32 log-softmax kept for backward, and its gradient (sharded
-           runs use the standard loss: FSDP shards the head's weight)
+           runs too: the fused loss runs inside the forward, on the head's gathered weight)
 where hb is the residual stream's bytes (4 with fp32 weights, also under autocast) and cb the matmul
 output's (2 under bf16/fp16). The planned peak adds weights, optimizer state, transients and the
 larger of (activations + logits) and gradients: the Trainer sets gradients to None after each step,
@@ -270,11 +270,13 @@ def logits_bytes(shape: ModelShape, setup: Setup) -> int:
     in forward, plus the head weight cast to the compute dtype under autocast."""
     wb, hb, cb, _ = _precision_bytes(setup)
     tokens = setup.batch_size * setup.block_size
-    if setup.loss == "standard" or setup.sharding == "fsdp":   # a sharded run keeps the standard loss (train/loop.py)
+    if setup.loss == "standard":
         return tokens * shape.vocab * (cb + 4 + 4)
     chunk = min(tokens, _chunk_rows(tokens, shape.vocab, shape.hidden))
     head = shape.vocab * shape.hidden
-    return chunk * shape.vocab * 4 + tokens * shape.hidden * hb + head * 4 + (head * cb if cb != wb else 0)
+    # FSDP2 gathers the head's weight in the compute dtype already (the root unit's, counted there): no cast copy
+    cast = head * cb if cb != wb and setup.sharding != "fsdp" else 0
+    return chunk * shape.vocab * 4 + tokens * shape.hidden * hb + head * 4 + cast
 
 
 def plan(shape: ModelShape, setup: Setup) -> Plan:

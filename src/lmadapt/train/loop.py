@@ -183,8 +183,8 @@ def run_training(model, tokenizer, train_dataset, collator, cfg: TrainConfig, *,
                               # without metrics, keeping every eval logit (vocab x tokens) only costs memory
                               prediction_loss_only=compute_metrics is None)
     trainer_cls = guarded(trainer_cls)
-    # Fused loss, compiled blocks, Liger kernels (train/speed.py); FSDP shards the head's weight, so a
-    # sharded run keeps the standard loss.
+    # Fused loss, compiled blocks, Liger kernels (train/speed.py); a sharded model computes the fused
+    # loss inside its forward, where FSDP2 holds the head's weight whole (train/loss.py).
     speed = prepare_speed(model, cfg, sharded=wants_sharding(cfg) or is_sharded(model))
     trainer_cls = fast_trainer_class(trainer_cls)
     if speed.loss != "standard":

@@ -17,11 +17,15 @@ The Trainer hook (:class:`FusedLossMixin`) runs the wrapped model (DDP, peft) as
 output head's forward replaced by the identity for that call, so the model returns the head's
 *input* where the logits would be; any head transform before it (BERT's dense + LayerNorm) runs
 unchanged. LoRA layers in the body and tied embeddings keep working: the head's weight is the
-same Parameter and receives its gradient from here.
+same Parameter and receives its gradient from here. Under FSDP2 the head's weight is whole only
+while the root unit runs its forward (it is a shard outside it), so there the head's forward itself
+computes the loss, from labels handed over before the call, and the model returns it as its logits:
+FSDP gathers the weight for it and reduce-scatters its gradient as for any use in the forward.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import torch
@@ -226,16 +230,40 @@ class LMHeadLoss:
         self.impl = impl
         self.chunk: int | None = None   # tokens per chunk; None: chunk_rows' rule
         self.active = False
+        self.inside = False              # the loss runs in the head's forward (FSDP2), returned as the logits
 
     @contextlib.contextmanager
-    def hidden_out(self):
-        self.head.forward = _identity    # instance attribute: this head only, removed after the call
-        self.active = True
+    def hidden_out(self, labels=None, num_items_in_batch=None, *, sharded: bool = False):
+        """Bypass the head for one call. ``sharded``: the head's forward computes the loss instead,
+        with ``labels`` / ``num_items_in_batch`` (FSDP2 holds the whole weight only in the forward)."""
+        if sharded:
+            self.head.forward = functools.partial(self._loss_in_forward, labels, num_items_in_batch)
+        else:
+            self.head.forward = _identity    # instance attribute: this head only, removed after the call
+        self.active, self.inside = True, sharded
         try:
             yield
         finally:
             del self.head.forward
-            self.active = False
+            self.active = self.inside = False
+
+    def _loss_in_forward(self, labels, num_items_in_batch, hidden, *args, **kwargs):
+        weight = self.head.weight
+        if _is_dtensor(weight):   # a shard's gradient from the whole vocabulary's loss would be wrong
+            raise RuntimeError("fused loss under FSDP: the head's weight is still sharded (a DTensor) inside the "
+                               "model's forward, so its gradient cannot be computed here; use train.loss: standard")
+        return self._fused(hidden, labels, num_items_in_batch)
+
+    def _fused(self, hidden, labels, num_items_in_batch):
+        if hidden.shape[-1] != self.head.in_features:
+            raise RuntimeError(f"fused loss: the model gave its head [..., {hidden.shape[-1]}], expected the "
+                               f"head's input width {self.head.in_features}; use train.loss: standard")
+        # On a GPU, picking the labelled rows syncs with the host; causal pretraining labels nearly
+        # every token, so there it is skipped. MLM (15% labelled) and CPU always pick.
+        select = not (self.shift and hidden.is_cuda)
+        return linear_cross_entropy(hidden, self.head.weight, labels, bias=self.head.bias, shift=self.shift,
+                                    num_items=num_items_in_batch, impl=self.impl, select_labelled=select,
+                                    chunk=self.chunk)
 
     def __call__(self, outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
@@ -244,32 +272,46 @@ class LMHeadLoss:
 
             fn = ForCausalLMLoss if self.shift else ForMaskedLMLoss
             return fn(logits, labels, vocab_size=logits.shape[-1], num_items_in_batch=num_items_in_batch)
-        if logits.shape[-1] != self.head.in_features:
-            raise RuntimeError(f"fused loss: the model returned [..., {logits.shape[-1]}] with its head bypassed, "
-                               f"expected the head's input width {self.head.in_features}; use train.loss: standard")
-        # On a GPU, picking the labelled rows syncs with the host; causal pretraining labels nearly
-        # every token, so there it is skipped. MLM (15% labelled) and CPU always pick.
-        select = not (self.shift and logits.is_cuda)
-        return linear_cross_entropy(logits, self.head.weight, labels, bias=self.head.bias, shift=self.shift,
-                                    num_items=num_items_in_batch, impl=self.impl, select_labelled=select,
-                                    chunk=self.chunk)
+        if self.inside:   # the head's forward computed it (above)
+            if logits.dim() != 0:
+                raise RuntimeError(f"fused loss under FSDP: the model returned {tuple(logits.shape)} where its "
+                                   "head returned the scalar loss (it post-processes the logits); use train.loss: standard")
+            return logits
+        return self._fused(logits, labels, num_items_in_batch)
 
 
 def _identity(x, *args, **kwargs):
     return x
 
 
+def _is_dtensor(t) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:   # a torch without distributed support shards nothing
+        return False
+    return isinstance(t, DTensor)
+
+
+def _is_sharded(model) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(model, FSDPModule)
+
+
 class FusedLossMixin:
     """Trainer mixin: when the Trainer's ``compute_loss_func`` is an :class:`LMHeadLoss` (so the
     Trainer counts ``num_items_in_batch`` and scales for accumulation as for any loss function),
     training forward passes bypass the head and use the fused loss; evaluation keeps real logits.
-    FSDP shards the head's weight outside the forward, so a sharded run keeps the standard loss."""
+    A sharded model (FSDP2) computes it inside its forward, where the head's weight is whole."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         lm_loss = getattr(self, "compute_loss_func", None)
-        fused = (isinstance(lm_loss, LMHeadLoss) and model.training and "labels" in inputs
-                 and not getattr(self, "is_fsdp_enabled", False))
-        ctx = lm_loss.hidden_out() if fused else contextlib.nullcontext()
+        fused = isinstance(lm_loss, LMHeadLoss) and model.training and "labels" in inputs
+        sharded = _is_sharded(model) or getattr(self, "is_fsdp_enabled", False)
+        ctx = (lm_loss.hidden_out(inputs["labels"], num_items_in_batch, sharded=sharded) if fused
+               else contextlib.nullcontext())
         with ctx:
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)

@@ -83,15 +83,13 @@ class SpeedPlan:
 
 def prepare_speed(model, cfg, *, sharded: bool = False, compile_backend: str | None = None) -> SpeedPlan:
     """Resolve train.loss / compile / liger_kernels for this model and device; apply them in place.
-    ``sharded`` (FSDP): the head's weight is sharded outside the forward, so the loss stays standard."""
+    ``sharded`` (FSDP2): the same losses; the fused one then runs inside the model's forward (train/loss.py)."""
     from .loss import liger_available
 
     requested = getattr(cfg, "loss", "standard")
-    if sharded and requested in ("chunked", "liger"):
-        raise ConfigError(f"train.loss: {requested} does not work with train.sharding: fsdp yet; use auto or standard")
-    loss, why = resolve_loss("standard" if sharded else requested, model)
-    if sharded:
-        why = "FSDP"
+    loss, why = resolve_loss(requested, model)
+    if sharded and loss != "standard":
+        why += ", inside the sharded forward"
     plan = SpeedPlan(loss=loss, notes=[f"loss {loss} ({why})"])
     compiling = resolve_switch(getattr(cfg, "compile", False), "compile")
     liger = getattr(cfg, "liger_kernels", False)
