@@ -15,8 +15,6 @@ problem_type) is stored in the model config, so the output folder is self-descri
 """
 from __future__ import annotations
 
-import math
-import re
 from collections import Counter
 from typing import Any, Callable
 
@@ -25,64 +23,15 @@ import torch
 
 from .. import metrics as M
 from ..config.finetune import PROBLEM_METRICS, FinetuneConfig
-from ..data.collators import pad_right
-from ..models.attention import resolve_attention
-from ..models.quantize import quantized_load_kwargs
 from ..runtime.dist import log, map_split
 from .base import DataError, Example, ReadReport, TaskRecipe, eval_batch_size
+from .classification_batches import PaddingCollator, WeightedLoss
 from .labeled_io import read_records
+from .labels import label_variants, natural_key, parse_label, variant_key
+from .model_setup import model_kwargs, pad_id_of
 
 PROBLEM_TYPES = {"single_label": "single_label_classification", "multi_label": "multi_label_classification",
                  "regression": "regression"}
-
-
-def _natural_key(label: str):
-    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", label) if t]
-
-
-def parse_label(value: Any, problem: str, separator: str | None) -> tuple[Any, str | None]:
-    """(parsed label, None) or (None, problem description) for one raw label value."""
-    if problem == "regression":
-        if isinstance(value, bool):
-            return None, f"must be a number for regression, got {value!r}"
-        try:
-            x = float(value)
-        except (TypeError, ValueError):
-            return None, f"must be a number for regression, got {value!r}"
-        return (x, None) if math.isfinite(x) else (None, f"must be a finite number, got {value!r}")
-    if problem == "multi_label":
-        if isinstance(value, str):
-            items = [s.strip() for s in (value.split(separator) if separator else [value])]
-            items = [s for s in items if s]
-        elif isinstance(value, (list, tuple)):
-            items = value
-        else:
-            return None, f"must be a list of labels (or a string with data.label_separator), got {value!r}"
-        if any(isinstance(v, (list, dict)) or v is None for v in items):
-            return None, f"labels must be strings or numbers, got {value!r}"
-        return sorted({str(v) for v in items}, key=_natural_key), None
-    if isinstance(value, (list, dict)):
-        return None, f"is a {type(value).__name__} ({value!r}); use task.problem: multi_label for several labels"
-    label = str(value).strip()
-    return (label, None) if label else (None, "is empty")
-
-
-def _variant_key(label: str) -> str:
-    """Labels equal up to case, surrounding space or number format ('3', '3.0') share this key."""
-    text = label.strip().casefold()
-    try:
-        return repr(float(text))
-    except ValueError:
-        return text
-
-
-def label_variants(counts: dict[str, int]) -> list[list[tuple[str, int]]]:
-    """Groups of distinct labels that differ only by case or number format, most frequent first: each
-    became a class of its own (`JARGON` beside `jargon`), which is rarely what the data meant."""
-    groups: dict[str, list[tuple[str, int]]] = {}
-    for lab, n in counts.items():
-        groups.setdefault(_variant_key(lab), []).append((lab, n))
-    return [sorted(g, key=lambda x: (-x[1], x[0])) for g in groups.values() if len(g) > 1]
 
 
 class ClassificationTask:
@@ -147,7 +96,7 @@ class ClassificationTask:
         for ex in train:
             lab = ex.fields["label"]
             counts.update(lab if isinstance(lab, list) else [lab])
-        labels = sorted(counts, key=_natural_key)
+        labels = sorted(counts, key=natural_key)
         if problem == "single_label" and len(labels) < 2:
             raise DataError(f"training data has only one label ({labels}); a classifier needs at least two")
         if not labels:
@@ -169,7 +118,7 @@ class ClassificationTask:
             for x in (lab if isinstance(lab, list) else [lab]):
                 if x not in known:
                     shown = ", ".join(space["labels"][:20]) + (", ..." if len(known) > 20 else "")
-                    near = [k for k in known if _variant_key(k) == _variant_key(x)]
+                    near = [k for k in known if variant_key(k) == variant_key(x)]
                     hint = f"; differs only by case or number format from {near[0]!r}" if near else ""
                     raise DataError(f"{ex.origin}: field '{space['label_field']}': label {x!r} in the {split} set never "
                                     f"occurs in the training data (train labels: {shown}{hint})")
@@ -352,79 +301,6 @@ class ClassificationTask:
             out.append({**rec, "prediction": pred})
         return out
 
-
-
-class PaddingCollator:
-    """Dynamic padding to the longest row of the batch (right side); labels stacked as they are
-    (int class ids, float multi-hot rows, float regression targets). Other columns (``length``) are dropped."""
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, rows: list[dict]) -> dict:
-        batch = pad_right(rows, {"input_ids": self.pad_id, "attention_mask": 0, "token_type_ids": 0})
-        if "labels" in rows[0]:
-            labels = [r["labels"] for r in rows]
-            dtype = torch.long if isinstance(labels[0], int) else torch.float32
-            batch["labels"] = torch.tensor(labels, dtype=dtype)
-        return batch
-
-
-class WeightedLoss:
-    """Class-weighted loss: cross-entropy (single label) or BCE with ``pos_weight`` (multi label).
-
-    Summed and divided by ``num_items_in_batch`` when the Trainer passes it (so gradient
-    accumulation averages over the whole accumulated batch), else averaged."""
-
-    def __init__(self, problem: str, weights: torch.Tensor):
-        self.problem, self.weights = problem, weights
-
-    def __call__(self, outputs, labels, num_items_in_batch=None):
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        w = self.weights.to(logits.device, logits.dtype)
-        if self.problem == "multi_label":
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits, labels.to(logits.dtype), pos_weight=w, reduction="sum")
-            count = labels.numel()
-        else:
-            loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1),
-                                                     weight=w, reduction="sum")
-            count = labels.numel()
-        denom = num_items_in_batch if num_items_in_batch is not None else count
-        if torch.is_tensor(denom):
-            denom = denom.to(loss.device)
-        return loss / denom
-
-
-def pad_id_of(tokenizer) -> int:
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if tid is not None:
-            return int(tid)
-    return 0
-
-
-def model_kwargs(cfg: FinetuneConfig, *, causal: bool = False) -> dict:
-    """from_pretrained keyword arguments from the recipe's ``model:`` section (``causal``: a decoder LM
-    head, which ``attn_implementation: auto`` may give varlen flash attention)."""
-    m = cfg.model
-    kw: dict = {}
-    if m.dtype == "auto":
-        kw["dtype"] = "auto"
-    elif m.dtype:
-        kw["dtype"] = getattr(torch, m.dtype)
-    attn = resolve_attention(m.attn_implementation, causal=causal)
-    if attn:
-        kw["attn_implementation"] = attn
-    if m.trust_remote_code:
-        kw["trust_remote_code"] = True
-    if m.revision:
-        kw["revision"] = m.revision
-    if m.gguf_file:
-        kw["gguf_file"] = m.gguf_file
-    lora = cfg.lora
-    if lora.enabled and lora.quantize != "none":   # QLoRA: the frozen base in NF4
-        kw.update(quantized_load_kwargs(lora.quantize))
-    return kw
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ from ..runtime.dist import map_split
 from .base import DataError, Example, ReadReport, TaskRecipe, eval_batch_size
 from .bio_tags import (Span, check_spans, fill_first_subword_tags, spans_to_token_tags, spans_to_word_tags,
                        tags_to_spans, token_tags_to_spans)
-from .classification import model_kwargs, pad_id_of
+from .model_setup import model_kwargs, pad_id_of
 from .labeled_io import read_records
 from .span_metrics import span_scores
 

@@ -31,7 +31,7 @@ import torch
 from ..config.finetune import FinetuneConfig
 from ..runtime.dist import map_split, sum_split
 from .base import DataError, Example, ReadReport, TaskRecipe, eval_batch_size
-from .classification import model_kwargs, pad_id_of
+from .model_setup import model_kwargs, pad_id_of
 from .conversations import IGNORE, Renderer, TemplateError, to_messages
 from .labeled_io import read_records
 from .span_metrics import generation_exact_match

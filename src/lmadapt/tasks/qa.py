@@ -34,7 +34,7 @@ from ..config.tasks import QAConfig
 from ..data.collators import pad_right
 from ..runtime.dist import map_split
 from .base import DataError, Example, ReadReport, TaskRecipe, eval_batch_size
-from .classification import model_kwargs, pad_id_of
+from .model_setup import model_kwargs, pad_id_of
 from .labeled_io import read_records
 from .span_metrics import squad_scores
 
