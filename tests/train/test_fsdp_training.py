@@ -3,7 +3,9 @@
 One torchrun launch runs every sharded stage (continued pretraining, a kill-and-resume, LoRA with
 activation checkpointing, MLM, a classification fine-tune, two refused combinations, a merge and
 `evaluate` of the sharded outputs, and the causal run again loaded whole by every process, the
-old way); the one-process references run unsharded in the test process with the same global batch. Stated
+old way); the one-process references run unsharded in the test process with the same global batch.
+Causal, LoRA and MLM runs train with the chunked LM loss on both sides (computed inside the sharded
+forward). Stated
 tolerance: 1e-5 absolute on every weight and every logged loss (seen: <= 1.2e-6; the two runs sum
 the same numbers in a different order), and the resumed run equals the uninterrupted one exactly.
 """
@@ -150,12 +152,21 @@ SCRIPT = textwrap.dedent('''
         fills.append({"params": len(params), "meta": sum(p.is_meta for p in params), "state": len(state)})
         return fill(model, state, cpu_offload)
     fsdp.fill_from_main = recorded_fill
+    # whole models are streamed to the folder in shards of at most 40 kB here (5 GB by default): several files
+    import lmadapt.train.fsdp_save as fsdp_save
+    fsdp_save.MAX_SHARD_BYTES = 40_000
     out = run_all(ws, 2, "fsdp")
-    # the same causal run the old way (every process loads the whole model), to compare the weights
-    load = pretrain_stage.load_model
+    # the same causal run the old way (every process loads the whole model, which is gathered whole
+    # to the main process and saved by save_pretrained), to compare the weights
+    load, save_whole = pretrain_stage.load_model, pretrain_stage.save_whole
     pretrain_stage.load_model = lambda cfg, **kw: load(cfg, **{**kw, "weights_on_main": False})
+    def gathered_save(model, tokenizer, output_dir, save):
+        plain = fsdp.unsharded_on_main(model)
+        if plain is not None:
+            save(plain)
+    pretrain_stage.save_whole = gathered_save
     run_pretrain(load_recipe(PretrainConfig, data=pretrain_recipe(ws, "causal_every", 2, sharding="fsdp", save_every=3)))
-    pretrain_stage.load_model = load
+    pretrain_stage.load_model, pretrain_stage.save_whole = load, save_whole
     # killed after its checkpoint at step 3 (a run that stops there), then resumed to step 6
     run_pretrain(load_recipe(PretrainConfig, data=pretrain_recipe(ws, "resumed", 2, sharding="fsdp", save_every=3,
                                                                   max_steps=3)))
@@ -206,7 +217,12 @@ def runs(tmp_path_factory):
 
 
 def weights(folder: Path, name: str = "model.safetensors") -> dict:
+    """A folder's weights: one file, or every shard its index names (a sharded run's streamed save)."""
     from safetensors.torch import load_file
+    index = folder / (name + ".index.json")
+    if not (folder / name).exists() and index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for f in files for k, v in load_file(str(folder / f)).items()}
     return load_file(str(folder / name))
 
 
@@ -225,7 +241,10 @@ def logged_losses(folder: Path) -> list[float]:
                                                 ("lora", "adapter_model.safetensors"),
                                                 ("cls", "model.safetensors")])
 def test_two_sharded_processes_train_as_one_process(runs, name, weight_file):
-    ws, sharded, one, _ = runs
+    ws, sharded, one, proc = runs
+    if name != "cls":   # issue 18: the fused LM loss (chunked on CPU) runs sharded too, as in the reference
+        assert sharded[name]["train"]["speed"]["loss"] == one[name]["train"]["speed"]["loss"] == "chunked"
+        assert "loss chunked (auto: chunked, inside the sharded forward)" in proc.stdout
     a, b = ws / f"{name}_fsdp", ws / f"{name}_one"
     la, lb = logged_losses(a), logged_losses(b)
     assert len(la) == len(lb) >= 6
@@ -265,6 +284,23 @@ def test_saved_folder_loads_in_plain_transformers(runs):
     ids = torch.tensor([[1, 2, 3, 4]])
     ref = AutoModelForCausalLM.from_pretrained(ws / "causal_one")
     torch.testing.assert_close(model(ids).logits, ref(ids).logits, atol=1e-4, rtol=0)
+    # issue 17: streamed shard by shard under the worker's 40 kB limit, laid out as save_pretrained does
+    for name in ("causal_fsdp", "mlm_fsdp", "cls_fsdp", "merged_fsdp"):
+        folder = ws / name
+        index = json.loads((folder / "model.safetensors.index.json").read_text())
+        files = sorted(set(index["weight_map"].values()))
+        assert len(files) >= 3 and files == sorted(p.name for p in folder.glob("model-*-of-*.safetensors")), name
+        assert not (folder / "model.safetensors").exists() and not list(folder.glob(".saving-*"))
+        loaded = weights(folder)
+        assert sorted(loaded) == sorted(index["weight_map"])
+        assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in loaded.values())
+    # the same tensors, names and dtypes as the old way's gather + save_pretrained (one file), bit for bit
+    new, every = weights(ws / "causal_fsdp"), weights(ws / "causal_every")
+    assert (ws / "causal_every" / "model.safetensors").is_file()
+    assert sorted(new) == sorted(every)
+    assert all(torch.equal(new[k], every[k]) and new[k].dtype == every[k].dtype for k in new)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in new.items())
 
 
 def test_sharded_runs_load_the_weights_on_the_main_process_only(runs):
@@ -276,8 +312,9 @@ def test_sharded_runs_load_the_weights_on_the_main_process_only(runs):
     assert sorted(new) == sorted(old)
     assert all(torch.equal(new[k], old[k]) for k in new)
     fills = {rank: json.loads((ws / f"fills_{rank}.json").read_text()) for rank in (0, 1)}
-    # causal, LoRA, MLM, classification, the resume's two runs (the old-way run and the merge: none)
-    assert len(fills[0]) == len(fills[1]) == 6
+    # causal, LoRA, MLM, classification, merge's adapted and base models, evaluate's causal and MLM
+    # models, the resume's two runs (the old-way run: none)
+    assert len(fills[0]) == len(fills[1]) == 10
     assert all(f["meta"] == f["params"] > 0 and f["state"] == 0 for f in fills[1])   # never held the model
     assert all(f["meta"] == 0 and f["state"] >= f["params"] > 0 for f in fills[0])
     assert "weights loaded by the main process only" in proc.stdout

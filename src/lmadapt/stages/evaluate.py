@@ -14,7 +14,8 @@ instruction retention on held-out instructions (``retention``, tasks/retention.p
 Sharded (``--sharding fsdp`` under torchrun, or an ``accelerate launch`` FSDP config): the model is
 sharded over the processes (FSDP2) and every process runs the same batches in lockstep (each
 forward pass gathers one layer at a time), so a model too large for one device can be scored. The
-model is still loaded whole on each process (host RAM) before it is sharded.
+main process alone loads the model (host RAM for it once); the others build an empty copy on the
+meta device whose shards are filled from the main process's (models/on_main.py, train/fsdp_init.py).
 """
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ def evaluate_model(model_dir: str, data: list[str], *, text_field: str = "text",
     ``sharding``: none | fsdp (every process must call this then; see the module doc)."""
     opts = sharding_options(sharding)
     if loaded is None:
-        loaded = load_model(ModelConfig(path=str(model_dir), trust_remote_code=trust_remote_code))
+        # sharded: the main process alone loads, the others' shards are filled from it (models.on_main)
+        loaded = load_model(ModelConfig(path=str(model_dir), trust_remote_code=trust_remote_code),
+                            weights_on_main=opts.sharding == "fsdp")
     check_block_size(loaded.model, block_size, "block_size")
     model, tokenizer, objective = prepare_model(loaded.model, opts), loaded.tokenizer, loaded.objective
     mode = packing

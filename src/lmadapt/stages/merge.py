@@ -11,11 +11,12 @@ from it; metrics.json keeps the whole sweep. Memory: the base's and the adapted 
 both held (on the CPU) besides the model being scored.
 
 Sharded (``train.sharding: fsdp`` under torchrun, or an ``accelerate launch`` FSDP config): the
-adapted model is sharded (FSDP2) right after it loads, then the base loads and each process keeps
-only its own shards of both; every weight is set shard by shard, every process scores the same
-batches in lockstep, and the merged model is gathered to the main process to be saved. Still
-whole: each model once on each process while it loads (host RAM), and the merged model on the
-main process while it is saved.
+adapted model is loaded by the main process only (the others build an empty one on the meta device)
+and sharded (FSDP2), its shards filled from the main process (models/on_main.py, train/fsdp_init.py),
+then the base likewise, and each process keeps only its own shards of both; every weight is set
+shard by shard, every process scores the same batches in lockstep, and the merged model is streamed
+to the folder one tensor at a time (train/fsdp_save.py). Still whole: each model on the main process
+while it loads (host RAM).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from ..models.lora import save_model
 from ..tasks.retention import instruction_retention, read_retention_set
 from ..runtime.dist import is_main_process, log, to_process_device
 from ..train.fsdp import check_launch
-from ..train.fsdp import local_part, local_shard, shard_model, unsharded_on_main, wants_sharding
+from ..train.fsdp import local_part, save_whole, shard_model, wants_sharding
 from ..train.harness import check_tasks, harness_value, run_harness
 from ..train.lm_eval import heldout_collator, score_sets
 from ..runtime.run_folder import prepare_output_dir
@@ -74,13 +75,13 @@ class Interpolator:
         self.model, self.base, self.adapted = model, base_sd, adapted_sd
 
     @classmethod
-    def sharded(cls, model, base_sd: dict) -> "Interpolator":
-        """``model``: sharded, holding the adapted weights; ``base_sd``: the base's whole tensors,
-        cut to this process's shards here (so the caller can free them)."""
+    def sharded(cls, model, base_model) -> "Interpolator":
+        """``model`` and ``base_model``: sharded alike (the adapted and the base weights); both ends
+        kept as this process's shards on the host (as unsharded), so ``base_model`` can be freed."""
         state = model.state_dict()      # DTensors (FSDP2 reshards the root's gathered weights first)
-        # both ends on the host (as unsharded): the device holds only the shards being scored
+        base_state = base_model.state_dict()
         adapted = {k: local_part(v).detach().to("cpu", copy=True) for k, v in state.items()}
-        base = {k: local_shard(base_sd[k], v) for k, v in state.items()}
+        base = {k: local_part(base_state[k]).detach().to("cpu", copy=True) for k in state}
         return cls(model, base, adapted)
 
     @torch.no_grad()
@@ -219,22 +220,24 @@ def sweep_table(sweep: dict[float, dict], roles: dict, caps: dict[float, dict] |
 
 
 def load_pair(cfg: MergeConfig, base_path: str):
-    """(the adapted model as loaded, the model to score, its :class:`Interpolator`). Sharded: the
-    adapted model is sharded before the base loads, and only this process's shards of the base are kept."""
-    adapted = load_model(cfg.model)
+    """(the adapted model as loaded, the model to score, its :class:`Interpolator`). Sharded: each
+    model is loaded by the main process only and sharded (the others' shards filled from it, as a
+    pretrain stage does), the adapted one before the base loads; each process keeps its own shards."""
+    sharded = wants_sharding(cfg.train)
+    adapted = load_model(cfg.model, weights_on_main=sharded)
     if cfg.eval.sets:
         check_block_size(adapted.model, cfg.eval.block_size, "eval.block_size")
-    sharded = wants_sharding(cfg.train)
     if sharded:
         shard_model(adapted.model, cfg.train)
     base = load_model(ModelConfig(path=base_path, objective=adapted.objective,
-                                  trust_remote_code=cfg.model.trust_remote_code))
+                                  trust_remote_code=cfg.model.trust_remote_code), weights_on_main=sharded)
     if len(base.tokenizer) != len(adapted.tokenizer):
         raise ConfigError(f"merge: {base_path} has {len(base.tokenizer):,} tokens, {cfg.model.path} "
                           f"{len(adapted.tokenizer):,}; interpolation needs one vocabulary")
     if sharded:   # (a DTensor's shape is the whole weight's: the check is the same as unsharded)
         check_same_network(base.model.state_dict(), adapted.model.state_dict(), base_path, cfg.model.path)
-        model, weights = adapted.model, Interpolator.sharded(adapted.model, base.model.state_dict())
+        shard_model(base.model, cfg.train)
+        model, weights = adapted.model, Interpolator.sharded(adapted.model, base.model)
         del base
     else:
         base_sd = {k: v.detach().to("cpu", copy=True) for k, v in base.model.state_dict().items()}
@@ -248,6 +251,50 @@ def load_pair(cfg: MergeConfig, base_path: str):
     return adapted, model, weights
 
 
+def _sweep(cfg: MergeConfig, model, weights: Interpolator, tokenizer, objective: str):
+    """Score the grid (and the refining bisections): (sweep, caps, budget)."""
+    sweep: dict[float, dict] = {}
+    caps: dict[float, dict] = {}        # harness / instruction scores per weight, when configured
+    roles, metric = cfg.eval.roles(), cfg.merge.budget_metric
+    if not cfg.eval.sets:
+        return sweep, caps, cfg.merge.budget(False)
+    mode = "document" if supports_document_packing(model, objective) else "concat"
+    sets = heldout_sets({str(k): str(v) for k, v in cfg.eval.sets.items()}, tokenizer, objective, mode,
+                        block_size=cfg.eval.block_size, max_tokens=cfg.eval.max_tokens,
+                        text_field=cfg.eval.text_field)
+    collator = heldout_collator(objective, mode, tokenizer, model)
+    retention = read_retention_set(cfg.eval.instruction_retention) if cfg.eval.instruction_retention.enabled else None
+
+    def score(alpha: float) -> dict:
+        weights.set(alpha)
+        res = score_sets(model, sets, collator, objective, tokenizer, batch_size=cfg.eval.batch_size, mode=mode)
+        text = ", ".join(f"{n} perplexity {m['perplexity']:,.2f}" for n, m in res.items())
+        caps[alpha] = capability_at(model, tokenizer, cfg, retention)
+        for task, m in (caps[alpha].get("harness") or {}).items():
+            text += f", {task} {m.get('primary')} {m.get(m.get('primary'), float('nan')):.3f}"
+        if "instruction_retention" in caps[alpha]:
+            text += f", instruction loss {caps[alpha]['instruction_retention'].get('response_loss')}"
+        log(f"alpha {alpha:.3f}: {text}")
+        return res
+
+    for alpha in cfg.merge.grid():
+        sweep[alpha] = score(alpha)
+    higher = (budget_series(sweep, roles, metric, caps) or ({}, False, ""))[1]
+    budget = cfg.merge.budget(higher)
+    if cfg.merge.alpha is None:
+        refine(score, sweep, roles, budget, cfg.merge.refine, metric, caps)
+    return sweep, caps, budget
+
+
+def _chosen(cfg: MergeConfig, sweep: dict, caps: dict, budget: float) -> tuple[float, str]:
+    if cfg.merge.alpha is not None:
+        return float(cfg.merge.alpha), "fixed (merge.alpha)"
+    alpha, rule = choose(sweep, cfg.eval.roles(), budget, cfg.merge.budget_metric, caps)
+    if alpha == 0.0:
+        rule += "; no weight above 0 stays within the budget, so the merged model is the base"
+    return alpha, rule
+
+
 def run_merge(cfg: MergeConfig) -> dict:
     """Run one merge stage; returns the metrics written to metrics.json."""
     t_start = time.time()
@@ -258,45 +305,9 @@ def run_merge(cfg: MergeConfig) -> dict:
     base_path = resolve_base(cfg)
     adapted, model, weights = load_pair(cfg, base_path)
     tokenizer, objective = adapted.tokenizer, adapted.objective
-
-    sweep: dict[float, dict] = {}
-    caps: dict[float, dict] = {}        # harness / instruction scores per weight, when configured
-    roles = cfg.eval.roles()
-    metric = cfg.merge.budget_metric
-    if cfg.eval.sets:
-        mode = "document" if supports_document_packing(model, objective) else "concat"
-        sets = heldout_sets({str(k): str(v) for k, v in cfg.eval.sets.items()}, tokenizer, objective, mode,
-                            block_size=cfg.eval.block_size, max_tokens=cfg.eval.max_tokens,
-                            text_field=cfg.eval.text_field)
-        collator = heldout_collator(objective, mode, tokenizer, model)
-        retention = read_retention_set(cfg.eval.instruction_retention) if cfg.eval.instruction_retention.enabled else None
-
-        def score(alpha: float) -> dict:
-            weights.set(alpha)
-            res = score_sets(model, sets, collator, objective, tokenizer, batch_size=cfg.eval.batch_size, mode=mode)
-            text = ", ".join(f"{n} perplexity {m['perplexity']:,.2f}" for n, m in res.items())
-            caps[alpha] = capability_at(model, tokenizer, cfg, retention)
-            for task, m in (caps[alpha].get("harness") or {}).items():
-                text += f", {task} {m.get('primary')} {m.get(m.get('primary'), float('nan')):.3f}"
-            if "instruction_retention" in caps[alpha]:
-                text += f", instruction loss {caps[alpha]['instruction_retention'].get('response_loss')}"
-            log(f"alpha {alpha:.3f}: {text}")
-            return res
-
-        for alpha in cfg.merge.grid():
-            sweep[alpha] = score(alpha)
-        higher = (budget_series(sweep, roles, metric, caps) or ({}, False, ""))[1]
-        budget = cfg.merge.budget(higher)
-        if cfg.merge.alpha is None:
-            refine(score, sweep, roles, budget, cfg.merge.refine, metric, caps)
-    else:
-        budget = cfg.merge.budget(False)
-    if cfg.merge.alpha is not None:
-        alpha, rule = float(cfg.merge.alpha), "fixed (merge.alpha)"
-    else:
-        alpha, rule = choose(sweep, roles, budget, metric, caps)
-        if alpha == 0.0:
-            rule += "; no weight above 0 stays within the budget, so the merged model is the base"
+    roles, metric = cfg.eval.roles(), cfg.merge.budget_metric
+    sweep, caps, budget = _sweep(cfg, model, weights, tokenizer, objective)
+    alpha, rule = _chosen(cfg, sweep, caps, budget)
     if sweep:
         log("weight sweep (0 = base, 1 = adapted):\n" + sweep_table(sweep, roles, caps))
     log(f"chosen: alpha {alpha:.2f}, {rule}")
@@ -314,9 +325,9 @@ def run_merge(cfg: MergeConfig) -> dict:
     }
     if caps.get(alpha):
         metrics["capabilities"] = {"before": caps[0.0], "after": caps[alpha]}
-    model = unsharded_on_main(model)   # sharded: gathered to the main process's host RAM (None elsewhere)
+    # sharded: streamed to the folder shard by shard, never whole on one process
+    save_whole(model, tokenizer, out, lambda m: save_model(m, tokenizer, out, merge=False))
     if is_main_process():
-        save_model(model, tokenizer, out, merge=False)
         write_recipe(out, to_dict(cfg))
         write_meta(out, stage="merge", objective=objective, model_type=adapted.model_type, parent=cfg.model.path,
                    base=base_path, alpha=alpha, lora=False)

@@ -25,7 +25,7 @@ from ..models.lora import apply_lora, save_model
 from ..train.lm_eval import lm_metrics
 from ..runtime.dist import is_main_process, log
 from ..train.fsdp import check_launch
-from ..train.fsdp import prepare_model, unsharded_on_main, wants_sharding
+from ..train.fsdp import prepare_model, save_whole, wants_sharding
 from ..train.loop import run_training
 from ..train.flops import speed_metrics
 from ..runtime.run_folder import prepare_output_dir
@@ -227,9 +227,9 @@ def _train_summary(outcome, train_seconds: float, t_start: float) -> dict:
 
 
 def _save(s: PretrainSetup, model, cfg: PretrainConfig, out: Path, metrics: dict) -> None:
-    model = unsharded_on_main(model)   # sharded: gathered to the main process's host RAM (None elsewhere)
+    # sharded: streamed shard by shard (a LoRA adapter gathered to the main process)
+    save_whole(model, s.tokenizer, out, lambda m: save_model(m, s.tokenizer, out, merge=cfg.lora.merge))
     if is_main_process():
-        save_model(model, s.tokenizer, out, merge=cfg.lora.merge)
         write_meta(out, stage="pretrain", objective=s.objective, packing=s.mode, model_type=s.loaded.model_type,
                    parent=cfg.model.path, lora=cfg.lora.enabled and not cfg.lora.merge,
                    accounting=s.data.accounting.__dict__)

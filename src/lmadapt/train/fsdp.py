@@ -12,7 +12,9 @@ wraps it in DDP, and defers FSDP's gradient reduction across gradient-accumulati
 What the Trainer cannot do for such a model, :class:`ShardedCheckpoints` does: checkpoints are
 written with ``torch.distributed.checkpoint`` (each process writes its own shards, in accelerate's
 folder names ``pytorch_model_fsdp_0`` / ``optimizer_0``), and loaded back for resume and for the
-best checkpoint. The final model is gathered to the main process (:func:`unsharded_on_main`).
+best checkpoint. The final model is streamed to a save_pretrained folder one tensor at a time
+(:func:`save_whole`, train/fsdp_save.py); a LoRA adapter (small) is gathered to the main process
+(:func:`unsharded_on_main`) and saved there.
 """
 from __future__ import annotations
 
@@ -182,27 +184,6 @@ def local_part(tensor):
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
-def local_shard(full: torch.Tensor, like) -> torch.Tensor:
-    """The part of ``full`` (a whole tensor of the same shape, e.g. another model's weight) that this
-    process holds of the sharded ``like``, as a new tensor (so ``full`` can be freed). FSDP2 cuts
-    dim 0 as ``torch.chunk`` does (the last processes may get fewer rows, or none); the result is
-    checked against ``like``'s local shape."""
-    from torch.distributed.tensor import DTensor, Shard
-    if not isinstance(like, DTensor):
-        return full.detach().clone()
-    piece = full.detach()
-    for mesh_dim, placement in enumerate(like.placements):
-        if isinstance(placement, Shard):
-            chunks = torch.chunk(piece, like.device_mesh.size(mesh_dim), dim=placement.dim)
-            rank = like.device_mesh.get_local_rank(mesh_dim)
-            piece = chunks[rank] if rank < len(chunks) else piece.narrow(placement.dim, 0, 0)
-    local = like.to_local()
-    if tuple(piece.shape) != tuple(local.shape):
-        raise RuntimeError(f"local_shard: cut {tuple(piece.shape)} from {tuple(full.shape)}, but this process "
-                           f"holds {tuple(local.shape)} ({like.placements})")
-    return piece.clone()
-
-
 def loss_across_processes(model, trainer_kwargs: dict | None) -> dict:
     """``trainer_kwargs`` with a loss that averages over the tokens of all processes, as one process
     would. The Trainer multiplies the loss by the number of processes whenever the model's forward
@@ -279,6 +260,20 @@ def unsharded_on_main(model):
     if left or unexpected:
         raise RuntimeError(f"gathering the sharded model: parameters not gathered {left[:3]}, unknown {unexpected[:3]}")
     return plain.eval()
+
+
+def save_whole(model, tokenizer, output_dir, save) -> None:
+    """Save ``model`` with ``tokenizer`` into ``output_dir``; every process calls it. A sharded plain
+    model is streamed shard by shard (fsdp_save.save_streamed: the main process never holds it whole);
+    otherwise ``save(model)`` runs on the main process, with a sharded peft model (its adapter, or a
+    merge of it) first gathered there (:func:`unsharded_on_main`)."""
+    if is_sharded(model) and not hasattr(model, "peft_config"):
+        from .fsdp_save import save_streamed
+        save_streamed(model, tokenizer, output_dir)
+        return
+    model = unsharded_on_main(model)
+    if dist.is_main_process():
+        save(model)
 
 
 # --- checkpoints -------------------------------------------------------------------------------

@@ -118,7 +118,8 @@ def write_weights(model, folder: Path | None, max_shard_bytes: int | None = None
         for name in saved_names(model):
             full = _full(state[name], device)
             if writer is not None:
-                writer.add(name, full.detach().to("cpu", copy=True).contiguous())
+                # (a gathered DTensor is a fresh tensor: no copy when it is on the CPU already)
+                writer.add(name, full.detach().to("cpu").contiguous())
             del full
     if writer is not None:
         writer.finish(model.num_parameters())
