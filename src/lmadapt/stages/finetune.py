@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from transformers import set_seed
@@ -31,16 +30,16 @@ from ..config.finetune import ADAPTER_FILE, FinetuneConfig
 from ..models.load import reading_weights
 from ..models.on_main import model_on_main
 from ..tasks import TASKS
-from ..tasks.base import DataError, Example, ReadReport, TaskRecipe
-from ..tasks.labeled_io import stratified_split, stratified_subsample
+from ..tasks.base import DataError, Example, ReadReport
 from ..runtime.dist import is_main_process, log
 from ..train.fsdp import check_launch
-from ..train.fsdp import save_whole, wants_sharding
+from ..train.fsdp import unsharded_on_main, wants_sharding
 from ..train.loop import CHECKPOINT_DIR, run_training
 from ..train.flops import speed_metrics
 from ..runtime.run_folder import prepare_output_dir
 from ..runtime.outputs import read_json, read_meta, update_metrics, write_meta, write_recipe
 from .finetune_adapters import ModelSource, attach_adapters
+from .finetune_data import log_splits, read_splits, report_dict
 from .finetune_training import FinetuneTrainer, select_metric, trainer_options
 
 
@@ -128,70 +127,6 @@ def load_task_model(task, src: ModelSource, space: dict, cfg: FinetuneConfig, to
     return model
 
 
-# --- data ----------------------------------------------------------------------------------------
-
-def checked_split(task, examples: list[Example], space: dict, split: str, on_error: str,
-                  report: ReadReport) -> list[Example]:
-    """A dev/test record the training data cannot score (a label it never saw; a QA record the
-    task cannot answer) is an error, or with ``data.on_error: skip`` is skipped and counted like any
-    other bad record (the README's promise; it used to stop even then)."""
-    if on_error != "skip":
-        task.check_split(examples, space, split)
-        return examples
-    kept = []
-    for ex in examples:
-        try:
-            task.check_split([ex], space, split)
-        except DataError as exc:
-            report.skip(ex.origin, str(exc).removeprefix(f"{ex.origin}: ").split(" (")[0])
-            report.examples -= 1
-            continue
-        kept.append(ex)
-    if not kept:
-        raise DataError(f"data.{split}: every record was skipped ({report.skip_reasons})")
-    return kept
-
-
-def read_splits(task, cfg: TaskRecipe) -> tuple[dict[str, list[Example]], dict[str, ReadReport], dict]:
-    """train/dev/test examples, a ReadReport per file, and the label space. Needs no model: ``cfg``
-    is a FinetuneConfig or, for a reader without one (the TF-IDF baseline), a TaskSettings.
-
-    Missing dev/test sets are split off train (stratified, ``data.split_seed``). The label space
-    comes from all training examples, before the ``max_examples`` subsample, so every arm of a
-    label-budget curve has the same head; dev/test labels unseen in train are an error (skipped and
-    counted with ``data.on_error: skip``)."""
-    d = cfg.data
-    reports = {"train": ReadReport()}
-    train = task.read(d.train, cfg, split="train", report=reports["train"])
-    space = task.label_space(train, cfg)
-    key = task.stratify_key(space) if hasattr(task, "stratify_key") else (lambda ex: None)
-    splits: dict[str, list[Example]] = {}
-    carve = {name: frac for name, frac in (("dev", d.dev_fraction), ("test", d.test_fraction))
-             if getattr(d, name) is None and frac > 0}
-    if carve:
-        parts = stratified_split(train, key, list(carve.values()), seed=d.split_seed)
-        train = parts[0]
-        for (name, _), part in zip(carve.items(), parts[1:]):
-            splits[name] = part
-            reports[name] = ReadReport(examples=len(part))
-        log(f"split off train ({d.train}): " + ", ".join(f"{n} {len(splits[n])}" for n in carve))
-    for name in ("dev", "test"):
-        path = getattr(d, name)
-        if path is not None:
-            reports[name] = ReadReport()
-            splits[name] = task.read(path, cfg, split=name, report=reports[name])
-    for name in ("dev", "test"):
-        if name in splits:
-            splits[name] = checked_split(task, splits[name], space, name, d.on_error, reports[name])
-    if d.max_examples is not None and d.max_examples < len(train):
-        seed = d.subset_seed if d.subset_seed is not None else cfg.train.seed
-        before = len(train)
-        train = stratified_subsample(train, d.max_examples, key, seed=seed)
-        log(f"label budget: {len(train)} of {before} training examples (stratified, seed {seed})")
-    splits["train"] = train
-    return {k: splits[k] for k in ("train", "dev", "test") if k in splits}, reports, space
-
-
 # --- saving -------------------------------------------------------------------------------------
 
 def save_output(model, tokenizer, out: Path, *, keep_adapter: bool) -> bool:
@@ -216,10 +151,6 @@ def save_output(model, tokenizer, out: Path, *, keep_adapter: bool) -> bool:
     return False
 
 
-def _report(reports: dict[str, ReadReport]) -> dict:
-    return {name: asdict(r) for name, r in reports.items()}
-
-
 # --- the stage ----------------------------------------------------------------------------------
 
 def run_finetune(cfg: FinetuneConfig, recipe_dict: dict | None = None) -> dict:
@@ -233,7 +164,7 @@ def run_finetune(cfg: FinetuneConfig, recipe_dict: dict | None = None) -> dict:
 
     # --- setup: data, model, encoded splits --------------------------------------------------
     splits, reports, space = read_splits(task, cfg)
-    _log_splits(task, splits, reports, space)
+    log_splits(task, splits, reports, space)
     src, tokenizer, model = _setup_model(task, space, cfg)
     train_ds, dev_ds = _encode(task, splits, tokenizer, space, cfg, reports)
     collator = task.collator(tokenizer, cfg)
@@ -260,31 +191,13 @@ def run_finetune(cfg: FinetuneConfig, recipe_dict: dict | None = None) -> dict:
     # --- evaluate ----------------------------------------------------------------------------
     kept = opts.dev_scores.for_checkpoint(state.best_model_checkpoint)
     results = _evaluate(task, model, tokenizer, splits, space, cfg, reports, kept, state.best_model_checkpoint)
-    metrics = {
-        "stage": "finetune",
-        "task": task.name,
-        "problem": cfg.task.problem if task.name == "classification" else None,
-        "selection": _selection(state, metric, greater, kept),
-        **results,
-        "labels": space.get("labels"),
-        "data": {"examples": {k: len(v) for k, v in splits.items()}, "max_examples": cfg.data.max_examples,
-                 "reports": _report(reports)},
-        "train": _train_summary(outcome, cfg, train_seconds, t_start),
-    }
+    metrics = _metrics(task, cfg, space, splits, reports, results, selection=_selection(state, metric, greater, kept),
+                       train=_train_summary(outcome, cfg, train_seconds, t_start))
     _save(model, tokenizer, out, cfg, task=task, src=src, space=space, metric=metric, metrics=metrics)
     return metrics
 
 
 # --- the steps, in the order run_finetune takes them -------------------------------------------
-
-def _log_splits(task, splits: dict[str, list[Example]], reports: dict[str, ReadReport], space: dict) -> None:
-    train, dev, test = splits["train"], splits.get("dev"), splits.get("test")
-    log(f"task {task.name}: train {len(train)}, dev {len(dev or [])}, test {len(test or [])} examples"
-        + (f"; {len(space['labels'])} labels" if space.get("labels") else ""))
-    for name, rep in reports.items():
-        if rep.skipped:
-            log(f"{name}: skipped {rep.skipped} bad records {rep.skip_reasons}; first: {rep.first_skips[:3]}")
-
 
 def _setup_model(task, space: dict, cfg: FinetuneConfig) -> tuple[ModelSource, object, object]:
     """Where the weights come from, the tokenizer, and the task's model with any adapters attached."""
@@ -327,6 +240,22 @@ def _evaluate(task, model, tokenizer, splits: dict[str, list[Example]], space: d
     return results
 
 
+def _metrics(task, cfg: FinetuneConfig, space: dict, splits: dict[str, list[Example]],
+             reports: dict[str, ReadReport], results: dict, *, selection: dict, train: dict) -> dict:
+    """metrics.json: the stage, its selection, the dev/test results, the labels, the data read, the training."""
+    return {
+        "stage": "finetune",
+        "task": task.name,
+        "problem": cfg.task.problem if task.name == "classification" else None,
+        "selection": selection,
+        **results,
+        "labels": space.get("labels"),
+        "data": {"examples": {k: len(v) for k, v in splits.items()}, "max_examples": cfg.data.max_examples,
+                 "reports": report_dict(reports)},
+        "train": train,
+    }
+
+
 def _selection(state, metric: str, greater: bool, kept: dict | None) -> dict:
     """How the kept checkpoint was chosen."""
     epochs_run = [round(e["epoch"], 3) for e in state.log_history if "eval_dev_loss" in e]
@@ -349,12 +278,11 @@ def _train_summary(outcome, cfg: FinetuneConfig, train_seconds: float, t_start: 
 
 def _save(model, tokenizer, out: Path, cfg: FinetuneConfig, *, task, src: ModelSource, space: dict, metric: str,
           metrics: dict) -> None:
-    merged_base_only_in_memory = bool(src.adapter) and cfg.model.adapter_mode == "stack"
-    keep_adapter = not cfg.lora.merge and not merged_base_only_in_memory
-    written: list = []   # sharded: streamed shard by shard (a LoRA adapter gathered to the main process)
-    save_whole(model, tokenizer, out, lambda m: written.append(save_output(m, tokenizer, out, keep_adapter=keep_adapter)))
+    model = unsharded_on_main(model)   # sharded: gathered to the main process's host RAM (None elsewhere)
     if is_main_process():
-        is_adapter = bool(written and written[0])
+        merged_base_only_in_memory = bool(src.adapter) and cfg.model.adapter_mode == "stack"
+        keep_adapter = not cfg.lora.merge and not merged_base_only_in_memory
+        is_adapter = save_output(model, tokenizer, out, keep_adapter=keep_adapter)
         write_meta(out, stage="finetune", task=task.name, problem=metrics["problem"],
                    model_type=getattr(model.config, "model_type", None), parent=cfg.model.path,
                    adapter=src.adapter, adapter_mode=cfg.model.adapter_mode if src.adapter else None,
