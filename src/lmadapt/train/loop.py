@@ -167,6 +167,54 @@ def _choose_resume(cfg: TrainConfig, max_steps: int) -> str | None:
     return resume
 
 
+def _speed_and_sharding(model, cfg: TrainConfig, args: TrainingArguments, trainer_cls: type[Trainer],
+                        trainer_kwargs: dict | None):
+    """(model, Trainer class, its extra arguments, SpeedPlan): the guard, the speed plan's loss and kernels,
+    and FSDP2 sharding with its checkpoints, as run_training builds the Trainer from them."""
+    trainer_cls = guarded(trainer_cls)
+    # Fused loss, compiled blocks, Liger kernels (train/speed.py); a sharded model computes the fused
+    # loss inside its forward, where FSDP2 holds the head's weight whole (train/loss.py).
+    speed = prepare_speed(model, cfg, sharded=wants_sharding(cfg) or is_sharded(model))
+    trainer_cls = fast_trainer_class(trainer_cls)
+    if speed.loss != "standard":
+        trainer_kwargs = {**(trainer_kwargs or {}), "compute_loss_func": LMHeadLoss(model, speed.loss)}
+    log("speed: " + "; ".join(speed.notes))
+    if wants_sharding(cfg) or is_sharded(model):
+        model = shard_model(model, cfg)   # no-op when the stage sharded it already (to score it before training)
+        trainer_cls = type(f"Sharded{trainer_cls.__name__}", (ShardedCheckpoints, trainer_cls), {})
+        args.save_only_model = True       # the Trainer's condition for a model sharded before it (flipped back below)
+    if world_size() > 1 or is_sharded(model):
+        trainer_kwargs = loss_across_processes(model, trainer_kwargs)
+    return model, trainer_cls, trainer_kwargs, speed
+
+
+def _add_callbacks(trainer: Trainer, model, cfg: TrainConfig, args: TrainingArguments,
+                   tokens_per_example: int | None, callbacks: list | None):
+    """Our callbacks in their order (logs, progress with MFU, TensorBoard, the stage's, the guard, the
+    stable-phase checkpoint, then the resume bookkeeping last); (flops per token, peak FLOPs, its source)."""
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(JsonlLogCallback(Path(cfg.output_dir) / "logs.jsonl"))
+    try:
+        fpt = flops_per_token(model, tokens_per_example)
+    except ValueError:   # a config without layer/width names: no MFU, training unchanged
+        fpt = None
+    peak, peak_source = device_peak_flops(resolve_precision(cfg.precision))
+    peak = peak * world_size() if peak else None     # tokens/s counts every process's tokens
+    trainer.add_callback(TokenProgressCallback(flops_per_token=fpt, peak_flops=peak))
+    if "tensorboard" in cfg.report_to:
+        _add_tensorboard(trainer, Path(cfg.output_dir) / "tensorboard")
+    for cb in callbacks or []:
+        trainer.add_callback(cb)
+    trainer.guard = StepGuard(cfg.nan_policy, cfg.max_bad_steps, cfg.spike_factor, lr=cfg.lr)
+    if cfg.scheduler == "wsd" and args.max_steps > 0:
+        trainer.add_callback(StableEndCheckpoint(stable_end(cfg, args.max_steps)))
+    # Last: RunSegments must see should_save after every callback that may set it (resume_state.py).
+    trainer.add_callback(DatasetEpoch())
+    trainer.add_callback(RunSegments())
+    return fpt, peak, peak_source
+
+
 def run_training(model, tokenizer, train_dataset, collator, cfg: TrainConfig, *,
                  eval_datasets: dict | None = None, eval_collator=None,
                  tokens_per_example: int | None = None,
@@ -182,20 +230,7 @@ def run_training(model, tokenizer, train_dataset, collator, cfg: TrainConfig, *,
                               eval_each_epoch=eval_each_epoch,
                               # without metrics, keeping every eval logit (vocab x tokens) only costs memory
                               prediction_loss_only=compute_metrics is None)
-    trainer_cls = guarded(trainer_cls)
-    # Fused loss, compiled blocks, Liger kernels (train/speed.py); a sharded model computes the fused
-    # loss inside its forward, where FSDP2 holds the head's weight whole (train/loss.py).
-    speed = prepare_speed(model, cfg, sharded=wants_sharding(cfg) or is_sharded(model))
-    trainer_cls = fast_trainer_class(trainer_cls)
-    if speed.loss != "standard":
-        trainer_kwargs = {**(trainer_kwargs or {}), "compute_loss_func": LMHeadLoss(model, speed.loss)}
-    log("speed: " + "; ".join(speed.notes))
-    if wants_sharding(cfg) or is_sharded(model):
-        model = shard_model(model, cfg)   # no-op when the stage sharded it already (to score it before training)
-        trainer_cls = type(f"Sharded{trainer_cls.__name__}", (ShardedCheckpoints, trainer_cls), {})
-        args.save_only_model = True       # the Trainer's condition for a model sharded before it (flipped back below)
-    if world_size() > 1 or is_sharded(model):
-        trainer_kwargs = loss_across_processes(model, trainer_kwargs)
+    model, trainer_cls, trainer_kwargs, speed = _speed_and_sharding(model, cfg, args, trainer_cls, trainer_kwargs)
     trainer = trainer_cls(
         model=model,
         args=args,
@@ -210,28 +245,7 @@ def run_training(model, tokenizer, train_dataset, collator, cfg: TrainConfig, *,
         trainer.args.save_only_model = False   # ShardedCheckpoints writes optimizer and scheduler (DCP) too
     if eval_collator is not None:
         trainer.eval_data_collator = eval_collator  # used by the thin subclass in stages that need it
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(JsonlLogCallback(Path(cfg.output_dir) / "logs.jsonl"))
-    try:
-        fpt = flops_per_token(model, tokens_per_example)
-    except ValueError:   # a config without layer/width names: no MFU, training unchanged
-        fpt = None
-    peak, peak_source = device_peak_flops(resolve_precision(cfg.precision))
-    peak = peak * world_size() if peak else None     # tokens/s counts every process's tokens
-    trainer.add_callback(TokenProgressCallback(flops_per_token=fpt, peak_flops=peak))
-    if "tensorboard" in cfg.report_to:
-        _add_tensorboard(trainer, Path(cfg.output_dir) / "tensorboard")
-    for cb in callbacks or []:
-        trainer.add_callback(cb)
-
-    trainer.guard = StepGuard(cfg.nan_policy, cfg.max_bad_steps, cfg.spike_factor, lr=cfg.lr)
-    if cfg.scheduler == "wsd" and args.max_steps > 0:
-        trainer.add_callback(StableEndCheckpoint(stable_end(cfg, args.max_steps)))
-
-    # Last: RunSegments must see should_save after every callback that may set it (resume_state.py).
-    trainer.add_callback(DatasetEpoch())
-    trainer.add_callback(RunSegments())
+    fpt, peak, peak_source = _add_callbacks(trainer, model, cfg, args, tokens_per_example, callbacks)
     if cfg.micro_batch == "auto":   # largest micro-batch that fits (train/micro_batch.py)
         micro, accum = choose_micro_batch(trainer, train_dataset, say=log)
         log(f"train.micro_batch auto: {micro} x {accum} accumulation (batch_size x grad_accum "
