@@ -79,9 +79,8 @@ def measure(model_dir: str, *, domain: str | None = None, text_field: str = "tex
 
     with _timed(timing, "read"):
         ref_info, ref_sample = _read_reference(reference, sample_chars)
-        dom_info = dom_sample = None
-        if domain:
-            dom_info, dom_sample = _read_domain(domain, text_field, split_docs, sample_chars, tok, max_pos, say)
+        dom_info, dom_sample = (_read_domain(domain, text_field, split_docs, sample_chars, tok, max_pos, say)
+                                if domain else (None, None))
 
     task_info, task_sample = _read_task(task_train, task_text_field, label_field, sample_chars, tok, max_pos,
                                         timing, say)
@@ -90,17 +89,21 @@ def measure(model_dir: str, *, domain: str | None = None, text_field: str = "tex
     # ---- shift (perplexity on the base model), activation memory, then the timed training probe
     budget_end = time.perf_counter() + time_budget
     sets = {k: v for k, v in (("domain", dom_sample), ("task", task_sample)) if v}
-    shift = _shift(loaded, sets, ref_sample, seconds=time_budget * (0.6 if probe else 0.95),
-                   max_tokens=max_eval_tokens, block_size=min(eval_block_size, max_pos or eval_block_size),
-                   timing=timing, say=say)
-    with _timed(timing, "probe"):
-        probe_info = _probe(loaded, dev, sample or ref_sample, (shift or {}).get("forward_tokens_per_second"),
-                            budget_end, probe=probe, steps=probe_steps, batch_size=probe_batch_size,
-                            block=min(probe_block_size, max_pos or probe_block_size), say=say)
+    seconds, block = time_budget * (0.6 if probe else 0.95), min(eval_block_size, max_pos or eval_block_size)
+    shift = _shift(loaded, sets, ref_sample, seconds, max_eval_tokens, block, timing, say)
+    fwd_tps, block = (shift or {}).get("forward_tokens_per_second"), min(probe_block_size, max_pos or probe_block_size)
+    with _timed(timing, "probe"):  # (probe, steps, batch size, block size)
+        probe_info = _probe(loaded, dev, sample or ref_sample, fwd_tps, budget_end,
+                            (probe, probe_steps, probe_batch_size, block), say)
 
     cost = epoch_cost(model_info, dom_info, task_info, probe_info, train_batch_tokens, dev)
     cost["memory"]["plan"] = memory_plan(model, dev, max_pos, train_batch_tokens)
     timing["total"] = time.perf_counter() - t_start
+    return _sections(model_info, ref_info, dom_info, task_info, shift, vocab, cost, timing)
+
+
+def _sections(model_info, ref_info, dom_info, task_info, shift, vocab, cost, timing: dict[str, float]) -> dict:
+    """The returned dict, its sections in the module doc's order."""
     return {"model": model_info, "reference": ref_info, "domain": dom_info, "task": task_info, "shift": shift,
             "vocabulary": vocab, "cost": cost, "timing": {k: round(v, 2) for k, v in timing.items()}}
 
@@ -185,7 +188,7 @@ def _vocabulary(dom_sample, task_sample, ref_sample: list[str], tok,
     return sample, vocab
 
 
-def _shift(loaded, sets: dict[str, list[str]], ref_sample: list[str], *, seconds: float, max_tokens: int,
+def _shift(loaded, sets: dict[str, list[str]], ref_sample: list[str], seconds: float, max_tokens: int,
            block_size: int, timing: dict[str, float], say) -> dict | None:
     """The shift section (None without domain or task text), scored within ``seconds``."""
     if not sets:
@@ -196,10 +199,12 @@ def _shift(loaded, sets: dict[str, list[str]], ref_sample: list[str], *, seconds
         return score_shift(loaded, sets, ref_sample, block_size=block_size, max_tokens=max_tokens, seconds=seconds)
 
 
-def _probe(loaded, dev, texts: list[str], fwd_tps: float | None, budget_end: float, *, probe: bool, steps: int,
-           batch_size: int, block: int, say) -> dict:
+def _probe(loaded, dev, texts: list[str], fwd_tps: float | None, budget_end: float,
+           settings: tuple[bool, int, int, int], say) -> dict:
     """The probe section: activation bytes per token, and training speed from timed steps when the
-    budget left allows them, else estimated from the forward speed of scoring (or not measured)."""
+    budget left allows them, else estimated from the forward speed of scoring (or not measured).
+    ``settings``: (probe at all, steps, batch size, block size)."""
+    probe, steps, batch_size, block = settings
     ids = probe_ids(loaded.tokenizer, texts, batch_size * block)
     act = activation_bytes_per_token(loaded, ids[:min(len(ids), 64)])
     probe_info = None
