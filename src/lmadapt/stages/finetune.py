@@ -33,7 +33,7 @@ from ..tasks import TASKS
 from ..tasks.base import DataError, Example, ReadReport
 from ..runtime.dist import is_main_process, log
 from ..train.fsdp import check_launch
-from ..train.fsdp import unsharded_on_main, wants_sharding
+from ..train.fsdp import save_whole, wants_sharding
 from ..train.loop import CHECKPOINT_DIR, run_training
 from ..train.flops import speed_metrics
 from ..runtime.run_folder import prepare_output_dir
@@ -278,11 +278,12 @@ def _train_summary(outcome, cfg: FinetuneConfig, train_seconds: float, t_start: 
 
 def _save(model, tokenizer, out: Path, cfg: FinetuneConfig, *, task, src: ModelSource, space: dict, metric: str,
           metrics: dict) -> None:
-    model = unsharded_on_main(model)   # sharded: gathered to the main process's host RAM (None elsewhere)
+    merged_base_only_in_memory = bool(src.adapter) and cfg.model.adapter_mode == "stack"
+    keep_adapter = not cfg.lora.merge and not merged_base_only_in_memory
+    written: list = []   # sharded: streamed shard by shard (a LoRA adapter gathered to the main process)
+    save_whole(model, tokenizer, out, lambda m: written.append(save_output(m, tokenizer, out, keep_adapter=keep_adapter)))
     if is_main_process():
-        merged_base_only_in_memory = bool(src.adapter) and cfg.model.adapter_mode == "stack"
-        keep_adapter = not cfg.lora.merge and not merged_base_only_in_memory
-        is_adapter = save_output(model, tokenizer, out, keep_adapter=keep_adapter)
+        is_adapter = bool(written and written[0])
         write_meta(out, stage="finetune", task=task.name, problem=metrics["problem"],
                    model_type=getattr(model.config, "model_type", None), parent=cfg.model.path,
                    adapter=src.adapter, adapter_mode=cfg.model.adapter_mode if src.adapter else None,
