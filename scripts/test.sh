@@ -19,5 +19,6 @@ if [ "${free_mb:-0}" -lt 2500 ]; then
 fi
 # Lint first ([tool.ruff] in pyproject.toml): seconds, and an undefined name fails here, not mid-suite.
 .venv/bin/ruff check src tests
+.venv/bin/ruff format --check src tests   # the layout is ruff format's (line length 120)
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 exec .venv/bin/python -m pytest "$@"

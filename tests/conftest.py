@@ -1,4 +1,5 @@
 """Shared test setup: make `tests/helpers.py` importable and keep every test on CPU, offline."""
+
 import os
 import sys
 from pathlib import Path

@@ -9,6 +9,7 @@ in ``PreTrainedTokenizerFast``; passing a folder also saves them there (``save_p
 test can load them back like a real checkpoint. Models are randomly initialised with a fixed seed,
 put in eval mode and sized to the tokenizer (``len(tokenizer)``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -86,8 +87,12 @@ def _bpe_json(vocab_size: int) -> str:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=BPE_SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=BPE_SPECIALS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(CORPUS, trainer=trainer)
     return tok.to_str()
 
@@ -117,8 +122,10 @@ def _train_wordpiece_json(vocab_size: int) -> str:
     tok.train_from_iterator(CORPUS, trainer=trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
     return tok.to_str()
 
 
@@ -137,16 +144,29 @@ def tiny_bpe_tokenizer(folder=None, vocab_size: int = 400):
     """Byte-level BPE (GPT-2 style, vocab ~400): ``<|endoftext|>`` is bos/eos/unk, ``<pad>`` is pad.
 
     No sep/cls/mask token. Byte-level, so any text (emoji, accents) encodes without unknowns."""
-    return _wrap(_bpe_json(vocab_size), folder, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                 unk_token="<|endoftext|>", pad_token="<pad>")
+    return _wrap(
+        _bpe_json(vocab_size),
+        folder,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        pad_token="<pad>",
+    )
 
 
 def tiny_wordpiece_tokenizer(folder=None, vocab_size: int = 400):
     """Lower-cased BERT-style WordPiece (vocab ~400) with ``[PAD] [UNK] [CLS] [SEP] [MASK]`` (ids 0-4).
 
     Its post-processor adds ``[CLS] ... [SEP]`` like BERT (only when add_special_tokens=True)."""
-    return _wrap(_wordpiece_json(vocab_size), folder, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                 sep_token="[SEP]", mask_token="[MASK]")
+    return _wrap(
+        _wordpiece_json(vocab_size),
+        folder,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
 
 
 def _seeded(build):
@@ -159,9 +179,19 @@ def tiny_llama(vocab_size: int, attn_implementation: str = "sdpa", **overrides):
     """2-layer Llama (hidden 32, GQA 4 query / 2 kv heads), random weights, eval mode."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    kw = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-              bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=False)
+    kw = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        tie_word_embeddings=False,
+    )
     kw.update(overrides)
     cfg = LlamaConfig(**kw)
     cfg._attn_implementation = attn_implementation
@@ -172,8 +202,9 @@ def tiny_gpt2(vocab_size: int, attn_implementation: str = "sdpa", **overrides):
     """2-layer GPT-2 (n_embd 32, 4 heads, learned absolute positions), random weights, eval mode."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    kw = dict(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=256,
-              bos_token_id=None, eos_token_id=None)
+    kw = dict(
+        vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=None, eos_token_id=None
+    )
     kw.update(overrides)
     cfg = GPT2Config(**kw)
     cfg._attn_implementation = attn_implementation
@@ -184,8 +215,15 @@ def tiny_bert(vocab_size: int, attn_implementation: str = "sdpa", **overrides):
     """2-layer BERT masked LM (hidden 32, 4 heads), random weights, eval mode."""
     from transformers import BertConfig, BertForMaskedLM
 
-    kw = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-              num_attention_heads=4, max_position_embeddings=256, pad_token_id=0)
+    kw = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        pad_token_id=0,
+    )
     kw.update(overrides)
     cfg = BertConfig(**kw)
     cfg._attn_implementation = attn_implementation
@@ -196,10 +234,19 @@ def torchrun(*args: str, procs: int = 2, env: dict | None = None, timeout: int =
     """``python -m torch.distributed.run --nproc_per_node PROCS ARGS...`` from the repository root on
     CPU (gloo, one thread per process, a random port), output captured."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-           "--master_port", str(29700 + random.randint(0, 800)), *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                          cwd=Path(__file__).resolve().parents[1])
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(procs),
+        "--master_port",
+        str(29700 + random.randint(0, 800)),
+        *args,
+    ]
+    return subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[1]
+    )
 
 
 def base_and_adapted(d: Path, noise: float = 0.05) -> dict:
@@ -208,6 +255,7 @@ def base_and_adapted(d: Path, noise: float = 0.05) -> dict:
     import json
 
     from lmadapt.runtime.outputs import write_meta
+
     tok = tiny_bpe_tokenizer(d / "base")
     torch.manual_seed(0)
     base = tiny_llama(len(tok))

@@ -1,5 +1,6 @@
 """`lmadapt advise`: decision rules on synthetic measurements, measurements on hand-built cases,
 one end-to-end run on a tiny model folder, and the pipeline YAML it writes."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,26 +23,59 @@ from lmadapt.config.base import load_recipe
 from lmadapt.config.finetune import FinetuneConfig
 from lmadapt.config.pretrain import PretrainConfig
 
-GiB = 2 ** 30
+GiB = 2**30
 
 
 # ------------------------------------------------------------------ synthetic measurement dicts
 
-def meas(*, domain_tokens=None, domain_docs=500, sampled_tokens=60_000, ratio=None, scored=8192, overlap=None,
-         per_class=None, examples=None, split3=(0.1, 0.1), params=135_000_000, full_gib=3.0, avail_gib=64.0,
-         shift_text=None, task_ratio=None):
-    m = {"model": {"params": params, "max_position_embeddings": 2048, "lora_trainable_params": 5_000_000},
-         "domain": None, "task": None, "shift": None, "vocabulary": None,
-         "cost": {"memory": {"full_bytes": full_gib * GiB, "lora_bytes": 1.0 * GiB, "available_bytes": avail_gib * GiB},
-                  "probe": {"tokens_per_second": 1000.0, "device": "cpu"}, "flops_per_epoch": 1e15,
-                  "seconds_per_epoch": 3600.0}}
+
+def meas(
+    *,
+    domain_tokens=None,
+    domain_docs=500,
+    sampled_tokens=60_000,
+    ratio=None,
+    scored=8192,
+    overlap=None,
+    per_class=None,
+    examples=None,
+    split3=(0.1, 0.1),
+    params=135_000_000,
+    full_gib=3.0,
+    avail_gib=64.0,
+    shift_text=None,
+    task_ratio=None,
+):
+    m = {
+        "model": {"params": params, "max_position_embeddings": 2048, "lora_trainable_params": 5_000_000},
+        "domain": None,
+        "task": None,
+        "shift": None,
+        "vocabulary": None,
+        "cost": {
+            "memory": {"full_bytes": full_gib * GiB, "lora_bytes": 1.0 * GiB, "available_bytes": avail_gib * GiB},
+            "probe": {"tokens_per_second": 1000.0, "device": "cpu"},
+            "flops_per_epoch": 1e15,
+            "seconds_per_epoch": 3600.0,
+        },
+    }
     if domain_tokens is not None:
-        m["domain"] = {"documents": domain_docs, "sampled_documents": min(domain_docs, 80),
-                       "sampled_tokens": min(sampled_tokens, domain_tokens), "estimated_tokens": domain_tokens}
+        m["domain"] = {
+            "documents": domain_docs,
+            "sampled_documents": min(domain_docs, 80),
+            "sampled_tokens": min(sampled_tokens, domain_tokens),
+            "estimated_tokens": domain_tokens,
+        }
     if per_class is not None:
-        m["task"] = {"examples": sum(per_class), "classes": len(per_class), "per_class_min": min(per_class),
-                     "per_class_median": sorted(per_class)[len(per_class) // 2], "problem": "single_label",
-                     "tokens": 100 * sum(per_class), "length_tokens_p95": 120}
+        m["task"] = {
+            "examples": sum(per_class),
+            "classes": len(per_class),
+            "per_class_min": min(per_class),
+            "per_class_median": sorted(per_class)[len(per_class) // 2],
+            "problem": "single_label",
+            "tokens": 100 * sum(per_class),
+            "length_tokens_p95": 120,
+        }
     elif examples is not None:
         m["task"] = {"examples": examples, "classes": None, "tokens": 100 * examples, "length_tokens_p95": 120}
     text = shift_text or ("domain" if m["domain"] else "task")
@@ -51,8 +85,14 @@ def meas(*, domain_tokens=None, domain_docs=500, sampled_tokens=60_000, ratio=No
     if task_ratio is not None:
         m["shift"]["task"] = {"ratio": task_ratio, "tokens": scored}
     if overlap is not None:
-        m["vocabulary"] = {"text": text, "top_k": 3000, "overlap": overlap, "domain_split3_share": split3[0],
-                           "reference_split3_share": split3[1], "candidates": [{"word": "pyobject"}]}
+        m["vocabulary"] = {
+            "text": text,
+            "top_k": 3000,
+            "overlap": overlap,
+            "domain_split3_share": split3[0],
+            "reference_split3_share": split3[1],
+            "candidates": [{"word": "pyobject"}],
+        }
     return m
 
 
@@ -138,18 +178,26 @@ def test_not_enough_evidence_instead_of_a_guess():
 
 
 def test_lora_when_full_training_does_not_fit_and_confidence_near_thresholds():
-    a = recommend(meas(domain_tokens=20_000_000, ratio=2.0, overlap=0.2, per_class=[50, 50],
-                       full_gib=30.0, avail_gib=16.0), "classify")
+    a = recommend(
+        meas(domain_tokens=20_000_000, ratio=2.0, overlap=0.2, per_class=[50, 50], full_gib=30.0, avail_gib=16.0),
+        "classify",
+    )
     assert a.method == "lora" and "memory" in rules_of(a)
-    a = recommend(meas(domain_tokens=20_000_000, ratio=2.0, overlap=0.2, per_class=[50, 50],
-                       params=7_000_000_000, full_gib=8.0), "classify")
+    a = recommend(
+        meas(domain_tokens=20_000_000, ratio=2.0, overlap=0.2, per_class=[50, 50], params=7_000_000_000, full_gib=8.0),
+        "classify",
+    )
     assert a.method == "lora" and "size" in rules_of(a)
-    a = recommend(meas(domain_tokens=20_000_000, ratio=2.0, overlap=0.2, split3=(0.5, 0.1), params=7_000_000_000,
-                       full_gib=8.0), "understand")
+    a = recommend(
+        meas(domain_tokens=20_000_000, ratio=2.0, overlap=0.2, split3=(0.5, 0.1), params=7_000_000_000, full_gib=8.0),
+        "understand",
+    )
     assert a.train_embeddings and a.vocabulary_candidates == ["pyobject"]
     # a volume just above "lots" and a thin perplexity measurement: less sure
     sure = recommend(meas(domain_tokens=20_000_000, ratio=2.0, overlap=0.2, per_class=[50, 50]), "classify")
-    unsure = recommend(meas(domain_tokens=5_200_000, ratio=2.0, scored=512, overlap=0.2, per_class=[50, 50]), "classify")
+    unsure = recommend(
+        meas(domain_tokens=5_200_000, ratio=2.0, scored=512, overlap=0.2, per_class=[50, 50]), "classify"
+    )
     assert sure.confidence == "high" and unsure.confidence == "low"
     assert json.loads(json.dumps(sure.to_dict()))["thresholds"]["shift_ratio"] == 1.5
 
@@ -157,10 +205,12 @@ def test_lora_when_full_training_does_not_fit_and_confidence_near_thresholds():
 def test_default_probe_is_not_thin():
     # the default shift probe scores 8 causal blocks of 256: 8 x 255 tokens minus each document's
     # first token, e.g. 2,036 (seen with SmolLM2 on ../shared/data). That must count as evidence.
-    default = recommend(meas(domain_tokens=5_200_000, ratio=2.0, scored=2036, overlap=0.2, per_class=[50, 50]),
-                        "classify")
-    thin = recommend(meas(domain_tokens=5_200_000, ratio=2.0, scored=6 * 255, overlap=0.2, per_class=[50, 50]),
-                     "classify")
+    default = recommend(
+        meas(domain_tokens=5_200_000, ratio=2.0, scored=2036, overlap=0.2, per_class=[50, 50]), "classify"
+    )
+    thin = recommend(
+        meas(domain_tokens=5_200_000, ratio=2.0, scored=6 * 255, overlap=0.2, per_class=[50, 50]), "classify"
+    )
     assert default.confidence != "low" and thin.confidence == "low"
 
 
@@ -170,6 +220,7 @@ def test_shift_blocks_spread_over_documents():
     from types import SimpleNamespace
 
     from lmadapt.advise.shift import shuffled_blocks
+
     tok = tiny_bpe_tokenizer()
     texts = [" ".join([f"doc{i}"] * 300) for i in range(8)]
     blocks = shuffled_blocks(texts, SimpleNamespace(tokenizer=tok, objective="causal"), 64, "document")
@@ -178,8 +229,13 @@ def test_shift_blocks_spread_over_documents():
     assert len(sources) >= 4, first
     # only the order changes: the same blocks as packing them in document order
     from lmadapt.data.packing import pack_blocks, tokenize_documents
-    ordered, _ = pack_blocks(tokenize_documents(texts, tok, separator="eos", cache=False), block_size=64,
-                             pad_id=tok.pad_token_id, mode="document")
+
+    ordered, _ = pack_blocks(
+        tokenize_documents(texts, tok, separator="eos", cache=False),
+        block_size=64,
+        pad_id=tok.pad_token_id,
+        mode="document",
+    )
     assert sorted(map(tuple, blocks["input_ids"])) == sorted(map(tuple, ordered["input_ids"]))
 
 
@@ -190,10 +246,14 @@ def test_recommend_rejects_unknown_goal():
 
 # ------------------------------------------------------------------ measurements on hand-built cases
 
+
 def test_word_statistics():
     assert words("The Server's end-to-end TLS, and 42 x") == ["server's", "end-to-end", "tls"]
     same = word_counts(CORPUS * 3)
-    assert vocabulary_overlap(same, copy.copy(same)) == {"overlap": 1.0, "top_k": len([c for c in same.values() if c >= 2])}
+    assert vocabulary_overlap(same, copy.copy(same)) == {
+        "overlap": 1.0,
+        "top_k": len([c for c in same.values() if c >= 2]),
+    }
     dom = word_counts(["kernel kernel kernel mutex mutex mutex mutex mutex the cat"] * 2)
     ref = word_counts(["the cat sat on the mat with another cat"] * 2)
     top = distinctive_terms(dom, ref, n=2)
@@ -218,6 +278,7 @@ def test_tokenizer_shreds_random_consonant_strings(tmp_path):
 
 # ------------------------------------------------------------------ end to end on a tiny model
 
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_model")
@@ -240,9 +301,13 @@ def data(tmp_path_factory):
     shred = [{"text": " ".join(rng.choices(pool, k=60))} for i in range(40)]
     labels = ["a", "b", "c"]
     task = [{"text": " ".join(rng.sample(CORPUS, 2)), "label": labels[i % 3]} for i in range(60)]
-    return {"general": _write_jsonl(d / "general.jsonl", general), "shred": _write_jsonl(d / "shred.jsonl", shred),
-            "tiny": _write_jsonl(d / "tiny.jsonl", general[:3]), "task": _write_jsonl(d / "task.jsonl", task),
-            "task_tiny": _write_jsonl(d / "task_tiny.jsonl", task[:9])}
+    return {
+        "general": _write_jsonl(d / "general.jsonl", general),
+        "shred": _write_jsonl(d / "shred.jsonl", shred),
+        "tiny": _write_jsonl(d / "tiny.jsonl", general[:3]),
+        "task": _write_jsonl(d / "task.jsonl", task),
+        "task_tiny": _write_jsonl(d / "task_tiny.jsonl", task[:9]),
+    }
 
 
 FAST = dict(max_eval_tokens=1024, time_budget=6.0, probe_steps=1)
@@ -285,9 +350,16 @@ def test_domain_is_spooled_and_sampled_as_in_memory(model_dir, data, tmp_path, m
         return real_read_source(src, **kw)
 
     monkeypatch.setattr("lmadapt.data.sources.read_source", spying_read_source)
-    m = measure(str(model_dir), domain=domain, reference=data["general"], probe=False, sample_chars=20_000,
-                max_eval_tokens=256, time_budget=3.0)
-    assert len(spools) == 1 and not spools[0].parent.exists()        # spooled, then removed
+    m = measure(
+        str(model_dir),
+        domain=domain,
+        reference=data["general"],
+        probe=False,
+        sample_chars=20_000,
+        max_eval_tokens=256,
+        time_budget=3.0,
+    )
+    assert len(spools) == 1 and not spools[0].parent.exists()  # spooled, then removed
     texts = [d["text"] for d in docs]
     sample = sample_texts(texts, 20_000)
     dom = m["domain"]
@@ -301,16 +373,29 @@ def test_domain_is_spooled_and_sampled_as_in_memory(model_dir, data, tmp_path, m
 def test_measure_encoder_uses_masked_loss(tmp_path, data):
     tok = tiny_wordpiece_tokenizer(tmp_path)
     tiny_bert(len(tok)).save_pretrained(tmp_path)
-    m = measure(str(tmp_path), domain=data["general"], reference=data["general"], probe=False,
-                max_eval_tokens=1024, time_budget=6.0)
+    m = measure(
+        str(tmp_path),
+        domain=data["general"],
+        reference=data["general"],
+        probe=False,
+        max_eval_tokens=1024,
+        time_budget=6.0,
+    )
     assert m["model"]["objective"] == "masked" and m["shift"]["metric"] == "masked_perplexity"
     assert m["shift"]["domain"]["ratio"] == pytest.approx(1.0, abs=1e-6)  # same text, same fixed-seed masks
     assert m["cost"]["probe"]["activation_bytes_per_token"] > 0 and m["cost"]["probe"]["tokens_per_second"] > 0
 
 
 def test_measure_tiny_inputs_give_not_enough_evidence(model_dir, data):
-    m = measure(str(model_dir), domain=data["tiny"], task_train=data["task_tiny"], reference=data["general"],
-                probe=False, max_eval_tokens=512, time_budget=10.0)
+    m = measure(
+        str(model_dir),
+        domain=data["tiny"],
+        task_train=data["task_tiny"],
+        reference=data["general"],
+        probe=False,
+        max_eval_tokens=512,
+        time_budget=10.0,
+    )
     assert m["cost"]["probe"]["method"].startswith("estimated")
     a = recommend(m, "classify")
     assert a.confidence == NO_EVIDENCE and a.recommendation == "not_enough_evidence"
@@ -331,9 +416,31 @@ def test_cli_writes_advice_json_and_pipeline_yaml(model_dir, data, tmp_path, cap
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     out, pipe = tmp_path / "advice.json", tmp_path / "pipeline.yaml"
-    args = parser.parse_args([str(model_dir), "--goal", "classify", "--domain", data["shred"], "--task-train", data["task"],
-                              "--reference", data["general"], "--output", str(out), "--pipeline", str(pipe),
-                              "--max-eval-tokens", "1024", "--time-budget", "6", "--no-probe", "--seeds", "1", "2"])
+    args = parser.parse_args(
+        [
+            str(model_dir),
+            "--goal",
+            "classify",
+            "--domain",
+            data["shred"],
+            "--task-train",
+            data["task"],
+            "--reference",
+            data["general"],
+            "--output",
+            str(out),
+            "--pipeline",
+            str(pipe),
+            "--max-eval-tokens",
+            "1024",
+            "--time-budget",
+            "6",
+            "--no-probe",
+            "--seeds",
+            "1",
+            "2",
+        ]
+    )
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "recommendation:" in printed and "threshold" in printed
@@ -384,9 +491,28 @@ def test_written_pipeline_runs_with_lmadapt_run(model_dir, data, tmp_path, capsy
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     pipe = tmp_path / "pipeline.yaml"
-    args = parser.parse_args([str(model_dir), "--goal", "classify", "--domain", data["general"], "--task-train",
-                              data["task"], "--reference", data["general"], "--pipeline", str(pipe),
-                              "--max-eval-tokens", "512", "--time-budget", "4", "--no-probe", "--seeds", "0"])
+    args = parser.parse_args(
+        [
+            str(model_dir),
+            "--goal",
+            "classify",
+            "--domain",
+            data["general"],
+            "--task-train",
+            data["task"],
+            "--reference",
+            data["general"],
+            "--pipeline",
+            str(pipe),
+            "--max-eval-tokens",
+            "512",
+            "--time-budget",
+            "4",
+            "--no-probe",
+            "--seeds",
+            "0",
+        ]
+    )
     assert main(args) == 0
     capsys.readouterr()
     pipeline = yaml.safe_load(pipe.read_text())
@@ -394,8 +520,12 @@ def test_written_pipeline_runs_with_lmadapt_run(model_dir, data, tmp_path, capsy
         for stage in stages:
             train = stage["recipe"].setdefault("train", {})
             train.pop("max_tokens", None)
-            train.update(report_to=[], **({"max_steps": 2, "batch_size": 2} if stage["kind"] == "pretrain"
-                                          else {"epochs": 1, "batch_size": 8}))
+            train.update(
+                report_to=[],
+                **(
+                    {"max_steps": 2, "batch_size": 2} if stage["kind"] == "pretrain" else {"epochs": 1, "batch_size": 8}
+                ),
+            )
             if stage["kind"] == "pretrain":
                 stage["recipe"]["data"]["block_size"] = 32
     pipeline["output_dir"] = str(tmp_path / "run")
@@ -406,8 +536,9 @@ def test_written_pipeline_runs_with_lmadapt_run(model_dir, data, tmp_path, capsy
     results = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     finished = {r["arm"] for r in results if r["kind"] == "finetune" and r["status"] == "done"}
     assert finished == set(pipeline["arms"]), results
-    assert all("macro_f1" in r["task"]["test"] or "macro_f1" in r["task"]["dev"]
-               for r in results if r["kind"] == "finetune")
+    assert all(
+        "macro_f1" in r["task"]["test"] or "macro_f1" in r["task"]["dev"] for r in results if r["kind"] == "finetune"
+    )
     report = (tmp_path / "run" / "report.md").read_text()
     for arm in pipeline["arms"]:
         assert arm in report
@@ -421,14 +552,33 @@ def test_with_held_out_domain_text_the_pipeline_adds_a_merge_arm(model_dir, data
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     pipe = tmp_path / "pipeline.yaml"
-    args = parser.parse_args([str(model_dir), "--goal", "classify", "--domain", data["shred"], "--domain-valid",
-                              data["general"], "--task-train", data["task"], "--reference", data["general"],
-                              "--pipeline", str(pipe), "--max-eval-tokens", "512", "--time-budget", "4", "--no-probe"])
+    args = parser.parse_args(
+        [
+            str(model_dir),
+            "--goal",
+            "classify",
+            "--domain",
+            data["shred"],
+            "--domain-valid",
+            data["general"],
+            "--task-train",
+            data["task"],
+            "--reference",
+            data["general"],
+            "--pipeline",
+            str(pipe),
+            "--max-eval-tokens",
+            "512",
+            "--time-budget",
+            "4",
+            "--no-probe",
+        ]
+    )
     assert main(args) == 0
     capsys.readouterr()
     arms = yaml.safe_load(pipe.read_text())["arms"]
     assert [s["kind"] for s in arms["dapt_merge_ft"]] == ["pretrain", "merge", "finetune"]
-    assert arms["dapt_merge_ft"][0] == arms["dapt_ft"][0]          # one continued pretraining, shared
+    assert arms["dapt_merge_ft"][0] == arms["dapt_ft"][0]  # one continued pretraining, shared
     assert arms["dapt_merge_ft"][1]["recipe"]["eval"]["sets"] == {"domain": data["general"], "general": data["general"]}
     cfg = load_pipeline(pipe)
     assert "dapt_merge_ft" in cfg.arms

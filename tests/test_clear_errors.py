@@ -1,6 +1,7 @@
 """Issue 19 item 6: inputs that gave a traceback (or silently did the wrong thing) give one clear line.
 
 Each test reproduces one reported case; none trains a model (tiny random models, saved once)."""
+
 import errno
 import json
 
@@ -32,27 +33,40 @@ def models(tmp_path_factory):
     tiny_bpe_tokenizer(corrupt)
     tiny_llama(400, max_position_embeddings=64).save_pretrained(corrupt)
     weights = corrupt / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:200])          # a download cut short
+    weights.write_bytes(weights.read_bytes()[:200])  # a download cut short
     corpus = d / "corpus.txt"
-    corpus.write_text("\n\n".join(f"the {w} jumps over the lazy dog number {i}." for i, w in
-                                  enumerate(["fox", "cat", "bird", "cow"] * 15)))
+    corpus.write_text(
+        "\n\n".join(
+            f"the {w} jumps over the lazy dog number {i}." for i, w in enumerate(["fox", "cat", "bird", "cow"] * 15)
+        )
+    )
     return d
 
 
 def _pretrain_args(models, tmp_path, *extra):
-    return ["pretrain", f"model.path={models / 'llama'}",
-            f"data.sources=[{{path: {models / 'corpus.txt'}, split_docs: blank_line}}]",
-            "data.block_size=32", f"data.cache_dir={tmp_path / 'cache'}", "train.max_steps=1",
-            "train.report_to=[]", f"train.output_dir={tmp_path / 'run'}", *extra]
+    return [
+        "pretrain",
+        f"model.path={models / 'llama'}",
+        f"data.sources=[{{path: {models / 'corpus.txt'}, split_docs: blank_line}}]",
+        "data.block_size=32",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "train.max_steps=1",
+        "train.report_to=[]",
+        f"train.output_dir={tmp_path / 'run'}",
+        *extra,
+    ]
 
 
 # --- recipes -----------------------------------------------------------------------------------
 
+
 def test_yaml_exponent_without_dot_is_a_number_in_files_and_overrides(models, tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"model: {{path: {models / 'llama'}}}\n"
-                      f"data: {{sources: [{{path: {models / 'corpus.txt'}}}], block_size: 32}}\n"
-                      "train:\n  lr: 2e-4\n  weight_decay: 1E-2\n")    # YAML 1.1 reads both as strings
+    recipe.write_text(
+        f"model: {{path: {models / 'llama'}}}\n"
+        f"data: {{sources: [{{path: {models / 'corpus.txt'}}}], block_size: 32}}\n"
+        "train:\n  lr: 2e-4\n  weight_decay: 1E-2\n"
+    )  # YAML 1.1 reads both as strings
     cfg = load_recipe(PretrainConfig, recipe)
     assert cfg.train.lr == pytest.approx(2e-4) and cfg.train.weight_decay == pytest.approx(1e-2)
     assert load_recipe(PretrainConfig, recipe, ["train.lr='3e-5'"]).train.lr == pytest.approx(3e-5)
@@ -74,6 +88,7 @@ def test_output_dir_that_is_a_file(models, tmp_path, capsys):
 
 # --- models ------------------------------------------------------------------------------------
 
+
 def test_damaged_safetensors_is_one_line_naming_the_folder(models, tmp_path, capsys):
     corrupt = str(models / "corrupt")
     assert main(["evaluate", corrupt, "--data", str(models / "corpus.txt"), "--block-size", "16"]) == 2
@@ -87,20 +102,22 @@ def test_block_size_above_the_model_context(models, tmp_path, capsys, arch):
     # GPT-2 failed with an IndexError; Llama trained past its 64 positions without a word
     assert main(_pretrain_args(models, tmp_path, f"model.path={models / arch}", "data.block_size=128")) == 2
     _one_line_error(capsys, "data.block_size: 128 tokens", "context of 64 positions")
-    assert not (tmp_path / "run").exists()       # refused with the recipe, before any folder is written
+    assert not (tmp_path / "run").exists()  # refused with the recipe, before any folder is written
     assert main(["evaluate", str(models / arch), "--data", str(models / "corpus.txt"), "--block-size", "65"]) == 2
     _one_line_error(capsys, "block_size: 65 tokens", "context of 64 positions")
 
 
 def test_loaded_model_context_is_checked_too(models):
     from lmadapt.models.load import check_block_size
-    model = tiny_gpt2(400, n_positions=64)       # e.g. a hub model: no local config.json read up front
+
+    model = tiny_gpt2(400, n_positions=64)  # e.g. a hub model: no local config.json read up front
     check_block_size(model, 64, "data.block_size")
     with pytest.raises(ConfigError, match="data.block_size: 65 tokens is more than the model's context of 64"):
         check_block_size(model, 65, "data.block_size")
 
 
 # --- evaluate / predict / advise arguments -----------------------------------------------------
+
 
 def test_evaluate_arguments_and_output_folder(models, tmp_path, capsys):
     base = ["evaluate", str(models / "llama"), "--data", str(models / "corpus.txt")]
@@ -109,8 +126,12 @@ def test_evaluate_arguments_and_output_folder(models, tmp_path, capsys):
     (tmp_path / "out").mkdir()
     assert main(base + ["--block-size", "16", "--output", str(tmp_path / "out")]) == 2
     _one_line_error(capsys, "--output", "is a folder")
-    assert main(["predict", str(models / "llama"), "--input", str(models / "corpus.txt"),
-                 "--output", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            ["predict", str(models / "llama"), "--input", str(models / "corpus.txt"), "--output", str(tmp_path / "out")]
+        )
+        == 2
+    )
     _one_line_error(capsys, "--output", "is a folder")
     assert list((tmp_path / "out").iterdir()) == []
 
@@ -125,18 +146,22 @@ def test_advise_measurements_not_json(tmp_path, capsys):
     _one_line_error(capsys, "holds no measurements")
 
 
-@pytest.mark.parametrize("rows, why", [
-    ([{"text": f"a note number {i}"} for i in range(300)], "has no labels"),
-    ([{"text": f"a note number {i}", "label": "jargon"} for i in range(300)], "single class ('jargon')"),
-])
+@pytest.mark.parametrize(
+    "rows, why",
+    [
+        ([{"text": f"a note number {i}"} for i in range(300)], "has no labels"),
+        ([{"text": f"a note number {i}", "label": "jargon"} for i in range(300)], "single class ('jargon')"),
+    ],
+)
 def test_advise_does_not_recommend_finetuning_without_two_classes(tmp_path, rows, why):
     from lmadapt.advise import recommend
     from lmadapt.advise.inputs import task_stats
     from test_advise import meas
+
     path = tmp_path / "task.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     m = meas()
-    m["task"], _ = task_stats(str(path), "text", "label", tiny_bpe_tokenizer(), 2048)   # what `measure` records
+    m["task"], _ = task_stats(str(path), "text", "label", tiny_bpe_tokenizer(), 2048)  # what `measure` records
     advice = recommend(m, "classify")
     assert advice.recommendation != "finetuning" and advice.confidence != "high"
     assert any(why in w for w in advice.warnings) and advice.missing
@@ -144,18 +169,21 @@ def test_advise_does_not_recommend_finetuning_without_two_classes(tmp_path, rows
 
 # --- full or read-only disk --------------------------------------------------------------------
 
+
 def test_full_or_read_only_disk_is_one_line_naming_the_path(models, tmp_path, monkeypatch, capsys):
     import tempfile
 
     from transformers import PreTrainedTokenizerFast
 
-    def full(self, *a, **k):      # what safetensors raises on a full disk (not an OSError)
+    def full(self, *a, **k):  # what safetensors raises on a full disk (not an OSError)
         raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     monkeypatch.setattr(PreTrainedTokenizerFast, "save_pretrained", full)
     out = tmp_path / "tok"
-    assert main(["tokenizer", "train", "--data", str(models / "corpus.txt"), "--vocab-size", "300",
-                 "--output", str(out)]) == 2
+    assert (
+        main(["tokenizer", "train", "--data", str(models / "corpus.txt"), "--vocab-size", "300", "--output", str(out)])
+        == 2
+    )
     _one_line_error(capsys, f"no space left on the device writing {out}", "GiB free there")
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
@@ -163,13 +191,27 @@ def test_full_or_read_only_disk_is_one_line_naming_the_path(models, tmp_path, mo
         raise OSError(errno.EROFS, "Read-only file system", str(dir))
 
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
-    assert main(["evaluate", str(models / "llama"), "--data", str(models / "corpus.txt"), "--block-size", "16",
-                 "--output", str(tmp_path / "m.json")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                str(models / "llama"),
+                "--data",
+                str(models / "corpus.txt"),
+                "--block-size",
+                "16",
+                "--output",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys, "read-only file system: cannot write", str(tmp_path))
 
 
 def test_other_errors_are_not_taken_for_a_full_disk():
     from lmadapt.commands import storage_error
+
     assert storage_error(ValueError("bad value"), None) is None
     assert storage_error(OSError(errno.ENOENT, "No such file"), None) is None
     try:
@@ -183,26 +225,37 @@ def test_other_errors_are_not_taken_for_a_full_disk():
 
 # --- labeled data ------------------------------------------------------------------------------
 
+
 def _splits(models, tmp_path, train_rows, dev_rows, **data):
     from lmadapt.config.finetune import FinetuneConfig
     from lmadapt.stages.finetune import read_splits
     from lmadapt.tasks import TASKS
+
     paths = {}
     for name, rows in (("train", train_rows), ("dev", dev_rows)):
         paths[name] = tmp_path / f"{name}.jsonl"
         paths[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = load_recipe(FinetuneConfig, data={"model": {"path": str(models / "llama")},
-                                            "data": {"train": str(paths["train"]), "dev": str(paths["dev"]), **data},
-                                            "train": {"output_dir": str(tmp_path / "out"), "report_to": []}})
+    cfg = load_recipe(
+        FinetuneConfig,
+        data={
+            "model": {"path": str(models / "llama")},
+            "data": {"train": str(paths["train"]), "dev": str(paths["dev"]), **data},
+            "train": {"output_dir": str(tmp_path / "out"), "report_to": []},
+        },
+    )
     return read_splits(TASKS["classification"], cfg)
 
 
 def test_labels_differing_only_by_case_or_number_format_are_warned_with_counts(models, tmp_path, capsys):
-    train = ([{"text": f"a {i}", "label": "jargon"} for i in range(6)] + [{"text": "b", "label": "JARGON"}]
-             + [{"text": f"c {i}", "label": 3} for i in range(4)] + [{"text": "d", "label": 3.0}]
-             + [{"text": "e", "label": "plain"}])
+    train = (
+        [{"text": f"a {i}", "label": "jargon"} for i in range(6)]
+        + [{"text": "b", "label": "JARGON"}]
+        + [{"text": f"c {i}", "label": 3} for i in range(4)]
+        + [{"text": "d", "label": 3.0}]
+        + [{"text": "e", "label": "plain"}]
+    )
     _, _, space = _splits(models, tmp_path, train, [{"text": "x", "label": "plain"}])
-    assert set(space["labels"]) == {"jargon", "JARGON", "3", "3.0", "plain"}   # kept apart, as written
+    assert set(space["labels"]) == {"jargon", "JARGON", "3", "3.0", "plain"}  # kept apart, as written
     out = capsys.readouterr().out
     assert "'jargon' (6 examples), 'JARGON' (1 examples)" in out
     assert "'3' (4 examples), '3.0' (1 examples)" in out
@@ -210,11 +263,12 @@ def test_labels_differing_only_by_case_or_number_format_are_warned_with_counts(m
 
 def test_unseen_dev_label_is_skipped_and_counted_with_on_error_skip(models, tmp_path):
     from lmadapt.tasks.base import DataError
+
     train = [{"text": f"a {i}", "label": "pos" if i % 2 else "neg"} for i in range(8)]
     dev = [{"text": "x", "label": "pos"}, {"text": "y", "label": "Pos"}, {"text": "z", "label": "maybe"}]
     with pytest.raises(DataError, match=r"dev\.jsonl:2: .*label 'Pos' .* differs only by case .* from 'pos'"):
         _splits(models, tmp_path, train, dev)
-    splits, reports, _ = _splits(models, tmp_path, train, dev, on_error="skip")    # as the README says
+    splits, reports, _ = _splits(models, tmp_path, train, dev, on_error="skip")  # as the README says
     assert [ex.fields["label"] for ex in splits["dev"]] == ["pos"]
     assert reports["dev"].skipped == 2 and reports["dev"].examples == 1
     assert any("label 'maybe' in the dev set never occurs" in r for r in reports["dev"].skip_reasons)
@@ -226,9 +280,10 @@ def test_full_disk_without_a_file_name_names_the_recipe_output_dir(tmp_path):
     import argparse
 
     from lmadapt.commands import storage_error
+
     recipe = tmp_path / "r.yaml"
     recipe.write_text("train: {output_dir: runs/dapt}\n")
-    full = OSError(errno.ENOSPC, "No space left on device")          # a write(2) names no file
+    full = OSError(errno.ENOSPC, "No space left on device")  # a write(2) names no file
     args = argparse.Namespace(command="pretrain", recipe=str(recipe), overrides=[])
     assert storage_error(full, args).startswith("no space left on the device writing runs/dapt (")
     args.overrides = ["train.output_dir=/scratch/run2"]
@@ -237,6 +292,18 @@ def test_full_disk_without_a_file_name_names_the_recipe_output_dir(tmp_path):
 
 def test_advise_output_that_is_a_folder_is_refused_before_measuring(tmp_path, capsys):
     (tmp_path / "advice").mkdir()
-    assert main(["advise", "--goal", "classify", "--measurements", str(tmp_path / "never-read.json"),
-                 "--output", str(tmp_path / "advice")]) == 2
+    assert (
+        main(
+            [
+                "advise",
+                "--goal",
+                "classify",
+                "--measurements",
+                str(tmp_path / "never-read.json"),
+                "--output",
+                str(tmp_path / "advice"),
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys, "--output", "is a folder")

@@ -1,5 +1,6 @@
 """runtime/dist.py under torchrun with two CPU processes (gloo): splitting an evaluation, waiting for
 the main process, and the collective timeout."""
+
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from helpers import torchrun
 from lmadapt.runtime import dist
 
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import json, os, sys, time
     import torch
     from lmadapt.runtime import dist
@@ -40,12 +41,12 @@ SCRIPT = textwrap.dedent('''
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
         json.dump(out, fh)
     dist.finish()
-''')
+""")
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="gloo two-process runs on Linux")
 
 
-TOKENIZE = textwrap.dedent('''
+TOKENIZE = textwrap.dedent("""
     import json, os, sys
     from transformers import AutoTokenizer
     from lmadapt.data.packing import tokenize_documents
@@ -65,7 +66,7 @@ TOKENIZE = textwrap.dedent('''
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
         json.dump({"cache_hit": docs.cache_hit, "tokens": sum(map(len, docs["input_ids"]))}, fh)
     dist.finish()
-''')
+""")
 
 
 def run_probe(tmp_path: Path, *args, script: str = SCRIPT, **env) -> subprocess.CompletedProcess:
@@ -80,7 +81,7 @@ def test_split_work_comes_back_whole_in_order_and_barrier_waits_for_main(tmp_pat
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for n in (0, 1, 5):
         items = list(range(n))
-        for got in ranks:   # every process gets every result, in item order, and the summed count
+        for got in ranks:  # every process gets every result, in item order, and the summed count
             assert got[f"map{n}"]["results"] == [x * 10 for x in items] and got[f"map{n}"]["count"] == n
             assert got[f"sum{n}"] == [float(sum(items)), n]
         # the work was split: contiguous shares, each process called fn once at most, sizes within one
@@ -89,7 +90,7 @@ def test_split_work_comes_back_whole_in_order_and_barrier_waits_for_main(tmp_pat
         first, second = (s[0] if s else [] for s in shares)
         assert first + second == items and abs(len(first) - len(second)) <= 1
     assert ranks[1]["waited"] > 2.5, "dist.barrier returned before the main process arrived"
-    assert ranks[0]["timeout"] == ranks[1]["timeout"] == 1800   # the Trainer's ddp_timeout, not NCCL's 10 min
+    assert ranks[0]["timeout"] == ranks[1]["timeout"] == 1800  # the Trainer's ddp_timeout, not NCCL's 10 min
 
 
 def test_collective_timeout_comes_from_the_environment(tmp_path):
@@ -101,6 +102,7 @@ def test_collective_timeout_comes_from_the_environment(tmp_path):
 
 def test_the_first_process_tokenizes_and_the_other_reads_its_cache(tmp_path):
     from helpers import tiny_bpe_tokenizer
+
     tiny_bpe_tokenizer(tmp_path / "tok")
     proc = run_probe(tmp_path, "ok", script=TOKENIZE)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -113,6 +115,7 @@ def test_a_failure_on_the_first_process_stops_the_others_at_once(tmp_path):
     """Not a wait until the collective timeout (here 60 s): the other process hears of it."""
     from helpers import tiny_bpe_tokenizer
     import time
+
     tiny_bpe_tokenizer(tmp_path / "tok")
     t0 = time.time()
     proc = run_probe(tmp_path, "fail", script=TOKENIZE, LMADAPT_DIST_TIMEOUT="60")
@@ -138,25 +141,42 @@ def test_one_process_runs_the_work_itself(monkeypatch):
     assert dist.sum_split(lambda share: (sum(share), len(share)), [1, 2, 3]) == (6, 3)
 
 
-@pytest.mark.parametrize("env, sharding", [
-    ({"ACCELERATE_USE_FSDP": "true", "FSDP_OFFLOAD_PARAMS": "false", "FSDP_RESHARD_AFTER_FORWARD": "false",
-      "FSDP_TRANSFORMER_CLS_TO_WRAP": "LlamaDecoderLayer", "FSDP_ACTIVATION_CHECKPOINTING": "true"}, "fsdp"),
-    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "none"),
-    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": "ds.json"}, "none"),
-    ({"ACCELERATE_USE_FSDP": "false"}, "none"),
-])
+@pytest.mark.parametrize(
+    "env, sharding",
+    [
+        (
+            {
+                "ACCELERATE_USE_FSDP": "true",
+                "FSDP_OFFLOAD_PARAMS": "false",
+                "FSDP_RESHARD_AFTER_FORWARD": "false",
+                "FSDP_TRANSFORMER_CLS_TO_WRAP": "LlamaDecoderLayer",
+                "FSDP_ACTIVATION_CHECKPOINTING": "true",
+            },
+            "fsdp",
+        ),
+        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "none"),
+        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": "ds.json"}, "none"),
+        ({"ACCELERATE_USE_FSDP": "false"}, "none"),
+    ],
+)
 def test_a_launch_that_shards_the_model_is_followed(tmp_path, monkeypatch, env, sharding):
     """`accelerate launch` with an FSDP config turns train.sharding: fsdp on with its options (it was
     refused before FSDP support); DeepSpeed ZeRO-3 is left to the Trainer, no longer refused."""
     from lmadapt.config import TrainConfig
+
     (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 3}}))
     monkeypatch.chdir(tmp_path)
-    for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE",
-                 "ACCELERATE_DEEPSPEED_CONFIG_FILE"):
+    for name in (
+        "ACCELERATE_USE_FSDP",
+        "ACCELERATE_USE_DEEPSPEED",
+        "ACCELERATE_DEEPSPEED_ZERO_STAGE",
+        "ACCELERATE_DEEPSPEED_CONFIG_FILE",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     from lmadapt.train.fsdp import check_launch
+
     cfg = TrainConfig()
     check_launch(cfg)
     assert cfg.sharding == sharding
@@ -169,12 +189,13 @@ def test_fsdp_in_a_deepspeed_launch_is_refused(monkeypatch):
     from lmadapt.config import TrainConfig
     from lmadapt.config.base import ConfigError
     from lmadapt.train.fsdp import check_launch
+
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(ConfigError, match="DeepSpeed"):
         check_launch(TrainConfig(sharding="fsdp"))
 
 
-OUTPUT_DIR = textwrap.dedent('''
+OUTPUT_DIR = textwrap.dedent("""
     import json, os, sys, time
     from lmadapt.runtime import dist
     from lmadapt.runtime.run_folder import prepare_output_dir
@@ -190,7 +211,7 @@ OUTPUT_DIR = textwrap.dedent('''
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
         json.dump({"ok": True}, fh)
     dist.finish()
-''')
+""")
 
 
 def test_no_process_writes_the_output_folder_before_every_process_has_checked_it(tmp_path):

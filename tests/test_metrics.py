@@ -1,4 +1,5 @@
 """Pure metric functions."""
+
 import json
 import math
 

@@ -6,6 +6,7 @@ driver fills in; here each known name gets a stand-in (the bundled sample data l
 benchmark data, a tiny tokenizer and model, a temp folder). A new placeholder must be added to
 ``stand_ins`` below, so a typo in a template cannot hide. Nothing is trained.
 """
+
 import gzip
 import os
 from pathlib import Path
@@ -21,7 +22,8 @@ from lmadapt.config.pretrain import PretrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "src" / "lmadapt" / "recipes").glob("*.yaml")) + sorted(
-    p for p in (REPO / "benchmarks").glob("**/*.yaml") if "results" not in p.relative_to(REPO).parts)
+    p for p in (REPO / "benchmarks").glob("**/*.yaml") if "results" not in p.relative_to(REPO).parts
+)
 # Keys a template's driver removes before validating (benchmarks/dapt/recipes/finetune.yaml:
 # `schedule` maps a label budget to train.epochs / train.batch_size).
 DRIVER_KEYS = ("schedule",)
@@ -36,7 +38,7 @@ def stand_ins(tmp_path_factory):
     # a real model's context (RoPE: no weights): the recipes' block sizes are checked against it
     tiny_llama(len(tokenizer), max_position_embeddings=8192).save_pretrained(model)
     tokenizer.save_pretrained(model)
-    data = root / "data"                       # sample data in the layout of the benchmark data
+    data = root / "data"  # sample data in the layout of the benchmark data
     data.mkdir()
     for name in ("general", "computing", "foldoc"):
         os.symlink(Path(sample_data_dir()) / name, data / name)
@@ -49,8 +51,10 @@ def stand_ins(tmp_path_factory):
     for split in ("train", "dev", "test"):
         with gzip.open(lic / f"{split}.jsonl.gz", "wt", encoding="utf-8") as fh:
             fh.write((foldoc / f"{split}.jsonl").read_text(encoding="utf-8"))
-    with gzip.open(foldoc / "unlabeled.jsonl.gz", "rt", encoding="utf-8") as src, \
-            gzip.open(lic / "corpus.jsonl.gz", "wt", encoding="utf-8") as fh:
+    with (
+        gzip.open(foldoc / "unlabeled.jsonl.gz", "rt", encoding="utf-8") as src,
+        gzip.open(lic / "corpus.jsonl.gz", "wt", encoding="utf-8") as fh,
+    ):
         fh.write(src.read())
     work = root / "work"
     # Benchmark recipes read ../shared/data relative to the repo; tests must not need it, so they
@@ -58,9 +62,19 @@ def stand_ins(tmp_path_factory):
     (root / "shared").mkdir()
     os.symlink(data, root / "shared" / "data")
     (root / "cwd").mkdir()
-    return {"CWD": str(root / "cwd"),"tokenizer": str(tok), "sample_data": sample_data_dir(), "DATA": str(data), "WORK": str(work),
-            "OUTDIR": str(work / "out"), "STAGE": "stage", "MODEL": str(model), "PARENT": str(model),
-            "SEED": 0, "BUDGET": None}
+    return {
+        "CWD": str(root / "cwd"),
+        "tokenizer": str(tok),
+        "sample_data": sample_data_dir(),
+        "DATA": str(data),
+        "WORK": str(work),
+        "OUTDIR": str(work / "out"),
+        "STAGE": "stage",
+        "MODEL": str(model),
+        "PARENT": str(model),
+        "SEED": 0,
+        "BUDGET": None,
+    }
 
 
 def test_demo_recipe_is_shipped():
@@ -80,7 +94,8 @@ def test_shipped_yaml_validates(path, stand_ins, tmp_path, monkeypatch):
         cfg = load_pipeline(path, overrides, variables={"tokenizer": stand_ins["tokenizer"]})
         assert isinstance(cfg, PipelineConfig) and cfg.arms
         from lmadapt.pipeline.plan import plan
-        runs = plan(cfg)                      # every stage of every arm resolves and hashes
+
+        runs = plan(cfg)  # every stage of every arm resolves and hashes
         assert len(runs) == len(cfg.arms) * len(cfg.seeds)
         return
     data = substitute_vars(raw, stand_ins)

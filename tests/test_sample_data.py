@@ -2,6 +2,7 @@
 
 Reads only the files inside the package; does not need shared/data.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -15,8 +16,18 @@ SAMPLE = Path(str(importlib.resources.files("lmadapt") / "sample_data"))
 
 GENERAL_SOURCES = {"gcide", "wordnet", "newsarticles", "austen", "shakespeare", "fortunes"}
 COMPUTING_SOURCES = {"python-docs", "perl-doc", "postgresql-doc", "jargon"}
-FOLDOC_LABELS = {"language", "networking", "programming", "jargon", "operating system", "hardware",
-                 "communications", "company", "mathematics", "storage"}
+FOLDOC_LABELS = {
+    "language",
+    "networking",
+    "programming",
+    "jargon",
+    "operating system",
+    "hardware",
+    "communications",
+    "company",
+    "mathematics",
+    "storage",
+}
 
 FILES = {  # path -> keys
     "general/train.jsonl.gz": ["text", "source"],
@@ -61,8 +72,9 @@ def test_gzip_headers_are_reproducible(rel):
     assert head[4:8] == b"\0\0\0\0", "gzip mtime must be 0"
 
 
-@pytest.mark.parametrize("corpus,sources,train_words",
-                         [("general", GENERAL_SOURCES, 350_000), ("computing", COMPUTING_SOURCES, 250_000)])
+@pytest.mark.parametrize(
+    "corpus,sources,train_words", [("general", GENERAL_SOURCES, 350_000), ("computing", COMPUTING_SOURCES, 250_000)]
+)
 def test_unlabeled_corpora(corpus, sources, train_words):
     train, valid = load(f"{corpus}/train.jsonl.gz"), load(f"{corpus}/valid.jsonl.gz")
     assert {r["source"] for r in train} == sources  # stratified: every source present

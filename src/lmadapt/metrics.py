@@ -7,6 +7,7 @@ plus, where useful, tables (per-class precision/recall/F1, a confusion matrix). 
     m = classification_metrics(["a", "b"], ["a", "a"], labels=["a", "b"])
     print(format_metrics(m, title="dev"))
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,10 @@ def _f(x) -> float | None:
 
 
 def _per_class(p, r, f, s, labels: Sequence[str]) -> dict:
-    return {str(lab): {"precision": _f(p[i]), "recall": _f(r[i]), "f1": _f(f[i]), "support": int(s[i])}
-            for i, lab in enumerate(labels)}
+    return {
+        str(lab): {"precision": _f(p[i]), "recall": _f(r[i]), "f1": _f(f[i]), "support": int(s[i])}
+        for i, lab in enumerate(labels)
+    }
 
 
 def classification_metrics(y_true: Sequence, y_pred: Sequence, labels: Sequence) -> dict:
@@ -38,7 +41,7 @@ def classification_metrics(y_true: Sequence, y_pred: Sequence, labels: Sequence)
         return {"n": 0}
     kw = dict(labels=labels, zero_division=0)
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, average=None, **kw)
-    present = [lab for lab in labels if lab in set(y_true)]   # macro over classes that occur in the gold data
+    present = [lab for lab in labels if lab in set(y_true)]  # macro over classes that occur in the gold data
     return {
         "n": len(y_true),
         "accuracy": float(accuracy_score(y_true, y_pred)),
@@ -46,8 +49,10 @@ def classification_metrics(y_true: Sequence, y_pred: Sequence, labels: Sequence)
         "micro_f1": float(f1_score(y_true, y_pred, average="micro", labels=labels, zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", labels=labels, zero_division=0)),
         "per_class": _per_class(p, r, f, s, labels),
-        "confusion_matrix": {"labels": [str(x) for x in labels],
-                             "matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist()},
+        "confusion_matrix": {
+            "labels": [str(x) for x in labels],
+            "matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        },
     }
 
 
@@ -82,8 +87,14 @@ def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float]) -> dict
     if len(t) == 0:
         return {"n": 0}
     mse = float(mean_squared_error(t, p))
-    out = {"n": int(len(t)), "mse": mse, "rmse": math.sqrt(mse), "mae": float(mean_absolute_error(t, p)),
-           "pearson": None, "spearman": None}
+    out = {
+        "n": int(len(t)),
+        "mse": mse,
+        "rmse": math.sqrt(mse),
+        "mae": float(mean_absolute_error(t, p)),
+        "pearson": None,
+        "spearman": None,
+    }
     if len(t) > 1 and np.ptp(t) > 0 and np.ptp(p) > 0:
         out["pearson"] = _f(pearsonr(t, p)[0])
         out["spearman"] = _f(spearmanr(t, p)[0])
@@ -92,23 +103,36 @@ def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float]) -> dict
 
 # Direction of every scalar metric a recipe may select as `train.metric`.
 GREATER_IS_BETTER = {
-    "accuracy": True, "macro_f1": True, "micro_f1": True, "weighted_f1": True, "subset_accuracy": True,
-    "pearson": True, "spearman": True, "hamming_loss": False, "mse": False, "rmse": False, "mae": False,
+    "accuracy": True,
+    "macro_f1": True,
+    "micro_f1": True,
+    "weighted_f1": True,
+    "subset_accuracy": True,
+    "pearson": True,
+    "spearman": True,
+    "hamming_loss": False,
+    "mse": False,
+    "rmse": False,
+    "mae": False,
     "loss": False,
 }
 
 
 def scalars(metrics: dict) -> dict[str, float]:
     """The flat numeric part of a metrics dict (what the Trainer logs during training)."""
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"}
+    return {
+        k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"
+    }
 
 
 def format_metrics(metrics: dict, title: str = "") -> str:
     """A plain-text report: the scalars, then per-class rows and the confusion matrix if present."""
     lines = [f"== {title} (n={metrics.get('n', '?')}) ==" if title else f"(n={metrics.get('n', '?')})"]
-    sc = {k: v for k, v in metrics.items() if k != "n" and (isinstance(v, (int, float)) or v is None)
-          and not isinstance(v, bool)}
+    sc = {
+        k: v
+        for k, v in metrics.items()
+        if k != "n" and (isinstance(v, (int, float)) or v is None) and not isinstance(v, bool)
+    }
     if sc:
         width = max(len(k) for k in sc)
         lines += [f"  {k:<{width}}  {'n/a' if v is None else f'{v:.4f}'}" for k, v in sc.items()]

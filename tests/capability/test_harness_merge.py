@@ -1,5 +1,6 @@
 """merge.budget_metric on a capability: the rule (points for accuracies, relative for losses), the
 sweep's choice with a scorer that is a known function of alpha, and one real lm-eval run per weight."""
+
 import json
 from pathlib import Path
 
@@ -29,8 +30,12 @@ def pair(tmp_path_factory):
 
 
 def recipe(pair, out, merge: dict, **evaluation):
-    data = {"model": {"path": str(pair["adapted"])}, "merge": merge,
-            "eval": {"sets": pair["sets"], "block_size": 32, **evaluation}, "train": {"output_dir": str(out)}}
+    data = {
+        "model": {"path": str(pair["adapted"])},
+        "merge": merge,
+        "eval": {"sets": pair["sets"], "block_size": 32, **evaluation},
+        "train": {"output_dir": str(out)},
+    }
     return load_recipe(MergeConfig, data=data)
 
 
@@ -44,15 +49,18 @@ def _caps(alphas, acc):
 
 def test_accuracy_budget_is_in_points_and_loss_budget_is_relative():
     alphas = [0.0, 0.25, 0.5, 0.75, 1.0]
-    sweep = _sweep(alphas, lambda a: 100 - 50 * a)          # the domain keeps improving with alpha
-    caps = _caps(alphas, lambda a: 0.60 - 0.08 * a)          # the task loses 2 points per 0.25
+    sweep = _sweep(alphas, lambda a: 100 - 50 * a)  # the domain keeps improving with alpha
+    caps = _caps(alphas, lambda a: 0.60 - 0.08 * a)  # the task loses 2 points per 0.25
     pick = lambda b: choose(sweep, ROLES, b, "harness:t/acc", caps)[0]  # noqa: E731
     assert pick(1.0) == 0.0 and pick(2.0) == 0.25 and pick(4.5) == 0.5 and pick(8.0) == 1.0
-    assert "t acc at most 2 points below the base's (0.600 → at least 0.580)" in choose(sweep, ROLES, 2.0, "harness:t/acc", caps)[1]
+    assert (
+        "t acc at most 2 points below the base's (0.600 → at least 0.580)"
+        in choose(sweep, ROLES, 2.0, "harness:t/acc", caps)[1]
+    )
     # a lower-is-better harness metric and the instruction loss are bounded relatively, like perplexity
     for a in alphas:
         caps[a]["instruction_retention"] = {"response_loss": 2.0 * (1 + 0.2 * a)}
-    assert choose(sweep, ROLES, 0.10, "instruction_loss", caps)[0] == 0.5      # 0.75 is +15%
+    assert choose(sweep, ROLES, 0.10, "instruction_loss", caps)[0] == 0.5  # 0.75 is +15%
     # the metric's default budget: 1 point for accuracies, 5% for losses
     cfg = MergeConfig.__dataclass_fields__["merge"].default_factory()
     assert cfg.budget(higher_is_better=True) == 1.0 and cfg.budget(False) == 0.05
@@ -86,8 +94,9 @@ def test_run_merge_chooses_the_alpha_a_known_harness_score_implies(pair, tmp_pat
         w = model.model.embed_tokens.weight
         a = merge_alpha[0]
         seen.append(a)
-        assert torch.allclose(w, weights[0].base["model.embed_tokens.weight"].lerp(
-            weights[0].adapted["model.embed_tokens.weight"], a))
+        assert torch.allclose(
+            w, weights[0].base["model.embed_tokens.weight"].lerp(weights[0].adapted["model.embed_tokens.weight"], a)
+        )
         return {"lmadapt_cloze": {"acc": 0.7 - 0.1 * a, "primary": "acc", "n": 20, "higher_is_better": {"acc": True}}}
 
     merge_alpha, weights = [None], []
@@ -104,15 +113,24 @@ def test_run_merge_chooses_the_alpha_a_known_harness_score_implies(pair, tmp_pat
     monkeypatch.setattr(merge_stage, "run_harness", fake_harness)
     monkeypatch.setattr(merge_stage, "score_sets", fake_sets)
     monkeypatch.setattr(merge_stage.Interpolator, "set", spy_set)
-    cfg = recipe(pair, tmp_path / "out", {"alphas": [0.25, 0.5, 0.75], "refine": 2, "forgetting_budget": 4,
-                                          "budget_metric": "harness:lmadapt_cloze/acc"},
-                 harness={"tasks": ["lmadapt_cloze"], "limit": 20})
+    cfg = recipe(
+        pair,
+        tmp_path / "out",
+        {
+            "alphas": [0.25, 0.5, 0.75],
+            "refine": 2,
+            "forgetting_budget": 4,
+            "budget_metric": "harness:lmadapt_cloze/acc",
+        },
+        harness={"tasks": ["lmadapt_cloze"], "limit": 20},
+    )
     metrics = run_merge(cfg)
     assert seen == [0.0, 0.25, 0.5, 0.75, 1.0, 0.375, 0.4375]
     assert metrics["alpha"] == 0.375 and metrics["selection"]["budget_metric"] == "harness:lmadapt_cloze/acc"
     assert metrics["capabilities"]["after"]["harness"]["lmadapt_cloze"]["acc"] == pytest.approx(0.6625)
-    assert [r["harness"]["lmadapt_cloze"]["acc"] for r in metrics["sweep"]] == \
-        pytest.approx([0.7, 0.675, 0.6625, 0.65625, 0.65, 0.625, 0.6])
+    assert [r["harness"]["lmadapt_cloze"]["acc"] for r in metrics["sweep"]] == pytest.approx(
+        [0.7, 0.675, 0.6625, 0.65625, 0.65, 0.625, 0.6]
+    )
 
 
 def test_budget_metric_needs_its_scores_configured(pair, tmp_path):
@@ -127,10 +145,13 @@ def test_budget_metric_needs_its_scores_configured(pair, tmp_path):
 def test_real_harness_and_instruction_scores_at_every_weight(pair, tmp_path):
     """One real lm-eval run per weight (bundled cloze task, 20 questions) and the instruction loss:
     the anchors score the base and the adapted model, the choice obeys the rule on those numbers."""
-    cfg = recipe(pair, tmp_path / "out", {"alphas": [0.5], "refine": 0, "budget_metric": "instruction_loss",
-                                          "forgetting_budget": 0.0},
-                 harness={"tasks": ["lmadapt_cloze"], "limit": 20},
-                 instruction_retention={"data": pair["instr"], "limit": 4})
+    cfg = recipe(
+        pair,
+        tmp_path / "out",
+        {"alphas": [0.5], "refine": 0, "budget_metric": "instruction_loss", "forgetting_budget": 0.0},
+        harness={"tasks": ["lmadapt_cloze"], "limit": 20},
+        instruction_retention={"data": pair["instr"], "limit": 4},
+    )
     metrics = run_merge(cfg)
     rows = {r["alpha"]: r for r in metrics["sweep"]}
     assert sorted(rows) == [0.0, 0.5, 1.0]
@@ -148,12 +169,29 @@ def test_real_harness_and_instruction_scores_at_every_weight(pair, tmp_path):
 def test_report_shows_the_capability_scores_of_a_merge_sweep(tmp_path):
     """report.md / report.html of a run whose merge stage scored a harness task at every weight."""
     from lmadapt.pipeline.report import write_report
-    sweep = [{"alpha": a, "sets": {"domain": {"perplexity": 100 - 50 * a}},
-              "harness": {"lmadapt_cloze": {"acc_norm": 0.5 - 0.1 * a, "primary": "acc_norm"}},
-              "instruction_retention": {"response_loss": 2 + a}} for a in (0.0, 0.5, 1.0)]
-    row = {"arm": "m", "seed": 0, "position": 1, "stage": "merge", "kind": "merge", "id": "merge-x", "folder": None,
-           "status": "done", "executed": True, "perf": {},
-           "merge": {"alpha": 0.5, "rule": "the rule", "sweep": sweep}}
+
+    sweep = [
+        {
+            "alpha": a,
+            "sets": {"domain": {"perplexity": 100 - 50 * a}},
+            "harness": {"lmadapt_cloze": {"acc_norm": 0.5 - 0.1 * a, "primary": "acc_norm"}},
+            "instruction_retention": {"response_loss": 2 + a},
+        }
+        for a in (0.0, 0.5, 1.0)
+    ]
+    row = {
+        "arm": "m",
+        "seed": 0,
+        "position": 1,
+        "stage": "merge",
+        "kind": "merge",
+        "id": "merge-x",
+        "folder": None,
+        "status": "done",
+        "executed": True,
+        "perf": {},
+        "merge": {"alpha": 0.5, "rule": "the rule", "sweep": sweep},
+    }
     (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n")
     write_report(tmp_path)
     md = (tmp_path / "report.md").read_text()
@@ -170,6 +208,7 @@ def test_run_harness_leaves_the_random_state_as_it_was():
 
     from lmadapt.config.capability import HarnessConfig
     from lmadapt.train.harness import run_harness
+
     tok = tiny_bpe_tokenizer()
     model = tiny_llama(len(tok))
     random.seed(7), np.random.seed(7), torch.manual_seed(7)

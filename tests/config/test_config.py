@@ -1,4 +1,5 @@
 """Recipes fail loudly and early: unknown keys, wrong types, missing files, impossible combinations."""
+
 import json
 
 import pytest
@@ -63,9 +64,18 @@ def test_masked_lm_on_decoder_refused(tmp_path):
 
 def test_impossible_values(tmp_path):
     with pytest.raises(ConfigError, match="shares add up"):
-        load_recipe(PretrainConfig, data=_recipe(tmp_path, data={"sources": [
-            {"path": str(tmp_path / "corpus.txt"), "share": 0.6},
-            {"path": str(tmp_path / "corpus.txt"), "share": 0.5}]}))
+        load_recipe(
+            PretrainConfig,
+            data=_recipe(
+                tmp_path,
+                data={
+                    "sources": [
+                        {"path": str(tmp_path / "corpus.txt"), "share": 0.6},
+                        {"path": str(tmp_path / "corpus.txt"), "share": 0.5},
+                    ]
+                },
+            ),
+        )
     with pytest.raises(ConfigError, match="lora.merge"):
         load_recipe(PretrainConfig, data=_recipe(tmp_path, lora={"merge": True}))
     with pytest.raises(ConfigError, match="arch: required"):
@@ -74,6 +84,7 @@ def test_impossible_values(tmp_path):
 
 def test_yaml_file_and_overrides(tmp_path):
     import yaml
+
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(_recipe(tmp_path)))
     cfg = load_recipe(PretrainConfig, path, ["train.lr=3e-4", "data.block_size=128", "train.report_to=[]"])

@@ -1,5 +1,6 @@
 """model.max_length is every fine-tuning task's length: per-task defaults, the deprecated per-task keys,
 their conflicts, one minimum, and older saved recipes."""
+
 import pytest
 
 from lmadapt.config import ConfigError, to_dict
@@ -22,15 +23,16 @@ def _cfg(task: str, **sections) -> FinetuneConfig:
     return from_dict(FinetuneConfig, raw)
 
 
-@pytest.mark.parametrize("task, length", [("classification", 512), ("extraction", 512), ("qa", 384),
-                                          ("instruction", 1024)])
+@pytest.mark.parametrize(
+    "task, length", [("classification", 512), ("extraction", 512), ("qa", 384), ("instruction", 1024)]
+)
 def test_each_task_gets_its_default_and_the_resolved_recipe_names_one_length(task, length, capsys):
     cfg = _cfg(task)
     assert cfg.model.max_length == cfg.max_length == length
     saved = to_dict(cfg)
     assert saved["model"]["max_length"] == length
     assert all(saved[name]["max_length"] is None for name in ("extraction", "qa", "instruction"))
-    assert from_dict(FinetuneConfig, saved).max_length == length          # a saved recipe loads as it was
+    assert from_dict(FinetuneConfig, saved).max_length == length  # a saved recipe loads as it was
     assert TaskSettings(data=cfg.data, task=cfg.task).max_length == length
     assert "deprecated" not in capsys.readouterr().err
 
@@ -68,22 +70,27 @@ def test_one_minimum_for_both_keys():
 
 def test_qa_window_checked_against_the_resolved_length():
     with pytest.raises(ConfigError, match=r"qa.doc_stride: must be smaller than model.max_length \(128\)"):
-        _cfg("qa", model={"max_length": 128})                    # default doc_stride 128
+        _cfg("qa", model={"max_length": 128})  # default doc_stride 128
     with pytest.raises(ConfigError, match="raise model.max_length"):
-        _cfg("qa", model={"max_length": 160})                    # 64 + 128 + 8 > 160
+        _cfg("qa", model={"max_length": 160})  # 64 + 128 + 8 > 160
     assert _cfg("qa", model={"max_length": 96}, qa={"doc_stride": 16, "max_question_length": 16}).max_length == 96
-    assert _cfg("classification", model={"max_length": 64}).max_length == 64   # the qa section is not used
+    assert _cfg("classification", model={"max_length": 64}).max_length == 64  # the qa section is not used
 
 
 def test_older_saved_recipes_load_without_conflict_or_notice(capsys):
-    old = {"model": {"path": "some/model", "max_length": 512}, "data": {"train": "train.jsonl"},
-           "task": {"type": "qa"}, "extraction": {"max_length": 512}, "qa": {"max_length": 384},
-           "instruction": {"max_length": 1024}}
+    old = {
+        "model": {"path": "some/model", "max_length": 512},
+        "data": {"train": "train.jsonl"},
+        "task": {"type": "qa"},
+        "extraction": {"max_length": 512},
+        "qa": {"max_length": 384},
+        "instruction": {"max_length": 1024},
+    }
     cfg = from_dict(FinetuneConfig, upgrade_saved_recipe(old))
     assert cfg.max_length == 384
     old["task"]["type"] = "classification"
     assert from_dict(FinetuneConfig, upgrade_saved_recipe(old)).max_length == 512
-    assert old["qa"] == {"max_length": 384}                      # the input is left as it was
+    assert old["qa"] == {"max_length": 384}  # the input is left as it was
     assert "deprecated" not in capsys.readouterr().err
 
 

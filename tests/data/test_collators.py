@@ -4,8 +4,7 @@ import torch
 
 from helpers import CORPUS, tiny_bert, tiny_bpe_tokenizer, tiny_gpt2, tiny_llama, tiny_wordpiece_tokenizer
 
-from lmadapt.data.collators import (
-    CausalCollator, WholeWordMLMCollator, block_diagonal_mask, document_ids)
+from lmadapt.data.collators import CausalCollator, WholeWordMLMCollator, block_diagonal_mask, document_ids
 from lmadapt.data.packing import build_blocks, pack_blocks
 
 V = 400  # both tiny tokenizers have 400 tokens

@@ -3,6 +3,7 @@
 No test reaches the hub: ``datasets.load_dataset`` resolves a local dataset repo folder (data files
 named by split, configurations in the README's YAML) the way it resolves a hub repo, so these tests
 run the same reading code; the hub itself is only asked for in offline mode, to check the error."""
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,9 @@ def repo(tmp_path) -> Path:
         "---\nconfigs:\n"
         "- config_name: en\n  data_files:\n  - split: train\n    path: en/train-*\n"
         "  - split: validation\n    path: en/validation-*\n  default: true\n"
-        "- config_name: de\n  data_files:\n  - split: train\n    path: de/train-*\n---\n", encoding="utf-8")
+        "- config_name: de\n  data_files:\n  - split: train\n    path: de/train-*\n---\n",
+        encoding="utf-8",
+    )
     return root
 
 
@@ -59,7 +62,7 @@ def test_reads_the_split_and_subset_asked_for_with_origins(repo, streaming):
 def test_max_documents_stops_reading_and_is_recorded(repo, tmp_path):
     docs, st = read_source(hub(repo, streaming=True, max_documents=3))
     assert [d.text for d in docs] == ["english doc 0", "english doc 1", "english doc 2"] and st.capped_at == 3
-    docs, st = read_source(hub(repo, max_documents=8))   # fewer documents than the cap
+    docs, st = read_source(hub(repo, max_documents=8))  # fewer documents than the cap
     assert len(docs) == 7 and st.capped_at is None
 
     # any source: the rest is never read (a malformed line after the cap raises nothing)
@@ -80,8 +83,9 @@ def test_a_hub_corpus_spools_like_any_other(repo, tmp_path):
     spooled = read_corpus(cfg, spool_dir=tmp_path / "spool")
     for part in ("train", "eval"):
         a, b = getattr(in_memory, part), getattr(spooled, part)
-        assert {n: [(d.text, d.origin) for d in docs] for n, docs in a.items()} == \
-               {n: [(d.text, d.origin) for d in docs] for n, docs in b.items()}
+        assert {n: [(d.text, d.origin) for d in docs] for n, docs in a.items()} == {
+            n: [(d.text, d.origin) for d in docs] for n, docs in b.items()
+        }
     assert in_memory.summary() == spooled.summary()
 
 
@@ -103,9 +107,13 @@ def test_bad_hub_input_names_the_source(repo, tmp_path, monkeypatch):
     # the hub itself, unreachable (offline): a message naming the dataset and what to do, at once
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     import huggingface_hub.constants
+
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(CorpusError, match=r"hub:nosuchowner/nosuchcorpus\[en\]:train: cannot load the dataset "
-                                          r"\(ConnectionError.*download it once where the hub is reachable"):
+    with pytest.raises(
+        CorpusError,
+        match=r"hub:nosuchowner/nosuchcorpus\[en\]:train: cannot load the dataset "
+        r"\(ConnectionError.*download it once where the hub is reachable",
+    ):
         read_source(hub("nosuchowner/nosuchcorpus", subset="en"))
 
 
@@ -129,7 +137,9 @@ def test_recipe_checks_for_hub_sources(repo):
 
 def test_split_of_a_saved_datasetdict(tmp_path):
     ds = datasets.Dataset.from_dict({"text": ["t one", "t two"]})
-    datasets.DatasetDict({"a": ds, "b": ds.map(lambda r: {"text": r["text"].upper()})}).save_to_disk(str(tmp_path / "dd"))
+    datasets.DatasetDict({"a": ds, "b": ds.map(lambda r: {"text": r["text"].upper()})}).save_to_disk(
+        str(tmp_path / "dd")
+    )
     docs, _ = read_source(SourceConfig(path=str(tmp_path / "dd"), split="b"))
     assert [d.text for d in docs] == ["T ONE", "T TWO"] and docs[0].origin == f"{tmp_path / 'dd' / 'b'}#0"
     with pytest.raises(CorpusError, match=r"dd: no split 'c' \(splits: a, b\)"):
@@ -144,7 +154,7 @@ def test_a_hub_path_is_the_same_source_as_its_spelled_out_keys(repo):
     assert (short.format, short.path, short.subset, short.split) == ("hub", str(repo), "de", "train")
     a, b = read_source(short)[0], read_source(hub(repo, subset="de"))[0]
     assert [(d.text, d.origin) for d in a] == [(d.text, d.origin) for d in b]
-    assert SourceConfig(path=f"hub:{repo}", split="validation").split == "validation"   # the key fills a gap
+    assert SourceConfig(path=f"hub:{repo}", split="validation").split == "validation"  # the key fills a gap
     assert SourceConfig(path="hub:owner/name@v1.0").revision == "v1.0"
     with pytest.raises(ConfigError, match=r"subset: 'en' contradicts the path 'hub:owner/name\[de\]'"):
         SourceConfig(path="hub:owner/name[de]", subset="en")
@@ -162,9 +172,13 @@ def test_evaluate_reads_a_hub_split(repo, tmp_path):
     tok = tiny_bpe_tokenizer(tmp_path / "model")
     tiny_llama(len(tok)).save_pretrained(tmp_path / "model")
     (repo / "en" / "validation-00000-of-00001.jsonl").unlink()
-    _jsonl(repo / "en" / "validation-00000-of-00001.jsonl", [{"text": "The quick brown fox jumps over the lazy dog."}] * 3)
+    _jsonl(
+        repo / "en" / "validation-00000-of-00001.jsonl", [{"text": "The quick brown fox jumps over the lazy dog."}] * 3
+    )
     _jsonl(tmp_path / "same.jsonl", [{"text": "The quick brown fox jumps over the lazy dog."}] * 3)
-    res = evaluate_model(str(tmp_path / "model"), [f"hub:{repo}:validation", str(tmp_path / "same.jsonl")], block_size=32)
+    res = evaluate_model(
+        str(tmp_path / "model"), [f"hub:{repo}:validation", str(tmp_path / "same.jsonl")], block_size=32
+    )
     hub_set, file_set = res["sets"]["owner_corpus"], res["sets"]["same"]
     assert hub_set["documents"] == 3 and hub_set["loss"] == pytest.approx(file_set["loss"], rel=1e-6)
 

@@ -13,8 +13,7 @@ from lmadapt.data import packing
 from lmadapt.data import tokenized_docs
 from lmadapt.data import tokenize as packing_tokenize
 from lmadapt.data.objective import ObjectiveTokens, resolve_pad_id
-from lmadapt.data.packing import (
-    TokenizedDocs, build_blocks, cache_key, pack_blocks, token_arrays, tokenize_documents)
+from lmadapt.data.packing import TokenizedDocs, build_blocks, cache_key, pack_blocks, token_arrays, tokenize_documents
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +68,7 @@ def test_packing_drops_nothing_and_matches_reference(mode):
     # the non-pad tokens, in order, are exactly the concatenated documents
     flat, is_pad = col(ds, "input_ids").reshape(-1), col(ds, "is_padding").reshape(-1).astype(bool)
     np.testing.assert_array_equal(flat[~is_pad], np.concatenate(docs))
-    assert not is_pad[: sum(lengths)].any() and is_pad[sum(lengths):].all()
+    assert not is_pad[: sum(lengths)].any() and is_pad[sum(lengths) :].all()
     n = sum(lengths)
     assert acct.tokens == n and acct.documents == len(docs) and acct.tokens_dropped == 0
     assert acct.blocks == len(ds) == -(-n // L) and acct.block_size == L
@@ -84,12 +83,16 @@ def test_document_positions_labels_padding():
     L = 8
     docs = [[10, 11, 12, 0], [20, 21, 0], [30, 31, 32, 33, 34, 35, 36, 37, 38, 0], [40, 0]]
     ds, _ = pack_blocks(docs, block_size=L, pad_id=1, mode="document")
-    assert col(ds, "position_ids").tolist() == [[0, 1, 2, 3, 0, 1, 2, 0],
-                                           [0, 1, 2, 3, 4, 5, 6, 7],  # continued document restarts at 0
-                                           [0, 0, 1, 0, 1, 2, 3, 4]]  # its EOS, [40, 0], then padding
-    assert col(ds, "labels").tolist() == [[-100, 11, 12, 0, -100, 21, 0, -100],  # documents' first tokens: -100
-                                     [-100, 32, 33, 34, 35, 36, 37, 38],
-                                     [-100, -100, 0] + [-100] * 5]  # padding: -100
+    assert col(ds, "position_ids").tolist() == [
+        [0, 1, 2, 3, 0, 1, 2, 0],
+        [0, 1, 2, 3, 4, 5, 6, 7],  # continued document restarts at 0
+        [0, 0, 1, 0, 1, 2, 3, 4],
+    ]  # its EOS, [40, 0], then padding
+    assert col(ds, "labels").tolist() == [
+        [-100, 11, 12, 0, -100, 21, 0, -100],  # documents' first tokens: -100
+        [-100, 32, 33, 34, 35, 36, 37, 38],
+        [-100, -100, 0] + [-100] * 5,
+    ]  # padding: -100
     assert col(ds, "is_padding").tolist()[2] == [0, 0, 0, 1, 1, 1, 1, 1]
     assert (col(ds, "input_ids")[2][3:] == 1).all()
 
@@ -106,8 +109,9 @@ def test_pack_is_fast_enough():
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 400, 5000)
-    docs = TokenizedDocs(rng.integers(0, 1000, lengths.sum()).astype(np.int32),
-                         np.concatenate([[0], np.cumsum(lengths)]))
+    docs = TokenizedDocs(
+        rng.integers(0, 1000, lengths.sum()).astype(np.int32), np.concatenate([[0], np.cumsum(lengths)])
+    )
     t = time.perf_counter()
     ds, acct = pack_blocks(docs, block_size=128, pad_id=1, mode="document")
     assert time.perf_counter() - t < 5  # ~1M tokens; 10M take ~1-2 s
@@ -124,8 +128,13 @@ def test_causal_tokenization_appends_eos_without_special_tokens(bpe, tmp_path):
 
 
 def test_masked_tokenization_wraps_cls_sep_and_word_starts(wordpiece, tmp_path):
-    docs = tokenize_documents(["Tokenizers split prefixes", "unbelievable dialysis!"], wordpiece,
-                              separator="sep", cache_dir=tmp_path, with_word_starts=True)
+    docs = tokenize_documents(
+        ["Tokenizers split prefixes", "unbelievable dialysis!"],
+        wordpiece,
+        separator="sep",
+        cache_dir=tmp_path,
+        with_word_starts=True,
+    )
     for doc in docs:
         toks = wordpiece.convert_ids_to_tokens(doc["input_ids"])
         assert toks[0] == "[CLS]" and toks[-1] == "[SEP]" and "[CLS]" not in toks[1:-1]
@@ -221,10 +230,16 @@ def test_num_proc_matches_single_process(bpe, monkeypatch):
 def test_build_blocks_end_to_end(objective, bpe, wordpiece, tmp_path):
     tok = bpe if objective == "causal" else wordpiece
     texts = CORPUS[:12] + [" ".join(CORPUS)]  # the last document spans several blocks
-    ds, acct = build_blocks(texts, tok, block_size=32, mode="document", objective=objective,
-                            cache_dir=tmp_path, seed=None)
-    docs = tokenize_documents(texts, tok, separator="eos" if objective == "causal" else "sep",
-                              cache_dir=tmp_path, with_word_starts=objective == "masked")
+    ds, acct = build_blocks(
+        texts, tok, block_size=32, mode="document", objective=objective, cache_dir=tmp_path, seed=None
+    )
+    docs = tokenize_documents(
+        texts,
+        tok,
+        separator="eos" if objective == "causal" else "sep",
+        cache_dir=tmp_path,
+        with_word_starts=objective == "masked",
+    )
     assert docs.cache_hit
     arrays = token_arrays(docs)
     flat = col(ds, "input_ids").reshape(-1)[~col(ds, "is_padding").reshape(-1).astype(bool)]
@@ -232,8 +247,9 @@ def test_build_blocks_end_to_end(objective, bpe, wordpiece, tmp_path):
     assert acct.tokens == arrays.num_tokens and acct.tokens_dropped == 0 and acct.documents == len(texts)
     assert ("word_starts" in ds.column_names) == (objective == "masked")
     assert col(ds, "input_ids")[-1][-1] == resolve_pad_id(tok, objective)
-    shuffled, acct2 = build_blocks(texts, tok, block_size=32, mode="document", objective=objective,
-                                   cache_dir=tmp_path, seed=1)
+    shuffled, acct2 = build_blocks(
+        texts, tok, block_size=32, mode="document", objective=objective, cache_dir=tmp_path, seed=1
+    )
     assert acct2 == acct
     assert sorted(col(shuffled, "input_ids").reshape(-1).tolist()) == sorted(col(ds, "input_ids").reshape(-1).tolist())
 
@@ -272,11 +288,14 @@ def test_tokenized_dataset_select_and_concatenate(bpe, wordpiece, tmp_path):
     assert acct.tokens == len(arrays.ids) and acct.documents == 4 and acct.tokens_dropped == 0
     # an empty selection and plain lists work too
     assert pack_blocks(a.select([]), block_size=16, pad_id=0, mode="concat")[1].blocks == 0
-    assert pack_blocks([r["input_ids"] for r in expected], block_size=16, pad_id=0)[1] == \
-        pack_blocks(expected, block_size=16, pad_id=0)[1]
+    assert (
+        pack_blocks([r["input_ids"] for r in expected], block_size=16, pad_id=0)[1]
+        == pack_blocks(expected, block_size=16, pad_id=0)[1]
+    )
 
 
 # ---- bounded memory: packing and gathering run in slices; blocks can live in a file --------------
+
 
 def _random_docs(rng, n_docs, max_len, word_starts=False):
     lengths = rng.integers(1, max_len, n_docs)
@@ -380,8 +399,10 @@ def test_encode_batches_bounded_by_characters_give_the_same_tokens(bpe, wordpiec
     from lmadapt.data.packing import tokenize_arrays
 
     texts = [t * (i % 4 + 1) for i, t in enumerate(CORPUS)]
-    whole = {name: tokenize_arrays(texts, tok, separator=sep, cache=False, with_word_starts=ws)
-             for name, tok, sep, ws in (("bpe", bpe, "eos", False), ("wp", wordpiece, "sep", True))}
+    whole = {
+        name: tokenize_arrays(texts, tok, separator=sep, cache=False, with_word_starts=ws)
+        for name, tok, sep, ws in (("bpe", bpe, "eos", False), ("wp", wordpiece, "sep", True))
+    }
     calls = []
     real = packing_tokenize._batches
     monkeypatch.setattr(packing_tokenize, "_CHUNK_CHARS", 60)
@@ -394,13 +415,14 @@ def test_encode_batches_bounded_by_characters_give_the_same_tokens(bpe, wordpiec
             np.testing.assert_array_equal(small.word_starts, whole[name].word_starts)
     batches = calls[0]
     assert len(batches) > 3 and batches[0][0] == 0 and batches[-1][1] == len(texts)
-    assert all(a[1] == b[0] for a, b in zip(batches, batches[1:]))   # consecutive, nothing skipped
-    assert all(sum(len(t) for t in texts[s:e - 1]) < 60 for s, e in batches)  # a batch stops once over budget
+    assert all(a[1] == b[0] for a, b in zip(batches, batches[1:]))  # consecutive, nothing skipped
+    assert all(sum(len(t) for t in texts[s : e - 1]) < 60 for s, e in batches)  # a batch stops once over budget
 
 
 def test_blocks_file_on_a_filesystem_without_hard_links(tmp_path, monkeypatch):
     def no_links(src, dst):
         raise PermissionError("operation not permitted")
+
     monkeypatch.setattr(packing.os, "link", no_links)
     docs = _random_docs(np.random.default_rng(6), 20, 30)
     ds, acct = pack_blocks(docs, block_size=16, pad_id=1, path=tmp_path / "b.arrow")
@@ -418,6 +440,7 @@ def test_tokens_stream_to_the_cache_a_batch_at_a_time(bpe, wordpiece, tmp_path, 
 
     def no_concat(*args):
         raise AssertionError("the encoded batches were concatenated in memory")
+
     monkeypatch.setattr(packing_tokenize, "_concat_parts", no_concat)
     for tok, sep, ws in ((bpe, "eos", False), (wordpiece, "sep", True)):
         got = tokenize_arrays(texts, tok, separator=sep, cache_dir=tmp_path / sep, with_word_starts=ws)
@@ -426,13 +449,14 @@ def test_tokens_stream_to_the_cache_a_batch_at_a_time(bpe, wordpiece, tmp_path, 
         suffix = [tok.eos_token_id if sep == "eos" else tok.sep_token_id]
         for i, text in enumerate(texts):
             want = prefix + tok(text, add_special_tokens=False)["input_ids"] + suffix
-            assert got.ids[got.offsets[i]:got.offsets[i + 1]].tolist() == want
+            assert got.ids[got.offsets[i] : got.offsets[i + 1]].tolist() == want
         if ws:
             assert len(got.word_starts) == len(got.ids) and got.word_starts[got.offsets[:-1]].all()
         entries = list((tmp_path / sep).iterdir())
-        assert [p.name for p in entries] == [got.key]     # no temp folder beside the entry
+        assert [p.name for p in entries] == [got.key]  # no temp folder beside the entry
         assert sorted(p.name for p in entries[0].iterdir()) == sorted(
-            ["ids.npy", "offsets.npy", "meta.json"] + (["word_starts.npy"] if ws else []))
+            ["ids.npy", "offsets.npy", "meta.json"] + (["word_starts.npy"] if ws else [])
+        )
         meta = json.loads((entries[0] / "meta.json").read_text())
         assert (meta["documents"], meta["tokens"]) == (len(texts), got.num_tokens)
 
@@ -447,21 +471,22 @@ def test_a_failed_tokenization_leaves_no_entry_and_an_unwritable_cache_still_tok
         parts = real(*args)
         yield next(parts)
         raise KeyboardInterrupt
+
     monkeypatch.setattr(packing_tokenize, "_CHUNK", 2)
     monkeypatch.setattr(packing_tokenize, "_encode_batches", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         tokenize_arrays(CORPUS, bpe, cache_dir=tmp_path / "cache")
-    assert list((tmp_path / "cache").iterdir()) == []    # neither an entry nor its temp folder
+    assert list((tmp_path / "cache").iterdir()) == []  # neither an entry nor its temp folder
     monkeypatch.setattr(packing_tokenize, "_encode_batches", real)
     blocked = tmp_path / "a-file"
-    blocked.write_text("")                                # the cache folder cannot be made under a file
+    blocked.write_text("")  # the cache folder cannot be made under a file
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     got = tokenize_arrays(CORPUS, bpe, cache_dir=blocked / "cache")
     assert got.cache_path is None and not isinstance(got.ids, np.memmap)
     np.testing.assert_array_equal(got.ids, plain.ids)
     np.testing.assert_array_equal(got.offsets, plain.offsets)
-    assert list((tmp_path / "tmp").iterdir()) == []        # the temp folder it used is gone
+    assert list((tmp_path / "tmp").iterdir()) == []  # the temp folder it used is gone
 
 
 def test_a_spooled_source_tokenizes_like_its_list_reading_a_batch_at_a_time(bpe, tmp_path, monkeypatch):
@@ -478,7 +503,9 @@ def test_a_spooled_source_tokenizes_like_its_list_reading_a_batch_at_a_time(bpe,
     monkeypatch.setattr(packing_tokenize, "_CHUNK", 4)
     asked = []
     real = SpooledDocuments.texts
-    monkeypatch.setattr(SpooledDocuments, "texts", lambda self, s=0, e=None: asked.append((e or len(self)) - s) or real(self, s, e))
+    monkeypatch.setattr(
+        SpooledDocuments, "texts", lambda self, s=0, e=None: asked.append((e or len(self)) - s) or real(self, s, e)
+    )
     plain = tokenize_arrays(texts, bpe, cache=False)
     for num_proc in (None, 2):
         asked.clear()
@@ -486,7 +513,7 @@ def test_a_spooled_source_tokenizes_like_its_list_reading_a_batch_at_a_time(bpe,
         assert got.key == plain.key
         np.testing.assert_array_equal(got.ids, plain.ids)
         np.testing.assert_array_equal(got.offsets, plain.offsets)
-        assert asked and max(asked) <= 16 < len(texts), asked    # batches of <= 4 x _CHUNK documents
+        assert asked and max(asked) <= 16 < len(texts), asked  # batches of <= 4 x _CHUNK documents
 
 
 @pytest.mark.parametrize("mode", ["document", "concat"])
@@ -501,11 +528,14 @@ def test_packing_a_mixture_gathers_a_slice_at_a_time(mode, tmp_path, monkeypatch
     whole = mix_documents({"a": a, "b": b}, picks, seed=3)
     eager = TokenizedDocs(np.asarray(whole.ids), whole.offsets, np.asarray(whole.word_starts))
     ref, ref_acct = pack_blocks(eager, block_size=16, pad_id=1, mode=mode)
-    monkeypatch.setattr(packing, "_SLICE_TOKENS", 48)      # 3 blocks a slice
+    monkeypatch.setattr(packing, "_SLICE_TOKENS", 48)  # 3 blocks a slice
     sizes = []
     real = tokenized_docs.gather_documents
-    monkeypatch.setattr(tokenized_docs, "gather_documents",
-                        lambda parts, p, d: sizes.append(sum(int(parts[i].lengths[j]) for i, j in zip(p, d))) or real(parts, p, d))
+    monkeypatch.setattr(
+        tokenized_docs,
+        "gather_documents",
+        lambda parts, p, d: sizes.append(sum(int(parts[i].lengths[j]) for i, j in zip(p, d))) or real(parts, p, d),
+    )
     lazy = mix_documents({"a": a, "b": b}, picks, seed=3)
     got, acct = pack_blocks(lazy, block_size=16, pad_id=1, mode=mode, path=tmp_path / f"{mode}.arrow")
     assert acct == ref_acct and acct.tokens_dropped == 0

@@ -1,4 +1,5 @@
 """Corpus reading: formats, provenance, bad input, skip mode, dedup, held-out split."""
+
 from __future__ import annotations
 
 import gzip
@@ -32,6 +33,7 @@ def src(path, **kw) -> SourceConfig:
 
 # ------------------------------------------------------------------ formats
 
+
 def test_txt_split_modes(tmp_path):
     p = write(tmp_path / "notes.txt", "\ufeffFirst para\nstill first.\n\n\n  Second para \r\n\nthird\n")
     docs, st = read_source(src(p))
@@ -51,21 +53,24 @@ def test_txt_split_modes(tmp_path):
 RECORDS = [{"id": 1, "text": "alpha doc"}, {"id": 2, "text": "beta doc"}]
 
 
-@pytest.mark.parametrize("name,content,kw", [
-    ("c.jsonl", jsonl(*RECORDS), {}),
-    ("c.jsonl.gz", jsonl(*RECORDS), {}),
-    ("c.json", json.dumps(RECORDS, indent=1), {}),
-    ("c.json.gz", json.dumps(RECORDS), {}),
-    ("c.json", json.dumps({"data": RECORDS}, indent=1), {}),   # {"data": [...]} wrapper
-    ("c.json", jsonl(*RECORDS), {}),                            # JSON Lines named .json
-    ("c.jsonl", json.dumps(RECORDS), {}),                       # JSON array named .jsonl
-    ("c.csv", 'id,text\n1,alpha doc\n2,"beta doc"\n', {}),
-    ("c.csv.gz", "\ufeffid,text\r\n1,alpha doc\r\n2,beta doc\r\n", {}),
-    ("c.tsv", "id\ttext\n1\talpha doc\n2\tbeta doc\n", {}),
-    ("c.txt.gz", "alpha doc\n\nbeta doc\n", {"split_docs": "blank_line"}),
-    ("c.md", "alpha doc\nbeta doc\n", {"split_docs": "line"}),
-    ("c.data", jsonl(*RECORDS), {"format": "jsonl"}),           # explicit format beats suffix
-])
+@pytest.mark.parametrize(
+    "name,content,kw",
+    [
+        ("c.jsonl", jsonl(*RECORDS), {}),
+        ("c.jsonl.gz", jsonl(*RECORDS), {}),
+        ("c.json", json.dumps(RECORDS, indent=1), {}),
+        ("c.json.gz", json.dumps(RECORDS), {}),
+        ("c.json", json.dumps({"data": RECORDS}, indent=1), {}),  # {"data": [...]} wrapper
+        ("c.json", jsonl(*RECORDS), {}),  # JSON Lines named .json
+        ("c.jsonl", json.dumps(RECORDS), {}),  # JSON array named .jsonl
+        ("c.csv", 'id,text\n1,alpha doc\n2,"beta doc"\n', {}),
+        ("c.csv.gz", "\ufeffid,text\r\n1,alpha doc\r\n2,beta doc\r\n", {}),
+        ("c.tsv", "id\ttext\n1\talpha doc\n2\tbeta doc\n", {}),
+        ("c.txt.gz", "alpha doc\n\nbeta doc\n", {"split_docs": "blank_line"}),
+        ("c.md", "alpha doc\nbeta doc\n", {"split_docs": "line"}),
+        ("c.data", jsonl(*RECORDS), {"format": "jsonl"}),  # explicit format beats suffix
+    ],
+)
 def test_formats(tmp_path, name, content, kw):
     p = write(tmp_path / name, content, gz=name.endswith(".gz"))
     docs, st = read_source(src(p, **kw))
@@ -159,24 +164,49 @@ def test_directory_recursion_glob_and_pattern(tmp_path):
 BAD = [
     # name, bytes, (gz), split_docs, expected fragments (after the file name)
     ("bad.jsonl", jsonl({"text": "ok"}) + '{"text": "x",\n', False, "file", [":2:", "malformed JSON", "column"]),
-    ("miss.jsonl", jsonl({"text": "ok"}, {"Text": "b", "id": 3}), False, "file",
-     [":2:", "field 'text' missing", "(has: Text, id)", "did you mean text_field: Text"]),
+    (
+        "miss.jsonl",
+        jsonl({"text": "ok"}, {"Text": "b", "id": 3}),
+        False,
+        "file",
+        [":2:", "field 'text' missing", "(has: Text, id)", "did you mean text_field: Text"],
+    ),
     ("num.jsonl", jsonl({"text": 5}), False, "file", [":1:", "field 'text' is int"]),
     ("null.jsonl", jsonl({"text": "a"}, {"text": None}), False, "file", [":2:", "is null"]),
     ("empty.jsonl", jsonl({"text": "a"}, {"text": "  "}), False, "file", [":2:", "field 'text' is empty"]),
     ("list.jsonl", "[1, 2]\n", False, "file", [":1:", "expected a JSON object with field 'text', got int"]),
-    ("utf.jsonl", jsonl({"text": "a"}, {"text": "b"}).encode() + b'{"text": "caf\xe9"}\n', False, "file",
-     [":3:", "invalid UTF-8: byte 0xe9 at byte offset 41 (byte 14 of the line)"]),
-    ("utf.json", b'[{"text": "a"},\n {"text": "caf\xff"}]', False, "file",
-     [":2:", "invalid UTF-8: byte 0xff at byte offset 30"]),
+    (
+        "utf.jsonl",
+        jsonl({"text": "a"}, {"text": "b"}).encode() + b'{"text": "caf\xe9"}\n',
+        False,
+        "file",
+        [":3:", "invalid UTF-8: byte 0xe9 at byte offset 41 (byte 14 of the line)"],
+    ),
+    (
+        "utf.json",
+        b'[{"text": "a"},\n {"text": "caf\xff"}]',
+        False,
+        "file",
+        [":2:", "invalid UTF-8: byte 0xff at byte offset 30"],
+    ),
     ("bad.json", '[{"text": "a"},\n {"text": }]', False, "file", [":2:", "malformed JSON"]),
-    ("utf.txt", b"good para\n\nbad \xc3( line\nmore\n", False, "blank_line",
-     [":3:", "invalid UTF-8: byte 0xc3 at byte offset 15", "paragraph starting at line 3"]),
+    (
+        "utf.txt",
+        b"good para\n\nbad \xc3( line\nmore\n",
+        False,
+        "blank_line",
+        [":3:", "invalid UTF-8: byte 0xc3 at byte offset 15", "paragraph starting at line 3"],
+    ),
     ("utf2.txt", b"ok\nok\n\x80\n", False, "file", [":3:", "byte 0x80 at byte offset 6"]),
     ("bin.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", False, "file", ["binary file"]),
     ("u16.txt", "hello".encode("utf-16"), False, "file", ["UTF-16"]),
-    ("trunc.jsonl.gz", gzip.compress(jsonl(*[{"text": f"r{i}"} for i in range(2000)]).encode())[:-30], None,
-     "file", ["corrupt gzip file"]),
+    (
+        "trunc.jsonl.gz",
+        gzip.compress(jsonl(*[{"text": f"r{i}"} for i in range(2000)]).encode())[:-30],
+        None,
+        "file",
+        ["corrupt gzip file"],
+    ),
     ("nogz.txt.gz", "plain, not gzip", False, "file", ["corrupt gzip file"]),
     ("nofield.csv", "id,body\n1,x\n", False, "file", [":1:", "CSV header has no column 'text'", "id, body"]),
     ("short.csv", "id,text\n1,x\n2\n", False, "file", [":3:", "CSV row has 1 fields, the header has 2"]),
@@ -199,20 +229,34 @@ def test_bad_input_names_file_and_line(tmp_path, name, data, gz, split, fragment
 
 def test_missing_file_suggests_neighbour(tmp_path):
     write(tmp_path / "computing.jsonl", jsonl({"text": "x"}))
-    with pytest.raises(CorpusError, match=r"computng\.jsonl: no such file or directory; did you mean .*computing\.jsonl"):
+    with pytest.raises(
+        CorpusError, match=r"computng\.jsonl: no such file or directory; did you mean .*computing\.jsonl"
+    ):
         read_source(src(tmp_path / "computng.jsonl"))
 
 
 def test_skip_mode_counts_and_keeps_good(tmp_path):
-    lines = [json.dumps({"text": "good one"}), "{broken", json.dumps({"body": "x"}), json.dumps({"text": ""}),
-             json.dumps({"text": 3}), "", json.dumps({"text": "good two"})]
+    lines = [
+        json.dumps({"text": "good one"}),
+        "{broken",
+        json.dumps({"body": "x"}),
+        json.dumps({"text": ""}),
+        json.dumps({"text": 3}),
+        "",
+        json.dumps({"text": "good two"}),
+    ]
     raw = ("\n".join(lines) + "\n").encode() + b'{"text": "\xff"}\n' + jsonl({"text": "good three"}).encode()
     p = write(tmp_path / "mixed.jsonl", raw)
     docs, st = read_source(src(p), on_error="skip")
     assert texts(docs) == ["good one", "good two", "good three"]
     assert [d.origin for d in docs] == [f"{p}:1", f"{p}:7", f"{p}:9"]
-    assert st.skip_reasons == {"malformed JSON": 1, "missing field 'text'": 1, "empty text": 1,
-                               "text not a string": 1, "invalid UTF-8": 1}
+    assert st.skip_reasons == {
+        "malformed JSON": 1,
+        "missing field 'text'": 1,
+        "empty text": 1,
+        "text not a string": 1,
+        "invalid UTF-8": 1,
+    }
     assert st.skipped == 5 and st.documents == 3
     assert st.first_skips[0].startswith(f"{p}:2: malformed JSON") and st.first_skips[-1].startswith(f"{p}:8:")
 
@@ -248,6 +292,7 @@ def test_min_chars_counts_too_short(tmp_path):
 
 
 # ------------------------------------------------------------------ corpus: names, dedup, held-out
+
 
 def test_name_clash_names_both_paths(tmp_path):
     a = write(tmp_path / "x" / "computing.jsonl", jsonl({"text": "a"}))
@@ -322,6 +367,7 @@ def test_a_spooled_corpus_equals_the_one_in_memory_without_holding_its_texts(tmp
     """With spool_dir, every source is written to an Arrow file as it is read: the same documents,
     origins, dedup, held-out split and stats as the lists in memory."""
     from lmadapt.data.spool import SpooledDocuments
+
     a = write(tmp_path / "a.jsonl", jsonl({"text": "same"}, {"text": " same \n"}, {"text": "a only"}))
     b = write(tmp_path / "b.txt", "same\nb only\na only\n")
     e = write(tmp_path / "ev.txt", "b only\nfresh\nfresh\n")
@@ -335,7 +381,7 @@ def test_a_spooled_corpus_equals_the_one_in_memory_without_holding_its_texts(tmp
         spooled = read_corpus(cfg, spool_dir=tmp_path / f"spool{k}")
         _same_corpus(spooled, read_corpus(cfg))
         assert all(isinstance(d, SpooledDocuments) for d in [*spooled.train.values(), *spooled.eval.values()])
-        assert not [p for p in (tmp_path / f"spool{k}").iterdir() if p.suffix != ".arrow"]   # no temp file left
+        assert not [p for p in (tmp_path / f"spool{k}").iterdir() if p.suffix != ".arrow"]  # no temp file left
     held = read_corpus(configs[2], spool_dir=tmp_path / "again").train["dom"]
     plain = read_corpus(configs[2]).train["dom"]
     assert held[-1] == plain[-1] and held[3] == plain[3]

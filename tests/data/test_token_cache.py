@@ -1,4 +1,5 @@
 """`lmadapt cache`: listing the tokenization cache and clearing entries by last use."""
+
 import os
 import time
 
@@ -22,7 +23,7 @@ def test_list_clear_by_last_use_and_dry_run(tmp_path, capsys):
     new = tokenize_arrays(CORPUS[6:], tok, cache_dir=tmp_path)
     (tmp_path / ".0123456789abcdef-x").mkdir()  # a temp folder a dead tokenization left
     os.utime(tmp_path / ".0123456789abcdef-x", (time.time() - 2 * DAY,) * 2)
-    (tmp_path / ".fedcba9876543210-y").mkdir()    # one in progress right now
+    (tmp_path / ".fedcba9876543210-y").mkdir()  # one in progress right now
     _age(tmp_path / old.key, 40)
     _age(tmp_path / new.key, 40)
     tokenize_arrays(CORPUS[6:], tok, cache_dir=tmp_path)  # a hit marks `new` used today

@@ -1,4 +1,5 @@
 """Shared fixtures for the model tests: tiny trained tokenizers, one torch thread."""
+
 from __future__ import annotations
 
 import pytest
@@ -63,7 +64,8 @@ def scratch(tokenizer_dirs):
     from lmadapt.models.load import load_model
 
     def make(arch, size="1m", seed=42, **kw):
-        return load_model(ModelConfig(init="scratch", arch=arch, size=size, tokenizer=tokenizer_dirs[arch], **kw),
-                          seed=seed)
+        return load_model(
+            ModelConfig(init="scratch", arch=arch, size=size, tokenizer=tokenizer_dirs[arch], **kw), seed=seed
+        )
 
     return make

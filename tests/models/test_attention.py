@@ -13,12 +13,12 @@ from lmadapt.models.load import supports_document_packing
 def test_auto_resolves_by_machine_objective_and_flash_attn(monkeypatch):
     monkeypatch.setattr(attention, "flash_attention_available", lambda: False)
     assert resolve_attention("auto", causal=True, cuda=False) == "sdpa"
-    assert resolve_attention("auto", causal=True, cuda=True) == "sdpa"       # no flash-attn package
+    assert resolve_attention("auto", causal=True, cuda=True) == "sdpa"  # no flash-attn package
     monkeypatch.setattr(attention, "flash_attention_available", lambda: True)
     assert resolve_attention("auto", causal=True, cuda=True) == "flash_attention_2"
     assert resolve_attention("auto", causal=True, cuda=False) == "sdpa"
-    assert resolve_attention("auto", causal=False, cuda=True) == "sdpa"      # encoders: 4D document masks
-    assert resolve_attention("eager", causal=True, cuda=True) == "eager"     # an explicit choice stays
+    assert resolve_attention("auto", causal=False, cuda=True) == "sdpa"  # encoders: 4D document masks
+    assert resolve_attention("eager", causal=True, cuda=True) == "eager"  # an explicit choice stays
     assert resolve_attention(None, causal=True, cuda=True) is None
     with pytest.raises(ConfigError, match="flex_attention needs a GPU to train"):
         resolve_attention("flex_attention", causal=True, cuda=False)

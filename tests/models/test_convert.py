@@ -45,7 +45,7 @@ def test_smollm2_gguf_converts_to_plain_trainable_model(tmp_path, monkeypatch):
     # its logits against the GGUF-loaded model); it continues text sensibly
     ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
     out = lm.model.eval().generate(ids, max_new_tokens=4, do_sample=False)
-    assert "Paris" in tok.decode(out[0, ids.shape[1]:])
+    assert "Paris" in tok.decode(out[0, ids.shape[1] :])
 
     t0 = time.time()
     again = load_model(ModelConfig(path=os.path.dirname(gguf), gguf_file=gguf))  # full path works too

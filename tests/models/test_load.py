@@ -5,8 +5,13 @@ import torch
 
 from lmadapt.config.base import ConfigError
 from lmadapt.config.model import ModelConfig
-from lmadapt.models.load import (ModelLoadError, block_diagonal_mask, load_model, load_tokenizer,
-                                 supports_document_packing)
+from lmadapt.models.load import (
+    ModelLoadError,
+    block_diagonal_mask,
+    load_model,
+    load_tokenizer,
+    supports_document_packing,
+)
 
 
 def _same_weights(a, b):
@@ -25,11 +30,17 @@ def test_scratch_is_seeded_and_leaves_global_rng_alone(scratch):
     assert a.model.config.use_cache is False  # a KV cache would disable packed-document masking
 
 
-@pytest.mark.parametrize("arch,impl,objective", [
-    ("llama", "sdpa", "causal"), ("llama", "eager", "causal"),
-    ("gpt2", "sdpa", "causal"), ("gpt2", "eager", "causal"),
-    ("bert", "sdpa", "masked"), ("bert", "eager", "masked"),
-])
+@pytest.mark.parametrize(
+    "arch,impl,objective",
+    [
+        ("llama", "sdpa", "causal"),
+        ("llama", "eager", "causal"),
+        ("gpt2", "sdpa", "causal"),
+        ("gpt2", "eager", "causal"),
+        ("bert", "sdpa", "masked"),
+        ("bert", "eager", "masked"),
+    ],
+)
 def test_document_packing_probe(scratch, arch, impl, objective):
     model = scratch(arch, attn_implementation=impl).model
     model.train()
@@ -48,10 +59,22 @@ def test_document_packing_probe_sees_a_kv_cache(scratch):
     a, a2, b = (torch.randint(5, 300, (n,), generator=g) for n in (7, 7, 9))
     pos = torch.cat([torch.arange(7), torch.arange(9)])[None]
     with torch.no_grad():
-        leak = (model(input_ids=torch.cat([a, b])[None], position_ids=pos).logits[0, 7:]
-                - model(input_ids=torch.cat([a2, b])[None], position_ids=pos).logits[0, 7:]).abs().max()
-        kept = (model(input_ids=torch.cat([a, b])[None], position_ids=pos, use_cache=False).logits[0, 7:]
-                - model(input_ids=torch.cat([a2, b])[None], position_ids=pos, use_cache=False).logits[0, 7:]).abs().max()
+        leak = (
+            (
+                model(input_ids=torch.cat([a, b])[None], position_ids=pos).logits[0, 7:]
+                - model(input_ids=torch.cat([a2, b])[None], position_ids=pos).logits[0, 7:]
+            )
+            .abs()
+            .max()
+        )
+        kept = (
+            (
+                model(input_ids=torch.cat([a, b])[None], position_ids=pos, use_cache=False).logits[0, 7:]
+                - model(input_ids=torch.cat([a2, b])[None], position_ids=pos, use_cache=False).logits[0, 7:]
+            )
+            .abs()
+            .max()
+        )
     assert leak > 1e-3 and kept < 1e-5
 
 

@@ -28,8 +28,9 @@ def _logits(model, ids):
 @pytest.mark.parametrize("arch,train_embeddings", [("llama", True), ("gpt2", False), ("bert", False)])
 def test_adapter_save_load_and_merge_give_same_logits(scratch, tmp_path, arch, train_embeddings):
     lm = scratch(arch)
-    model = apply_lora(lm.model, LoraConfig(enabled=True, r=4, dropout=0.0, train_embeddings=train_embeddings),
-                       lm.objective)
+    model = apply_lora(
+        lm.model, LoraConfig(enabled=True, r=4, dropout=0.0, train_embeddings=train_embeddings), lm.objective
+    )
     _perturb(model)
     ids = torch.randint(5, len(lm.tokenizer), (2, 12), generator=torch.Generator().manual_seed(1))
     ref = _logits(model, ids)

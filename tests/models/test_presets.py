@@ -34,7 +34,11 @@ def test_config_takes_vocab_and_special_ids_from_tokenizer(scratch):
     lm = scratch("llama")
     cfg, tok = lm.model.config, lm.tokenizer
     assert cfg.vocab_size == len(tok)
-    assert (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) == (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    assert (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) == (
+        tok.bos_token_id,
+        tok.eos_token_id,
+        tok.pad_token_id,
+    )
     assert cfg.tie_word_embeddings is True
     bert = scratch("bert")
     assert bert.model.config.pad_token_id == bert.tokenizer.pad_token_id
@@ -46,8 +50,18 @@ def test_dims_override_preset_and_unknown_key_is_named(bpe_dir):
     tok = AutoTokenizer.from_pretrained(bpe_dir)
     cfg = scratch_config("gpt2", "1m", {"num_hidden_layers": 2, "intermediate_size": 256, "n_positions": 128}, tok)
     assert (cfg.n_layer, cfg.n_inner, cfg.n_positions, cfg.n_embd) == (2, 256, 128, 128)
-    cfg = scratch_config("llama", None, {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                         "num_key_value_heads": 1, "intermediate_size": 128}, tok)
+    cfg = scratch_config(
+        "llama",
+        None,
+        {
+            "hidden_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "intermediate_size": 128,
+        },
+        tok,
+    )
     assert cfg.num_key_value_heads == 1 and cfg.hidden_size == 64
     with pytest.raises(ConfigError, match=r"model\.dims\.hiden_size.*did you mean 'hidden_size'"):
         scratch_config("llama", "1m", {"hiden_size": 64}, tok)

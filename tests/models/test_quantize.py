@@ -27,6 +27,7 @@ def test_nf4_settings_and_missing_package(monkeypatch):
     assert q.bnb_4bit_compute_dtype == torch.bfloat16
     assert quantize.bnb_config("none") is None and quantize.quantized_load_kwargs("none") == {}
     import importlib.util
+
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "bitsandbytes" else real(n, *a))
     with pytest.raises(ConfigError, match=r"bitsandbytes.*lmadapt\[speed\]"):

@@ -1,4 +1,5 @@
 """Vocabulary extension: mining, byte-level BPE and WordPiece extension, embedding initialisation, CLI."""
+
 import json
 
 import pytest
@@ -7,8 +8,14 @@ import torch
 from helpers import CORPUS, tiny_bpe_tokenizer, tiny_gpt2, tiny_llama, tiny_wordpiece_tokenizer
 from lmadapt.config.base import ConfigError
 from lmadapt.models.embed_init import init_new_rows
-from lmadapt.models.vocab import (VOCAB_FILE, extend_tokenizer, mine_candidates, pretoken_counts, read_extension,
-                                  tokens_per_word)
+from lmadapt.models.vocab import (
+    VOCAB_FILE,
+    extend_tokenizer,
+    mine_candidates,
+    pretoken_counts,
+    read_extension,
+    tokens_per_word,
+)
 
 WORD = "hyperparameterisation"
 DOMAIN = [f"The {WORD} of a model is tedious. {WORD.capitalize()} helps. Tokenizers split text."] * 8
@@ -72,7 +79,7 @@ def test_wordpiece_adds_whole_words_only(tmp_path):
     cands = mine_candidates(tok, texts, add=1, min_frequency=2)
     assert cands[0].word == WORD and len(cands[0].pieces) >= 3
     new = extend_tokenizer(tok, cands, tmp_path / "ext", counts=pretoken_counts(tok, texts))
-    assert new.convert_ids_to_tokens(_ids(new, f"The {WORD.upper()}, ok")) [1] == WORD   # normalised (lower-cased) text
+    assert new.convert_ids_to_tokens(_ids(new, f"The {WORD.upper()}, ok"))[1] == WORD  # normalised (lower-cased) text
     for text in CORPUS + [f"{WORD}s x{WORD}"]:
         assert _ids(new, text) == _ids(tok, text), text
 
@@ -90,7 +97,7 @@ def test_mean_init_is_the_mean_of_the_pieces(bpe, tied):
     for c in cands:
         assert torch.allclose(w_in[c.id], old_in[c.piece_ids].mean(0), atol=1e-6)
         assert torch.allclose(w_out[c.id], old_out[c.piece_ids].mean(0), atol=1e-6)
-    assert torch.equal(w_in[: len(tok)], old_in)    # old rows untouched
+    assert torch.equal(w_in[: len(tok)], old_in)  # old rows untouched
 
 
 def test_overall_mean_init_and_bad_method(bpe):
@@ -126,20 +133,28 @@ def _bpe_variant(pre_tokenizer, **model):
     from transformers import PreTrainedTokenizerFast
 
     from helpers import _bpe_json
+
     j = json.loads(_bpe_json(400))
     j["pre_tokenizer"] = pre_tokenizer
     j["model"].update(model)
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(j)), eos_token="<|endoftext|>",
-                                   pad_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(j)), eos_token="<|endoftext|>", pad_token="<pad>"
+    )
 
 
 def test_llama3_style_pretokenizer(tmp_path):
     """Llama 3: a Split regex then ByteLevel without its own regex, ignore_merges already on."""
     pat = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-    tok = _bpe_variant({"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": pat}, "behavior": "Isolated", "invert": False},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
-        ignore_merges=True)
+    tok = _bpe_variant(
+        {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": pat}, "behavior": "Isolated", "invert": False},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+            ],
+        },
+        ignore_merges=True,
+    )
     cands = mine_candidates(tok, DOMAIN, add=2, min_frequency=2)
     new = extend_tokenizer(tok, cands, tmp_path / "ext", counts=pretoken_counts(tok, DOMAIN))
     assert len(_ids(new, f"The {WORD}")) == 2 and new.decode(_ids(new, f"The {WORD}")) == f"The {WORD}"
@@ -148,6 +163,6 @@ def test_llama3_style_pretokenizer(tmp_path):
 
 
 def test_tokenizer_without_word_splitting_is_refused(tmp_path):
-    tok = _bpe_variant(None)     # the whole text is one pre-token: a whole-word entry could never apply
+    tok = _bpe_variant(None)  # the whole text is one pre-token: a whole-word entry could never apply
     with pytest.raises(ConfigError, match="pre-tokenizer splits words"):
         mine_candidates(tok, DOMAIN, add=2)

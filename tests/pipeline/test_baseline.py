@@ -3,6 +3,7 @@
 No model is involved: these check the vectorizer settings reach scikit-learn, that C is chosen on
 dev, and that the pipeline's ``baseline`` section validates and is stated in the report.
 """
+
 import re
 
 import pytest
@@ -19,9 +20,11 @@ def recipe(tmp_path, n_train=40):
     # one distinct word per training text (w0, w1, ...) besides the shared filler: those n-grams
     # occur once, so min_df=2 must drop them
     rows = [dict(r, text=f"{r['text']} w{i}x") for i, r in enumerate(toy_rows(n_train, 0))]
-    files = {"train": write_jsonl(tmp_path / "train.jsonl", rows),
-             "dev": write_jsonl(tmp_path / "dev.jsonl", toy_rows(20, 1)),
-             "test": write_jsonl(tmp_path / "test.jsonl", toy_rows(20, 2))}
+    files = {
+        "train": write_jsonl(tmp_path / "train.jsonl", rows),
+        "dev": write_jsonl(tmp_path / "dev.jsonl", toy_rows(20, 1)),
+        "test": write_jsonl(tmp_path / "test.jsonl", toy_rows(20, 2)),
+    }
     return {"data": files, "task": {"type": "classification"}}, rows
 
 
@@ -63,8 +66,16 @@ def test_baseline_section_validates_and_is_reported():
         BaselineConfig(tfidf=True, min_df=0)
     with pytest.raises(ConfigError, match="min_dff"):
         from_dict(BaselineConfig, {"tfidf": True, "min_dff": 2})
-    run = Run(folder=None, rows=[], state={}, pipeline={"baseline": {"tfidf": True, "min_df": 2, "max_features": 200000}},
-              arms=[], reference="", noise_factor=2.0, roles={})
+    run = Run(
+        folder=None,
+        rows=[],
+        state={},
+        pipeline={"baseline": {"tfidf": True, "min_df": 2, "max_features": 200000}},
+        arms=[],
+        reference="",
+        noise_factor=2.0,
+        roles={},
+    )
     assert "min_df 2, at most 200,000 features" in baseline_note(run)
     run.pipeline = {}
     assert f"min_df {BaselineConfig().min_df}, at most {BaselineConfig().max_features:,} features" in baseline_note(run)

@@ -3,6 +3,7 @@
 The model is a scratch Llama (hidden 32, 2 layers) on the tiny test tokenizer; every stage runs a
 few steps, so the whole module takes well under a minute on CPU.
 """
+
 import json
 from pathlib import Path
 
@@ -47,8 +48,11 @@ def test_pipeline_runs_end_to_end_sharing_stages(first_run):
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     stage_rows = [r for r in rows if r["kind"] in ("pretrain", "finetune")]
     assert {(r["arm"], r["seed"], r["stage"]) for r in stage_rows} == {
-        (a, s, st) for s in (0, 1) for a, sts in (("ft_only", ["base", "ft"]), ("dapt_ft", ["base", "dapt", "ft"]))
-        for st in sts}
+        (a, s, st)
+        for s in (0, 1)
+        for a, sts in (("ft_only", ["base", "ft"]), ("dapt_ft", ["base", "dapt", "ft"]))
+        for st in sts
+    }
     base_rows = [r for r in stage_rows if r["stage"] == "base"]
     assert len({r["id"] for r in base_rows}) == 1, "the base model is trained once and shared"
     for r in stage_rows:
@@ -61,21 +65,28 @@ def test_pipeline_runs_end_to_end_sharing_stages(first_run):
             assert 0 <= r["task"]["test"]["accuracy"] <= 1 and "macro_f1" in r["task"]["dev"]
             assert r["perf"]["tokens_seen"] > 0
     ft = [r for r in stage_rows if r["kind"] == "finetune"]
-    assert len({r["id"] for r in ft if r["arm"] == "ft_only"}) == 2        # one per seed
+    assert len({r["id"] for r in ft if r["arm"] == "ft_only"}) == 2  # one per seed
     ev = [r for r in rows if r["kind"] == "evaluate"]
     assert len(ev) == 2 and ev[0]["id"] == ev[1]["id"] and ev[0]["stage"] == "dapt_ft-3"
     assert ev[0]["lm"]["domain"]["perplexity"] > 1 and ev[0]["parent"] == next(
-        r["folder"] for r in stage_rows if r["stage"] == "dapt")
+        r["folder"] for r in stage_rows if r["stage"] == "dapt"
+    )
     assert all(r["parent"] == ev[0]["parent"] for r in ft if r["arm"] == "dapt_ft"), "evaluate passes its model on"
     # hand-off: dapt starts from base, ft of dapt_ft from dapt
     dapt = next(r for r in stage_rows if r["stage"] == "dapt")
     assert dapt["parent"] == base_rows[0]["folder"]
-    recipe = json.loads(json.dumps(__import__("yaml").safe_load(
-        (out / dapt["folder"] / "lmadapt_recipe.yaml").read_text())))
+    recipe = json.loads(
+        json.dumps(__import__("yaml").safe_load((out / dapt["folder"] / "lmadapt_recipe.yaml").read_text()))
+    )
     assert recipe["model"]["path"] == str(out.resolve() / base_rows[0]["folder"])
     assert recipe["model"]["init"] == "pretrained" and not recipe["model"]["dims"] and not recipe["model"]["arch"]
-    seeds = {r["seed"]: __import__("yaml").safe_load((out / r["folder"] / "lmadapt_recipe.yaml").read_text())["train"]["seed"]
-             for r in ft if r["arm"] == "dapt_ft"}
+    seeds = {
+        r["seed"]: __import__("yaml").safe_load((out / r["folder"] / "lmadapt_recipe.yaml").read_text())["train"][
+            "seed"
+        ]
+        for r in ft
+        if r["arm"] == "dapt_ft"
+    }
     assert seeds == {0: 0, 1: 1}
     baseline = [r for r in rows if r["kind"] == "baseline"]
     assert baseline and 0 <= baseline[0]["task"]["test"]["accuracy"] <= 1
@@ -93,7 +104,7 @@ def test_report_has_every_arm_and_metric(first_run):
         for metric in ("test accuracy", "test macro-F1", "dev macro-F1", "domain ppl", "general ppl"):
             assert metric in text
         assert "beyond noise" in text and "pooled" in text
-    assert page.count("<svg") >= 4 and "<link" not in page and "src=\"http" not in page
+    assert page.count("<svg") >= 4 and "<link" not in page and 'src="http' not in page
     assert "Token accounting" in page and "Per-class test F1" in page and "Cost per stage" in page
     # rebuilt from the run folder alone
     (out / "report.md").unlink()
@@ -117,50 +128,72 @@ def test_verdict_answers_did_it_pay_off_and_what_it_cost(first_run):
     want = {"within noise": "no measurable effect"}.get(cell["verdict"]) or ("helped" if cell["diff"] > 0 else "hurt")
     assert v["effect"] == want
     # perplexity factors: dapt's evidence over base's, read from the stage folders
-    ev = {p.parent.name.split("-")[1]: json.loads(p.read_text())["sets"]
-          for p in (out / "stages").glob("pretrain-*/lm_evidence.json")}
+    ev = {
+        p.parent.name.split("-")[1]: json.loads(p.read_text())["sets"]
+        for p in (out / "stages").glob("pretrain-*/lm_evidence.json")
+    }
     for role in ("domain", "general"):
         assert v[f"{role}_factor"] == pytest.approx(ev["dapt"][role]["perplexity"] / ev["base"][role]["perplexity"])
     # cost: dapt_ft's own stages (dapt, its evaluate, its two fine-tunes) minus ft_only's two fine-tunes
     done = {p.parent.name: json.loads(p.read_text()) for p in (out / "stages").glob(f"*/{DONE_FILE}")}
-    ids = {arm: {r["id"] for r in run.rows if r["arm"] == arm and r["kind"] in ("pretrain", "finetune", "evaluate")}
-           for arm in ("dapt_ft", "ft_only")}
-    wall = (sum(done[i]["wall_seconds"] for i in ids["dapt_ft"] - ids["ft_only"])
-            - sum(done[i]["wall_seconds"] for i in ids["ft_only"] - ids["dapt_ft"]))
+    ids = {
+        arm: {r["id"] for r in run.rows if r["arm"] == arm and r["kind"] in ("pretrain", "finetune", "evaluate")}
+        for arm in ("dapt_ft", "ft_only")
+    }
+    wall = sum(done[i]["wall_seconds"] for i in ids["dapt_ft"] - ids["ft_only"]) - sum(
+        done[i]["wall_seconds"] for i in ids["ft_only"] - ids["dapt_ft"]
+    )
     assert v["cost"]["wall_seconds"] == pytest.approx(wall)
     assert v["cost"]["extra_stages"] == ["dapt", "dapt_ft-3"]
-    dapt_tokens = json.loads(next((out / "stages").glob("pretrain-dapt-*/metrics.json")).read_text())["train"]["tokens_seen"]
+    dapt_tokens = json.loads(next((out / "stages").glob("pretrain-dapt-*/metrics.json")).read_text())["train"][
+        "tokens_seen"
+    ]
     assert v["cost"]["pretrain_tokens"] == dapt_tokens > 0
     md, page, table = (out / "report.md").read_text(), (out / "report.html").read_text(), summary_table(out)
     for text in (md, page):
         assert "did it pay off, and at what cost?" in text and v["effect"] in text
-    assert f"dapt_ft vs ft_only: test macro-F1 {'+' if v['diff'] >= 0 else '−'}{abs(v['diff']):.3f}, {v['effect']}" in table
+    assert (
+        f"dapt_ft vs ft_only: test macro-F1 {'+' if v['diff'] >= 0 else '−'}{abs(v['diff']):.3f}, {v['effect']}"
+        in table
+    )
 
 
 def test_task_columns_follow_the_selected_metric(first_run, tmp_path):
     """An extraction-style run selects on F1, a generation-style run on loss (lower is better)."""
     cfg, out, _ = first_run
     run = load_run(out)
-    assert [c.key for c in run.columns] == ["test_accuracy", "test_macro_f1", "dev_macro_f1", "domain_ppl",
-                                            "general_ppl", "domain_wppl", "general_wppl"]
+    assert [c.key for c in run.columns] == [
+        "test_accuracy",
+        "test_macro_f1",
+        "dev_macro_f1",
+        "domain_ppl",
+        "general_ppl",
+        "domain_wppl",
+        "general_wppl",
+    ]
     for metric, greater, label in (("f1", True, "test F1 ↑"), ("loss", False, "test loss ↓")):
-        rows = [dict(r, task={**r["task"], "metric": metric,
-                              "test": {metric: 0.5 + 0.1 * r["seed"]}, "dev": {metric: 0.4}})
-                if r["kind"] == "finetune" else r for r in run.rows if r["kind"] != "baseline"]
+        rows = [
+            dict(r, task={**r["task"], "metric": metric, "test": {metric: 0.5 + 0.1 * r["seed"]}, "dev": {metric: 0.4}})
+            if r["kind"] == "finetune"
+            else r
+            for r in run.rows
+            if r["kind"] != "baseline"
+        ]
         folder = tmp_path / metric
         folder.mkdir()
         (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         for name in ("pipeline.yaml", "run_state.json"):
             (folder / name).write_text((out / name).read_text())
         for r in rows:
-            if r["kind"] == "finetune":      # the stage's own metrics.json says which way is better
+            if r["kind"] == "finetune":  # the stage's own metrics.json says which way is better
                 m = folder / r["folder"] / "metrics.json"
                 m.parent.mkdir(parents=True, exist_ok=True)
                 m.write_text(json.dumps({"selection": {"metric": metric, "greater_is_better": greater}}))
         other = load_run(folder)
         assert [(c.key, c.label, c.better) for c in other.columns[:2]] == [
             (f"test_{metric}", label, "higher" if greater else "lower"),
-            (f"dev_{metric}", label.replace("test", "dev"), "higher" if greater else "lower")]
+            (f"dev_{metric}", label.replace("test", "dev"), "higher" if greater else "lower"),
+        ]
         values = arm_values(other)
         assert values["ft_only"][f"test_{metric}"].mean == pytest.approx(0.55)
 
@@ -182,6 +215,7 @@ def test_second_run_reuses_every_stage(first_run, monkeypatch):
 
 def pipeline_dict_for(out, cfg):
     from lmadapt.config.base import to_dict
+
     data = to_dict(cfg)
     data.pop("vars", None)
     return data
@@ -191,9 +225,9 @@ def test_interrupted_stage_resumes(first_run, monkeypatch):
     cfg, out, _ = first_run
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     victim = next(r for r in rows if r["arm"] == "dapt_ft" and r["seed"] == 1 and r["kind"] == "finetune")
-    (out / victim["folder"] / DONE_FILE).unlink()          # as if the process died before DONE
+    (out / victim["folder"] / DONE_FILE).unlink()  # as if the process died before DONE
     dapt = next(r for r in rows if r["stage"] == "dapt")
-    (out / dapt["folder"] / DONE_FILE).unlink()            # died after its last checkpoint (save_every: 2)
+    (out / dapt["folder"] / DONE_FILE).unlink()  # died after its last checkpoint (save_every: 2)
     before = done_mtimes(out)
     real = prun.STAGE_RUNNERS["finetune"]
     real_pretrain = prun.STAGE_RUNNERS["pretrain"]
@@ -204,6 +238,7 @@ def test_interrupted_stage_resumes(first_run, monkeypatch):
         def wrapped(recipe, folder):
             calls.append((folder.name, recipe["train"].get("resume", False)))
             return runner(recipe, folder)
+
         return wrapped
 
     def crash(recipe, folder):
@@ -236,11 +271,14 @@ def test_interrupted_stage_resumes(first_run, monkeypatch):
 def test_stage_hash_tracks_inputs(workspace, tmp_path):
     recipe = {"data": {"sources": [{"path": workspace["general"]}]}, "train": {"output_dir": "x", "seed": 1}}
     k1 = stage_key("pretrain", recipe, parent_hash=None, parent_model=None)
-    k2 = stage_key("pretrain", {**recipe, "train": {"output_dir": "elsewhere", "seed": 1}}, parent_hash=None,
-                   parent_model=None)
+    k2 = stage_key(
+        "pretrain", {**recipe, "train": {"output_dir": "elsewhere", "seed": 1}}, parent_hash=None, parent_model=None
+    )
     assert k1 == k2, "output_dir does not change what a stage computes"
-    assert stage_key("pretrain", {**recipe, "train": {"seed": 2}}, parent_hash=None, parent_model=None)["recipe"] \
+    assert (
+        stage_key("pretrain", {**recipe, "train": {"seed": 2}}, parent_hash=None, parent_model=None)["recipe"]
         != k1["recipe"]
+    )
     copy = tmp_path / "g.jsonl"
     copy.write_text(Path(workspace["general"]).read_text() + '{"text": "one more"}\n')
     fp1 = input_fingerprints(recipe)
@@ -280,6 +318,7 @@ def test_a_stage_started_over_keeps_its_packed_blocks(tmp_path):
     from lmadapt.pipeline import cache
     from lmadapt.pipeline.execute import clear_for_restart
     from lmadapt.stages.pretrain_data import BLOCKS_DIR
+
     folder = tmp_path / "stage"
     (folder / BLOCKS_DIR).mkdir(parents=True)
     (folder / BLOCKS_DIR / "train-abc.arrow").write_text("blocks")

@@ -3,6 +3,7 @@
 Every process runs the stages; the main process alone writes DONE markers, results.jsonl and the
 report, and the others must follow its decisions (cached, locked) rather than make their own.
 """
+
 import json
 import subprocess
 import sys
@@ -42,9 +43,12 @@ def test_two_processes_write_one_set_of_results(dist_run):
     keys = [(r["arm"], r["seed"], r["stage"]) for r in rows]
     assert len(keys) == len(set(keys)), "a row was written twice"
     stage_keys = {k for k, r in zip(keys, rows) if r["kind"] in ("pretrain", "finetune", "evaluate")}
-    assert stage_keys == {(arm, seed, st) for seed in (0, 1) for arm, sts in
-                          (("ft_only", ["base", "ft"]), ("dapt_ft", ["base", "dapt", "dapt_ft-3", "ft"]))
-                          for st in sts}
+    assert stage_keys == {
+        (arm, seed, st)
+        for seed in (0, 1)
+        for arm, sts in (("ft_only", ["base", "ft"]), ("dapt_ft", ["base", "dapt", "dapt_ft-3", "ft"]))
+        for st in sts
+    }
     assert sum(r["kind"] == "baseline" for r in rows) == 2
     dones = [json.loads(p.read_text()) for p in (out / "stages").glob(f"*/{DONE_FILE}")]
     assert len(dones) == 7 and all(d["processes"] == 2 for d in dones)
@@ -101,8 +105,19 @@ def test_two_process_predict_writes_what_one_process_writes(dist_run, tmp_path):
     ws, data, path, out, proc = dist_run
     folder = next((out / "stages").glob("finetune-ft-*"))
     one = predict_file(folder, ws["test"], tmp_path / "one.jsonl", batch_size=3)
-    two = torchrun("-m", "lmadapt.cli", "predict", str(folder), "--input", ws["test"],
-                   "--output", str(tmp_path / "two.jsonl"), "--batch-size", "3", timeout=120)
+    two = torchrun(
+        "-m",
+        "lmadapt.cli",
+        "predict",
+        str(folder),
+        "--input",
+        ws["test"],
+        "--output",
+        str(tmp_path / "two.jsonl"),
+        "--batch-size",
+        "3",
+        timeout=120,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
     b = [json.loads(line) for line in (tmp_path / "two.jsonl").read_text().splitlines()]
@@ -127,6 +142,7 @@ def test_interrupted_stage_resumes_on_every_process(dist_run):
     processes: the main process decides, the other must not start it over; the stages after it
     train again, on both processes."""
     import shutil
+
     ws, data, path, out, proc = dist_run
     dapt = next((out / "stages").glob("pretrain-dapt-*"))
     (dapt / DONE_FILE).unlink()
@@ -172,9 +188,15 @@ def test_sharded_pipeline_gives_the_same_rows(dist_run, tmp_path):
     """The same pipeline with train.sharding: fsdp in its pretrain and finetune stages (FSDP2 over the
     two processes) gives the rows of the data-parallel run: the same perplexities and task metrics."""
     ws, data, path, out, proc = dist_run
-    sharded = dict(data, output_dir=str(tmp_path / "run"), seeds=[0], defaults={
-        kind: dict(section, train={**section["train"], "sharding": "fsdp"})
-        for kind, section in data["defaults"].items()})
+    sharded = dict(
+        data,
+        output_dir=str(tmp_path / "run"),
+        seeds=[0],
+        defaults={
+            kind: dict(section, train={**section["train"], "sharding": "fsdp"})
+            for kind, section in data["defaults"].items()
+        },
+    )
     spath = tmp_path / "sharded.yaml"
     spath.write_text(yaml.safe_dump(sharded))
     again = run_pipeline_procs(spath)
@@ -182,8 +204,11 @@ def test_sharded_pipeline_gives_the_same_rows(dist_run, tmp_path):
     assert "FSDP2: 2 units + root sharded over 2 process(es)" in again.stdout
 
     def rows(folder):
-        return {(r["arm"], r["seed"], r["stage"]): _numbers(r)
-                for r in map(json.loads, (folder / "results.jsonl").read_text().splitlines())}
+        return {
+            (r["arm"], r["seed"], r["stage"]): _numbers(r)
+            for r in map(json.loads, (folder / "results.jsonl").read_text().splitlines())
+        }
+
     mine, theirs = rows(tmp_path / "run"), rows(out)
     assert mine and set(mine) <= set(theirs)
     for key, numbers in mine.items():

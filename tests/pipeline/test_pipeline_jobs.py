@@ -4,6 +4,7 @@ The miniature pipeline of test_pipeline.py (two arms x two seeds, seven distinct
 sequentially and once with two jobs; then a pipeline with a stage that breaks at run time shows
 what a failure does to the stages beside it and below it.
 """
+
 import json
 import time
 from pathlib import Path
@@ -74,7 +75,7 @@ def test_each_stage_ran_in_its_own_logged_process_after_its_parent(both_runs):
         text = (par / LOGS_DIR / f"{sid}.log").read_text()
         assert f"{sid}: done in" in text
         pids.add(int(text.split(" in process ")[1].split()[0]))
-        if inst.parent is not None:     # started only once the parent's DONE was written
+        if inst.parent is not None:  # started only once the parent's DONE was written
             assert stamp(state["stages"][sid]["started"]) >= stamp(read_done(inst.parent.folder)["finished"]), sid
             # and the worker recorded which training of the parent it started from (plan.reusable)
             assert read_done(inst.folder)["parent_run"] == read_done(inst.parent.folder)["run_id"], sid
@@ -107,8 +108,10 @@ def test_a_failed_stage_stops_what_needs_it_and_nothing_else(workspace, tmp_path
     bad.write_text('{"text": "a fine first line"}\n{"text": broken\n', encoding="utf-8")
     d = pipeline_dict(workspace, tmp_path / "run")
     d["seeds"] = [0]
-    d["stages"]["broken"] = {"kind": "pretrain", "recipe": {"model": {"path": "@previous"},
-                                                           "data": {"sources": [{"path": str(bad), "name": "bad"}]}}}
+    d["stages"]["broken"] = {
+        "kind": "pretrain",
+        "recipe": {"model": {"path": "@previous"}, "data": {"sources": [{"path": str(bad), "name": "bad"}]}},
+    }
     d["arms"] = {"ft_only": ["base", "ft"], "broken_ft": ["base", "broken", "ft"]}
     with pytest.raises(RuntimeError) as err:
         prun.run_pipeline(load_pipeline(data=d), report=False, jobs=2)
@@ -119,7 +122,7 @@ def test_a_failed_stage_stops_what_needs_it_and_nothing_else(workspace, tmp_path
     assert status[broken] == "failed" and state["status"] == "failed"
     assert broken in str(err.value) and "not run because of it: finetune-ft-" in str(err.value)
     log = (out / LOGS_DIR / f"{broken}.log").read_text()
-    assert "bad.jsonl" in log and "line 2" in log           # the stage's own error, naming file and line
+    assert "bad.jsonl" in log and "line 2" in log  # the stage's own error, naming file and line
     # the base and the fine-tune that does not need the broken stage finished and are cached
     done = sorted(s.split("-")[1] for s in status if (out / "stages" / s / DONE_FILE).is_file())
     assert done == ["base", "ft"]
@@ -134,7 +137,7 @@ def test_a_failed_stage_stops_what_needs_it_and_nothing_else(workspace, tmp_path
 
 # --- the scheduler alone, with a stand-in worker (no models: each "stage" is a short script) -----
 
-FAKE_WORKER = r'''
+FAKE_WORKER = r"""
 import json, os, sys, time
 from pathlib import Path
 out, sid = Path(sys.argv[1]), sys.argv[2]
@@ -157,17 +160,19 @@ folder = out / "stages" / sid
 folder.mkdir(parents=True, exist_ok=True)
 (folder / "DONE").write_text(json.dumps({"wall_seconds": 0.9, "peak_rss_mb": 1.0}))
 me.unlink()
-'''
+"""
 
 
 @pytest.fixture
 def fake_jobs(workspace, tmp_path, monkeypatch):
     """run_jobs over the toy plan (base -> {ft x2, dapt -> {evaluate, ft x2}}) with the stand-in worker."""
     from lmadapt.pipeline import jobs as jobs_mod
+
     script = tmp_path / "fake_worker.py"
     script.write_text(FAKE_WORKER)
-    monkeypatch.setattr(jobs_mod, "worker_command", lambda out, sid: [__import__("sys").executable, str(script),
-                                                                       str(out), sid])
+    monkeypatch.setattr(
+        jobs_mod, "worker_command", lambda out, sid: [__import__("sys").executable, str(script), str(out), sid]
+    )
     monkeypatch.setattr(jobs_mod, "visible_gpus", lambda: ["0"])
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     out = tmp_path / "run"
@@ -178,18 +183,21 @@ def fake_jobs(workspace, tmp_path, monkeypatch):
         (out / "behaviour.json").write_text(json.dumps(behaviour))
         changes, lines = [], []
         try:
-            ran = jobs_mod.run_jobs(out, todo, set(), jobs, lambda i, st, ex: changes.append((i.name, st)), lines.append)
+            ran = jobs_mod.run_jobs(
+                out, todo, set(), jobs, lambda i, st, ex: changes.append((i.name, st)), lines.append
+            )
         except RuntimeError as exc:
             ran = exc
         events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
         return ran, changes, lines, events
+
     return run, todo
 
 
 def test_out_of_memory_beside_others_runs_again_alone(fake_jobs):
     run, todo = fake_jobs
     ran, changes, lines, events = run({"dapt": "oom_if_shared"})
-    assert sorted(ran) == sorted(i.id for i in todo)               # every stage finished in the end
+    assert sorted(ran) == sorted(i.id for i in todo)  # every stage finished in the end
     dapt = [e for e in events if e["id"].startswith("pretrain-dapt-")]
     assert len(dapt) == 2 and dapt[0]["others"] and dapt[1]["others"] == [], dapt
     assert all(e["device"] == "0" for e in events)
@@ -198,20 +206,24 @@ def test_out_of_memory_beside_others_runs_again_alone(fake_jobs):
     assert ("dapt", "pending") in changes and changes.count(("dapt", "done")) == 1
     # the children of dapt started only after its second, lone run
     second = events.index(dapt[1])
-    assert all(events.index(e) > second for e in events
-               if any(i.id == e["id"] and i.parent is not None and i.parent.name == "dapt" for i in todo))
+    assert all(
+        events.index(e) > second
+        for e in events
+        if any(i.id == e["id"] and i.parent is not None and i.parent.name == "dapt" for i in todo)
+    )
 
 
 def test_out_of_memory_alone_is_a_failure(fake_jobs):
     run, todo = fake_jobs
     ran, changes, lines, events = run({"base": "oom"})
     assert isinstance(ran, RuntimeError) and "pretrain-base-" in str(ran) and "not run because of it" in str(ran)
-    assert [e["id"].split("-")[1] for e in events] == ["base"]       # ran once, alone, nothing after it
+    assert [e["id"].split("-")[1] for e in events] == ["base"]  # ran once, alone, nothing after it
     assert ("base", "failed") in changes and not any("runs again alone" in x for x in lines)
 
 
 def test_cpu_jobs_share_the_cores_among_those_running_together(fake_jobs, monkeypatch):
     from lmadapt.pipeline import jobs as jobs_mod
+
     run, todo = fake_jobs
     monkeypatch.setattr(jobs_mod, "visible_gpus", lambda: [])
     monkeypatch.setattr(jobs_mod.os, "cpu_count", lambda: 6)
@@ -220,7 +232,7 @@ def test_cpu_jobs_share_the_cores_among_those_running_together(fake_jobs, monkey
     threads = {e["id"]: int(e["threads"]) for e in events}
     assert len(threads) == len(events) == 7 and not any(e["device"] for e in events)
     by_name = lambda name: sorted(t for sid, t in threads.items() if sid.split("-")[1] == name)  # noqa: E731
-    assert by_name("base") == [6]                      # alone: every core
-    assert by_name("dapt") == [2]                      # beside the two ft_only fine-tunes: a third each
-    for e in events:                                   # never more threads at once than cores
+    assert by_name("base") == [6]  # alone: every core
+    assert by_name("dapt") == [2]  # beside the two ft_only fine-tunes: a third each
+    for e in events:  # never more threads at once than cores
         assert threads[e["id"]] + sum(threads[o] for o in e["others"]) <= 6, e

@@ -1,4 +1,5 @@
 """A merge stage inside `lmadapt run`: base -> dapt -> merge (toward base) -> ft, beside ft_only."""
+
 import json
 
 import pytest
@@ -16,9 +17,13 @@ from toy_pipeline import make_workspace, pipeline_dict
 def merge_pipeline(ws, out) -> dict:
     data = pipeline_dict(ws, out)
     data["seeds"] = [0]
-    data["stages"]["merge"] = {"kind": "merge", "recipe": {
-        "eval": {"sets": {"domain": ws["dval"], "general": ws["gval"]}, "block_size": 32},
-        "merge": {"alphas": [0.5], "forgetting_budget": 0.02}}}
+    data["stages"]["merge"] = {
+        "kind": "merge",
+        "recipe": {
+            "eval": {"sets": {"domain": ws["dval"], "general": ws["gval"]}, "block_size": 32},
+            "merge": {"alphas": [0.5], "forgetting_budget": 0.02},
+        },
+    }
     data["arms"] = {"ft_only": ["base", "ft"], "dapt_merge_ft": ["base", "dapt", "merge", "ft"]}
     return data
 
@@ -44,7 +49,11 @@ def test_merge_stage_hands_off_and_is_compared(merged_run):
     recipe = yaml.safe_load((out / ft["folder"] / "lmadapt_recipe.yaml").read_text())
     assert recipe["model"]["path"] == str(out.resolve() / merge["folder"])
     # its sweep and choice are in the row, and the LM evidence of the merged model is what the arm reports
-    assert [s["alpha"] for s in merge["merge"]["sweep"]] == [0.0, 0.5, 1.0] and merge["merge"]["alpha"] in (0.0, 0.5, 1.0)
+    assert [s["alpha"] for s in merge["merge"]["sweep"]] == [0.0, 0.5, 1.0] and merge["merge"]["alpha"] in (
+        0.0,
+        0.5,
+        1.0,
+    )
     assert set(merge["lm"]) == {"domain", "general"}
     values = arm_values(load_run(out))
     assert values["dapt_merge_ft"]["domain_ppl"].mean == pytest.approx(merge["lm"]["domain"]["perplexity"])

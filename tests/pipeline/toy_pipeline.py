@@ -3,6 +3,7 @@
 The model is a scratch Llama (hidden 32, 2 layers) on the tiny test tokenizer; every stage runs a
 few steps.
 """
+
 import json
 import random
 from pathlib import Path
@@ -33,11 +34,14 @@ def make_workspace(d: Path) -> dict:
     """Corpora, held-out sets and a keyword classification task under ``d``."""
     tok = d / "tok"
     tiny_bpe_tokenizer(tok)
-    general = write_jsonl(d / "general.jsonl", [{"text": " ".join(CORPUS[i:i + 4])} for i in range(0, 40, 2)])
-    domain = write_jsonl(d / "domain.jsonl", [{"text": " ".join(CORPUS[i:i + 3])} for i in range(20, 52, 2)])
+    general = write_jsonl(d / "general.jsonl", [{"text": " ".join(CORPUS[i : i + 4])} for i in range(0, 40, 2)])
+    domain = write_jsonl(d / "domain.jsonl", [{"text": " ".join(CORPUS[i : i + 3])} for i in range(20, 52, 2)])
     gval = write_jsonl(d / "general_valid.jsonl", [{"text": " ".join(CORPUS[:6])}])
     dval = write_jsonl(d / "domain_valid.jsonl", [{"text": " ".join(CORPUS[40:46])}])
-    task = {s: write_jsonl(d / f"{s}.jsonl", toy_rows(n, i)) for i, (s, n) in enumerate((("train", 48), ("dev", 20), ("test", 20)))}
+    task = {
+        s: write_jsonl(d / f"{s}.jsonl", toy_rows(n, i))
+        for i, (s, n) in enumerate((("train", 48), ("dev", 20), ("test", 20)))
+    }
     return {"dir": d, "tok": str(tok), "general": general, "domain": domain, "gval": gval, "dval": dval, **task}
 
 
@@ -53,29 +57,81 @@ def pipeline_dict(ws, out: Path) -> dict:
         "evaluation": {"lm_sets": {"domain": ws["dval"], "general": ws["gval"]}, "block_size": 32, "max_tokens": 400},
         "baseline": {"tfidf": True},
         "defaults": {
-            "pretrain": {"data": {"block_size": 32, "cache_dir": str(ws["dir"] / "cache"),
-                                  "eval_sources": [{"path": ws["dval"], "name": "domain_valid"},
-                                                   {"path": ws["gval"], "name": "general_valid"}]},
-                         "train": {"max_steps": 4, "batch_size": 4, "lr": 3e-3, "warmup_steps": 1, "log_every": 1,
-                                   "eval_every": 2, "save_every": 2, "report_to": [], "torch_threads": 1}},
-            "finetune": {"model": {"max_length": 32},
-                         "data": {"train": "${data}/train.jsonl", "dev": ws["dev"], "test": ws["test"]},
-                         "train": {"epochs": 1, "batch_size": 16, "lr": 5e-3, "warmup_ratio": 0.0, "log_every": 1,
-                                   "report_to": [], "torch_threads": 1}},
+            "pretrain": {
+                "data": {
+                    "block_size": 32,
+                    "cache_dir": str(ws["dir"] / "cache"),
+                    "eval_sources": [
+                        {"path": ws["dval"], "name": "domain_valid"},
+                        {"path": ws["gval"], "name": "general_valid"},
+                    ],
+                },
+                "train": {
+                    "max_steps": 4,
+                    "batch_size": 4,
+                    "lr": 3e-3,
+                    "warmup_steps": 1,
+                    "log_every": 1,
+                    "eval_every": 2,
+                    "save_every": 2,
+                    "report_to": [],
+                    "torch_threads": 1,
+                },
+            },
+            "finetune": {
+                "model": {"max_length": 32},
+                "data": {"train": "${data}/train.jsonl", "dev": ws["dev"], "test": ws["test"]},
+                "train": {
+                    "epochs": 1,
+                    "batch_size": 16,
+                    "lr": 5e-3,
+                    "warmup_ratio": 0.0,
+                    "log_every": 1,
+                    "report_to": [],
+                    "torch_threads": 1,
+                },
+            },
         },
         "stages": {
-            "base": {"kind": "pretrain", "recipe": {
-                "model": {"init": "scratch", "arch": "llama", "tokenizer": ws["tok"],
-                          "dims": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                                   "num_attention_heads": 4, "num_key_value_heads": 2}},
-                "data": {"sources": [{"path": ws["general"], "name": "general"}]}}},
-            "dapt": {"kind": "pretrain", "recipe": {
-                "model": {"path": "@previous"},
-                "data": {"sources": [{"path": ws["domain"], "name": "domain"},
-                                     {"path": ws["general"], "name": "general", "share": 0.1}]}}},
+            "base": {
+                "kind": "pretrain",
+                "recipe": {
+                    "model": {
+                        "init": "scratch",
+                        "arch": "llama",
+                        "tokenizer": ws["tok"],
+                        "dims": {
+                            "hidden_size": 32,
+                            "intermediate_size": 64,
+                            "num_hidden_layers": 2,
+                            "num_attention_heads": 4,
+                            "num_key_value_heads": 2,
+                        },
+                    },
+                    "data": {"sources": [{"path": ws["general"], "name": "general"}]},
+                },
+            },
+            "dapt": {
+                "kind": "pretrain",
+                "recipe": {
+                    "model": {"path": "@previous"},
+                    "data": {
+                        "sources": [
+                            {"path": ws["domain"], "name": "domain"},
+                            {"path": ws["general"], "name": "general", "share": 0.1},
+                        ]
+                    },
+                },
+            },
             "ft": {"kind": "finetune", "recipe": {}},
         },
-        "arms": {"ft_only": ["base", "ft"],
-                 "dapt_ft": ["base", "dapt", {"kind": "evaluate", "recipe": {"data": {"domain": ws["dval"]},
-                                                                              "block_size": 32}}, "ft"]},
+        "arms": {
+            "ft_only": ["base", "ft"],
+            "dapt_ft": [
+                "base",
+                "dapt",
+                {"kind": "evaluate", "recipe": {"data": {"domain": ws["dval"]}, "block_size": 32}},
+                "ft",
+            ],
+        },
     }

@@ -3,6 +3,7 @@
 The toy task: a text's label follows from one keyword hidden among filler words, so even a
 2-layer, 32-wide model learns it in a few seconds.
 """
+
 import json
 import re
 import random
@@ -32,7 +33,7 @@ def toy_rows(n, seed, keywords=KEYWORDS):
         present = [lab for lab in keywords if rng.random() < 0.5] if isinstance(keywords, tuple) else None
         label = rng.choice(sorted(keywords)) if present is None else present
         words = rng.sample(FILLER, 5)
-        for lab in ([label] if present is None else present):
+        for lab in [label] if present is None else present:
             words.insert(rng.randrange(1, len(words) + 1), keywords[lab] if isinstance(keywords, dict) else lab)
         rows.append({"text": " ".join(words), "label": label})
     return rows
@@ -47,8 +48,17 @@ def recipe(base, train, dev, out, *overrides, test=None, **sections):
     data = {
         "model": {"path": str(base), "max_length": 32},
         "data": {"train": train, "dev": dev, "test": test},
-        "train": {"output_dir": str(out), "epochs": 10, "lr": 3e-3, "batch_size": 8, "warmup_ratio": 0.0,
-                  "report_to": [], "log_every": 4, "torch_threads": 1, "seed": 0},
+        "train": {
+            "output_dir": str(out),
+            "epochs": 10,
+            "lr": 3e-3,
+            "batch_size": 8,
+            "warmup_ratio": 0.0,
+            "report_to": [],
+            "log_every": 4,
+            "torch_threads": 1,
+            "seed": 0,
+        },
     }
     for key, value in sections.items():
         data.setdefault(key, {}).update(value)
@@ -75,9 +85,11 @@ def bert_base(tmp_path_factory):
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     d = tmp_path_factory.mktemp("toy")
-    return {"train": write_jsonl(d / "train.jsonl", toy_rows(96, 1)),
-            "dev": write_jsonl(d / "dev.jsonl", toy_rows(40, 2)),
-            "test": write_jsonl(d / "test.jsonl", toy_rows(40, 3))}
+    return {
+        "train": write_jsonl(d / "train.jsonl", toy_rows(96, 1)),
+        "dev": write_jsonl(d / "dev.jsonl", toy_rows(40, 2)),
+        "test": write_jsonl(d / "test.jsonl", toy_rows(40, 3)),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +100,7 @@ def bert_run(bert_base, toy, tmp_path_factory):
 
 
 # --- training ---------------------------------------------------------------------------------
+
 
 def test_encoder_learns_keyword_and_writes_folder(bert_run):
     cfg, metrics, out = bert_run
@@ -151,11 +164,18 @@ def test_predict_file_and_single_text(bert_run, toy, tmp_path):
 def test_decoder_pools_last_real_token_with_eos_as_pad(toy, tmp_path):
     base = tmp_path / "llama"
     tok = tiny_bpe_tokenizer()
-    tok.pad_token = None                    # like most decoder tokenizers
+    tok.pad_token = None  # like most decoder tokenizers
     tok.save_pretrained(base)
     tiny_llama(len(tok)).save_pretrained(base)
-    cfg = recipe(base, toy["train"], toy["dev"], tmp_path / "out", "train.lr=1e-2", "train.epochs=8",
-                 data={"class_weights": "balanced"})
+    cfg = recipe(
+        base,
+        toy["train"],
+        toy["dev"],
+        tmp_path / "out",
+        "train.lr=1e-2",
+        "train.epochs=8",
+        data={"class_weights": "balanced"},
+    )
     metrics = run(cfg)
     assert metrics["dev"]["accuracy"] >= 0.75
     out = tmp_path / "out"
@@ -163,8 +183,9 @@ def test_decoder_pools_last_real_token_with_eos_as_pad(toy, tmp_path):
     assert config["pad_token_id"] == tok.eos_token_id
     # Padding must not change a prediction: batched (padded) == one by one.
     texts = [r["text"] for r in toy_rows(6, 9)]
-    batch = predict_file(out, write_jsonl(tmp_path / "x.jsonl", [{"text": t} for t in texts]),
-                         tmp_path / "x.pred.jsonl", batch_size=6)
+    batch = predict_file(
+        out, write_jsonl(tmp_path / "x.jsonl", [{"text": t} for t in texts]), tmp_path / "x.pred.jsonl", batch_size=6
+    )
     rows = [json.loads(line)["prediction"] for line in Path(batch["output"]).read_text().splitlines()]
     for text, row in zip(texts, rows):
         single = predict_file(out, text=text)["prediction"]
@@ -175,8 +196,15 @@ def test_multi_label(bert_base, tmp_path):
     kw = ("over", "was")
     train = write_jsonl(tmp_path / "train.jsonl", toy_rows(96, 1, kw))
     dev = write_jsonl(tmp_path / "dev.jsonl", toy_rows(32, 2, kw))
-    cfg = recipe(bert_base, train, dev, tmp_path / "out", "train.epochs=3", task={"problem": "multi_label"},
-                 data={"balanced_sampling": True})
+    cfg = recipe(
+        bert_base,
+        train,
+        dev,
+        tmp_path / "out",
+        "train.epochs=3",
+        task={"problem": "multi_label"},
+        data={"balanced_sampling": True},
+    )
     metrics = run(cfg)
     assert {"micro_f1", "macro_f1", "subset_accuracy"} <= set(metrics["dev"])
     assert metrics["selection"]["metric"] == "micro_f1"
@@ -189,6 +217,7 @@ def test_multi_label(bert_base, tmp_path):
 def test_regression(bert_base, tmp_path):
     def rows(n, seed):
         return [{"text": r["text"], "label": 1.0 if r["label"] == "pos" else 0.0} for r in toy_rows(n, seed)]
+
     train = write_jsonl(tmp_path / "train.jsonl", rows(96, 1))
     dev = write_jsonl(tmp_path / "dev.jsonl", rows(32, 2))
     cfg = recipe(bert_base, train, dev, tmp_path / "out", "train.epochs=3", task={"problem": "regression"})
@@ -201,19 +230,22 @@ def test_regression(bert_base, tmp_path):
 
 # --- starting from a LoRA adapter folder (a `lmadapt pretrain` output) ------------------------
 
+
 @pytest.fixture(scope="module")
 def adapter_dir(bert_base, tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     folder = tmp_path_factory.mktemp("adapter")
-    model = get_peft_model(AutoModelForMaskedLM.from_pretrained(bert_base),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]))
+    model = get_peft_model(
+        AutoModelForMaskedLM.from_pretrained(bert_base),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]),
+    )
     torch.manual_seed(1)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.normal_(0, 0.5)                # a non-trivial adapter, so merging changes weights
+                p.normal_(0, 0.5)  # a non-trivial adapter, so merging changes weights
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(bert_base).save_pretrained(folder)
     (folder / "lmadapt_meta.json").write_text(json.dumps({"stage": "pretrain", "parent": str(bert_base), "lora": True}))
@@ -231,17 +263,24 @@ def test_adapter_attach_modes(bert_base, adapter_dir, toy, tmp_path):
     _, _, space = read_splits(task, stack)
     plain = task.load_model(src.base, space, stack)
     merged = attach_adapters(task.load_model(src.base, space, stack), task, src, stack)
-    expected = PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(bert_base), adapter_dir).merge_and_unload()
+    expected = PeftModel.from_pretrained(
+        AutoModelForMaskedLM.from_pretrained(bert_base), adapter_dir
+    ).merge_and_unload()
     q = "bert.encoder.layer.0.attention.self.query.weight"
     assert torch.allclose(merged.state_dict()[q], expected.state_dict()[q], atol=1e-6)
     assert not torch.allclose(merged.state_dict()[q], plain.state_dict()[q])
 
-    cont = recipe(bert_base, toy["train"], toy["dev"], tmp_path / "b",
-                  model={"adapter": str(adapter_dir), "adapter_mode": "continue"})
+    cont = recipe(
+        bert_base,
+        toy["train"],
+        toy["dev"],
+        tmp_path / "b",
+        model={"adapter": str(adapter_dir), "adapter_mode": "continue"},
+    )
     model = attach_adapters(task.load_model(str(bert_base), space, cont), task, resolve_source(cont), cont)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("lora_A" in n for n in trainable) and any("classifier" in n for n in trainable)
-    assert any("pooler" in n for n in trainable)            # not in the masked-LM checkpoint: trained in full
+    assert any("pooler" in n for n in trainable)  # not in the masked-LM checkpoint: trained in full
     assert not any("query.base_layer" in n for n in trainable)
 
 
@@ -249,31 +288,34 @@ def test_adapter_attach_modes(bert_base, adapter_dir, toy, tmp_path):
 def test_finetune_from_adapter_folder(mode, bert_base, adapter_dir, toy, tmp_path):
     model = {"adapter": str(adapter_dir), "adapter_mode": mode}
     lora = {"enabled": True, "r": 4} if mode == "stack" else {}
-    epochs = "train.epochs=2" if mode == "stack" else "train.epochs=1"   # 2: the best LoRA epoch is reloaded
+    epochs = "train.epochs=2" if mode == "stack" else "train.epochs=1"  # 2: the best LoRA epoch is reloaded
     cfg = recipe(bert_base, toy["train"], toy["dev"], tmp_path / "out", epochs, model=model, lora=lora)
     metrics = run(cfg)
     out = tmp_path / "out"
     meta = json.loads((out / "lmadapt_meta.json").read_text())
     assert meta["adapter"] == str(adapter_dir) and meta["adapter_mode"] == mode
-    if mode == "stack":        # the merged base exists only in memory: always saved in full
+    if mode == "stack":  # the merged base exists only in memory: always saved in full
         assert (out / "model.safetensors").is_file() and not meta["lora"]
-    else:                      # the continued adapter (+ trained head) on the original base
+    else:  # the continued adapter (+ trained head) on the original base
         assert (out / "adapter_model.safetensors").is_file() and meta["lora_base"] == str(bert_base)
     one = predict_file(out, text="the dog was here")
     assert one["prediction"]["label"] in {"pos", "neg"}
     # the dev metrics kept from the best epoch's evaluation are those of the saved model (the
     # Trainer reloaded that epoch's LoRA weights before saving)
     from lmadapt.stages.predict import load_predictor
+
     p = load_predictor(out)
     splits, _, space = read_splits(p.task, p.cfg)
     again = p.task.evaluate(p.model, p.tokenizer, splits["dev"], space, p.cfg)
     assert metrics["selection"]["dev_scored"] == "at the best checkpoint's evaluation"
     assert metrics["dev"]["confusion_matrix"] == again["confusion_matrix"]
     assert one["prediction"]["score"] == pytest.approx(
-        predict_file(out, text="the dog was here")["prediction"]["score"])
+        predict_file(out, text="the dog was here")["prediction"]["score"]
+    )
 
 
 # --- data errors and recipe validation (no training) -----------------------------------------
+
 
 def test_unseen_dev_label_names_file_line_field(bert_base, toy, tmp_path):
     dev = write_jsonl(tmp_path / "dev.jsonl", [{"text": "a dog", "label": "pos"}, {"text": "a fox", "label": "maybe"}])
@@ -317,17 +359,20 @@ def test_split_off_dev_and_label_budget(bert_base, tmp_path):
     assert not {e.origin for e in splits["dev"]} & {e.origin for e in splits["train"]}
 
 
-@pytest.mark.parametrize("override, message", [
-    (["train.lrr=1"], "unknown key 'train.lrr'; did you mean 'train.lr'"),
-    (["data.train=/nope.jsonl"], "data.train: file not found"),
-    (["task.problem=regression", "train.metric=macro_f1"], "not a regression metric"),
-    (["data.label_separator=|"], "only meaningful with task.problem: multi_label"),
-    (["data.class_weights=balanced", "data.balanced_sampling=true"], "corrects the imbalance twice"),
-    (["task.problem=regression", "data.class_weights=balanced"], "regression has no classes"),
-    (["task.type=extraction", "task.problem=multi_label"], "applies to classification only"),
-    (["model.path=./missing/model"], "model.path: folder not found"),
-    (["data.dev_fraction=0.6", "data.test_fraction=0.5"], "leave no training data"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["train.lrr=1"], "unknown key 'train.lrr'; did you mean 'train.lr'"),
+        (["data.train=/nope.jsonl"], "data.train: file not found"),
+        (["task.problem=regression", "train.metric=macro_f1"], "not a regression metric"),
+        (["data.label_separator=|"], "only meaningful with task.problem: multi_label"),
+        (["data.class_weights=balanced", "data.balanced_sampling=true"], "corrects the imbalance twice"),
+        (["task.problem=regression", "data.class_weights=balanced"], "regression has no classes"),
+        (["task.type=extraction", "task.problem=multi_label"], "applies to classification only"),
+        (["model.path=./missing/model"], "model.path: folder not found"),
+        (["data.dev_fraction=0.6", "data.test_fraction=0.5"], "leave no training data"),
+    ],
+)
 def test_recipe_validation(bert_base, toy, tmp_path, override, message):
     with pytest.raises(ConfigError) as err:
         recipe(bert_base, toy["train"], toy["dev"], tmp_path / "out", *override)
@@ -354,7 +399,7 @@ def test_class_weights_and_weighted_loss():
     task = TASKS["classification"]
     ex = [Example({"text": "x", "label": lab}, f"f:{i}") for i, lab in enumerate("aaab")]
     space = {"problem": "single_label", "labels": ["a", "b", "c"], "counts": {"a": 3, "b": 1, "c": 5}}
-    w = task.class_weights(ex, space)                      # counts of the examples given, not of the space
+    w = task.class_weights(ex, space)  # counts of the examples given, not of the space
     assert w.tolist() == pytest.approx([4 / 6, 2.0, 0.0])
     loss = task.loss_function(space, w)
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
@@ -374,8 +419,9 @@ def test_finetune_from_hub_splits_equals_the_same_records_from_files(bert_base, 
     repo = tmp_path / "owner_toy"
     for split, key in (("train", "train"), ("validation", "dev")):
         rows = [json.loads(line) for line in Path(toy[key]).read_text().splitlines()]
-        ds = datasets.Dataset.from_dict({"text": [r["text"] for r in rows],
-                                         "label": [names.index(r["label"]) for r in rows]}, features=features)
+        ds = datasets.Dataset.from_dict(
+            {"text": [r["text"] for r in rows], "label": [names.index(r["label"]) for r in rows]}, features=features
+        )
         ds.to_parquet(str(repo / "data" / f"{split}-00000-of-00001.parquet"))
     hub_cfg = recipe(bert_base, f"hub:{repo}", f"hub:{repo}:validation", tmp_path / "hub", "train.epochs=2")
     file_cfg = recipe(bert_base, toy["train"], toy["dev"], tmp_path / "files", "train.epochs=2")
@@ -383,7 +429,7 @@ def test_finetune_from_hub_splits_equals_the_same_records_from_files(bert_base, 
     assert hub_metrics["dev"]["macro_f1"] == file_metrics["dev"]["macro_f1"]
     assert losses(tmp_path / "hub") == losses(tmp_path / "files")
     config = json.loads((tmp_path / "hub" / "config.json").read_text())
-    assert set(config["label2id"]) == set(names)          # names, not class ids
+    assert set(config["label2id"]) == set(names)  # names, not class ids
     summary = predict_file(tmp_path / "hub", f"hub:{repo}:validation", tmp_path / "pred.jsonl")
     predicted = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
     assert summary["records"] == len(predicted) == 40 and predicted[0]["prediction"]["label"] in names
@@ -395,10 +441,13 @@ def test_finetune_from_hub_splits_equals_the_same_records_from_files(bert_base, 
         TASKS["classification"].read(f"hub:{repo}:test", file_cfg, split="test", report=None)
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("hub:bad id:train", "is neither a hub dataset id"),
-    ("hub:owner/name[sub:train", "expected hub:owner/name"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("hub:bad id:train", "is neither a hub dataset id"),
+        ("hub:owner/name[sub:train", "expected hub:owner/name"),
+    ],
+)
 def test_hub_specs_are_checked_in_the_recipe(bert_base, toy, tmp_path, spec, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         recipe(bert_base, spec, toy["dev"], tmp_path / "out")

@@ -1,4 +1,5 @@
 """End to end through `run_pretrain` on tiny models: learning, outputs, resume, LoRA, two processes."""
+
 import json
 import random
 import shutil
@@ -10,7 +11,6 @@ import torch
 
 from helpers import tiny_bpe_tokenizer, tiny_wordpiece_tokenizer, torchrun
 from lmadapt.config import PretrainConfig, load_recipe
-
 
 
 def learnable_corpus(path: Path, n_docs: int, seed: int) -> Path:
@@ -36,13 +36,36 @@ def workspace(tmp_path):
 
 def recipe(tmp_path, tok_dir, train, valid, out="out", **train_over):
     data = {
-        "model": {"init": "scratch", "arch": "llama", "size": None, "tokenizer": str(tok_dir),
-                  "dims": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                           "num_attention_heads": 4, "num_key_value_heads": 2}},
-        "data": {"sources": [{"path": str(train)}], "eval_sources": [{"path": str(valid), "name": "valid"}],
-                 "block_size": 64, "cache_dir": str(tmp_path / "cache")},
-        "train": {"output_dir": str(tmp_path / out), "max_steps": 30, "batch_size": 4, "lr": 3e-3,
-                  "warmup_steps": 2, "log_every": 5, "report_to": [], "seed": 0, **train_over},
+        "model": {
+            "init": "scratch",
+            "arch": "llama",
+            "size": None,
+            "tokenizer": str(tok_dir),
+            "dims": {
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+            },
+        },
+        "data": {
+            "sources": [{"path": str(train)}],
+            "eval_sources": [{"path": str(valid), "name": "valid"}],
+            "block_size": 64,
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "train": {
+            "output_dir": str(tmp_path / out),
+            "max_steps": 30,
+            "batch_size": 4,
+            "lr": 3e-3,
+            "warmup_steps": 2,
+            "log_every": 5,
+            "report_to": [],
+            "seed": 0,
+            **train_over,
+        },
     }
     return data
 
@@ -50,19 +73,34 @@ def recipe(tmp_path, tok_dir, train, valid, out="out", **train_over):
 def test_scratch_pretrain_learns_and_writes_output_folder(workspace):
     tmp_path, tok_dir, train, valid = workspace
     from lmadapt.stages.pretrain import run_pretrain
+
     cfg = load_recipe(PretrainConfig, data=recipe(tmp_path, tok_dir, train, valid))
     metrics = run_pretrain(cfg)
     held = metrics["heldout"]["valid"]
     assert held["after"]["loss"] < held["before"]["loss"] - 1.0, held
     # every phase of the stage is timed, and together they fit in the stage's wall time
     phases = metrics["phase_seconds"]
-    assert list(phases) == ["read_corpus", "load_model", "tokenize_and_pack", "evaluate_before", "train",
-                            "evaluate_after"]
+    assert list(phases) == [
+        "read_corpus",
+        "load_model",
+        "tokenize_and_pack",
+        "evaluate_before",
+        "train",
+        "evaluate_after",
+    ]
     assert all(v >= 0 for v in phases.values()) and phases["train"] >= metrics["train"]["train_seconds"] - 0.05
     assert sum(phases.values()) <= metrics["train"]["wall_seconds"] + 0.05
     out = tmp_path / "out"
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "lmadapt_recipe.yaml",
-                 "lmadapt_meta.json", "metrics.json", "token_accounting.json", "logs.jsonl"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "lmadapt_recipe.yaml",
+        "lmadapt_meta.json",
+        "metrics.json",
+        "token_accounting.json",
+        "logs.jsonl",
+    ):
         assert (out / name).is_file(), name
     assert not list(out.glob("*.bin")), "weights must be safetensors only"
     assert not (out / ".lmadapt-blocks").exists(), "the packed training blocks are removed when the stage ends"
@@ -71,6 +109,7 @@ def test_scratch_pretrain_learns_and_writes_output_folder(workspace):
     meta = json.loads((out / "lmadapt_meta.json").read_text())
     assert meta["objective"] == "causal" and "transformers" in meta["versions"]
     from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.num_hidden_layers == 2
 
@@ -84,8 +123,10 @@ def test_scratch_pretrain_learns_and_writes_output_folder(workspace):
 def test_resume_matches_uninterrupted_run(workspace):
     tmp_path, tok_dir, train, valid = workspace
     from lmadapt.stages.pretrain import run_pretrain
-    full = run_pretrain(load_recipe(PretrainConfig, data=recipe(tmp_path, tok_dir, train, valid, out="full",
-                                                                max_steps=12)))
+
+    full = run_pretrain(
+        load_recipe(PretrainConfig, data=recipe(tmp_path, tok_dir, train, valid, out="full", max_steps=12))
+    )
     # An interrupted run: the same recipe with checkpoints, whose last checkpoint and final files are lost.
     data = recipe(tmp_path, tok_dir, train, valid, out="int", max_steps=12, save_every=6, save_total_limit=3)
     run_pretrain(load_recipe(PretrainConfig, data=data))
@@ -97,7 +138,8 @@ def test_resume_matches_uninterrupted_run(workspace):
     resumed = run_pretrain(load_recipe(PretrainConfig, data=data))
     assert resumed["train"]["resumed_from"].endswith("checkpoint-6")
     assert resumed["heldout"]["valid"]["after"]["loss"] == pytest.approx(
-        full["heldout"]["valid"]["after"]["loss"], rel=1e-4)
+        full["heldout"]["valid"]["after"]["loss"], rel=1e-4
+    )
 
 
 def test_a_rerun_reuses_the_packed_blocks_of_an_unfinished_stage(workspace, monkeypatch):
@@ -105,8 +147,9 @@ def test_a_rerun_reuses_the_packed_blocks_of_an_unfinished_stage(workspace, monk
     packing again, and trains on the same blocks (the same result); a changed seed packs anew."""
     tmp_path, tok_dir, train, valid = workspace
     from lmadapt.stages import pretrain, pretrain_data
+
     data = recipe(tmp_path, tok_dir, train, valid, out="re", max_steps=6)
-    monkeypatch.setattr(pretrain, "remove_stage_data", lambda out: None)   # as if it stopped before the end
+    monkeypatch.setattr(pretrain, "remove_stage_data", lambda out: None)  # as if it stopped before the end
     first = pretrain.run_pretrain(load_recipe(PretrainConfig, data=data))
     folder = tmp_path / "re" / pretrain_data.BLOCKS_DIR
     manifest = json.loads((folder / pretrain_data.MANIFEST).read_text())
@@ -116,12 +159,15 @@ def test_a_rerun_reuses_the_packed_blocks_of_an_unfinished_stage(workspace, monk
 
     def no_packing(*a, **k):
         raise AssertionError("packed again")
+
     monkeypatch.undo()  # the stage removes its blocks again from here on
-    monkeypatch.setattr(pretrain_data, "mix_documents", no_packing)   # mixing the training documents
-    monkeypatch.setattr(pretrain_data, "pack_blocks", no_packing)     # packing training or held-out blocks
+    monkeypatch.setattr(pretrain_data, "mix_documents", no_packing)  # mixing the training documents
+    monkeypatch.setattr(pretrain_data, "pack_blocks", no_packing)  # packing training or held-out blocks
     data["train"]["overwrite"] = True
     again = pretrain.run_pretrain(load_recipe(PretrainConfig, data=data))
-    assert again["heldout"]["valid"]["after"]["loss"] == pytest.approx(first["heldout"]["valid"]["after"]["loss"], rel=1e-6)
+    assert again["heldout"]["valid"]["after"]["loss"] == pytest.approx(
+        first["heldout"]["valid"]["after"]["loss"], rel=1e-6
+    )
     assert not folder.exists()
     data["train"]["seed"] = 1
     with pytest.raises(AssertionError, match="packed again"):
@@ -130,14 +176,18 @@ def test_a_rerun_reuses_the_packed_blocks_of_an_unfinished_stage(workspace, monk
 
 def test_masked_lm_pretrain_on_bert(tmp_path):
     from lmadapt.stages.pretrain import run_pretrain
+
     tok_dir = tmp_path / "wp"
     tiny_wordpiece_tokenizer(tok_dir)
     train = learnable_corpus(tmp_path / "train.jsonl", 120, 0)
     valid = learnable_corpus(tmp_path / "valid.jsonl", 12, 1)
     data = recipe(tmp_path, tok_dir, train, valid, max_steps=30)
-    data["model"] = {"init": "scratch", "arch": "bert", "tokenizer": str(tok_dir),
-                     "dims": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                              "num_attention_heads": 4}}
+    data["model"] = {
+        "init": "scratch",
+        "arch": "bert",
+        "tokenizer": str(tok_dir),
+        "dims": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4},
+    }
     metrics = run_pretrain(load_recipe(PretrainConfig, data=data))
     assert metrics["objective"] == "masked"
     held = metrics["heldout"]["valid"]
@@ -148,8 +198,10 @@ def test_masked_lm_pretrain_on_bert(tmp_path):
 def test_lora_pretrain_adapter_and_merge(workspace):
     tmp_path, tok_dir, train, valid = workspace
     from lmadapt.stages.pretrain import run_pretrain
-    base = run_pretrain(load_recipe(PretrainConfig, data=recipe(tmp_path, tok_dir, train, valid, out="base",
-                                                                max_steps=3)))
+
+    base = run_pretrain(
+        load_recipe(PretrainConfig, data=recipe(tmp_path, tok_dir, train, valid, out="base", max_steps=3))
+    )
     assert base
     for merge in (False, True):
         data = recipe(tmp_path, tok_dir, train, valid, out=f"lora{int(merge)}", max_steps=10, lr=1e-2)
@@ -187,6 +239,7 @@ def test_two_processes_match_one_process(workspace):
     process reads the text, the other trains on the blocks it packed."""
     tmp_path, tok_dir, train, valid = workspace
     import yaml
+
     script = tmp_path / "first_reads.py"
     script.write_text(FIRST_READS)
     results = {}
@@ -200,7 +253,8 @@ def test_two_processes_match_one_process(workspace):
         assert not (tmp_path / f"p{procs}" / ".lmadapt-blocks").exists()
     one, two = results[1]["heldout"]["valid"]["after"]["loss"], results[2]["heldout"]["valid"]["after"]["loss"]
     assert results[1]["heldout"]["valid"]["before"]["loss"] == pytest.approx(
-        results[2]["heldout"]["valid"]["before"]["loss"], rel=1e-5)
+        results[2]["heldout"]["valid"]["before"]["loss"], rel=1e-5
+    )
     assert one == pytest.approx(two, rel=2e-3), (one, two)
     assert one < results[1]["heldout"]["valid"]["before"]["loss"]
     assert torch.distributed.is_available()
@@ -212,12 +266,35 @@ def two_nodes(*args: str, timeout: int = 240) -> list:
     import os
     import random
     import subprocess
+
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     port = str(29700 + random.randint(0, 800))
-    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
-                               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port, *args],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              cwd=Path(__file__).resolve().parents[2]) for node in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--node_rank",
+                str(node),
+                "--nproc_per_node",
+                "1",
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                port,
+                *args,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        for node in (0, 1)
+    ]
     return [(p.wait(timeout=timeout), p.stderr.read()) for p in procs]
 
 
@@ -228,6 +305,7 @@ def test_two_nodes_sharing_a_disk_prepare_the_same_data_at_once(workspace):
     (the held-out loss before training matches one process), and no temp file or block is left."""
     tmp_path, tok_dir, train, valid = workspace
     import yaml
+
     results = {}
     for name, bs in (("one", 4), ("nodes", 2)):
         data = recipe(tmp_path, tok_dir, train, valid, out=name, max_steps=8, batch_size=bs)
@@ -243,7 +321,7 @@ def test_two_nodes_sharing_a_disk_prepare_the_same_data_at_once(workspace):
         results[name] = json.loads((tmp_path / name / "metrics.json").read_text())["heldout"]["valid"]
         assert not (tmp_path / name / ".lmadapt-blocks").exists()
         entries = sorted(p.name for p in (tmp_path / f"cache-{name}").iterdir())
-        assert len(entries) == 2 and not any(e.startswith(".") for e in entries), entries   # train + valid
+        assert len(entries) == 2 and not any(e.startswith(".") for e in entries), entries  # train + valid
     assert results["nodes"]["before"]["loss"] == pytest.approx(results["one"]["before"]["loss"], rel=1e-5)
     assert results["nodes"]["after"]["loss"] == pytest.approx(results["one"]["after"]["loss"], rel=2e-3)
 

@@ -1,4 +1,5 @@
 """Shared helpers of the extraction, qa and instruction tests: recipes, JSONL files, a toy rule, a short Trainer run."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,28 @@ from lmadapt.config.base import from_dict
 from lmadapt.config.finetune import FinetuneConfig
 
 # Words that are whole tokens (or few pieces) in the helpers' tiny tokenizers.
-FILLER = ["the", "court", "held", "that", "contract", "was", "patient", "bank", "rates", "energy",
-          "light", "time", "over", "with", "and", "for", "model", "data", "text", "new"]
+FILLER = [
+    "the",
+    "court",
+    "held",
+    "that",
+    "contract",
+    "was",
+    "patient",
+    "bank",
+    "rates",
+    "energy",
+    "light",
+    "time",
+    "over",
+    "with",
+    "and",
+    "for",
+    "model",
+    "data",
+    "text",
+    "new",
+]
 NAMES = ["fox", "dog", "moon", "cell", "bread", "river", "galaxy", "server"]
 
 
@@ -31,13 +52,23 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
-def recipe(tmp: Path, task: str, *, train: Path | None = None, sections: dict | None = None,
-           data: dict | None = None, train_cfg: dict | None = None, max_length: int | None = None) -> FinetuneConfig:
+def recipe(
+    tmp: Path,
+    task: str,
+    *,
+    train: Path | None = None,
+    sections: dict | None = None,
+    data: dict | None = None,
+    train_cfg: dict | None = None,
+    max_length: int | None = None,
+) -> FinetuneConfig:
     """A FinetuneConfig (not validated: paths need not exist) for ``task``."""
-    raw = {"model": {"path": str(tmp / "model"), "max_length": max_length},
-           "data": {"train": str(train or tmp / "train.jsonl"), **(data or {})},
-           "task": {"type": task},
-           "train": {"output_dir": str(tmp / "out"), "report_to": [], "eval_batch_size": 16, **(train_cfg or {})}}
+    raw = {
+        "model": {"path": str(tmp / "model"), "max_length": max_length},
+        "data": {"train": str(train or tmp / "train.jsonl"), **(data or {})},
+        "task": {"type": task},
+        "train": {"output_dir": str(tmp / "out"), "report_to": [], "eval_batch_size": 16, **(train_cfg or {})},
+    }
     raw.update(sections or {})
     return from_dict(FinetuneConfig, raw)
 
@@ -49,7 +80,7 @@ def marker_sentence(rng: random.Random, marker: str = "court", n: int = 6) -> tu
     name = rng.choice(NAMES)
     words[pos:pos] = [marker, name]
     text = " ".join(words)
-    start = len(" ".join(words[:pos + 1])) + 1
+    start = len(" ".join(words[: pos + 1])) + 1
     return text, (start, start + len(name))
 
 
@@ -67,12 +98,25 @@ def train(model, tokenizer, dataset, collator, tmp: Path, *, steps: int, lr: flo
     """A short transformers.Trainer run on CPU; returns the logged training losses."""
     from transformers import Trainer, TrainingArguments
 
-    args = TrainingArguments(output_dir=str(tmp / "trainer"), max_steps=steps, per_device_train_batch_size=batch_size,
-                             learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-                             logging_steps=5, save_strategy="no", report_to="none", use_cpu=True, seed=0,
-                             data_seed=0, remove_unused_columns=False, disable_tqdm=True, dataloader_num_workers=0)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                      processing_class=tokenizer)
+    args = TrainingArguments(
+        output_dir=str(tmp / "trainer"),
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        logging_steps=5,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=tokenizer)
     trainer.train()
     model.eval()
     return [h["loss"] for h in trainer.state.log_history if "loss" in h]

@@ -1,4 +1,5 @@
 """Extraction task: spans <-> BIO over subwords, input errors, metrics, and a toy rule it must learn."""
+
 from __future__ import annotations
 
 import sys
@@ -14,7 +15,13 @@ from helpers import tiny_bert, tiny_bpe_tokenizer, tiny_llama, tiny_wordpiece_to
 from lmadapt.tasks import TASKS  # noqa: E402
 from lmadapt.tasks.base import DataError, ReadReport  # noqa: E402
 from lmadapt.tasks.bio_tags import (  # noqa: E402
-    check_spans, fill_first_subword_tags, spans_to_token_tags, spans_to_word_tags, tags_to_spans, token_tags_to_spans)
+    check_spans,
+    fill_first_subword_tags,
+    spans_to_token_tags,
+    spans_to_word_tags,
+    tags_to_spans,
+    token_tags_to_spans,
+)
 from lmadapt.tasks.extraction import IGNORE  # noqa: E402
 from lmadapt.tasks.span_metrics import span_scores  # noqa: E402
 
@@ -36,7 +43,7 @@ def test_spans_bio_spans_round_trip_is_exact(tok, mode):
     tags = spans_to_token_tags(TEXT, enc["offset_mapping"], SPANS, enc["special_tokens_mask"], enc.word_ids(), mode)
     assert tags.count("B-DIS") == 1 and tags.count("B-PER") == 1
     if mode == "first":
-        assert None in [t for t, s in zip(tags, enc["special_tokens_mask"]) if not s]   # continuation subwords
+        assert None in [t for t, s in zip(tags, enc["special_tokens_mask"]) if not s]  # continuation subwords
         # a model predicts something everywhere; unlabelled subwords must follow their word
         noisy = [None if s else (t or "B-NUM") for t, s in zip(tags, enc["special_tokens_mask"])]
         tags = fill_first_subword_tags(TEXT, enc["offset_mapping"], noisy, enc.word_ids())
@@ -47,7 +54,7 @@ def test_special_tokens_are_unlabelled_and_decoded_spans_are_stripped():
     tok = tiny_wordpiece_tokenizer()
     enc = tok("the fox", return_offsets_mapping=True, return_special_tokens_mask=True)
     tags = spans_to_token_tags("the fox", enc["offset_mapping"], [(4, 7, "X")], enc["special_tokens_mask"])
-    assert tags[0] is None and tags[-1] is None                           # [CLS], [SEP]
+    assert tags[0] is None and tags[-1] is None  # [CLS], [SEP]
     # byte-level BPE offsets include the leading space ('Ġf' = (3, 5)); spans never do
     bpe = tiny_bpe_tokenizer()
     e2 = bpe("the fox", return_offsets_mapping=True)
@@ -71,17 +78,24 @@ def test_word_tag_records_become_char_spans_and_back():
     assert "not a BIO tag" in tags_to_spans(["a"], ["PER"])[2]
 
 
-@pytest.mark.parametrize("spans, message", [
-    ([{"start": 4, "end": 40, "label": "X"}], "field 'spans'[0]: span [4, 40) is outside the text (7 chars)"),
-    ([{"start": 0, "end": 3, "label": "X"}, {"start": 2, "end": 7, "label": "Y"}],
-     "field 'spans'[1]: span [2, 7) 'e fox' overlaps 'spans'[0] [0, 3) 'the'"),
-    ([{"start": 3, "end": 3, "label": "X"}], "field 'spans'[0]: end 3 must be greater than start 3"),
-    ([{"start": 0, "end": 3}], "field 'spans'[0]: missing 'label'"),
-    ([{"start": 0, "end": 3, "label": "B-X"}], "field 'spans'[0]: label must be a plain"),
-    ([{"start": 3, "end": 4, "label": "X"}], "field 'spans'[0]: span [3, 4) holds only whitespace"),
-])
+@pytest.mark.parametrize(
+    "spans, message",
+    [
+        ([{"start": 4, "end": 40, "label": "X"}], "field 'spans'[0]: span [4, 40) is outside the text (7 chars)"),
+        (
+            [{"start": 0, "end": 3, "label": "X"}, {"start": 2, "end": 7, "label": "Y"}],
+            "field 'spans'[1]: span [2, 7) 'e fox' overlaps 'spans'[0] [0, 3) 'the'",
+        ),
+        ([{"start": 3, "end": 3, "label": "X"}], "field 'spans'[0]: end 3 must be greater than start 3"),
+        ([{"start": 0, "end": 3}], "field 'spans'[0]: missing 'label'"),
+        ([{"start": 0, "end": 3, "label": "B-X"}], "field 'spans'[0]: label must be a plain"),
+        ([{"start": 3, "end": 4, "label": "X"}], "field 'spans'[0]: span [3, 4) holds only whitespace"),
+    ],
+)
 def test_span_errors_name_file_line_and_field(tmp_path, spans, message):
-    path = write_jsonl(tmp_path / "train.jsonl", [{"text": "the fox", "spans": []}, {"text": "the fox", "spans": spans}])
+    path = write_jsonl(
+        tmp_path / "train.jsonl", [{"text": "the fox", "spans": []}, {"text": "the fox", "spans": spans}]
+    )
     cfg = recipe(tmp_path, "extraction", train=path)
     with pytest.raises(DataError) as err:
         TASK.read(str(path), cfg, split="train", report=ReadReport())
@@ -89,18 +103,22 @@ def test_span_errors_name_file_line_and_field(tmp_path, spans, message):
 
 
 def test_missing_fields_and_skip_mode(tmp_path):
-    path = write_jsonl(tmp_path / "train.jsonl", [
-        {"text": "the fox", "spans": [{"start": 4, "end": 7, "label": "A"}]},
-        {"text": "no spans field"},
-        {"tokens": ["a"]},
-        {"something": "else"},
-        {"text": "the fox", "spans": [{"start": 4, "end": 9, "label": "A"}]},
-    ])
+    path = write_jsonl(
+        tmp_path / "train.jsonl",
+        [
+            {"text": "the fox", "spans": [{"start": 4, "end": 7, "label": "A"}]},
+            {"text": "no spans field"},
+            {"tokens": ["a"]},
+            {"something": "else"},
+            {"text": "the fox", "spans": [{"start": 4, "end": 9, "label": "A"}]},
+        ],
+    )
     with pytest.raises(DataError, match=r"train.jsonl:2: missing field 'spans'"):
         TASK.read(str(path), recipe(tmp_path, "extraction", train=path), split="train", report=ReadReport())
     report = ReadReport()
-    rows = TASK.read(str(path), recipe(tmp_path, "extraction", train=path, data={"on_error": "skip"}),
-                     split="train", report=report)
+    rows = TASK.read(
+        str(path), recipe(tmp_path, "extraction", train=path, data={"on_error": "skip"}), split="train", report=report
+    )
     assert len(rows) == 1 and report.examples == 1 and report.skipped == 4
     assert rows[0].fields["spans"] == [(4, 7, "A")] and rows[0].origin == f"{path}:1"
     assert check_spans("a  b ", [{"start": 0, "end": 5, "label": "X"}]) == ([(0, 4, "X")], None)  # stripped
@@ -117,8 +135,13 @@ def _wordpiece_setup(tmp_path, rows, **data):
 
 def test_long_texts_error_unless_truncation_allowed(tmp_path):
     long = "the court held that the contract was void and the bank raised rates over time"
-    rows = [{"text": "the fox", "spans": [{"start": 4, "end": 7, "label": "A"}]},
-            {"text": long, "spans": [{"start": 0, "end": 3, "label": "A"}, {"start": len(long) - 4, "end": len(long), "label": "A"}]}]
+    rows = [
+        {"text": "the fox", "spans": [{"start": 4, "end": 7, "label": "A"}]},
+        {
+            "text": long,
+            "spans": [{"start": 0, "end": 3, "label": "A"}, {"start": len(long) - 4, "end": len(long), "label": "A"}],
+        },
+    ]
     tok, cfg, ex, report = _wordpiece_setup(tmp_path, rows)
     space = TASK.label_space(ex, cfg)
     with pytest.raises(DataError, match=r"train.jsonl:2: text is \d+ tokens, more than model.max_length 12"):
@@ -127,12 +150,14 @@ def test_long_texts_error_unless_truncation_allowed(tmp_path):
     ds = TASK.encode(ex, tok, space, cfg, report)
     assert report.truncated == 1 and len(ds[1]["input_ids"]) == 12
     labels = ds[1]["labels"]
-    assert labels[0] == IGNORE and labels[-1] == IGNORE                   # [CLS] ... [SEP] kept
-    assert labels.count(space["label2id"]["B-A"]) == 1                    # the span past the cut is gone
+    assert labels[0] == IGNORE and labels[-1] == IGNORE  # [CLS] ... [SEP] kept
+    assert labels.count(space["label2id"]["B-A"]) == 1  # the span past the cut is gone
 
 
 def test_label_space_and_unseen_dev_label(tmp_path):
-    tok, cfg, ex, _ = _wordpiece_setup(tmp_path, [{"text": "the fox", "spans": [{"start": 4, "end": 7, "label": "ANIMAL"}]}])
+    tok, cfg, ex, _ = _wordpiece_setup(
+        tmp_path, [{"text": "the fox", "spans": [{"start": 4, "end": 7, "label": "ANIMAL"}]}]
+    )
     space = TASK.label_space(ex, cfg)
     assert space["tags"] == ["O", "B-ANIMAL", "I-ANIMAL"]
     dev = write_jsonl(tmp_path / "dev.jsonl", [{"text": "the dog", "spans": [{"start": 4, "end": 7, "label": "PET"}]}])
@@ -172,8 +197,9 @@ def test_learns_marker_rule(tmp_path, arch):
     model = TASK.load_model(str(tmp_path / "model"), space, cfg)
     assert model.config.id2label[1] == "B-NAME"
     before = TASK.evaluate(model, tok, dev, space, cfg)
-    losses = train(model, tok, TASK.encode(train_ex, tok, space, cfg, report), TASK.collator(tok, cfg), tmp_path,
-                   steps=40, lr=3e-3)
+    losses = train(
+        model, tok, TASK.encode(train_ex, tok, space, cfg, report), TASK.collator(tok, cfg), tmp_path, steps=40, lr=3e-3
+    )
     after = TASK.evaluate(model, tok, dev, space, cfg)
     assert losses[-1] < 0.5 * losses[0]
     assert after["span_f1"] > 0.5 > before["span_f1"]

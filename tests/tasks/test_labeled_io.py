@@ -1,4 +1,5 @@
 """Reading labeled records (JSONL/CSV/parquet, .gz) with file:line errors, and stratified splits."""
+
 import gzip
 import json
 from collections import Counter
@@ -27,14 +28,17 @@ def test_jsonl_origins_and_blank_lines(tmp_path):
     assert rows[1].fields == {"text": "y", "label": "b"}
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"text": "x"}, "field 'label' missing (keys: text)"),
-    ({"text": "   ", "label": "a"}, "field 'text' is empty"),
-    ({"text": 3, "label": "a"}, "field 'text' must be a string"),
-    ({"text": "x", "label": None}, "field 'label' is null"),
-    ('{"text": "x", "label": ', "malformed JSON"),
-    ('[1, 2]', "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"text": "x"}, "field 'label' missing (keys: text)"),
+        ({"text": "   ", "label": "a"}, "field 'text' is empty"),
+        ({"text": 3, "label": "a"}, "field 'text' must be a string"),
+        ({"text": "x", "label": None}, "field 'label' is null"),
+        ('{"text": "x", "label": ', "malformed JSON"),
+        ("[1, 2]", "expected a JSON object"),
+    ],
+)
 def test_errors_name_file_line_field(tmp_path, bad, message):
     p = _jsonl(tmp_path / "d.jsonl", [{"text": "ok", "label": "a"}, bad])
     with pytest.raises(DataError) as err:
@@ -44,8 +48,17 @@ def test_errors_name_file_line_field(tmp_path, bad, message):
 
 
 def test_skip_mode_counts_reasons(tmp_path):
-    p = _jsonl(tmp_path / "d.jsonl", [{"text": "ok", "label": "a"}, {"text": "x"}, {"text": "", "label": "b"},
-                                      "{oops", {"text": "fine", "label": "b"}, {"text": "y"}])
+    p = _jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"text": "ok", "label": "a"},
+            {"text": "x"},
+            {"text": "", "label": "b"},
+            "{oops",
+            {"text": "fine", "label": "b"},
+            {"text": "y"},
+        ],
+    )
     rep = ReadReport()
     rows = read(p, on_error="skip", report=rep)
     assert len(rows) == 2 and rep.examples == 2 and rep.skipped == 4
@@ -68,7 +81,7 @@ def test_csv_gz_tsv_and_parquet(tmp_path):
     for name in ("d.csv", "d.csv.gz"):
         rows = read(tmp_path / name)
         assert [r.fields["label"] for r in rows] == ["a", "b"]
-        assert [r.origin.rsplit(":", 1)[1] for r in rows] == ["2", "4"]   # a record's first line
+        assert [r.origin.rsplit(":", 1)[1] for r in rows] == ["2", "4"]  # a record's first line
     (tmp_path / "e.tsv").write_text("text\tlabel\nx\t\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"e\.tsv:2: field 'label'|e\.tsv:2:.*"):
         read(tmp_path / "e.tsv", text_fields=["text", "label"])
@@ -78,6 +91,7 @@ def test_csv_gz_tsv_and_parquet(tmp_path):
 
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     pq.write_table(pa.table({"text": ["p", "q"], "label": ["a", "b"]}), tmp_path / "d.parquet")
     rows = read(tmp_path / "d.parquet")
     assert [r.fields["text"] for r in rows] == ["p", "q"] and rows[1].origin.endswith("d.parquet:2")
@@ -106,7 +120,7 @@ def lab(e):
 def test_stratified_split_is_deterministic_and_proportional():
     ex = _examples({"a": 60, "b": 30, "c": 10, "d": 1})
     rest, dev = stratified_split(ex, lab, [0.2], seed=0)
-    assert Counter(map(lab, dev)) == {"a": 12, "b": 6, "c": 2}        # a singleton class stays in train
+    assert Counter(map(lab, dev)) == {"a": 12, "b": 6, "c": 2}  # a singleton class stays in train
     assert len(rest) + len(dev) == len(ex) and not {e.origin for e in rest} & {e.origin for e in dev}
     assert [e.origin for e in stratified_split(ex, lab, [0.2], seed=0)[1]] == [e.origin for e in dev]
     assert [e.origin for e in stratified_split(ex, lab, [0.2], seed=1)[1]] != [e.origin for e in dev]
@@ -119,7 +133,7 @@ def test_stratified_subsample_nested_and_covering():
     s10 = stratified_subsample(ex, 10, lab, seed=3)
     s40 = stratified_subsample(ex, 40, lab, seed=3)
     assert {e.origin for e in s10} <= {e.origin for e in s40}
-    assert set(map(lab, s10)) == {"a", "b", "c"}                     # every class when n allows
+    assert set(map(lab, s10)) == {"a", "b", "c"}  # every class when n allows
     assert Counter(map(lab, s40))["a"] > Counter(map(lab, s40))["b"] > Counter(map(lab, s40))["c"]
     assert [e.origin for e in stratified_subsample(ex, 40, lab, seed=3)] == [e.origin for e in s40]
     assert [e.origin for e in stratified_subsample(ex, 40, lab, seed=4)] != [e.origin for e in s40]
@@ -127,17 +141,29 @@ def test_stratified_subsample_nested_and_covering():
 
 def test_save_to_disk_split_folder_with_class_label_names(tmp_path):
     datasets = pytest.importorskip("datasets")
-    features = datasets.Features({"text": datasets.Value("string"),
-                                  "label": datasets.ClassLabel(names=["neg", "pos"]),
-                                  "tags": datasets.List(datasets.ClassLabel(names=["a", "b", "c"]))})
-    ds = datasets.Dataset.from_dict({"text": ["good", "bad", "meh"], "label": [1, 0, -1],
-                                     "tags": [[0, 2], [], [1]]}, features=features)
+    features = datasets.Features(
+        {
+            "text": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["neg", "pos"]),
+            "tags": datasets.List(datasets.ClassLabel(names=["a", "b", "c"])),
+        }
+    )
+    ds = datasets.Dataset.from_dict(
+        {"text": ["good", "bad", "meh"], "label": [1, 0, -1], "tags": [[0, 2], [], [1]]}, features=features
+    )
     datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "dd"))
-    rows = read_records(tmp_path / "dd" / "train", fields_required=["text", "label"], text_fields=["text"],
-                        on_error="skip", report=(report := ReadReport()))
-    assert [(r.fields["text"], r.fields["label"], r.fields["tags"]) for r in rows] == [("good", "pos", ["a", "c"]),
-                                                                                      ("bad", "neg", [])]
-    assert rows[1].origin == f"{tmp_path / 'dd' / 'train'}#1" and report.skipped == 1   # -1: no label
+    rows = read_records(
+        tmp_path / "dd" / "train",
+        fields_required=["text", "label"],
+        text_fields=["text"],
+        on_error="skip",
+        report=(report := ReadReport()),
+    )
+    assert [(r.fields["text"], r.fields["label"], r.fields["tags"]) for r in rows] == [
+        ("good", "pos", ["a", "c"]),
+        ("bad", "neg", []),
+    ]
+    assert rows[1].origin == f"{tmp_path / 'dd' / 'train'}#1" and report.skipped == 1  # -1: no label
     with pytest.raises(DataError, match=r"dd: a DatasetDict with splits train; point at one split folder"):
         read_records(tmp_path / "dd", fields_required=["text"])
     (tmp_path / "plain").mkdir()

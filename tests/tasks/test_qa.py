@@ -1,4 +1,5 @@
 """Extractive QA: windows over long passages, post-processing, unanswerable questions, errors, learning."""
+
 from __future__ import annotations
 
 import random
@@ -22,7 +23,7 @@ from lmadapt.tasks.span_metrics import exact_match, normalize_answer, squad_scor
 pytestmark = pytest.mark.usefixtures("one_thread")
 TASK = TASKS["qa"]
 SEC = {"doc_stride": 16, "max_question_length": 16}
-LENGTH = 48                                           # model.max_length of these tests
+LENGTH = 48  # model.max_length of these tests
 QUESTION = "who is named"
 
 
@@ -55,11 +56,11 @@ def test_long_passage_windows_and_answer_in_second_window():
     windows, cut = make_windows([row["question"]], [row["context"]], tok, sec, LENGTH, answers=[row["answers"]])
     assert cut == 0 and len(windows) >= 3
     assert all(len(w.input_ids) <= 48 for w in windows)
-    assert windows[0].start_position == windows[0].end_position == 0            # not in the first window: [CLS]
+    assert windows[0].start_position == windows[0].end_position == 0  # not in the first window: [CLS]
     hit = [i for i, w in enumerate(windows) if w.start_position > 0]
     assert hit and hit[0] == 1
     w = windows[1]
-    assert tok.decode(w.input_ids[w.start_position:w.end_position + 1]).replace(" ##", "") == "river"
+    assert tok.decode(w.input_ids[w.start_position : w.end_position + 1]).replace(" ##", "") == "river"
     # consecutive windows share doc_stride passage tokens
     ctx0 = [o for o in windows[0].offsets if o is not None]
     ctx1 = [o for o in windows[1].offsets if o is not None]
@@ -79,13 +80,15 @@ def test_null_score_decides_unanswerable():
     ctx = "the court over held"
     windows, _ = make_windows([QUESTION], [ctx], tok, QAConfig(**SEC), LENGTH)
     n = len(windows[0].input_ids)
-    ans = next(i for i, o in enumerate(windows[0].offsets) if o and ctx[o[0]:o[1]] == "over")
+    ans = next(i for i, o in enumerate(windows[0].offsets) if o and ctx[o[0] : o[1]] == "over")
     start, end = [0.0] * n, [0.0] * n
-    start[ans], end[ans] = 2.0, 2.0          # span score 4
-    start[0], end[0] = 3.0, 3.0              # null score 6
-    pick = lambda **kw: best_answers([ctx], windows, [start], [end], QAConfig(**SEC, **kw), unanswerable=True)[0]["text"]
-    assert pick() == ""                                              # 6 - 4 > 0
-    assert pick(null_threshold=2.5) == "over"                         # 6 - 4 <= 2.5
+    start[ans], end[ans] = 2.0, 2.0  # span score 4
+    start[0], end[0] = 3.0, 3.0  # null score 6
+    pick = lambda **kw: best_answers([ctx], windows, [start], [end], QAConfig(**SEC, **kw), unanswerable=True)[0][
+        "text"
+    ]
+    assert pick() == ""  # 6 - 4 > 0
+    assert pick(null_threshold=2.5) == "over"  # 6 - 4 <= 2.5
     assert best_answers([ctx], windows, [start], [end], QAConfig(**SEC), unanswerable=False)[0]["text"] == "over"
     # max_answer_length and end >= start are respected
     end[1] = 9.0
@@ -93,10 +96,13 @@ def test_null_score_decides_unanswerable():
 
 
 def test_answer_mismatch_and_missing_fields_name_file_line(tmp_path):
-    path = write_jsonl(tmp_path / "train.jsonl", [
-        {"question": "q", "context": "the court fox held", "answers": [{"text": "fox", "start": 10}]},
-        {"question": "q", "context": "the court fox held", "answers": [{"text": "fox", "start": 4}]},
-    ])
+    path = write_jsonl(
+        tmp_path / "train.jsonl",
+        [
+            {"question": "q", "context": "the court fox held", "answers": [{"text": "fox", "start": 10}]},
+            {"question": "q", "context": "the court fox held", "answers": [{"text": "fox", "start": 4}]},
+        ],
+    )
     cfg = recipe(tmp_path, "qa", train=path)
     with pytest.raises(DataError) as err:
         TASK.read(str(path), cfg, split="train", report=ReadReport())
@@ -106,12 +112,19 @@ def test_answer_mismatch_and_missing_fields_name_file_line(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answers": []}])
     with pytest.raises(DataError, match=r"bad.jsonl:1: field 'context' missing"):
         TASK.read(str(bad), cfg, split="train", report=ReadReport())
-    bad2 = write_jsonl(tmp_path / "bad2.jsonl", [{"question": "q", "context": "abc", "answers": [{"text": "abc"}]},
-                                                 {"question": "q", "context": "abc", "answers": [{"text": "b", "answer_start": 1}]}])
+    bad2 = write_jsonl(
+        tmp_path / "bad2.jsonl",
+        [
+            {"question": "q", "context": "abc", "answers": [{"text": "abc"}]},
+            {"question": "q", "context": "abc", "answers": [{"text": "b", "answer_start": 1}]},
+        ],
+    )
     with pytest.raises(DataError, match=r"bad2.jsonl:1: field 'answers'\[0\]: missing 'start'"):
         TASK.read(str(bad2), cfg, split="train", report=ReadReport())
     report = ReadReport()
-    rows = TASK.read(str(bad2), recipe(tmp_path, "qa", train=bad2, data={"on_error": "skip"}), split="train", report=report)
+    rows = TASK.read(
+        str(bad2), recipe(tmp_path, "qa", train=bad2, data={"on_error": "skip"}), split="train", report=report
+    )
     assert len(rows) == 1 and report.skipped == 1 and report.examples == 1
     assert rows[0].fields["answers"] == [{"text": "b", "start": 1}] and rows[0].fields["id"] == f"{bad2}:2"
 
@@ -122,7 +135,7 @@ def test_question_too_long_and_config_checks(tmp_path):
     with pytest.raises(DataError, match=r"x.jsonl:3: question is \d+ tokens, more than qa.max_question_length 16"):
         make_windows([q], ["the fox"], tok, QAConfig(**SEC), LENGTH, origins=["x.jsonl:3"])
     windows, cut = make_windows([q], ["the fox"], tok, QAConfig(**SEC), LENGTH, allow_truncation=True)
-    assert cut == 1 and windows[0].input_ids.index(tok.sep_token_id) == 17       # [CLS] + 16 question tokens
+    assert cut == 1 and windows[0].input_ids.index(tok.sep_token_id) == 17  # [CLS] + 16 question tokens
     with pytest.raises(ConfigError, match="doc_stride: must be smaller than max_length"):
         QAConfig(max_length=64, doc_stride=64)
     with pytest.raises(ConfigError, match="leave no room for the passage"):
@@ -131,8 +144,9 @@ def test_question_too_long_and_config_checks(tmp_path):
 
 def test_unanswerable_dev_needs_unanswerable_train(tmp_path):
     cfg = recipe(tmp_path, "qa")
-    train_ex = TASK.read(str(write_jsonl(tmp_path / "t.jsonl", _rows(4, null_every=0))), cfg, split="train",
-                         report=ReadReport())
+    train_ex = TASK.read(
+        str(write_jsonl(tmp_path / "t.jsonl", _rows(4, null_every=0))), cfg, split="train", report=ReadReport()
+    )
     space = TASK.label_space(train_ex, cfg)
     assert space == {"unanswerable": False}
     dev = TASK.read(str(write_jsonl(tmp_path / "d.jsonl", _rows(2))), cfg, split="dev", report=ReadReport())
@@ -157,8 +171,12 @@ def test_learns_answer_after_marker_over_windows(tmp_path):
     tok = tiny_wordpiece_tokenizer(tmp_path / "model")
     tiny_bert(len(tok)).save_pretrained(tmp_path / "model")
     path = write_jsonl(tmp_path / "train.jsonl", _rows(160) + _rows(60, seed=3, words=30))
-    cfg = recipe(tmp_path, "qa", train=path,
-                 sections={"qa": SEC, "model": {"path": str(tmp_path / "model"), "max_length": LENGTH}})
+    cfg = recipe(
+        tmp_path,
+        "qa",
+        train=path,
+        sections={"qa": SEC, "model": {"path": str(tmp_path / "model"), "max_length": LENGTH}},
+    )
     report = ReadReport()
     train_ex = TASK.read(str(path), cfg, split="train", report=report)
     space = TASK.label_space(train_ex, cfg)
@@ -181,15 +199,22 @@ def test_learns_answer_after_marker_over_windows(tmp_path):
     assert n_windows > 2 * len(long)
     assert TASK.evaluate(model, tok, long_ex, space, cfg)["exact_match"] >= 0.5
     row = _long_row()
-    out = TASK.predict(model, tok, [{"id": "long", "question": QUESTION, "context": row["context"]},
-                                    {"question": QUESTION, "context": "the model held light"}], cfg)
+    out = TASK.predict(
+        model,
+        tok,
+        [
+            {"id": "long", "question": QUESTION, "context": row["context"]},
+            {"question": QUESTION, "context": "the model held light"},
+        ],
+        cfg,
+    )
     # One example from a tiny model (EM over the set is checked above): the span must come from the
     # later window, overlap the gold answer and map back onto the context exactly. Its exact ends
     # vary with the tokenizer draw (WordPiece training order is not deterministic across
     # processes): a start on "##ver" of "ri ##ver" has been seen.
     gold = row["answers"][0]
     start, text = out[0]["answer_start"], out[0]["answer"]
-    assert start is not None and text and row["context"][start:start + len(text)] == text
+    assert start is not None and text and row["context"][start : start + len(text)] == text
     assert start < gold["start"] + len(gold["text"]) and start + len(text) > gold["start"], (text, gold)
     assert out[0]["id"] == "long"
     assert out[1]["answer"] == "" and out[1]["answer_start"] is None

@@ -1,5 +1,6 @@
 """Issue 19 item 2: a checkpoint is whole or absent; resume takes the newest complete one; the final
 save never leaves a half-written model folder."""
+
 import shutil
 
 import pytest
@@ -24,8 +25,9 @@ def test_a_save_killed_part_way_leaves_no_checkpoint_and_resume_uses_the_older_o
 
     def killed_at_step_8(self, output_dir):
         if self.state.global_step == 8:
-            raise KeyboardInterrupt("killed while saving")   # after weights + optimizer were written
+            raise KeyboardInterrupt("killed while saving")  # after weights + optimizer were written
         return real(self, output_dir)
+
     monkeypatch.setattr(Trainer, "_save_rng_state", killed_at_step_8)
     with pytest.raises(KeyboardInterrupt):
         train_toy(tmp_path / "int", save_every=4)
@@ -40,7 +42,7 @@ def test_a_save_killed_part_way_leaves_no_checkpoint_and_resume_uses_the_older_o
     assert outcome.resumed_from.endswith("checkpoint-4")
     printed = capsys.readouterr().out
     assert "skipped checkpoint-6 (no trainer_state.json)" in printed
-    _same(weights(resumed), expected)   # bit-identical to the run that was never interrupted
+    _same(weights(resumed), expected)  # bit-identical to the run that was never interrupted
     assert not (ckpts / "checkpoint-6").exists() and (ckpts / "incomplete-checkpoint-6").is_dir()
 
 
@@ -56,6 +58,7 @@ def test_a_truncated_optimizer_file_is_skipped(tmp_path, capsys):
 
 def test_the_final_save_is_all_or_nothing(tmp_path, monkeypatch):
     from lmadapt.models.lora import save_model
+
     tok = tiny_bpe_tokenizer()
     model = tiny_llama(len(tok))
     out = tmp_path / "model"
@@ -64,6 +67,7 @@ def test_the_final_save_is_all_or_nothing(tmp_path, monkeypatch):
 
     def disk_full(*a, **k):
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(type(tok), "save_pretrained", disk_full)
     with pytest.raises(OSError):
         save_model(model, tok, out, merge=False)

@@ -5,6 +5,7 @@ A kill is simulated in-process: a callback raises at a chosen step (after the ch
 written, before anything after it), as SIGKILL would leave the folder; the next run resumes
 (``train.resume=true``). benchmarks/kill_resume.py does the same with real SIGKILLs.
 """
+
 import json
 import random
 from pathlib import Path
@@ -36,8 +37,10 @@ def run_with_kills(monkeypatch, module, run, kills: list[int]):
     """``run(resume)`` once per kill (each killed at its step), then once to the end; returns its metrics."""
     real = module.run_training
     for i, step in enumerate(kills):
+
         def killing(*a, callbacks=None, _step=step, **k):
             return real(*a, callbacks=[*(callbacks or []), KillAt(_step)], **k)
+
         monkeypatch.setattr(module, "run_training", killing)
         with pytest.raises(Killed):
             run(resume=i > 0)
@@ -75,7 +78,7 @@ def write_rows(path: Path, n: int, seed: int) -> str:
     with path.open("w") as fh:
         for _ in range(n):
             label = rng.choice(["pos", "neg"])
-            words = rng.sample(WORDS, rng.randint(2, 9))   # varied lengths: length grouping matters
+            words = rng.sample(WORDS, rng.randint(2, 9))  # varied lengths: length grouping matters
             words.insert(rng.randrange(len(words) + 1), "over" if label == "pos" else "was")
             fh.write(json.dumps({"text": " ".join(words), "label": label}) + "\n")
     return str(path)
@@ -95,17 +98,32 @@ def test_length_grouped_finetune_resumes_bit_identically(bert_folder, tmp_path, 
     train = write_rows(tmp_path / "train.jsonl", 24, 0)
 
     def run(out, resume=False):
-        cfg = load_recipe(FinetuneConfig, data={
-            "model": {"path": str(bert_folder), "max_length": 24},
-            "data": {"train": train, "dev_fraction": 0.0},
-            "train": {"output_dir": str(tmp_path / out), "epochs": 3, "lr": 3e-3, "batch_size": 4,
-                      "group_by_length": True, "save_every": 4, "save_total_limit": 2, "log_every": 2,
-                      "report_to": [], "torch_threads": 1, "seed": 3, "resume": resume}})
+        cfg = load_recipe(
+            FinetuneConfig,
+            data={
+                "model": {"path": str(bert_folder), "max_length": 24},
+                "data": {"train": train, "dev_fraction": 0.0},
+                "train": {
+                    "output_dir": str(tmp_path / out),
+                    "epochs": 3,
+                    "lr": 3e-3,
+                    "batch_size": 4,
+                    "group_by_length": True,
+                    "save_every": 4,
+                    "save_total_limit": 2,
+                    "log_every": 2,
+                    "report_to": [],
+                    "torch_threads": 1,
+                    "seed": 3,
+                    "resume": resume,
+                },
+            },
+        )
         return finetune.run_finetune(cfg)
 
     full = run("full")
     assert full["train"]["steps"] == 18
-    kills = sorted(random.Random(7).sample(range(5, 18), 2))   # 6 steps an epoch: mid-epoch, later epochs
+    kills = sorted(random.Random(7).sample(range(5, 18), 2))  # 6 steps an epoch: mid-epoch, later epochs
     resumed = run_with_kills(monkeypatch, finetune, lambda resume: run("killed", resume), kills)
     assert resumed["train"]["resumed_from"].endswith(f"checkpoint-{kills[-1] // 4 * 4}")
     assert_same_weights(tmp_path / "full", tmp_path / "killed")
@@ -113,6 +131,7 @@ def test_length_grouped_finetune_resumes_bit_identically(bert_folder, tmp_path, 
 
 
 # --- masked-LM pretraining: fresh masks each epoch, kills mid-epoch -------------------------------------
+
 
 def test_masked_lm_pretraining_resumes_bit_identically(tmp_path, monkeypatch):
     from lmadapt.stages import pretrain
@@ -125,20 +144,48 @@ def test_masked_lm_pretraining_resumes_bit_identically(tmp_path, monkeypatch):
             fh.write(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 30)))}) + "\n")
 
     def run(out, resume=False):
-        return pretrain.run_pretrain(load_recipe(PretrainConfig, data={
-            "model": {"init": "scratch", "arch": "bert", "tokenizer": str(tok_dir),
-                      "dims": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                               "num_attention_heads": 4}},
-            "data": {"sources": [{"path": str(tmp_path / "train.jsonl")}], "block_size": 32,
-                     "cache_dir": str(tmp_path / "cache")},
-            "train": {"output_dir": str(tmp_path / out), "epochs": 3, "batch_size": 4, "lr": 3e-3,
-                      "warmup_steps": 2, "save_every": 3, "save_total_limit": 2, "log_every": 2,
-                      "report_to": [], "seed": 0, "torch_threads": 1, "resume": resume}}))
+        return pretrain.run_pretrain(
+            load_recipe(
+                PretrainConfig,
+                data={
+                    "model": {
+                        "init": "scratch",
+                        "arch": "bert",
+                        "tokenizer": str(tok_dir),
+                        "dims": {
+                            "hidden_size": 32,
+                            "intermediate_size": 64,
+                            "num_hidden_layers": 2,
+                            "num_attention_heads": 4,
+                        },
+                    },
+                    "data": {
+                        "sources": [{"path": str(tmp_path / "train.jsonl")}],
+                        "block_size": 32,
+                        "cache_dir": str(tmp_path / "cache"),
+                    },
+                    "train": {
+                        "output_dir": str(tmp_path / out),
+                        "epochs": 3,
+                        "batch_size": 4,
+                        "lr": 3e-3,
+                        "warmup_steps": 2,
+                        "save_every": 3,
+                        "save_total_limit": 2,
+                        "log_every": 2,
+                        "report_to": [],
+                        "seed": 0,
+                        "torch_threads": 1,
+                        "resume": resume,
+                    },
+                },
+            )
+        )
 
     full = run("full")
     steps = full["train"]["steps"]
-    assert steps >= 9, steps   # several epochs of a few steps each
-    assert full["train"]["tokens_seen"] > 0   # a 4D attention mask once made it hugely negative
+    assert steps >= 9, steps  # several epochs of a few steps each
+    assert full["train"]["tokens_seen"] > 0  # a 4D attention mask once made it hugely negative
     kills = sorted(random.Random(1).sample(range(4, steps), 2))
     resumed = run_with_kills(monkeypatch, pretrain, lambda resume: run("killed", resume), kills)
     assert_same_weights(tmp_path / "full", tmp_path / "killed")
@@ -150,21 +197,24 @@ def test_masked_lm_pretraining_resumes_bit_identically(tmp_path, monkeypatch):
 
 # --- the pure functions underneath (no training) --------------------------------------------------------
 
+
 def test_sampler_order_depends_on_seed_and_epoch_only():
     from lmadapt.train.samplers import EpochLengthGroupedSampler, EpochWeightedSampler
 
     lengths = [random.Random(i).randint(3, 40) for i in range(64)]
-    for build in (lambda: EpochLengthGroupedSampler(8, lengths=lengths, seed=5),
-                  lambda: EpochWeightedSampler([1.0 + i % 3 for i in range(64)], num_samples=64, seed=5)):
+    for build in (
+        lambda: EpochLengthGroupedSampler(8, lengths=lengths, seed=5),
+        lambda: EpochWeightedSampler([1.0 + i % 3 for i in range(64)], num_samples=64, seed=5),
+    ):
         ran = build()
         orders = []
         for epoch in range(3):
             ran.set_epoch(epoch)
             orders.append(list(ran))
-        fresh = build()            # a resumed run builds its sampler anew, in epoch 2
+        fresh = build()  # a resumed run builds its sampler anew, in epoch 2
         fresh.set_epoch(2)
         assert list(fresh) == orders[2]
-        assert orders[0] != orders[1] != orders[2]      # still a new order every epoch
+        assert orders[0] != orders[1] != orders[2]  # still a new order every epoch
 
 
 def test_masks_depend_on_seed_epoch_and_example_only():
@@ -177,18 +227,24 @@ def test_masks_depend_on_seed_epoch_and_example_only():
     for _ in range(6):
         ids = tok(" ".join(rng.choice(WORDS) for _ in range(20)), add_special_tokens=False)["input_ids"][:24]
         ids += [tok.pad_token_id] * (24 - len(ids))
-        rows.append({"input_ids": ids, "position_ids": list(range(24)), "word_starts": [1] * 24,
-                     "is_padding": [int(i == tok.pad_token_id) for i in ids]})
+        rows.append(
+            {
+                "input_ids": ids,
+                "position_ids": list(range(24)),
+                "word_starts": [1] * 24,
+                "is_padding": [int(i == tok.pad_token_id) for i in ids],
+            }
+        )
     data = MaskSeeded(rows, seed=0)
     collate = WholeWordMLMCollator(tok, mlm_probability=0.3)
     torch.manual_seed(1)
     together = collate([data[i] for i in range(6)])
-    torch.manual_seed(2)                 # other global RNG state, other batch company, other order
+    torch.manual_seed(2)  # other global RNG state, other batch company, other order
     alone = collate([data[4], data[1]])
     assert torch.equal(alone["input_ids"][0], together["input_ids"][4])
     assert torch.equal(alone["labels"][1], together["labels"][1])
     data.set_epoch(1)
-    assert not torch.equal(collate([data[4]])["labels"][0], together["labels"][4])   # fresh masks next epoch
+    assert not torch.equal(collate([data[4]])["labels"][0], together["labels"][4])  # fresh masks next epoch
 
 
 def test_resuming_a_finished_run_trains_no_further(tmp_path):
@@ -196,7 +252,7 @@ def test_resuming_a_finished_run_trains_no_further(tmp_path):
     the Trainer once trained one step more there (41 of a 40-step run)."""
     from toy_training import train_toy, weights
 
-    done, model = train_toy(tmp_path, max_steps=6, save_every=3)      # 16 steps an epoch: ends mid-epoch
+    done, model = train_toy(tmp_path, max_steps=6, save_every=3)  # 16 steps an epoch: ends mid-epoch
     again, model2 = train_toy(tmp_path, max_steps=6, save_every=3, resume=True)
     assert again.resumed_from.endswith("checkpoint-6") and again.global_step == 6
     w1, w2 = weights(model), weights(model2)

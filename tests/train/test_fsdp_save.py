@@ -1,5 +1,6 @@
 """train/fsdp_save.py: a sharded model streamed into a save_pretrained folder, on one process
 (FSDP2 over a group of one, gloo): split at the shard limit, the index, tied weights, reload equal."""
+
 import json
 
 import pytest
@@ -11,6 +12,7 @@ from helpers import tiny_llama
 @pytest.fixture(scope="module")
 def group():
     import torch.distributed as tdist
+
     if not tdist.is_initialized():
         tdist.init_process_group("gloo", store=tdist.HashStore(), rank=0, world_size=1)
     yield
@@ -19,6 +21,7 @@ def group():
 def _sharded(model):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
+
     mesh = init_device_mesh("cpu", (1,))
     for layer in model.model.layers:
         fully_shard(layer, mesh=mesh)
@@ -31,12 +34,13 @@ def test_streamed_save_matches_save_pretrained(group, tmp_path, tied):
     from transformers import AutoModelForCausalLM
 
     from lmadapt.train.fsdp_save import save_streamed
+
     plain = tiny_llama(96, tie_word_embeddings=tied)
     plain.save_pretrained(tmp_path / "hf")
     copy = tiny_llama(96, tie_word_embeddings=tied)
     copy.load_state_dict(plain.state_dict())
     sharded = _sharded(copy)
-    limit = 20_000   # bytes: the 96x32 fp32 embedding (12 KB) and two layers' blocks split over several files
+    limit = 20_000  # bytes: the 96x32 fp32 embedding (12 KB) and two layers' blocks split over several files
     save_streamed(sharded, None, tmp_path / "out", max_shard_bytes=limit)
 
     out = tmp_path / "out"
@@ -47,7 +51,7 @@ def test_streamed_save_matches_save_pretrained(group, tmp_path, tied):
     with safe_open(tmp_path / "hf" / "model.safetensors", "pt") as ref:
         ref_keys = set(ref.keys())
         expected = {k: ref.get_tensor(k) for k in ref_keys}
-    assert set(index["weight_map"]) == ref_keys        # the same keys: lm_head.weight dropped when tied
+    assert set(index["weight_map"]) == ref_keys  # the same keys: lm_head.weight dropped when tied
     assert ("lm_head.weight" in ref_keys) is not tied
     total = 0
     for f in files:
@@ -67,6 +71,7 @@ def test_streamed_save_matches_save_pretrained(group, tmp_path, tied):
 
 def test_one_shard_is_a_plain_model_file(group, tmp_path):
     from lmadapt.train.fsdp_save import save_streamed
+
     sharded = _sharded(tiny_llama(96))
     save_streamed(sharded, None, tmp_path / "out")
     assert (tmp_path / "out" / "model.safetensors").is_file()

@@ -9,6 +9,7 @@ forward). Stated
 tolerance: 1e-5 absolute on every weight and every logged loss (seen: <= 1.2e-6; the two runs sum
 the same numbers in a different order), and the resumed run equals the uninterrupted one exactly.
 """
+
 import json
 import shutil
 import sys
@@ -28,14 +29,26 @@ ANIMALS, VERBS = ["the fox", "the dog", "the cat", "the bird"], ["jumps over", "
 
 def write_corpus(path: Path, n: int, seed: int) -> None:
     import random
+
     rng = random.Random(seed)
-    path.write_text("".join(json.dumps({"text": " ".join(f"{rng.choice(ANIMALS)} {rng.choice(VERBS)} the lazy dog."
-                                                          for _ in range(rng.randint(2, 6)))}) + "\n"
-                            for _ in range(n)))
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "text": " ".join(
+                        f"{rng.choice(ANIMALS)} {rng.choice(VERBS)} the lazy dog." for _ in range(rng.randint(2, 6))
+                    )
+                }
+            )
+            + "\n"
+            for _ in range(n)
+        )
+    )
 
 
 def write_labeled(path: Path, n: int, seed: int) -> None:
     import random
+
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
@@ -57,12 +70,14 @@ def make_workspace(ws: Path) -> None:
     # merge: a base of the scratch model's shape (another init), and "general" text unlike the corpus
     from lmadapt.config.model import ModelConfig
     from lmadapt.models.load import load_model
+
     scratch = pretrain_recipe(ws, "-", 1)["model"]
     base = load_model(ModelConfig(**scratch), seed=7)
     base.model.save_pretrained(ws / "llama_base")
     base.tokenizer.save_pretrained(ws / "llama_base")
-    (ws / "general.jsonl").write_text("".join(json.dumps({"text": f"{i * 7919 % 10007} + {i} = {i ** 2} {chr(65 + i % 26)}"})
-                                              + "\n" for i in range(40)))
+    (ws / "general.jsonl").write_text(
+        "".join(json.dumps({"text": f"{i * 7919 % 10007} + {i} = {i**2} {chr(65 + i % 26)}"}) + "\n" for i in range(40))
+    )
 
 
 def pretrain_recipe(ws: Path, out: str, procs: int, *, arch: str = "llama", **train):
@@ -72,24 +87,52 @@ def pretrain_recipe(ws: Path, out: str, procs: int, *, arch: str = "llama", **tr
     dims = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
     if arch == "llama":
         dims["num_key_value_heads"] = 2
-    else:   # no dropout: two processes draw other dropout masks than one
+    else:  # no dropout: two processes draw other dropout masks than one
         dims.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    return {"model": {"init": "scratch", "arch": arch, "size": None, "tokenizer": str(tok), "dims": dims},
-            "data": {"sources": [{"path": str(ws / "train.jsonl")}],
-                     "eval_sources": [{"path": str(ws / "valid.jsonl"), "name": "valid"}],
-                     "block_size": 64, "cache_dir": str(ws / "cache")},
-            "train": {"output_dir": str(ws / out), "max_steps": 6, "batch_size": 4 // procs, "lr": 3e-3,
-                      "scheduler": "constant", "warmup_ratio": 0.0, "log_every": 1, "report_to": [], "seed": 0,
-                      **train}}
+    return {
+        "model": {"init": "scratch", "arch": arch, "size": None, "tokenizer": str(tok), "dims": dims},
+        "data": {
+            "sources": [{"path": str(ws / "train.jsonl")}],
+            "eval_sources": [{"path": str(ws / "valid.jsonl"), "name": "valid"}],
+            "block_size": 64,
+            "cache_dir": str(ws / "cache"),
+        },
+        "train": {
+            "output_dir": str(ws / out),
+            "max_steps": 6,
+            "batch_size": 4 // procs,
+            "lr": 3e-3,
+            "scheduler": "constant",
+            "warmup_ratio": 0.0,
+            "log_every": 1,
+            "report_to": [],
+            "seed": 0,
+            **train,
+        },
+    }
 
 
 def finetune_recipe(ws: Path, out: str, procs: int, **train):
-    return {"model": {"path": str(ws / "bert"), "max_length": 32},
-            "data": {"train": str(ws / "cls_train.jsonl"), "dev": str(ws / "cls_dev.jsonl"),
-                     "test": str(ws / "cls_test.jsonl")},
-            "train": {"output_dir": str(ws / out), "epochs": 2, "lr": 3e-3, "batch_size": 8 // procs,
-                      "warmup_ratio": 0.0, "report_to": [], "log_every": 1, "seed": 0, "group_by_length": False,
-                      **train}}
+    return {
+        "model": {"path": str(ws / "bert"), "max_length": 32},
+        "data": {
+            "train": str(ws / "cls_train.jsonl"),
+            "dev": str(ws / "cls_dev.jsonl"),
+            "test": str(ws / "cls_test.jsonl"),
+        },
+        "train": {
+            "output_dir": str(ws / out),
+            "epochs": 2,
+            "lr": 3e-3,
+            "batch_size": 8 // procs,
+            "warmup_ratio": 0.0,
+            "report_to": [],
+            "log_every": 1,
+            "seed": 0,
+            "group_by_length": False,
+            **train,
+        },
+    }
 
 
 LORA = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}
@@ -102,15 +145,26 @@ def merge_and_evaluate(ws: Path, sharding: str) -> dict:
     from lmadapt.config.merge import MergeConfig
     from lmadapt.stages.evaluate import evaluate_model
     from lmadapt.stages.merge import run_merge
+
     tag = "fsdp" if sharding == "fsdp" else "one"
-    cfg = load_recipe(MergeConfig, data={
-        "model": {"path": str(ws / "causal_fsdp")}, "merge": {"base": str(ws / "llama_base")},
-        "eval": {"sets": {"domain": str(ws / "valid.jsonl"), "general": str(ws / "general.jsonl")}, "block_size": 64},
-        "train": {"output_dir": str(ws / f"merged_{tag}"), "sharding": sharding}})
+    cfg = load_recipe(
+        MergeConfig,
+        data={
+            "model": {"path": str(ws / "causal_fsdp")},
+            "merge": {"base": str(ws / "llama_base")},
+            "eval": {
+                "sets": {"domain": str(ws / "valid.jsonl"), "general": str(ws / "general.jsonl")},
+                "block_size": 64,
+            },
+            "train": {"output_dir": str(ws / f"merged_{tag}"), "sharding": sharding},
+        },
+    )
     sets = [str(ws / "valid.jsonl"), str(ws / "general.jsonl")]
-    return {"merge": run_merge(cfg),
-            "evaluate": evaluate_model(ws / "causal_fsdp", sets, block_size=64, batch_size=4, sharding=sharding),
-            "evaluate_mlm": evaluate_model(ws / "mlm_fsdp", sets[:1], block_size=64, batch_size=4, sharding=sharding)}
+    return {
+        "merge": run_merge(cfg),
+        "evaluate": evaluate_model(ws / "causal_fsdp", sets, block_size=64, batch_size=4, sharding=sharding),
+        "evaluate_mlm": evaluate_model(ws / "mlm_fsdp", sets[:1], block_size=64, batch_size=4, sharding=sharding),
+    }
 
 
 def run_all(ws: Path, procs: int, sharding: str) -> dict:
@@ -120,19 +174,26 @@ def run_all(ws: Path, procs: int, sharding: str) -> dict:
     from lmadapt.config.finetune import FinetuneConfig
     from lmadapt.stages.finetune import run_finetune
     from lmadapt.stages.pretrain import run_pretrain
+
     tag = "fsdp" if sharding == "fsdp" else "one"
-    out = {"causal": run_pretrain(load_recipe(PretrainConfig, data=pretrain_recipe(
-        ws, f"causal_{tag}", procs, sharding=sharding, save_every=3)))}
+    out = {
+        "causal": run_pretrain(
+            load_recipe(
+                PretrainConfig, data=pretrain_recipe(ws, f"causal_{tag}", procs, sharding=sharding, save_every=3)
+            )
+        )
+    }
     lora = pretrain_recipe(ws, f"lora_{tag}", procs, sharding=sharding, gradient_checkpointing=True)
     out["lora"] = run_pretrain(load_recipe(PretrainConfig, data={**lora, "lora": LORA}))
-    out["mlm"] = run_pretrain(load_recipe(PretrainConfig, data=pretrain_recipe(ws, f"mlm_{tag}", procs, arch="bert",
-                                                                              sharding=sharding)))
+    out["mlm"] = run_pretrain(
+        load_recipe(PretrainConfig, data=pretrain_recipe(ws, f"mlm_{tag}", procs, arch="bert", sharding=sharding))
+    )
     cfg = load_recipe(FinetuneConfig, data=finetune_recipe(ws, f"cls_{tag}", procs, sharding=sharding))
     out["cls"] = run_finetune(cfg, to_dict(cfg))
     return out
 
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     sys.path[:0] = [sys.argv[1], sys.argv[1] + "/train"]
@@ -194,7 +255,7 @@ SCRIPT = textwrap.dedent('''
     if dist.is_main_process():
         (ws / "sharded.json").write_text(json.dumps(out, default=str))
     dist.finish()
-''')
+""")
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +280,7 @@ def runs(tmp_path_factory):
 def weights(folder: Path, name: str = "model.safetensors") -> dict:
     """A folder's weights: one file, or every shard its index names (a sharded run's streamed save)."""
     from safetensors.torch import load_file
+
     index = folder / (name + ".index.json")
     if not (folder / name).exists() and index.exists():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -237,31 +299,38 @@ def logged_losses(folder: Path) -> list[float]:
     return [r["loss"] for r in rows if "loss" in r]
 
 
-@pytest.mark.parametrize("name, weight_file", [("causal", "model.safetensors"), ("mlm", "model.safetensors"),
-                                                ("lora", "adapter_model.safetensors"),
-                                                ("cls", "model.safetensors")])
+@pytest.mark.parametrize(
+    "name, weight_file",
+    [
+        ("causal", "model.safetensors"),
+        ("mlm", "model.safetensors"),
+        ("lora", "adapter_model.safetensors"),
+        ("cls", "model.safetensors"),
+    ],
+)
 def test_two_sharded_processes_train_as_one_process(runs, name, weight_file):
     ws, sharded, one, proc = runs
-    if name != "cls":   # issue 18: the fused LM loss (chunked on CPU) runs sharded too, as in the reference
+    if name != "cls":  # issue 18: the fused LM loss (chunked on CPU) runs sharded too, as in the reference
         assert sharded[name]["train"]["speed"]["loss"] == one[name]["train"]["speed"]["loss"] == "chunked"
         assert "loss chunked (auto: chunked, inside the sharded forward)" in proc.stdout
     a, b = ws / f"{name}_fsdp", ws / f"{name}_one"
     la, lb = logged_losses(a), logged_losses(b)
     assert len(la) == len(lb) >= 6
     assert max(abs(x - y) for x, y in zip(la, lb)) <= TOL, (la, lb)
-    assert la[-1] < la[0]   # it trained
+    assert la[-1] < la[0]  # it trained
     assert_same_weights(weights(a, weight_file), weights(b, weight_file))
-    if name in ("causal", "lora"):   # held-out perplexity before/after, scored in lockstep
+    if name in ("causal", "lora"):  # held-out perplexity before/after, scored in lockstep
         for when in ("before", "after"):
             pa = sharded[name]["heldout"]["valid"][when]
             pb = one[name]["heldout"]["valid"][when]
             assert pa["tokens"] == pb["tokens"] > 0
             assert pa["loss"] == pytest.approx(pb["loss"], abs=TOL)
-    if name == "mlm":   # masked scores draw masks per process; pseudo-perplexity is deterministic
+    if name == "mlm":  # masked scores draw masks per process; pseudo-perplexity is deterministic
         for when in ("before", "after"):
             assert sharded[name]["heldout"]["valid"][when]["pseudo_nll"] == pytest.approx(
-                one[name]["heldout"]["valid"][when]["pseudo_nll"], abs=TOL)
-    if name == "cls":   # the task's own dev/test evaluation ran on the sharded model
+                one[name]["heldout"]["valid"][when]["pseudo_nll"], abs=TOL
+            )
+    if name == "cls":  # the task's own dev/test evaluation ran on the sharded model
         for split in ("dev", "test"):
             assert sharded[name][split]["n"] == one[name][split]["n"]
             assert sharded[name][split]["accuracy"] == one[name][split]["accuracy"]
@@ -271,15 +340,16 @@ def test_two_sharded_processes_train_as_one_process(runs, name, weight_file):
 def test_data_parallel_classification_trains_as_one_process(runs):
     ws, *_ = runs
     la, lb = logged_losses(ws / "cls_ddp"), logged_losses(ws / "cls_one")
-    assert max(abs(x - y) for x, y in zip(la, lb)) <= TOL, (la, lb)   # was twice as large before the fix
+    assert max(abs(x - y) for x, y in zip(la, lb)) <= TOL, (la, lb)  # was twice as large before the fix
     assert_same_weights(weights(ws / "cls_ddp"), weights(ws / "cls_one"))
 
 
 def test_saved_folder_loads_in_plain_transformers(runs):
     from transformers import AutoModelForCausalLM
+
     ws, *_ = runs
     model = AutoModelForCausalLM.from_pretrained(ws / "causal_fsdp")
-    assert type(model).__name__ == "LlamaForCausalLM"   # not the FSDP class
+    assert type(model).__name__ == "LlamaForCausalLM"  # not the FSDP class
     assert json.loads((ws / "causal_fsdp" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     ids = torch.tensor([[1, 2, 3, 4]])
     ref = AutoModelForCausalLM.from_pretrained(ws / "causal_one")
@@ -315,7 +385,7 @@ def test_sharded_runs_load_the_weights_on_the_main_process_only(runs):
     # causal, LoRA, MLM, classification, merge's adapted and base models, evaluate's causal and MLM
     # models, the resume's two runs (the old-way run: none)
     assert len(fills[0]) == len(fills[1]) == 10
-    assert all(f["meta"] == f["params"] > 0 and f["state"] == 0 for f in fills[1])   # never held the model
+    assert all(f["meta"] == f["params"] > 0 and f["state"] == 0 for f in fills[1])  # never held the model
     assert all(f["meta"] == 0 and f["state"] >= f["params"] > 0 for f in fills[0])
     assert "weights loaded by the main process only" in proc.stdout
     assert "weights loaded whole by every process" in proc.stdout
@@ -340,7 +410,7 @@ def test_combinations_that_cannot_work_stop_with_a_message(runs):
     errors = sharded["errors"]
     assert "train.fsdp.wrap" in errors["wrap"] and "NoSuchLayer" in errors["wrap"]
     assert "train.fsdp.cpu_offload" in errors["offload"] and "CPU" in errors["offload"]
-    assert not (ws / "bad_offload").exists()   # refused before the stage wrote anything
+    assert not (ws / "bad_offload").exists()  # refused before the stage wrote anything
 
 
 def test_sharded_merge_and_evaluate_give_the_unsharded_results(runs):
@@ -351,7 +421,7 @@ def test_sharded_merge_and_evaluate_give_the_unsharded_results(runs):
         for name in ("domain", "general"):
             assert ra["sets"][name]["tokens"] == rb["sets"][name]["tokens"] > 0
             assert ra["sets"][name]["loss"] == pytest.approx(rb["sets"][name]["loss"], abs=TOL)
-    assert len({r["sets"]["domain"]["loss"] for r in a["sweep"]}) == len(a["sweep"])   # every weight scored differently
+    assert len({r["sets"]["domain"]["loss"] for r in a["sweep"]}) == len(a["sweep"])  # every weight scored differently
     assert a["alpha"] == b["alpha"] and a["selection"]["rule"] == b["selection"]["rule"]
     merged = weights(ws / "merged_fsdp")
     assert_same_weights(merged, weights(ws / "merged_one"))

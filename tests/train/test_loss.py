@@ -1,5 +1,6 @@
 """The chunked LM loss equals the model's own loss and gradients (causal, MLM, instruction + LoRA),
 and the Trainer hook gives the same training losses as the standard loss under gradient accumulation."""
+
 import pytest
 import torch
 
@@ -7,7 +8,7 @@ from helpers import tiny_bert, tiny_gpt2, tiny_llama
 from lmadapt.config.base import ConfigError
 from lmadapt.train.loss import LMHeadLoss, chunk_rows, linear_cross_entropy, resolve_loss
 
-V = 301   # not a multiple of the hidden width nor of a chunk
+V = 301  # not a multiple of the hidden width nor of a chunk
 
 
 def _grads(model):
@@ -23,14 +24,14 @@ def _compare(model, inputs, labels, num_items=None, chunk=None):
     g_ref = _grads(model)
     model.zero_grad()
     fused = LMHeadLoss(model, "chunked")
-    fused.chunk = chunk   # small: several chunks, the last one short
-    with fused.hidden_out():   # as in the Trainer: forward and loss inside
+    fused.chunk = chunk  # small: several chunks, the last one short
+    with fused.hidden_out():  # as in the Trainer: forward and loss inside
         out = model(**inputs)
         loss = fused(out, labels, num_items_in_batch=num_items)
-    assert out.logits.shape[-1] == model.get_output_embeddings().in_features   # the head was bypassed
+    assert out.logits.shape[-1] == model.get_output_embeddings().in_features  # the head was bypassed
     loss.backward()
     g = _grads(model)
-    assert model(**inputs).logits.shape[-1] == V                                # and is back afterwards
+    assert model(**inputs).logits.shape[-1] == V  # and is back afterwards
     assert torch.allclose(loss, ref, atol=1e-5, rtol=0), (loss.item(), ref.item())
     assert g.keys() == g_ref.keys() and g
     for name in g:
@@ -48,8 +49,11 @@ def _packed_batch(B=3, L=24, seed=0):
     return {"input_ids": ids, "position_ids": pos, "use_cache": False}, labels
 
 
-@pytest.mark.parametrize("build", [lambda: tiny_llama(V), lambda: tiny_llama(V, tie_word_embeddings=True),
-                                   lambda: tiny_gpt2(V)], ids=["llama", "llama-tied", "gpt2-tied"])
+@pytest.mark.parametrize(
+    "build",
+    [lambda: tiny_llama(V), lambda: tiny_llama(V, tie_word_embeddings=True), lambda: tiny_gpt2(V)],
+    ids=["llama", "llama-tied", "gpt2-tied"],
+)
 def test_causal_matches_standard_loss_and_gradients(build):
     model = build().float()
     inputs, labels = _packed_batch()
@@ -79,8 +83,8 @@ def test_instruction_masked_prompts_with_lora():
     g = torch.Generator().manual_seed(2)
     ids = torch.randint(0, V, (3, 16), generator=g)
     labels = ids.clone()
-    labels[:, :9] = -100           # the prompt
-    labels[1, 12:] = -100          # right padding
+    labels[:, :9] = -100  # the prompt
+    labels[1, 12:] = -100  # right padding
     mask = torch.ones_like(ids)
     mask[1, 12:] = 0
     _compare(model, {"input_ids": ids, "attention_mask": mask}, labels)
@@ -105,23 +109,30 @@ def test_function_matches_cross_entropy_with_bias_and_dtype():
                 assert torch.allclose(a, r, atol=1e-5)
     # no gradients wanted: the loss alone, nothing kept
     with torch.no_grad():
-        assert torch.allclose(linear_cross_entropy(h, w, labels, bias=b), torch.nn.functional.cross_entropy(
-            (h @ w.T + b).reshape(-1, V), labels.reshape(-1)), atol=1e-5)
+        assert torch.allclose(
+            linear_cross_entropy(h, w, labels, bias=b),
+            torch.nn.functional.cross_entropy((h @ w.T + b).reshape(-1, V), labels.reshape(-1)),
+            atol=1e-5,
+        )
 
 
 def test_chunk_rule_and_resolution():
-    assert chunk_rows(32 * 1024, 49152, 576) == 512           # ~85 chunks of a power of two
-    assert chunk_rows(10, 100, 1000) == 256                    # at least 256 rows
-    assert chunk_rows(2048 * 1024, 128256, 2048) == 65536      # Llama-1B, 2M tokens: 32 chunks
+    assert chunk_rows(32 * 1024, 49152, 576) == 512  # ~85 chunks of a power of two
+    assert chunk_rows(10, 100, 1000) == 256  # at least 256 rows
+    assert chunk_rows(2048 * 1024, 128256, 2048) == 65536  # Llama-1B, 2M tokens: 32 chunks
     model = tiny_llama(V)
-    assert resolve_loss("auto", model)[0] == "chunked"         # CPU: no Liger
+    assert resolve_loss("auto", model)[0] == "chunked"  # CPU: no Liger
     assert resolve_loss("standard", model)[0] == "standard"
     with pytest.raises(ConfigError, match="liger"):
         resolve_loss("liger", model)
     from transformers import LlamaConfig, LlamaForSequenceClassification
-    clf = LlamaForSequenceClassification(LlamaConfig(vocab_size=V, hidden_size=16, intermediate_size=32,
-                                                     num_hidden_layers=1, num_attention_heads=2, num_labels=3))
-    assert resolve_loss("auto", clf)[0] == "standard"          # task heads keep their loss
+
+    clf = LlamaForSequenceClassification(
+        LlamaConfig(
+            vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_labels=3
+        )
+    )
+    assert resolve_loss("auto", clf)[0] == "standard"  # task heads keep their loss
     with pytest.raises(ConfigError, match="plain output head|language-model head"):
         resolve_loss("chunked", clf)
     softcapped = tiny_llama(V)
@@ -144,19 +155,30 @@ def test_trainer_losses_equal_with_gradient_accumulation(tmp_path):
         ids = torch.randint(0, V, (24,), generator=g)
         cut = 5 + i
         pos = torch.cat([torch.arange(cut), torch.arange(24 - cut)])
-        rows.append({"input_ids": ids.tolist(), "position_ids": pos.tolist(),
-                     "is_padding": [False] * (24 - i) + [True] * i})
+        rows.append(
+            {"input_ids": ids.tolist(), "position_ids": pos.tolist(), "is_padding": [False] * (24 - i) + [True] * i}
+        )
     ds = Dataset.from_list(rows)
     losses = {}
     for loss in ("standard", "chunked"):
-        cfg = TrainConfig(output_dir=str(tmp_path / loss), max_steps=3, batch_size=2, grad_accum=2, lr=1e-2,
-                          log_every=1, report_to=[], warmup_steps=0, loss=loss, compile=False)
+        cfg = TrainConfig(
+            output_dir=str(tmp_path / loss),
+            max_steps=3,
+            batch_size=2,
+            grad_accum=2,
+            lr=1e-2,
+            log_every=1,
+            report_to=[],
+            warmup_steps=0,
+            loss=loss,
+            compile=False,
+        )
         model = tiny_llama(V).train()
         widths = set()
         model.lm_head.register_forward_hook(lambda m, i, o: widths.add(o.shape[-1]))
         out = run_training(model, None, ds, CausalCollator("document"), cfg, tokens_per_example=24)
         losses[loss] = [r["loss"] for r in out.log_history if "loss" in r]
-        assert widths == ({V} if loss == "standard" else {32})   # chunked: the head never made logits
+        assert widths == ({V} if loss == "standard" else {32})  # chunked: the head never made logits
         assert out.speed["loss"] == loss
     assert len(losses["chunked"]) == 3
     assert losses["chunked"] == pytest.approx(losses["standard"], abs=1e-5)

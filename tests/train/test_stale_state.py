@@ -1,5 +1,6 @@
 """Issue 19 item 5: overwrite clears an earlier run's files, resume refuses another recipe's run, and a
 standalone stage takes the folder lock `lmadapt run` takes."""
+
 import json
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from helpers import tiny_bpe_tokenizer
 from lmadapt.config import PretrainConfig, load_recipe
 from lmadapt.config.base import ConfigError
 from lmadapt.stages.pretrain import run_pretrain
-from lmadapt.pipeline.run import RunLock   # the lock `lmadapt run` takes
+from lmadapt.pipeline.run import RunLock  # the lock `lmadapt run` takes
 
 
 def test_overwrite_clears_resume_checks_the_recipe_and_standalone_stages_lock(tmp_path):
@@ -45,7 +46,8 @@ def test_overwrite_clears_resume_checks_the_recipe_and_standalone_stages_lock(tm
 
     # a folder another lmadapt process holds is refused (the lock of `lmadapt run`)
     from lmadapt.runtime.run_folder import release_folder
-    release_folder(out)      # this process's own hold, as if the run above had been another process
+
+    release_folder(out)  # this process's own hold, as if the run above had been another process
     with RunLock(out):
         with pytest.raises(ConfigError, match="is in use by another lmadapt process"):
             run_pretrain(load_recipe(PretrainConfig, data=data))
@@ -66,14 +68,15 @@ def test_overwrite_into_a_new_folder_and_a_rerun_after_an_early_failure_start(tm
     nothing to lose: the corrected run starts there without a flag."""
     from lmadapt.runtime import run_folder
     from lmadapt.runtime.run_folder import prepare_output_dir
+
     new = tmp_path / "new"
     prepare_output_dir(new, resume=False, overwrite=True, recipe={"train": {"seed": 0}})
     assert (new / run_folder.LOCK_FILE).is_file() and (new / run_folder.RUN_FILE).is_file()
-    run_folder.release_folder(new)      # as if that process had failed and exited
+    run_folder.release_folder(new)  # as if that process had failed and exited
     (new / ".lmadapt-blocks").mkdir()
     prepare_output_dir(new, resume=False, overwrite=False, recipe={"train": {"seed": 1}})
     assert json.loads((new / run_folder.RUN_FILE).read_text())["train.seed"] == 1
     run_folder.release_folder(new)
-    (new / "metrics.json").write_text("{}")   # an output: now a flag is needed
+    (new / "metrics.json").write_text("{}")  # an output: now a flag is needed
     with pytest.raises(ConfigError, match="is not empty"):
         prepare_output_dir(new, resume=False, overwrite=False, recipe={"train": {"seed": 1}})

@@ -7,6 +7,7 @@
 A shift or vocabulary number measured on data that is not enough evidence is None/False in
 :class:`Facts`, so no rule can decide on it by mistake.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,10 @@ def domain_evidence(m: dict, t: dict) -> tuple[bool, str | None]:
         return False, None
     docs, toks = dom.get("sampled_documents") or 0, dom.get("sampled_tokens") or 0
     if docs < t["min_domain_docs"] or toks < t["min_domain_tokens"]:
-        return False, (f"domain sample too small to judge: {docs} documents / {toks:,} tokens "
-                       f"(need >= {t['min_domain_docs']} documents and >= {t['min_domain_tokens']:,} tokens)")
+        return False, (
+            f"domain sample too small to judge: {docs} documents / {toks:,} tokens "
+            f"(need >= {t['min_domain_docs']} documents and >= {t['min_domain_tokens']:,} tokens)"
+        )
     return True, None
 
 
@@ -42,17 +45,23 @@ def task_evidence(m: dict, t: dict, goal: str | None = None) -> tuple[bool, str 
     if not task:
         return False, None
     if goal not in ("extract", "instruct") and "label_field" in task and not task.get("label_field"):
-        return False, (f"the labeled data has no labels: none of its {task.get('examples') or 0} records has the "
-                       "label field (--label-field names it)")
+        return False, (
+            f"the labeled data has no labels: none of its {task.get('examples') or 0} records has the "
+            "label field (--label-field names it)"
+        )
     if task.get("classes") == 1:
         only = next(iter(task.get("per_class") or {}), None)
-        return False, (f"the labeled data has a single class{f' ({only!r})' if only is not None else ''}: "
-                       "a classifier needs at least two to learn anything")
+        return False, (
+            f"the labeled data has a single class{f' ({only!r})' if only is not None else ''}: "
+            "a classifier needs at least two to learn anything"
+        )
     if task.get("classes"):
         low = task.get("per_class_min") or 0
         if low < t["min_per_class"]:
-            return False, (f"labeled data too small to judge: smallest class has {low} examples "
-                           f"(need >= {t['min_per_class']} per class)")
+            return False, (
+                f"labeled data too small to judge: smallest class has {low} examples "
+                f"(need >= {t['min_per_class']} per class)"
+            )
         return True, None
     n = task.get("examples") or 0
     if n < t["min_examples"]:
@@ -65,22 +74,22 @@ class Facts:
     """The numbers the rules decide on, and whether each sample is enough evidence."""
 
     goal: str
-    lang_goal: bool               # generate/understand the domain's language
-    dom_ok: bool                  # the domain sample is enough evidence
-    task_ok: bool                 # the labeled data is enough evidence
-    tokens: float | None          # estimated domain tokens
-    metric: str                   # "perplexity" | "masked_perplexity"
-    d_shift: dict | None          # {ratio, scored, thin, shifted, close} of the domain corpus
-    t_shift: dict | None          # the same for the task texts
-    overlap: float | None         # top-k vocabulary overlap with general text
-    split_d: float | None         # share of frequent domain words cut into >= 3 pieces
-    split_r: float | None         # the same for general words
-    excess: float | None          # split_d - split_r
-    vocab_text: str               # which text the vocabulary was measured on: "domain" | "task"
+    lang_goal: bool  # generate/understand the domain's language
+    dom_ok: bool  # the domain sample is enough evidence
+    task_ok: bool  # the labeled data is enough evidence
+    tokens: float | None  # estimated domain tokens
+    metric: str  # "perplexity" | "masked_perplexity"
+    d_shift: dict | None  # {ratio, scored, thin, shifted, close} of the domain corpus
+    t_shift: dict | None  # the same for the task texts
+    overlap: float | None  # top-k vocabulary overlap with general text
+    split_d: float | None  # share of frequent domain words cut into >= 3 pieces
+    split_r: float | None  # the same for general words
+    excess: float | None  # split_d - split_r
+    vocab_text: str  # which text the vocabulary was measured on: "domain" | "task"
     vocab_usable: bool
     vocab_shifted: bool
     fragmented: bool
-    lots: bool                    # lots of unlabeled domain data
+    lots: bool  # lots of unlabeled domain data
 
     @property
     def shifted(self) -> bool:
@@ -104,13 +113,25 @@ def read_facts(m: dict, t: dict, goal: str, *, lang_goal: bool, dom_ok: bool, ta
     excess = (split_d - split_r) if split_d is not None and split_r is not None else None
     vocab_text = get_in(m, "vocabulary", "text", default="domain")
     vocab_usable = overlap is not None and (vocab_text == "domain" and dom_ok or vocab_text == "task" and task_ok)
-    return Facts(goal=goal, lang_goal=lang_goal, dom_ok=dom_ok, task_ok=task_ok, tokens=tokens,
-                 metric=get_in(m, "shift", "metric", default="perplexity"),
-                 d_shift=_shift_of(m, t, "domain", dom_ok), t_shift=_shift_of(m, t, "task", task_ok),
-                 overlap=overlap, split_d=split_d, split_r=split_r, excess=excess, vocab_text=vocab_text,
-                 vocab_usable=vocab_usable, vocab_shifted=vocab_usable and overlap < t["overlap_shifted"],
-                 fragmented=vocab_usable and excess is not None and excess >= t["split3_excess"],
-                 lots=dom_ok and tokens is not None and tokens >= t["lots_domain_tokens"])
+    return Facts(
+        goal=goal,
+        lang_goal=lang_goal,
+        dom_ok=dom_ok,
+        task_ok=task_ok,
+        tokens=tokens,
+        metric=get_in(m, "shift", "metric", default="perplexity"),
+        d_shift=_shift_of(m, t, "domain", dom_ok),
+        t_shift=_shift_of(m, t, "task", task_ok),
+        overlap=overlap,
+        split_d=split_d,
+        split_r=split_r,
+        excess=excess,
+        vocab_text=vocab_text,
+        vocab_usable=vocab_usable,
+        vocab_shifted=vocab_usable and overlap < t["overlap_shifted"],
+        fragmented=vocab_usable and excess is not None and excess >= t["split3_excess"],
+        lots=dom_ok and tokens is not None and tokens >= t["lots_domain_tokens"],
+    )
 
 
 def _shift_of(m: dict, t: dict, text: str, usable: bool) -> dict | None:
@@ -120,5 +141,10 @@ def _shift_of(m: dict, t: dict, text: str, usable: bool) -> dict | None:
         return None
     scored = min(get_in(m, "shift", text, "tokens", default=0), get_in(m, "shift", "reference", "tokens", default=0))
     thin = scored < t["min_scored_tokens"]
-    return {"ratio": r, "scored": scored, "thin": thin, "shifted": not thin and r >= t["shift_ratio"],
-            "close": not thin and r < t["close_ratio"]}
+    return {
+        "ratio": r,
+        "scored": scored,
+        "thin": thin,
+        "shifted": not thin and r >= t["shift_ratio"],
+        "close": not thin and r < t["close_ratio"],
+    }

@@ -38,6 +38,7 @@ cost        tokens (one epoch: domain corpus, else task texts), flops_per_epoch 
             plan (advise/memory.py: bytes per parameter and GPUs needed, full / LoRA / sharded / offload)}
 timing      seconds per phase and total
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,12 +59,29 @@ log = logging.getLogger(__name__)
 DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent / "reference" / "general_sample.jsonl.gz"
 
 
-def measure(model_dir: str, *, domain: str | None = None, text_field: str = "text", split_docs: str = "file",
-            task_train: str | None = None, task_text_field: str = "text", label_field: str | None = "label",
-            reference: str | None = None, sample_chars: int = 250_000, max_eval_tokens: int = 16_384,
-            time_budget: float = 40.0, eval_block_size: int = 256, probe: bool = True, probe_steps: int = 3,
-            probe_batch_size: int = 1, probe_block_size: int = 256, train_batch_tokens: int = 8 * 512,
-            device: str = "auto", loaded=None, progress: Callable[[str], None] | None = None) -> dict:
+def measure(
+    model_dir: str,
+    *,
+    domain: str | None = None,
+    text_field: str = "text",
+    split_docs: str = "file",
+    task_train: str | None = None,
+    task_text_field: str = "text",
+    label_field: str | None = "label",
+    reference: str | None = None,
+    sample_chars: int = 250_000,
+    max_eval_tokens: int = 16_384,
+    time_budget: float = 40.0,
+    eval_block_size: int = 256,
+    probe: bool = True,
+    probe_steps: int = 3,
+    probe_batch_size: int = 1,
+    probe_block_size: int = 256,
+    train_batch_tokens: int = 8 * 512,
+    device: str = "auto",
+    loaded=None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     """Measurements of the base model, the domain corpus and the labeled data (see module doc).
 
     ``time_budget`` (seconds) bounds the model work (perplexity + probe); reading and counting are
@@ -79,11 +97,13 @@ def measure(model_dir: str, *, domain: str | None = None, text_field: str = "tex
 
     with _timed(timing, "read"):
         ref_info, ref_sample = _read_reference(reference, sample_chars)
-        dom_info, dom_sample = (_read_domain(domain, text_field, split_docs, sample_chars, tok, max_pos, say)
-                                if domain else (None, None))
+        dom_info, dom_sample = (
+            _read_domain(domain, text_field, split_docs, sample_chars, tok, max_pos, say) if domain else (None, None)
+        )
 
-    task_info, task_sample = _read_task(task_train, task_text_field, label_field, sample_chars, tok, max_pos,
-                                        timing, say)
+    task_info, task_sample = _read_task(
+        task_train, task_text_field, label_field, sample_chars, tok, max_pos, timing, say
+    )
     sample, vocab = _vocabulary(dom_sample, task_sample, ref_sample, tok, timing)
 
     # ---- shift (perplexity on the base model), activation memory, then the timed training probe
@@ -93,8 +113,9 @@ def measure(model_dir: str, *, domain: str | None = None, text_field: str = "tex
     shift = _shift(loaded, sets, ref_sample, seconds, max_eval_tokens, block, timing, say)
     fwd_tps, block = (shift or {}).get("forward_tokens_per_second"), min(probe_block_size, max_pos or probe_block_size)
     with _timed(timing, "probe"):  # (probe, steps, batch size, block size)
-        probe_info = _probe(loaded, dev, sample or ref_sample, fwd_tps, budget_end,
-                            (probe, probe_steps, probe_batch_size, block), say)
+        probe_info = _probe(
+            loaded, dev, sample or ref_sample, fwd_tps, budget_end, (probe, probe_steps, probe_batch_size, block), say
+        )
 
     cost = epoch_cost(model_info, dom_info, task_info, probe_info, train_batch_tokens, dev)
     cost["memory"]["plan"] = memory_plan(model, dev, max_pos, train_batch_tokens)
@@ -104,11 +125,20 @@ def measure(model_dir: str, *, domain: str | None = None, text_field: str = "tex
 
 def _sections(model_info, ref_info, dom_info, task_info, shift, vocab, cost, timing: dict[str, float]) -> dict:
     """The returned dict, its sections in the module doc's order."""
-    return {"model": model_info, "reference": ref_info, "domain": dom_info, "task": task_info, "shift": shift,
-            "vocabulary": vocab, "cost": cost, "timing": {k: round(v, 2) for k, v in timing.items()}}
+    return {
+        "model": model_info,
+        "reference": ref_info,
+        "domain": dom_info,
+        "task": task_info,
+        "shift": shift,
+        "vocabulary": vocab,
+        "cost": cost,
+        "timing": {k: round(v, 2) for k, v in timing.items()},
+    }
 
 
 # ---------------------------------------------------------------------------------------- steps
+
 
 @contextmanager
 def _timed(timing: dict[str, float], phase: str):
@@ -123,6 +153,7 @@ def _load(model_dir, loaded, device: str, say) -> tuple[Any, Any, dict]:
     if loaded is None:
         from ..config.model import ModelConfig
         from ..models.load import load_model
+
         say(f"loading {model_dir}")
         loaded = load_model(ModelConfig(path=str(model_dir)))
     dev = _device(device)
@@ -138,12 +169,18 @@ def _read_reference(reference: str | None, sample_chars: int) -> tuple[dict, lis
     ref_path = str(reference or DEFAULT_REFERENCE)
     ref_docs, ref_stats = read_source(SourceConfig(path=ref_path, text_field="text"))
     ref_sample = sample_texts([d.text for d in ref_docs], sample_chars)
-    return {"path": ref_path, "documents": ref_stats.documents, "chars": ref_stats.chars,
-            "sampled_documents": len(ref_sample), "sampled_chars": sum(map(len, ref_sample))}, ref_sample
+    return {
+        "path": ref_path,
+        "documents": ref_stats.documents,
+        "chars": ref_stats.chars,
+        "sampled_documents": len(ref_sample),
+        "sampled_chars": sum(map(len, ref_sample)),
+    }, ref_sample
 
 
-def _read_domain(domain: str, text_field: str, split_docs: str, sample_chars: int, tok, max_pos,
-                 say) -> tuple[dict, list[str]]:
+def _read_domain(
+    domain: str, text_field: str, split_docs: str, sample_chars: int, tok, max_pos, say
+) -> tuple[dict, list[str]]:
     """(domain section, its sample, each document cut to SAMPLE_DOC_CHARS)."""
     from ..config.data import SourceConfig
     from ..data.sources import read_source
@@ -153,8 +190,10 @@ def _read_domain(domain: str, text_field: str, split_docs: str, sample_chars: in
     # Spooled to a temporary file as it is read: a corpus of many GB is counted and sampled
     # without holding its text (the sample is read back by index).
     with tempfile.TemporaryDirectory(prefix="lmadapt-advise-") as tmp:
-        docs, stats = read_source(SourceConfig(path=str(domain), text_field=text_field, split_docs=split_docs),
-                                  spool=Path(tmp) / "domain.arrow")
+        docs, stats = read_source(
+            SourceConfig(path=str(domain), text_field=text_field, split_docs=split_docs),
+            spool=Path(tmp) / "domain.arrow",
+        )
         lengths = docs.char_lengths()
         picked = sample_indices(lengths, sample_chars)
         dom_sample = [t[:SAMPLE_DOC_CHARS] for t in docs.select(picked).texts()]
@@ -164,8 +203,16 @@ def _read_domain(domain: str, text_field: str, split_docs: str, sample_chars: in
     return dom_info, dom_sample
 
 
-def _read_task(task_train: str | None, text_field: str, label_field: str | None, sample_chars: int, tok,
-               max_pos, timing: dict[str, float], say) -> tuple[dict | None, list[str] | None]:
+def _read_task(
+    task_train: str | None,
+    text_field: str,
+    label_field: str | None,
+    sample_chars: int,
+    tok,
+    max_pos,
+    timing: dict[str, float],
+    say,
+) -> tuple[dict | None, list[str] | None]:
     """(task section, its sample), or (None, None) without labeled data."""
     if not task_train:
         return None, None
@@ -176,8 +223,9 @@ def _read_task(task_train: str | None, text_field: str, label_field: str | None,
     return task_info, task_sample
 
 
-def _vocabulary(dom_sample, task_sample, ref_sample: list[str], tok,
-                timing: dict[str, float]) -> tuple[list[str] | None, dict | None]:
+def _vocabulary(
+    dom_sample, task_sample, ref_sample: list[str], tok, timing: dict[str, float]
+) -> tuple[list[str] | None, dict | None]:
     """(the sample the vocabulary is measured on: the domain's, else the task's; vocabulary section)."""
     text_kind, sample = ("domain", dom_sample) if dom_sample else ("task", task_sample) if task_sample else (None, None)
     if not sample:
@@ -188,51 +236,77 @@ def _vocabulary(dom_sample, task_sample, ref_sample: list[str], tok,
     return sample, vocab
 
 
-def _shift(loaded, sets: dict[str, list[str]], ref_sample: list[str], seconds: float, max_tokens: int,
-           block_size: int, timing: dict[str, float], say) -> dict | None:
+def _shift(
+    loaded,
+    sets: dict[str, list[str]],
+    ref_sample: list[str],
+    seconds: float,
+    max_tokens: int,
+    block_size: int,
+    timing: dict[str, float],
+    say,
+) -> dict | None:
     """The shift section (None without domain or task text), scored within ``seconds``."""
     if not sets:
         return None
     with _timed(timing, "shift"):
-        say(f"scoring {' and '.join(sets)} text and the general reference with the base model "
-            f"(<= {max_tokens:,} tokens each, <= {seconds:.0f} s)")
+        say(
+            f"scoring {' and '.join(sets)} text and the general reference with the base model "
+            f"(<= {max_tokens:,} tokens each, <= {seconds:.0f} s)"
+        )
         return score_shift(loaded, sets, ref_sample, block_size=block_size, max_tokens=max_tokens, seconds=seconds)
 
 
-def _probe(loaded, dev, texts: list[str], fwd_tps: float | None, budget_end: float,
-           settings: tuple[bool, int, int, int], say) -> dict:
+def _probe(
+    loaded, dev, texts: list[str], fwd_tps: float | None, budget_end: float, settings: tuple[bool, int, int, int], say
+) -> dict:
     """The probe section: activation bytes per token, and training speed from timed steps when the
     budget left allows them, else estimated from the forward speed of scoring (or not measured).
     ``settings``: (probe at all, steps, batch size, block size)."""
     probe, steps, batch_size, block = settings
     ids = probe_ids(loaded.tokenizer, texts, batch_size * block)
-    act = activation_bytes_per_token(loaded, ids[:min(len(ids), 64)])
+    act = activation_bytes_per_token(loaded, ids[: min(len(ids), 64)])
     probe_info = None
     left = budget_end - time.perf_counter()
     # A training step costs about 3 forward passes; the probe needs a warm-up step and a timed one.
     expected = 3 * batch_size * block / fwd_tps * 2 if fwd_tps else 0.0
     if probe and expected <= max(left, 0.0):
         say("timing a few training steps")
-        probe_info = time_steps(loaded, ids, batch_size=batch_size, block_size=block, steps=steps,
-                                seconds=max(0.0, budget_end - time.perf_counter()))
+        probe_info = time_steps(
+            loaded,
+            ids,
+            batch_size=batch_size,
+            block_size=block,
+            steps=steps,
+            seconds=max(0.0, budget_end - time.perf_counter()),
+        )
     elif fwd_tps:
         why = "--no-probe" if not probe else f"time budget spent (a probe step would take ~{expected / 2:.0f} s)"
-        probe_info = {"device": str(dev), "method": f"estimated from scoring: 3 x forward time ({why})",
-                      "tokens_per_second": round(fwd_tps / 3, 1)}
+        probe_info = {
+            "device": str(dev),
+            "method": f"estimated from scoring: 3 x forward time ({why})",
+            "tokens_per_second": round(fwd_tps / 3, 1),
+        }
     if probe_info is not None:
         probe_info["activation_bytes_per_token"] = act
     else:
-        probe_info = {"device": str(dev), "method": "not measured", "tokens_per_second": None,
-                      "activation_bytes_per_token": act}
+        probe_info = {
+            "device": str(dev),
+            "method": "not measured",
+            "tokens_per_second": None,
+            "activation_bytes_per_token": act,
+        }
     return probe_info
 
 
 # ---------------------------------------------------------------------------------------- pieces
 
+
 def _device(name: str):
     import torch
 
     from ..runtime.dist import process_device
+
     return process_device() if name == "auto" else torch.device(name)
 
 
@@ -251,7 +325,14 @@ def _model_info(model_dir, loaded) -> dict:
     cfg = model.config
     max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
     lora_n, targets = lora_trainable_params(model)
-    return {"path": str(model_dir), "model_type": loaded.model_type, "objective": loaded.objective,
-            "params": count_params(model), "max_position_embeddings": int(max_pos) if max_pos else None,
-            "vocab_size": len(loaded.tokenizer), "lora_r": LORA_R, "lora_targets": targets,
-            "lora_trainable_params": lora_n}
+    return {
+        "path": str(model_dir),
+        "model_type": loaded.model_type,
+        "objective": loaded.objective,
+        "params": count_params(model),
+        "max_position_embeddings": int(max_pos) if max_pos else None,
+        "vocab_size": len(loaded.tokenizer),
+        "lora_r": LORA_R,
+        "lora_targets": targets,
+        "lora_trainable_params": lora_n,
+    }

@@ -7,6 +7,7 @@ processes with and without CPU offload, and how many GPUs of 24/40/80/141 GiB ea
 
     lmadapt pretrain recipe.yaml --dry-run            # prints the plan, trains nothing
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -14,7 +15,7 @@ from dataclasses import replace
 from ..config.base import ConfigError
 from ..models.memory_plan import GIB, GPU_SIZES_GIB, USABLE, ModelShape, Setup, gpus_needed, model_shape, plan
 
-ILLUSTRATIVE_PROCESSES = 8   # one node of 8 GPUs, when the dry run is not itself launched on several
+ILLUSTRATIVE_PROCESSES = 8  # one node of 8 GPUs, when the dry run is not itself launched on several
 
 
 def recipe_model_config(model_cfg):
@@ -22,12 +23,16 @@ def recipe_model_config(model_cfg):
     from transformers import AutoConfig
 
     from ..models.load import adapter_base, hub_options, resolve_local, load_tokenizer
+
     if model_cfg.init == "scratch":
         from ..models.presets import scratch_config
+
         return scratch_config(model_cfg.arch, model_cfg.size, model_cfg.dims, load_tokenizer(model_cfg.tokenizer))
     if model_cfg.gguf_file:
-        raise ConfigError("model.gguf_file: the memory plan reads a model folder's config.json; convert the GGUF "
-                          "first (lmadapt convert FILE.gguf --output DIR) and plan with model.path: DIR")
+        raise ConfigError(
+            "model.gguf_file: the memory plan reads a model folder's config.json; convert the GGUF "
+            "first (lmadapt convert FILE.gguf --output DIR) and plan with model.path: DIR"
+        )
     hub = hub_options(model_cfg)
     local = resolve_local(model_cfg.path, "model")
     where = local or model_cfg.path
@@ -51,6 +56,7 @@ def _precision(requested: str) -> tuple[str, str | None]:
     if requested != "auto":
         return requested, None
     import torch
+
     if torch.cuda.is_available():  # train.loop.resolve_precision's rule, without importing the Trainer (~5 s)
         return ("bf16" if torch.cuda.is_bf16_supported() else "fp16"), None
     return "bf16", "train.precision auto: planned as bf16 (what a recent GPU resolves it to; fp32 on this CPU)"
@@ -60,27 +66,34 @@ def recipe_setup(cfg, *, block_size: int, processes: int | None = None) -> tuple
     """(shape, setup, notes) of a pretrain (or finetune) recipe, launched on ``processes`` (default:
     WORLD_SIZE, else 1)."""
     from ..runtime.dist import world_size
+
     config = recipe_model_config(cfg.model)
     shape = model_shape(config, lora_r=cfg.lora.r)
     precision, note = _precision(cfg.train.precision)
     attn = cfg.model.attn_implementation or "sdpa"
     fsdp = getattr(cfg.train, "fsdp", None)
-    setup = Setup(method="lora" if cfg.lora.enabled else "full", precision=precision,
-                  weights_dtype=_weights_dtype(cfg.model, config), processes=processes or world_size(),
-                  sharding=getattr(cfg.train, "sharding", "none"),
-                  cpu_offload=bool(fsdp and fsdp.cpu_offload),
-                  reshard_after_forward=bool(fsdp is None or fsdp.reshard_after_forward),
-                  batch_size=cfg.train.batch_size, block_size=block_size,
-                  gradient_checkpointing=cfg.train.gradient_checkpointing, attention=attn,
-                  loss="standard" if getattr(cfg.train, "loss", "auto") == "standard" else "chunked",
-                  grad_accum=cfg.train.grad_accum)
+    setup = Setup(
+        method="lora" if cfg.lora.enabled else "full",
+        precision=precision,
+        weights_dtype=_weights_dtype(cfg.model, config),
+        processes=processes or world_size(),
+        sharding=getattr(cfg.train, "sharding", "none"),
+        cpu_offload=bool(fsdp and fsdp.cpu_offload),
+        reshard_after_forward=bool(fsdp is None or fsdp.reshard_after_forward),
+        batch_size=cfg.train.batch_size,
+        block_size=block_size,
+        gradient_checkpointing=cfg.train.gradient_checkpointing,
+        attention=attn,
+        loss="standard" if getattr(cfg.train, "loss", "auto") == "standard" else "chunked",
+        grad_accum=cfg.train.grad_accum,
+    )
     return shape, setup, [note] if note else []
 
 
 def _gib(b: float) -> str:
     """Bytes as GiB (MiB below 1 GiB, so a tiny model's plan is still readable)."""
     if b < GIB:
-        return f"{b / 2 ** 20:.1f} MiB" if b >= 2 ** 20 else f"{b / 2 ** 20:.3f} MiB"
+        return f"{b / 2**20:.1f} MiB" if b >= 2**20 else f"{b / 2**20:.3f} MiB"
     return f"{b / GIB:.2f} GiB" if b < 10 * GIB else f"{b / GIB:.1f} GiB"
 
 
@@ -95,26 +108,35 @@ def comparison_rows(shape: ModelShape, base: Setup, processes: int) -> list[tupl
     """The setups the table compares: full and LoRA, alone, data parallel, sharded, sharded + offload."""
     full, lora = replace(base, method="full"), replace(base, method="lora")
     n = processes
-    rows = [("full, 1 process", replace(full, processes=1, sharding="none")),
-            (f"full, data parallel x{n}", replace(full, processes=n, sharding="none")),
-            (f"full, fsdp x{n}", replace(full, processes=n, sharding="fsdp", cpu_offload=False)),
-            (f"full, fsdp x{n} + cpu offload", replace(full, processes=n, sharding="fsdp", cpu_offload=True)),
-            (f"LoRA r={shape.lora_r}, 1 process", replace(lora, processes=1, sharding="none")),
-            (f"LoRA r={shape.lora_r}, fsdp x{n}", replace(lora, processes=n, sharding="fsdp", cpu_offload=False))]
+    rows = [
+        ("full, 1 process", replace(full, processes=1, sharding="none")),
+        (f"full, data parallel x{n}", replace(full, processes=n, sharding="none")),
+        (f"full, fsdp x{n}", replace(full, processes=n, sharding="fsdp", cpu_offload=False)),
+        (f"full, fsdp x{n} + cpu offload", replace(full, processes=n, sharding="fsdp", cpu_offload=True)),
+        (f"LoRA r={shape.lora_r}, 1 process", replace(lora, processes=1, sharding="none")),
+        (f"LoRA r={shape.lora_r}, fsdp x{n}", replace(lora, processes=n, sharding="fsdp", cpu_offload=False)),
+    ]
     return rows
 
 
-def plan_summary(shape: ModelShape, base: Setup, *, processes: int = ILLUSTRATIVE_PROCESSES,
-                 gpu_sizes=GPU_SIZES_GIB) -> dict:
+def plan_summary(
+    shape: ModelShape, base: Setup, *, processes: int = ILLUSTRATIVE_PROCESSES, gpu_sizes=GPU_SIZES_GIB
+) -> dict:
     """Plain-JSON plan: this setup's bytes and, per compared setup, bytes and GPUs needed per size."""
     this = plan(shape, base)
     rows = []
     for label, s in comparison_rows(shape, base, processes):
         p = plan(shape, s)
-        rows.append({"label": label, **p.to_dict(),
-                     "gpus_needed": {str(g): gpus_needed(shape, s, g) for g in gpu_sizes}})
-    return {"shape": shape.__dict__, "this": this.to_dict(), "rows": rows, "usable_fraction": USABLE,
-            "gpu_sizes_gib": list(gpu_sizes)}
+        rows.append(
+            {"label": label, **p.to_dict(), "gpus_needed": {str(g): gpus_needed(shape, s, g) for g in gpu_sizes}}
+        )
+    return {
+        "shape": shape.__dict__,
+        "this": this.to_dict(),
+        "rows": rows,
+        "usable_fraction": USABLE,
+        "gpu_sizes_gib": list(gpu_sizes),
+    }
 
 
 def _fmt_gpus(n: int | None, sharded: bool) -> str:
@@ -127,39 +149,54 @@ def render_plan(summary: dict, notes: list[str] | None = None) -> str:
     st = this["setup"]
     sizes = summary["gpu_sizes_gib"]
     ckpt = "on" if st["gradient_checkpointing"] else "off"
-    lines = [f"memory plan: {_count(sh['params'])} parameters ({sh['model_type']}: {sh['layers']} layers, hidden "
-             f"{sh['hidden']}, vocab {sh['vocab']:,}); micro-batch {st['batch_size']} x {st['block_size']} tokens, "
-             f"{st['precision']} (weights {st['weights_dtype']}), activation checkpointing {ckpt}",
-             f"activations {_gib(this['activation_bytes'])} + logits {_gib(this['logits_bytes'])} per process "
-             f"(estimate, ~15%)"]
-    where = f"fsdp x{st['processes']}" + (" + cpu offload" if st["cpu_offload"] else "") \
-        if st["sharding"] == "fsdp" else f"{st['processes']} process{'es' if st['processes'] > 1 else ''}, unsharded"
-    lines.append(f"this recipe ({st['method']}, {where}): {this['bytes_per_param']:.2f} B/param on the device, "
-                 f"peak {_gib(this['device_bytes'])} per process"
-                 + (f", host RAM {_gib(this['host_bytes'])} per process" if this["host_bytes"] else "")
-                 + f"; host RAM peak {_gib(this.get('host_peak_bytes', this['host_bytes']))} (loading, and under "
-                   "offload the optimizer step and the save)")
-    head = ("setup", "B/param", "state", "peak", "host",
-            "GPUs of " + "/".join(str(g) for g in sizes) + " GiB")
+    lines = [
+        f"memory plan: {_count(sh['params'])} parameters ({sh['model_type']}: {sh['layers']} layers, hidden "
+        f"{sh['hidden']}, vocab {sh['vocab']:,}); micro-batch {st['batch_size']} x {st['block_size']} tokens, "
+        f"{st['precision']} (weights {st['weights_dtype']}), activation checkpointing {ckpt}",
+        f"activations {_gib(this['activation_bytes'])} + logits {_gib(this['logits_bytes'])} per process "
+        f"(estimate, ~15%)",
+    ]
+    where = (
+        f"fsdp x{st['processes']}" + (" + cpu offload" if st["cpu_offload"] else "")
+        if st["sharding"] == "fsdp"
+        else f"{st['processes']} process{'es' if st['processes'] > 1 else ''}, unsharded"
+    )
+    lines.append(
+        f"this recipe ({st['method']}, {where}): {this['bytes_per_param']:.2f} B/param on the device, "
+        f"peak {_gib(this['device_bytes'])} per process"
+        + (f", host RAM {_gib(this['host_bytes'])} per process" if this["host_bytes"] else "")
+        + f"; host RAM peak {_gib(this.get('host_peak_bytes', this['host_bytes']))} (loading, and under "
+        "offload the optimizer step and the save)"
+    )
+    head = ("setup", "B/param", "state", "peak", "host", "GPUs of " + "/".join(str(g) for g in sizes) + " GiB")
     rows = []
     for r in summary["rows"]:
         sharded = r["setup"]["sharding"] == "fsdp"
         host_bpp = r["host_bytes"] / max(r["params"], 1)
         bpp = f"{r['bytes_per_param']:.2f}" + (f" (+{host_bpp:.2f} host)" if r["host_bytes"] else "")
-        rows.append((r["label"], bpp, _gib(r["state_bytes"] + r["host_bytes"]), _gib(r["device_bytes"]),
-                     _gib(r["host_bytes"]) if r["host_bytes"] else "-",
-                     "/".join(_fmt_gpus(r["gpus_needed"][str(g)], sharded) for g in sizes)))
+        rows.append(
+            (
+                r["label"],
+                bpp,
+                _gib(r["state_bytes"] + r["host_bytes"]),
+                _gib(r["device_bytes"]),
+                _gib(r["host_bytes"]) if r["host_bytes"] else "-",
+                "/".join(_fmt_gpus(r["gpus_needed"][str(g)], sharded) for g in sizes),
+            )
+        )
     cells = [head, *rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
     for i, c in enumerate(cells):
         lines.append("  ".join(x.ljust(w) for x, w in zip(c, widths)).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
-    lines.append(f"GPUs: fsdp rows: the fewest processes (one GPU each) whose planned peak fits {USABLE:.0%} of a GPU "
-                 "of that size; unsharded rows: 1 = fits on each GPU; '-': does not fit at any count. cpu offload "
-                 "moves the state to host RAM: 16 B/param / processes per process. Peak = weights + optimizer state "
-                 "+ gathered layers + the larger of activations + logits and gradients (both under gradient "
-                 "accumulation; an upper bound); B/param: persistent bytes per parameter per process.")
+    lines.append(
+        f"GPUs: fsdp rows: the fewest processes (one GPU each) whose planned peak fits {USABLE:.0%} of a GPU "
+        "of that size; unsharded rows: 1 = fits on each GPU; '-': does not fit at any count. cpu offload "
+        "moves the state to host RAM: 16 B/param / processes per process. Peak = weights + optimizer state "
+        "+ gathered layers + the larger of activations + logits and gradients (both under gradient "
+        "accumulation; an upper bound); B/param: persistent bytes per parameter per process."
+    )
     lines += [f"note: {n}" for n in notes or []]
     return "\n".join(lines)
 
@@ -168,19 +205,24 @@ def dry_run(cfg, *, block_size: int | None = None) -> str:
     """`lmadapt pretrain RECIPE --dry-run`: the plan of this recipe, as the launch would run it."""
     from ..runtime.dist import world_size
     from ..train.fsdp import apply_launch_options
-    apply_launch_options(cfg.train)   # under `accelerate launch --config_file` with FSDP: as the launch would train
+
+    apply_launch_options(cfg.train)  # under `accelerate launch --config_file` with FSDP: as the launch would train
     block = block_size or getattr(getattr(cfg, "data", None), "block_size", None) or 512
     shape, setup, notes = recipe_setup(cfg, block_size=block)
     n = world_size() if world_size() > 1 else ILLUSTRATIVE_PROCESSES
     if setup.sharding == "fsdp" and setup.processes == 1:
-        notes.append("train.sharding fsdp in a single process: launch with torchrun --nproc_per_node N "
-                     "(or accelerate launch) to shard over N; the table shows N = "
-                     f"{n}.")
+        notes.append(
+            "train.sharding fsdp in a single process: launch with torchrun --nproc_per_node N "
+            "(or accelerate launch) to shard over N; the table shows N = "
+            f"{n}."
+        )
     if setup.sharding == "fsdp":
         whole = shape.params * (2 if setup.weights_dtype in ("bfloat16", "float16") else 4)
-        notes.append(f"host RAM: every process loads the whole model ({_gib(whole)}) before it is sharded, so a node "
-                     f"running k processes needs k x {_gib(whole)} at the start; the main process gathers the whole "
-                     f"model again ({_gib(whole)}) to save it (train/fsdp.py).")
+        notes.append(
+            f"host RAM: every process loads the whole model ({_gib(whole)}) before it is sharded, so a node "
+            f"running k processes needs k x {_gib(whole)} at the start; the main process gathers the whole "
+            f"model again ({_gib(whole)}) to save it (train/fsdp.py)."
+        )
     src = cfg.model.path or f"scratch {cfg.model.arch} {cfg.model.size or ''}".strip()
     return f"dry run: {src}; nothing is trained\n" + render_plan(plan_summary(shape, setup, processes=n), notes)
 

@@ -2,13 +2,14 @@
 memory a token costs (bytes autograd saves for backward), the memory plan for training, and the cost
 of an epoch from them. advise/measure.py calls these inside its time budget.
 """
+
 from __future__ import annotations
 
 import os
 import time
 from typing import Any
 
-LORA_R = 16   # the LoRA rank the estimates assume (lmadapt's default)
+LORA_R = 16  # the LoRA rank the estimates assume (lmadapt's default)
 
 
 def probe_ids(tok, texts: list[str], n: int) -> list[int]:
@@ -75,7 +76,7 @@ def time_steps(loaded, ids: list[int], *, batch_size: int, block_size: int, step
 
     model = loaded.model
     dev = next(model.parameters()).device
-    x = torch.tensor(ids[:batch_size * block_size], dtype=torch.long).view(batch_size, block_size).to(dev)
+    x = torch.tensor(ids[: batch_size * block_size], dtype=torch.long).view(batch_size, block_size).to(dev)
     kwargs = _train_kwargs(loaded, x)
     was_training = model.training
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0, weight_decay=0.0)
@@ -102,14 +103,21 @@ def time_steps(loaded, ids: list[int], *, batch_size: int, block_size: int, step
                 break
     finally:
         opt.zero_grad(set_to_none=True)
-        opt.state.clear()   # the Adam moments go now, not when step()'s closure does
+        opt.state.clear()  # the Adam moments go now, not when step()'s closure does
         model.train(was_training)
     per_step = sum(times) / len(times)
     tokens = batch_size * block_size
-    return {"device": str(dev), "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-            "batch_size": batch_size, "block_size": block_size, "steps": len(times), "warmup_seconds": round(warm, 3),
-            "seconds_per_step": round(per_step, 4), "tokens_per_second": round(tokens / per_step, 1),
-            "method": "timed optimizer steps (AdamW, lr 0)"}
+    return {
+        "device": str(dev),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "batch_size": batch_size,
+        "block_size": block_size,
+        "steps": len(times),
+        "warmup_seconds": round(warm, 3),
+        "seconds_per_step": round(per_step, 4),
+        "tokens_per_second": round(tokens / per_step, 1),
+        "method": "timed optimizer steps (AdamW, lr 0)",
+    }
 
 
 def memory_plan(model, dev, max_pos, train_batch_tokens: int) -> dict:
@@ -120,8 +128,9 @@ def memory_plan(model, dev, max_pos, train_batch_tokens: int) -> dict:
 
     block = min(512, max_pos or 512)
     precision = resolve_precision("auto") if dev.type == "cuda" else "fp32"
-    return advise_plan(model, precision=precision, batch_size=max(1, train_batch_tokens // block),
-                       block_size=block, lora_r=LORA_R)
+    return advise_plan(
+        model, precision=precision, batch_size=max(1, train_batch_tokens // block), block_size=block, lora_r=LORA_R
+    )
 
 
 def available_memory(dev) -> int | None:
@@ -139,20 +148,26 @@ def available_memory(dev) -> int | None:
 def epoch_cost(model_info, dom_info, task_info, probe_info, train_batch_tokens: int, dev) -> dict:
     params, lora_n = model_info["params"], model_info["lora_trainable_params"]
     tokens = (dom_info or {}).get("estimated_tokens") or (task_info or {}).get("tokens")
-    out: dict[str, Any] = {"tokens": tokens, "tokens_from": "domain" if dom_info else "task" if task_info else None,
-                           "flops_per_epoch": float(6 * params * tokens) if tokens else None, "probe": probe_info,
-                           "seconds_per_epoch": None}
+    out: dict[str, Any] = {
+        "tokens": tokens,
+        "tokens_from": "domain" if dom_info else "task" if task_info else None,
+        "flops_per_epoch": float(6 * params * tokens) if tokens else None,
+        "probe": probe_info,
+        "seconds_per_epoch": None,
+    }
     tps = (probe_info or {}).get("tokens_per_second")
     if tokens and tps:
         out["seconds_per_epoch"] = round(tokens / tps, 1)
     per_tok = (probe_info or {}).get("activation_bytes_per_token")
     act = int(per_tok * train_batch_tokens) if per_tok else None
     out["memory"] = {
-        "train_batch_tokens": train_batch_tokens, "activation_bytes": act,
+        "train_batch_tokens": train_batch_tokens,
+        "activation_bytes": act,
         "full_bytes": int(16 * params + (act or 0)),
         "lora_bytes": int(4 * params + 16 * lora_n + (act or 0)),
-        "available_bytes": available_memory(dev), "device": str(dev),
+        "available_bytes": available_memory(dev),
+        "device": str(dev),
         "note": "full: fp32 weights + grads + 2 Adam states (16 B/param); LoRA: frozen fp32 weights (4 B/param) + "
-                "16 B per adapter param; both + activations measured by the probe, scaled linearly to train_batch_tokens",
+        "16 B per adapter param; both + activations measured by the probe, scaled linearly to train_batch_tokens",
     }
     return out

@@ -1,5 +1,6 @@
 """Domain shift: the base model's loss on the domain and task samples against the general reference,
 scored a block of each in turn within a time budget. advise/measure.py calls :func:`score_shift`."""
+
 from __future__ import annotations
 
 import math
@@ -18,14 +19,16 @@ def shuffled_blocks(texts: list[str], loaded, block_size: int, mode: str, seed: 
     from ..data.tokenize import tokenize_arrays
 
     tokens = ObjectiveTokens.of(loaded.tokenizer, loaded.objective)
-    docs = tokenize_arrays(texts, loaded.tokenizer, separator=tokens.separator, cache=False,
-                           with_word_starts=tokens.word_starts)
+    docs = tokenize_arrays(
+        texts, loaded.tokenizer, separator=tokens.separator, cache=False, with_word_starts=tokens.word_starts
+    )
     blocks, _ = pack_blocks(docs, block_size=block_size, pad_id=tokens.pad_id, mode=mode)
     return blocks.shuffle(seed=seed).flatten_indices()
 
 
-def score_shift(loaded, sets: dict[str, list[str]], ref_sample: list[str], *, block_size: int, max_tokens: int,
-           seconds: float) -> dict:
+def score_shift(
+    loaded, sets: dict[str, list[str]], ref_sample: list[str], *, block_size: int, max_tokens: int, seconds: float
+) -> dict:
     """Token-averaged loss of the base model on each text set and on the reference: one block of each
     in turn until ``max_tokens`` per set or ``seconds`` are spent (every set gets the same number of
     blocks; at least one). ratio = exp(loss - reference loss) = perplexity ratio."""
@@ -64,8 +67,12 @@ def score_shift(loaded, sets: dict[str, list[str]], ref_sample: list[str], *, bl
         loss = totals[name][0] / max(totals[name][1], 1)
         return {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 3), "tokens": totals[name][1]}
 
-    out: dict[str, Any] = {"metric": "perplexity" if obj == "causal" else "masked_perplexity",
-                           "block_size": block_size, "packing": mode, "reference": entry("reference")}
+    out: dict[str, Any] = {
+        "metric": "perplexity" if obj == "causal" else "masked_perplexity",
+        "block_size": block_size,
+        "packing": mode,
+        "reference": entry("reference"),
+    }
     ref_loss = totals["reference"][0] / max(totals["reference"][1], 1)
     for name in ("domain", "task"):
         if name in sets:

@@ -9,6 +9,7 @@ lower-cased, at least two letters long. Digits and punctuation are not words. St
 (:data:`STOPWORDS`, a small English list) are excluded, as in Gururangan et al. (2020), whose
 vocabulary-overlap figure compares the top 10k non-stopword words of two domains.
 """
+
 from __future__ import annotations
 
 import random
@@ -21,7 +22,8 @@ import numpy as np
 WORD = re.compile(r"[^\W\d_]+(?:['\u2019-][^\W\d_]+)*")
 
 # English function words (close to NLTK's list, plus frequent contraction pieces).
-STOPWORDS = frozenset("""
+STOPWORDS = frozenset(
+    """
 a about above after again against ain all am an and any are aren aren't as at be because been before
 being below between both but by can can't cannot could couldn couldn't d did didn didn't do does doesn
 doesn't doing don don't down during each few for from further had hadn hadn't has hasn hasn't have
@@ -34,7 +36,8 @@ these they they'd they'll they're they've this those through to too under until 
 was wasn wasn't we we'd we'll we're we've were weren weren't what what's when when's where where's
 which while who who's whom why why's will with won won't would wouldn wouldn't y you you'd you'll
 you're you've your yours yourself yourselves also may one two us thee thou thy
-""".split())
+""".split()
+)
 
 
 def words(text: str) -> list[str]:
@@ -77,8 +80,9 @@ def vocabulary_overlap(domain: Counter, reference: Counter, k: int = 10_000, min
     return {"overlap": len(a & b) / k_used, "top_k": k_used}
 
 
-def distinctive_terms(domain: Counter, reference: Counter, n: int = 20, min_count: int = 5,
-                      alpha: float = 1.0) -> list[dict]:
+def distinctive_terms(
+    domain: Counter, reference: Counter, n: int = 20, min_count: int = 5, alpha: float = 1.0
+) -> list[dict]:
     """Domain words most over-represented relative to the reference: vocabulary-extension candidates.
 
     ratio = (c_d + alpha) / (N_d + alpha V) / ((c_r + alpha) / (N_r + alpha V)), add-``alpha``
@@ -96,10 +100,12 @@ def distinctive_terms(domain: Counter, reference: Counter, n: int = 20, min_coun
     return rows[:n]
 
 
-SAMPLE_DOC_CHARS = 4000   # a sampled document is cut here, so one long file does not fill the sample
+SAMPLE_DOC_CHARS = 4000  # a sampled document is cut here, so one long file does not fill the sample
 
 
-def sample_indices(lengths: Sequence[int], max_chars: int, *, doc_chars: int = SAMPLE_DOC_CHARS, seed: int = 0) -> list[int]:
+def sample_indices(
+    lengths: Sequence[int], max_chars: int, *, doc_chars: int = SAMPLE_DOC_CHARS, seed: int = 0
+) -> list[int]:
     """Which documents :func:`sample_texts` takes, from their lengths alone (so a spooled corpus
     is sampled without reading its texts): a seeded shuffle, taken until ~``max_chars``."""
     order = list(range(len(lengths)))
@@ -113,13 +119,16 @@ def sample_indices(lengths: Sequence[int], max_chars: int, *, doc_chars: int = S
     return out
 
 
-def sample_texts(texts: Sequence[str], max_chars: int, *, doc_chars: int = SAMPLE_DOC_CHARS, seed: int = 0) -> list[str]:
+def sample_texts(
+    texts: Sequence[str], max_chars: int, *, doc_chars: int = SAMPLE_DOC_CHARS, seed: int = 0
+) -> list[str]:
     """A seeded random sample of documents (each cut to ``doc_chars``) adding up to ~``max_chars``.
 
     Cutting long documents spreads the sample over more documents, so one long file does not
     stand for the whole corpus."""
-    return [texts[i][:doc_chars] for i in sample_indices([len(t) for t in texts], max_chars,
-                                                         doc_chars=doc_chars, seed=seed)]
+    return [
+        texts[i][:doc_chars] for i in sample_indices([len(t) for t in texts], max_chars, doc_chars=doc_chars, seed=seed)
+    ]
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -1,6 +1,7 @@
 """Vocabulary statistics of a sample against the general reference: overlap of the frequent words,
 how many tokens the model's tokenizer cuts each word into (in context), and the domain terms most
 over-represented (the vocabulary candidates). advise/measure.py calls :func:`vocabulary_stats`."""
+
 from __future__ import annotations
 
 import statistics
@@ -42,7 +43,9 @@ def word_pieces(texts: list[str], tok) -> dict[str, list[int]]:
     return out
 
 
-def _split_stats(counts: Counter, pieces: dict[str, list[int]], n: int = FREQUENT_WORDS) -> tuple[float | None, float | None]:
+def _split_stats(
+    counts: Counter, pieces: dict[str, list[int]], n: int = FREQUENT_WORDS
+) -> tuple[float | None, float | None]:
     """(share of the top-n words whose median piece count is >= 3, mean pieces per word over them)."""
     top = top_words(counts, n)
     meds = [statistics.median(pieces[w]) for w in top if pieces.get(w)]
@@ -60,10 +63,18 @@ def vocabulary_stats(sample: list[str], ref_sample: list[str], tok) -> dict:
     cands = distinctive_terms(dc, rc)
     for c in cands:
         c["pieces"] = int(statistics.median(dp[c["word"]])) if dp.get(c["word"]) else None
-    return {"top_k": ov["top_k"], "overlap": None if ov["overlap"] is None else round(ov["overlap"], 4),
-            "frequent_words": FREQUENT_WORDS, "domain_words": sum(dc.values()), "reference_words": sum(rc.values()),
-            "domain_split3_share": _r(d_share), "reference_split3_share": _r(r_share),
-            "domain_pieces_per_word": _r(d_ppw), "reference_pieces_per_word": _r(r_ppw), "candidates": cands}
+    return {
+        "top_k": ov["top_k"],
+        "overlap": None if ov["overlap"] is None else round(ov["overlap"], 4),
+        "frequent_words": FREQUENT_WORDS,
+        "domain_words": sum(dc.values()),
+        "reference_words": sum(rc.values()),
+        "domain_split3_share": _r(d_share),
+        "reference_split3_share": _r(r_share),
+        "domain_pieces_per_word": _r(d_ppw),
+        "reference_pieces_per_word": _r(r_ppw),
+        "candidates": cands,
+    }
 
 
 def _r(x, nd: int = 4):

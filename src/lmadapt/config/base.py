@@ -8,6 +8,7 @@ model or data is touched.
 
     cfg = load_recipe(PretrainConfig, "recipe.yaml", ["train.lr=1e-4", "data.block_size=256"])
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -65,7 +66,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             try:
                 return _coerce(value, arg, key)
             except ConfigError:
-                pass   # try the union's next type; the error below names the whole union
+                pass  # try the union's next type; the error below names the whole union
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         allowed = get_args(tp)
@@ -121,9 +122,7 @@ def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
         if key not in names:
             near = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
             hint = f"; did you mean {_join(prefix, near[0])!r}?" if near else ""
-            raise ConfigError(
-                f"unknown key {_join(prefix, key)!r}{hint} (valid keys here: {', '.join(names)})"
-            )
+            raise ConfigError(f"unknown key {_join(prefix, key)!r}{hint} (valid keys here: {', '.join(names)})")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if not f.init or f.name not in data:
@@ -213,8 +212,9 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_recipe(cls: type, path: str | Path | None = None, overrides: list[str] | None = None,
-                data: dict | None = None) -> Any:
+def load_recipe(
+    cls: type, path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None
+) -> Any:
     """Read YAML (or take ``data``), apply ``key=value`` overrides, validate into ``cls``."""
     raw = read_yaml(path) if path is not None else dict(data or {})
     raw = apply_overrides(raw, overrides or [])
@@ -246,8 +246,14 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
         else:
             default = "(required)"
         default = to_dict(default)
-        rows.append((key, _type_name(tp), "" if default is None else repr(default) if not isinstance(default, str) else default,
-                     f.metadata.get("doc", "")))
+        rows.append(
+            (
+                key,
+                _type_name(tp),
+                "" if default is None else repr(default) if not isinstance(default, str) else default,
+                f.metadata.get("doc", ""),
+            )
+        )
     return rows
 
 

@@ -11,6 +11,7 @@ offline task ``lmadapt_cloze`` (lmadapt/harness_tasks/). ``instruction_retention
 instruction-tuned model on a small held-out instruction set (response loss, and exact match of
 greedy generations), formatted as instruction fine-tuning formats it (tasks/instruction.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,12 +25,21 @@ from .base import ConfigError, opt
 class HarnessConfig:
     """lm-evaluation-harness tasks scored on a model (none: not run)."""
 
-    tasks: list[str] = opt(doc="task names, e.g. [lmadapt_cloze] (bundled, offline) or [hellaswag, arc_easy, mmlu] "
-                               "(need the hub or its cache); empty: no harness", factory=list)
-    include_path: list[str] = opt(doc="extra folders of task YAML files (lm-eval TaskManager include_path); the "
-                                      "bundled lmadapt/harness_tasks folder is always included", factory=list)
-    limit: int | None = opt(None, "score at most this many examples per task (null: all). Small limits are noisy: "
-                                  "an accuracy on n examples has a standard error of about sqrt(p(1-p)/n)")
+    tasks: list[str] = opt(
+        doc="task names, e.g. [lmadapt_cloze] (bundled, offline) or [hellaswag, arc_easy, mmlu] "
+        "(need the hub or its cache); empty: no harness",
+        factory=list,
+    )
+    include_path: list[str] = opt(
+        doc="extra folders of task YAML files (lm-eval TaskManager include_path); the "
+        "bundled lmadapt/harness_tasks folder is always included",
+        factory=list,
+    )
+    limit: int | None = opt(
+        None,
+        "score at most this many examples per task (null: all). Small limits are noisy: "
+        "an accuracy on n examples has a standard error of about sqrt(p(1-p)/n)",
+    )
     num_fewshot: int | None = opt(None, "few-shot examples per question (null: the task's default)")
     batch_size: int = opt(8, "requests per forward pass")
     device: str = opt("auto", "auto (the process's GPU, else cpu) | cpu | cuda | cuda:N")
@@ -54,15 +64,26 @@ class HarnessConfig:
 class RetentionConfig:
     """Instruction retention: response loss (and exact match) on held-out instructions (none: not run)."""
 
-    data: str | None = opt(None, "JSONL of {prompt, response[, system]} or {messages: [...]} records, held out "
-                                 "from any training; null: not measured")
+    data: str | None = opt(
+        None,
+        "JSONL of {prompt, response[, system]} or {messages: [...]} records, held out "
+        "from any training; null: not measured",
+    )
     limit: int | None = opt(50, "score at most this many records (leading ones)")
-    template: Literal["auto", "chat", "plain"] = opt("auto", "auto: the tokenizer's chat template when it has one, "
-                                                            "else the plain ### Instruction / ### Response layout")
-    max_length: int = opt(512, "tokens per example (a longer one is cut at the end for the loss and counted as "
-                               "truncated; a generation prompt keeps its last max_length tokens)")
-    generate_max: int = opt(0, "exact match of greedy generations on the first N records (0: loss only; "
-                               "generation costs one decoding loop per record)")
+    template: Literal["auto", "chat", "plain"] = opt(
+        "auto",
+        "auto: the tokenizer's chat template when it has one, else the plain ### Instruction / ### Response layout",
+    )
+    max_length: int = opt(
+        512,
+        "tokens per example (a longer one is cut at the end for the loss and counted as "
+        "truncated; a generation prompt keeps its last max_length tokens)",
+    )
+    generate_max: int = opt(
+        0,
+        "exact match of greedy generations on the first N records (0: loss only; "
+        "generation costs one decoding loop per record)",
+    )
     max_new_tokens: int = opt(64, "generation length for exact match")
 
     def __post_init__(self):

@@ -7,6 +7,7 @@
 
 Everything is validated here, before a model or a record is loaded.
 """
+
 from __future__ import annotations
 
 import copy
@@ -43,15 +44,23 @@ PROBLEM_METRICS = {
 class FinetuneModelConfig(ModelConfig):
     """The model to fine-tune: a base folder or hub id, optionally with a LoRA adapter on top."""
 
-    adapter: str | None = opt(None, "LoRA adapter folder (e.g. a `lmadapt pretrain` output with lora) applied to `path`; "
-                                    "null: taken from `path` itself when `path` is an adapter folder")
+    adapter: str | None = opt(
+        None,
+        "LoRA adapter folder (e.g. a `lmadapt pretrain` output with lora) applied to `path`; "
+        "null: taken from `path` itself when `path` is an adapter folder",
+    )
     adapter_mode: Literal["stack", "continue"] = opt(
-        "stack", "stack: merge the adapter into the base, then train (new LoRA if lora.enabled, else all weights); "
-                 "continue: keep training that adapter (its own r/targets; the `lora` section is ignored), new head trained in full")
-    max_length: int | None = opt(None, "tokens per example, special tokens included (qa: per window; instruction: per "
-                                       "packed block and generation prompt); longer ones stop the run unless "
-                                       "data.allow_truncation; null: the task's default (classification 512, "
-                                       "extraction 512, qa 384, instruction 1024)")
+        "stack",
+        "stack: merge the adapter into the base, then train (new LoRA if lora.enabled, else all weights); "
+        "continue: keep training that adapter (its own r/targets; the `lora` section is ignored), new head trained in full",
+    )
+    max_length: int | None = opt(
+        None,
+        "tokens per example, special tokens included (qa: per window; instruction: per "
+        "packed block and generation prompt); longer ones stop the run unless "
+        "data.allow_truncation; null: the task's default (classification 512, "
+        "extraction 512, qa 384, instruction 1024)",
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -66,11 +75,18 @@ class FinetuneTrainConfig(TrainConfig):
     lr: float = opt(5e-5, "peak learning rate (AdamW); ~2e-5..5e-5 full fine-tuning, ~1e-4..5e-4 LoRA")
     warmup_ratio: float = opt(0.1, "fraction of steps spent warming up (ignored if warmup_steps > 0)")
     output_dir: str = opt("runs/finetune", "output folder (model, tokenizer, recipe, metrics, checkpoints)")
-    metric: str = opt("auto", "dev metric that picks the best epoch (and drives early stopping): auto = macro_f1 "
-                              "(single_label), micro_f1 (multi_label), mse (regression), the task's own otherwise; or 'loss'")
-    early_stopping_patience: int | None = opt(None, "stop after this many epochs without dev improvement (null: run all epochs)")
+    metric: str = opt(
+        "auto",
+        "dev metric that picks the best epoch (and drives early stopping): auto = macro_f1 "
+        "(single_label), micro_f1 (multi_label), mse (regression), the task's own otherwise; or 'loss'",
+    )
+    early_stopping_patience: int | None = opt(
+        None, "stop after this many epochs without dev improvement (null: run all epochs)"
+    )
     early_stopping_threshold: float = opt(0.0, "smallest change of the metric that counts as an improvement")
-    keep_checkpoints: bool = opt(False, "keep the per-epoch checkpoints after a successful run (they hold optimizer state)")
+    keep_checkpoints: bool = opt(
+        False, "keep the per-epoch checkpoints after a successful run (they hold optimizer state)"
+    )
     eval_batch_size: int | None = opt(None, "examples per forward pass in evaluation and predict (default: batch_size)")
     group_by_length: bool = opt(True, "batch examples of similar length together (less padding; batches stay shuffled)")
 
@@ -86,24 +102,42 @@ class FinetuneTrainConfig(TrainConfig):
 class LabeledDataConfig:
     """Labeled examples: train/dev/test files, fields, splitting, label budget and class balance."""
 
-    train: str = opt(doc="training file (.jsonl, .csv, .tsv, .parquet; .gz too), a save_to_disk split folder, or a hub dataset's split: "
-                         "hub:owner/name[@revision][[subset]][:split], e.g. hub:nyu-mll/glue[sst2]:train")
-    dev: str | None = opt(None, "dev file or hub split (model selection, early stopping); null: split off train (dev_fraction)")
-    test: str | None = opt(None, "test file or hub split (reported, never used for selection); null: split off train when test_fraction > 0")
+    train: str = opt(
+        doc="training file (.jsonl, .csv, .tsv, .parquet; .gz too), a save_to_disk split folder, or a hub dataset's split: "
+        "hub:owner/name[@revision][[subset]][:split], e.g. hub:nyu-mll/glue[sst2]:train"
+    )
+    dev: str | None = opt(
+        None, "dev file or hub split (model selection, early stopping); null: split off train (dev_fraction)"
+    )
+    test: str | None = opt(
+        None,
+        "test file or hub split (reported, never used for selection); null: split off train when test_fraction > 0",
+    )
     format: Literal["auto", "jsonl", "csv", "tsv", "parquet"] = opt("auto", "reader; auto decides from the suffix")
     text_field: str = opt("text", "classification: field holding the text")
     text_pair_field: str | None = opt(None, "classification: optional second text (sentence pairs: NLI, paraphrase)")
-    label_field: str = opt("label", "classification: field holding the label (a list, or a string split on "
-                                    "label_separator, for multi_label; a number for regression)")
-    label_separator: str | None = opt(None, "multi_label: split string labels on this separator (lists are taken as is)")
+    label_field: str = opt(
+        "label",
+        "classification: field holding the label (a list, or a string split on "
+        "label_separator, for multi_label; a number for regression)",
+    )
+    label_separator: str | None = opt(
+        None, "multi_label: split string labels on this separator (lists are taken as is)"
+    )
     dev_fraction: float = opt(0.1, "fraction of train held out as dev (stratified by label) when `dev` is null")
     test_fraction: float = opt(0.0, "fraction of train held out as test when `test` is null")
-    split_seed: int = opt(0, "seed of the dev/test split (fixed by default so every run is judged on the same examples)")
-    max_examples: int | None = opt(None, "label budget: a stratified subsample of train (after splitting); nested "
-                                         "and identical across arms for a given subset_seed")
+    split_seed: int = opt(
+        0, "seed of the dev/test split (fixed by default so every run is judged on the same examples)"
+    )
+    max_examples: int | None = opt(
+        None,
+        "label budget: a stratified subsample of train (after splitting); nested "
+        "and identical across arms for a given subset_seed",
+    )
     subset_seed: int | None = opt(None, "seed of the max_examples subsample (default: train.seed)")
-    on_error: Literal["raise", "skip"] = opt("raise", "bad record (malformed line, missing field, empty text): stop with "
-                                                      "file:line, or skip and count")
+    on_error: Literal["raise", "skip"] = opt(
+        "raise", "bad record (malformed line, missing field, empty text): stop with file:line, or skip and count"
+    )
     allow_truncation: bool = opt(False, "cut examples longer than model.max_length (counted) instead of stopping")
     class_weights: Literal["none", "balanced"] = opt("none", "balanced: weight the loss by inverse class frequency")
     balanced_sampling: bool = opt(False, "draw training batches with equal class probability (with replacement)")
@@ -112,11 +146,15 @@ class LabeledDataConfig:
         if not 0 <= self.dev_fraction < 1 or not 0 <= self.test_fraction < 1:
             raise ConfigError("dev_fraction, test_fraction: must be in [0, 1)")
         if self.dev_fraction + self.test_fraction >= 1:
-            raise ConfigError(f"dev_fraction + test_fraction ({self.dev_fraction} + {self.test_fraction}) leave no training data")
+            raise ConfigError(
+                f"dev_fraction + test_fraction ({self.dev_fraction} + {self.test_fraction}) leave no training data"
+            )
         if self.max_examples is not None and self.max_examples < 1:
             raise ConfigError(f"max_examples: must be >= 1, got {self.max_examples}")
         if self.class_weights == "balanced" and self.balanced_sampling:
-            raise ConfigError("class_weights: balanced together with balanced_sampling corrects the imbalance twice; choose one")
+            raise ConfigError(
+                "class_weights: balanced together with balanced_sampling corrects the imbalance twice; choose one"
+            )
 
 
 @dataclass
@@ -125,7 +163,8 @@ class TaskConfig:
 
     type: Literal["classification", "extraction", "qa", "instruction"] = opt("classification", "the task")
     problem: Literal["single_label", "multi_label", "regression"] = opt(
-        "single_label", "classification: one label per text, any number of labels per text, or a number")
+        "single_label", "classification: one label per text, any number of labels per text, or a number"
+    )
     threshold: float = opt(0.5, "multi_label: a label is predicted when its probability is at least this")
     top_k: int = opt(3, "classification predict: how many most probable labels to list")
 
@@ -147,7 +186,9 @@ class FinetuneConfig:
     train: FinetuneTrainConfig = opt(doc="optimisation loop", factory=FinetuneTrainConfig)
     extraction: ExtractionConfig = opt(doc="task type extraction: token classification", factory=ExtractionConfig)
     qa: QAConfig = opt(doc="task type qa: extractive question answering", factory=QAConfig)
-    instruction: InstructionConfig = opt(doc="task type instruction: prompt/response fine-tuning", factory=InstructionConfig)
+    instruction: InstructionConfig = opt(
+        doc="task type instruction: prompt/response fine-tuning", factory=InstructionConfig
+    )
 
     def __post_init__(self):
         # Resolved at load, so every reader (tasks, the saved recipe, predict) sees one number.
@@ -167,19 +208,25 @@ class FinetuneConfig:
         m, d, t = self.model, self.data, self.task
         for key in ("train", "dev", "test"):
             p = getattr(d, key)
-            if is_hub_spec(p):   # loaded (and its split checked) when read: the hub may need the network
+            if is_hub_spec(p):  # loaded (and its split checked) when read: the hub may need the network
                 try:
                     spec = parse_hub_spec(p)
                 except ValueError as exc:
                     raise ConfigError(f"data.{key}: {exc}") from None
                 if not is_dataset_repo(spec.repo):
-                    raise ConfigError(f"data.{key}: {spec.repo!r} is neither a hub dataset id (owner/name) nor a local dataset folder")
+                    raise ConfigError(
+                        f"data.{key}: {spec.repo!r} is neither a hub dataset id (owner/name) nor a local dataset folder"
+                    )
             elif p is not None and not (Path(p).is_file() or _is_datasets_folder(Path(p))):
-                raise ConfigError(f"data.{key}: file not found: {p}" + (
-                    " (a folder, but not a save_to_disk split folder)" if Path(p).is_dir() else ""))
+                raise ConfigError(
+                    f"data.{key}: file not found: {p}"
+                    + (" (a folder, but not a save_to_disk split folder)" if Path(p).is_dir() else "")
+                )
         if m.init != "pretrained":
-            raise ConfigError("model.init: fine-tuning starts from a model folder; build a scratch model with "
-                              "`lmadapt pretrain` first")
+            raise ConfigError(
+                "model.init: fine-tuning starts from a model folder; build a scratch model with "
+                "`lmadapt pretrain` first"
+            )
         if m.objective != "auto":
             raise ConfigError("model.objective: not used by fine-tuning (the task decides the head); leave it 'auto'")
         _check_model_path(m.path, "model.path")
@@ -188,15 +235,21 @@ class FinetuneConfig:
                 raise ConfigError(f"model.adapter: {m.adapter} is not a LoRA adapter folder (no {ADAPTER_FILE})")
         continuing = m.adapter_mode == "continue" and (m.adapter or (Path(m.path) / ADAPTER_FILE).is_file())
         if self.lora.quantize != "none" and (m.adapter or (Path(m.path) / ADAPTER_FILE).is_file()):
-            raise ConfigError(f"lora.quantize: {self.lora.quantize} quantises a plain base model; model.path/adapter name a "
-                              "LoRA adapter (merge it first: `lmadapt merge`, or finetune with quantize: none)")
+            raise ConfigError(
+                f"lora.quantize: {self.lora.quantize} quantises a plain base model; model.path/adapter name a "
+                "LoRA adapter (merge it first: `lmadapt merge`, or finetune with quantize: none)"
+            )
         if self.lora.quantize != "none" and self.train.sharding != "none":
-            raise ConfigError(f"lora.quantize: {self.lora.quantize} is not supported with train.sharding: {self.train.sharding}")
+            raise ConfigError(
+                f"lora.quantize: {self.lora.quantize} is not supported with train.sharding: {self.train.sharding}"
+            )
         if self.lora.merge and not self.lora.enabled and not continuing:
             raise ConfigError("lora.merge: only meaningful with lora.enabled: true (or a continued adapter)")
         if m.adapter is not None and (Path(m.path) / ADAPTER_FILE).is_file():
-            raise ConfigError(f"model.adapter: model.path {m.path} is itself an adapter folder; give its base as "
-                              "model.path, or drop model.adapter")
+            raise ConfigError(
+                f"model.adapter: model.path {m.path} is itself an adapter folder; give its base as "
+                "model.path, or drop model.adapter"
+            )
         if t.type != "classification" and t.problem != "single_label":
             raise ConfigError(f"task.problem: {t.problem!r} applies to classification only, not {t.type!r}")
         if t.type != "classification" and (d.class_weights != "none" or d.balanced_sampling):
@@ -207,16 +260,22 @@ class FinetuneConfig:
             if d.label_separator:
                 raise ConfigError("data.label_separator: multi_label only, not regression")
         if d.label_separator is not None and t.problem != "multi_label":
-            raise ConfigError(f"data.label_separator: only meaningful with task.problem: multi_label, not {t.problem!r}")
+            raise ConfigError(
+                f"data.label_separator: only meaningful with task.problem: multi_label, not {t.problem!r}"
+            )
         if t.type == "classification":
             allowed = PROBLEM_METRICS[t.problem]
             if self.train.metric not in ("auto",) + allowed:
-                raise ConfigError(f"train.metric: {self.train.metric!r} is not a {t.problem} metric "
-                                  f"(choose from: auto, {', '.join(allowed)})")
+                raise ConfigError(
+                    f"train.metric: {self.train.metric!r} is not a {t.problem} metric "
+                    f"(choose from: auto, {', '.join(allowed)})"
+                )
         if self.train.early_stopping_patience and d.dev is None and d.dev_fraction == 0:
             raise ConfigError("train.early_stopping_patience: needs a dev set (data.dev or data.dev_fraction > 0)")
         if self.train.max_tokens is not None:
-            raise ConfigError("train.max_tokens: fine-tuning counts examples, not tokens; use train.epochs or train.max_steps")
+            raise ConfigError(
+                "train.max_tokens: fine-tuning counts examples, not tokens; use train.epochs or train.max_steps"
+            )
 
 
 _noticed: set[str] = set()
@@ -249,8 +308,10 @@ def resolve_max_length(cfg: FinetuneConfig) -> int:
         if name != cfg.task.type:
             continue
         if length is not None and length != sec.max_length:
-            raise ConfigError(f"model.max_length ({length}) and {name}.max_length ({sec.max_length}) disagree; "
-                              f"keep model.max_length only ({name}.max_length is deprecated)")
+            raise ConfigError(
+                f"model.max_length ({length}) and {name}.max_length ({sec.max_length}) disagree; "
+                f"keep model.max_length only ({name}.max_length is deprecated)"
+            )
         _check_min_length(sec.max_length, f"{name}.max_length")
         length, sec.max_length = sec.max_length, None
     return length if length is not None else TASK_MAX_LENGTH[cfg.task.type]

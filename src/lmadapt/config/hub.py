@@ -3,6 +3,7 @@
 Corpus sources say ``format: hub`` with ``split``/``subset``/``revision`` keys; labeled data, whose
 train/dev/test are one string each, say ``hub:owner/name[@revision][[subset]][:split]``.
 """
+
 from __future__ import annotations
 
 import re
@@ -12,15 +13,17 @@ from pathlib import Path
 # owner/name or a canonical name: what the hub accepts as a dataset id
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 PREFIX = "hub:"
-_SPEC = re.compile(r"hub:(?P<repo>[^@\[\]:]+)(?:@(?P<revision>[^@\[\]:]+))?(?:\[(?P<subset>[^\]]+)\])?"
-                   r"(?::(?P<split>[^:@\[\]]+))?")
+_SPEC = re.compile(
+    r"hub:(?P<repo>[^@\[\]:]+)(?:@(?P<revision>[^@\[\]:]+))?(?:\[(?P<subset>[^\]]+)\])?"
+    r"(?::(?P<split>[^:@\[\]]+))?"
+)
 
 
 @dataclass(frozen=True)
 class HubSpec:
     repo: str
     subset: str | None = None
-    split: str | None = None      # None: train (the spec named none)
+    split: str | None = None  # None: train (the spec named none)
     revision: str | None = None
     streaming: bool = False
 
@@ -38,8 +41,9 @@ def parse_hub_spec(value: str) -> HubSpec:
     """``hub:owner/name[@revision][[subset]][:split]`` -> HubSpec; ValueError for a malformed one."""
     m = _SPEC.fullmatch(value.strip())
     if not m:
-        raise ValueError(f"{value!r}: expected hub:owner/name[@revision][[subset]][:split], "
-                         "e.g. hub:nyu-mll/glue[sst2]:validation")
+        raise ValueError(
+            f"{value!r}: expected hub:owner/name[@revision][[subset]][:split], e.g. hub:nyu-mll/glue[sst2]:validation"
+        )
     return HubSpec(repo=m["repo"], subset=m["subset"], split=m["split"], revision=m["revision"])
 
 

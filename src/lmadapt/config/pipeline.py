@@ -19,6 +19,7 @@ Hand-off: every stage after the first starts from the previous stage's output fo
 ``model.path`` is set; ``"@previous"`` may be written there explicitly). Every stage recipe is
 validated here, with a placeholder for the parent folder, before anything runs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -66,8 +67,12 @@ class EvaluateStageConfig:
         for name, path in self.sets().items():
             if not (is_hub_spec(path) or Path(path).exists()):
                 raise ConfigError(f"data.{name}: file not found: {path}")
-        if self.model and self.model != PREVIOUS and self.model.startswith((".", "/", "~")) \
-                and not Path(self.model).exists():
+        if (
+            self.model
+            and self.model != PREVIOUS
+            and self.model.startswith((".", "/", "~"))
+            and not Path(self.model).exists()
+        ):
             raise ConfigError(f"model: folder not found: {self.model}")
 
 
@@ -84,7 +89,9 @@ class StageSpec:
     """One stage: its kind and its recipe (the keys of that kind's single-stage recipe)."""
 
     kind: Literal["pretrain", "finetune", "evaluate", "merge"] = opt(doc="pretrain | finetune | evaluate | merge")
-    recipe: dict = opt(doc="the stage's recipe (PretrainConfig / FinetuneConfig / evaluate / MergeConfig keys)", factory=dict)
+    recipe: dict = opt(
+        doc="the stage's recipe (PretrainConfig / FinetuneConfig / evaluate / MergeConfig keys)", factory=dict
+    )
 
 
 @dataclass
@@ -98,10 +105,13 @@ class EvaluationConfig:
     text_field: str = opt("text", "text field for jsonl/csv/parquet")
     domain_set: str | None = opt(None, "which lm_sets entry is the domain (default: 'domain', else the first)")
     general_set: str | None = opt(None, "which lm_sets entry is general text (default: 'general', else the second)")
-    harness: HarnessConfig = opt(doc="lm-evaluation-harness tasks scored on the same models as lm_sets (forgetting "
-                                     "on capability benchmarks)", factory=HarnessConfig)
-    instruction_retention: RetentionConfig = opt(doc="response loss on held-out instructions, for instruction-tuned "
-                                                     "base models", factory=RetentionConfig)
+    harness: HarnessConfig = opt(
+        doc="lm-evaluation-harness tasks scored on the same models as lm_sets (forgetting on capability benchmarks)",
+        factory=HarnessConfig,
+    )
+    instruction_retention: RetentionConfig = opt(
+        doc="response loss on held-out instructions, for instruction-tuned base models", factory=RetentionConfig
+    )
 
     def __post_init__(self):
         if self.block_size < 8:
@@ -130,8 +140,11 @@ class BaselineConfig:
     tfidf: bool = opt(False, "TF-IDF (word 1-2 grams) + logistic regression, C chosen by dev macro-F1")
     C: list[float] = opt(doc="inverse regularisation strengths tried", factory=lambda: [0.1, 1.0, 10.0])
     max_features: int | None = opt(100000, "vocabulary cap of the TF-IDF vectorizer")
-    min_df: int = opt(1, "keep n-grams found in at least this many training texts (the shared/data README's "
-                         "baselines use 2 and a 200k cap)")
+    min_df: int = opt(
+        1,
+        "keep n-grams found in at least this many training texts (the shared/data README's "
+        "baselines use 2 and a 200k cap)",
+    )
 
     def __post_init__(self):
         if not self.C or any(c <= 0 for c in self.C):
@@ -161,17 +174,24 @@ class PipelineConfig:
     seeds: list[int] = opt(doc="every seeded stage runs once per seed", factory=lambda: [0])
     seeded_kinds: list[Literal["pretrain", "finetune", "evaluate"]] = opt(
         doc="stage kinds that get train.seed=<seed> and run per seed; the others run once and are shared",
-        factory=lambda: ["finetune"])
-    vars: dict = opt(doc="values for ${name} placeholders in any string of this file (${sample_data} is built in)",
-                     factory=dict)
+        factory=lambda: ["finetune"],
+    )
+    vars: dict = opt(
+        doc="values for ${name} placeholders in any string of this file (${sample_data} is built in)", factory=dict
+    )
     defaults: dict = opt(doc="kind -> recipe mapping deep-merged under every stage of that kind", factory=dict)
-    evaluation: EvaluationConfig = opt(doc="LM evidence (perplexity, harness, instruction retention) after "
-                                           "pretrain and merge stages", factory=EvaluationConfig)
+    evaluation: EvaluationConfig = opt(
+        doc="LM evidence (perplexity, harness, instruction retention) after pretrain and merge stages",
+        factory=EvaluationConfig,
+    )
     baseline: BaselineConfig = opt(doc="reference rows", factory=BaselineConfig)
     report: ReportConfig = opt(doc="comparison settings", factory=ReportConfig)
     stages: dict = opt(doc="named stages {name: {kind, recipe}}, reusable across arms", factory=dict)
-    keep_checkpoints: bool = opt(False, "keep a finished stage's training checkpoints (weights and optimizer state); "
-                                 "by default they are deleted once it is DONE, as a finished stage is never resumed")
+    keep_checkpoints: bool = opt(
+        False,
+        "keep a finished stage's training checkpoints (weights and optimizer state); "
+        "by default they are deleted once it is DONE, as a finished stage is never resumed",
+    )
 
     def __post_init__(self):
         parsed = {}
@@ -193,8 +213,9 @@ class PipelineConfig:
                     out.append(item)
                 elif isinstance(item, str):
                     if item not in self.stages:
-                        raise ConfigError(f"arms.{arm}[{i}]: no stage named {item!r} "
-                                          f"(stages: {', '.join(self.stages) or 'none'})")
+                        raise ConfigError(
+                            f"arms.{arm}[{i}]: no stage named {item!r} (stages: {', '.join(self.stages) or 'none'})"
+                        )
                     out.append(item)
                 elif isinstance(item, dict):
                     out.append(from_dict(StageSpec, item, prefix=f"arms.{arm}[{i}]"))
@@ -217,8 +238,7 @@ class PipelineConfig:
             return item, self.stages[item]
         return f"{arm}-{index + 1}", item
 
-    def stage_recipe(self, spec: StageSpec, *, parent_model: str | None, seed: int | None,
-                     output_dir: str) -> dict:
+    def stage_recipe(self, spec: StageSpec, *, parent_model: str | None, seed: int | None, output_dir: str) -> dict:
         """The full recipe of one stage instance: defaults < stage recipe < hand-off, seed, output_dir."""
         recipe = deep_merge(self.defaults.get(spec.kind, {}), spec.recipe)
         if spec.kind == "evaluate":
@@ -253,10 +273,11 @@ class PipelineConfig:
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds: duplicates in {self.seeds}")
         if self.report.reference_arm is not None and self.report.reference_arm not in self.arms:
-            raise ConfigError(f"report.reference_arm: {self.report.reference_arm!r} is not an arm "
-                              f"({', '.join(self.arms)})")
+            raise ConfigError(
+                f"report.reference_arm: {self.report.reference_arm!r} is not an arm ({', '.join(self.arms)})"
+            )
         for name, path in self.evaluation.lm_sets.items():
-            if is_hub_spec(path):   # read when evaluated (the hub may need the network); its form checked here
+            if is_hub_spec(path):  # read when evaluated (the hub may need the network); its form checked here
                 try:
                     parse_hub_spec(path)
                 except ValueError as exc:
@@ -270,8 +291,10 @@ class PipelineConfig:
                 name, spec = self.stage_of(arm, i)
                 where = f"arms.{arm}[{i}] ({name}, {spec.kind})"
                 if model_kind == "finetune" and spec.kind in ("pretrain", "evaluate", "merge"):
-                    raise ConfigError(f"{where}: cannot follow a finetune stage (a fine-tuned task model is not a "
-                                      "language model to pretrain, merge or score)")
+                    raise ConfigError(
+                        f"{where}: cannot follow a finetune stage (a fine-tuned task model is not a "
+                        "language model to pretrain, merge or score)"
+                    )
                 if spec.kind != "evaluate":
                     model_kind = spec.kind
                 first = i == 0
@@ -281,13 +304,18 @@ class PipelineConfig:
                 self._validate_stage(spec, first=first, where=where)
 
     def _validate_stage(self, spec: StageSpec, *, first: bool, where: str) -> None:
-        recipe = self.stage_recipe(spec, parent_model=None if first else PARENT_PLACEHOLDER,
-                                   seed=self.seeds[0] if spec.kind in self.seeded_kinds else None,
-                                   output_dir=str(Path(self.output_dir) / "stages" / "_validate"))
+        recipe = self.stage_recipe(
+            spec,
+            parent_model=None if first else PARENT_PLACEHOLDER,
+            seed=self.seeds[0] if spec.kind in self.seeded_kinds else None,
+            output_dir=str(Path(self.output_dir) / "stages" / "_validate"),
+        )
         model = recipe.get("model")
         path = model if spec.kind == "evaluate" else (model or {}).get("path")
         if first and path == PREVIOUS:
-            raise ConfigError(f"{where}: model path {PREVIOUS!r} in the first stage of an arm (there is no previous stage)")
+            raise ConfigError(
+                f"{where}: model path {PREVIOUS!r} in the first stage of an arm (there is no previous stage)"
+            )
         if first and spec.kind == "evaluate" and not path:
             raise ConfigError(f"{where}: an evaluate stage that starts an arm needs `model`")
         try:
@@ -299,14 +327,17 @@ class PipelineConfig:
 def recipe_class(kind: str) -> type:
     if kind == "pretrain":
         from .pretrain import PretrainConfig
+
         return PretrainConfig
     if kind == "finetune":
         from .finetune import FinetuneConfig
+
         return FinetuneConfig
     if kind == "evaluate":
         return EvaluateStageConfig
     if kind == "merge":
         from .merge import MergeConfig
+
         return MergeConfig
     raise ConfigError(f"kind: {kind!r} is not one of {', '.join(STAGE_KINDS)}")
 
@@ -324,6 +355,7 @@ def deep_merge(base: Any, over: Any) -> Any:
 def sample_data_dir() -> str:
     """Folder of the bundled sample data (``lmadapt/sample_data``)."""
     from importlib.resources import files
+
     return str(files("lmadapt") / "sample_data")
 
 
@@ -339,8 +371,10 @@ def substitute_vars(data: Any, variables: dict[str, Any], where: str = "") -> An
 
     def value(name: str) -> Any:
         if name not in variables:
-            raise ConfigError(f"{where}: undefined variable ${{{name}}} (define it under `vars:`; known: "
-                              f"{', '.join(sorted(variables)) or 'none'})")
+            raise ConfigError(
+                f"{where}: undefined variable ${{{name}}} (define it under `vars:`; known: "
+                f"{', '.join(sorted(variables)) or 'none'})"
+            )
         return variables[name]
 
     if whole:
@@ -348,8 +382,12 @@ def substitute_vars(data: Any, variables: dict[str, Any], where: str = "") -> An
     return _VAR.sub(lambda m: str(value(m.group(1))), data)
 
 
-def load_pipeline(path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None,
-                  variables: dict[str, Any] | None = None) -> PipelineConfig:
+def load_pipeline(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    data: dict | None = None,
+    variables: dict[str, Any] | None = None,
+) -> PipelineConfig:
     """Read a pipeline YAML (or ``data``), apply ``key=value`` overrides and ``${var}`` values, validate."""
     raw = read_yaml(path) if path is not None else copy.deepcopy(data or {})
     where = f"{path}: " if path is not None else ""

@@ -1,4 +1,5 @@
 """The recipe of `lmadapt pretrain`: model + LoRA + corpus + training loop."""
+
 from __future__ import annotations
 
 import glob as globlib
@@ -15,8 +16,22 @@ from .vocab import VocabConfig
 
 # Encoder-only model types: masked LM is their pretraining objective; everything else is causal.
 ENCODER_MODEL_TYPES = {
-    "bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "xlm-roberta",
-    "camembert", "modernbert", "mpnet", "xlm", "flaubert", "ernie", "megatron-bert", "roformer",
+    "bert",
+    "roberta",
+    "distilbert",
+    "albert",
+    "electra",
+    "deberta",
+    "deberta-v2",
+    "xlm-roberta",
+    "camembert",
+    "modernbert",
+    "mpnet",
+    "xlm",
+    "flaubert",
+    "ernie",
+    "megatron-bert",
+    "roformer",
 }
 
 
@@ -27,8 +42,9 @@ def check_source_paths(sources, section: str) -> None:
         p = src.path
         if src.format == "hub":
             if not is_dataset_repo(p):
-                raise ConfigError(f"{section}[{i}].path: {p!r} is neither a hub dataset id (owner/name) nor a "
-                                  "local dataset folder")
+                raise ConfigError(
+                    f"{section}[{i}].path: {p!r} is neither a hub dataset id (owner/name) nor a local dataset folder"
+                )
         elif any(ch in p for ch in "*?["):
             if not globlib.glob(p, recursive=True):
                 raise ConfigError(f"{section}[{i}].path: no file matches {p!r}")
@@ -60,8 +76,10 @@ def check_context(path: str | None, block_size: int, key: str) -> None:
     conf = _config_json(path)
     limit = conf.get("max_position_embeddings") or conf.get("n_positions")
     if isinstance(limit, int) and 0 < limit < block_size:
-        raise ConfigError(f"{key}: {block_size} tokens is more than the model's context of {limit} positions "
-                          f"(max_position_embeddings in {Path(path) / 'config.json'}); use {key} <= {limit}")
+        raise ConfigError(
+            f"{key}: {block_size} tokens is more than the model's context of {limit} positions "
+            f"(max_position_embeddings in {Path(path) / 'config.json'}); use {key} <= {limit}"
+        )
 
 
 @dataclass
@@ -72,7 +90,9 @@ class PretrainConfig:
     lora: LoraConfig = opt(doc="LoRA adapters (off: full training)", factory=LoraConfig)
     data: CorpusConfig = opt(doc="training and held-out text", factory=CorpusConfig)
     train: TrainConfig = opt(doc="optimisation loop", factory=TrainConfig)
-    vocab: VocabConfig = opt(doc="domain vocabulary extension and embedding training (off by default)", factory=VocabConfig)
+    vocab: VocabConfig = opt(
+        doc="domain vocabulary extension and embedding training (off by default)", factory=VocabConfig
+    )
 
     def validate(self) -> None:
         if not self.data.sources:
@@ -92,25 +112,33 @@ class PretrainConfig:
             if m.objective == "masked" and not is_encoder:
                 raise ConfigError(
                     f"model.objective: masked LM needs an encoder (BERT-style) model; {mt!r} is decoder-only "
-                    "and attends causally, so it cannot see the right context of a masked token. Use objective: causal.")
+                    "and attends causally, so it cannot see the right context of a masked token. Use objective: causal."
+                )
             if m.objective == "causal" and is_encoder:
                 raise ConfigError(
-                    f"model.objective: {mt!r} is an encoder without a causal LM head; use objective: masked (its pretraining objective)")
+                    f"model.objective: {mt!r} is an encoder without a causal LM head; use objective: masked (its pretraining objective)"
+                )
         if self.lora.merge and not self.lora.enabled:
             raise ConfigError("lora.merge: only meaningful with lora.enabled: true")
         if self.lora.quantize != "none" and self.train.sharding != "none":
-            raise ConfigError(f"lora.quantize: {self.lora.quantize} is not supported with train.sharding: {self.train.sharding}")
+            raise ConfigError(
+                f"lora.quantize: {self.lora.quantize} is not supported with train.sharding: {self.train.sharding}"
+            )
         self._validate_vocab()
 
     def _validate_vocab(self) -> None:
         v = self.vocab
         if v.active and self.model.init == "scratch":
-            raise ConfigError("vocab.extend: extends a pretrained model's tokenizer; a scratch model trains its own "
-                              "(`lmadapt tokenizer train`)")
+            raise ConfigError(
+                "vocab.extend: extends a pretrained model's tokenizer; a scratch model trains its own "
+                "(`lmadapt tokenizer train`)"
+            )
         if v.tokenizer and not Path(v.tokenizer).is_dir():
             raise ConfigError(f"vocab.tokenizer: folder not found: {v.tokenizer}")
         if (v.active or v.embedding_lr) and self.lora.enabled and not self.lora.train_embeddings:
             # Otherwise the new rows would never train, and an adapter folder would not carry them.
-            raise ConfigError("lora.train_embeddings: must be true with vocab.extend / vocab.tokenizer / "
-                              "vocab.embedding_lr under LoRA (the embeddings and LM head train in full and are "
-                              "saved with the adapter)")
+            raise ConfigError(
+                "lora.train_embeddings: must be true with vocab.extend / vocab.tokenizer / "
+                "vocab.embedding_lr under LoRA (the embeddings and LM head train in full and are "
+                "saved with the adapter)"
+            )

@@ -3,6 +3,7 @@
 The finetune recipe holds one section per task (``extraction:``, ``qa:``, ``instruction:``); only
 the section of the chosen task is read. Everything here is validated when the recipe loads.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ def check_qa_window(sec: QAConfig, max_length: int, key: str = "max_length") -> 
     if sec.max_question_length + sec.doc_stride + 8 > max_length:
         raise ConfigError(
             f"max_question_length + doc_stride ({sec.max_question_length} + {sec.doc_stride}) leave no room for the "
-            f"passage in {key} {max_length}; lower one of them or raise {key}")
+            f"passage in {key} {max_length}; lower one of them or raise {key}"
+        )
 
 
 def _positive(obj, *keys: str) -> None:
@@ -39,12 +41,16 @@ class ExtractionConfig:
     """Token classification (named entities, slots) with BIO tags over subword tokens."""
 
     text_field: str = opt("text", "span records: field holding the text")
-    spans_field: str = opt("spans", "span records: field holding [{start, end, label}] (character offsets, end exclusive)")
+    spans_field: str = opt(
+        "spans", "span records: field holding [{start, end, label}] (character offsets, end exclusive)"
+    )
     tokens_field: str = opt("tokens", "token records: field holding the list of words")
     tags_field: str = opt("tags", "token records: field holding one BIO tag per word (O, B-X, I-X)")
     subword_labels: Literal["all", "first"] = opt(
-        "all", "all: every subword of an entity is labelled (B- on its first, I- on the rest); "
-               "first: only a word's first subword carries a label, the word's other subwords are -100 and inherit it")
+        "all",
+        "all: every subword of an entity is labelled (B- on its first, I- on the rest); "
+        "first: only a word's first subword carries a label, the word's other subwords are -100 and inherit it",
+    )
     max_length: int | None = opt(None, DEPRECATED_LENGTH_DOC)
 
     def __post_init__(self):
@@ -58,18 +64,26 @@ class QAConfig:
     id_field: str = opt("id", "field holding the example id (default: file:line)")
     question_field: str = opt("question", "field holding the question")
     context_field: str = opt("context", "field holding the passage")
-    answers_field: str = opt("answers", "field holding [{text, start}] (start = character offset in the context); [] = unanswerable")
+    answers_field: str = opt(
+        "answers", "field holding [{text, start}] (start = character offset in the context); [] = unanswerable"
+    )
     max_length: int | None = opt(None, DEPRECATED_LENGTH_DOC)
     doc_stride: int = opt(128, "tokens shared by consecutive windows of a long passage")
-    max_question_length: int = opt(64, "questions longer than this (tokens) stop the run, or are cut (counted) with data.allow_truncation")
+    max_question_length: int = opt(
+        64, "questions longer than this (tokens) stop the run, or are cut (counted) with data.allow_truncation"
+    )
     n_best: int = opt(20, "start and end candidates per window considered when choosing the answer")
     max_answer_length: int = opt(30, "longest answer in tokens")
-    unanswerable: bool | None = opt(None, "allow the empty answer; null: allowed when the training data has unanswerable examples")
-    null_threshold: float = opt(0.0, "answer empty when null score - best span score > this (raise to answer more often)")
+    unanswerable: bool | None = opt(
+        None, "allow the empty answer; null: allowed when the training data has unanswerable examples"
+    )
+    null_threshold: float = opt(
+        0.0, "answer empty when null score - best span score > this (raise to answer more often)"
+    )
 
     def __post_init__(self):
         _positive(self, "max_length", "doc_stride", "max_question_length", "n_best", "max_answer_length")
-        if self.max_length is not None:         # else checked against model.max_length (FinetuneConfig)
+        if self.max_length is not None:  # else checked against model.max_length (FinetuneConfig)
             check_qa_window(self, self.max_length)
 
 
@@ -81,14 +95,24 @@ class InstructionConfig:
     answer as the response)."""
 
     prompt_field: str = opt("prompt", "prompt/response records: field holding the prompt")
-    response_field: str = opt("response", "prompt/response records: field holding the response (absent in predict input)")
+    response_field: str = opt(
+        "response", "prompt/response records: field holding the response (absent in predict input)"
+    )
     system_field: str | None = opt("system", "prompt/response records: optional field holding a system message")
-    messages_field: str = opt("messages", "chat records: field holding [{role, content}] (roles: system, user, assistant)")
+    messages_field: str = opt(
+        "messages", "chat records: field holding [{role, content}] (roles: system, user, assistant)"
+    )
     template: Literal["auto", "chat", "plain"] = opt(
-        "auto", "chat: the tokenizer's chat template; plain: '### Instruction:/### Response:' headers; auto: chat when the tokenizer has one")
+        "auto",
+        "chat: the tokenizer's chat template; plain: '### Instruction:/### Response:' headers; auto: chat when the tokenizer has one",
+    )
     max_length: int | None = opt(None, DEPRECATED_LENGTH_DOC)
-    packing: bool = opt(True, "pack short examples into blocks of model.max_length (positions restart per example, no cross-attention)")
-    eval_generate_max: int = opt(50, "evaluate: examples whose reference is compared with a greedy generation (0: none)")
+    packing: bool = opt(
+        True, "pack short examples into blocks of model.max_length (positions restart per example, no cross-attention)"
+    )
+    eval_generate_max: int = opt(
+        50, "evaluate: examples whose reference is compared with a greedy generation (0: none)"
+    )
     max_new_tokens: int = opt(128, "generation: most new tokens per answer")
     greedy: bool = opt(True, "generation: greedy decoding (do_sample false); false samples with temperature/top_p")
     temperature: float = opt(1.0, "generation: sampling temperature (greedy: false)")
@@ -99,6 +123,8 @@ class InstructionConfig:
         if self.eval_generate_max < 0:
             raise ConfigError(f"eval_generate_max: must be >= 0, got {self.eval_generate_max}")
         if self.temperature <= 0:
-            raise ConfigError(f"temperature: must be > 0 (use greedy: true for deterministic output), got {self.temperature}")
+            raise ConfigError(
+                f"temperature: must be > 0 (use greedy: true for deterministic output), got {self.temperature}"
+            )
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p: must be in (0, 1], got {self.top_p}")

@@ -19,6 +19,7 @@ WholeWordMLMCollator         masks whole words afresh on every call; "document" 
 Both accept features whose values are lists, numpy arrays or tensors. Keep the ``is_padding`` and
 ``word_starts`` columns: with ``transformers.Trainer`` set ``remove_unused_columns=False``.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal, Sequence
@@ -52,8 +53,10 @@ def _stack(features: Sequence[dict], key: str, dtype=torch.long) -> torch.Tensor
     else:
         arrs = [np.asarray(v) for v in vals]
         if len({a.shape for a in arrs}) != 1:
-            raise ValueError(f"{key}: features of different lengths {sorted({a.shape for a in arrs})}; "
-                             "collate packed blocks of one block_size")
+            raise ValueError(
+                f"{key}: features of different lengths {sorted({a.shape for a in arrs})}; "
+                "collate packed blocks of one block_size"
+            )
         out = torch.from_numpy(np.stack(arrs)).to(dtype)
     return out
 
@@ -127,8 +130,16 @@ class WholeWordMLMCollator:
     ``mode="concat"``: an ordinary 2D attention_mask (0 on padding).
     """
 
-    def __init__(self, tokenizer, *, mlm_probability: float = 0.15, whole_word: bool = True,
-                 mode: Mode = "document", seed: int | None = None, mask_dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        mlm_probability: float = 0.15,
+        whole_word: bool = True,
+        mode: Mode = "document",
+        seed: int | None = None,
+        mask_dtype: torch.dtype = torch.float32,
+    ):
         _check_mode(mode)
         if not 0 < mlm_probability < 1:
             raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
@@ -140,8 +151,9 @@ class WholeWordMLMCollator:
         self.seed = seed
         self.mask_dtype = mask_dtype
         self.mask_token_id = int(tokenizer.mask_token_id)
-        self.special_ids = torch.tensor(sorted({int(i) for i in tokenizer.all_special_ids if i is not None}),
-                                        dtype=torch.long)
+        self.special_ids = torch.tensor(
+            sorted({int(i) for i in tokenizer.all_special_ids if i is not None}), dtype=torch.long
+        )
         vocab = torch.arange(len(tokenizer))
         self.random_candidates = vocab[~torch.isin(vocab, self.special_ids)]
         if len(self.random_candidates) == 0:
@@ -175,8 +187,10 @@ class WholeWordMLMCollator:
         eligible = ~padding & ~torch.isin(input_ids, self.special_ids)
         if self.whole_word:
             if "word_starts" not in features[0]:
-                raise ValueError("whole-word masking needs a word_starts column (tokenize with with_word_starts=True, "
-                                 "as build_blocks does for objective='masked'), or pass whole_word=False")
+                raise ValueError(
+                    "whole-word masking needs a word_starts column (tokenize with with_word_starts=True, "
+                    "as build_blocks does for objective='masked'), or pass whole_word=False"
+                )
             starts = _stack(features, "word_starts", torch.bool).clone()
             starts[:, 0] = True
             starts[:, 1:] |= segments[:, 1:] != segments[:, :-1]
@@ -186,9 +200,13 @@ class WholeWordMLMCollator:
             # One generator per example, seeded from (seed, epoch, example index) by data/mask_seeds.py:
             # the masks are a pure function of those, so a resumed run (or another process count) draws
             # exactly the masks of the uninterrupted run.
-            masked, labels = self._mask(input_ids, starts, eligible,
-                                        [torch.Generator().manual_seed(int(f["mask_seed"])) for f in features],
-                                        shared=False)
+            masked, labels = self._mask(
+                input_ids,
+                starts,
+                eligible,
+                [torch.Generator().manual_seed(int(f["mask_seed"])) for f in features],
+                shared=False,
+            )
         else:
             masked, labels = self._mask(input_ids, starts, eligible, [g] * B, shared=True)
 
@@ -199,7 +217,6 @@ class WholeWordMLMCollator:
         else:
             batch["attention_mask"] = (~padding).long()
         return batch
-
 
     def _mask(self, input_ids, starts, eligible, gens, *, shared: bool):
         """Select whole words (probability p each) and apply 80/10/10; ``gens`` holds one generator per row,
@@ -213,8 +230,15 @@ class WholeWordMLMCollator:
             selected = chosen[word] & eligible
         else:
             word = starts.long().cumsum(1) - 1
-            selected = torch.stack([(torch.rand(int(word[b].max()) + 1, generator=gens[b]) < self.mlm_probability)[word[b]]
-                                    for b in range(B)]) & eligible
+            selected = (
+                torch.stack(
+                    [
+                        (torch.rand(int(word[b].max()) + 1, generator=gens[b]) < self.mlm_probability)[word[b]]
+                        for b in range(B)
+                    ]
+                )
+                & eligible
+            )
         if not selected.any() and eligible.any():
             b = int(torch.nonzero(eligible.any(1))[0]) if not shared else None
             pool = eligible.reshape(-1) if shared else eligible[b]
@@ -225,8 +249,11 @@ class WholeWordMLMCollator:
                 selected[b] = (word[b] == word[b][pick]) & eligible[b]
 
         labels = input_ids.masked_fill(~selected, -100)
-        r = torch.rand((B, L), generator=gens[0]) if shared else torch.stack(
-            [torch.rand(L, generator=gens[b]) for b in range(B)])
+        r = (
+            torch.rand((B, L), generator=gens[0])
+            if shared
+            else torch.stack([torch.rand(L, generator=gens[b]) for b in range(B)])
+        )
         to_mask = selected & (r < 0.8)
         to_random = selected & (r >= 0.8) & (r < 0.9)
         masked = input_ids.masked_fill(to_mask, self.mask_token_id)
@@ -266,7 +293,7 @@ def pad_right(rows: Sequence[dict], fills: dict[str, int]) -> dict[str, torch.Te
             continue
         t = torch.full((len(rows), width), fill, dtype=torch.long)
         for i, r in enumerate(rows):
-            t[i, :len(r[key])] = torch.as_tensor(r[key], dtype=torch.long)
+            t[i, : len(r[key])] = torch.as_tensor(r[key], dtype=torch.long)
         batch[key] = t
     if "attention_mask" not in batch:
         batch["attention_mask"] = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()

@@ -3,6 +3,7 @@ hub datasets (``datasets.load_dataset``, optionally streamed). Each yields ``(te
 pairs, a batch of rows at a time, and reports bad rows through a :class:`~.records.Ctx`.
 The column's type is checked once, up front, where the format declares it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,7 +35,9 @@ def read_parquet(path: Path, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str,
     import pyarrow.parquet as pq
 
     if path.name.lower().endswith(".gz"):
-        raise CorpusError(f"{path}: gzip-compressed parquet is not supported (parquet compresses internally); gunzip it")
+        raise CorpusError(
+            f"{path}: gzip-compressed parquet is not supported (parquet compresses internally); gunzip it"
+        )
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
@@ -43,7 +46,9 @@ def read_parquet(path: Path, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str,
     typ = schema.field(fld).type if fld in schema.names else None
     if typ is not None and pa.types.is_dictionary(typ):
         typ = typ.value_type
-    is_str = typ is not None and (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ))
+    is_str = typ is not None and (
+        pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
+    )
     _string_column(path, schema.names, fld, str(typ), is_str)
     row = 0
     try:
@@ -54,17 +59,20 @@ def read_parquet(path: Path, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str,
     except (pa.ArrowException, OSError) as exc:
         raise CorpusError(f"{path}: parquet read failed near row {row} ({exc})") from None
 
+
 def is_hf_dir(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (
-        (path / "state.json").is_file() and (path / "dataset_info.json").is_file())
+        (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+    )
 
 
 def load_saved(path: Path, error: type[Exception]):
     """A ``save_to_disk`` folder (Dataset or DatasetDict); a folder that is not one, or does not load,
     raises ``error`` (the caller's: corpus and labeled-data errors keep their own types)."""
     if not is_hf_dir(path):
-        raise error(f"{path}: not a datasets folder (save_to_disk writes dataset_info.json + state.json, "
-                    "or dataset_dict.json)")
+        raise error(
+            f"{path}: not a datasets folder (save_to_disk writes dataset_info.json + state.json, or dataset_dict.json)"
+        )
     import datasets
 
     try:
@@ -82,19 +90,23 @@ def read_hf(path: Path, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, str]
         splits = list(ds)
         split = src.split or ("train" if "train" in ds else splits[0] if len(splits) == 1 else None)
         if split is None:
-            raise CorpusError(f"{path}: DatasetDict with splits {splits} and no 'train'; set split: (one of "
-                              f"{', '.join(splits)}) or point path at one split folder, e.g. {path / splits[0]}")
+            raise CorpusError(
+                f"{path}: DatasetDict with splits {splits} and no 'train'; set split: (one of "
+                f"{', '.join(splits)}) or point path at one split folder, e.g. {path / splits[0]}"
+            )
         if split not in ds:
             raise CorpusError(f"{path}: no split {split!r} (splits: {', '.join(splits)})")
         ds, label = ds[split], str(path / split)
     elif src.split is not None:
-        raise CorpusError(f"{path}: split: {src.split!r} given, but this datasets folder holds one Dataset, not a DatasetDict")
+        raise CorpusError(
+            f"{path}: split: {src.split!r} given, but this datasets folder holds one Dataset, not a DatasetDict"
+        )
     yield from _dataset_rows(ds, label, src.text_field, ctx)
 
 
 def _dataset_rows(ds, label: str, fld: str, ctx: Ctx) -> Iterator[tuple[str, str]]:
     """(text, "label#row") of a ``datasets`` Dataset or IterableDataset, 1,024 rows at a time."""
-    features = ds.features   # None for a streamed dataset whose files do not declare them
+    features = ds.features  # None for a streamed dataset whose files do not declare them
     if features is not None:
         feat = features.get(fld)
         dtype = getattr(feat, "dtype", type(feat).__name__)
@@ -102,7 +114,7 @@ def _dataset_rows(ds, label: str, fld: str, ctx: Ctx) -> Iterator[tuple[str, str
         ds = ds.select_columns([fld])
     row = 0
     for batch in ds.iter(batch_size=1024):
-        if fld not in batch:   # streamed without declared features: the first batch tells
+        if fld not in batch:  # streamed without declared features: the first batch tells
             raise CorpusError(f"{label}: no column {fld!r} {keys_hint(fld, list(batch))}")
         values = batch[fld]
         yield from _rows(label, values, fld, ctx, row)
@@ -112,8 +124,7 @@ def _dataset_rows(ds, label: str, fld: str, ctx: Ctx) -> Iterator[tuple[str, str
 def read_hub(src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, str]]:
     """A dataset on the Hugging Face Hub (or a local dataset repo folder), through ``datasets.load_dataset``;
     a failure while loading or streaming names the source (and the row reached)."""
-    spec = HubSpec(repo=src.path, subset=src.subset, split=src.split, revision=src.revision,
-                   streaming=src.streaming)
+    spec = HubSpec(repo=src.path, subset=src.subset, split=src.split, revision=src.revision, streaming=src.streaming)
     label = spec.label
     ds = load_hub_dataset(spec, CorpusError)
     n = 0
@@ -124,5 +135,6 @@ def read_hub(src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, str]]:
     except CorpusError:
         raise
     except Exception as exc:  # noqa: BLE001 - a stream that breaks midway (network, a corrupt shard)
-        raise CorpusError(f"{label}: reading failed after {n:,} rows ({type(exc).__name__}: "
-                          f"{str(exc).strip()[:300]})") from None
+        raise CorpusError(
+            f"{label}: reading failed after {n:,} rows ({type(exc).__name__}: {str(exc).strip()[:300]})"
+        ) from None

@@ -2,6 +2,7 @@
 (spool.py) that holds the documents on disk: kept apart so that neither has to import the other.
 Conventions on ``text`` and ``origin``: see sources.py.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -25,4 +26,4 @@ class SourceStats:
     skipped: int = 0
     skip_reasons: dict[str, int] = field(default_factory=dict)
     first_skips: list[str] = field(default_factory=list)
-    capped_at: int | None = None   # max_documents reached: reading stopped after this many documents
+    capped_at: int | None = None  # max_documents reached: reading stopped after this many documents

@@ -11,6 +11,7 @@ by its magic bytes). ``sources.py`` maps a source's path to (file, format) units
 held-out splits; this module only reads. Origins and error rules are documented in ``sources.py``;
 what a bad record is and how it is reported, in :mod:`.records`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -26,9 +27,17 @@ from .columnar import read_hf, read_hub, read_parquet
 from .records import BadRecord, CorpusError, Ctx, check_text, keys_hint
 
 SUFFIX_FORMAT = {
-    ".txt": "txt", ".md": "txt", ".markdown": "txt", ".text": "txt",
-    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
-    ".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet",
+    ".txt": "txt",
+    ".md": "txt",
+    ".markdown": "txt",
+    ".text": "txt",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
 }
 FILE_FORMATS = ("txt", "jsonl", "json", "csv", "parquet")
 _GZ_ERRORS = (OSError, EOFError, zlib.error)  # gzip.BadGzipFile is an OSError
@@ -38,6 +47,7 @@ _JSON = json.JSONDecoder()
 
 
 # ---------------------------------------------------------------- bytes, lines, text fields
+
 
 def split_suffix(path: Path) -> tuple[str, str]:
     """("computing", ".jsonl") for computing.jsonl.gz; only known suffixes are split off."""
@@ -64,7 +74,11 @@ def _open(path: Path):
 
 
 def _read_failed(path: Path, exc: Exception, after: str) -> CorpusError:
-    what = "corrupt gzip file" if path.name.lower().endswith(".gz") or isinstance(exc, (EOFError, zlib.error, gzip.BadGzipFile)) else "read error"
+    what = (
+        "corrupt gzip file"
+        if path.name.lower().endswith(".gz") or isinstance(exc, (EOFError, zlib.error, gzip.BadGzipFile))
+        else "read error"
+    )
     return CorpusError(f"{path}: {what} ({exc}){after}")
 
 
@@ -78,8 +92,10 @@ def _sniff(path: Path) -> bytes:
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise CorpusError(f"{path}: UTF-16 text; convert it to UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
     if b"\x00" in head or head.decode("utf-8", "replace").count("\ufffd") > len(head) // 10 + 2:
-        raise CorpusError(f"{path}: binary file (NUL or mostly undecodable bytes), not UTF-8 text; "
-                          "exclude it (e.g. with `glob`) or set the right format")
+        raise CorpusError(
+            f"{path}: binary file (NUL or mostly undecodable bytes), not UTF-8 text; "
+            "exclude it (e.g. with `glob`) or set the right format"
+        )
     return head
 
 
@@ -109,7 +125,9 @@ def _lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
 
 
 def _bad_utf8(byte: int, offset: int, column: int) -> BadRecord:
-    return BadRecord("invalid UTF-8", f"invalid UTF-8: byte 0x{byte:02x} at byte offset {offset} (byte {column} of the line)")
+    return BadRecord(
+        "invalid UTF-8", f"invalid UTF-8: byte 0x{byte:02x} at byte offset {offset} (byte {column} of the line)"
+    )
 
 
 def _decode(raw: bytes, lineno: int, offset: int) -> str:
@@ -119,6 +137,7 @@ def _decode(raw: bytes, lineno: int, offset: int) -> str:
         raise _bad_utf8(raw[exc.start], offset + exc.start, exc.start + 1) from None
     return text.removeprefix("\ufeff") if lineno == 1 else text
 
+
 def _text_of(record, fld: str) -> str:
     if not isinstance(record, dict):
         raise BadRecord("not an object", f"expected a JSON object with field {fld!r}, got {type(record).__name__}")
@@ -126,7 +145,9 @@ def _text_of(record, fld: str) -> str:
         raise BadRecord(f"missing field {fld!r}", f"field {fld!r} missing {keys_hint(fld, list(record))}")
     return check_text(record[fld], fld)
 
+
 # ---------------------------------------------------------------- readers: yield (text, origin)
+
 
 def _read_txt(path: Path, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, str]]:
     if src.split_docs == "file":
@@ -136,8 +157,11 @@ def _read_txt(path: Path, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, st
         except UnicodeDecodeError as exc:
             line = data.count(b"\n", 0, exc.start) + 1
             start = data.rfind(b"\n", 0, exc.start) + 1
-            ctx.problem(f"{path}:{line}", _bad_utf8(data[exc.start], exc.start, exc.start - start + 1),
-                        " (whole-file document skipped)")
+            ctx.problem(
+                f"{path}:{line}",
+                _bad_utf8(data[exc.start], exc.start, exc.start - start + 1),
+                " (whole-file document skipped)",
+            )
         return
     para: list[str] = []
     start, bad = 0, None  # start: first line of the current paragraph (0: none open)
@@ -236,8 +260,10 @@ def _read_json(path: Path, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, s
             else:
                 lists = [k for k, v in obj.items() if isinstance(v, list)]
                 if len(lists) != 1:
-                    raise CorpusError(f"{path}: expected a list of objects with field {fld!r}, or an object "
-                                      f"holding one such list (like {{\"data\": [...]}}); got an object {keys_hint(fld, list(obj))}")
+                    raise CorpusError(
+                        f"{path}: expected a list of objects with field {fld!r}, or an object "
+                        f'holding one such list (like {{"data": [...]}}); got an object {keys_hint(fld, list(obj))}'
+                    )
                 items = _array_items(s, _member_start(s, i, lists[0]))
         elif s.startswith("[", i):
             items = _array_items(s, i)
@@ -251,8 +277,8 @@ def _read_json(path: Path, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, s
             try:
                 m = _BAD_BYTE.search(s, start, end)
                 if m:
-                    off = len(s[:m.start()].encode("utf-8", "surrogateescape"))
-                    col = off - len(s[:s.rfind("\n", 0, m.start()) + 1].encode("utf-8", "surrogateescape")) + 1
+                    off = len(s[: m.start()].encode("utf-8", "surrogateescape"))
+                    col = off - len(s[: s.rfind("\n", 0, m.start()) + 1].encode("utf-8", "surrogateescape")) + 1
                     raise _bad_utf8(ord(s[m.start()]) - 0xDC00, off, col)
                 yield _text_of(value, fld), where
             except BadRecord as exc:
@@ -311,8 +337,15 @@ def _read_csv(path: Path, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, st
         except BadRecord as exc:
             ctx.problem(where, exc)
 
-_READERS = {"txt": _read_txt, "jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv,
-            "parquet": read_parquet, "hf": read_hf}
+
+_READERS = {
+    "txt": _read_txt,
+    "jsonl": _read_jsonl,
+    "json": _read_json,
+    "csv": _read_csv,
+    "parquet": read_parquet,
+    "hf": read_hf,
+}
 
 
 def read_unit(path: Path, fmt: str, src: SourceConfig, ctx: Ctx) -> Iterator[tuple[str, str]]:

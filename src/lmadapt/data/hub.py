@@ -10,6 +10,7 @@ revision (``@commit``): ``hub:owner/name@revision[subset]:split``. Origins of it
 unknown dataset, split or subset, a gated repo) becomes one error naming the spec, of the caller's
 error class, so corpus and labeled-data errors keep their own types.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -29,16 +30,27 @@ def load_hub_dataset(spec: HubSpec, error: type[Exception]):
     local = Path(spec.repo).expanduser().is_dir()
     cache = tempfile.mkdtemp(prefix="lmadapt-hub-") if local else None
     try:
-        ds = datasets.load_dataset(spec.repo, spec.subset, split=spec.split or "train", revision=spec.revision,
-                                   streaming=spec.streaming or local, cache_dir=cache)
+        ds = datasets.load_dataset(
+            spec.repo,
+            spec.subset,
+            split=spec.split or "train",
+            revision=spec.revision,
+            streaming=spec.streaming or local,
+            cache_dir=cache,
+        )
     except Exception as exc:  # noqa: BLE001 - connection, not found, gated, bad split/config: all "cannot load"
-        hint = (" (no network, or HF_HUB_OFFLINE=1 and the dataset is not in the local cache: download it "
-                "once where the hub is reachable, or point path at a local copy)"
-                if isinstance(exc, (ConnectionError, OSError)) else "")
-        raise error(f"{spec.label}: cannot load the dataset ({type(exc).__name__}: {str(exc).strip()[:300]}){hint}") from None
+        hint = (
+            " (no network, or HF_HUB_OFFLINE=1 and the dataset is not in the local cache: download it "
+            "once where the hub is reachable, or point path at a local copy)"
+            if isinstance(exc, (ConnectionError, OSError))
+            else ""
+        )
+        raise error(
+            f"{spec.label}: cannot load the dataset ({type(exc).__name__}: {str(exc).strip()[:300]}){hint}"
+        ) from None
     finally:
         if cache is not None:
-            shutil.rmtree(cache, ignore_errors=True)   # streaming reads the folder's files, not the cache
+            shutil.rmtree(cache, ignore_errors=True)  # streaming reads the folder's files, not the cache
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         raise error(f"{spec.label}: loaded several splits ({', '.join(ds)}); name one")
     return ds
@@ -51,7 +63,7 @@ def class_names(features) -> dict[str, object]:
 
     found = {}
     for name, feat in (features or {}).items():
-        inner = getattr(feat, "feature", None)   # a list of class ids (multi-label)
+        inner = getattr(feat, "feature", None)  # a list of class ids (multi-label)
         if isinstance(feat, datasets.ClassLabel) or isinstance(inner, datasets.ClassLabel):
             found[name] = feat
     return found

@@ -12,6 +12,7 @@ The epoch arrives through ``set_epoch``: accelerate's DataLoaderShard calls it a
 epoch but not in the epoch a resume starts in (it then reaches the sampler instead), so
 :class:`lmadapt.train.resume_state.DatasetEpoch` calls it at every epoch start too.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +21,9 @@ import torch
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     """A well-mixed 63-bit seed for (seed, epoch, stream); neighbouring inputs give unrelated streams."""
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(stream)]).generate_state(
-        1, np.uint64)[0] >> 1)
+    return int(
+        np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(stream)]).generate_state(1, np.uint64)[0] >> 1
+    )
 
 
 class MaskSeeded(torch.utils.data.Dataset):

@@ -6,6 +6,7 @@ source is repeated whole as many times as fits and the remainder is a determinis
 of its documents. Nothing is dropped silently: the plan records, per source, the tokens available,
 the tokens used and the repeat factor, and goes into the token accounting.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -20,12 +21,13 @@ class SourcePlan:
     tokens_available: int
     tokens_target: int
     tokens_used: int
-    factor: float          # tokens_used / tokens_available (>1: upsampled, <1: subsampled)
-    share: float           # of all training tokens used
+    factor: float  # tokens_used / tokens_available (>1: upsampled, <1: subsampled)
+    share: float  # of all training tokens used
 
 
-def plan_mixture(token_counts: dict[str, list[int]], weights: dict[str, float],
-                 shares: dict[str, float | None], seed: int = 0) -> tuple[dict[str, np.ndarray], list[SourcePlan]]:
+def plan_mixture(
+    token_counts: dict[str, list[int]], weights: dict[str, float], shares: dict[str, float | None], seed: int = 0
+) -> tuple[dict[str, np.ndarray], list[SourcePlan]]:
     """Document indices to use per source (with repeats), and the plan.
 
     ``token_counts[name]`` are the per-document token counts of source ``name``. Sources without
@@ -60,13 +62,21 @@ def plan_mixture(token_counts: dict[str, list[int]], weights: dict[str, float],
             order = rng.permutation(len(counts_arr))
             cum = np.cumsum(counts_arr[order])
             k = int(np.searchsorted(cum, rest)) + 1
-            parts.append(np.sort(order[:min(k, len(order))]))
+            parts.append(np.sort(order[: min(k, len(order))]))
         idx = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         picks[name] = idx
         used = int(counts_arr[idx].sum()) if len(idx) else 0
-        plans.append(SourcePlan(name=name, documents=len(counts_arr), tokens_available=totals[name],
-                                tokens_target=int(round(target)), tokens_used=used,
-                                factor=used / totals[name], share=0.0))
+        plans.append(
+            SourcePlan(
+                name=name,
+                documents=len(counts_arr),
+                tokens_available=totals[name],
+                tokens_target=int(round(target)),
+                tokens_used=used,
+                factor=used / totals[name],
+                share=0.0,
+            )
+        )
     all_used = sum(p.tokens_used for p in plans) or 1
     for p in plans:
         p.share = p.tokens_used / all_used
@@ -76,8 +86,10 @@ def plan_mixture(token_counts: dict[str, list[int]], weights: dict[str, float],
 def plan_table(plans: list[SourcePlan]) -> str:
     rows = [f"{'source':<20} {'docs':>8} {'tokens':>12} {'used':>12} {'factor':>7} {'share':>7}"]
     for p in plans:
-        rows.append(f"{p.name:<20} {p.documents:>8,} {p.tokens_available:>12,} {p.tokens_used:>12,} "
-                    f"{p.factor:>7.2f} {p.share:>7.1%}")
+        rows.append(
+            f"{p.name:<20} {p.documents:>8,} {p.tokens_available:>12,} {p.tokens_used:>12,} "
+            f"{p.factor:>7.2f} {p.share:>7.1%}"
+        )
     return "\n".join(rows)
 
 
@@ -96,8 +108,11 @@ def mix_documents(tokenized: dict, picks: dict[str, np.ndarray], seed: int):
 
     names = list(tokenized)
     parts = [token_arrays(tokenized[name]) for name in names]
-    part_of = np.concatenate([np.full(len(picks[n]), i, dtype=np.int64) for i, n in enumerate(names)]) \
-        if names else np.zeros(0, np.int64)
+    part_of = (
+        np.concatenate([np.full(len(picks[n]), i, dtype=np.int64) for i, n in enumerate(names)])
+        if names
+        else np.zeros(0, np.int64)
+    )
     doc_of = np.concatenate([np.asarray(picks[n], dtype=np.int64) for n in names]) if names else np.zeros(0, np.int64)
     # Gathered straight into the shuffled order, a slice at a time as packing reads it: the mixed
     # corpus is never built whole, let alone concatenated then permuted.

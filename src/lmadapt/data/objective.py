@@ -8,6 +8,7 @@ Training, held-out scoring and the advisor's measurements must pack text the sam
 numbers do not compare: one place decides, from the objective, which token ends a document, whether
 word starts are recorded and which id pads the last block.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ class ObjectiveTokens:
     # also get CLS prepended (``[CLS] text [SEP]``, as BERT saw in pretraining).
     separator: Literal["eos", "sep"]
     word_starts: bool  # recorded for masked models: whole-word masking masks every token of a word
-    pad_id: int        # fills the last block (see :func:`resolve_pad_id`)
+    pad_id: int  # fills the last block (see :func:`resolve_pad_id`)
 
     @classmethod
     def of(cls, tokenizer, objective: str) -> ObjectiveTokens:
@@ -34,8 +35,12 @@ class ObjectiveTokens:
         if objective not in ("causal", "masked"):
             raise ValueError(f"objective must be 'causal' or 'masked', got {objective!r}")
         causal = objective == "causal"
-        return cls(objective=objective, separator="eos" if causal else "sep", word_starts=not causal,
-                   pad_id=resolve_pad_id(tokenizer, objective))
+        return cls(
+            objective=objective,
+            separator="eos" if causal else "sep",
+            word_starts=not causal,
+            pad_id=resolve_pad_id(tokenizer, objective),
+        )
 
 
 def resolve_pad_id(tokenizer, objective: Objective) -> int:

@@ -30,6 +30,7 @@ Columns of the packed ``datasets.Dataset`` (numpy format, one row per block of l
   is_padding    [L] 1 on padding, else 0 (``pad_id`` may equal a real token id, e.g. EOS)
   word_starts   [L] (when tokenized with word starts) 1 where a token begins a word (whole-word masking)
 """
+
 from __future__ import annotations
 
 import json
@@ -87,8 +88,9 @@ class TokenAccounting:
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def pack_blocks(tokenized, *, block_size: int, pad_id: int, mode: Mode = "document",
-                path: str | os.PathLike | None = None):
+def pack_blocks(
+    tokenized, *, block_size: int, pad_id: int, mode: Mode = "document", path: str | os.PathLike | None = None
+):
     """Concatenate tokenized documents and cut them into ``block_size`` blocks; nothing is dropped.
 
     ``tokenized``: the Dataset from :func:`tokenize_documents` (also after ``select`` /
@@ -131,8 +133,15 @@ def pack_blocks(tokenized, *, block_size: int, pad_id: int, mode: Mode = "docume
     else:
         _write_arrow(Path(path), schema, batches())
     accounting = TokenAccounting(
-        documents=n_docs, tokens=n_tok, blocks=n_blocks, block_size=L, padding_tokens=int(total - n_tok),
-        tokens_dropped=int(n_tok - kept[0]), non_pad_fraction=float(kept[0] / total) if total else 0.0, mode=mode)
+        documents=n_docs,
+        tokens=n_tok,
+        blocks=n_blocks,
+        block_size=L,
+        padding_tokens=int(total - n_tok),
+        tokens_dropped=int(n_tok - kept[0]),
+        non_pad_fraction=float(kept[0] / total) if total else 0.0,
+        mode=mode,
+    )
     if accounting.tokens_dropped:  # cannot happen by construction; guards future edits
         raise AssertionError(f"packing dropped {accounting.tokens_dropped} tokens")
     if path is None:
@@ -154,8 +163,10 @@ def open_blocks(path: str | os.PathLike):
         return None
     dataset = datasets.Dataset.from_file(str(path))
     if len(dataset) != accounting.blocks:
-        raise RuntimeError(f"{path}: holds {len(dataset)} blocks where {_sidecar(path).name} says "
-                           f"{accounting.blocks}; delete both and rerun")
+        raise RuntimeError(
+            f"{path}: holds {len(dataset)} blocks where {_sidecar(path).name} says "
+            f"{accounting.blocks}; delete both and rerun"
+        )
     return dataset.with_format("numpy"), accounting
 
 
@@ -166,8 +177,12 @@ def _sidecar(path) -> Path:
 def _schema(L: int, word_starts: bool):
     import pyarrow as pa
 
-    cols = [("input_ids", pa.int32()), ("position_ids", pa.int32()), ("labels", pa.int32()),
-            ("is_padding", pa.uint8())] + ([("word_starts", pa.uint8())] if word_starts else [])
+    cols = [
+        ("input_ids", pa.int32()),
+        ("position_ids", pa.int32()),
+        ("labels", pa.int32()),
+        ("is_padding", pa.uint8()),
+    ] + ([("word_starts", pa.uint8())] if word_starts else [])
     return pa.schema([(name, pa.list_(t, L)) for name, t in cols])
 
 
@@ -228,20 +243,47 @@ def _write_arrow(path: Path, schema, batches) -> None:
                 writer.write_batch(batch)
 
 
-def build_blocks(texts: Iterable[Any], tokenizer, *, block_size: int, mode: Mode = "document",
-                 objective: Objective = "causal", cache_dir: str | os.PathLike | None = None,
-                 num_proc: int | None = None, seed: int | None = 0, cache: bool = True):
+def build_blocks(
+    texts: Iterable[Any],
+    tokenizer,
+    *,
+    block_size: int,
+    mode: Mode = "document",
+    objective: Objective = "causal",
+    cache_dir: str | os.PathLike | None = None,
+    num_proc: int | None = None,
+    seed: int | None = 0,
+    cache: bool = True,
+):
     """Tokenize (cached) and pack: EOS-separated for ``causal``, ``[CLS] .. [SEP]`` with word starts
     for ``masked``. ``seed``: documents are packed in an order shuffled with this seed (so a block
     mixes sources); None keeps the input order. Returns ``(dataset, TokenAccounting)``."""
     tokens = ObjectiveTokens.of(tokenizer, objective)
-    docs = tokenize_documents(texts, tokenizer, separator=tokens.separator, cache_dir=cache_dir, num_proc=num_proc,
-                              with_word_starts=tokens.word_starts, cache=cache)
+    docs = tokenize_documents(
+        texts,
+        tokenizer,
+        separator=tokens.separator,
+        cache_dir=cache_dir,
+        num_proc=num_proc,
+        with_word_starts=tokens.word_starts,
+        cache=cache,
+    )
     if seed is not None and len(docs) > 1:
         docs = token_arrays(docs).select(np.random.default_rng(seed).permutation(len(docs)))
     return pack_blocks(docs, block_size=block_size, pad_id=tokens.pad_id, mode=mode)
 
 
-__all__ = ["TokenAccounting", "TokenizedDocs", "build_blocks", "cache_key", "default_cache_dir", "gather_documents",
-           "open_blocks", "pack_blocks", "token_arrays", "tokenize_arrays", "tokenize_documents",
-           "tokenizer_fingerprint"]
+__all__ = [
+    "TokenAccounting",
+    "TokenizedDocs",
+    "build_blocks",
+    "cache_key",
+    "default_cache_dir",
+    "gather_documents",
+    "open_blocks",
+    "pack_blocks",
+    "token_arrays",
+    "tokenize_arrays",
+    "tokenize_documents",
+    "tokenizer_fingerprint",
+]

@@ -5,6 +5,7 @@ A reader (:mod:`.formats` for text files, :mod:`.columnar` for parquet and datas
 :meth:`Ctx.problem`, which raises :class:`CorpusError` or, with ``on_error: skip``, counts it in the
 source's stats and keeps a few examples for the report.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -54,7 +55,9 @@ def check_text(value, fld: str) -> str:
     try:  # JSON "\ud800" escapes give lone surrogates that tokenizers cannot encode later
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise BadRecord("invalid unicode", f"field {fld!r} has an unpaired surrogate at character {exc.start}") from None
+        raise BadRecord(
+            "invalid unicode", f"field {fld!r} has an unpaired surrogate at character {exc.start}"
+        ) from None
     return text
 
 

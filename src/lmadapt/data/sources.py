@@ -22,6 +22,7 @@ Conventions later stages rely on:
   ``on_error="skip"``, are skipped and counted. File-level problems (missing file, binary file, corrupt
   gzip/parquet, a header or schema without the text field, a source without documents) always stop.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -43,8 +44,16 @@ from .formats import FILE_FORMATS, SUFFIX_FORMAT, read_unit, split_suffix
 from .records import CorpusError, Ctx
 from .spool import SpoolWriter
 
-__all__ = ["CorpusError", "Document", "SourceStats", "Corpus", "read_source", "read_corpus", "source_name",
-           "EVAL_STATS_PREFIX"]
+__all__ = [
+    "CorpusError",
+    "Document",
+    "SourceStats",
+    "Corpus",
+    "read_source",
+    "read_corpus",
+    "source_name",
+    "EVAL_STATS_PREFIX",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +72,14 @@ class Corpus:
         for name, st in self.stats.items():
             entry = asdict(st)
             if not name.startswith(EVAL_STATS_PREFIX):
-                entry.update(role="train", train_documents=len(self.train[name]),
-                             heldout_documents=len(self.eval.get(name, [])))
+                entry.update(
+                    role="train", train_documents=len(self.train[name]), heldout_documents=len(self.eval.get(name, []))
+                )
             else:
-                entry.update(role="eval", leaked_into_eval_removed=self.leaked_into_eval_removed.get(
-                    name[len(EVAL_STATS_PREFIX):], 0))
+                entry.update(
+                    role="eval",
+                    leaked_into_eval_removed=self.leaked_into_eval_removed.get(name[len(EVAL_STATS_PREFIX) :], 0),
+                )
             sources[name] = entry
         eval_sets = {n: {"documents": len(d), "chars": _chars(d)} for n, d in self.eval.items()}
         totals = {
@@ -94,6 +106,7 @@ EVAL_STATS_PREFIX = "heldout:"  # Corpus.stats key of a held-out source: "heldou
 
 
 # ---------------------------------------------------------------- sources: path -> files
+
 
 def _file_format(path: Path, fmt: str) -> str | None:
     return fmt if fmt in FILE_FORMATS else SUFFIX_FORMAT.get(split_suffix(path)[1])
@@ -129,10 +142,14 @@ def _dir_units(root: Path, src: SourceConfig) -> list[tuple[Path, str]]:
         else:
             units.append((p, fmt))
     if ignored:
-        log.warning("%s: ignored %d file(s) with unsupported suffixes, e.g. %s", root, len(ignored), ", ".join(ignored[:5]))
+        log.warning(
+            "%s: ignored %d file(s) with unsupported suffixes, e.g. %s", root, len(ignored), ", ".join(ignored[:5])
+        )
     if not units:
-        raise CorpusError(f"{root}: no readable files match glob {src.glob!r} (.txt/.md/.jsonl/.json/.csv/.parquet, "
-                          f"optionally .gz){'; ignored: ' + ', '.join(ignored[:5]) if ignored else ''}")
+        raise CorpusError(
+            f"{root}: no readable files match glob {src.glob!r} (.txt/.md/.jsonl/.json/.csv/.parquet, "
+            f"optionally .gz){'; ignored: ' + ', '.join(ignored[:5]) if ignored else ''}"
+        )
     return units
 
 
@@ -145,7 +162,7 @@ def _missing(path: Path) -> CorpusError:
 
 def _units(src: SourceConfig) -> list[tuple[Path, str]]:
     if src.format == "hub":
-        return [(Path(src.path), "hub")]   # datasets.load_dataset resolves it (hub id or local repo folder)
+        return [(Path(src.path), "hub")]  # datasets.load_dataset resolves it (hub id or local repo folder)
     path = Path(src.path).expanduser()
     if _MAGIC.search(src.path) and not path.exists():
         matches = sorted(Path(m) for m in globlib.glob(str(path), recursive=True))
@@ -168,8 +185,7 @@ def _units(src: SourceConfig) -> list[tuple[Path, str]]:
         raise CorpusError(f"{path}: format {src.format!r} needs a folder, this is a file")
     fmt = _file_format(path, src.format)
     if fmt is None:
-        raise CorpusError(f"{path}: cannot tell the format from the file name; set format: "
-                          f"({', '.join(FILE_FORMATS)})")
+        raise CorpusError(f"{path}: cannot tell the format from the file name; set format: ({', '.join(FILE_FORMATS)})")
     return [(path, fmt)]
 
 
@@ -177,7 +193,7 @@ def source_name(src: SourceConfig) -> str:
     """The name a source reports under: ``src.name``, else the file stem / folder / glob base folder."""
     if src.name:
         return src.name
-    if src.format == "hub":   # allenai/c4 + subset en -> "c4-en"
+    if src.format == "hub":  # allenai/c4 + subset en -> "c4-en"
         return Path(src.path.rstrip("/")).name + (f"-{src.subset}" if src.subset else "")
     path = Path(src.path).expanduser()
     if _MAGIC.search(src.path) and not path.exists():
@@ -197,6 +213,7 @@ def _takewhile_fixed(parts):
 
 # ---------------------------------------------------------------- public entry points
 
+
 def _documents(src: SourceConfig, stats: SourceStats, on_error: str, min_chars: int) -> Iterator[tuple[str, str]]:
     """(text, origin) of every document of one source, in file order; counts files and short ones."""
     if on_error not in ("raise", "skip"):
@@ -205,8 +222,10 @@ def _documents(src: SourceConfig, stats: SourceStats, on_error: str, min_chars: 
     units = _units(src)
     files = [fmt for _, fmt in units if fmt not in ("hf", "hub")]
     if src.split is not None and files:
-        raise CorpusError(f"{src.path}: split: {src.split!r} applies to datasets folders and hub datasets; "
-                          f"this source has {files[0]} files")
+        raise CorpusError(
+            f"{src.path}: split: {src.split!r} applies to datasets folders and hub datasets; "
+            f"this source has {files[0]} files"
+        )
     n = 0
     for path, fmt in units:
         stats.files += 1
@@ -216,19 +235,22 @@ def _documents(src: SourceConfig, stats: SourceStats, on_error: str, min_chars: 
                 continue
             n += 1
             yield text, origin
-            if n == src.max_documents:   # stop at once: the rest of the source is never read
+            if n == src.max_documents:  # stop at once: the rest of the source is never read
                 stats.capped_at = n
                 return
 
 
 def _no_documents(src: SourceConfig, stats: SourceStats, min_chars: int) -> CorpusError:
     example = f"; first: {stats.first_skips[0]}" if stats.first_skips else ""
-    return CorpusError(f"{src.path}: source {stats.name!r} has no documents ({stats.files} file(s) read, "
-                       f"{stats.skipped} record(s) skipped, {stats.too_short} shorter than min_chars={min_chars}){example}")
+    return CorpusError(
+        f"{src.path}: source {stats.name!r} has no documents ({stats.files} file(s) read, "
+        f"{stats.skipped} record(s) skipped, {stats.too_short} shorter than min_chars={min_chars}){example}"
+    )
 
 
-def read_source(src: SourceConfig, *, on_error: str = "raise", min_chars: int = 1,
-                spool: str | os.PathLike | None = None) -> tuple[list[Document], SourceStats]:
+def read_source(
+    src: SourceConfig, *, on_error: str = "raise", min_chars: int = 1, spool: str | os.PathLike | None = None
+) -> tuple[list[Document], SourceStats]:
     """Read every document of one source (no dedup; ``read_corpus`` does that across sources).
 
     With ``spool`` (a file path), the documents go to that Arrow file as they are read and come back
@@ -270,7 +292,7 @@ class _Collector:
             self.docs.append(Document(text, self.name, origin))
         else:
             self.writer.add(text, origin)
-        if digest is not None:   # only read_corpus splits held-out text by it
+        if digest is not None:  # only read_corpus splits held-out text by it
             self.keys.append(int.from_bytes(digest[:8], "big"))
         self.chars += len(text)
 
@@ -283,8 +305,9 @@ class _Collector:
             self.writer.abort()
 
 
-def _collect(src: SourceConfig, cfg: CorpusConfig, spool: Path | None, seen: set | None,
-             exclude: set | None = None) -> tuple[object, SourceStats, np.ndarray, int]:
+def _collect(
+    src: SourceConfig, cfg: CorpusConfig, spool: Path | None, seen: set | None, exclude: set | None = None
+) -> tuple[object, SourceStats, np.ndarray, int]:
     """Read one source, dropping exact duplicates (``seen``: digests of texts kept so far, updated) and
     texts in ``exclude`` (held-out text that also appears in training: counted, returned last)."""
     stats = SourceStats(name=source_name(src))
@@ -315,7 +338,7 @@ def _split_heldout(docs, keys: np.ndarray, fraction: float) -> tuple[object, obj
     # independent of order. A source with >= 2 documents keeps at least one on each side (the
     # lowest / highest hashes), so a small corpus still gets an eval set and still trains.
     threshold = fraction * 2**64
-    n_eval = sum(k < threshold for k in keys.tolist())   # exact: Python compares int and float exactly
+    n_eval = sum(k < threshold for k in keys.tolist())  # exact: Python compares int and float exactly
     n_eval = min(max(n_eval, 1 if len(docs) >= 2 else 0), len(docs) - 1)
     if n_eval == 0:
         return docs, []
@@ -341,8 +364,10 @@ def read_corpus(cfg: CorpusConfig, spool_dir: str | os.PathLike | None = None) -
         for src in group:
             name = source_name(src)
             if name in owners:
-                raise CorpusError(f"source name {name!r} is used by both {owners[name]} and {src.path}; "
-                                  "set a distinct `name:` on one of them")
+                raise CorpusError(
+                    f"source name {name!r} is used by both {owners[name]} and {src.path}; "
+                    "set a distinct `name:` on one of them"
+                )
             owners[name] = src.path
     if cfg.eval_sources and cfg.eval_fraction:
         log.warning("eval_sources are given, so eval_fraction=%s is ignored", cfg.eval_fraction)
@@ -354,19 +379,24 @@ def read_corpus(cfg: CorpusConfig, spool_dir: str | os.PathLike | None = None) -
         docs, st, source_keys, _ = _collect(src, cfg, spool("train", i), seen if cfg.dedup else None)
         if not len(docs):
             if st.duplicates_removed:
-                raise CorpusError(f"{src.path}: all {st.duplicates_removed} documents of {st.name!r} duplicate earlier sources")
+                raise CorpusError(
+                    f"{src.path}: all {st.duplicates_removed} documents of {st.name!r} duplicate earlier sources"
+                )
             raise _no_documents(src, st, cfg.min_chars)
         train[st.name], stats[st.name] = docs, st
         keys[st.name] = source_keys
     for i, src in enumerate(cfg.eval_sources):
         # eval text seen in training is no test: dropped and counted
-        docs, st, _, leaked_n = _collect(src, cfg, spool("eval", i), set() if cfg.dedup else None,
-                                         exclude=seen if cfg.dedup else None)
+        docs, st, _, leaked_n = _collect(
+            src, cfg, spool("eval", i), set() if cfg.dedup else None, exclude=seen if cfg.dedup else None
+        )
         if cfg.dedup:
             leaked[st.name] = leaked_n
         if not len(docs):
             if leaked_n:
-                raise CorpusError(f"{src.path}: every document of eval source {st.name!r} also appears in the training data")
+                raise CorpusError(
+                    f"{src.path}: every document of eval source {st.name!r} also appears in the training data"
+                )
             raise _no_documents(src, st, cfg.min_chars)
         evals[st.name], stats[EVAL_STATS_PREFIX + st.name] = docs, st
     if not cfg.eval_sources and cfg.eval_fraction > 0:

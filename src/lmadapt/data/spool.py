@@ -11,6 +11,7 @@ held-out split, the length), not the text, however large the corpus. The tokeniz
 texts back a batch at a time with plain file reads (the file's pages stay in the kernel's page
 cache, which it drops under pressure, not in the process's memory).
 """
+
 from __future__ import annotations
 
 import array
@@ -30,6 +31,7 @@ _BATCH_CHARS = 4_000_000
 
 def _schema():
     import pyarrow as pa
+
     return pa.schema([("text", pa.large_string()), ("origin", pa.string())])
 
 
@@ -38,6 +40,7 @@ class SpoolWriter:
 
     def __init__(self, path: str | os.PathLike, source: str):
         import pyarrow as pa
+
         self.path, self.source = Path(path), source
         self._out = AtomicFile(self.path)
         self._sink = pa.OSFile(str(self._out.tmp), "wb")
@@ -45,7 +48,7 @@ class SpoolWriter:
         self._texts: list[str] = []
         self._origins: list[str] = []
         self._chars = 0
-        self._lengths = array.array("q")       # characters per document: 8 bytes each, not a Python int
+        self._lengths = array.array("q")  # characters per document: 8 bytes each, not a Python int
         self._batch_rows = [0]
 
     def add(self, text: str, origin: str) -> None:
@@ -58,9 +61,13 @@ class SpoolWriter:
 
     def _flush(self) -> None:
         import pyarrow as pa
+
         if self._texts:
-            self._writer.write_batch(pa.record_batch(
-                [pa.array(self._texts, pa.large_string()), pa.array(self._origins, pa.string())], schema=_schema()))
+            self._writer.write_batch(
+                pa.record_batch(
+                    [pa.array(self._texts, pa.large_string()), pa.array(self._origins, pa.string())], schema=_schema()
+                )
+            )
             self._batch_rows.append(self._batch_rows[-1] + len(self._texts))
         self._texts, self._origins, self._chars = [], [], 0
 
@@ -70,8 +77,11 @@ class SpoolWriter:
         self._sink.close()
         self._out.commit()
         lengths = np.frombuffer(self._lengths, dtype=np.int64) if len(self._lengths) else np.zeros(0, np.int64)
-        return SpooledDocuments(_Spool(self.path, np.array(self._batch_rows, dtype=np.int64), lengths.copy()),
-                                self.source, np.arange(len(lengths), dtype=np.int64))
+        return SpooledDocuments(
+            _Spool(self.path, np.array(self._batch_rows, dtype=np.int64), lengths.copy()),
+            self.source,
+            np.arange(len(lengths), dtype=np.int64),
+        )
 
     def abort(self) -> None:
         try:
@@ -91,6 +101,7 @@ class _Spool:
 
     def batch(self, i: int):
         import pyarrow as pa
+
         if self._reader is None:
             self._reader = pa.ipc.open_file(pa.OSFile(str(self.path)))
         return self._reader.get_batch(i)
@@ -99,6 +110,7 @@ class _Spool:
         """Values of each of ``columns`` at file rows ``rows`` (any order), reading each batch they
         touch once."""
         import pyarrow as pa
+
         which = np.searchsorted(self.batch_rows, rows, side="right") - 1
         out: list[list] = [[None] * len(rows) for _ in columns]
         for b in np.unique(which):
@@ -125,7 +137,7 @@ class SpooledDocuments(Sequence):
 
     def texts(self, start: int = 0, stop: int | None = None) -> list[str]:
         """Texts of documents ``start:stop`` (in this selection's order), read from the file."""
-        return self._spool.rows(self._rows[start:len(self) if stop is None else stop], "text")[0]
+        return self._spool.rows(self._rows[start : len(self) if stop is None else stop], "text")[0]
 
     def char_lengths(self) -> np.ndarray:
         return self._spool.lengths[self._rows]
@@ -137,10 +149,10 @@ class SpooledDocuments(Sequence):
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(i)
-        (text,), (origin,) = self._spool.rows(self._rows[i:i + 1], "text", "origin")
+        (text,), (origin,) = self._spool.rows(self._rows[i : i + 1], "text", "origin")
         return Document(text, self.source, origin)
 
     def __iter__(self) -> Iterator[Document]:
         for s in range(0, len(self), _BATCH_ROWS):
-            for text, origin in zip(*self._spool.rows(self._rows[s:s + _BATCH_ROWS], "text", "origin")):
+            for text, origin in zip(*self._spool.rows(self._rows[s : s + _BATCH_ROWS], "text", "origin")):
                 yield Document(text, self.source, origin)

@@ -9,6 +9,7 @@ masked models), and nothing removes entries by itself: a corpus of a billion tok
 An entry's last use is the time of its ``meta.json``, which a cache hit touches. Clearing an entry
 that a running job has memory-mapped is safe on Linux: the job keeps its pages until it exits.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,14 +49,28 @@ def entries(root: str | Path | None = None) -> list[dict]:
             last_used = meta_path.stat().st_mtime
         except (OSError, ValueError):
             meta, state, last_used = {}, "incomplete", folder.stat().st_mtime
-        out.append({"key": folder.name, "path": str(folder), "state": state, "documents": meta.get("documents"),
-                    "tokens": meta.get("tokens"), "tokenizer": meta.get("tokenizer"), "bytes": folder_bytes(folder),
-                    "last_used": last_used})
+        out.append(
+            {
+                "key": folder.name,
+                "path": str(folder),
+                "state": state,
+                "documents": meta.get("documents"),
+                "tokens": meta.get("tokens"),
+                "tokenizer": meta.get("tokenizer"),
+                "bytes": folder_bytes(folder),
+                "last_used": last_used,
+            }
+        )
     return sorted(out, key=lambda e: -e["last_used"])
 
 
-def clear(root: str | Path | None = None, *, older_than_days: float | None = None, dry_run: bool = False,
-          now: float | None = None) -> list[dict]:
+def clear(
+    root: str | Path | None = None,
+    *,
+    older_than_days: float | None = None,
+    dry_run: bool = False,
+    now: float | None = None,
+) -> list[dict]:
     """Remove entries not used for ``older_than_days`` (all when None) and temp folders older than a
     day (a younger one may be a tokenization in progress); returns what was (or would be) removed."""
     now = time.time() if now is None else now
@@ -95,8 +110,10 @@ def table(rows: list[dict], now: float | None = None) -> str:
     for e in rows:
         days = (now - e["last_used"]) / 86400
         used = f"{days:.1f} d ago" if days >= 1 else f"{days * 24:.1f} h ago"
-        lines.append(f"{e['key'][:16]:<16} {e['state']:<10} {_num(e['documents'], 10)} {_num(e['tokens'], 14)} "
-                     f"{human_bytes(e['bytes']):>10} {used:>11}  {e['tokenizer'] or '-'}")
+        lines.append(
+            f"{e['key'][:16]:<16} {e['state']:<10} {_num(e['documents'], 10)} {_num(e['tokens'], 14)} "
+            f"{human_bytes(e['bytes']):>10} {used:>11}  {e['tokenizer'] or '-'}"
+        )
     lines.append(_count(rows))
     return "\n".join(lines)
 

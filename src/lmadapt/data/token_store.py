@@ -7,6 +7,7 @@ An entry is a folder ``cache_dir/<sha256 key>/`` of numpy arrays (``ids.npy``, `
 It is built in a temp folder beside its final place and renamed there, so a reader never sees half
 an entry and two processes tokenizing the same corpus cannot spoil each other's copy.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,10 @@ class TokenSink:
             raw, dtype = self.folder / f"{name}.raw", self._DTYPES[name]
             n = raw.stat().st_size // np.dtype(dtype).itemsize
             # copied from the page cache, not from this process's memory
-            np.save(self.folder / f"{name}.npy", np.memmap(raw, dtype=dtype, mode="r", shape=(n,)) if n
-                    else np.zeros(0, dtype))
+            np.save(
+                self.folder / f"{name}.npy",
+                np.memmap(raw, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype),
+            )
             raw.unlink()
         lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
         np.save(self.folder / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
@@ -79,7 +82,7 @@ def work_folder(final: Path | None) -> Path:
 def publish(work: Path, final: Path, with_word_starts: bool) -> TokenizedDocs | None:
     """``work`` renamed to the cache entry ``final`` and read back memory-mapped; None when it cannot be."""
     if work.parent != final.parent:
-        return None   # the cache folder could not be written: see work_folder
+        return None  # the cache folder could not be written: see work_folder
     try:
         os.replace(work, final)  # atomic; fails if another process already renamed a complete copy
     except OSError as exc:
@@ -93,8 +96,11 @@ def in_memory(folder: Path, with_word_starts: bool) -> TokenizedDocs:
     mapped = load_entry(folder, with_word_starts)
     if mapped is None:
         raise RuntimeError(f"{folder}: tokenized arrays just written cannot be read back")
-    return TokenizedDocs(np.array(mapped.ids), np.array(mapped.offsets),
-                         None if mapped.word_starts is None else np.array(mapped.word_starts))
+    return TokenizedDocs(
+        np.array(mapped.ids),
+        np.array(mapped.offsets),
+        None if mapped.word_starts is None else np.array(mapped.word_starts),
+    )
 
 
 def load_entry(folder: Path, with_word_starts: bool) -> TokenizedDocs | None:

@@ -9,6 +9,7 @@ memory-mapped, so the processes of a node share one copy), keyed by the tokenize
 backend + special tokens), the texts and the settings. Writing and reading a cache entry:
 :mod:`.token_store`; the flat arrays and turning other tokenized forms into them: :mod:`.tokenized_docs`.
 """
+
 from __future__ import annotations
 
 import collections
@@ -56,6 +57,7 @@ def _texts(texts: Iterable[Any]):
     """The documents' texts, read a batch at a time: a spooled source as it is, else a :class:`_TextList`
     of strings (or of the documents' ``.text``)."""
     from .spool import SpooledDocuments
+
     if isinstance(texts, (SpooledDocuments, _TextList)):
         return texts
     out = []
@@ -72,8 +74,10 @@ def _backend(tokenizer):
     """The Rust tokenizer, without truncation/padding (which would silently cut documents)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer; packing needs a "
-                         "PreTrainedTokenizerFast (load it with use_fast=True or convert it)")
+        raise ValueError(
+            f"{type(tokenizer).__name__} is not a fast tokenizer; packing needs a "
+            "PreTrainedTokenizerFast (load it with use_fast=True or convert it)"
+        )
     if backend.truncation is not None or backend.padding is not None:
         from tokenizers import Tokenizer
 
@@ -89,8 +93,13 @@ _SPECIAL_NAMES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 def tokenizer_fingerprint(tokenizer) -> str:
     """sha256 of the serialized backend tokenizer plus the special tokens and their ids."""
     h = hashlib.sha256(_backend(tokenizer).to_str().encode("utf-8"))
-    special = {n: [getattr(tokenizer, f"{n}_token", None) and str(getattr(tokenizer, f"{n}_token")),
-                   getattr(tokenizer, f"{n}_token_id", None)] for n in _SPECIAL_NAMES}
+    special = {
+        n: [
+            getattr(tokenizer, f"{n}_token", None) and str(getattr(tokenizer, f"{n}_token")),
+            getattr(tokenizer, f"{n}_token_id", None),
+        ]
+        for n in _SPECIAL_NAMES
+    }
     h.update(json.dumps({"special": special, "len": len(tokenizer)}, sort_keys=True).encode())
     return h.hexdigest()
 
@@ -98,8 +107,10 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def special_id(tokenizer, name: str, why: str) -> int:
     tid = getattr(tokenizer, f"{name}_token_id", None)
     if tid is None:
-        raise ValueError(f"the tokenizer ({getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}) has no "
-                         f"{name.upper()} token, needed {why}; set tokenizer.{name}_token before packing")
+        raise ValueError(
+            f"the tokenizer ({getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}) has no "
+            f"{name.upper()} token, needed {why}; set tokenizer.{name}_token before packing"
+        )
     return int(tid)
 
 
@@ -115,9 +126,18 @@ def _affixes(tokenizer, separator: str) -> tuple[list[int], list[int]]:
 
 def cache_key(texts: Sequence[str], tokenizer, *, separator: str, with_word_starts: bool) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"format": FORMAT_VERSION, "tokenizer": tokenizer_fingerprint(tokenizer),
-                         "separator": separator, "affixes": _affixes(tokenizer, separator),
-                         "word_starts": bool(with_word_starts), "documents": len(texts)}).encode())
+    h.update(
+        json.dumps(
+            {
+                "format": FORMAT_VERSION,
+                "tokenizer": tokenizer_fingerprint(tokenizer),
+                "separator": separator,
+                "affixes": _affixes(tokenizer, separator),
+                "word_starts": bool(with_word_starts),
+                "documents": len(texts),
+            }
+        ).encode()
+    )
     for t in _each_text(_texts(texts)):
         b = t.encode("utf-8", "surrogatepass")
         h.update(len(b).to_bytes(8, "little"))
@@ -129,8 +149,11 @@ def _encode_batches(backend, texts, prefix: list[int], suffix: list[int], with_w
     """Encode ``texts`` a batch at a time: yields (ids int32, lengths int64, word_starts uint8|None)
     per batch, affixes included, so the Encoding objects and index temporaries stay batch-sized."""
     # encode_batch_fast skips character offsets (~1/3 faster) but also loses word ids
-    encode = backend.encode_batch if with_word_starts or not hasattr(backend, "encode_batch_fast") \
+    encode = (
+        backend.encode_batch
+        if with_word_starts or not hasattr(backend, "encode_batch_fast")
         else backend.encode_batch_fast
+    )
     for s, e in _batches(texts.char_lengths()):
         encs = encode(texts.texts(s, e), add_special_tokens=False)
         lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
@@ -211,13 +234,21 @@ def _worker_init(tokenizer_json: str):
 
 def _worker_encode(args):
     texts, prefix, suffix, with_word_starts = args
-    return _concat_parts(list(_encode_batches(_WORKER_BACKEND, _TextList(texts), prefix, suffix, with_word_starts)),
-                         with_word_starts)
+    return _concat_parts(
+        list(_encode_batches(_WORKER_BACKEND, _TextList(texts), prefix, suffix, with_word_starts)), with_word_starts
+    )
 
 
-def tokenize_documents(texts: Iterable[Any], tokenizer, *, separator: Literal["eos", "sep"] = "eos",
-                       cache_dir: str | os.PathLike | None = None, num_proc: int | None = None,
-                       with_word_starts: bool = False, cache: bool = True):
+def tokenize_documents(
+    texts: Iterable[Any],
+    tokenizer,
+    *,
+    separator: Literal["eos", "sep"] = "eos",
+    cache_dir: str | os.PathLike | None = None,
+    num_proc: int | None = None,
+    with_word_starts: bool = False,
+    cache: bool = True,
+):
     """Tokenize every document (strings or objects with ``.text``) and append the separator.
 
     ``separator="eos"`` (causal LM) appends ``tokenizer.eos_token_id``; ``"sep"`` (masked LM) appends
@@ -232,16 +263,30 @@ def tokenize_documents(texts: Iterable[Any], tokenizer, *, separator: Literal["e
     (not kept by ``select``/``map``). ``num_proc`` None/1: one process, the Rust tokenizer's own
     threads encode each batch in parallel; > 1: that many worker processes.
     """
-    docs = tokenize_arrays(texts, tokenizer, separator=separator, cache_dir=cache_dir, num_proc=num_proc,
-                           with_word_starts=with_word_starts, cache=cache)
+    docs = tokenize_arrays(
+        texts,
+        tokenizer,
+        separator=separator,
+        cache_dir=cache_dir,
+        num_proc=num_proc,
+        with_word_starts=with_word_starts,
+        cache=cache,
+    )
     ds = docs.to_dataset(fingerprint=docs.key[:32])
     ds.cache_hit, ds.cache_path = docs.cache_hit, docs.cache_path
     return ds
 
 
-def tokenize_arrays(texts: Iterable[Any], tokenizer, *, separator: Literal["eos", "sep"] = "eos",
-                       cache_dir: str | os.PathLike | None = None, num_proc: int | None = None,
-                       with_word_starts: bool = False, cache: bool = True):
+def tokenize_arrays(
+    texts: Iterable[Any],
+    tokenizer,
+    *,
+    separator: Literal["eos", "sep"] = "eos",
+    cache_dir: str | os.PathLike | None = None,
+    num_proc: int | None = None,
+    with_word_starts: bool = False,
+    cache: bool = True,
+):
     """:func:`tokenize_documents` as a :class:`TokenizedDocs`: flat arrays, memory-mapped from the
     cache on a hit (no copy, shared by the processes of a node), with ``key`` and ``cache_hit`` set."""
     texts = _texts(texts)
@@ -259,9 +304,13 @@ def tokenize_arrays(texts: Iterable[Any], tokenizer, *, separator: Literal["eos"
             loaded.key, loaded.cache_hit, loaded.cache_path = key, True, str(final)
             return loaded
 
-    meta = {"format": FORMAT_VERSION, "documents": len(texts), "separator": separator,
-            "with_word_starts": with_word_starts,
-            "tokenizer": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__}
+    meta = {
+        "format": FORMAT_VERSION,
+        "documents": len(texts),
+        "separator": separator,
+        "with_word_starts": with_word_starts,
+        "tokenizer": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__,
+    }
     work = work_folder(final)
     try:
         sink = TokenSink(work, with_word_starts)
@@ -280,8 +329,13 @@ def tokenize_arrays(texts: Iterable[Any], tokenizer, *, separator: Literal["eos"
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out.key, out.cache_path = key, str(final) if final is not None else None
-    logger.info("tokenized %d documents -> %d tokens in %.1fs%s", len(out), out.num_tokens,
-                time.perf_counter() - t0, f" (cached at {final})" if final else "")
+    logger.info(
+        "tokenized %d documents -> %d tokens in %.1fs%s",
+        len(out),
+        out.num_tokens,
+        time.perf_counter() - t0,
+        f" (cached at {final})" if final else "",
+    )
     return out
 
 
@@ -295,8 +349,9 @@ def _encoded_parts(backend, texts, prefix, suffix, with_word_starts: bool, num_p
         # stay ~16M characters a worker, not the whole corpus pickled at once.
         jobs = _batches(texts.char_lengths(), scale=4)
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-        with cf.ProcessPoolExecutor(num_proc, mp_context=ctx, initializer=_worker_init,
-                                    initargs=(backend.to_str(),)) as pool:
+        with cf.ProcessPoolExecutor(
+            num_proc, mp_context=ctx, initializer=_worker_init, initargs=(backend.to_str(),)
+        ) as pool:
             pending = collections.deque()
             for s, e in jobs:
                 pending.append(pool.submit(_worker_encode, (texts.texts(s, e), prefix, suffix, with_word_starts)))

@@ -3,6 +3,7 @@
 replay mixture) a slice at a time, and any other tokenized form (a Dataset, lists of ids) turned
 into them (:func:`token_arrays`). tokenize.py produces them, mixing.py and packing.py consume them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -104,7 +105,9 @@ def gather_documents(parts: Sequence[TokenizedDocs], part_of: np.ndarray, doc_of
             if not len(sel):
                 continue
             doc = np.repeat(np.arange(len(sel)), lengths[sel])
-            within = np.arange(len(doc), dtype=np.int64) - np.repeat(np.cumsum(lengths[sel]) - lengths[sel], lengths[sel])
+            within = np.arange(len(doc), dtype=np.int64) - np.repeat(
+                np.cumsum(lengths[sel]) - lengths[sel], lengths[sel]
+            )
             dest = offsets[sel][doc] + within
             src = starts[sel][doc] + within
             ids[dest] = part.ids[src]
@@ -126,8 +129,9 @@ def gathered_documents(parts: Sequence[TokenizedDocs], part_of: np.ndarray, doc_
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     source = _Gatherer(parts, part_of, doc_of, offsets)
     has_ws = bool(parts) and all(p.word_starts is not None for p in parts)
-    return TokenizedDocs(_GatheredColumn(source, 0, np.int32), offsets,
-                         _GatheredColumn(source, 1, np.uint8) if has_ws else None)
+    return TokenizedDocs(
+        _GatheredColumn(source, 0, np.int32), offsets, _GatheredColumn(source, 1, np.uint8) if has_ws else None
+    )
 
 
 class _Gatherer:
@@ -146,8 +150,8 @@ class _Gatherer:
             got = gather_documents(self.parts, self.part_of[k0:k1], self.doc_of[k0:k1])
             self._last = ((k0, k1), got)
         got, base = self._last[1], int(self.offsets[k0])
-        ws = None if got.word_starts is None else got.word_starts[a - base:b - base]
-        return got.ids[a - base:b - base], ws
+        ws = None if got.word_starts is None else got.word_starts[a - base : b - base]
+        return got.ids[a - base : b - base], ws
 
 
 class _GatheredColumn:
@@ -173,7 +177,7 @@ class _GatheredColumn:
         return np.asarray(self)[key]
 
     def __array__(self, dtype=None, copy=None):
-        whole = self[0:len(self)] if len(self) else np.zeros(0, self.dtype)
+        whole = self[0 : len(self)] if len(self) else np.zeros(0, self.dtype)
         return whole if dtype is None else whole.astype(dtype)
 
 
@@ -216,8 +220,11 @@ def _dataset_arrays(ds) -> TokenizedDocs:
     if "input_ids" not in ds.column_names:
         raise ValueError(f"tokenized dataset needs an input_ids column, has {ds.column_names}")
     if len(ds) == 0:
-        return TokenizedDocs(np.zeros(0, np.int32), np.zeros(1, np.int64),
-                             np.zeros(0, np.uint8) if "word_starts" in ds.column_names else None)
+        return TokenizedDocs(
+            np.zeros(0, np.int32),
+            np.zeros(1, np.int64),
+            np.zeros(0, np.uint8) if "word_starts" in ds.column_names else None,
+        )
     table = ds.with_format("arrow")[:]  # honours select()/shuffle() index mappings
 
     def flat(name, dtype):

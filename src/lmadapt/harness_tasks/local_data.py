@@ -1,5 +1,6 @@
 """Loaders for the bundled harness tasks: their JSONL files sit next to this module, so the task
 YAMLs need no absolute path and no hub (lm-eval calls ``custom_dataset(**metadata, **dataset_kwargs)``)."""
+
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -10,6 +11,7 @@ def jsonl_split(name: str, split: str = "test"):
     import json
 
     import datasets
+
     lines = (HERE / name).read_text(encoding="utf-8").splitlines()
     return datasets.DatasetDict({split: datasets.Dataset.from_list([json.loads(x) for x in lines if x.strip()])})
 

@@ -27,6 +27,7 @@ eager               the full S x S score matrix, materialised (S^2 x heads float
 implementation, so MFU is comparable across them; :func:`document_attention_fraction` gives the
 share of that work a varlen kernel actually does on given position ids (sum d_i^2 / S^2).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -56,8 +57,10 @@ def resolve_attention(requested: str | None, *, causal: bool, cuda: bool | None 
     if requested == "flex_attention" and not cuda:
         from lmadapt.config.base import ConfigError
 
-        raise ConfigError("model.attn_implementation: flex_attention needs a GPU to train (torch's CPU flex kernel "
-                          "has no backward pass); use sdpa on CPU")
+        raise ConfigError(
+            "model.attn_implementation: flex_attention needs a GPU to train (torch's CPU flex kernel "
+            "has no backward pass); use sdpa on CPU"
+        )
     return requested
 
 

@@ -6,6 +6,7 @@ one line naming the folder or the recipe key.
         model = AutoModelForCausalLM.from_pretrained(folder)
     check_block_size(model, cfg.data.block_size, "data.block_size")
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,11 @@ def _damaged_weights(exc: BaseException) -> bool:
     torch's for a pickled ``pytorch_model.bin``."""
     import pickle
 
-    return (type(exc).__name__ == "SafetensorError" or isinstance(exc, (pickle.UnpicklingError, EOFError))
-            or "PytorchStreamReader" in str(exc))
+    return (
+        type(exc).__name__ == "SafetensorError"
+        or isinstance(exc, (pickle.UnpicklingError, EOFError))
+        or "PytorchStreamReader" in str(exc)
+    )
 
 
 @contextlib.contextmanager
@@ -39,8 +43,10 @@ def reading_weights(where: str | Path):
         if not _damaged_weights(exc):
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"could not read the model weights in {where}: {first} (the file is damaged or "
-                             "incomplete, e.g. a download or copy cut short: copy it again)") from exc
+        raise ModelLoadError(
+            f"could not read the model weights in {where}: {first} (the file is damaged or "
+            "incomplete, e.g. a download or copy cut short: copy it again)"
+        ) from exc
 
 
 def context_length(model_or_config) -> int | None:
@@ -58,8 +64,10 @@ def check_block_size(model, block_size: int, key: str, where: str = "in its conf
     a RoPE model (Llama) silently trained on positions it was never built for."""
     limit = context_length(model)
     if limit is not None and block_size > limit:
-        raise ConfigError(f"{key}: {block_size} tokens is more than the model's context of {limit} positions "
-                          f"(max_position_embeddings {where}); use {key} <= {limit}")
+        raise ConfigError(
+            f"{key}: {block_size} tokens is more than the model's context of {limit} positions "
+            f"(max_position_embeddings {where}); use {key} <= {limit}"
+        )
 
 
 __all__ = ["ModelLoadError", "check_block_size", "context_length", "reading_weights"]

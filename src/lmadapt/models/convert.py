@@ -13,6 +13,7 @@ with its tokenizer as an ordinary model folder:
 Note: dequantised weights are exactly what the quantised file holds (Q4 rounding included); they
 are not the original float weights.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -93,6 +94,7 @@ def _gguf_read_cache():
             if key not in readers:
                 readers[key] = original(path, *args, **kwargs)
             return readers[key]
+
         return reader
 
     def cached_metadata(original):
@@ -105,6 +107,7 @@ def _gguf_read_cache():
             if key not in results:
                 results[key] = original(path, return_tensors=False)
             return copy.deepcopy(results[key])
+
         return load
 
     try:
@@ -197,8 +200,9 @@ def _logits(model, ids):
         return model(input_ids=ids).logits.float()
 
 
-def gguf_to_model_folder(gguf_path: str, output_dir: str, *, verify: bool = True, atol: float = 1e-4,
-                         overwrite: bool = False) -> str:
+def gguf_to_model_folder(
+    gguf_path: str, output_dir: str, *, verify: bool = True, atol: float = 1e-4, overwrite: bool = False
+) -> str:
     """Dequantise ``gguf_path`` into a plain float32 model folder at ``output_dir``; returns its path.
 
     Writes ``model.safetensors``, ``config.json``, the tokenizer and ``lmadapt_gguf.json``
@@ -211,7 +215,7 @@ def gguf_to_model_folder(gguf_path: str, output_dir: str, *, verify: bool = True
     import torch
     import transformers
 
-    check_output_folder(output_dir, overwrite=overwrite)   # before minutes of dequantising
+    check_output_folder(output_dir, overwrite=overwrite)  # before minutes of dequantising
 
     t0 = time.time()
     model, tokenizer, auto = load_gguf(gguf_path)
@@ -231,10 +235,18 @@ def gguf_to_model_folder(gguf_path: str, output_dir: str, *, verify: bool = True
     def fill(tmp: str) -> None:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (Path(tmp) / "lmadapt_gguf.json").write_text(json.dumps({
-            "gguf_file": str(src), "size": src.stat().st_size, "model_type": plain.config.model_type,
-            "transformers": transformers.__version__, "seconds": round(time.time() - t0, 1),
-        }, indent=2))
+        (Path(tmp) / "lmadapt_gguf.json").write_text(
+            json.dumps(
+                {
+                    "gguf_file": str(src),
+                    "size": src.stat().st_size,
+                    "model_type": plain.config.model_type,
+                    "transformers": transformers.__version__,
+                    "seconds": round(time.time() - t0, 1),
+                },
+                indent=2,
+            )
+        )
 
     out = write_folder(output_dir, fill, overwrite=overwrite)
     log.info("converted %s -> %s in %.1fs", gguf_path, out, time.time() - t0)

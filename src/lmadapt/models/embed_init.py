@@ -12,6 +12,7 @@
 An output bias (BERT's MLM decoder) is initialised the same way. transformers' own
 ``resize_token_embeddings`` draws new rows around the overall mean; both of ours overwrite them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,8 +64,16 @@ def init_new_rows(model, pieces: dict[int, list[int]], *, method: str = "mean", 
             continue
         for new_id, ids in pieces.items():
             w[new_id] = w[torch.tensor(ids, dtype=torch.long)].float().mean(0).to(w.dtype)
-    tied = len(_matrices(model)) == 1 or (model.get_output_embeddings() is not None
-                                           and model.get_output_embeddings().weight is model.get_input_embeddings().weight)
-    log.info("initialised %d new embedding rows (%s; output head %s)", len(pieces), method, "tied" if tied else "separate")
-    return {"added": len(pieces), "init": method, "rows": model.get_input_embeddings().num_embeddings,
-            "tied_head": bool(tied)}
+    tied = len(_matrices(model)) == 1 or (
+        model.get_output_embeddings() is not None
+        and model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    )
+    log.info(
+        "initialised %d new embedding rows (%s; output head %s)", len(pieces), method, "tied" if tied else "separate"
+    )
+    return {
+        "added": len(pieces),
+        "init": method,
+        "rows": model.get_input_embeddings().num_embeddings,
+        "tied_head": bool(tied),
+    }

@@ -22,6 +22,7 @@ silently attend to each other). ``generate()`` still uses a cache via ``generati
 Tokenizers without a pad token get one (see :func:`load_tokenizer`); if that grows the vocabulary,
 the embeddings are resized. ``model.config.pad_token_id`` is set from the tokenizer when missing.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,7 +41,7 @@ from lmadapt.runtime import dist
 from .attention import resolve_attention
 from .checks import ModelLoadError, check_block_size, context_length, reading_weights
 from .on_main import loaded_on_main
-from .packing_probe import block_diagonal_mask, supports_document_packing   # re-exported: callers import them from here
+from .packing_probe import block_diagonal_mask, supports_document_packing  # re-exported: callers import them from here
 from .quantize import quantized_load_kwargs
 from .registry import PAD_TOKEN_FALLBACKS, is_encoder, model_type_of, objective_for
 
@@ -53,17 +54,23 @@ _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 class LoadedModel:
     model: Any
     tokenizer: Any
-    objective: str          # "causal" | "masked"
-    model_type: str         # config.model_type, e.g. "llama"
-    source: str             # folder, hub id, GGUF path, or "scratch:<arch>:<size>"
+    objective: str  # "causal" | "masked"
+    model_type: str  # config.model_type, e.g. "llama"
+    source: str  # folder, hub id, GGUF path, or "scratch:<arch>:<size>"
 
 
 # --------------------------------------------------------------------------- locating things
 
+
 def _looks_local(name: str) -> bool:
     """A path rather than a hub id ("org/name" or "name")."""
-    return (name.startswith(("/", "./", "../", "~", "\\")) or os.path.isabs(name) or name.count("/") > 1
-            or name.endswith((".gguf", ".json", ".safetensors", ".bin")) or name in (".", ".."))
+    return (
+        name.startswith(("/", "./", "../", "~", "\\"))
+        or os.path.isabs(name)
+        or name.count("/") > 1
+        or name.endswith((".gguf", ".json", ".safetensors", ".bin"))
+        or name in (".", "..")
+    )
 
 
 def _hub_error(what: str, name: str, exc: BaseException) -> ModelLoadError:
@@ -101,6 +108,7 @@ def hub_options(cfg: ModelConfig) -> dict:
 
 
 # --------------------------------------------------------------------------- tokenizer
+
 
 def fix_pad_token(tokenizer) -> str | None:
     """Give a tokenizer without a pad token one; returns what was done (None if nothing).
@@ -145,6 +153,7 @@ def load_tokenizer(path_or_id: str, **hub_kwargs):
 
 # --------------------------------------------------------------------------- model
 
+
 def _torch_dtype(name: str | None):
     import torch
 
@@ -175,8 +184,11 @@ def _with_attn_fallback(build, requested: str | None, what: str):
             log.debug("attn_implementation=%s failed for %s: %s", impl, what, exc)
             continue
         if impl != requested:
-            warnings.warn(f"{what}: attn_implementation {requested!r} is not supported here "
-                          f"({str(last).splitlines()[0] if last else ''}); using {impl!r}", stacklevel=3)
+            warnings.warn(
+                f"{what}: attn_implementation {requested!r} is not supported here "
+                f"({str(last).splitlines()[0] if last else ''}); using {impl!r}",
+                stacklevel=3,
+            )
         return model
     assert last is not None
     raise last
@@ -232,7 +244,7 @@ def _converted_gguf(gguf_path: str) -> str:
     if (folder / "config.json").is_file():
         return str(folder)
     log.info("dequantising %s into %s (once)", gguf_path, folder)
-    return gguf_to_model_folder(gguf_path, str(folder), overwrite=True)   # our own cache folder
+    return gguf_to_model_folder(gguf_path, str(folder), overwrite=True)  # our own cache folder
 
 
 def adapter_base(folder: str) -> str | None:
@@ -265,11 +277,13 @@ def _load_pretrained(path: str, cfg: ModelConfig, requested: str, quantize: str 
         from .lora import adapter_vocab_rows
 
         if quantize != "none":
-            raise ConfigError(f"lora.quantize: {quantize}: {local} is a LoRA adapter folder (merged into its base on "
-                              "load); quantise the base itself (model.path: the base)")
+            raise ConfigError(
+                f"lora.quantize: {quantize}: {local} is a LoRA adapter folder (merged into its base on "
+                "load); quantise the base itself (model.path: the base)"
+            )
         model, objective, model_type, source = _load_pretrained(base, cfg, requested)
         rows = adapter_vocab_rows(local, model)
-        if rows:   # an extended vocabulary: the adapter carries the grown embeddings and head
+        if rows:  # an extended vocabulary: the adapter carries the grown embeddings and head
             model.resize_token_embeddings(rows, mean_resizing=False)
         with reading_weights(local):
             model = PeftModel.from_pretrained(model, local).merge_and_unload()
@@ -341,8 +355,15 @@ def _align_with_tokenizer(model, tokenizer) -> None:
             gen.pad_token_id = pad
 
 
-def load_model(cfg: ModelConfig, *, objective: str | None = None, for_task: None = None,
-               seed: int = 42, quantize: str = "none", weights_on_main: bool = False) -> LoadedModel:
+def load_model(
+    cfg: ModelConfig,
+    *,
+    objective: str | None = None,
+    for_task: None = None,
+    seed: int = 42,
+    quantize: str = "none",
+    weights_on_main: bool = False,
+) -> LoadedModel:
     """Load (or build) the model and tokenizer ``cfg`` describes; see the module doc.
 
     ``objective`` overrides ``cfg.objective``. ``seed`` initialises scratch models. ``quantize``
@@ -351,10 +372,13 @@ def load_model(cfg: ModelConfig, *, objective: str | None = None, for_task: None
     (a sharded run): the main process alone loads; the others get an empty model (models.on_main).
     """
     if weights_on_main and dist.world_size() > 1:
-        return loaded_on_main(lambda: load_model(cfg, objective=objective, seed=seed, quantize=quantize),
-                              "loading the model")
+        return loaded_on_main(
+            lambda: load_model(cfg, objective=objective, seed=seed, quantize=quantize), "loading the model"
+        )
     if for_task is not None:
-        raise NotImplementedError("load_model(for_task=...) is not supported yet: task heads are built by the finetune stage")
+        raise NotImplementedError(
+            "load_model(for_task=...) is not supported yet: task heads are built by the finetune stage"
+        )
     requested = objective or cfg.objective or "auto"
     hub = hub_options(cfg)
     if quantize != "none" and cfg.init == "scratch":
@@ -380,5 +404,18 @@ def load_model(cfg: ModelConfig, *, objective: str | None = None, for_task: None
     return LoadedModel(model=model, tokenizer=tokenizer, objective=obj, model_type=mt, source=source)
 
 
-__all__ = ["LoadedModel", "ModelLoadError", "check_block_size", "context_length", "reading_weights", "block_diagonal_mask", "fix_pad_token", "gguf_cache_folder", "load_model",
-           "load_tokenizer", "model_type_of", "is_encoder", "supports_document_packing"]
+__all__ = [
+    "LoadedModel",
+    "ModelLoadError",
+    "check_block_size",
+    "context_length",
+    "reading_weights",
+    "block_diagonal_mask",
+    "fix_pad_token",
+    "gguf_cache_folder",
+    "load_model",
+    "load_tokenizer",
+    "model_type_of",
+    "is_encoder",
+    "supports_document_packing",
+]

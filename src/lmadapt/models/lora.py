@@ -9,6 +9,7 @@ are never adapted (BERT's MLM head has a ``dense`` layer too): they are task spe
 (``modules_to_save``); when the model ties them, peft keeps them tied (``ensure_weight_tying``)
 where it recognises the names (Llama, GPT-2); BERT's head is then trained as an untied copy.
 """
+
 from __future__ import annotations
 
 import logging
@@ -82,8 +83,10 @@ def apply_lora(model, lcfg: LoraConfig, objective: str):
     unknown = [t for t in targets if t not in leaves and not any(n.endswith("." + t) or n == t for n, _ in named)]
     if unknown:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in named if is_linear_like(m)})
-        raise ConfigError(f"lora.target_modules: {', '.join(map(repr, unknown))} not found in "
-                          f"{type(model).__name__}; its linear layers are: {', '.join(linear)}")
+        raise ConfigError(
+            f"lora.target_modules: {', '.join(map(repr, unknown))} not found in "
+            f"{type(model).__name__}; its linear layers are: {', '.join(linear)}"
+        )
 
     def targeted(name: str) -> bool:
         return any(name == t or name.endswith("." + t) for t in targets)
@@ -102,19 +105,36 @@ def apply_lora(model, lcfg: LoraConfig, objective: str):
         if any(n.rsplit(".", 1)[-1] in _peft_embedding_names() for n in modules_to_save):
             kwargs["ensure_weight_tying"] = True
         else:
-            log.warning("lora.train_embeddings: %s ties its output head to the input embeddings, but peft "
-                        "cannot keep them tied for modules %s; both are trained as separate copies",
-                        type(model).__name__, modules_to_save)
+            log.warning(
+                "lora.train_embeddings: %s ties its output head to the input embeddings, but peft "
+                "cannot keep them tied for modules %s; both are trained as separate copies",
+                type(model).__name__,
+                modules_to_save,
+            )
     pcfg = PeftLoraConfig(
-        r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout, target_modules=targets,
-        exclude_modules=exclude or None, modules_to_save=modules_to_save, fan_in_fan_out=fan_in_fan_out,
-        task_type="CAUSAL_LM" if objective == "causal" else None, bias="none", **kwargs)
-    model = prepare_quantized(model)   # QLoRA (lora.quantize): fp32 norms, input gradients; else a no-op
+        r=lcfg.r,
+        lora_alpha=lcfg.alpha,
+        lora_dropout=lcfg.dropout,
+        target_modules=targets,
+        exclude_modules=exclude or None,
+        modules_to_save=modules_to_save,
+        fan_in_fan_out=fan_in_fan_out,
+        task_type="CAUSAL_LM" if objective == "causal" else None,
+        bias="none",
+        **kwargs,
+    )
+    model = prepare_quantized(model)  # QLoRA (lora.quantize): fp32 norms, input gradients; else a no-op
     peft_model = get_peft_model(model, pcfg)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
-    log.info("LoRA r=%d on %s: %d of %d parameters trainable (%.2f%%)", lcfg.r, ", ".join(targets),
-             trainable, total, 100 * trainable / max(total, 1))
+    log.info(
+        "LoRA r=%d on %s: %d of %d parameters trainable (%.2f%%)",
+        lcfg.r,
+        ", ".join(targets),
+        trainable,
+        total,
+        100 * trainable / max(total, 1),
+    )
     return peft_model
 
 
@@ -181,7 +201,7 @@ def staged_folder(output_dir: str | Path):
     atomic; only a kill within the few renames at the end can leave a mix of old and new files."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob(".saving-*"):       # left by a save that was killed
+    for old in out.glob(".saving-*"):  # left by a save that was killed
         shutil.rmtree(old, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=out))
     try:
@@ -189,7 +209,7 @@ def staged_folder(output_dir: str | Path):
         for f in sorted(tmp.rglob("*")):
             if f.is_file():
                 with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())   # the bytes are on disk before the names are
+                    os.fsync(fh.fileno())  # the bytes are on disk before the names are
         for f in sorted(tmp.iterdir()):
             dest = out / f.name
             if dest.is_dir() and not f.is_dir():

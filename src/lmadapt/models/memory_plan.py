@@ -36,12 +36,13 @@ planned, 21.0 measured unsharded; 7.9 planned, 6.1 measured under FSDP2 + offloa
 within ~10-30%. Host RAM: ``host`` (offloaded state) plus ``host_transient_bytes``. GPU sizes are GiB, of which
 ``usable`` (default 90%) is counted (CUDA context, allocator fragmentation).
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
 
-GIB = 2 ** 30
+GIB = 2**30
 GPU_SIZES_GIB = (24, 40, 80, 141)
 USABLE = 0.9
 _DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
@@ -51,23 +52,23 @@ _DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2,
 class ModelShape:
     """What the arithmetic needs to know about a model; see :func:`model_shape`."""
 
-    params: int               # unique parameters (tied weights once)
-    tensors: int              # unique parameter tensors (AdamW keeps a step counter per tensor)
+    params: int  # unique parameters (tied weights once)
+    tensors: int  # unique parameter tensors (AdamW keeps a step counter per tensor)
     hidden: int
     layers: int
     intermediate: int
     heads: int
-    kv_dim: int               # key/value width (heads x head_dim, less with grouped-query attention)
+    kv_dim: int  # key/value width (heads x head_dim, less with grouped-query attention)
     vocab: int
-    layer_params: int         # the largest transformer layer (an FSDP unit)
-    root_params: int          # everything outside the layers: embeddings, head, final norm
-    gated_mlp: bool = True    # SwiGLU (Llama, Mistral, Qwen) vs plain GELU MLP (GPT-2, BERT)
-    mlp_factor: int = 4       # intermediate-sized tensors a layer keeps for backward (see _mlp_factor)
-    h_factor: int = 8         # hidden-sized ones (GPT-2's fused qkv output adds two)
-    attn_dropout: float = 0.0 # attention-probability dropout: the CPU math path keeps heads x block per token
-    outside_factor: int = 3   # hidden-sized tensors outside the layers (embeddings, final norm; BERT's MLM head: 7)
+    layer_params: int  # the largest transformer layer (an FSDP unit)
+    root_params: int  # everything outside the layers: embeddings, head, final norm
+    gated_mlp: bool = True  # SwiGLU (Llama, Mistral, Qwen) vs plain GELU MLP (GPT-2, BERT)
+    mlp_factor: int = 4  # intermediate-sized tensors a layer keeps for backward (see _mlp_factor)
+    h_factor: int = 8  # hidden-sized ones (GPT-2's fused qkv output adds two)
+    attn_dropout: float = 0.0  # attention-probability dropout: the CPU math path keeps heads x block per token
+    outside_factor: int = 3  # hidden-sized tensors outside the layers (embeddings, final norm; BERT's MLM head: 7)
     model_type: str = ""
-    lora_params: int = 0      # adapter parameters at lora_r on the default targets
+    lora_params: int = 0  # adapter parameters at lora_r on the default targets
     lora_tensors: int = 0
     lora_r: int = 16
 
@@ -76,19 +77,19 @@ class ModelShape:
 class Setup:
     """How the model is trained: method, precision, processes, sharding, batch."""
 
-    method: str = "full"               # full | lora
-    precision: str = "fp32"            # fp32 | bf16 | fp16 (mixed: fp32 master weights)
-    weights_dtype: str = "float32"     # the loaded weights' dtype (bfloat16: no fp32 master copy)
+    method: str = "full"  # full | lora
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed: fp32 master weights)
+    weights_dtype: str = "float32"  # the loaded weights' dtype (bfloat16: no fp32 master copy)
     processes: int = 1
-    sharding: str = "none"             # none | fsdp
+    sharding: str = "none"  # none | fsdp
     cpu_offload: bool = False
     reshard_after_forward: bool = True
     batch_size: int = 8
     block_size: int = 512
     gradient_checkpointing: bool = False
-    attention: str = "sdpa"            # sdpa | flash_attention_2 | eager
-    loss: str = "chunked"              # chunked (train.loss auto/chunked/liger: never the full logits) | standard
-    grad_accum: int = 1                # > 1: the gradients live through the next micro-batch's forward
+    attention: str = "sdpa"  # sdpa | flash_attention_2 | eager
+    loss: str = "chunked"  # chunked (train.loss auto/chunked/liger: never the full logits) | standard
+    grad_accum: int = 1  # > 1: the gradients live through the next micro-batch's forward
 
 
 @dataclass
@@ -97,10 +98,10 @@ class Plan:
 
     setup: Setup
     params: int
-    state: dict = field(default_factory=dict)          # kind -> bytes on the device
-    host: dict = field(default_factory=dict)           # kind -> bytes in host RAM (cpu_offload)
-    host_transient_bytes: int = 0                      # host RAM at load / optimizer step / save, above ``host``
-    transient_bytes: int = 0                           # gathered units, autocast copies
+    state: dict = field(default_factory=dict)  # kind -> bytes on the device
+    host: dict = field(default_factory=dict)  # kind -> bytes in host RAM (cpu_offload)
+    host_transient_bytes: int = 0  # host RAM at load / optimizer step / save, above ``host``
+    transient_bytes: int = 0  # gathered units, autocast copies
     activation_bytes: int = 0
     logits_bytes: int = 0
 
@@ -134,14 +135,25 @@ class Plan:
         return self.state_bytes / max(self.params, 1)
 
     def to_dict(self) -> dict:
-        return {"setup": asdict(self.setup), "params": self.params, "state": dict(self.state), "host": dict(self.host),
-                "state_bytes": self.state_bytes, "host_bytes": self.host_bytes, "transient_bytes": self.transient_bytes,
-                "activation_bytes": self.activation_bytes, "logits_bytes": self.logits_bytes,
-                "host_transient_bytes": self.host_transient_bytes, "host_peak_bytes": self.host_peak_bytes,
-                "device_bytes": self.device_bytes, "bytes_per_param": round(self.bytes_per_param, 3)}
+        return {
+            "setup": asdict(self.setup),
+            "params": self.params,
+            "state": dict(self.state),
+            "host": dict(self.host),
+            "state_bytes": self.state_bytes,
+            "host_bytes": self.host_bytes,
+            "transient_bytes": self.transient_bytes,
+            "activation_bytes": self.activation_bytes,
+            "logits_bytes": self.logits_bytes,
+            "host_transient_bytes": self.host_transient_bytes,
+            "host_peak_bytes": self.host_peak_bytes,
+            "device_bytes": self.device_bytes,
+            "bytes_per_param": round(self.bytes_per_param, 3),
+        }
 
 
 # ------------------------------------------------------------------------------------------- shape
+
 
 def _unique(params) -> list:
     seen, out = set(), []
@@ -182,6 +194,7 @@ def model_shape(config_or_model, *, lora_r: int = 16) -> ModelShape:
     model = config_or_model
     if not hasattr(model, "parameters"):
         from .presets import meta_model
+
         model = meta_model(config_or_model)
     cfg = model.config
     params = _unique(model.parameters())
@@ -195,18 +208,32 @@ def model_shape(config_or_model, *, lora_r: int = 16) -> ModelShape:
     inter = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * hidden
     gated = any(name.endswith("gate_proj") for name, _ in model.named_modules())
     lora_n, lora_t = lora_size(model, lora_r)
-    dropout = max(float(getattr(cfg, k, 0.0) or 0.0)
-                  for k in ("attention_dropout", "attn_pdrop", "attention_probs_dropout_prob"))
+    dropout = max(
+        float(getattr(cfg, k, 0.0) or 0.0) for k in ("attention_dropout", "attn_pdrop", "attention_probs_dropout_prob")
+    )
     return ModelShape(
-        params=int(total), tensors=len(params), hidden=hidden,
+        params=int(total),
+        tensors=len(params),
+        hidden=hidden,
         layers=int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None) or len(layers)),
-        intermediate=int(inter), heads=heads, kv_dim=kv_heads * head_dim, vocab=int(cfg.vocab_size),
-        layer_params=max(sizes, default=0), root_params=int(total - sum(sizes)), gated_mlp=gated,
-        mlp_factor=_mlp_factor(cfg, gated), h_factor=10 if getattr(cfg, "model_type", "") == "gpt2" else 8,
-        attn_dropout=dropout, outside_factor=7 if any(".predictions.transform" in n or n.endswith("predictions.transform")
-                                                    for n, _ in model.named_modules()) else 3,
-        model_type=str(getattr(cfg, "model_type", "")), lora_params=lora_n,
-        lora_tensors=lora_t, lora_r=lora_r)
+        intermediate=int(inter),
+        heads=heads,
+        kv_dim=kv_heads * head_dim,
+        vocab=int(cfg.vocab_size),
+        layer_params=max(sizes, default=0),
+        root_params=int(total - sum(sizes)),
+        gated_mlp=gated,
+        mlp_factor=_mlp_factor(cfg, gated),
+        h_factor=10 if getattr(cfg, "model_type", "") == "gpt2" else 8,
+        attn_dropout=dropout,
+        outside_factor=7
+        if any(".predictions.transform" in n or n.endswith("predictions.transform") for n, _ in model.named_modules())
+        else 3,
+        model_type=str(getattr(cfg, "model_type", "")),
+        lora_params=lora_n,
+        lora_tensors=lora_t,
+        lora_r=lora_r,
+    )
 
 
 def _mlp_factor(cfg, gated: bool) -> int:
@@ -221,6 +248,7 @@ def _mlp_factor(cfg, gated: bool) -> int:
 
 # ------------------------------------------------------------------------------------------- plan
 
+
 def _precision_bytes(setup: Setup) -> tuple[int, int, int, bool]:
     """(weight bytes, residual-stream bytes, matmul-output bytes, autocast?) of a setup."""
     wb = _DTYPE_BYTES.get(setup.weights_dtype, 4)
@@ -228,15 +256,16 @@ def _precision_bytes(setup: Setup) -> tuple[int, int, int, bool]:
     cb = 2 if setup.precision in ("bf16", "fp16") or wb == 2 else 4
     hb = wb
     if setup.sharding == "fsdp" and mixed:
-        hb = 2   # FSDP2's MixedPrecisionPolicy gathers the weights in the low dtype: no fp32 residual stream
+        hb = 2  # FSDP2's MixedPrecisionPolicy gathers the weights in the low dtype: no fp32 residual stream
     return wb, hb, cb, mixed and setup.sharding != "fsdp"
 
 
 def layer_bytes_per_token(shape: ModelShape, setup: Setup) -> int:
     """Bytes one transformer layer keeps for backward per token (without checkpointing)."""
     _, hb, cb, _ = _precision_bytes(setup)
-    per_layer = hb * (shape.h_factor * shape.hidden + 2 * shape.heads) \
-        + cb * (shape.mlp_factor * shape.intermediate + 2 * shape.kv_dim)
+    per_layer = hb * (shape.h_factor * shape.hidden + 2 * shape.heads) + cb * (
+        shape.mlp_factor * shape.intermediate + 2 * shape.kv_dim
+    )
     if setup.attention == "eager":
         per_layer += 4 * shape.heads * setup.block_size
     elif shape.attn_dropout > 0 and setup.attention != "flash_attention_2":
@@ -292,7 +321,7 @@ def plan(shape: ModelShape, setup: Setup) -> Plan:
     state = {
         "weights": math.ceil(trainable * tb / n) + math.ceil(frozen * wb / n),
         "grads": math.ceil(trainable * tb / n),
-        "optimizer": math.ceil(trainable * 2 * tb / n) + 4 * t_tensors,   # m, v (+ a float32 step per tensor)
+        "optimizer": math.ceil(trainable * 2 * tb / n) + 4 * t_tensors,  # m, v (+ a float32 step per tensor)
     }
     if setup.sharding != "fsdp" and setup.processes > 1:
         state["ddp_buckets"] = trainable * tb  # DDP's flat gradient buckets beside the .grad tensors
@@ -316,12 +345,21 @@ def plan(shape: ModelShape, setup: Setup) -> Plan:
         host, state = state, {}
         host_transient = load_copy + math.ceil(trainable * 4 / n)
     acts, logits = activation_bytes(shape, setup)
-    return Plan(setup=setup, params=shape.params, state=state, host=host, transient_bytes=int(transient),
-                activation_bytes=acts, logits_bytes=logits, host_transient_bytes=int(host_transient))
+    return Plan(
+        setup=setup,
+        params=shape.params,
+        state=state,
+        host=host,
+        transient_bytes=int(transient),
+        activation_bytes=acts,
+        logits_bytes=logits,
+        host_transient_bytes=int(host_transient),
+    )
 
 
-def gpus_needed(shape: ModelShape, setup: Setup, gpu_gib: float, *, usable: float = USABLE,
-                max_gpus: int = 4096) -> int | None:
+def gpus_needed(
+    shape: ModelShape, setup: Setup, gpu_gib: float, *, usable: float = USABLE, max_gpus: int = 4096
+) -> int | None:
     """The fewest processes (one GPU each) of ``gpu_gib`` GiB whose planned peak fits ``usable`` of
     it under ``setup``'s sharding; None when no count fits (unsharded: more GPUs do not help)."""
     budget = gpu_gib * GIB * usable

@@ -15,6 +15,7 @@ What is done to the model between loading and sharding (LoRA adapters, ``config`
 the empty model too: it must change structure only, and the values come from the main process.
 With one process these are plain calls.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -5,6 +5,7 @@
 
 Its own file (out of models/load.py): the probe runs a loaded model, it does not load one.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,8 +37,9 @@ def block_diagonal_mask(segments, *, additive: bool = False, dtype=None):
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
-def supports_document_packing(model, objective: str, *, additive_mask: bool = True,
-                              len_a: int = 7, len_b: int = 9) -> bool:
+def supports_document_packing(
+    model, objective: str, *, additive_mask: bool = True, len_a: int = 7, len_b: int = 9
+) -> bool:
     """Does ``model`` keep packed documents apart? Answered empirically, not from a table.
 
     Two documents A and B are packed into one row the way the collators pass them: causal ->
@@ -78,7 +80,7 @@ def supports_document_packing(model, objective: str, *, additive_mask: bool = Tr
                     out = model(input_ids=ids, use_cache=False, **kw)
                 except TypeError:
                     out = model(input_ids=ids, **kw)
-            return out.logits[0, -len(docs[-1]):].float()
+            return out.logits[0, -len(docs[-1]) :].float()
 
         alone = run([b], packed=True)
         with_a, with_a2 = run([a, b], packed=True), run([a2, b], packed=True)
@@ -90,8 +92,10 @@ def supports_document_packing(model, objective: str, *, additive_mask: bool = Tr
             return (x - y).abs().max().item() <= tol
 
         if same(control, control2):
-            log.warning("document-packing probe inconclusive for %s: B's logits ignore A even without "
-                        "document boundaries", type(model).__name__)
+            log.warning(
+                "document-packing probe inconclusive for %s: B's logits ignore A even without document boundaries",
+                type(model).__name__,
+            )
             return False
         return same(alone, with_a) and same(with_a, with_a2)
     except (TypeError, ValueError, RuntimeError) as exc:

@@ -14,6 +14,7 @@ SwiGLU MLP.
     count_params(cfg)                       # counted on the meta device: nothing is allocated
     count_params(cfg, non_embedding=True)
 """
+
 from __future__ import annotations
 
 import difflib
@@ -24,13 +25,23 @@ from lmadapt.config.base import ConfigError
 ARCHS = ("llama", "gpt2", "bert")
 
 # Generic dims keys understood for every arch (translated to each config's own names).
-GENERIC_DIMS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                "num_key_value_heads", "max_position_embeddings")
+GENERIC_DIMS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "num_key_value_heads",
+    "max_position_embeddings",
+)
 
 
 def _preset(nominal: int, hidden: int, layers: int, heads: int, max_pos: int, doc: str) -> dict:
-    common = {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
-              "max_position_embeddings": max_pos}
+    common = {
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "max_position_embeddings": max_pos,
+    }
     return {
         "nominal_params": nominal,
         "doc": doc,
@@ -94,8 +105,15 @@ def _valid_keys(cls, arch: str) -> list[str]:
 
 def _special_ids(tokenizer) -> dict[str, int]:
     ids = {}
-    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "cls_token_id",
-                 "sep_token_id", "mask_token_id"):
+    for attr in (
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "unk_token_id",
+        "cls_token_id",
+        "sep_token_id",
+        "mask_token_id",
+    ):
         value = getattr(tokenizer, attr, None)
         if value is not None:
             ids[attr] = value
@@ -203,8 +221,13 @@ def describe_presets(vocab_size: int | None = None) -> list[dict]:
     rows = []
     for name, spec in PRESETS.items():
         for arch in ARCHS:
-            row = {"size": name, "arch": arch, "nominal_params": spec["nominal_params"], "doc": spec["doc"],
-                   **spec[arch]}
+            row = {
+                "size": name,
+                "arch": arch,
+                "nominal_params": spec["nominal_params"],
+                "doc": spec["doc"],
+                **spec[arch],
+            }
             if vocab_size:
                 cfg = scratch_config(arch, name, {}, _FakeTokenizer(vocab_size))
                 row["params"] = count_params(cfg)
@@ -227,16 +250,26 @@ class _FakeTokenizer:
 def preset_table(vocab_size: int = 32000) -> str:
     """Text table for ``lmadapt presets``: dims and parameter counts at ``vocab_size``."""
     rows = describe_presets(vocab_size)
-    head = f"{'size':<6} {'arch':<6} {'hidden':>6} {'layers':>6} {'heads':>5} {'kv':>3} {'mlp':>5} {'ctx':>5} " \
-           f"{'blocks':>8} {'total':>8}  use"
-    lines = [f"scratch size presets (total at vocab {vocab_size:,}; 'blocks' = non-embedding parameters, "
-             "which the name refers to)", "", head]
+    head = (
+        f"{'size':<6} {'arch':<6} {'hidden':>6} {'layers':>6} {'heads':>5} {'kv':>3} {'mlp':>5} {'ctx':>5} "
+        f"{'blocks':>8} {'total':>8}  use"
+    )
+    lines = [
+        f"scratch size presets (total at vocab {vocab_size:,}; 'blocks' = non-embedding parameters, "
+        "which the name refers to)",
+        "",
+        head,
+    ]
     for r in rows:
         lines.append(
             f"{r['size']:<6} {r['arch']:<6} {r['hidden_size']:>6} {r['num_hidden_layers']:>6} "
             f"{r['num_attention_heads']:>5} {r.get('num_key_value_heads', '-'):>3} {r['intermediate_size']:>5} "
             f"{r['max_position_embeddings']:>5} {r['non_embedding_params'] / 1e6:>7.1f}M {r['params'] / 1e6:>7.1f}M  "
-            f"{r['doc'] if r['arch'] == 'llama' else ''}")
-    lines += ["", "override any of them with model.dims (e.g. dims: {num_hidden_layers: 4}); "
-              "vocab_size always comes from the tokenizer"]
+            f"{r['doc'] if r['arch'] == 'llama' else ''}"
+        )
+    lines += [
+        "",
+        "override any of them with model.dims (e.g. dims: {num_hidden_layers: 4}); "
+        "vocab_size always comes from the tokenizer",
+    ]
     return "\n".join(lines)

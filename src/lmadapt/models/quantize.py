@@ -8,6 +8,7 @@ the embeddings are frozen) before the adapters go in (``models.lora.apply_lora``
 bytes per base parameter instead of 2 (bf16) or 4 (fp32); measured by benchmarks/gpu_speed.sh.
 CUDA only: ``config.model.LoraConfig`` refuses it on a machine without a GPU.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -24,8 +25,12 @@ def bnb_config(quantize: str):
     import torch
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
 
 
 def quantized_load_kwargs(quantize: str) -> dict[str, Any]:

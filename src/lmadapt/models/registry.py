@@ -6,6 +6,7 @@
 
 Adding support for a new family means adding a row to a table here, not an ``if`` elsewhere.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,18 +20,49 @@ _BERT_LIKE = ["query", "key", "value", "dense"]
 # model_type -> default LoRA target modules (all attention and MLP projections: adapting the MLP
 # too is what makes LoRA competitive with full fine-tuning for continued pretraining).
 LORA_TARGETS: dict[str, list[str]] = {
-    **{mt: list(_DECODER_PROJ) for mt in (
-        "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "gemma", "gemma2", "gemma3_text",
-        "olmo", "olmo2", "granite", "smollm3", "cohere", "stablelm", "helium", "ministral")},
+    **{
+        mt: list(_DECODER_PROJ)
+        for mt in (
+            "llama",
+            "mistral",
+            "mixtral",
+            "qwen2",
+            "qwen2_moe",
+            "qwen3",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+            "olmo",
+            "olmo2",
+            "granite",
+            "smollm3",
+            "cohere",
+            "stablelm",
+            "helium",
+            "ministral",
+        )
+    },
     "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
     "gpt2": ["c_attn", "c_proj", "c_fc"],
     "gpt_bigcode": ["c_attn", "c_proj", "c_fc"],
     "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
     "phi": ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"],
     "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
-    **{mt: list(_BERT_LIKE) for mt in (
-        "bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "megatron-bert", "roformer",
-        "mpnet", "albert")},
+    **{
+        mt: list(_BERT_LIKE)
+        for mt in (
+            "bert",
+            "roberta",
+            "xlm-roberta",
+            "camembert",
+            "electra",
+            "ernie",
+            "megatron-bert",
+            "roformer",
+            "mpnet",
+            "albert",
+        )
+    },
     "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
     "deberta-v2": ["query_proj", "key_proj", "value_proj", "dense"],
     "modernbert": ["Wqkv", "Wo", "Wi"],
@@ -40,8 +72,18 @@ LORA_TARGETS: dict[str, list[str]] = {
 # LoRA adapters by default (e.g. BERT's `cls.predictions.transform.dense` also ends in "dense"):
 # a head is task specific and a later stage may replace it, which would orphan its adapter.
 HEAD_MODULE_PREFIXES: tuple[str, ...] = (
-    "cls", "lm_head", "pooler", "classifier", "qa_outputs", "score", "vocab_transform",
-    "vocab_projector", "pre_classifier", "generator_predictions", "generator_lm_head", "head",
+    "cls",
+    "lm_head",
+    "pooler",
+    "classifier",
+    "qa_outputs",
+    "score",
+    "vocab_transform",
+    "vocab_projector",
+    "pre_classifier",
+    "generator_predictions",
+    "generator_lm_head",
+    "head",
 )
 
 # Positions a model's embeddings reserve before the first token (RoBERTa's family numbers
@@ -87,11 +129,13 @@ def objective_for(model_or_config: Any, requested: str = "auto") -> str:
     if requested == "masked" and not enc:
         raise ConfigError(
             f"model.objective: masked LM needs an encoder (BERT-style) model; {mt!r} is decoder-only "
-            "and attends causally, so it cannot see the right context of a masked token. Use objective: causal.")
+            "and attends causally, so it cannot see the right context of a masked token. Use objective: causal."
+        )
     if requested == "causal" and enc:
         raise ConfigError(
             f"model.objective: {mt!r} is an encoder without a causal LM head; use objective: masked "
-            "(its pretraining objective)")
+            "(its pretraining objective)"
+        )
     if requested not in ("causal", "masked"):
         raise ConfigError(f"model.objective: {requested!r} is not one of 'auto', 'causal', 'masked'")
     return requested
@@ -100,7 +144,8 @@ def objective_for(model_or_config: Any, requested: str = "auto") -> str:
 def is_head_module(name: str) -> bool:
     first = name.split(".", 1)[0]
     return first in HEAD_MODULE_PREFIXES or any(
-        f".{p}." in f".{name}." for p in ("lm_head", "cls", "classifier", "score", "pooler"))
+        f".{p}." in f".{name}." for p in ("lm_head", "cls", "classifier", "score", "pooler")
+    )
 
 
 def is_linear_like(module: Any) -> bool:

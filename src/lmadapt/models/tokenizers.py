@@ -10,6 +10,7 @@
   lowercase), specials ``[PAD] [UNK] [CLS] [SEP] [MASK]``, and a post-processor that gives
   ``[CLS] a [SEP]`` and ``[CLS] a [SEP] b [SEP]`` with token type ids 0/1.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Iterator
@@ -42,9 +43,12 @@ def _bpe(vocab_size: int, min_frequency: int):
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency,
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
         special_tokens=[BPE_SPECIALS["eos"], BPE_SPECIALS["pad"]],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     return tok, trainer
 
 
@@ -52,19 +56,28 @@ def _wordpiece(vocab_size: int, min_frequency: int, lowercase: bool):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                strip_accents=None if lowercase else False,
-                                                lowercase=lowercase)
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None if lowercase else False, lowercase=lowercase
+    )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                        special_tokens=list(WORDPIECE_SPECIALS), show_progress=False)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(WORDPIECE_SPECIALS), show_progress=False
+    )
     return tok, trainer
 
 
-def train_tokenizer(texts: Iterable[str], *, kind: str, vocab_size: int, output_dir: str,
-                    model_max_length: int = 2048, min_frequency: int = 2, lowercase: bool = False,
-                    overwrite: bool = False):
+def train_tokenizer(
+    texts: Iterable[str],
+    *,
+    kind: str,
+    vocab_size: int,
+    output_dir: str,
+    model_max_length: int = 2048,
+    min_frequency: int = 2,
+    lowercase: bool = False,
+    overwrite: bool = False,
+):
     """Train a ``bpe`` or ``wordpiece`` tokenizer on ``texts`` and save it to ``output_dir``.
 
     Returns the ``PreTrainedTokenizerFast`` as reloaded by ``AutoTokenizer.from_pretrained``. The
@@ -82,7 +95,7 @@ def train_tokenizer(texts: Iterable[str], *, kind: str, vocab_size: int, output_
         raise ConfigError(f"vocab_size: byte-level BPE needs at least 300 (256 bytes + specials), got {vocab_size}")
     if vocab_size < len(WORDPIECE_SPECIALS) + 1:
         raise ConfigError(f"vocab_size: too small ({vocab_size})")
-    check_output_folder(output_dir, overwrite=overwrite)   # refuse before training, not after
+    check_output_folder(output_dir, overwrite=overwrite)  # refuse before training, not after
 
     if kind == "bpe":
         tok, trainer = _bpe(vocab_size, min_frequency)
@@ -103,18 +116,34 @@ def train_tokenizer(texts: Iterable[str], *, kind: str, vocab_size: int, output_
     if kind == "bpe":
         eos, pad = BPE_SPECIALS["eos"], BPE_SPECIALS["pad"]
         fast = PreTrainedTokenizerFast(
-            tokenizer_object=tok, bos_token=eos, eos_token=eos, unk_token=eos, pad_token=pad,
-            model_max_length=model_max_length, padding_side="right", clean_up_tokenization_spaces=False)
+            tokenizer_object=tok,
+            bos_token=eos,
+            eos_token=eos,
+            unk_token=eos,
+            pad_token=pad,
+            model_max_length=model_max_length,
+            padding_side="right",
+            clean_up_tokenization_spaces=False,
+        )
     else:
         cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        )
         fast = PreTrainedTokenizerFast(
-            tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-            sep_token="[SEP]", mask_token="[MASK]", model_max_length=model_max_length,
-            padding_side="right", clean_up_tokenization_spaces=False,
-            model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+            tokenizer_object=tok,
+            unk_token="[UNK]",
+            pad_token="[PAD]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            mask_token="[MASK]",
+            model_max_length=model_max_length,
+            padding_side="right",
+            clean_up_tokenization_spaces=False,
+            model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+        )
 
     out = write_folder(output_dir, fast.save_pretrained, overwrite=overwrite)
     return AutoTokenizer.from_pretrained(str(out))

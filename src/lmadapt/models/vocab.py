@@ -30,6 +30,7 @@ Other tokenizers (SentencePiece/Unigram, BPE without a word-splitting pre-tokeni
 with a message. The new ids follow the existing ones; ``piece_ids`` (the old tokens each new token
 replaces) is what :mod:`lmadapt.models.embed_init` initialises the embedding rows from.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,17 +45,17 @@ from typing import Iterable
 from lmadapt.config.base import ConfigError
 
 VOCAB_FILE = "lmadapt_vocab.json"
-_WORD = re.compile(r" ?[^\W\d_]{3,}")       # a letters-only word, at least 3 letters, its leading space kept
+_WORD = re.compile(r" ?[^\W\d_]{3,}")  # a letters-only word, at least 3 letters, its leading space kept
 
 
 @dataclass
 class Candidate:
-    token: str              # the pre-token as the model sees it, e.g. "Ġkernel"
-    word: str               # readable form, e.g. " kernel"
-    frequency: int          # occurrences in the mined text
-    pieces: list[str]       # the tokens it was cut into
+    token: str  # the pre-token as the model sees it, e.g. "Ġkernel"
+    word: str  # readable form, e.g. " kernel"
+    frequency: int  # occurrences in the mined text
+    pieces: list[str]  # the tokens it was cut into
     piece_ids: list[int] = field(default_factory=list)
-    id: int | None = None   # its id once added
+    id: int | None = None  # its id once added
 
     @property
     def saved(self) -> int:
@@ -65,7 +66,9 @@ class Candidate:
 def _backend_json(tokenizer) -> dict:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise ConfigError(f"vocabulary extension needs a fast (tokenizers) tokenizer; {type(tokenizer).__name__} is not")
+        raise ConfigError(
+            f"vocabulary extension needs a fast (tokenizers) tokenizer; {type(tokenizer).__name__} is not"
+        )
     return json.loads(backend.to_str())
 
 
@@ -78,7 +81,7 @@ def _has_byte_level(pre: dict | None) -> bool:
 
 
 def tokenizer_kind(tokenizer) -> str:
-    """"bpe" (byte-level BPE splitting words) or "wordpiece"; anything else raises ConfigError."""
+    """ "bpe" (byte-level BPE splitting words) or "wordpiece"; anything else raises ConfigError."""
     j = _backend_json(tokenizer)
     model_type = (j.get("model") or {}).get("type")
     pre = tokenizer.backend_tokenizer.pre_tokenizer
@@ -90,7 +93,8 @@ def tokenizer_kind(tokenizer) -> str:
     raise ConfigError(
         f"vocabulary extension supports byte-level BPE (GPT-2, SmolLM, Llama 3) and WordPiece (BERT) tokenizers whose "
         f"pre-tokenizer splits words; this one has a {model_type} model and pre-tokenizer "
-        f"{(j.get('pre_tokenizer') or {}).get('type')}: adding tokens would change how other text is tokenized")
+        f"{(j.get('pre_tokenizer') or {}).get('type')}: adding tokens would change how other text is tokenized"
+    )
 
 
 def _display(kind: str, pretoken: str) -> str:
@@ -117,8 +121,9 @@ def _pieces(tokenizer, pretoken: str) -> list[str]:
     return [t.value for t in tokenizer.backend_tokenizer.model.tokenize(pretoken)]
 
 
-def mine_candidates(tokenizer, texts: Iterable[str], *, add: int, min_frequency: int = 5,
-                    counts: Counter | None = None) -> list[Candidate]:
+def mine_candidates(
+    tokenizer, texts: Iterable[str], *, add: int, min_frequency: int = 5, counts: Counter | None = None
+) -> list[Candidate]:
     """The ``add`` words of ``texts`` that save the most tokens as whole tokens (see the module doc)."""
     if add < 1:
         raise ConfigError(f"add: the number of tokens to add must be >= 1, got {add}")
@@ -134,8 +139,9 @@ def mine_candidates(tokenizer, texts: Iterable[str], *, add: int, min_frequency:
             continue
         pieces = _pieces(tokenizer, token)
         if len(pieces) >= 2:
-            found.append(Candidate(token=token, word=word, frequency=freq, pieces=pieces,
-                                   piece_ids=[vocab[p] for p in pieces]))
+            found.append(
+                Candidate(token=token, word=word, frequency=freq, pieces=pieces, piece_ids=[vocab[p] for p in pieces])
+            )
     found.sort(key=lambda c: (-c.saved, c.token))
     return found[:add]
 
@@ -144,12 +150,21 @@ def candidate_table(cands: list[Candidate], kind: str = "bpe", limit: int | None
     """What was chosen and why: the word, how often it occurs, the pieces it was cut into."""
     shown = cands if limit is None else cands[:limit]
     rows = [("rank", "word", "frequency", "pieces", "tokens saved", "pieces before")]
-    rows += [(str(i + 1), repr(c.word), f"{c.frequency:,}", str(len(c.pieces)), f"{c.saved:,}",
-              " | ".join(_display(kind, p) for p in c.pieces))
-             for i, c in enumerate(shown)]
+    rows += [
+        (
+            str(i + 1),
+            repr(c.word),
+            f"{c.frequency:,}",
+            str(len(c.pieces)),
+            f"{c.saved:,}",
+            " | ".join(_display(kind, p) for p in c.pieces),
+        )
+        for i, c in enumerate(shown)
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(v.ljust(w) if i in (1, 5) else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
-             for r in rows]
+    lines = [
+        "  ".join(v.ljust(w) if i in (1, 5) else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows
+    ]
     if limit is not None and len(cands) > limit:
         lines.append(f"... and {len(cands) - limit} more (all of them in {VOCAB_FILE})")
     return "\n".join(lines)
@@ -180,8 +195,9 @@ def _changed_pretokens(old, new, counts: Counter, added: set[str]) -> list[str]:
     return [p for p in counts if p not in added and _pieces(old, p) != _pieces(new, p)]
 
 
-def extend_tokenizer(tokenizer, cands: list[Candidate], folder: str | Path, *, base: str | None = None,
-                     counts: Counter | None = None):
+def extend_tokenizer(
+    tokenizer, cands: list[Candidate], folder: str | Path, *, base: str | None = None, counts: Counter | None = None
+):
     """Save ``tokenizer`` plus ``cands`` as new tokens into ``folder`` (written whole, replaced if it
     exists) with :data:`VOCAB_FILE` recording them; returns the reloaded tokenizer. Sets each
     candidate's ``id``. ``counts`` (the mined pre-tokens): checked to tokenize as before."""
@@ -205,14 +221,24 @@ def extend_tokenizer(tokenizer, cands: list[Candidate], folder: str | Path, *, b
         for c in cands:
             c.id = new.convert_tokens_to_ids(c.token)
             if c.id is None or c.id < len(tokenizer):
-                raise RuntimeError(f"new token {c.word!r} got id {c.id}, expected one after the {len(tokenizer)} old ids")
+                raise RuntimeError(
+                    f"new token {c.word!r} got id {c.id}, expected one after the {len(tokenizer)} old ids"
+                )
         changed = _changed_pretokens(tokenizer, new, counts, {c.token for c in cands}) if counts else []
         if changed:
-            raise ConfigError(f"extending this tokenizer would change how {len(changed)} other words are tokenized "
-                              f"(e.g. {', '.join(map(repr, changed[:5]))}); its vocabulary holds entries its merges "
-                              "never produce")
-        record = {"kind": kind, "base": base or str(tokenizer.name_or_path), "old_size": len(tokenizer),
-                  "old_vocab_sha256": vocab_digest(tokenizer), "new_size": len(new), "tokens": [asdict(c) for c in cands]}
+            raise ConfigError(
+                f"extending this tokenizer would change how {len(changed)} other words are tokenized "
+                f"(e.g. {', '.join(map(repr, changed[:5]))}); its vocabulary holds entries its merges "
+                "never produce"
+            )
+        record = {
+            "kind": kind,
+            "base": base or str(tokenizer.name_or_path),
+            "old_size": len(tokenizer),
+            "old_vocab_sha256": vocab_digest(tokenizer),
+            "new_size": len(new),
+            "tokens": [asdict(c) for c in cands],
+        }
         (tmp / VOCAB_FILE).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
@@ -253,5 +279,7 @@ def tokens_per_word(tokenizer, texts: Iterable[str]) -> dict:
     texts = list(texts)
     words = sum(len(t.split()) for t in texts)
     # verbose=False: counting only; no "longer than the model's maximum length" warning per long document
-    tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]) if texts else 0
+    tokens = (
+        sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]) if texts else 0
+    )
     return {"tokens": tokens, "words": words, "tokens_per_word": round(tokens / words, 4) if words else None}

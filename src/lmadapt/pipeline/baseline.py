@@ -6,6 +6,7 @@ dev and test metrics like the fine-tuning stage does. Single-label classificatio
 
     result = tfidf_baseline(finetune_recipe_dict, Cs=[0.1, 1, 10], max_features=100000, min_df=1)
 """
+
 from __future__ import annotations
 
 import time
@@ -19,17 +20,23 @@ def baseline_key(recipe: dict) -> dict:
     task = dict(recipe.get("task") or {})
     seed = (recipe.get("train") or {}).get("seed")
     subset_seed = data.get("subset_seed")
-    return {"data": data, "task": task,
-            "subset_seed": (subset_seed if subset_seed is not None else seed) if data.get("max_examples") else None}
+    return {
+        "data": data,
+        "task": task,
+        "subset_seed": (subset_seed if subset_seed is not None else seed) if data.get("max_examples") else None,
+    }
 
 
 def applies(recipe: dict) -> bool:
     task = recipe.get("task") or {}
-    return task.get("type", "classification") == "classification" and task.get("problem", "single_label") == "single_label"
+    return (
+        task.get("type", "classification") == "classification" and task.get("problem", "single_label") == "single_label"
+    )
 
 
-def tfidf_baseline(recipe: dict, Cs: list[float] = (0.1, 1.0, 10.0), max_features: int | None = 100000,
-                   min_df: int = 1) -> dict:
+def tfidf_baseline(
+    recipe: dict, Cs: list[float] = (0.1, 1.0, 10.0), max_features: int | None = 100000, min_df: int = 1
+) -> dict:
     """Fit TF-IDF + LogisticRegression on the recipe's training examples; dev/test metrics with the best C.
 
     The benchmarks call this too (with ``min_df=2, max_features=200_000``, the shared/data README's
@@ -71,11 +78,18 @@ def tfidf_baseline(recipe: dict, Cs: list[float] = (0.1, 1.0, 10.0), max_feature
         if best is None or (score is not None and score > best[0]):
             best = (score if score is not None else float("-inf"), float(C), clf, dev_m)
         if not dev:
-            break                                      # nothing to select on: the first C it is
+            break  # nothing to select on: the first C it is
     _, C, clf, dev_m = best
-    result = {"kind": "tfidf_logreg", "C": C, "tried": tried, "labels": labels,
-              "examples": {k: len(v) for k, v in splits.items()}, "features": len(vec.vocabulary_),
-              "min_df": int(min_df), "max_features": max_features}
+    result = {
+        "kind": "tfidf_logreg",
+        "C": C,
+        "tried": tried,
+        "labels": labels,
+        "examples": {k: len(v) for k, v in splits.items()},
+        "features": len(vec.vocabulary_),
+        "min_df": int(min_df),
+        "max_features": max_features,
+    }
     if dev_m:
         result["dev"] = dev_m
     if test:

@@ -17,6 +17,7 @@ deleted, ``--rerun``) keeps its hash. So ``DONE`` also carries a ``run_id`` of i
 hash on purpose: an edit anywhere in lmadapt would otherwise retrain every stage of every run, so
 a changed fingerprint is reported, and ``--rerun`` recomputes what the user decides.
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,6 +53,7 @@ _sha_cache: dict[tuple[str, int, int], str] = {}
 def lmadapt_version() -> str:
     """The installed lmadapt's version string (recorded with every cached stage)."""
     from .. import __version__
+
     return __version__
 
 
@@ -95,8 +97,9 @@ def fingerprint_path(value: str) -> list | None:
         return [_file_entry(p, p.name)]
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-        return [_file_entry(f, str(f.relative_to(p))) for f in files[:MAX_DIR_FILES]] + \
-            ([["truncated", len(files)]] if len(files) > MAX_DIR_FILES else [])
+        return [_file_entry(f, str(f.relative_to(p))) for f in files[:MAX_DIR_FILES]] + (
+            [["truncated", len(files)]] if len(files) > MAX_DIR_FILES else []
+        )
     if any(ch in value for ch in "*?["):
         files = sorted(Path(f) for f in globlib.glob(str(p), recursive=True) if Path(f).is_file())
         return [_file_entry(f, str(f)) for f in files] or None
@@ -168,8 +171,10 @@ def read_done(folder: Path) -> dict:
 
 def mark_done(folder: Path, info: dict) -> None:
     """Written last: a stage folder with DONE is complete and is reused as is."""
-    atomic_write_text(Path(folder) / DONE_FILE,
-                      json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}, indent=2, default=str) + "\n")
+    atomic_write_text(
+        Path(folder) / DONE_FILE,
+        json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}, indent=2, default=str) + "\n",
+    )
 
 
 def discard(folder: Path) -> None:
@@ -188,8 +193,10 @@ def discard(folder: Path) -> None:
 def write_stage_file(folder: Path, key: dict, full_hash: str, parent_run: str | None = None) -> None:
     """Written when a stage starts; ``parent_run`` lets a later run tell whether an interrupted stage
     started from the parent training that is there now (plan.reusable)."""
-    atomic_write_text(Path(folder) / STAGE_FILE, json.dumps({"hash": full_hash, **key, "parent_run": parent_run},
-                                                           indent=2, default=str) + "\n")
+    atomic_write_text(
+        Path(folder) / STAGE_FILE,
+        json.dumps({"hash": full_hash, **key, "parent_run": parent_run}, indent=2, default=str) + "\n",
+    )
 
 
 def recorded_parent_run(folder: Path) -> str | None:

@@ -9,6 +9,7 @@ It needs at least two runs per arm; with one seed the report says so instead of 
 
 report.py renders this; verdict.py turns it into the per-arm answer.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,13 +30,14 @@ BASELINE_ARM = "tfidf_baseline"
 @dataclass(frozen=True)
 class Column:
     """One column of the comparison: a task metric on a split, or held-out perplexity of an LM role."""
-    key: str                       # "test_macro_f1", "domain_ppl"
-    label: str                     # "test macro-F1 ↑"
-    better: str                    # "higher" | "lower"
-    split: str | None = None       # task columns: "test" | "dev"
-    metric: str | None = None      # task columns: a key of metrics.json's dev/test section
-    role: str | None = None        # LM columns: "domain" | "general"
-    evidence: str | None = None    # capability columns: "harness:task/metric" | "instruction:response_loss"
+
+    key: str  # "test_macro_f1", "domain_ppl"
+    label: str  # "test macro-F1 ↑"
+    better: str  # "higher" | "lower"
+    split: str | None = None  # task columns: "test" | "dev"
+    metric: str | None = None  # task columns: a key of metrics.json's dev/test section
+    role: str | None = None  # LM columns: "domain" | "general"
+    evidence: str | None = None  # capability columns: "harness:task/metric" | "instruction:response_loss"
 
     @property
     def points(self) -> bool:
@@ -43,14 +45,27 @@ class Column:
         return bool(self.evidence and self.evidence.startswith("harness:") and self.better == "higher")
 
 
-LM_COLUMNS = [Column("domain_ppl", "domain ppl ↓", "lower", role="domain"),
-              Column("general_ppl", "general ppl ↓", "lower", role="general")]
-METRIC_NAMES = {"macro_f1": "macro-F1", "micro_f1": "micro-F1", "weighted_f1": "weighted-F1", "f1": "F1",
-                "exact_match": "exact match", "token_accuracy": "token accuracy", "subset_accuracy": "subset accuracy",
-                "hamming_loss": "Hamming loss", "mse": "MSE", "rmse": "RMSE", "mae": "MAE"}
+LM_COLUMNS = [
+    Column("domain_ppl", "domain ppl ↓", "lower", role="domain"),
+    Column("general_ppl", "general ppl ↓", "lower", role="general"),
+]
+METRIC_NAMES = {
+    "macro_f1": "macro-F1",
+    "micro_f1": "micro-F1",
+    "weighted_f1": "weighted-F1",
+    "f1": "F1",
+    "exact_match": "exact match",
+    "token_accuracy": "token accuracy",
+    "subset_accuracy": "subset accuracy",
+    "hamming_loss": "Hamming loss",
+    "mse": "MSE",
+    "rmse": "RMSE",
+    "mae": "MAE",
+}
 LOWER_IS_BETTER = {"loss", "mse", "rmse", "mae", "hamming_loss"}
 
 # --- loading -------------------------------------------------------------------------------------
+
 
 @dataclass
 class Run:
@@ -70,8 +85,9 @@ class Run:
             return {}
         if rel not in self._metrics:
             path = self.folder / rel
-            self._metrics[rel] = (read_json(path, default={}) if path.suffix == ".json"
-                                  else read_json(path / METRICS_FILE, default={})) or {}
+            self._metrics[rel] = (
+                read_json(path, default={}) if path.suffix == ".json" else read_json(path / METRICS_FILE, default={})
+            ) or {}
         return self._metrics[rel]
 
 
@@ -80,6 +96,7 @@ def load_run(run_dir: str | Path) -> Run:
     path = folder / RESULTS_FILE
     if not path.is_file():
         from ..config.base import ConfigError
+
         raise ConfigError(f"{folder}: no {RESULTS_FILE}; is this the output_dir of `lmadapt run`?")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     state = read_json(folder / STATE_FILE, default={}) or {}
@@ -90,7 +107,7 @@ def load_run(run_dir: str | Path) -> Run:
     for r in rows:
         if r["arm"] not in arms and r["arm"] != BASELINE_ARM:
             arms.append(r["arm"])
-    rep = (pipeline.get("report") or {})
+    rep = pipeline.get("report") or {}
     reference = rep.get("reference_arm") or ("ft_only" if "ft_only" in arms else (arms[0] if arms else ""))
     ev = pipeline.get("evaluation") or {}
     names = list((ev.get("lm_sets") or {}).keys())
@@ -99,8 +116,16 @@ def load_run(run_dir: str | Path) -> Run:
     domain = ev.get("domain_set") or ("domain" if "domain" in names else (names[0] if names else None))
     rest = [n for n in names if n != domain]
     general = ev.get("general_set") or ("general" if "general" in names else (rest[0] if rest else None))
-    run = Run(folder=folder, rows=rows, state=state, pipeline=pipeline, arms=arms, reference=reference,
-              noise_factor=float(rep.get("noise_factor") or 2.0), roles={"domain": domain, "general": general})
+    run = Run(
+        folder=folder,
+        rows=rows,
+        state=state,
+        pipeline=pipeline,
+        arms=arms,
+        reference=reference,
+        noise_factor=float(rep.get("noise_factor") or 2.0),
+        roles={"domain": domain, "general": general},
+    )
     run.columns = task_columns(run) + LM_COLUMNS + word_columns(run.rows) + capability_columns(run.rows)
     return run
 
@@ -110,8 +135,10 @@ def word_columns(rows: list[dict]) -> list[Column]:
     it (causal models): the column that compares arms whose tokenizers differ (vocabulary extension)."""
     if not any((m or {}).get("word_perplexity") is not None for r in rows for m in (r.get("lm") or {}).values()):
         return []
-    return [Column("domain_wppl", "domain word ppl ↓", "lower", metric="word_perplexity", role="domain"),
-            Column("general_wppl", "general word ppl ↓", "lower", metric="word_perplexity", role="general")]
+    return [
+        Column("domain_wppl", "domain word ppl ↓", "lower", metric="word_perplexity", role="domain"),
+        Column("general_wppl", "general word ppl ↓", "lower", metric="word_perplexity", role="general"),
+    ]
 
 
 def evidence_value(row: dict, spec: str) -> float | None:
@@ -138,15 +165,20 @@ def capability_columns(rows: list[dict]) -> list[Column]:
                 continue
             higher = ((r.get("harness_higher") or {}).get(task) or {}).get(metric, True)
             cols[f"harness:{task}/{metric}"] = Column(
-                f"harness_{task}_{metric}", f"{task} {metric.replace('_', ' ')} {'↑' if higher else '↓'}",
-                "higher" if higher else "lower", evidence=f"harness:{task}/{metric}")
+                f"harness_{task}_{metric}",
+                f"{task} {metric.replace('_', ' ')} {'↑' if higher else '↓'}",
+                "higher" if higher else "lower",
+                evidence=f"harness:{task}/{metric}",
+            )
         ins = r.get("instruction") or {}
         if ins.get("response_loss") is not None and "instruction:response_loss" not in cols:
-            cols["instruction:response_loss"] = Column("instruction_loss", "instruction loss ↓", "lower",
-                                                       evidence="instruction:response_loss")
+            cols["instruction:response_loss"] = Column(
+                "instruction_loss", "instruction loss ↓", "lower", evidence="instruction:response_loss"
+            )
         if ins.get("exact_match") is not None and "instruction:exact_match" not in cols:
-            cols["instruction:exact_match"] = Column("instruction_em", "instruction exact match ↑", "higher",
-                                                     evidence="instruction:exact_match")
+            cols["instruction:exact_match"] = Column(
+                "instruction_em", "instruction exact match ↑", "higher", evidence="instruction:exact_match"
+            )
     return list(cols.values())
 
 
@@ -159,24 +191,37 @@ def task_columns(run: Run) -> list[Column]:
     if not names:
         return []
     metric = max(dict.fromkeys(names), key=names.count)
-    greater = next((sel.get("greater_is_better") for r in rows if r["task"].get("metric") == metric
-                    for sel in [run.metrics(r.get("folder")).get("selection") or {}]
-                    if sel.get("greater_is_better") is not None), metric not in LOWER_IS_BETTER)
-    name, arrow, better = METRIC_NAMES.get(metric, metric.replace("_", " ")), "↑" if greater else "↓", \
-        "higher" if greater else "lower"
+    greater = next(
+        (
+            sel.get("greater_is_better")
+            for r in rows
+            if r["task"].get("metric") == metric
+            for sel in [run.metrics(r.get("folder")).get("selection") or {}]
+            if sel.get("greater_is_better") is not None
+        ),
+        metric not in LOWER_IS_BETTER,
+    )
+    name, arrow, better = (
+        METRIC_NAMES.get(metric, metric.replace("_", " ")),
+        "↑" if greater else "↓",
+        "higher" if greater else "lower",
+    )
     cols = []
     if metric != "accuracy" and any("accuracy" in (r["task"].get("test") or {}) for r in rows):
         cols.append(Column("test_accuracy", "test accuracy ↑", "higher", split="test", metric="accuracy"))
-    cols += [Column(f"test_{metric}", f"test {name} {arrow}", better, split="test", metric=metric),
-             Column(f"dev_{metric}", f"dev {name} {arrow}", better, split="dev", metric=metric)]
+    cols += [
+        Column(f"test_{metric}", f"test {name} {arrow}", better, split="test", metric=metric),
+        Column(f"dev_{metric}", f"dev {name} {arrow}", better, split="dev", metric=metric),
+    ]
     return cols
 
 
 # --- statistics ----------------------------------------------------------------------------------
 
+
 @dataclass
 class Stat:
-    values: list[float]             # one per distinct run (stage instance)
+    values: list[float]  # one per distinct run (stage instance)
     ids: list[str]
 
     @property
@@ -220,8 +265,13 @@ def arm_values(run: Run) -> dict[str, dict[str, Stat]]:
         limit = last_ft["position"] if last_ft else float("inf")
         # LM evidence (evaluation.lm_sets) of the last model before the fine-tune: an input model, a
         # pretrain or a merge stage. Evaluate stages score their own sets and are listed separately.
-        lm_rows = [r for r in rows if (r.get("lm") or r.get("harness") or r.get("instruction"))
-                   and r.get("kind") in ("input", "pretrain", "merge") and r.get("position", 0) < limit]
+        lm_rows = [
+            r
+            for r in rows
+            if (r.get("lm") or r.get("harness") or r.get("instruction"))
+            and r.get("kind") in ("input", "pretrain", "merge")
+            and r.get("position", 0) < limit
+        ]
         if lm_rows:
             lm = lm_rows[-1]
             for c in run.columns:
@@ -249,7 +299,7 @@ def compare(a: Stat, r: Stat, k: float) -> dict:
         other = r if a.n < 2 else a
         se = other.std / math.sqrt(other.n)
     else:
-        sp = math.sqrt(((a.n - 1) * a.std ** 2 + (r.n - 1) * r.std ** 2) / (a.n + r.n - 2))
+        sp = math.sqrt(((a.n - 1) * a.std**2 + (r.n - 1) * r.std**2) / (a.n + r.n - 2))
         se = sp * math.sqrt(1 / a.n + 1 / r.n)
     threshold = k * se
     if se == 0:
@@ -269,17 +319,18 @@ def comparison(run: Run) -> dict:
         cells = {}
         for col in run.columns:
             s = values[arm].get(col.key)
-            c = (compare(s, ref[col.key], run.noise_factor)
-                 if ref and arm != run.reference and s is not None else None)
+            c = compare(s, ref[col.key], run.noise_factor) if ref and arm != run.reference and s is not None else None
             cells[col.key] = {"stat": s, "cmp": c}
         table.append({"arm": arm, "cells": cells})
     return {"rows": table, "reference": run.reference}
 
 
 def noise_rule(run: Run) -> str:
-    return (f"Rule: a difference to {run.reference} is 'beyond noise' when |diff| > {run.noise_factor:g} x s_p x "
-            "sqrt(1/n_a + 1/n_ref), s_p the pooled seed-to-seed standard deviation of the two arms; n counts distinct "
-            "runs (a stage shared by every seed counts once). An arm with a single run (a shared stage, the "
-            "deterministic baseline) counts as a fixed value: the threshold is then k x s / sqrt(n) of the other arm. "
-            "'1 run': both arms have a single run, so there is no noise estimate (add seeds); 'same model': both "
-            "arms use the very same stage output.")
+    return (
+        f"Rule: a difference to {run.reference} is 'beyond noise' when |diff| > {run.noise_factor:g} x s_p x "
+        "sqrt(1/n_a + 1/n_ref), s_p the pooled seed-to-seed standard deviation of the two arms; n counts distinct "
+        "runs (a stage shared by every seed counts once). An arm with a single run (a shared stage, the "
+        "deterministic baseline) counts as a fixed value: the threshold is then k x s / sqrt(n) of the other arm. "
+        "'1 run': both arms have a single run, so there is no noise estimate (add seeds); 'same model': both "
+        "arms use the very same stage output."
+    )

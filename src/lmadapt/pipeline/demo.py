@@ -14,6 +14,7 @@
 
 Everything goes through the pipeline's stage cache: a second `lmadapt demo` reuses every stage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,12 +54,17 @@ def ensure_tokenizer(folder: Path, sample: str) -> Path:
     from ..data.sources import read_source
     from ..models.tokenizers import train_tokenizer
     from ..runtime.outputs import write_json
+
     t0 = time.time()
     docs, _ = read_source(SourceConfig(path=str(Path(sample) / TOKENIZER_SETTINGS["data"])))
-    tok = train_tokenizer([d.text for d in docs], kind=TOKENIZER_SETTINGS["kind"],
-                          vocab_size=TOKENIZER_SETTINGS["vocab_size"], output_dir=str(folder),
-                          min_frequency=TOKENIZER_SETTINGS["min_frequency"],
-                          overwrite=True)   # the demo's own subfolder (its settings marker is not in the manifest)
+    tok = train_tokenizer(
+        [d.text for d in docs],
+        kind=TOKENIZER_SETTINGS["kind"],
+        vocab_size=TOKENIZER_SETTINGS["vocab_size"],
+        output_dir=str(folder),
+        min_frequency=TOKENIZER_SETTINGS["min_frequency"],
+        overwrite=True,
+    )  # the demo's own subfolder (its settings marker is not in the manifest)
     write_json(marker, TOKENIZER_SETTINGS)
     log(f"trained a {len(tok):,}-token BPE tokenizer on {len(docs)} general documents in {time.time() - t0:.1f}s")
     return folder
@@ -67,12 +73,23 @@ def ensure_tokenizer(folder: Path, sample: str) -> Path:
 def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", help="key=value overrides of demo.yaml, e.g. vars.ft_epochs=2")
     parser.add_argument("--output", default="runs/demo", help="run folder (stage cache, results, report)")
-    parser.add_argument("--quick", action="store_true",
-                        help="~5x smaller budgets: a minute or two, for checking the machinery")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="fine-tuning seeds (each adds one fine-tune per arm; the pretrained models are shared)")
-    parser.add_argument("--jobs", type=int, default=1, metavar="N",
-                        help="run up to N independent stages at once (see `lmadapt run --jobs`)")
+    parser.add_argument(
+        "--quick", action="store_true", help="~5x smaller budgets: a minute or two, for checking the machinery"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="fine-tuning seeds (each adds one fine-tune per arm; the pretrained models are shared)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run up to N independent stages at once (see `lmadapt run --jobs`)",
+    )
     return parser
 
 
@@ -86,13 +103,15 @@ def demo_overrides(args: argparse.Namespace) -> list[str]:
 def main_demo(args: argparse.Namespace) -> int:
     from .report import summary_table
     from .run import run_pipeline
+
     t0 = time.time()
     out = Path(args.output)
     sample = sample_data_dir()
     log(f"sample data: {sample}")
     # Under torchrun the main process trains the tokenizer into the (shared) output folder first.
-    tokenizer = main_first(lambda: ensure_tokenizer(out / "tokenizer", sample), "training the demo tokenizer",
-                           per_node=False)
+    tokenizer = main_first(
+        lambda: ensure_tokenizer(out / "tokenizer", sample), "training the demo tokenizer", per_node=False
+    )
     with demo_recipe_path() as recipe:
         cfg = load_pipeline(recipe, demo_overrides(args), variables={"tokenizer": str(tokenizer.resolve())})
         summary = run_pipeline(cfg, pipeline_file=str(recipe), jobs=args.jobs)
@@ -101,10 +120,14 @@ def main_demo(args: argparse.Namespace) -> int:
     print()
     print(summary_table(cfg.output_dir))
     print()
-    log("a ~2M-parameter model pretrained on well under a million tokens: expect TF-IDF to win and small, noisy "
+    log(
+        "a ~2M-parameter model pretrained on well under a million tokens: expect TF-IDF to win and small, noisy "
         "differences between arms; this shows the workflow and its evidence, not a result (the fine-tuning "
-        "seeds give the noise estimate)")
+        "seeds give the noise estimate)"
+    )
     log(f"report: {summary['report']['html']} (and report.md beside it)")
-    log(f"finished in {time.time() - t0:.0f}s ({len(summary['executed'])} stage(s) run, "
-        f"{len(summary['reused'])} reused from the cache)")
+    log(
+        f"finished in {time.time() - t0:.0f}s ({len(summary['executed'])} stage(s) run, "
+        f"{len(summary['reused'])} reused from the cache)"
+    )
     return 0

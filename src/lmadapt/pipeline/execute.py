@@ -2,6 +2,7 @@
 over, DONE, peak memory. The sequential walk (run.py) and the --jobs workers (jobs.py) both call
 execute_stage, so a stage runs the same way in either.
 """
+
 from __future__ import annotations
 
 import gc
@@ -45,6 +46,7 @@ class PeakMemory:
             pass
         try:
             import resource
+
             return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
         except Exception:  # noqa: BLE001 - informative only
             return 0
@@ -57,6 +59,7 @@ class PeakMemory:
     def __enter__(self):
         try:
             import torch
+
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
         except Exception:  # noqa: BLE001
@@ -75,6 +78,7 @@ class PeakMemory:
         out = {"peak_rss_mb": round(self.peak_kb / 1024, 1)}
         try:
             import torch
+
             if torch.cuda.is_available():
                 out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         except Exception:  # noqa: BLE001
@@ -88,9 +92,11 @@ class PeakMemory:
 
 def _recipe_stage(kind: str) -> Callable[[dict, Path], dict]:
     """The pipeline's runner of a recipe-driven stage (stages.STAGES): its recipe loaded and checked, then run."""
+
     def run(recipe: dict, folder: Path) -> dict:
         stage = STAGES[kind]
         return stage.runner()(load_recipe(stage.config_class(), data=recipe))
+
     run.__name__ = f"_run_{kind}"
     return run
 
@@ -98,19 +104,29 @@ def _recipe_stage(kind: str) -> Callable[[dict, Path], dict]:
 def load_for_eval(model: str):
     from ..config.model import ModelConfig
     from ..models.load import load_model
+
     return load_model(ModelConfig(path=str(model)))
 
 
 def _run_evaluate(recipe: dict, folder: Path) -> dict:
     from ..config.pipeline import EvaluateStageConfig
     from ..stages.evaluate import evaluate_model
+
     cfg: EvaluateStageConfig = load_recipe(EvaluateStageConfig, data=recipe)
     loaded = load_for_eval(cfg.model)
     sets = {}
     for name, path in cfg.sets().items():
-        res = evaluate_model(cfg.model, [path], text_field=cfg.text_field, split_docs=cfg.split_docs,
-                             block_size=cfg.block_size, batch_size=cfg.batch_size, max_tokens=cfg.max_tokens,
-                             packing=cfg.packing, loaded=loaded)
+        res = evaluate_model(
+            cfg.model,
+            [path],
+            text_field=cfg.text_field,
+            split_docs=cfg.split_docs,
+            block_size=cfg.block_size,
+            batch_size=cfg.batch_size,
+            max_tokens=cfg.max_tokens,
+            packing=cfg.packing,
+            loaded=loaded,
+        )
         sets[name] = next(iter(res["sets"].values()))
         log(f"  {name}: perplexity {sets[name]['perplexity']:.2f}")
     metrics = {"stage": "evaluate", "model": cfg.model, "sets": sets}
@@ -122,12 +138,13 @@ def _run_evaluate(recipe: dict, folder: Path) -> dict:
 # Looked up at call time, so tests (and embedders) can wrap a stage.
 STAGE_RUNNERS: dict[str, Callable[[dict, Path], dict]] = {
     **{kind: _recipe_stage(kind) for kind in STAGES},
-    "evaluate": _run_evaluate,   # the pipeline's own: held-out perplexity of a model, no recipe stage of its own
+    "evaluate": _run_evaluate,  # the pipeline's own: held-out perplexity of a model, no recipe stage of its own
 }
 
 
 def _has_checkpoint(folder: Path) -> bool:
     from ..train.loop import latest_checkpoint
+
     try:
         return latest_checkpoint(folder) is not None
     except Exception:  # noqa: BLE001 - an unreadable checkpoint folder means: start over
@@ -175,27 +192,37 @@ def execute_stage(inst: StageInstance, keep_checkpoints: bool = False) -> dict:
         cache.write_stage_file(folder, inst.key, inst.hash, parent_run=parent_run)
     barrier()
     if inst.kind != "evaluate" and resumed != "checkpoint":
-        recipe["train"]["overwrite"] = True       # the folder holds only lmadapt_stage.json
+        recipe["train"]["overwrite"] = True  # the folder holds only lmadapt_stage.json
     t0 = time.time()
     from ..runtime.run_folder import release_folder
+
     try:
         with PeakMemory() as mem:
             STAGE_RUNNERS[inst.kind](recipe, folder)
     finally:
-        release_folder(folder)      # the stage took its folder's lock (runtime/run_folder.py)
-    info = {"hash": inst.hash, "kind": inst.kind, "name": inst.name, "wall_seconds": round(time.time() - t0, 2),
-            "resumed": resumed, **mem.result(),
-            # which training of the parent this one started from (plan.reusable), and which code ran it
-            "run_id": cache.new_run_id(), "code": cache.code_fingerprint(), "parent_run": parent_run}
+        release_folder(folder)  # the stage took its folder's lock (runtime/run_folder.py)
+    info = {
+        "hash": inst.hash,
+        "kind": inst.kind,
+        "name": inst.name,
+        "wall_seconds": round(time.time() - t0, 2),
+        "resumed": resumed,
+        **mem.result(),
+        # which training of the parent this one started from (plan.reusable), and which code ran it
+        "run_id": cache.new_run_id(),
+        "code": cache.code_fingerprint(),
+        "parent_run": parent_run,
+    }
     gc.collect()
     from ..data.token_cache import folder_bytes
-    from ..train.loop import CHECKPOINT_DIR      # here, not at the top: `lmadapt --help` needs no torch
+    from ..train.loop import CHECKPOINT_DIR  # here, not at the top: `lmadapt --help` needs no torch
+
     checkpoints = folder / CHECKPOINT_DIR
     if not keep_checkpoints and checkpoints.is_dir():
         info["checkpoints_deleted_mb"] = round(folder_bytes(checkpoints) / 2**20, 1)
     if main:
         cache.mark_done(folder, info)
-        if "checkpoints_deleted_mb" in info:      # after DONE: a crash in between leaves them, not a gap
+        if "checkpoints_deleted_mb" in info:  # after DONE: a crash in between leaves them, not a gap
             shutil.rmtree(checkpoints, ignore_errors=True)
     barrier()
     return info

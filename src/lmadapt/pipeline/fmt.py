@@ -1,4 +1,5 @@
 """Numbers as the report and the verdicts print them."""
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,15 @@ def fmt_factor(f: float | None) -> str:
 def fmt_tokens(n: float) -> str:
     """A signed token count: +1.02M, −12.3k."""
     a = abs(n)
-    text = (f"{a / 1e9:.2f}B" if a >= 1e9 else f"{a / 1e6:.2f}M" if a >= 1e6
-            else f"{a / 1e3:.1f}k" if a >= 1e3 else f"{a:.0f}")
+    text = (
+        f"{a / 1e9:.2f}B"
+        if a >= 1e9
+        else f"{a / 1e6:.2f}M"
+        if a >= 1e6
+        else f"{a / 1e3:.1f}k"
+        if a >= 1e3
+        else f"{a:.0f}"
+    )
     return ("−" if n < 0 else "+") + text
 
 

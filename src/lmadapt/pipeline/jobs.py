@@ -24,6 +24,7 @@ fine-tunes beside it took 10 GB each): a stage that runs out of memory beside ot
 more, alone. A failed stage lets the running ones finish (their folders are kept for the cache),
 starts nothing that needs it, and then stops the run with the stage's log tail.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,7 +40,7 @@ from . import cache
 from .plan import StageInstance
 
 LOGS_DIR = "logs"
-PROGRESS_EVERY = 60.0     # seconds between "still running" lines
+PROGRESS_EVERY = 60.0  # seconds between "still running" lines
 
 
 def log_path(out: Path, inst_id: str) -> Path:
@@ -80,6 +81,7 @@ def visible_gpus() -> list[str]:
         return [g.strip() for g in visible.split(",") if g.strip()]
     try:
         import torch
+
         return [str(i) for i in range(torch.cuda.device_count())]
     except Exception:  # noqa: BLE001 - no torch CUDA: CPU jobs
         return []
@@ -118,11 +120,17 @@ class _Job:
     def __init__(self, inst: StageInstance, proc: subprocess.Popen, device: str | None, fh, exclusive: bool):
         self.inst, self.proc, self.device, self.fh, self.exclusive = inst, proc, device, fh, exclusive
         self.t0 = time.time()
-        self.shared = False          # another job ran on its device at some point while it ran
+        self.shared = False  # another job ran on its device at some point while it ran
 
 
-def run_jobs(out: Path, todo: list[StageInstance], done: set[str], jobs: int,
-             on_change: Callable[[StageInstance, str, dict], None], log: Callable[[str], None]) -> list[str]:
+def run_jobs(
+    out: Path,
+    todo: list[StageInstance],
+    done: set[str],
+    jobs: int,
+    on_change: Callable[[StageInstance, str, dict], None],
+    log: Callable[[str], None],
+) -> list[str]:
     """Run ``todo`` in up to ``jobs`` worker processes; returns the ids run, in finishing order.
 
     ``done`` holds the ids already finished (cached). ``on_change(inst, status, extra)`` is told of
@@ -138,9 +146,11 @@ def run_jobs(out: Path, todo: list[StageInstance], done: set[str], jobs: int,
         while sched.pending or sched.running:
             sched.start_ready()
             if not sched.running:
-                if sched.pending:      # nothing can start and nothing runs: a dependency was never planned
-                    raise ConfigError("--jobs: stages wait for parents that are neither done nor planned: "
-                                      + ", ".join(i.id for i in sched.pending))
+                if sched.pending:  # nothing can start and nothing runs: a dependency was never planned
+                    raise ConfigError(
+                        "--jobs: stages wait for parents that are neither done nor planned: "
+                        + ", ".join(i.id for i in sched.pending)
+                    )
                 break
             time.sleep(0.5)
             sched.reap()
@@ -155,15 +165,22 @@ def run_jobs(out: Path, todo: list[StageInstance], done: set[str], jobs: int,
 class _Scheduler:
     """run_jobs' state: what waits (longest chain first), what runs where, what finished or failed."""
 
-    def __init__(self, out: Path, todo: list[StageInstance], done: set[str], jobs: int,
-                 on_change: Callable[[StageInstance, str, dict], None], log: Callable[[str], None]):
+    def __init__(
+        self,
+        out: Path,
+        todo: list[StageInstance],
+        done: set[str],
+        jobs: int,
+        on_change: Callable[[StageInstance, str, dict], None],
+        log: Callable[[str], None],
+    ):
         self.out, self.jobs, self.on_change, self.log = out, jobs, on_change, log
         self.done = set(done)
         gpus = visible_gpus()
         self.devices: list[str | None] = list(gpus) if gpus else [None]
         priority = chain_lengths(todo)
-        self.pending = deque(sorted(todo, key=lambda i: -priority[i.id]))      # stable: plan order among equals
-        self.exclusive: set[str] = set()     # stages to run alone (they ran out of memory beside others)
+        self.pending = deque(sorted(todo, key=lambda i: -priority[i.id]))  # stable: plan order among equals
+        self.exclusive: set[str] = set()  # stages to run alone (they ran out of memory beside others)
         self.running: list[_Job] = []
         self.finished: list[str] = []
         self.failed: dict[str, str] = {}
@@ -187,14 +204,14 @@ class _Scheduler:
                 break
             parent = inst.parent.id if inst.parent is not None else None
             if parent in self.failed:
-                self.pending.remove(inst)                  # it starts from what failed: it cannot run
+                self.pending.remove(inst)  # it starts from what failed: it cannot run
                 self.failed[inst.id] = f"not run: {parent} failed"
                 continue
             if parent is not None and parent not in self.done:
                 continue
             device = self.device_for(inst)
             if not device:
-                break                 # wait for a device to empty (or to be let go); start nothing meanwhile
+                break  # wait for a device to empty (or to be let go); start nothing meanwhile
             self.pending.remove(inst)
             self.start(inst, device[0], sharing)
 
@@ -211,14 +228,18 @@ class _Scheduler:
         path = log_path(self.out, inst.id)
         fh = path.open("ab")
         env = device_env(device, sharing)
-        proc = subprocess.Popen(worker_command(self.out, inst.id), stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                cwd=os.getcwd())
+        proc = subprocess.Popen(
+            worker_command(self.out, inst.id), stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd()
+        )
         job = _Job(inst, proc, device, fh, inst.id in self.exclusive)
         for other in self.on(device):
             other.shared = job.shared = True
         self.running.append(job)
-        self.log(f"[jobs] {inst.name} ({inst.kind}) started on {self.where(device, env)}"
-                 + (" alone" if job.exclusive else "") + f" -> {inst.id} (log: {path})")
+        self.log(
+            f"[jobs] {inst.name} ({inst.kind}) started on {self.where(device, env)}"
+            + (" alone" if job.exclusive else "")
+            + f" -> {inst.id} (log: {path})"
+        )
         self.on_change(inst, "running", {"log": str(path), "device": self.where(device, env)})
 
     def reap(self) -> None:
@@ -231,29 +252,38 @@ class _Scheduler:
                 self.done.add(inst.id)
                 self.finished.append(inst.id)
                 info = cache.read_done(inst.folder)
-                self.log(f"[jobs] {inst.name} done in {secs:.1f}s (peak RSS {info.get('peak_rss_mb')} MB"
-                         + (f", GPU {info['peak_gpu_mb']} MB" if info.get("peak_gpu_mb") is not None else "") + ")")
+                self.log(
+                    f"[jobs] {inst.name} done in {secs:.1f}s (peak RSS {info.get('peak_rss_mb')} MB"
+                    + (f", GPU {info['peak_gpu_mb']} MB" if info.get("peak_gpu_mb") is not None else "")
+                    + ")"
+                )
                 self.on_change(inst, "done", {"wall_seconds": info.get("wall_seconds", round(secs, 2))})
                 continue
             tail = _last_line(log_path(self.out, inst.id), 40)
             if job.shared and not job.exclusive and out_of_memory(rc, tail):
                 self.exclusive.add(inst.id)
                 self.pending.appendleft(inst)
-                self.log(f"[jobs] {inst.name} ran out of memory beside other jobs on {self.where(job.device)} "
-                         f"after {secs:.0f}s; it runs again alone once a device is free")
+                self.log(
+                    f"[jobs] {inst.name} ran out of memory beside other jobs on {self.where(job.device)} "
+                    f"after {secs:.0f}s; it runs again alone once a device is free"
+                )
                 self.on_change(inst, "pending", {"retry": "out of memory beside other jobs; runs again alone"})
                 continue
             self.failed[inst.id] = f"exit code {rc}"
-            self.log(f"[jobs] {inst.name} FAILED (exit code {rc}) after {secs:.0f}s; "
-                     f"log: {log_path(self.out, inst.id)}\n" + "\n".join(tail.splitlines()[-15:]))
+            self.log(
+                f"[jobs] {inst.name} FAILED (exit code {rc}) after {secs:.0f}s; "
+                f"log: {log_path(self.out, inst.id)}\n" + "\n".join(tail.splitlines()[-15:])
+            )
             self.on_change(inst, "failed", {"error": f"exit code {rc}; see {log_path(self.out, inst.id)}"})
 
     def report_progress(self) -> None:
         if self.running and time.time() - self.last_progress >= PROGRESS_EVERY:
             self.last_progress = time.time()
             for job in self.running:
-                self.log(f"[jobs] {job.inst.name}: {time.time() - job.t0:.0f}s | "
-                         f"{_last_line(log_path(self.out, job.inst.id))[:160]}")
+                self.log(
+                    f"[jobs] {job.inst.name}: {time.time() - job.t0:.0f}s | "
+                    f"{_last_line(log_path(self.out, job.inst.id))[:160]}"
+                )
 
     def stop_all(self) -> None:
         """Interrupted (Ctrl-C) or broken: stop the workers; their folders stay interrupted and resume later."""
@@ -272,8 +302,10 @@ class _Scheduler:
             failed = self.failed
             first = next(i for i in failed if not failed[i].startswith("not run"))
             skipped = [i for i, w in failed.items() if w.startswith("not run")]
-            raise RuntimeError(f"stage {first} failed ({failed[first]}); its log: {log_path(self.out, first)}"
-                               + (f"; not run because of it: {', '.join(skipped)}" if skipped else ""))
+            raise RuntimeError(
+                f"stage {first} failed ({failed[first]}); its log: {log_path(self.out, first)}"
+                + (f"; not run because of it: {', '.join(skipped)}" if skipped else "")
+            )
 
 
 def worker_main(out: str, inst_id: str) -> int:
@@ -292,8 +324,10 @@ def worker_main(out: str, inst_id: str) -> int:
     cfg = load_pipeline(data=data)
     inst = next((i for i in unique_instances(plan(cfg)) if i.id == inst_id), None)
     if inst is None:
-        raise ConfigError(f"{out_dir / 'pipeline.yaml'}: no stage {inst_id} in its plan "
-                          "(did an input file change since the run started?)")
+        raise ConfigError(
+            f"{out_dir / 'pipeline.yaml'}: no stage {inst_id} in its plan "
+            "(did an input file change since the run started?)"
+        )
     log(f"{inst.id}: {inst.kind} stage '{inst.name}' in process {os.getpid()}")
     info = execute_stage(inst, keep_checkpoints=cfg.keep_checkpoints)
     log(f"{inst.id}: done in {info['wall_seconds']:.1f}s")

@@ -3,6 +3,7 @@
 Each instance's folder is named by the hash of its kind, resolved recipe, parent and input files
 (cache.py), so identical prefixes of different arms are one object, one folder, run once.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,17 +14,18 @@ from . import cache
 
 STAGES_DIR = "stages"
 
+
 @dataclass
 class StageInstance:
     kind: str
     name: str
-    recipe: dict                    # fully resolved, train.output_dir = folder
+    recipe: dict  # fully resolved, train.output_dir = folder
     hash: str
-    key: dict                       # what went into the hash
+    key: dict  # what went into the hash
     folder: Path
-    model_out: str                  # model folder the next stage starts from
+    model_out: str  # model folder the next stage starts from
     parent: "StageInstance | None"  # the stage whose output this one starts from
-    input_model: str | None         # an arm's starting model (not produced by a stage), if any
+    input_model: str | None  # an arm's starting model (not produced by a stage), if any
     seeded: bool
 
     @property
@@ -55,7 +57,7 @@ def plan(cfg: PipelineConfig) -> list[ArmRun]:
         for arm in cfg.arms:
             chain: list[StageInstance] = []
             parent: StageInstance | None = None
-            model: str | None = None          # what the next stage starts from
+            model: str | None = None  # what the next stage starts from
             arm_input: str | None = None
             for i in range(len(cfg.arms[arm])):
                 name, spec = cfg.stage_of(arm, i)
@@ -63,27 +65,41 @@ def plan(cfg: PipelineConfig) -> list[ArmRun]:
                 recipe = cfg.stage_recipe(spec, parent_model=model, seed=seed if seeded else None, output_dir="")
                 if i == 0:
                     arm_input = _starting_model(spec, recipe)
-                key = cache.stage_key(spec.kind, recipe, parent_hash=parent.hash if parent else None,
-                                      parent_model=model if parent else None)
+                key = cache.stage_key(
+                    spec.kind,
+                    recipe,
+                    parent_hash=parent.hash if parent else None,
+                    parent_model=model if parent else None,
+                )
                 digest = cache.digest(key)
                 inst = instances.get(digest)
                 if inst is None:
                     folder = out / STAGES_DIR / cache.stage_folder_name(spec.kind, name, digest)
-                    recipe = cfg.stage_recipe(spec, parent_model=model, seed=seed if seeded else None,
-                                              output_dir=str(folder))
+                    recipe = cfg.stage_recipe(
+                        spec, parent_model=model, seed=seed if seeded else None, output_dir=str(folder)
+                    )
                     if spec.kind == "evaluate":
                         model_out = recipe.get("model")
                     else:
                         model_out = str(folder)
-                    inst = StageInstance(kind=spec.kind, name=name, recipe=recipe, hash=digest, key=key, folder=folder,
-                                         model_out=model_out, parent=parent,
-                                         input_model=arm_input if parent is None else None, seeded=seeded)
+                    inst = StageInstance(
+                        kind=spec.kind,
+                        name=name,
+                        recipe=recipe,
+                        hash=digest,
+                        key=key,
+                        folder=folder,
+                        model_out=model_out,
+                        parent=parent,
+                        input_model=arm_input if parent is None else None,
+                        seeded=seeded,
+                    )
                     instances[digest] = inst
                 chain.append(inst)
                 if spec.kind != "evaluate":
                     parent, model = inst, inst.model_out
                 elif parent is None:
-                    model = inst.model_out       # an arm that starts by scoring its input model
+                    model = inst.model_out  # an arm that starts by scoring its input model
             runs.append(ArmRun(arm=arm, seed=seed, stages=chain, input_model=arm_input))
     return runs
 

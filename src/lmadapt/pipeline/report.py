@@ -12,6 +12,7 @@ its noise rule) and verdict.py (did each adaptation pay off, at what cost), gath
 (tables and plot series); report_md.py and report_html.py render the two files, with the cells and
 notes they share in report_cells.py. This module writes them, and prints the plain-text summary.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,11 +27,20 @@ from .report_md import ASSETS_DIR, render_markdown
 from .verdict import sentence, verdicts
 
 # baseline_note and the renderers stay importable from here, the report's front door.
-__all__ = ["ASSETS_DIR", "baseline_note", "render_html", "render_markdown", "summary_table", "write_report",
-           "add_report_arguments", "main_report"]
+__all__ = [
+    "ASSETS_DIR",
+    "baseline_note",
+    "render_html",
+    "render_markdown",
+    "summary_table",
+    "write_report",
+    "add_report_arguments",
+    "main_report",
+]
 
 
 # --- the plain-text summary (printed after `lmadapt run`) ------------------------------------------
+
 
 def summary_table(run_dir: str | Path) -> str:
     """Plain-text comparison table (arms x metrics, mean ± std, diff to the reference arm)."""
@@ -39,14 +49,16 @@ def summary_table(run_dir: str | Path) -> str:
     keys = [c.key for c in run.columns]
     lines = [["arm"] + [c.label for c in run.columns]]
     for row in comp["rows"]:
-        lines.append([row["arm"]] + [fmt_stat(row["cells"][k]["stat"], k).replace(" (n=", " n=").rstrip(")")
-                                     for k in keys])
+        lines.append(
+            [row["arm"]] + [fmt_stat(row["cells"][k]["stat"], k).replace(" (n=", " n=").rstrip(")") for k in keys]
+        )
     diff_lines = [["diff to " + comp["reference"]] + [c.label for c in run.columns]]
     for row in comp["rows"]:
         if row["arm"] == comp["reference"]:
             continue
-        diff_lines.append([row["arm"]] + [fmt_diff(row["cells"][k]["cmp"], k) if row["cells"][k]["cmp"] else "—"
-                                          for k in keys])
+        diff_lines.append(
+            [row["arm"]] + [fmt_diff(row["cells"][k]["cmp"], k) if row["cells"][k]["cmp"] else "—" for k in keys]
+        )
 
     def render(rows):
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -2,6 +2,7 @@
 series behind the plots (read from each stage's logs.jsonl), and :func:`build`, which gathers them with
 compare.py's comparison and verdict.py's verdicts. report.py renders the result as Markdown and HTML.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,7 @@ from .svg import svg_chart
 from .verdict import verdicts
 
 
-PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
-           "#7f7f7f", "#bcbd22"]
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
 
 
 def per_class_f1(run: Run) -> tuple[list[str], dict[str, dict[str, float]]]:
@@ -69,13 +69,26 @@ def token_rows(run: Run) -> list[dict]:
     for r in _stage_rows(run, "pretrain"):
         acc = read_json(run.folder / r["folder"] / ACCOUNTING_FILE, default={}) or {}
         train = acc.get("train") or {}
-        mixture = ", ".join(f"{m['name']}: {m['tokens_used']:,} ({m['share']:.1%}, x{m['factor']:.2f})"
-                            for m in acc.get("mixture") or [])
-        out.append({"stage": _stage_label(r), "id": r["id"], "documents": train.get("documents"),
-                    "tokens": train.get("tokens"), "blocks": train.get("blocks"), "block_size": train.get("block_size"),
-                    "padding": train.get("padding_tokens"), "dropped": train.get("tokens_dropped"),
-                    "non_pad": train.get("non_pad_fraction"), "mode": train.get("mode"), "mixture": mixture,
-                    "seen": (r.get("perf") or {}).get("tokens_seen")})
+        mixture = ", ".join(
+            f"{m['name']}: {m['tokens_used']:,} ({m['share']:.1%}, x{m['factor']:.2f})"
+            for m in acc.get("mixture") or []
+        )
+        out.append(
+            {
+                "stage": _stage_label(r),
+                "id": r["id"],
+                "documents": train.get("documents"),
+                "tokens": train.get("tokens"),
+                "blocks": train.get("blocks"),
+                "block_size": train.get("block_size"),
+                "padding": train.get("padding_tokens"),
+                "dropped": train.get("tokens_dropped"),
+                "non_pad": train.get("non_pad_fraction"),
+                "mode": train.get("mode"),
+                "mixture": mixture,
+                "seen": (r.get("perf") or {}).get("tokens_seen"),
+            }
+        )
     return out
 
 
@@ -83,8 +96,16 @@ def perf_rows(run: Run) -> list[dict]:
     out = []
     for r in _stage_rows(run):
         p = r.get("perf") or {}
-        out.append({"stage": _stage_label(r), "kind": r["kind"], "id": r["id"], "parent": r.get("parent"), **p,
-                    "executed": any(x.get("executed") for x in run.rows if x.get("id") == r["id"])})
+        out.append(
+            {
+                "stage": _stage_label(r),
+                "kind": r["kind"],
+                "id": r["id"],
+                "parent": r.get("parent"),
+                **p,
+                "executed": any(x.get("executed") for x in run.rows if x.get("id") == r["id"]),
+            }
+        )
     return out
 
 
@@ -128,8 +149,11 @@ def pretrain_series(run: Run) -> tuple[list[dict], list[dict]]:
         folder = run.folder / r["folder"]
         off = _tokens_offset(run, r)
         rows = _logs(folder)
-        pts = [(off + x["tokens_seen"], x["loss"]) for x in rows
-               if x.get("loss") is not None and x.get("tokens_seen") is not None]
+        pts = [
+            (off + x["tokens_seen"], x["loss"])
+            for x in rows
+            if x.get("loss") is not None and x.get("tokens_seen") is not None
+        ]
         if pts:
             loss.append({"label": _plot_label(r), "points": pts, "color": color})
         m = run.metrics(r["folder"])
@@ -145,8 +169,15 @@ def pretrain_series(run: Run) -> tuple[list[dict], list[dict]]:
             if (h.get("after") or {}).get("perplexity") is not None:
                 points.append((off + seen, h["after"]["perplexity"]))
             if points:
-                ppl.append({"label": f"{_plot_label(r)} · {name}", "points": points, "color": color,
-                            "dash": ["", "6 4", "2 3", "10 3 2 3"][j % 4], "markers": True})
+                ppl.append(
+                    {
+                        "label": f"{_plot_label(r)} · {name}",
+                        "points": points,
+                        "color": color,
+                        "dash": ["", "6 4", "2 3", "10 3 2 3"][j % 4],
+                        "markers": True,
+                    }
+                )
     return loss, ppl
 
 
@@ -169,8 +200,11 @@ def finetune_series(run: Run) -> tuple[list[dict], list[dict], str]:
         pts = [(x["tokens_seen"], x["loss"]) for x in rows if x.get("loss") is not None and x.get("tokens_seen")]
         if pts:
             loss.append({"label": label, "points": pts, "color": color, "dash": dash})
-        dpts = [(x["epoch"], x[f"eval_dev_{metric}"]) for x in rows
-                if x.get(f"eval_dev_{metric}") is not None and x.get("epoch") is not None]
+        dpts = [
+            (x["epoch"], x[f"eval_dev_{metric}"])
+            for x in rows
+            if x.get(f"eval_dev_{metric}") is not None and x.get("epoch") is not None
+        ]
         if dpts:
             dev.append({"label": label, "points": dpts, "color": color, "dash": dash, "markers": True})
     return loss, dev, metric
@@ -191,22 +225,54 @@ def build(run: Run) -> dict:
     p_loss, p_ppl = pretrain_series(run)
     f_loss, f_dev, metric = finetune_series(run)
     plots = {
-        "pretrain_loss": svg_chart(p_loss, title="Pretraining: training loss vs tokens seen",
-                                   xlabel="tokens seen (cumulative along the stage chain)", ylabel="training loss"),
-        "pretrain_ppl": svg_chart(p_ppl, title="Pretraining: held-out perplexity vs tokens seen",
-                                  xlabel="tokens seen (cumulative along the stage chain)", ylabel="perplexity", logy=True),
-        "finetune_loss": svg_chart(f_loss, title="Fine-tuning: training loss vs tokens seen",
-                                   xlabel="tokens seen (non-padding)", ylabel="training loss"),
-        "finetune_dev": svg_chart(f_dev, title=f"Fine-tuning: dev {metric} by epoch", xlabel="epoch",
-                                  ylabel=f"dev {metric}"),
+        "pretrain_loss": svg_chart(
+            p_loss,
+            title="Pretraining: training loss vs tokens seen",
+            xlabel="tokens seen (cumulative along the stage chain)",
+            ylabel="training loss",
+        ),
+        "pretrain_ppl": svg_chart(
+            p_ppl,
+            title="Pretraining: held-out perplexity vs tokens seen",
+            xlabel="tokens seen (cumulative along the stage chain)",
+            ylabel="perplexity",
+            logy=True,
+        ),
+        "finetune_loss": svg_chart(
+            f_loss,
+            title="Fine-tuning: training loss vs tokens seen",
+            xlabel="tokens seen (non-padding)",
+            ylabel="training loss",
+        ),
+        "finetune_dev": svg_chart(
+            f_dev, title=f"Fine-tuning: dev {metric} by epoch", xlabel="epoch", ylabel=f"dev {metric}"
+        ),
     }
     has = {"pretrain": bool(p_loss or p_ppl), "finetune": bool(f_loss or f_dev)}
-    evals = [{"stage": _stage_label(r), "set": name, "loss": m.get("loss"), "perplexity": m.get("perplexity"),
-              "tokens": m.get("tokens")}
-             for r in _stage_rows(run, "evaluate") for name, m in (r.get("lm") or {}).items()]
-    return {"comp": comp, "labels": labels, "per_class": pcf, "plots": plots, "has": has,
-            "tokens": token_rows(run), "perf": perf_rows(run), "metric": metric, "evals": evals,
-            "merges": merge_rows(run), "verdicts": verdicts(run.rows, comp, run.columns)}
+    evals = [
+        {
+            "stage": _stage_label(r),
+            "set": name,
+            "loss": m.get("loss"),
+            "perplexity": m.get("perplexity"),
+            "tokens": m.get("tokens"),
+        }
+        for r in _stage_rows(run, "evaluate")
+        for name, m in (r.get("lm") or {}).items()
+    ]
+    return {
+        "comp": comp,
+        "labels": labels,
+        "per_class": pcf,
+        "plots": plots,
+        "has": has,
+        "tokens": token_rows(run),
+        "perf": perf_rows(run),
+        "metric": metric,
+        "evals": evals,
+        "merges": merge_rows(run),
+        "verdicts": verdicts(run.rows, comp, run.columns),
+    }
 
 
 def merge_rows(run: Run) -> list[dict]:
@@ -217,21 +283,38 @@ def merge_rows(run: Run) -> list[dict]:
         sweep = m.get("sweep") or []
         names = list(dict.fromkeys(n for row in sweep for n in row.get("sets") or {}))
         # capability scores at each weight (merge eval.harness / instruction_retention): headline metrics
-        caps = list(dict.fromkeys(f"{t} {sc.get('primary')}" for row in sweep
-                                  for t, sc in (row.get("harness") or {}).items()))
+        caps = list(
+            dict.fromkeys(f"{t} {sc.get('primary')}" for row in sweep for t, sc in (row.get("harness") or {}).items())
+        )
         if any(row.get("instruction_retention") for row in sweep):
             caps.append("instruction loss")
 
         def cap_values(row: dict) -> list:
             h = row.get("harness") or {}
-            vals = [(h.get(c.rsplit(" ", 1)[0]) or {}).get(c.rsplit(" ", 1)[1]) for c in caps if c != "instruction loss"]
+            vals = [
+                (h.get(c.rsplit(" ", 1)[0]) or {}).get(c.rsplit(" ", 1)[1]) for c in caps if c != "instruction loss"
+            ]
             if "instruction loss" in caps:
                 vals.append((row.get("instruction_retention") or {}).get("response_loss"))
             return vals
 
-        rows = [{"alpha": row["alpha"], "chosen": row["alpha"] == m.get("alpha"),
-                 "ppl": [((row.get("sets") or {}).get(n) or {}).get("perplexity") for n in names],
-                 "caps": cap_values(row)} for row in sweep]
-        out.append({"stage": _stage_label(r), "alpha": m.get("alpha"), "rule": m.get("rule"), "sets": names,
-                    "caps": caps, "rows": rows})
+        rows = [
+            {
+                "alpha": row["alpha"],
+                "chosen": row["alpha"] == m.get("alpha"),
+                "ppl": [((row.get("sets") or {}).get(n) or {}).get("perplexity") for n in names],
+                "caps": cap_values(row),
+            }
+            for row in sweep
+        ]
+        out.append(
+            {
+                "stage": _stage_label(r),
+                "alpha": m.get("alpha"),
+                "rule": m.get("rule"),
+                "sets": names,
+                "caps": caps,
+                "rows": rows,
+            }
+        )
     return out

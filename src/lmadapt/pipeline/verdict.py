@@ -17,6 +17,7 @@ comparison that report.py already computed and from the per-stage cost rows:
 
 This module reads only what it is given (rows, the comparison, the columns): report.py renders it.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -24,13 +25,20 @@ from typing import Any
 from .compare import BASELINE_ARM
 from .fmt import fmt_factor, fmt_seconds, fmt_tokens, fmt_value
 
-EFFECTS = {"beyond noise": None, "within noise": "no measurable effect", "1 run": "no noise estimate (one seed)",
-           "same model": "same model", "n/a": "not measured"}
+EFFECTS = {
+    "beyond noise": None,
+    "within noise": "no measurable effect",
+    "1 run": "no noise estimate (one seed)",
+    "same model": "same model",
+    "n/a": "not measured",
+}
 
 
 def _arm_stages(rows: list[dict], arm: str) -> dict[str, dict]:
     """Distinct stage instances an arm used (any seed), by id."""
-    return {r["id"]: r for r in rows if r["arm"] == arm and r.get("kind") in ("pretrain", "finetune", "evaluate", "merge")}
+    return {
+        r["id"]: r for r in rows if r["arm"] == arm and r.get("kind") in ("pretrain", "finetune", "evaluate", "merge")
+    }
 
 
 def _sum(stages: list[dict], key: str, kind: str | None = None) -> float:
@@ -62,8 +70,9 @@ def verdicts(rows: list[dict], comp: dict, columns: list) -> list[dict]:
     ``comp``: compare.comparison(); ``columns``: run.columns."""
     reference = comp["reference"]
     ref_cells = next((r["cells"] for r in comp["rows"] if r["arm"] == reference), {})
-    task_cols = [c for c in columns if c.split == "test" and c.metric != "accuracy"] or \
-        [c for c in columns if c.split == "test"]
+    task_cols = [c for c in columns if c.split == "test" and c.metric != "accuracy"] or [
+        c for c in columns if c.split == "test"
+    ]
     primary = task_cols[0] if task_cols else None
     extended = {r.get("arm") for r in rows if r.get("vocab")}
     out = []
@@ -98,7 +107,7 @@ def verdicts(rows: list[dict], comp: dict, columns: list) -> list[dict]:
 def _sampling_se(rows: list[dict], stat, spec: str) -> float | None:
     """The harness's own standard error of a score (over its questions), averaged over the rows the
     stat's values came from; None when a row lacks it."""
-    task, _, metric = spec[len("harness:"):].partition("/")
+    task, _, metric = spec[len("harness:") :].partition("/")
     ses = [((r.get("harness") or {}).get(task) or {}).get(f"{metric}_stderr") for r in rows if r.get("id") in stat.ids]
     ses = [x for x in ses if isinstance(x, (int, float))]
     return sum(ses) / len(ses) if ses and len(ses) >= len(set(stat.ids)) else None
@@ -117,12 +126,19 @@ def capability_changes(cells: dict, ref_cells: dict, columns: list, rows: list[d
         if not a or not r or a.mean is None or r.mean is None:
             continue
         name = col.label.rstrip(" ↑↓")
-        c = {"name": name, "arm": a.mean, "reference": r.mean, "points": col.points,
-             "diff": a.mean - r.mean, "factor": _ratio(a.mean, r.mean), "within_sampling_error": None}
+        c = {
+            "name": name,
+            "arm": a.mean,
+            "reference": r.mean,
+            "points": col.points,
+            "diff": a.mean - r.mean,
+            "factor": _ratio(a.mean, r.mean),
+            "within_sampling_error": None,
+        }
         if col.evidence.startswith("harness:") and rows is not None:
             se_a, se_r = _sampling_se(rows, a, col.evidence), _sampling_se(rows, r, col.evidence)
             if se_a is not None and se_r is not None:
-                c["within_sampling_error"] = abs(c["diff"]) <= 2 * (se_a ** 2 + se_r ** 2) ** 0.5
+                c["within_sampling_error"] = abs(c["diff"]) <= 2 * (se_a**2 + se_r**2) ** 0.5
         out.append(c)
     return out
 
@@ -131,9 +147,12 @@ def fmt_capability(c: dict) -> str:
     """'lmadapt_cloze acc norm −3.1 points (45.0 → 41.9)' or 'instruction loss ×1.12 (2.10 → 2.35)'."""
     if c["points"]:
         d = 100 * c["diff"]
-        return (f"{c['name']} {'+' if d >= 0 else '−'}{abs(d):.1f} points "
-                f"({100 * c['reference']:.1f} → {100 * c['arm']:.1f}"
-                + ("; within sampling error" if c.get("within_sampling_error") else "") + ")")
+        return (
+            f"{c['name']} {'+' if d >= 0 else '−'}{abs(d):.1f} points "
+            f"({100 * c['reference']:.1f} → {100 * c['arm']:.1f}"
+            + ("; within sampling error" if c.get("within_sampling_error") else "")
+            + ")"
+        )
     if c["factor"] is not None and c["reference"] > 0 and c["arm"] > 0:
         return f"{c['name']} {fmt_factor(c['factor'])} ({fmt_value(c['reference'])} → {fmt_value(c['arm'])})"
     return f"{c['name']} {'+' if c['diff'] >= 0 else '−'}{fmt_value(abs(c['diff']))}"
@@ -148,12 +167,16 @@ def fmt_cells(v: dict) -> dict[str, str]:
     cells = {"arm": v["arm"], "task": task, "effect": v["effect"]}
     for role in ("domain", "general"):
         a, r = v[f"{role}_ppl"]
-        cells[role] = "—" if v[f"{role}_factor"] is None else \
-            f"{fmt_factor(v[f'{role}_factor'])} ({fmt_value(r, 'ppl')} → {fmt_value(a, 'ppl')})"
+        cells[role] = (
+            "—"
+            if v[f"{role}_factor"] is None
+            else f"{fmt_factor(v[f'{role}_factor'])} ({fmt_value(r, 'ppl')} → {fmt_value(a, 'ppl')})"
+        )
     cells["capabilities"] = "; ".join(fmt_capability(c) for c in v.get("capabilities") or [])
     # The report's forgetting column: general perplexity, then the capability scores.
-    cells["forgetting"] = "; ".join(x for x in (cells["general"] if cells["general"] != "—" else "",
-                                                cells["capabilities"]) if x) or "—"
+    cells["forgetting"] = (
+        "; ".join(x for x in (cells["general"] if cells["general"] != "—" else "", cells["capabilities"]) if x) or "—"
+    )
     c = v["cost"]
     if not c["extra_stages"] and not c["wall_seconds"]:
         cells["cost"] = "none"

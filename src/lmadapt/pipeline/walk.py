@@ -6,6 +6,7 @@ With ``--jobs N`` the stages to run are first run by jobs.py, in processes of th
 then finds them all done and only gathers the rows. Every process of a ``torchrun`` launch walks
 alike (the stages and the perplexity evidence need all of them); only the main process writes.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,11 +46,20 @@ class RunState:
 
     def __init__(self, out: Path, runs: list[ArmRun], pipeline_file: str | None, cached: set[str]):
         self.path = out / STATE_FILE
-        self.data = {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                     "pipeline_file": pipeline_file, "arms": sorted({r.arm for r in runs}, key=[r.arm for r in runs].index),
-                     "seeds": sorted({r.seed for r in runs}), "executed": [], "reused": [], "current": None,
-                     "stages": {i.id: {"kind": i.kind, "name": i.name, "status": "done" if i.id in cached else "pending"}
-                                for i in unique_instances(runs)}}
+        self.data = {
+            "status": "running",
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "pipeline_file": pipeline_file,
+            "arms": sorted({r.arm for r in runs}, key=[r.arm for r in runs].index),
+            "seeds": sorted({r.seed for r in runs}),
+            "executed": [],
+            "reused": [],
+            "current": None,
+            "stages": {
+                i.id: {"kind": i.kind, "name": i.name, "status": "done" if i.id in cached else "pending"}
+                for i in unique_instances(runs)
+            },
+        }
         self.save()
 
     def stage(self, inst: StageInstance, status: str, **extra) -> None:
@@ -73,8 +83,15 @@ class Walk:
     counts as done when it was cached at the start or this run executed it, which every process
     knows alike."""
 
-    def __init__(self, cfg: PipelineConfig, out: Path, runs: list[ArmRun], todo: list[StageInstance],
-                 cached: set[str], state: RunState):
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        out: Path,
+        runs: list[ArmRun],
+        todo: list[StageInstance],
+        cached: set[str],
+        state: RunState,
+    ):
         self.cfg, self.out, self.runs, self.todo, self.cached, self.state = cfg, out, runs, todo, cached, state
         self.main = is_main_process()
         self.rows: list[dict] = []
@@ -98,13 +115,17 @@ class Walk:
             write_results(self.out, self.rows)
             raise
         except BaseException as exc:
-            state.data.update(status="failed", error=f"{type(exc).__name__}: {exc}",
-                              traceback=traceback.format_exc(limit=8))
+            state.data.update(
+                status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=8)
+            )
             state.save()
             write_results(self.out, self.rows)
             raise
-        state.data.update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                          wall_seconds=round(time.time() - self.t_run, 1))
+        state.data.update(
+            status="done",
+            finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            wall_seconds=round(time.time() - self.t_run, 1),
+        )
         state.save()
 
     def _on_job_change(self, inst: StageInstance, status: str, extra: dict) -> None:
@@ -140,7 +161,9 @@ class Walk:
         cfg = self.cfg
         log(f"== arm {run.arm}, seed {run.seed}: " + " -> ".join(i.name for i in run.stages))
         if run.input_model and cfg.evaluation.enabled:
-            self.rows.append(input_row(run, self.out, lm_evidence(run.input_model, cfg, input_evidence_path(self.out, run))))
+            self.rows.append(
+                input_row(run, self.out, lm_evidence(run.input_model, cfg, input_evidence_path(self.out, run)))
+            )
         for index, inst in enumerate(run.stages):
             if inst.id in self.executed or inst.id in self.cached:
                 if inst.id not in self.executed and inst.id not in self.state.data["reused"]:
@@ -157,14 +180,19 @@ class Walk:
     def _execute(self, run: ArmRun, index: int, inst: StageInstance) -> None:
         state = self.state
         self.n_run += 1
-        log(f"[{index + 1}/{len(run.stages)}] {inst.name} ({inst.kind}): running "
-            f"({self.n_run}/{len(self.todo)} to run, {time.time() - self.t_run:.0f}s elapsed) -> {inst.id}")
+        log(
+            f"[{index + 1}/{len(run.stages)}] {inst.name} ({inst.kind}): running "
+            f"({self.n_run}/{len(self.todo)} to run, {time.time() - self.t_run:.0f}s elapsed) -> {inst.id}"
+        )
         state.stage(inst, "running")
         try:
             info = execute_stage(inst, keep_checkpoints=self.cfg.keep_checkpoints)
         except BaseException as exc:
-            state.stage(inst, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                        error=f"{type(exc).__name__}: {exc}")
+            state.stage(
+                inst,
+                "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                error=f"{type(exc).__name__}: {exc}",
+            )
             raise
         self.executed.add(inst.id)
         state.data["executed"].append(inst.id)
@@ -177,7 +205,8 @@ class Walk:
         rows.append(stage_row(run, index, inst, self.out, executed=inst.id in self.executed))
         if inst.kind == "finetune":
             res = baseline_for(inst, self.cfg, self.out)
-            if res is not None and not any(r["kind"] == "baseline" and r["seed"] == run.seed
-                                           and r["id"] == res.get("id") for r in rows):
+            if res is not None and not any(
+                r["kind"] == "baseline" and r["seed"] == run.seed and r["id"] == res.get("id") for r in rows
+            ):
                 rows.append(baseline_row(run.seed, res))
         write_results(self.out, rows)

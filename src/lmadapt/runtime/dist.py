@@ -13,6 +13,7 @@ report), the others wait in a collective. NCCL's default would abort them after 
 lmadapt creates the group with ``LMADAPT_DIST_TIMEOUT`` seconds (default 1800, the Trainer's own
 ``ddp_timeout``), and hands the same value to the Trainer, whichever of the two starts the group.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,12 +56,14 @@ def timeout_seconds() -> int:
 def use_cpu() -> bool:
     """Train and coordinate on the CPU: exactly when no GPU is visible (the Trainer is told the same)."""
     import torch
+
     return not torch.cuda.is_available()
 
 
 def resolve_precision(precision: str) -> str:
     """'auto' -> bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU (CPU bf16 is slow here)."""
     import torch
+
     if precision != "auto":
         if precision in ("bf16", "fp16") and not torch.cuda.is_available():
             # bf16 on CPU works but can be ~80x slower than fp32 on CPUs without AMX/AVX512-BF16.
@@ -75,6 +78,7 @@ def process_device():
     """This process's device: ``cuda:LOCAL_RANK`` when GPUs are visible (torchrun sets LOCAL_RANK;
     one process: cuda:0), else the CPU. The Trainer puts the model there for training."""
     import torch
+
     if use_cpu():
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -96,6 +100,7 @@ def _state():
     from datetime import timedelta
 
     from accelerate import PartialState
+
     return PartialState(cpu=use_cpu(), timeout=timedelta(seconds=timeout_seconds()))
 
 
@@ -109,6 +114,7 @@ def broadcast(value: T) -> T:
     if world_size() == 1:
         return value
     import torch.distributed as dist
+
     _state()
     box = [value]
     dist.broadcast_object_list(box, src=0)
@@ -120,6 +126,7 @@ def gather(value: Any) -> list:
     if world_size() == 1:
         return [value]
     import torch.distributed as dist
+
     _state()
     out = [None] * world_size()
     dist.all_gather_object(out, value)
@@ -163,6 +170,7 @@ def _lockstep() -> bool:
     the same ones. map_split/sum_split then run ``fn`` on all items on every process (identical
     results everywhere, no split), instead of shares whose batch counts differ."""
     import sys
+
     fsdp = sys.modules.get("lmadapt.train.fsdp")
     return fsdp is not None and fsdp.any_sharded()
 
@@ -201,7 +209,8 @@ def finish() -> None:
     Without this, Gloo's worker threads can outlive the interpreter's teardown and abort the
     process (SIGABRT) after the work is done: 2 of 12 runs of the two-process test file, 0 of 16 since."""
     import sys
-    dist = sys.modules.get("torch.distributed")   # never imported: nothing to leave (and no torch import)
+
+    dist = sys.modules.get("torch.distributed")  # never imported: nothing to leave (and no torch import)
     if dist is not None and dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

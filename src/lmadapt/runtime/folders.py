@@ -18,6 +18,7 @@ project folder with two tokenizer files):
 
 This module sits beside ``config`` at the bottom of the layers (models/ and stages/ use it).
 """
+
 from __future__ import annotations
 
 import json
@@ -62,13 +63,16 @@ def check_output_folder(output: str | Path, *, overwrite: bool = False, flag: st
     if not overwrite:
         foreign = sorted(present - ours)
         shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
-        raise ConfigError(f"{out} is not empty and holds files lmadapt did not write there ({shown}); choose a new "
-                          f"folder, or pass {flag} to replace only the files this command writes (the rest is kept)")
+        raise ConfigError(
+            f"{out} is not empty and holds files lmadapt did not write there ({shown}); choose a new "
+            f"folder, or pass {flag} to replace only the files this command writes (the rest is kept)"
+        )
     return "merge"
 
 
-def write_folder(output: str | Path, fill: Callable[[str], object], *, overwrite: bool = False,
-                 flag: str = "--overwrite") -> Path:
+def write_folder(
+    output: str | Path, fill: Callable[[str], object], *, overwrite: bool = False, flag: str = "--overwrite"
+) -> Path:
     """Call ``fill(tmp_folder)`` and put what it wrote at ``output`` by the rules of the module doc."""
     out = Path(output)
     mode = check_output_folder(out, overwrite=overwrite, flag=flag)
@@ -79,7 +83,7 @@ def write_folder(output: str | Path, fill: Callable[[str], object], *, overwrite
         written = sorted(_files(tmp))
         (tmp / MANIFEST).write_text(json.dumps({"files": written}, indent=1) + "\n", encoding="utf-8")
         if mode == "new":
-            os.replace(tmp, out)          # rename(2) onto an absent or empty folder
+            os.replace(tmp, out)  # rename(2) onto an absent or empty folder
         elif mode == "ours":
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / out.name)
@@ -124,4 +128,11 @@ def _merge_into(tmp: Path, out: Path, written: list[str]) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["MANIFEST", "check_output_file", "check_output_folder", "refuse_foreign_folder", "write_folder", "written_by_lmadapt"]
+__all__ = [
+    "MANIFEST",
+    "check_output_file",
+    "check_output_folder",
+    "refuse_foreign_folder",
+    "write_folder",
+    "written_by_lmadapt",
+]

@@ -5,6 +5,7 @@ Every stage writes a plain Hugging Face model folder plus three files of ours:
 parent folder, library versions, token accounting) and ``metrics.json``. Writes are atomic
 (temp file, then rename) so an interrupted run never leaves a half-written file behind.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -23,8 +24,17 @@ RECIPE_FILE = "lmadapt_recipe.yaml"
 META_FILE = "lmadapt_meta.json"
 METRICS_FILE = "metrics.json"
 ACCOUNTING_FILE = "token_accounting.json"
-LIBRARIES = ("lmadapt", "torch", "transformers", "datasets", "tokenizers", "accelerate", "peft",
-             "safetensors", "scikit-learn")
+LIBRARIES = (
+    "lmadapt",
+    "torch",
+    "transformers",
+    "datasets",
+    "tokenizers",
+    "accelerate",
+    "peft",
+    "safetensors",
+    "scikit-learn",
+)
 
 
 class AtomicFile:
@@ -52,7 +62,7 @@ class AtomicFile:
             try:
                 os.link(self.tmp, self.path)
             except FileExistsError:
-                pass   # another process finished the same file first
+                pass  # another process finished the same file first
             except OSError:
                 os.replace(self.tmp, self.path)
         finally:
@@ -91,7 +101,9 @@ def finite_json(data: Any, found: list[str] | None = None, at: str = "") -> Any:
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(finite_json(data), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
+    atomic_write_text(
+        path, json.dumps(finite_json(data), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n"
+    )
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:
@@ -134,6 +146,6 @@ def update_metrics(output_dir: str | Path, new: dict) -> dict:
     bad: list[str] = [] if "non_finite" not in new else list(new["non_finite"])
     metrics = finite_json(metrics, bad)
     if bad:
-        metrics["non_finite"] = sorted(set(bad))   # which values were NaN/inf (written as null)
+        metrics["non_finite"] = sorted(set(bad))  # which values were NaN/inf (written as null)
     write_json(path, metrics)
     return metrics

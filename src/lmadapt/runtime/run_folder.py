@@ -11,6 +11,7 @@
   reuses on purpose: its stage file and the packed blocks, whose names key their content.
 - :func:`prepare_output_dir`: all of the above at a training stage's start, decided on the main process.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,10 +24,16 @@ from .outputs import write_json
 
 LOCK_FILE = ".lmadapt_run.lock"
 RUN_FILE = "lmadapt_run.json"
-KEEP_ON_OVERWRITE = {LOCK_FILE, "lmadapt_stage.json", ".lmadapt-blocks"}   # pipeline/cache.py, stages/pretrain_data.py
+KEEP_ON_OVERWRITE = {LOCK_FILE, "lmadapt_stage.json", ".lmadapt-blocks"}  # pipeline/cache.py, stages/pretrain_data.py
 # A folder holding any of these was written by lmadapt; overwrite never empties a folder without one.
-LMADAPT_MARKERS = (KEEP_ON_OVERWRITE - {LOCK_FILE}) | {RUN_FILE, "lmadapt_recipe.yaml", "lmadapt_meta.json", "metrics.json",
-                                       "logs.jsonl", "checkpoints"}
+LMADAPT_MARKERS = (KEEP_ON_OVERWRITE - {LOCK_FILE}) | {
+    RUN_FILE,
+    "lmadapt_recipe.yaml",
+    "lmadapt_meta.json",
+    "metrics.json",
+    "logs.jsonl",
+    "checkpoints",
+}
 # What a run leaves before its first checkpoint or output (a run that failed early: bad data, a wrong
 # block size): nothing in it is worth keeping, so the next run starts over there without a flag.
 NOTHING_TO_LOSE = {LOCK_FILE, RUN_FILE, ".lmadapt-blocks"}
@@ -43,13 +50,16 @@ class FolderLock:
         self.fh = self.path.open("a+")
         try:
             import fcntl
+
             fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:       # no fcntl (Windows): no lock
+        except ImportError:  # no fcntl (Windows): no lock
             pass
         except OSError:
             self.fh.close()
-            raise ConfigError(f"output_dir: {self.path.parent} is in use by another {self.what}; "
-                              "wait for it or choose another output_dir") from None
+            raise ConfigError(
+                f"output_dir: {self.path.parent} is in use by another {self.what}; "
+                "wait for it or choose another output_dir"
+            ) from None
         return self
 
     def __exit__(self, *exc):
@@ -91,6 +101,7 @@ def _local_identity(value: str):
 def recipe_fingerprint(recipe: dict) -> dict:
     """The parts of a recipe a checkpoint belongs to: seed, model, data (+ task, LoRA, vocabulary),
     local paths by their content (:func:`_local_identity`)."""
+
     def walk(node):
         if isinstance(node, dict):
             return {k: walk(v) for k, v in node.items()}
@@ -124,16 +135,17 @@ def check_resume(out: Path, recipe: dict) -> None:
     """Refuse to resume a folder that another recipe (seed, model, data) trained."""
     path = Path(out) / RUN_FILE
     if not path.is_file():
-        return     # nothing recorded (a run of an older lmadapt): nothing to compare
+        return  # nothing recorded (a run of an older lmadapt): nothing to compare
     old = _flatten(json.loads(path.read_text(encoding="utf-8")))
     new = _flatten(recipe_fingerprint(recipe))
     diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diff:
-        shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now"
-                          for k in diff[:3])
-        raise ConfigError(f"train.resume: {out} holds a run of a different recipe ({shown}"
-                          f"{'; ...' if len(diff) > 3 else ''}); resume it with its own recipe, or use another "
-                          "train.output_dir or train.overwrite=true")
+        shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff[:3])
+        raise ConfigError(
+            f"train.resume: {out} holds a run of a different recipe ({shown}"
+            f"{'; ...' if len(diff) > 3 else ''}); resume it with its own recipe, or use another "
+            "train.output_dir or train.overwrite=true"
+        )
 
 
 def record_run(out: Path, recipe: dict) -> None:
@@ -142,13 +154,15 @@ def record_run(out: Path, recipe: dict) -> None:
 
 def clear_previous_run(out: Path) -> None:
     """Remove what an earlier run wrote in ``out`` (train.overwrite); refuse a folder lmadapt did not write."""
-    names = {p.name for p in out.iterdir()} - {LOCK_FILE}   # our own lock, taken just before
+    names = {p.name for p in out.iterdir()} - {LOCK_FILE}  # our own lock, taken just before
     if not names:
         return
     if not names & LMADAPT_MARKERS:
-        raise ConfigError(f"train.overwrite: {out} holds files lmadapt did not write "
-                          f"({', '.join(sorted(names)[:5])}); it removes only an earlier lmadapt run's output: "
-                          "choose an empty or new train.output_dir")
+        raise ConfigError(
+            f"train.overwrite: {out} holds files lmadapt did not write "
+            f"({', '.join(sorted(names)[:5])}); it removes only an earlier lmadapt run's output: "
+            "choose an empty or new train.output_dir"
+        )
     for p in out.iterdir():
         if p.name not in KEEP_ON_OVERWRITE:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
@@ -172,12 +186,14 @@ def prepare_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool,
     """
     out = Path(output_dir)
     problem = None
-    if out.exists() and not out.is_dir():   # was a NotADirectoryError traceback
+    if out.exists() and not out.is_dir():  # was a NotADirectoryError traceback
         problem = f"train.output_dir: {out} is a file, not a folder; give a folder path"
     elif out.exists() and holds_a_run(out) and not (resume or overwrite):
-        problem = (f"train.output_dir: {out} is not empty ({', '.join(p.name for p in list(out.iterdir())[:5])}...); "
-                   "pass train.resume=true to continue it or train.overwrite=true to reuse it")
-    barrier()   # every process has looked before any process writes
+        problem = (
+            f"train.output_dir: {out} is not empty ({', '.join(p.name for p in list(out.iterdir())[:5])}...); "
+            "pass train.resume=true to continue it or train.overwrite=true to reuse it"
+        )
+    barrier()  # every process has looked before any process writes
     if problem:
         raise ConfigError(problem)
     error = None

@@ -5,6 +5,7 @@ A stage never imports another stage: they meet in output folders. The table name
 strings and loads them when a stage runs, so naming a stage imports nothing (``lmadapt --help``
 needs no torch).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,8 +15,8 @@ from typing import Any, Callable
 
 @dataclass(frozen=True)
 class Stage:
-    config: str   # "module.Class": the stage's recipe
-    run: str      # "module.function": runs the stage from a loaded recipe, returns its metrics
+    config: str  # "module.Class": the stage's recipe
+    run: str  # "module.function": runs the stage from a loaded recipe, returns its metrics
 
     def config_class(self) -> type:
         return _load(self.config)

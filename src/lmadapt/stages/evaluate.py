@@ -17,6 +17,7 @@ forward pass gathers one layer at a time), so a model too large for one device c
 main process alone loads the model (host RAM for it once); the others build an empty copy on the
 meta device whose shards are filled from the main process's (models/on_main.py, train/fsdp_init.py).
 """
+
 from __future__ import annotations
 
 from ..config.base import ConfigError
@@ -29,11 +30,22 @@ from ..train.fsdp import apply_launch_options, check_config, is_sharded, prepare
 from ..train.lm_eval import heldout_collator, score_sets
 
 
-def evaluate_model(model_dir: str, data: list[str], *, text_field: str = "text", split_docs: str = "file",
-                   block_size: int = 512, batch_size: int = 8, max_tokens: int | None = None,
-                   packing: str = "auto", loaded=None, harness: HarnessConfig | None = None,
-                   retention: RetentionConfig | None = None, trust_remote_code: bool = False,
-                   sharding: str = "none") -> dict:
+def evaluate_model(
+    model_dir: str,
+    data: list[str],
+    *,
+    text_field: str = "text",
+    split_docs: str = "file",
+    block_size: int = 512,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    packing: str = "auto",
+    loaded=None,
+    harness: HarnessConfig | None = None,
+    retention: RetentionConfig | None = None,
+    trust_remote_code: bool = False,
+    sharding: str = "none",
+) -> dict:
     """Metrics per data set: {name: {loss, perplexity, tokens, documents, ...}}, and the harness /
     instruction-retention scores when those are configured. Code shipped with the model runs only
     with ``trust_remote_code`` (the caller's ``--trust-remote-code``, never the folder's own files).
@@ -41,8 +53,10 @@ def evaluate_model(model_dir: str, data: list[str], *, text_field: str = "text",
     opts = sharding_options(sharding)
     if loaded is None:
         # sharded: the main process alone loads, the others' shards are filled from it (models.on_main)
-        loaded = load_model(ModelConfig(path=str(model_dir), trust_remote_code=trust_remote_code),
-                            weights_on_main=opts.sharding == "fsdp")
+        loaded = load_model(
+            ModelConfig(path=str(model_dir), trust_remote_code=trust_remote_code),
+            weights_on_main=opts.sharding == "fsdp",
+        )
     check_block_size(loaded.model, block_size, "block_size")
     model, tokenizer, objective = prepare_model(loaded.model, opts), loaded.tokenizer, loaded.objective
     mode = packing
@@ -53,10 +67,19 @@ def evaluate_model(model_dir: str, data: list[str], *, text_field: str = "text",
     if is_sharded(model):
         results["sharding"] = "fsdp"
     for path in data:
-        held = heldout_set(path, tokenizer, objective, mode, block_size=block_size, max_tokens=max_tokens,
-                           text_field=text_field, split_docs=split_docs)
-        results["sets"].update(score_sets(model, {held.name: held}, collator, objective, tokenizer,
-                                          batch_size=batch_size, mode=mode))
+        held = heldout_set(
+            path,
+            tokenizer,
+            objective,
+            mode,
+            block_size=block_size,
+            max_tokens=max_tokens,
+            text_field=text_field,
+            split_docs=split_docs,
+        )
+        results["sets"].update(
+            score_sets(model, {held.name: held}, collator, objective, tokenizer, batch_size=batch_size, mode=mode)
+        )
     results.update(capability_scores(model, tokenizer, objective, harness, retention))
     return results
 
@@ -67,6 +90,7 @@ def sharding_options(sharding: str):
     from types import SimpleNamespace
 
     from ..config.sharding import FsdpConfig
+
     if sharding not in ("none", "fsdp"):
         raise ConfigError(f"--sharding: {sharding!r} is not none or fsdp")
     opts = SimpleNamespace(sharding=sharding, fsdp=FsdpConfig())
@@ -75,21 +99,25 @@ def sharding_options(sharding: str):
     return opts
 
 
-def capability_scores(model, tokenizer, objective: str, harness: HarnessConfig | None,
-                      retention: RetentionConfig | None) -> dict:
+def capability_scores(
+    model, tokenizer, objective: str, harness: HarnessConfig | None, retention: RetentionConfig | None
+) -> dict:
     """{"harness": {task: scores}, "instruction_retention": {...}} for the configured ones."""
     out: dict = {}
     if not ((harness and harness.enabled) or (retention and retention.enabled)):
         return out
     if objective != "causal":
-        raise ConfigError("harness / instruction retention: score causal language models; this model's "
-                          f"objective is {objective}")
-    if not is_sharded(model):   # (a sharded model is placed already; its shards may be offloaded on purpose)
-        model = to_process_device(model)    # loaded models start on the CPU (a no-op when already there)
+        raise ConfigError(
+            f"harness / instruction retention: score causal language models; this model's objective is {objective}"
+        )
+    if not is_sharded(model):  # (a sharded model is placed already; its shards may be offloaded on purpose)
+        model = to_process_device(model)  # loaded models start on the CPU (a no-op when already there)
     if harness and harness.enabled:
         from ..train.harness import run_harness
+
         out["harness"] = run_harness(model, tokenizer, harness)
     if retention and retention.enabled:
         from ..tasks.retention import instruction_retention
+
         out["instruction_retention"] = instruction_retention(model, tokenizer, retention)
     return out

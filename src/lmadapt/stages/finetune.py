@@ -16,6 +16,7 @@ its base and trained further (``adapter_mode: stack``; a new LoRA when ``lora.en
 training as it is (``continue``). Either way the task head is new and is trained in full, as is
 any module the base checkpoint did not have (e.g. BERT's pooler after masked-LM pretraining).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -57,9 +58,11 @@ def base_of_adapter(folder: str | Path) -> str:
     peft_cfg = read_json(Path(folder) / ADAPTER_FILE, default={}) or {}
     candidates = [c for c in (meta.get("lora_base"), meta.get("parent"), peft_cfg.get("base_model_name_or_path")) if c]
     if not candidates:
-        raise ConfigError(f"{folder}: a LoRA adapter without a known base model (no parent in {folder}/lmadapt_meta.json "
-                          f"and no base_model_name_or_path in {ADAPTER_FILE}); give the base as model.path and "
-                          "this folder as model.adapter")
+        raise ConfigError(
+            f"{folder}: a LoRA adapter without a known base model (no parent in {folder}/lmadapt_meta.json "
+            f"and no base_model_name_or_path in {ADAPTER_FILE}); give the base as model.path and "
+            "this folder as model.adapter"
+        )
     return next((c for c in candidates if Path(c).is_dir()), candidates[0])
 
 
@@ -67,8 +70,9 @@ def resolve_source(cfg: FinetuneConfig) -> ModelSource:
     m = cfg.model
     path_is_adapter = (Path(m.path) / ADAPTER_FILE).is_file()
     if path_is_adapter and m.adapter:
-        raise ConfigError(f"model.path: {m.path} is itself a LoRA adapter folder; give its base as model.path "
-                          "or drop model.adapter")
+        raise ConfigError(
+            f"model.path: {m.path} is itself a LoRA adapter folder; give its base as model.path or drop model.adapter"
+        )
     adapter = m.adapter or (m.path if path_is_adapter else None)
     base = base_of_adapter(adapter) if path_is_adapter else m.path
     tokenizer = m.tokenizer or (adapter if adapter and _has_tokenizer(adapter) else base)
@@ -87,6 +91,7 @@ def load_tokenizer(path: str, cfg: FinetuneConfig):
     if shared is not None:
         return shared(path, **kw)
     from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(path, **kw)
 
 
@@ -106,7 +111,7 @@ def align_pad_token(tokenizer, model) -> None:
         else:
             raise ConfigError("the tokenizer has no pad, eos or unk token to pad batches with")
     emb = model.get_input_embeddings()
-    if emb is not None and len(tokenizer) > emb.num_embeddings:   # a pad token added by the loader
+    if emb is not None and len(tokenizer) > emb.num_embeddings:  # a pad token added by the loader
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
 
@@ -115,19 +120,21 @@ def load_task_model(task, src: ModelSource, space: dict, cfg: FinetuneConfig, to
     """The task's model on ``src.base``, its pad token aligned with ``tokenizer``. Sharded, the main
     process alone loads and the others hold an empty copy until sharding fills it (models.on_main);
     an existing adapter (``src.adapter``) is loaded into the whole model on every process instead."""
+
     def load():
         model = task.load_model(src.base, space, cfg)
-        align_pad_token(tokenizer, model)   # any resize happens before the others copy the shapes
+        align_pad_token(tokenizer, model)  # any resize happens before the others copy the shapes
         return model
 
     if not (wants_sharding(cfg.train) and not src.adapter):
         return load()
     model = model_on_main(load, "loading the model")
-    align_pad_token(tokenizer, model)   # the others' tokenizer (the shapes are the main process's already)
+    align_pad_token(tokenizer, model)  # the others' tokenizer (the shapes are the main process's already)
     return model
 
 
 # --- saving -------------------------------------------------------------------------------------
+
 
 def save_output(model, tokenizer, out: Path, *, keep_adapter: bool) -> bool:
     """Full model (LoRA merged) or, with ``keep_adapter``, the adapter plus the config (label maps,
@@ -136,12 +143,12 @@ def save_output(model, tokenizer, out: Path, *, keep_adapter: bool) -> bool:
 
     from ..models.lora import staged_folder
 
-    with staged_folder(out) as tmp:     # files appear complete or not at all
+    with staged_folder(out) as tmp:  # files appear complete or not at all
         if isinstance(model, PeftModel):
             if keep_adapter:
                 model.save_pretrained(str(tmp))
                 base = model.get_base_model()
-                base.config.architectures = [type(base).__name__]   # else still the parent's class (e.g. ...ForMaskedLM)
+                base.config.architectures = [type(base).__name__]  # else still the parent's class (e.g. ...ForMaskedLM)
                 base.config.save_pretrained(str(tmp))
                 tokenizer.save_pretrained(str(tmp))
                 return True
@@ -153,13 +160,18 @@ def save_output(model, tokenizer, out: Path, *, keep_adapter: bool) -> bool:
 
 # --- the stage ----------------------------------------------------------------------------------
 
+
 def run_finetune(cfg: FinetuneConfig, recipe_dict: dict | None = None) -> dict:
     """Fine-tune one model on one task; returns the metrics written to metrics.json."""
     check_launch(cfg.train)
     t_start = time.time()
     task = TASKS[cfg.task.type]
-    out = prepare_output_dir(cfg.train.output_dir, resume=cfg.train.resume, overwrite=cfg.train.overwrite,
-                             recipe=recipe_dict if recipe_dict is not None else to_dict(cfg))
+    out = prepare_output_dir(
+        cfg.train.output_dir,
+        resume=cfg.train.resume,
+        overwrite=cfg.train.overwrite,
+        recipe=recipe_dict if recipe_dict is not None else to_dict(cfg),
+    )
     set_seed(cfg.train.seed)
 
     # --- setup: data, model, encoded splits --------------------------------------------------
@@ -173,16 +185,25 @@ def run_finetune(cfg: FinetuneConfig, recipe_dict: dict | None = None) -> dict:
 
     # --- train -------------------------------------------------------------------------------
     metric, greater = select_metric(task, cfg)
-    opts = trainer_options(task, cfg, splits["train"], splits.get("dev"), space, tokenizer, metric,
-                           has_dev=dev_ds is not None)
+    opts = trainer_options(
+        task, cfg, splits["train"], splits.get("dev"), space, tokenizer, metric, has_dev=dev_ds is not None
+    )
     t_train = time.time()
     outcome = run_training(
-        model, tokenizer, train_ds, collator, cfg.train,
+        model,
+        tokenizer,
+        train_ds,
+        collator,
+        cfg.train,
         eval_datasets={"dev": dev_ds} if dev_ds is not None else None,
         compute_metrics=opts.compute_metrics if dev_ds is not None else None,
         metric_for_best_model=f"dev_{metric}" if dev_ds is not None else None,
-        greater_is_better=greater, eval_each_epoch=dev_ds is not None,
-        callbacks=opts.callbacks, trainer_cls=FinetuneTrainer, trainer_kwargs=opts.kwargs)
+        greater_is_better=greater,
+        eval_each_epoch=dev_ds is not None,
+        callbacks=opts.callbacks,
+        trainer_cls=FinetuneTrainer,
+        trainer_kwargs=opts.kwargs,
+    )
     # The whole run: the parts before a resume (up to the checkpoint it resumed from) count too.
     train_seconds = time.time() - t_train + outcome.run.get("earlier_seconds", 0.0)
     model = outcome.trainer.model
@@ -191,19 +212,28 @@ def run_finetune(cfg: FinetuneConfig, recipe_dict: dict | None = None) -> dict:
     # --- evaluate ----------------------------------------------------------------------------
     kept = opts.dev_scores.for_checkpoint(state.best_model_checkpoint)
     results = _evaluate(task, model, tokenizer, splits, space, cfg, reports, kept, state.best_model_checkpoint)
-    metrics = _metrics(task, cfg, space, splits, reports, results, selection=_selection(state, metric, greater, kept),
-                       train=_train_summary(outcome, cfg, train_seconds, t_start))
+    metrics = _metrics(
+        task,
+        cfg,
+        space,
+        splits,
+        reports,
+        results,
+        selection=_selection(state, metric, greater, kept),
+        train=_train_summary(outcome, cfg, train_seconds, t_start),
+    )
     _save(model, tokenizer, out, cfg, task=task, src=src, space=space, metric=metric, metrics=metrics)
     return metrics
 
 
 # --- the steps, in the order run_finetune takes them -------------------------------------------
 
+
 def _setup_model(task, space: dict, cfg: FinetuneConfig) -> tuple[ModelSource, object, object]:
     """Where the weights come from, the tokenizer, and the task's model with any adapters attached."""
     src = resolve_source(cfg)
     tokenizer = load_tokenizer(src.tokenizer, cfg)
-    with reading_weights(src.adapter or src.base):   # a damaged weights file: one line naming the folder
+    with reading_weights(src.adapter or src.base):  # a damaged weights file: one line naming the folder
         model = load_task_model(task, src, space, cfg, tokenizer)
         model = attach_adapters(model, task, src, cfg)
     if cfg.train.gradient_checkpointing:
@@ -211,8 +241,9 @@ def _setup_model(task, space: dict, cfg: FinetuneConfig) -> tuple[ModelSource, o
     return src, tokenizer, model
 
 
-def _encode(task, splits: dict[str, list[Example]], tokenizer, space: dict, cfg: FinetuneConfig,
-            reports: dict[str, ReadReport]):
+def _encode(
+    task, splits: dict[str, list[Example]], tokenizer, space: dict, cfg: FinetuneConfig, reports: dict[str, ReadReport]
+):
     """The train and dev datasets (dev None without a dev split); truncation counted in the reports."""
     train, dev = splits["train"], splits.get("dev")
     train_ds = task.encode(train, tokenizer, space, cfg, reports["train"])
@@ -223,8 +254,17 @@ def _encode(task, splits: dict[str, list[Example]], tokenizer, space: dict, cfg:
     return train_ds, dev_ds
 
 
-def _evaluate(task, model, tokenizer, splits: dict[str, list[Example]], space: dict, cfg: FinetuneConfig,
-              reports: dict[str, ReadReport], kept: dict | None, best_checkpoint: str | None) -> dict:
+def _evaluate(
+    task,
+    model,
+    tokenizer,
+    splits: dict[str, list[Example]],
+    space: dict,
+    cfg: FinetuneConfig,
+    reports: dict[str, ReadReport],
+    kept: dict | None,
+    best_checkpoint: str | None,
+) -> dict:
     """dev and test metrics; dev is the best checkpoint's evaluation when it was kept (DevScores)."""
     results: dict = {}
     for name, examples in (("dev", splits.get("dev")), ("test", splits.get("test"))):
@@ -232,16 +272,27 @@ def _evaluate(task, model, tokenizer, splits: dict[str, list[Example]], space: d
             continue
         if name == "dev" and kept is not None:
             results[name] = {**kept, "truncated": kept.get("truncated", reports["dev"].truncated)}
-            log(f"dev metrics (the best checkpoint's, {Path(best_checkpoint).name}):\n"
-                + M.format_metrics(results[name], title=name))
+            log(
+                f"dev metrics (the best checkpoint's, {Path(best_checkpoint).name}):\n"
+                + M.format_metrics(results[name], title=name)
+            )
             continue
         results[name] = task.evaluate(model, tokenizer, examples, space, cfg)
         log(f"{name} metrics:\n" + M.format_metrics(results[name], title=name))
     return results
 
 
-def _metrics(task, cfg: FinetuneConfig, space: dict, splits: dict[str, list[Example]],
-             reports: dict[str, ReadReport], results: dict, *, selection: dict, train: dict) -> dict:
+def _metrics(
+    task,
+    cfg: FinetuneConfig,
+    space: dict,
+    splits: dict[str, list[Example]],
+    reports: dict[str, ReadReport],
+    results: dict,
+    *,
+    selection: dict,
+    train: dict,
+) -> dict:
     """metrics.json: the stage, its selection, the dev/test results, the labels, the data read, the training."""
     return {
         "stage": "finetune",
@@ -250,8 +301,11 @@ def _metrics(task, cfg: FinetuneConfig, space: dict, splits: dict[str, list[Exam
         "selection": selection,
         **results,
         "labels": space.get("labels"),
-        "data": {"examples": {k: len(v) for k, v in splits.items()}, "max_examples": cfg.data.max_examples,
-                 "reports": report_dict(reports)},
+        "data": {
+            "examples": {k: len(v) for k, v in splits.items()},
+            "max_examples": cfg.data.max_examples,
+            "reports": report_dict(reports),
+        },
         "train": train,
     }
 
@@ -259,36 +313,60 @@ def _metrics(task, cfg: FinetuneConfig, space: dict, splits: dict[str, list[Exam
 def _selection(state, metric: str, greater: bool, kept: dict | None) -> dict:
     """How the kept checkpoint was chosen."""
     epochs_run = [round(e["epoch"], 3) for e in state.log_history if "eval_dev_loss" in e]
-    return {"metric": metric, "greater_is_better": greater, "best_value": state.best_metric,
-            "best_checkpoint": Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None,
-            "evaluated_epochs": epochs_run,
-            "dev_scored": "at the best checkpoint's evaluation" if kept is not None else "after training"}
+    return {
+        "metric": metric,
+        "greater_is_better": greater,
+        "best_value": state.best_metric,
+        "best_checkpoint": Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None,
+        "evaluated_epochs": epochs_run,
+        "dev_scored": "at the best checkpoint's evaluation" if kept is not None else "after training",
+    }
 
 
 def _train_summary(outcome, cfg: FinetuneConfig, train_seconds: float, t_start: float) -> dict:
     state = outcome.trainer.state
-    return {"steps": outcome.global_step, "epochs": state.epoch, "train_loss": outcome.train_loss,
-            "train_seconds": round(train_seconds, 2), "wall_seconds": round(time.time() - t_start, 2),
-            "resumed_from": outcome.resumed_from, "parts": outcome.run.get("parts", 1),
-            "tokens_seen": int(state.num_input_tokens_seen or 0),   # non-padding input tokens
-            "speed": speed_metrics(outcome.speed, (state.num_input_tokens_seen or 0) / max(train_seconds, 1e-9)),
-            "stopped_early": bool(cfg.train.early_stopping_patience) and state.epoch is not None
-            and state.epoch < cfg.train.epochs - 1e-6 and cfg.train.max_steps is None}
+    return {
+        "steps": outcome.global_step,
+        "epochs": state.epoch,
+        "train_loss": outcome.train_loss,
+        "train_seconds": round(train_seconds, 2),
+        "wall_seconds": round(time.time() - t_start, 2),
+        "resumed_from": outcome.resumed_from,
+        "parts": outcome.run.get("parts", 1),
+        "tokens_seen": int(state.num_input_tokens_seen or 0),  # non-padding input tokens
+        "speed": speed_metrics(outcome.speed, (state.num_input_tokens_seen or 0) / max(train_seconds, 1e-9)),
+        "stopped_early": bool(cfg.train.early_stopping_patience)
+        and state.epoch is not None
+        and state.epoch < cfg.train.epochs - 1e-6
+        and cfg.train.max_steps is None,
+    }
 
 
-def _save(model, tokenizer, out: Path, cfg: FinetuneConfig, *, task, src: ModelSource, space: dict, metric: str,
-          metrics: dict) -> None:
+def _save(
+    model, tokenizer, out: Path, cfg: FinetuneConfig, *, task, src: ModelSource, space: dict, metric: str, metrics: dict
+) -> None:
     merged_base_only_in_memory = bool(src.adapter) and cfg.model.adapter_mode == "stack"
     keep_adapter = not cfg.lora.merge and not merged_base_only_in_memory
-    written: list = []   # sharded: streamed shard by shard (a LoRA adapter gathered to the main process)
-    save_whole(model, tokenizer, out, lambda m: written.append(save_output(m, tokenizer, out, keep_adapter=keep_adapter)))
+    written: list = []  # sharded: streamed shard by shard (a LoRA adapter gathered to the main process)
+    save_whole(
+        model, tokenizer, out, lambda m: written.append(save_output(m, tokenizer, out, keep_adapter=keep_adapter))
+    )
     if is_main_process():
         is_adapter = bool(written and written[0])
-        write_meta(out, stage="finetune", task=task.name, problem=metrics["problem"],
-                   model_type=getattr(model.config, "model_type", None), parent=cfg.model.path,
-                   adapter=src.adapter, adapter_mode=cfg.model.adapter_mode if src.adapter else None,
-                   lora=is_adapter, lora_base=src.base if is_adapter else None,
-                   labels=space.get("labels"), metric=metric)
+        write_meta(
+            out,
+            stage="finetune",
+            task=task.name,
+            problem=metrics["problem"],
+            model_type=getattr(model.config, "model_type", None),
+            parent=cfg.model.path,
+            adapter=src.adapter,
+            adapter_mode=cfg.model.adapter_mode if src.adapter else None,
+            lora=is_adapter,
+            lora_base=src.base if is_adapter else None,
+            labels=space.get("labels"),
+            metric=metric,
+        )
         update_metrics(out, _json_safe(metrics))
         if not cfg.train.keep_checkpoints:
             shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
@@ -305,5 +383,12 @@ def _json_safe(x):
     return x
 
 
-__all__ = ["run_finetune", "resolve_source", "read_splits", "attach_adapters", "save_output", "ModelSource",
-           "DataError"]
+__all__ = [
+    "run_finetune",
+    "resolve_source",
+    "read_splits",
+    "attach_adapters",
+    "save_output",
+    "ModelSource",
+    "DataError",
+]

@@ -1,6 +1,7 @@
 """The fine-tuning stage's data: train/dev/test examples read by the task, dev/test split off train
 when not given, records the training data cannot score checked (or skipped), the label budget's
 subsample, and what was read and skipped (logged, and reported in metrics.json). Needs no model."""
+
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -10,8 +11,9 @@ from ..tasks.base import DataError, Example, ReadReport, TaskRecipe
 from ..tasks.labeled_io import stratified_split, stratified_subsample
 
 
-def checked_split(task, examples: list[Example], space: dict, split: str, on_error: str,
-                  report: ReadReport) -> list[Example]:
+def checked_split(
+    task, examples: list[Example], space: dict, split: str, on_error: str, report: ReadReport
+) -> list[Example]:
     """A dev/test record the training data cannot score (a label it never saw; a QA record the
     task cannot answer) is an error, or with ``data.on_error: skip`` is skipped and counted like any
     other bad record (the README's promise; it used to stop even then)."""
@@ -46,8 +48,11 @@ def read_splits(task, cfg: TaskRecipe) -> tuple[dict[str, list[Example]], dict[s
     space = task.label_space(train, cfg)
     key = task.stratify_key(space) if hasattr(task, "stratify_key") else (lambda ex: None)
     splits: dict[str, list[Example]] = {}
-    carve = {name: frac for name, frac in (("dev", d.dev_fraction), ("test", d.test_fraction))
-             if getattr(d, name) is None and frac > 0}
+    carve = {
+        name: frac
+        for name, frac in (("dev", d.dev_fraction), ("test", d.test_fraction))
+        if getattr(d, name) is None and frac > 0
+    }
     if carve:
         parts = stratified_split(train, key, list(carve.values()), seed=d.split_seed)
         train = parts[0]
@@ -78,8 +83,10 @@ def report_dict(reports: dict[str, ReadReport]) -> dict:
 
 def log_splits(task, splits: dict[str, list[Example]], reports: dict[str, ReadReport], space: dict) -> None:
     train, dev, test = splits["train"], splits.get("dev"), splits.get("test")
-    log(f"task {task.name}: train {len(train)}, dev {len(dev or [])}, test {len(test or [])} examples"
-        + (f"; {len(space['labels'])} labels" if space.get("labels") else ""))
+    log(
+        f"task {task.name}: train {len(train)}, dev {len(dev or [])}, test {len(test or [])} examples"
+        + (f"; {len(space['labels'])} labels" if space.get("labels") else "")
+    )
     for name, rep in reports.items():
         if rep.skipped:
             log(f"{name}: skipped {rep.skipped} bad records {rep.skip_reasons}; first: {rep.first_skips[:3]}")

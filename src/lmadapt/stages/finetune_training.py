@@ -2,6 +2,7 @@
 metrics kept at each evaluation (the best checkpoint's are the final dev metrics), the metric that
 picks the best checkpoint, and the options stages/finetune.py hands ``train.loop.run_training``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,8 +31,11 @@ class FinetuneTrainer(Trainer):
         if self.sample_weights is not None:
             return EpochWeightedSampler(self.sample_weights, num_samples=len(ds), seed=self.args.seed)
         if self.group_by_length and "length" in getattr(ds, "column_names", []):
-            return EpochLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                             lengths=list(ds["length"]), seed=self.args.seed)
+            return EpochLengthGroupedSampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                lengths=list(ds["length"]),
+                seed=self.args.seed,
+            )
         return super()._get_train_sampler(train_dataset)
 
 
@@ -77,7 +81,7 @@ class TaskEvalCallback(TrainerCallback):
             extra = {f"eval_dev_{k}": v for k, v in scores.items()}
             metrics.update(extra)
             if state.log_history and "eval_dev_loss" in state.log_history[-1]:
-                state.log_history[-1].update(extra)     # logged already; keep the history complete
+                state.log_history[-1].update(extra)  # logged already; keep the history complete
 
 
 def select_metric(task, cfg: FinetuneConfig) -> tuple[str, bool]:
@@ -90,14 +94,16 @@ def select_metric(task, cfg: FinetuneConfig) -> tuple[str, bool]:
 @dataclass
 class TrainerOptions:
     """What the task adds to the shared training loop."""
-    kwargs: dict                               # FinetuneTrainer's: sampler choice, weighted loss
+
+    kwargs: dict  # FinetuneTrainer's: sampler choice, weighted loss
     dev_scores: DevScores
     callbacks: list = field(default_factory=list)
-    compute_metrics: Callable | None = None    # the task's Trainer-side dev metrics, if it has them
+    compute_metrics: Callable | None = None  # the task's Trainer-side dev metrics, if it has them
 
 
-def trainer_options(task, cfg: FinetuneConfig, train: list, dev: list | None, space: dict, tokenizer,
-                    metric: str, has_dev: bool) -> TrainerOptions:
+def trainer_options(
+    task, cfg: FinetuneConfig, train: list, dev: list | None, space: dict, tokenizer, metric: str, has_dev: bool
+) -> TrainerOptions:
     """Class weights or balanced sampling, and the dev-side callbacks (task scoring, kept scores,
     early stopping) when there is a dev set to evaluate."""
     trainer_kwargs: dict = {"group_by_length": cfg.train.group_by_length}
@@ -109,12 +115,17 @@ def trainer_options(task, cfg: FinetuneConfig, train: list, dev: list | None, sp
     if cfg.data.balanced_sampling:
         trainer_kwargs["sample_weights"] = task.sample_weights(train, space)
     dev_scores = DevScores()
-    compute_metrics = task.compute_metrics(space, cfg, keep=dev_scores.keep) if hasattr(task, "compute_metrics") else None
+    compute_metrics = (
+        task.compute_metrics(space, cfg, keep=dev_scores.keep) if hasattr(task, "compute_metrics") else None
+    )
     if has_dev:
         if compute_metrics is None and metric != "loss":
             callbacks.append(TaskEvalCallback(task, tokenizer, dev, space, cfg, keep=dev_scores.keep))
-        callbacks.append(dev_scores)   # after TaskEvalCallback: files what it kept under the step
+        callbacks.append(dev_scores)  # after TaskEvalCallback: files what it kept under the step
         if cfg.train.early_stopping_patience:
-            callbacks.append(EarlyStoppingCallback(cfg.train.early_stopping_patience, cfg.train.early_stopping_threshold))
-    return TrainerOptions(kwargs=trainer_kwargs, dev_scores=dev_scores, callbacks=callbacks,
-                          compute_metrics=compute_metrics)
+            callbacks.append(
+                EarlyStoppingCallback(cfg.train.early_stopping_patience, cfg.train.early_stopping_threshold)
+            )
+    return TrainerOptions(
+        kwargs=trainer_kwargs, dev_scores=dev_scores, callbacks=callbacks, compute_metrics=compute_metrics
+    )

@@ -10,6 +10,7 @@ probability and the top-k; multi-label: labels over the threshold with all proba
 regression: the value). The output file is written atomically: a temp file renamed at the end.
 Under ``torchrun -m lmadapt.cli predict ...`` the processes share the records, one GPU each.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +32,11 @@ from ..runtime.dist import is_main_process, map_split, process_device, world_siz
 from ..runtime.outputs import META_FILE, RECIPE_FILE, AtomicFile, read_meta
 
 # Field that a single --text fills, per task: (recipe section, key). QA needs a JSON record.
-SINGLE_TEXT_FIELD = {"classification": ("data", "text_field"), "extraction": ("extraction", "text_field"),
-                     "instruction": ("instruction", "prompt_field")}
+SINGLE_TEXT_FIELD = {
+    "classification": ("data", "text_field"),
+    "extraction": ("extraction", "text_field"),
+    "instruction": ("instruction", "prompt_field"),
+}
 
 
 @dataclasses.dataclass
@@ -43,8 +47,14 @@ class Predictor:
     cfg: FinetuneConfig
 
 
-def load_predictor(model_dir: str | Path, *, batch_size: int | None = None, device: str | None = None,
-                   trust_remote_code: bool = False, **options: Any) -> Predictor:
+def load_predictor(
+    model_dir: str | Path,
+    *,
+    batch_size: int | None = None,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    **options: Any,
+) -> Predictor:
     """Model, tokenizer, task and recipe of a fine-tuned folder. ``options`` override keys of the
     task's recipe section (e.g. generation: max_new_tokens, greedy, temperature, top_p).
 
@@ -53,8 +63,10 @@ def load_predictor(model_dir: str | Path, *, batch_size: int | None = None, devi
     model_dir = Path(model_dir)
     meta = read_meta(model_dir)
     if meta.get("stage") != "finetune" or not (model_dir / RECIPE_FILE).is_file():
-        raise ConfigError(f"{model_dir}: not a `lmadapt finetune` output folder (no {META_FILE} with stage "
-                          f"'finetune', or no {RECIPE_FILE})")
+        raise ConfigError(
+            f"{model_dir}: not a `lmadapt finetune` output folder (no {META_FILE} with stage "
+            f"'finetune', or no {RECIPE_FILE})"
+        )
     cfg = from_dict(FinetuneConfig, upgrade_saved_recipe(read_yaml(model_dir / RECIPE_FILE)))
     cfg.model.trust_remote_code = bool(trust_remote_code)
     task = TASKS[meta.get("task", cfg.task.type)]
@@ -77,8 +89,10 @@ def load_finetuned(model_dir: Path, meta: dict, cfg: FinetuneConfig):
     except ValueError as exc:
         if "trust_remote_code" not in str(exc):
             raise
-        raise ConfigError(f"{model_dir}: the model ships its own Python code (config.json auto_map); it runs only "
-                          "if you pass --trust-remote-code, and only do so for a folder you trust") from None
+        raise ConfigError(
+            f"{model_dir}: the model ships its own Python code (config.json auto_map); it runs only "
+            "if you pass --trust-remote-code, and only do so for a folder you trust"
+        ) from None
     arch = (config.architectures or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None
     if cls is None:
@@ -122,10 +136,12 @@ def _with_options(cfg: FinetuneConfig, task_name: str, batch_size: int | None, o
     for key in list(options):
         if not hasattr(target, key):
             if key in GENERATION_KEYS:
-                options.pop(key)            # e.g. the CLI's generation defaults for a classifier
+                options.pop(key)  # e.g. the CLI's generation defaults for a classifier
                 continue
             valid = [f.name for f in dataclasses.fields(target)]
-            raise ConfigError(f"predict option {key!r} does not apply to task {task_name!r} (options: {', '.join(valid)})")
+            raise ConfigError(
+                f"predict option {key!r} does not apply to task {task_name!r} (options: {', '.join(valid)})"
+            )
     if section is not None:
         setattr(cfg, task_name, dataclasses.replace(section, **options))
     elif options:
@@ -150,31 +166,37 @@ def predict_text(p: Predictor, text: str) -> dict:
     return p.task.predict(p.model, p.tokenizer, [record], p.cfg)[0]
 
 
-def predict_file(model_dir: str | Path, input_path: str | Path | None = None, output_path: str | Path | None = None,
-                 *, batch_size: int = 16, text: str | None = None, predictor: Predictor | None = None,
-                 trust_remote_code: bool = False, **generation: Any) -> dict:
+def predict_file(
+    model_dir: str | Path,
+    input_path: str | Path | None = None,
+    output_path: str | Path | None = None,
+    *,
+    batch_size: int = 16,
+    text: str | None = None,
+    predictor: Predictor | None = None,
+    trust_remote_code: bool = False,
+    **generation: Any,
+) -> dict:
     """Predict every record of ``input_path`` (.jsonl/.csv/.tsv/.parquet, .gz) into JSONL at
     ``output_path`` (default: ``<input stem>.predictions.jsonl`` beside the input), or, with
     ``text``, return the single prediction. Returns a summary for a file."""
     if output_path is not None:
         check_output_file(output_path)
-    p = predictor or load_predictor(model_dir, batch_size=batch_size, trust_remote_code=trust_remote_code,
-                                    **generation)
+    p = predictor or load_predictor(model_dir, batch_size=batch_size, trust_remote_code=trust_remote_code, **generation)
     if text is not None:
         return predict_text(p, text)
     if input_path is None:
         raise ConfigError("predict: give an input file or --text")
     if output_path is None and is_hub_spec(str(input_path)):
         raise ConfigError(f"predict: {input_path} is a hub split; give an output file")
-    source = str(input_path)   # a file, or a hub split (hub:owner/name[subset]:split)
+    source = str(input_path)  # a file, or a hub split (hub:owner/name[subset]:split)
     input_path = Path(input_path)
     if output_path is None:
         stem = input_path.name.split(".")[0]
         output_path = input_path.with_name(f"{stem}.predictions.jsonl")
     output_path = Path(output_path)
     fields = p.task.text_fields(p.cfg) if hasattr(p.task, "text_fields") else []
-    records = [ex.fields for ex in read_records(source, fields_required=fields, text_fields=fields,
-                                                on_error="raise")]
+    records = [ex.fields for ex in read_records(source, fields_required=fields, text_fields=fields, on_error="raise")]
     t0 = time.time()
     # Under torchrun each process predicts its share of every chunk on its own GPU; the main
     # process alone writes the file, in input order.
@@ -184,10 +206,11 @@ def predict_file(model_dir: str | Path, input_path: str | Path | None = None, ou
         out = AtomicFile(output_path)
         fh = open(out.tmp, "w", encoding="utf-8")
     try:
-        with tqdm(total=len(records), desc="predict", unit="rec", dynamic_ncols=True, mininterval=1.0,
-                  disable=not main) as bar:
+        with tqdm(
+            total=len(records), desc="predict", unit="rec", dynamic_ncols=True, mininterval=1.0, disable=not main
+        ) as bar:
             for b in range(0, len(records), chunk):
-                part = records[b:b + chunk]
+                part = records[b : b + chunk]
                 rows, _ = map_split(lambda share: (p.task.predict(p.model, p.tokenizer, share, p.cfg), 0), part)
                 if fh is not None:
                     fh.writelines(json.dumps(row, ensure_ascii=False, default=_plain) + "\n" for row in rows)
@@ -200,8 +223,14 @@ def predict_file(model_dir: str | Path, input_path: str | Path | None = None, ou
             fh.close()
             out.discard()
         raise
-    return {"input": str(input_path), "output": str(output_path), "records": len(records),
-            "seconds": round(time.time() - t0, 2), "task": p.task.name, "processes": world_size()}
+    return {
+        "input": str(input_path),
+        "output": str(output_path),
+        "records": len(records),
+        "seconds": round(time.time() - t0, 2),
+        "task": p.task.name,
+        "processes": world_size(),
+    }
 
 
 def _plain(x):

@@ -10,6 +10,7 @@ The candidates are mined on each node's first process (the one holding the corpu
 processes read it from there. Fragmentation (tokens per word) before and after is measured on the
 held-out sources (else on the mined text) where the corpus is.
 """
+
 from __future__ import annotations
 
 import socket
@@ -21,19 +22,27 @@ from ..config.pretrain import PretrainConfig
 from ..data.sources import Corpus
 from ..models.embed_init import init_new_rows
 from ..models.load import fix_pad_token
-from ..models.vocab import (candidate_table, extend_tokenizer, mine_candidates, pretoken_counts, read_extension,
-                            tokenizer_kind, tokens_per_word, vocab_digest)
+from ..models.vocab import (
+    candidate_table,
+    extend_tokenizer,
+    mine_candidates,
+    pretoken_counts,
+    read_extension,
+    tokenizer_kind,
+    tokens_per_word,
+    vocab_digest,
+)
 from ..runtime.dist import log, main_first
 from .pretrain_data import BLOCKS_DIR
 
 VOCAB_DIR = "vocab"
-_FRAGMENTATION_CHARS = 2_000_000      # held-out text measured for tokens per word (enough for 3 digits)
+_FRAGMENTATION_CHARS = 2_000_000  # held-out text measured for tokens per word (enough for 3 digits)
 
 
 @dataclass
 class VocabExtension:
     old_size: int
-    pieces: dict[int, list[int]]           # new id -> old ids it replaces
+    pieces: dict[int, list[int]]  # new id -> old ids it replaces
     summary: dict = field(default_factory=dict)
 
 
@@ -43,7 +52,11 @@ def _texts(docs_by_source: dict, max_chars: int) -> list[str]:
     for docs in docs_by_source.values():
         start = 0
         while total < max_chars and start < len(docs):
-            batch = docs.texts(start, start + 256) if hasattr(docs, "texts") else [d.text for d in docs[start:start + 256]]
+            batch = (
+                docs.texts(start, start + 256)
+                if hasattr(docs, "texts")
+                else [d.text for d in docs[start : start + 256]]
+            )
             start += 256
             for t in batch:
                 if total >= max_chars:
@@ -56,16 +69,21 @@ def _texts(docs_by_source: dict, max_chars: int) -> list[str]:
 def _mine(cfg: PretrainConfig, corpus: Corpus, tokenizer, folder: Path) -> None:
     texts = _texts(corpus.train, cfg.vocab.mine_chars)
     counts = pretoken_counts(tokenizer, texts)
-    cands = mine_candidates(tokenizer, texts, add=cfg.vocab.extend, min_frequency=cfg.vocab.min_frequency,
-                            counts=counts)
+    cands = mine_candidates(
+        tokenizer, texts, add=cfg.vocab.extend, min_frequency=cfg.vocab.min_frequency, counts=counts
+    )
     if not cands:
-        raise ConfigError(f"vocab.extend: no word of the training text is cut into 2+ pieces and seen "
-                          f">= {cfg.vocab.min_frequency} times (vocab.min_frequency); nothing to add")
+        raise ConfigError(
+            f"vocab.extend: no word of the training text is cut into 2+ pieces and seen "
+            f">= {cfg.vocab.min_frequency} times (vocab.min_frequency); nothing to add"
+        )
     if len(cands) < cfg.vocab.extend:
         log(f"vocab.extend: only {len(cands)} words qualify (of {cfg.vocab.extend} asked)")
     extend_tokenizer(tokenizer, cands, folder, counts=counts)
-    log(f"vocabulary: added {len(cands)} tokens mined from {sum(map(len, texts)):,} characters:\n"
-        + candidate_table(cands, tokenizer_kind(tokenizer), limit=20))
+    log(
+        f"vocabulary: added {len(cands)} tokens mined from {sum(map(len, texts)):,} characters:\n"
+        + candidate_table(cands, tokenizer_kind(tokenizer), limit=20)
+    )
 
 
 def extend_vocabulary(cfg: PretrainConfig, corpus: Corpus | None, loaded, out: Path) -> VocabExtension | None:
@@ -84,28 +102,43 @@ def extend_vocabulary(cfg: PretrainConfig, corpus: Corpus | None, loaded, out: P
         main_first(lambda: _mine(cfg, corpus, old, folder), "mining the vocabulary", per_node=True, others=lambda: None)
     record = read_extension(folder)
     if record is None:
-        raise ConfigError(f"vocab.tokenizer: {folder} has no lmadapt_vocab.json; make the folder with "
-                          "`lmadapt tokenizer extend MODEL --data CORPUS --add N --output DIR`")
+        raise ConfigError(
+            f"vocab.tokenizer: {folder} has no lmadapt_vocab.json; make the folder with "
+            "`lmadapt tokenizer extend MODEL --data CORPUS --add N --output DIR`"
+        )
     if record["old_size"] != len(old) or record.get("old_vocab_sha256", vocab_digest(old)) != vocab_digest(old):
-        raise ConfigError(f"vocab.tokenizer: {folder} extends another tokenizer ({record['old_size']:,} tokens) than "
-                          f"the model's ({len(old):,} tokens); extend this model's tokenizer")
+        raise ConfigError(
+            f"vocab.tokenizer: {folder} extends another tokenizer ({record['old_size']:,} tokens) than "
+            f"the model's ({len(old):,} tokens); extend this model's tokenizer"
+        )
     new = AutoTokenizer.from_pretrained(str(folder))
     fix_pad_token(new)
     pieces = {int(t["id"]): list(t["piece_ids"]) for t in record["tokens"]}
     init = init_new_rows(loaded.model, pieces, method=vc.init, old_size=len(old))
     loaded.tokenizer = new
-    summary = {**init, "source": str(vc.tokenizer) if vc.tokenizer else "mined", "old_size": len(old),
-               "new_size": len(new), "embedding_lr": vc.embedding_lr, "warmup_steps": vc.warmup_steps,
-               "tokens": [{k: t[k] for k in ("word", "frequency", "pieces")} for t in record["tokens"][:50]]}
+    summary = {
+        **init,
+        "source": str(vc.tokenizer) if vc.tokenizer else "mined",
+        "old_size": len(old),
+        "new_size": len(new),
+        "embedding_lr": vc.embedding_lr,
+        "warmup_steps": vc.warmup_steps,
+        "tokens": [{k: t[k] for k in ("word", "frequency", "pieces")} for t in record["tokens"][:50]],
+    }
     if corpus is not None:
         held = _texts(corpus.eval, _FRAGMENTATION_CHARS) if corpus.eval else None
         texts = held or _texts(corpus.train, min(vc.mine_chars, _FRAGMENTATION_CHARS))
         before, after = tokens_per_word(old, texts), tokens_per_word(new, texts)
-        summary["fragmentation"] = {"text": "held-out" if held else "training (no held-out source)",
-                                    "words": before["words"], "tokens_per_word_before": before["tokens_per_word"],
-                                    "tokens_per_word_after": after["tokens_per_word"]}
-        log(f"vocabulary: {len(pieces)} new tokens ({vc.init} init); tokens per word on {summary['fragmentation']['text']} "
-            f"text {before['tokens_per_word']} -> {after['tokens_per_word']}")
+        summary["fragmentation"] = {
+            "text": "held-out" if held else "training (no held-out source)",
+            "words": before["words"],
+            "tokens_per_word_before": before["tokens_per_word"],
+            "tokens_per_word_after": after["tokens_per_word"],
+        }
+        log(
+            f"vocabulary: {len(pieces)} new tokens ({vc.init} init); tokens per word on {summary['fragmentation']['text']} "
+            f"text {before['tokens_per_word']} -> {after['tokens_per_word']}"
+        )
     return VocabExtension(old_size=len(old), pieces=pieces, summary=summary)
 
 
@@ -124,12 +157,16 @@ def training_options(cfg: PretrainConfig, ext: VocabExtension | None, model, tok
     if vc.embedding_lr is None and not vc.warmup_steps:
         return {}
     if wants_sharding(cfg.train):
-        raise ConfigError("vocab.embedding_lr / vocab.warmup_steps: not supported with train.sharding (the embedding "
-                          "rows are split across processes); train the new rows without sharding")
+        raise ConfigError(
+            "vocab.embedding_lr / vocab.warmup_steps: not supported with train.sharding (the embedding "
+            "rows are split across processes); train the new rows without sharding"
+        )
     params = embedding_params(model, _embedding_rows(model))
     if not params:
-        raise ConfigError("vocab.embedding_lr / vocab.warmup_steps: the model has no trainable embedding matrix "
-                          "(with LoRA, set lora.train_embeddings: true)")
+        raise ConfigError(
+            "vocab.embedding_lr / vocab.warmup_steps: the model has no trainable embedding matrix "
+            "(with LoRA, set lora.train_embeddings: true)"
+        )
     opts: dict = {}
     if vc.embedding_lr is not None:
         opts["trainer_cls"] = EmbeddingLRTrainer

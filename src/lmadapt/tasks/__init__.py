@@ -4,6 +4,7 @@ Task modules are imported on first use, so a task whose module (or an optional d
 it) is missing does not break the others: asking for it raises a ConfigError that says why.
 Adding a task is one line in ``_MODULES`` plus a module that defines ``TASK``.
 """
+
 from __future__ import annotations
 
 import importlib

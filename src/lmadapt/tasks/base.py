@@ -5,6 +5,7 @@ a tokenized dataset, a collator and metrics, and hands them to the shared traini
 module holds everything specific to one kind of label; registering it in ``TASKS`` is all the
 stage needs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ class DataError(ValueError):
 @dataclass
 class Example:
     """One labeled example with its provenance (``origin`` = "path:line")."""
+
     fields: dict[str, Any]
     origin: str
 
@@ -29,6 +31,7 @@ class Example:
 @dataclass
 class ReadReport:
     """What reading a split did: counts, skips (opt-in) and truncations, all JSON-able."""
+
     examples: int = 0
     skipped: int = 0
     skip_reasons: dict[str, int] = field(default_factory=dict)
@@ -48,10 +51,16 @@ class Task(Protocol):
     name: str
 
     def read(self, path: str, cfg: TaskRecipe, *, split: str, report: ReadReport) -> list[Example]: ...
-    def label_space(self, train: list[Example], cfg: TaskRecipe) -> dict: ...   # e.g. {"label2id": {...}} saved in model config
+    def label_space(
+        self, train: list[Example], cfg: TaskRecipe
+    ) -> dict: ...  # e.g. {"label2id": {...}} saved in model config
     def check_split(self, examples: list[Example], space: dict, split: str) -> None: ...  # e.g. unseen dev labels
-    def load_model(self, base_dir: str, space: dict, cfg: FinetuneConfig): ...   # model with the right head (LoRA applied by the stage)
-    def encode(self, examples: list[Example], tokenizer, space: dict, cfg: TaskRecipe, report: ReadReport): ...  # -> datasets.Dataset
+    def load_model(
+        self, base_dir: str, space: dict, cfg: FinetuneConfig
+    ): ...  # model with the right head (LoRA applied by the stage)
+    def encode(
+        self, examples: list[Example], tokenizer, space: dict, cfg: TaskRecipe, report: ReadReport
+    ): ...  # -> datasets.Dataset
     def collator(self, tokenizer, cfg: TaskRecipe): ...
     def evaluate(self, model, tokenizer, examples: list[Example], space: dict, cfg: TaskRecipe) -> dict: ...  # metrics
     def predict(self, model, tokenizer, records: list[dict], cfg: TaskRecipe) -> list[dict]: ...
@@ -62,6 +71,7 @@ class Task(Protocol):
 # length); loading a model also reads ``model`` and ``lora``, so those methods take a FinetuneConfig.
 # A caller without a model (the TF-IDF baseline, the instruction-retention check) builds a
 # TaskSettings instead of a FinetuneConfig with a made-up model path.
+
 
 class TaskRecipe(Protocol):
     """The recipe a task's reading and scoring methods receive: a FinetuneConfig or a TaskSettings."""
@@ -87,7 +97,7 @@ class TaskSettings:
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     qa: QAConfig = field(default_factory=QAConfig)
     instruction: InstructionConfig = field(default_factory=InstructionConfig)
-    max_length: int | None = None          # null: the task's default, as model.max_length
+    max_length: int | None = None  # null: the task's default, as model.max_length
 
     def __post_init__(self):
         if self.max_length is None:

@@ -6,11 +6,13 @@ text (offset mapping) with ``B-X``/``I-X``/``O``, and merge predicted token tags
 Kept apart from tasks/extraction.py (the task: reading, encoding, training, prediction) because
 they are pure functions of text, offsets and tags, tested on their own.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 Span = tuple[int, int, str]
+
 
 def check_spans(text: Any, spans: Any, field: str = "spans", text_field: str = "text") -> tuple[list[Span], str | None]:
     """Validate raw span dicts against ``text``; returns (sorted spans, None) or ([], error message).
@@ -47,13 +49,16 @@ def check_spans(text: Any, spans: Any, field: str = "spans", text_field: str = "
     out.sort(key=lambda x: (x[0][0], x[0][1]))
     for (a, ia), (b, ib) in zip(out, out[1:]):
         if b[0] < a[1]:
-            return [], (f"field {field!r}[{ib}]: span [{b[0]}, {b[1]}) {text[b[0]:b[1]]!r} overlaps "
-                        f"{field!r}[{ia}] [{a[0]}, {a[1]}) {text[a[0]:a[1]]!r}")
+            return [], (
+                f"field {field!r}[{ib}]: span [{b[0]}, {b[1]}) {text[b[0] : b[1]]!r} overlaps "
+                f"{field!r}[{ia}] [{a[0]}, {a[1]}) {text[a[0] : a[1]]!r}"
+            )
     return [sp for sp, _ in out], None
 
 
-def tags_to_spans(tokens: Any, tags: Any, tokens_field: str = "tokens",
-                  tags_field: str = "tags") -> tuple[str, list[Span], str | None]:
+def tags_to_spans(
+    tokens: Any, tags: Any, tokens_field: str = "tokens", tags_field: str = "tags"
+) -> tuple[str, list[Span], str | None]:
     """Word-level BIO tags -> (text joined with spaces, character spans, error message or None)."""
     if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
         return "", [], f"field {tokens_field!r} must be a list of strings"
@@ -123,9 +128,14 @@ def _content(text: str, offsets) -> list[tuple[int, int] | None]:
     return out
 
 
-def spans_to_token_tags(text: str, offsets, spans: Sequence[Span], special: Sequence[int] | None = None,
-                        word_ids: Sequence[int | None] | None = None,
-                        subword_labels: str = "all") -> list[str | None]:
+def spans_to_token_tags(
+    text: str,
+    offsets,
+    spans: Sequence[Span],
+    special: Sequence[int] | None = None,
+    word_ids: Sequence[int | None] | None = None,
+    subword_labels: str = "all",
+) -> list[str | None]:
     """BIO tag per token (``None`` = not labelled: special tokens, first-mode continuation subwords).
 
     A token belongs to a span when its (whitespace-stripped) text overlaps the span; whitespace-only
@@ -166,7 +176,7 @@ def spans_to_token_tags(text: str, offsets, spans: Sequence[Span], special: Sequ
             if tags[i] is None:
                 last_word = None
                 continue
-            if content[i] is None:      # whitespace-only: transparent when decoding, never labelled
+            if content[i] is None:  # whitespace-only: transparent when decoding, never labelled
                 tags[i] = None
                 continue
             wid = word_ids[i]
@@ -212,8 +222,9 @@ def token_tags_to_spans(text: str, offsets, tags: Sequence[str | None]) -> list[
     return spans
 
 
-def fill_first_subword_tags(text: str, offsets, tags: Sequence[str | None],
-                            word_ids: Sequence[int | None]) -> list[str | None]:
+def fill_first_subword_tags(
+    text: str, offsets, tags: Sequence[str | None], word_ids: Sequence[int | None]
+) -> list[str | None]:
     """subword_labels: first -> a word's later subwords take the label of its first (non-blank) subword."""
     content = _content(text, offsets)
     out = list(tags)

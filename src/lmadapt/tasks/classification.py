@@ -13,6 +13,7 @@ stage sets the pad token before training (the tokenizer's pad, else its EOS: a d
 usually has none, and EOS is never part of our inputs). The label space (label2id/id2label,
 problem_type) is stored in the model config, so the output folder is self-describing.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -30,8 +31,11 @@ from .labeled_io import read_records
 from .labels import label_variants, natural_key, parse_label, variant_key
 from .model_setup import model_kwargs, pad_id_of
 
-PROBLEM_TYPES = {"single_label": "single_label_classification", "multi_label": "multi_label_classification",
-                 "regression": "regression"}
+PROBLEM_TYPES = {
+    "single_label": "single_label_classification",
+    "multi_label": "multi_label_classification",
+    "regression": "regression",
+}
 
 
 class ClassificationTask:
@@ -46,8 +50,14 @@ class ClassificationTask:
     def read(self, path: str, cfg: TaskRecipe, *, split: str, report: ReadReport) -> list[Example]:
         d, problem = cfg.data, cfg.task.problem
         texts = self.text_fields(cfg)
-        rows = read_records(path, fields_required=texts + [d.label_field], text_fields=texts,
-                            on_error=d.on_error, report=report, format=d.format)
+        rows = read_records(
+            path,
+            fields_required=texts + [d.label_field],
+            text_fields=texts,
+            on_error=d.on_error,
+            report=report,
+            format=d.format,
+        )
         out = []
         for ex in rows:
             label, err = parse_label(ex.fields[d.label_field], problem, d.label_separator)
@@ -79,18 +89,27 @@ class ClassificationTask:
                 edges = (space or {}).get("quantiles")
                 return int(np.searchsorted(edges, lab)) if edges else 0
             return lab
+
         return key
 
     # labels --------------------------------------------------------------------------------------
     def label_space(self, train: list[Example], cfg: TaskRecipe) -> dict:
         problem = cfg.task.problem
-        space: dict[str, Any] = {"problem": problem, "problem_type": PROBLEM_TYPES[problem],
-                                 "label_field": cfg.data.label_field}
+        space: dict[str, Any] = {
+            "problem": problem,
+            "problem_type": PROBLEM_TYPES[problem],
+            "label_field": cfg.data.label_field,
+        }
         if problem == "regression":
             values = np.array([ex.fields["label"] for ex in train], dtype=float)
-            space.update(labels=["value"], label2id={"value": 0}, id2label={0: "value"},
-                         quantiles=np.quantile(values, [0.2, 0.4, 0.6, 0.8]).tolist(),
-                         mean=float(values.mean()), std=float(values.std()))
+            space.update(
+                labels=["value"],
+                label2id={"value": 0},
+                id2label={0: "value"},
+                quantiles=np.quantile(values, [0.2, 0.4, 0.6, 0.8]).tolist(),
+                mean=float(values.mean()),
+                std=float(values.std()),
+            )
             return space
         counts: Counter = Counter()
         for ex in train:
@@ -102,11 +121,17 @@ class ClassificationTask:
         if not labels:
             raise DataError("training data has no labels at all")
         for group in label_variants(counts):
-            log("warning: labels that differ only by case or number format are separate classes: "
+            log(
+                "warning: labels that differ only by case or number format are separate classes: "
                 + ", ".join(f"{lab!r} ({n} examples)" for lab, n in group)
-                + "; if they mean one class, write them one way in the data")
-        space.update(labels=labels, label2id={lab: i for i, lab in enumerate(labels)},
-                     id2label=dict(enumerate(labels)), counts=dict(counts))
+                + "; if they mean one class, write them one way in the data"
+            )
+        space.update(
+            labels=labels,
+            label2id={lab: i for i, lab in enumerate(labels)},
+            id2label=dict(enumerate(labels)),
+            counts=dict(counts),
+        )
         return space
 
     def check_split(self, examples: list[Example], space: dict, split: str) -> None:
@@ -115,13 +140,15 @@ class ClassificationTask:
         known = space["label2id"]
         for ex in examples:
             lab = ex.fields["label"]
-            for x in (lab if isinstance(lab, list) else [lab]):
+            for x in lab if isinstance(lab, list) else [lab]:
                 if x not in known:
                     shown = ", ".join(space["labels"][:20]) + (", ..." if len(known) > 20 else "")
                     near = [k for k in known if variant_key(k) == variant_key(x)]
                     hint = f"; differs only by case or number format from {near[0]!r}" if near else ""
-                    raise DataError(f"{ex.origin}: field '{space['label_field']}': label {x!r} in the {split} set never "
-                                    f"occurs in the training data (train labels: {shown}{hint})")
+                    raise DataError(
+                        f"{ex.origin}: field '{space['label_field']}': label {x!r} in the {split} set never "
+                        f"occurs in the training data (train labels: {shown}{hint})"
+                    )
 
     def class_weights(self, train: list[Example], space: dict) -> torch.Tensor:
         """'balanced' weights n / (k * count_c) over the classes present in ``train`` (single label),
@@ -148,9 +175,14 @@ class ClassificationTask:
         from transformers import AutoModelForSequenceClassification
 
         model = AutoModelForSequenceClassification.from_pretrained(
-            base_dir, num_labels=len(space["labels"]), id2label=dict(space["id2label"]),
-            label2id=dict(space["label2id"]), problem_type=space["problem_type"], **model_kwargs(cfg))
-        model.config.use_cache = False   # no generation; a cache in the outputs would confuse the Trainer
+            base_dir,
+            num_labels=len(space["labels"]),
+            id2label=dict(space["id2label"]),
+            label2id=dict(space["label2id"]),
+            problem_type=space["problem_type"],
+            **model_kwargs(cfg),
+        )
+        model.config.use_cache = False  # no generation; a cache in the outputs would confuse the Trainer
         return model
 
     # encoding ------------------------------------------------------------------------------------
@@ -173,10 +205,15 @@ class ClassificationTask:
             raise DataError(
                 f"{examples[first].origin}: {len(enc['input_ids'][first])} tokens, more than model.max_length={max_len} "
                 f"({len(too_long)} of {len(examples)} examples are); raise model.max_length or set "
-                f"data.allow_truncation: true to cut them")
+                f"data.allow_truncation: true to cut them"
+            )
         if too_long:
-            cut = self._tokenize(tokenizer, [texts[i] for i in too_long],
-                                 [pairs[i] for i in too_long] if pairs is not None else None, max_len)
+            cut = self._tokenize(
+                tokenizer,
+                [texts[i] for i in too_long],
+                [pairs[i] for i in too_long] if pairs is not None else None,
+                max_len,
+            )
             for j, i in enumerate(too_long):
                 for k in enc:
                     enc[k][i] = cut[k][j]
@@ -211,12 +248,14 @@ class ClassificationTask:
     def compute_metrics(self, space: dict, cfg: TaskRecipe, keep: Callable[[dict], None] | None = None) -> Callable:
         """For the Trainer's per-epoch dev evaluation: scalars for the Trainer; ``keep`` receives
         the full metrics (per-class, confusion matrix), so the stage need not score dev again."""
+
         def fn(eval_pred) -> dict:
             logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
             full = self._metrics(np.asarray(logits), np.asarray(eval_pred.label_ids), space, cfg)
             if keep is not None:
                 keep(full)
             return M.scalars(full)
+
         return fn
 
     def _metrics(self, logits: np.ndarray, targets: np.ndarray, space: dict, cfg: TaskRecipe) -> dict:
@@ -226,13 +265,21 @@ class ClassificationTask:
         if problem == "multi_label":
             pred = (_sigmoid(logits) >= cfg.task.threshold).astype(int)
             return M.multilabel_metrics(targets.astype(int), pred, labels)
-        return M.classification_metrics([labels[int(i)] for i in targets.reshape(-1)],
-                                        [labels[int(i)] for i in logits.argmax(-1)], labels)
+        return M.classification_metrics(
+            [labels[int(i)] for i in targets.reshape(-1)], [labels[int(i)] for i in logits.argmax(-1)], labels
+        )
 
     # inference -----------------------------------------------------------------------------------
     @torch.no_grad()
-    def logits(self, model, tokenizer, texts: list[str], pairs: list[str] | None, cfg: TaskRecipe,
-               progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, int]:
+    def logits(
+        self,
+        model,
+        tokenizer,
+        texts: list[str],
+        pairs: list[str] | None,
+        cfg: TaskRecipe,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[np.ndarray, int]:
         """Logits for every text (batched, longest first), and how many were cut at model.max_length."""
         batch_size = eval_batch_size(cfg)
         max_len = cfg.max_length
@@ -248,7 +295,7 @@ class ClassificationTask:
         order = sorted(range(len(texts)), key=lambda i: -lengths[i])
         out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
         for b in range(0, len(order), batch_size):
-            idx = order[b:b + batch_size]
+            idx = order[b : b + batch_size]
             batch = collate([{k: enc[k][i] for k in keys} for i in idx])
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(**batch).logits
@@ -265,7 +312,7 @@ class ClassificationTask:
             pairs = [ex.fields["text_pair"] for ex in share] if cfg.data.text_pair_field else None
             return self.logits(model, tokenizer, texts, pairs, cfg)
 
-        rows, truncated = map_split(score, examples)   # several processes: each scores its share
+        rows, truncated = map_split(score, examples)  # several processes: each scores its share
         logits = np.stack(rows)
         targets = np.array([self._target(ex.fields["label"], space) for ex in examples])
         metrics = self._metrics(logits, targets, space, cfg)
@@ -291,16 +338,20 @@ class ClassificationTask:
                 pred: dict = {"value": float(row[0])}
             elif problem == "multi_label":
                 probs = _sigmoid(row)
-                pred = {"labels": [id2label[i] for i in np.flatnonzero(probs >= cfg.task.threshold)],
-                        "probabilities": {id2label[i]: round(float(p), 6) for i, p in enumerate(probs)}}
+                pred = {
+                    "labels": [id2label[i] for i in np.flatnonzero(probs >= cfg.task.threshold)],
+                    "probabilities": {id2label[i]: round(float(p), 6) for i, p in enumerate(probs)},
+                }
             else:
                 probs = _softmax(row)
-                top = np.argsort(-probs)[:cfg.task.top_k]
-                pred = {"label": id2label[int(top[0])], "score": round(float(probs[top[0]]), 6),
-                        "top_k": [{"label": id2label[int(i)], "score": round(float(probs[i]), 6)} for i in top]}
+                top = np.argsort(-probs)[: cfg.task.top_k]
+                pred = {
+                    "label": id2label[int(top[0])],
+                    "score": round(float(probs[top[0]]), 6),
+                    "top_k": [{"label": id2label[int(i)], "score": round(float(probs[i]), 6)} for i in top],
+                }
             out.append({**rec, "prediction": pred})
         return out
-
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

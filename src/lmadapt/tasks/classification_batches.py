@@ -1,5 +1,6 @@
 """Classification batches: dynamic padding (:class:`PaddingCollator`) and the class-weighted loss
 (:class:`WeightedLoss`) the Trainer computes on them."""
+
 from __future__ import annotations
 
 import torch
@@ -37,11 +38,13 @@ class WeightedLoss:
         w = self.weights.to(logits.device, logits.dtype)
         if self.problem == "multi_label":
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits, labels.to(logits.dtype), pos_weight=w, reduction="sum")
+                logits, labels.to(logits.dtype), pos_weight=w, reduction="sum"
+            )
             count = labels.numel()
         else:
-            loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1),
-                                                     weight=w, reduction="sum")
+            loss = torch.nn.functional.cross_entropy(
+                logits.view(-1, logits.shape[-1]), labels.view(-1), weight=w, reduction="sum"
+            )
             count = labels.numel()
         denom = num_items_in_batch if num_items_in_batch is not None else count
         if torch.is_tensor(denom):

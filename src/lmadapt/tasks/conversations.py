@@ -19,13 +19,16 @@ token of an example is never labelled.
 Kept apart from tasks/instruction.py (the task: reading, packing, training, scoring) because
 training, generation and the retention check (tasks/retention.py) must render identically.
 """
+
 from __future__ import annotations
 
-try:                                   # chat templates need jinja2 (transformers' "chat-template" extra)
+try:  # chat templates need jinja2 (transformers' "chat-template" extra)
     from jinja2.exceptions import TemplateError
-except ImportError:                    # pragma: no cover - then no template can be rendered at all
+except ImportError:  # pragma: no cover - then no template can be rendered at all
+
     class TemplateError(Exception):
         pass
+
 
 from ..config.base import ConfigError
 from ..config.tasks import InstructionConfig
@@ -37,6 +40,7 @@ PLAIN_SEPARATOR = "\n\n"
 
 
 # --- records -> conversations ---------------------------------------------------------------------
+
 
 def to_messages(rec: dict, sec: InstructionConfig, *, need_response: bool = True) -> tuple[list[dict], str | None]:
     """A record as a list of ``{"role", "content"}`` messages, or ([], error message).
@@ -64,8 +68,10 @@ def to_messages(rec: dict, sec: InstructionConfig, *, need_response: bool = True
             return [], f"field {f!r}: conversation has no assistant turn (nothing to learn)"
         return out, None
     if sec.prompt_field not in rec:
-        return [], (f"missing field {sec.prompt_field!r} (records need {sec.prompt_field!r} + {sec.response_field!r} "
-                    f"or {sec.messages_field!r}; keys: {', '.join(map(str, rec))})")
+        return [], (
+            f"missing field {sec.prompt_field!r} (records need {sec.prompt_field!r} + {sec.response_field!r} "
+            f"or {sec.messages_field!r}; keys: {', '.join(map(str, rec))})"
+        )
     prompt = rec[sec.prompt_field]
     if not isinstance(prompt, str) or not prompt.strip():
         return [], f"field {sec.prompt_field!r} must be a non-empty string"
@@ -90,6 +96,7 @@ def to_messages(rec: dict, sec: InstructionConfig, *, need_response: bool = True
 
 
 # --- rendering ------------------------------------------------------------------------------------
+
 
 class Renderer:
     """Turns conversations into token ids + a trained-token mask, with the chat or the plain template."""
@@ -121,7 +128,7 @@ class Renderer:
         """The generation prompt of an empty conversation (a conversation opening with the assistant)."""
         try:
             return self._chat_text([], True)
-        except Exception:        # noqa: BLE001 - templates may index messages[0]
+        except Exception:  # noqa: BLE001 - templates may index messages[0]
             return ""
 
     def pieces(self, msgs: list[dict], generation_prompt: bool = False) -> list[tuple[str, bool]]:
@@ -132,7 +139,7 @@ class Renderer:
         into the same runs as in training so that the prompt tokens match the trained ones."""
         if not generation_prompt:
             last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-            msgs = msgs[:last + 1]
+            msgs = msgs[: last + 1]
         runs: list[tuple[str, bool]] = []
         if self.chat:
             done = ""
@@ -140,21 +147,24 @@ class Renderer:
                 if m["role"] != "assistant":
                     continue
                 prompt = self._chat_text(msgs[:k], True) if k else self._empty_prompt()
-                full = self._chat_text(msgs[:k + 1], False)
+                full = self._chat_text(msgs[: k + 1], False)
                 if not prompt.startswith(done) or not full.startswith(prompt):
                     raise ConfigError(
                         "instruction: this tokenizer's chat template does not render a conversation turn by turn "
                         "(an earlier turn changes when a later one is added), so assistant tokens cannot be located; "
-                        "use instruction.template: plain")
-                runs.append((prompt[len(done):], False))
-                runs.append((full[len(prompt):], True))
+                        "use instruction.template: plain"
+                    )
+                runs.append((prompt[len(done) :], False))
+                runs.append((full[len(prompt) :], True))
                 done = full
             if generation_prompt:
                 prompt = self._chat_text(msgs, True)
                 if not prompt.startswith(done):
-                    raise ConfigError("instruction: this tokenizer's chat template renders earlier turns differently "
-                                      "in a generation prompt; use instruction.template: plain")
-                runs.append((prompt[len(done):], False))
+                    raise ConfigError(
+                        "instruction: this tokenizer's chat template renders earlier turns differently "
+                        "in a generation prompt; use instruction.template: plain"
+                    )
+                runs.append((prompt[len(done) :], False))
             return runs
         ctx = ""
         for i, m in enumerate(msgs):

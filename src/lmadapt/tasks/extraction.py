@@ -21,6 +21,7 @@ conversions live in tasks/bio_tags.py).
 Works with encoders (BERT) and decoders (Llama: ``LlamaForTokenClassification``; a causal model
 only sees the left context, so expect lower scores than an encoder of the same size).
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,8 +32,15 @@ from ..config.tasks import ExtractionConfig
 from ..data.collators import pad_right
 from ..runtime.dist import map_split
 from .base import DataError, Example, ReadReport, TaskRecipe, eval_batch_size
-from .bio_tags import (Span, check_spans, fill_first_subword_tags, spans_to_token_tags, spans_to_word_tags,
-                       tags_to_spans, token_tags_to_spans)
+from .bio_tags import (
+    Span,
+    check_spans,
+    fill_first_subword_tags,
+    spans_to_token_tags,
+    spans_to_word_tags,
+    tags_to_spans,
+    token_tags_to_spans,
+)
 from .model_setup import model_kwargs, pad_id_of
 from .labeled_io import read_records
 from .span_metrics import span_scores
@@ -49,6 +57,7 @@ def _reject(origin: str, reason: str, on_error: str, report: ReadReport) -> None
 
 
 # --- the task -------------------------------------------------------------------------------------
+
 
 def _require_fast(tokenizer) -> None:
     if not getattr(tokenizer, "is_fast", False):
@@ -82,8 +91,12 @@ class ExtractionTask:
             if sec.spans_field in rec or sec.text_field in rec:
                 missing = [f for f in (sec.text_field, sec.spans_field) if f not in rec]
                 if missing:
-                    _reject(ex.origin, f"missing field {missing[0]!r} (span records need {sec.text_field!r} and "
-                                       f"{sec.spans_field!r})", on_error, report)
+                    _reject(
+                        ex.origin,
+                        f"missing field {missing[0]!r} (span records need {sec.text_field!r} and {sec.spans_field!r})",
+                        on_error,
+                        report,
+                    )
                     continue
                 spans, err = check_spans(rec[sec.text_field], rec[sec.spans_field], sec.spans_field, sec.text_field)
                 text = rec[sec.text_field]
@@ -91,15 +104,26 @@ class ExtractionTask:
             elif sec.tokens_field in rec or sec.tags_field in rec:
                 missing = [f for f in (sec.tokens_field, sec.tags_field) if f not in rec]
                 if missing:
-                    _reject(ex.origin, f"missing field {missing[0]!r} (token records need {sec.tokens_field!r} and "
-                                       f"{sec.tags_field!r})", on_error, report)
+                    _reject(
+                        ex.origin,
+                        f"missing field {missing[0]!r} (token records need {sec.tokens_field!r} and "
+                        f"{sec.tags_field!r})",
+                        on_error,
+                        report,
+                    )
                     continue
-                text, spans, err = tags_to_spans(rec[sec.tokens_field], rec[sec.tags_field],
-                                                 sec.tokens_field, sec.tags_field)
+                text, spans, err = tags_to_spans(
+                    rec[sec.tokens_field], rec[sec.tags_field], sec.tokens_field, sec.tags_field
+                )
                 tokens = rec[sec.tokens_field]
             else:
-                _reject(ex.origin, f"missing fields: need {sec.text_field!r} + {sec.spans_field!r} or "
-                                   f"{sec.tokens_field!r} + {sec.tags_field!r}; got {sorted(rec)}", on_error, report)
+                _reject(
+                    ex.origin,
+                    f"missing fields: need {sec.text_field!r} + {sec.spans_field!r} or "
+                    f"{sec.tokens_field!r} + {sec.tags_field!r}; got {sorted(rec)}",
+                    on_error,
+                    report,
+                )
                 continue
             if err:
                 _reject(ex.origin, err, on_error, report)
@@ -120,16 +144,17 @@ class ExtractionTask:
             raise DataError("extraction: the training data has no spans; nothing to learn")
         tags = ["O"] + [f"{p}-{lab}" for lab in labels for p in ("B", "I")]
         label2id = {t: i for i, t in enumerate(tags)}
-        return {"labels": labels, "tags": tags, "label2id": label2id,
-                "id2label": {i: t for t, i in label2id.items()}}
+        return {"labels": labels, "tags": tags, "label2id": label2id, "id2label": {i: t for t, i in label2id.items()}}
 
     def check_split(self, examples: list[Example], space: dict, split: str) -> None:
         known = set(space["labels"])
         for ex in examples:
             for sp in ex.fields["spans"]:
                 if sp[2] not in known:
-                    raise DataError(f"{ex.origin}: {split} span label {sp[2]!r} never occurs in the training data "
-                                    f"(known: {', '.join(sorted(known))})")
+                    raise DataError(
+                        f"{ex.origin}: {split} span label {sp[2]!r} never occurs in the training data "
+                        f"(known: {', '.join(sorted(known))})"
+                    )
 
     # model -----------------------------------------------------------------------------------------
     def load_model(self, base_dir: str, space: dict, cfg: FinetuneConfig):
@@ -137,23 +162,38 @@ class ExtractionTask:
 
         tags = list(space["tags"])
         return AutoModelForTokenClassification.from_pretrained(
-            base_dir, num_labels=len(tags), id2label=dict(enumerate(tags)),
-            label2id={t: i for i, t in enumerate(tags)}, **model_kwargs(cfg))
+            base_dir,
+            num_labels=len(tags),
+            id2label=dict(enumerate(tags)),
+            label2id={t: i for i, t in enumerate(tags)},
+            **model_kwargs(cfg),
+        )
 
     # encoding --------------------------------------------------------------------------------------
-    def encode_one(self, ex: Example, tokenizer, space: dict, sec: ExtractionConfig, max_length: int,
-                   allow_truncation: bool, report: ReadReport | None):
+    def encode_one(
+        self,
+        ex: Example,
+        tokenizer,
+        space: dict,
+        sec: ExtractionConfig,
+        max_length: int,
+        allow_truncation: bool,
+        report: ReadReport | None,
+    ):
         text, spans = ex.fields["text"], ex.fields["spans"]
         enc = _tokenize(text, tokenizer, None)
         if len(enc["input_ids"]) > max_length:
             if not allow_truncation:
-                raise DataError(f"{ex.origin}: text is {len(enc['input_ids'])} tokens, more than model.max_length "
-                                f"{max_length}; raise model.max_length or set data.allow_truncation: true")
+                raise DataError(
+                    f"{ex.origin}: text is {len(enc['input_ids'])} tokens, more than model.max_length "
+                    f"{max_length}; raise model.max_length or set data.allow_truncation: true"
+                )
             if report is not None:
                 report.truncated += 1
             enc = _tokenize(text, tokenizer, max_length)
-        tags = spans_to_token_tags(text, enc["offset_mapping"], spans, enc["special_tokens_mask"],
-                                   enc.word_ids(), sec.subword_labels)
+        tags = spans_to_token_tags(
+            text, enc["offset_mapping"], spans, enc["special_tokens_mask"], enc.word_ids(), sec.subword_labels
+        )
         l2i = space["label2id"]
         labels = [IGNORE if t is None else l2i[t] for t in tags]
         return {"input_ids": list(enc["input_ids"]), "attention_mask": [1] * len(enc["input_ids"]), "labels": labels}
@@ -165,7 +205,7 @@ class ExtractionTask:
         allow = cfg.data.allow_truncation
         rows = [self.encode_one(ex, tokenizer, space, cfg.extraction, cfg.max_length, allow, report) for ex in examples]
         cols = {k: [r[k] for r in rows] for k in ("input_ids", "attention_mask", "labels")}
-        cols["length"] = [len(ids) for ids in cols["input_ids"]]      # for train.group_by_length
+        cols["length"] = [len(ids) for ids in cols["input_ids"]]  # for train.group_by_length
         return datasets.Dataset.from_dict(cols)
 
     def collator(self, tokenizer, cfg: TaskRecipe):
@@ -186,7 +226,7 @@ class ExtractionTask:
         truncated = 0
         bs = eval_batch_size(cfg)
         for b in range(0, len(texts), bs):
-            batch = texts[b:b + bs]
+            batch = texts[b : b + bs]
             encs = []
             for text in batch:
                 enc = _tokenize(text, tokenizer, None)
@@ -198,8 +238,8 @@ class ExtractionTask:
             ids = torch.full((len(encs), width), pad, dtype=torch.long)
             mask = torch.zeros((len(encs), width), dtype=torch.long)
             for i, e in enumerate(encs):
-                ids[i, :len(e["input_ids"])] = torch.tensor(e["input_ids"])
-                mask[i, :len(e["input_ids"])] = 1
+                ids[i, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
+                mask[i, : len(e["input_ids"])] = 1
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             pred = logits.argmax(-1).cpu().tolist()
             for i, (text, e) in enumerate(zip(batch, encs)):
@@ -214,8 +254,9 @@ class ExtractionTask:
         return out, truncated
 
     def evaluate(self, model, tokenizer, examples: list[Example], space: dict, cfg: TaskRecipe) -> dict:
-        pred, truncated = map_split(lambda share: self.extract(model, tokenizer, [ex.fields["text"] for ex in share], cfg),
-                                    examples)   # several processes: each extracts from its share
+        pred, truncated = map_split(
+            lambda share: self.extract(model, tokenizer, [ex.fields["text"] for ex in share], cfg), examples
+        )  # several processes: each extracts from its share
         gold = [ex.fields["spans"] for ex in examples]
         metrics = span_scores(gold, pred)
         metrics = {"n": len(examples), **metrics, "truncated": truncated}
@@ -235,7 +276,9 @@ class ExtractionTask:
                 texts.append(" ".join(rec[sec.tokens_field]))
                 words.append(rec[sec.tokens_field])
             else:
-                raise DataError(f"record {i}: needs a string field {sec.text_field!r} or a word list {sec.tokens_field!r}")
+                raise DataError(
+                    f"record {i}: needs a string field {sec.text_field!r} or a word list {sec.tokens_field!r}"
+                )
         spans, _ = self.extract(model, tokenizer, texts, cfg)
         out = []
         for rec, text, ws, sp in zip(records, texts, words, spans):
@@ -245,7 +288,6 @@ class ExtractionTask:
                 row[sec.tags_field] = spans_to_word_tags(ws, sp)
             out.append(row)
         return out
-
 
 
 class TokenCollator:

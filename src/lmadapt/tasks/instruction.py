@@ -21,6 +21,7 @@ its perplexity over all examples; ``exact_match`` of greedy generations against 
 Generative question answering with a causal model is this task: question (and passage) as the
 prompt, answer as the response; ``evaluate`` then reports exact match of greedy generations.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,6 +39,7 @@ from .span_metrics import generation_exact_match
 
 
 # --- packing and collation ------------------------------------------------------------------------
+
 
 def pack(rows: list[tuple[list[int], list[int]]], max_length: int) -> list[dict]:
     """Lay (input_ids, labels) examples into blocks of <= max_length tokens, in order.
@@ -105,6 +107,7 @@ def _eos_ids(model, tokenizer) -> list[int]:
 
 # --- the task -------------------------------------------------------------------------------------
 
+
 class InstructionTask:
     """Supervised fine-tuning of causal LMs (see module docstring)."""
 
@@ -145,8 +148,9 @@ class InstructionTask:
 
         return AutoModelForCausalLM.from_pretrained(base_dir, **model_kwargs(cfg, causal=True))
 
-    def encode_rows(self, examples: list[Example], tokenizer, cfg: TaskRecipe, report: ReadReport | None,
-                    allow_truncation: bool) -> list[tuple[list[int], list[int]]]:
+    def encode_rows(
+        self, examples: list[Example], tokenizer, cfg: TaskRecipe, report: ReadReport | None, allow_truncation: bool
+    ) -> list[tuple[list[int], list[int]]]:
         r = Renderer(tokenizer, cfg.instruction)
         max_length = cfg.max_length
         rows = []
@@ -154,11 +158,15 @@ class InstructionTask:
             try:
                 ids, labels = r.encode(ex.fields["messages"])
             except TemplateError as exc:
-                raise DataError(f"{ex.origin}: the tokenizer's chat template rejects this conversation: {exc}") from None
+                raise DataError(
+                    f"{ex.origin}: the tokenizer's chat template rejects this conversation: {exc}"
+                ) from None
             if len(ids) > max_length:
                 if not allow_truncation:
-                    raise DataError(f"{ex.origin}: example is {len(ids)} tokens, more than model.max_length "
-                                    f"{max_length}; raise model.max_length or set data.allow_truncation: true")
+                    raise DataError(
+                        f"{ex.origin}: example is {len(ids)} tokens, more than model.max_length "
+                        f"{max_length}; raise model.max_length or set data.allow_truncation: true"
+                    )
                 ids, labels = ids[:max_length], labels[:max_length]
                 if report is not None:
                     report.truncated += 1
@@ -175,9 +183,12 @@ class InstructionTask:
         rows = self.encode_rows(examples, tokenizer, cfg, report, cfg.data.allow_truncation)
         if cfg.instruction.packing:
             blocks = pack(rows, cfg.max_length)
-            return datasets.Dataset.from_dict({k: [b[k] for b in blocks] for k in ("input_ids", "labels", "position_ids")})
-        return datasets.Dataset.from_dict({"input_ids": [r[0] for r in rows], "labels": [r[1] for r in rows],
-                                           "length": [len(r[0]) for r in rows]})   # for train.group_by_length
+            return datasets.Dataset.from_dict(
+                {k: [b[k] for b in blocks] for k in ("input_ids", "labels", "position_ids")}
+            )
+        return datasets.Dataset.from_dict(
+            {"input_ids": [r[0] for r in rows], "labels": [r[1] for r in rows], "length": [len(r[0]) for r in rows]}
+        )  # for train.group_by_length
 
     def collator(self, tokenizer, cfg: TaskRecipe):
         return SFTCollator(pad_id_of(tokenizer))
@@ -197,18 +208,22 @@ class InstructionTask:
         total, count = 0.0, 0
         bs = eval_batch_size(cfg)
         for b in range(0, len(rows), bs):
-            batch = collate([{"input_ids": i, "labels": lab} for i, lab in rows[b:b + bs]])
-            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+            batch = collate([{"input_ids": i, "labels": lab} for i, lab in rows[b : b + bs]])
+            logits = model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).logits
             labels = batch["labels"].to(device)[:, 1:]
-            lp = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels,
-                                                   ignore_index=IGNORE, reduction="sum")
+            lp = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="sum"
+            )
             total += float(lp)
             count += int((labels != IGNORE).sum())
         return total, count, report.truncated
 
     @torch.no_grad()
-    def generate(self, model, tokenizer, conversations: list[list[dict]], cfg: TaskRecipe, *,
-                 greedy: bool | None = None) -> list[str]:
+    def generate(
+        self, model, tokenizer, conversations: list[list[dict]], cfg: TaskRecipe, *, greedy: bool | None = None
+    ) -> list[str]:
         """Generated answers for conversations (a trailing assistant turn is dropped), batched, left-padded.
 
         A prompt longer than ``model.max_length`` keeps its last ``model.max_length`` tokens. Generation
@@ -222,16 +237,17 @@ class InstructionTask:
         out: list[str] = []
         bs = eval_batch_size(cfg)
         for b in range(0, len(conversations), bs):
-            prompts = [r.prompt_ids(m) for m in conversations[b:b + bs]]
-            prompts = [p[-cfg.max_length:] for p in prompts]
+            prompts = [r.prompt_ids(m) for m in conversations[b : b + bs]]
+            prompts = [p[-cfg.max_length :] for p in prompts]
             width = max(len(p) for p in prompts)
             ids = torch.full((len(prompts), width), pad, dtype=torch.long)
             mask = torch.zeros((len(prompts), width), dtype=torch.long)
             for i, p in enumerate(prompts):
-                ids[i, width - len(p):] = torch.as_tensor(p)
-                mask[i, width - len(p):] = 1
-            kw: dict[str, Any] = dict(max_new_tokens=sec.max_new_tokens, pad_token_id=pad, eos_token_id=eos,
-                                      do_sample=not greedy)
+                ids[i, width - len(p) :] = torch.as_tensor(p)
+                mask[i, width - len(p) :] = 1
+            kw: dict[str, Any] = dict(
+                max_new_tokens=sec.max_new_tokens, pad_token_id=pad, eos_token_id=eos, do_sample=not greedy
+            )
             if not greedy:
                 kw.update(temperature=sec.temperature, top_p=sec.top_p)
             else:
@@ -247,11 +263,15 @@ class InstructionTask:
         was_training = model.training
         model.eval()
         loss, tokens, cut = self.response_loss(model, tokenizer, examples, cfg)
-        metrics: dict[str, Any] = {"n": len(examples), "response_loss": loss if tokens else None,
-                                   "perplexity": math.exp(min(loss, 50.0)) if tokens else None,
-                                   "response_tokens": tokens, "truncated": cut}
+        metrics: dict[str, Any] = {
+            "n": len(examples),
+            "response_loss": loss if tokens else None,
+            "perplexity": math.exp(min(loss, 50.0)) if tokens else None,
+            "response_tokens": tokens,
+            "truncated": cut,
+        }
         with_ref = [ex.fields["messages"] for ex in examples if ex.fields["messages"][-1]["role"] == "assistant"]
-        with_ref = with_ref[:sec.eval_generate_max]
+        with_ref = with_ref[: sec.eval_generate_max]
         if with_ref:
             preds, _ = map_split(lambda share: (self.generate(model, tokenizer, share, cfg, greedy=True), 0), with_ref)
             metrics["exact_match"] = generation_exact_match(preds, [m[-1]["content"] for m in with_ref])

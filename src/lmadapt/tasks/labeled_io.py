@@ -13,6 +13,7 @@ Shared by every task. Each record becomes an :class:`Example` whose ``origin`` i
     train, dev = stratified_split(rows, lambda e: e.fields["label"], [0.1], seed=0)
     first_100 = stratified_subsample(train, 100, lambda e: e.fields["label"], seed=1)
 """
+
 from __future__ import annotations
 
 import csv
@@ -42,11 +43,20 @@ def detect_format(path: str | Path, fmt: str = "auto") -> str:
     if name.endswith(".gz"):
         name = name[:-3]
     suffix = name.rsplit(".", 1)[-1] if "." in name else ""
-    found = {"jsonl": "jsonl", "json": "jsonl", "ndjson": "jsonl", "csv": "csv", "tsv": "tsv",
-             "parquet": "parquet", "pq": "parquet"}.get(suffix)
+    found = {
+        "jsonl": "jsonl",
+        "json": "jsonl",
+        "ndjson": "jsonl",
+        "csv": "csv",
+        "tsv": "tsv",
+        "parquet": "parquet",
+        "pq": "parquet",
+    }.get(suffix)
     if found is None:
-        raise DataError(f"{path}: cannot tell the format from the suffix {'.' + suffix if suffix else '(none)'}; "
-                        f"use .jsonl, .csv, .tsv or .parquet (optionally .gz), or set the format explicitly")
+        raise DataError(
+            f"{path}: cannot tell the format from the suffix {'.' + suffix if suffix else '(none)'}; "
+            f"use .jsonl, .csv, .tsv or .parquet (optionally .gz), or set the format explicitly"
+        )
     return found
 
 
@@ -141,10 +151,13 @@ def _iter_hub(spec: HubSpec) -> Iterator[tuple[int, Any, str | None]]:
 def _iter_saved(path: Path) -> Iterator[tuple[int, Any, str | None]]:
     """The rows of a ``save_to_disk`` folder holding one split (a Dataset)."""
     import datasets
+
     ds = load_saved(path, DataError)
     if isinstance(ds, datasets.DatasetDict):
-        raise DataError(f"{path}: a DatasetDict with splits {', '.join(ds)}; point at one split folder, "
-                        f"e.g. {path / next(iter(ds))}")
+        raise DataError(
+            f"{path}: a DatasetDict with splits {', '.join(ds)}; point at one split folder, "
+            f"e.g. {path / next(iter(ds))}"
+        )
     yield from _named_rows(ds)
 
 
@@ -170,8 +183,15 @@ def _check(rec: Any, fields_required: Sequence[str], text_fields: Sequence[str])
     return None
 
 
-def read_records(path: str | Path, *, fields_required: Sequence[str] = (), text_fields: Sequence[str] = (),
-                 on_error: str = "raise", report: ReadReport | None = None, format: str = "auto") -> list[Example]:
+def read_records(
+    path: str | Path,
+    *,
+    fields_required: Sequence[str] = (),
+    text_fields: Sequence[str] = (),
+    on_error: str = "raise",
+    report: ReadReport | None = None,
+    format: str = "auto",
+) -> list[Example]:
     """Read labeled records; every returned Example has all ``fields_required`` (non-null) and
     non-empty strings in ``text_fields`` (optional text fields may be absent).
 
@@ -217,12 +237,15 @@ def read_records(path: str | Path, *, fields_required: Sequence[str] = (), text_
         out.append(Example(fields=rec, origin=origin))
     report.examples += len(out)
     if not out:
-        raise DataError(f"{path}: no usable records" + (f" ({report.skipped} skipped: {report.skip_reasons})"
-                                                        if report.skipped else " (empty file)"))
+        raise DataError(
+            f"{path}: no usable records"
+            + (f" ({report.skipped} skipped: {report.skip_reasons})" if report.skipped else " (empty file)")
+        )
     return out
 
 
 # --- splitting by label -------------------------------------------------------------------------
+
 
 def _groups(examples: Sequence[Example], label_fn: Callable[[Example], Hashable]) -> dict[str, list[int]]:
     groups: dict[str, list[int]] = defaultdict(list)
@@ -231,8 +254,9 @@ def _groups(examples: Sequence[Example], label_fn: Callable[[Example], Hashable]
     return dict(sorted(groups.items()))
 
 
-def stratified_split(examples: Sequence[Example], label_fn: Callable[[Example], Hashable],
-                     fractions: Sequence[float], seed: int) -> list[list[Example]]:
+def stratified_split(
+    examples: Sequence[Example], label_fn: Callable[[Example], Hashable], fractions: Sequence[float], seed: int
+) -> list[list[Example]]:
     """Split off parts of the given fractions, class by class: returns ``[rest, part_1, ...]``.
 
     Deterministic in ``seed`` (independent of file order within a class), original order kept
@@ -248,7 +272,7 @@ def stratified_split(examples: Sequence[Example], label_fn: Callable[[Example], 
         for j, frac in enumerate(fractions, 1):
             k = min(int(round(frac * len(idx))), len(idx) - pos - 1)
             k = max(k, 0)
-            parts[j].extend(idx[pos:pos + k])
+            parts[j].extend(idx[pos : pos + k])
             pos += k
         parts[0].extend(idx[pos:])
     return [[examples[i] for i in sorted(p)] for p in parts]
@@ -269,8 +293,9 @@ def stratified_order(examples: Sequence[Example], label_fn: Callable[[Example], 
     return [j for _, _, j in keyed]
 
 
-def stratified_subsample(examples: Sequence[Example], n: int, label_fn: Callable[[Example], Hashable],
-                         seed: int) -> list[Example]:
+def stratified_subsample(
+    examples: Sequence[Example], n: int, label_fn: Callable[[Example], Hashable], seed: int
+) -> list[Example]:
     """``n`` examples in proportion to the classes (at least one per class when n allows).
 
     The same ``seed`` gives the same subset in every run and arm, and subsets are nested: the

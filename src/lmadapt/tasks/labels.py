@@ -1,5 +1,6 @@
 """Classification labels as read from records: one label, a set of labels or a number (:func:`parse_label`),
 and the groups of labels that differ only by case or number format (:func:`label_variants`, a warning)."""
+
 from __future__ import annotations
 
 import math

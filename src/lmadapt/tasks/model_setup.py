@@ -1,5 +1,6 @@
 """What every task's model loading shares: ``from_pretrained`` keyword arguments from the recipe's ``model:``
 section (dtype, attention, revision, GGUF, QLoRA) and the pad id a task pads with."""
+
 from __future__ import annotations
 
 import torch
@@ -35,6 +36,6 @@ def model_kwargs(cfg: FinetuneConfig, *, causal: bool = False) -> dict:
     if m.gguf_file:
         kw["gguf_file"] = m.gguf_file
     lora = cfg.lora
-    if lora.enabled and lora.quantize != "none":   # QLoRA: the frozen base in NF4
+    if lora.enabled and lora.quantize != "none":  # QLoRA: the frozen base in NF4
         kw.update(quantized_load_kwargs(lora.quantize))
     return kw

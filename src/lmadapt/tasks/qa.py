@@ -22,6 +22,7 @@ the windows exceeds the best span's score by more than ``null_threshold``.
 Generative QA with causal (decoder) models is the ``instruction`` task: put the question (and
 passage) in the prompt and the answer in the response.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,7 +45,10 @@ IGNORE = -100
 def check_answers(context: str, answers, field: str = "answers") -> tuple[list[dict], str | None]:
     """Validate raw answers against the context: ([{"text", "start"}], None) or ([], message)."""
     if not isinstance(answers, list):
-        return [], f"field {field!r} must be a list of {{text, start}} ([] = unanswerable), got {type(answers).__name__}"
+        return (
+            [],
+            f"field {field!r} must be a list of {{text, start}} ([] = unanswerable), got {type(answers).__name__}",
+        )
     out = []
     for i, ans in enumerate(answers):
         where = f"field {field!r}[{i}]"
@@ -60,29 +64,32 @@ def check_answers(context: str, answers, field: str = "answers") -> tuple[list[d
         if isinstance(start, bool) or not isinstance(start, int):
             return [], f"{where}: 'start' must be an integer character offset, got {start!r}"
         if start < 0 or start + len(text) > len(context):
-            return [], (f"{where}: answer {text!r} at start {start} runs outside the context "
-                        f"({len(context)} chars)")
-        found = context[start:start + len(text)]
+            return [], (f"{where}: answer {text!r} at start {start} runs outside the context ({len(context)} chars)")
+        found = context[start : start + len(text)]
         if found != text:
             hint = ""
             pos = context.find(text)
             if pos >= 0:
                 hint = f" (the text occurs at start {pos})"
-            return [], (f"{where}: answer text {text!r} does not match the context at start {start}, "
-                        f"which reads {found!r}{hint}")
+            return [], (
+                f"{where}: answer text {text!r} does not match the context at start {start}, "
+                f"which reads {found!r}{hint}"
+            )
         out.append({"text": text, "start": start})
     return out, None
 
 
 # --- windows and post-processing ------------------------------------------------------------------
 
+
 @dataclass
 class Window:
     """One model input: a question with a piece of its passage."""
-    example: int                                   # index into the example list
+
+    example: int  # index into the example list
     input_ids: list[int]
     token_type_ids: list[int] | None
-    offsets: list[tuple[int, int] | None]           # character range in the context; None outside it
+    offsets: list[tuple[int, int] | None]  # character range in the context; None outside it
     cls_index: int = 0
     start_position: int = 0
     end_position: int = 0
@@ -94,15 +101,25 @@ def _question_ids(question: str, tokenizer, sec: QAConfig, allow: bool, origin: 
     if n <= sec.max_question_length:
         return question
     if not allow:
-        raise DataError(f"{origin}: question is {n} tokens, more than qa.max_question_length {sec.max_question_length}; "
-                        f"raise it (and model.max_length) or set data.allow_truncation: true")
+        raise DataError(
+            f"{origin}: question is {n} tokens, more than qa.max_question_length {sec.max_question_length}; "
+            f"raise it (and model.max_length) or set data.allow_truncation: true"
+        )
     counter[0] += 1
-    return question[:enc["offset_mapping"][sec.max_question_length - 1][1]]
+    return question[: enc["offset_mapping"][sec.max_question_length - 1][1]]
 
 
-def make_windows(questions: list[str], contexts: list[str], tokenizer, sec: QAConfig, max_length: int, *,
-                 answers: list[list[dict]] | None = None, origins: list[str] | None = None,
-                 allow_truncation: bool = False) -> tuple[list[Window], int]:
+def make_windows(
+    questions: list[str],
+    contexts: list[str],
+    tokenizer,
+    sec: QAConfig,
+    max_length: int,
+    *,
+    answers: list[list[dict]] | None = None,
+    origins: list[str] | None = None,
+    allow_truncation: bool = False,
+) -> tuple[list[Window], int]:
     """Windows of every (question, context); with ``answers`` also their start/end positions.
 
     Returns the windows and the number of questions cut to ``max_question_length``."""
@@ -113,8 +130,15 @@ def make_windows(questions: list[str], contexts: list[str], tokenizer, sec: QACo
     qs = [_question_ids(q, tokenizer, sec, allow_truncation, o, cut) for q, o in zip(questions, origins)]
     windows: list[Window] = []
     for i, (q, ctx) in enumerate(zip(qs, contexts)):
-        enc = tokenizer(q, ctx, truncation="only_second", max_length=max_length, stride=sec.doc_stride,
-                        return_overflowing_tokens=True, return_offsets_mapping=True)
+        enc = tokenizer(
+            q,
+            ctx,
+            truncation="only_second",
+            max_length=max_length,
+            stride=sec.doc_stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+        )
         for w in range(len(enc["input_ids"])):
             ids = enc["input_ids"][w]
             seq = enc.sequence_ids(w)
@@ -122,8 +146,15 @@ def make_windows(questions: list[str], contexts: list[str], tokenizer, sec: QACo
             cls_id = tokenizer.cls_token_id
             cls_index = ids.index(cls_id) if cls_id is not None and cls_id in ids else 0
             tt = enc["token_type_ids"][w] if "token_type_ids" in enc else None
-            win = Window(example=i, input_ids=list(ids), token_type_ids=list(tt) if tt is not None else None,
-                         offsets=offsets, cls_index=cls_index, start_position=cls_index, end_position=cls_index)
+            win = Window(
+                example=i,
+                input_ids=list(ids),
+                token_type_ids=list(tt) if tt is not None else None,
+                offsets=offsets,
+                cls_index=cls_index,
+                start_position=cls_index,
+                end_position=cls_index,
+            )
             if answers is not None and answers[i]:
                 a = answers[i][0]
                 a_start, a_end = a["start"], a["start"] + len(a["text"])
@@ -137,8 +168,9 @@ def make_windows(questions: list[str], contexts: list[str], tokenizer, sec: QACo
     return windows, cut[0]
 
 
-def best_answers(contexts: list[str], windows: list[Window], start_logits, end_logits, sec: QAConfig,
-                 unanswerable: bool) -> list[dict]:
+def best_answers(
+    contexts: list[str], windows: list[Window], start_logits, end_logits, sec: QAConfig, unanswerable: bool
+) -> list[dict]:
     """Pick each example's answer over its windows: ``{"text", "start", "score", "null_score"}``.
 
     ``start`` is a character offset into the context (None for the empty answer)."""
@@ -154,8 +186,8 @@ def best_answers(contexts: list[str], windows: list[Window], start_logits, end_l
         ctx = [t for t in range(n) if w.offsets[t] is not None]
         if not ctx:
             continue
-        starts = sorted(ctx, key=lambda t: -sl[t])[:sec.n_best]
-        ends = sorted(ctx, key=lambda t: -el[t])[:sec.n_best]
+        starts = sorted(ctx, key=lambda t: -sl[t])[: sec.n_best]
+        ends = sorted(ctx, key=lambda t: -el[t])[: sec.n_best]
         for s in starts:
             for e in ends:
                 if e < s or e - s + 1 > sec.max_answer_length:
@@ -171,7 +203,7 @@ def best_answers(contexts: list[str], windows: list[Window], start_logits, end_l
         if b is None or (unanswerable and ns is not None and ns - b["score"] > sec.null_threshold):
             out.append({"text": "", "start": None, "score": ns if ns is not None else 0.0, "null_score": ns})
             continue
-        raw = ctx[b["start"]:b["end"]]
+        raw = ctx[b["start"] : b["end"]]
         lead = len(raw) - len(raw.lstrip())
         text = raw.strip()
         out.append({"text": text, "start": b["start"] + lead, "score": b["score"], "null_score": ns})
@@ -179,6 +211,7 @@ def best_answers(contexts: list[str], windows: list[Window], start_logits, end_l
 
 
 # --- the task -------------------------------------------------------------------------------------
+
 
 class QATask:
     """Extractive QA (see module docstring)."""
@@ -201,9 +234,14 @@ class QATask:
     def read(self, path: str, cfg: TaskRecipe, *, split: str, report: ReadReport) -> list[Example]:
         sec = cfg.qa
         on_error = cfg.data.on_error
-        raw = read_records(path, fields_required=[sec.question_field, sec.context_field, sec.answers_field],
-                           text_fields=[sec.question_field, sec.context_field], on_error=on_error, report=report,
-                           format=cfg.data.format)
+        raw = read_records(
+            path,
+            fields_required=[sec.question_field, sec.context_field, sec.answers_field],
+            text_fields=[sec.question_field, sec.context_field],
+            on_error=on_error,
+            report=report,
+            format=cfg.data.format,
+        )
         out = []
         for ex in raw:
             rec = ex.fields
@@ -211,14 +249,26 @@ class QATask:
             answers, err = check_answers(context, rec[sec.answers_field], sec.answers_field)
             if err:
                 if on_error == "skip":
-                    report.skip(ex.origin, "answer does not match context" if "does not match" in err
-                                else f"field {sec.answers_field!r} invalid")
+                    report.skip(
+                        ex.origin,
+                        "answer does not match context"
+                        if "does not match" in err
+                        else f"field {sec.answers_field!r} invalid",
+                    )
                     continue
                 raise DataError(f"{ex.origin}: {err}")
             qid = rec.get(sec.id_field)
-            out.append(Example(fields={"id": str(qid) if qid is not None else ex.origin,
-                                       "question": rec[sec.question_field], "context": context,
-                                       "answers": answers}, origin=ex.origin))
+            out.append(
+                Example(
+                    fields={
+                        "id": str(qid) if qid is not None else ex.origin,
+                        "question": rec[sec.question_field],
+                        "context": context,
+                        "answers": answers,
+                    },
+                    origin=ex.origin,
+                )
+            )
         report.examples -= len(raw) - len(out)
         if not out:
             raise DataError(f"{path}: no usable records ({report.skipped} skipped: {report.skip_reasons})")
@@ -237,8 +287,10 @@ class QATask:
             return
         for ex in examples:
             if not ex.fields["answers"]:
-                raise DataError(f"{ex.origin}: {split} question is unanswerable (answers: []) but the training data "
-                                f"has no unanswerable questions; add some, or set qa.unanswerable: true")
+                raise DataError(
+                    f"{ex.origin}: {split} question is unanswerable (answers: []) but the training data "
+                    f"has no unanswerable questions; add some, or set qa.unanswerable: true"
+                )
 
     def load_model(self, base_dir: str, space: dict, cfg: FinetuneConfig):
         from transformers import AutoModelForQuestionAnswering
@@ -251,25 +303,41 @@ class QATask:
     def encode(self, examples: list[Example], tokenizer, space: dict, cfg: TaskRecipe, report: ReadReport):
         import datasets
 
-        windows, cut = make_windows([e.fields["question"] for e in examples], [e.fields["context"] for e in examples],
-                                    tokenizer, cfg.qa, cfg.max_length, answers=[e.fields["answers"] for e in examples],
-                                    origins=[e.origin for e in examples], allow_truncation=cfg.data.allow_truncation)
+        windows, cut = make_windows(
+            [e.fields["question"] for e in examples],
+            [e.fields["context"] for e in examples],
+            tokenizer,
+            cfg.qa,
+            cfg.max_length,
+            answers=[e.fields["answers"] for e in examples],
+            origins=[e.origin for e in examples],
+            allow_truncation=cfg.data.allow_truncation,
+        )
         report.truncated += cut
-        cols = {"input_ids": [w.input_ids for w in windows],
-                "attention_mask": [[1] * len(w.input_ids) for w in windows],
-                "start_positions": [w.start_position for w in windows],
-                "end_positions": [w.end_position for w in windows]}
+        cols = {
+            "input_ids": [w.input_ids for w in windows],
+            "attention_mask": [[1] * len(w.input_ids) for w in windows],
+            "start_positions": [w.start_position for w in windows],
+            "end_positions": [w.end_position for w in windows],
+        }
         if windows and windows[0].token_type_ids is not None:
             cols["token_type_ids"] = [w.token_type_ids for w in windows]
-        cols["length"] = [len(w.input_ids) for w in windows]           # for train.group_by_length
+        cols["length"] = [len(w.input_ids) for w in windows]  # for train.group_by_length
         return datasets.Dataset.from_dict(cols)
 
     def collator(self, tokenizer, cfg: TaskRecipe):
         return QACollator(pad_id_of(tokenizer))
 
     @torch.no_grad()
-    def answer(self, model, tokenizer, questions: list[str], contexts: list[str], cfg: TaskRecipe,
-               unanswerable: bool | None = None) -> tuple[list[dict], int]:
+    def answer(
+        self,
+        model,
+        tokenizer,
+        questions: list[str],
+        contexts: list[str],
+        cfg: TaskRecipe,
+        unanswerable: bool | None = None,
+    ) -> tuple[list[dict], int]:
         """Answers ({"text", "start", "score", "null_score"}) and the number of questions cut."""
         sec = cfg.qa
         if unanswerable is None:
@@ -284,9 +352,11 @@ class QATask:
         starts, ends = [], []
         bs = eval_batch_size(cfg)
         for b in range(0, len(windows), bs):
-            chunk = windows[b:b + bs]
-            rows = [{"input_ids": w.input_ids, **({"token_type_ids": w.token_type_ids} if w.token_type_ids else {})}
-                    for w in chunk]
+            chunk = windows[b : b + bs]
+            rows = [
+                {"input_ids": w.input_ids, **({"token_type_ids": w.token_type_ids} if w.token_type_ids else {})}
+                for w in chunk
+            ]
             batch = {k: v.to(device) for k, v in collate(rows).items()}
             out = model(**batch)
             for j, w in enumerate(chunk):
@@ -299,11 +369,16 @@ class QATask:
 
     def evaluate(self, model, tokenizer, examples: list[Example], space: dict, cfg: TaskRecipe) -> dict:
         def answer(share: list[Example]):
-            return self.answer(model, tokenizer, [e.fields["question"] for e in share],
-                               [e.fields["context"] for e in share], cfg,
-                               unanswerable=bool(space.get("unanswerable", False)))
+            return self.answer(
+                model,
+                tokenizer,
+                [e.fields["question"] for e in share],
+                [e.fields["context"] for e in share],
+                cfg,
+                unanswerable=bool(space.get("unanswerable", False)),
+            )
 
-        answers, cut = map_split(answer, examples)   # several processes: each answers its share
+        answers, cut = map_split(answer, examples)  # several processes: each answers its share
         refs = [[a["text"] for a in e.fields["answers"]] for e in examples]
         metrics = squad_scores([a["text"] for a in answers], refs)
         metrics["truncated"] = cut
@@ -320,9 +395,10 @@ class QATask:
             qs.append(q)
             cs.append(c)
         answers, _ = self.answer(model, tokenizer, qs, cs, cfg)
-        return [{**rec, "answer": a["text"], "answer_start": a["start"], "score": a["score"]}
-                for rec, a in zip(records, answers)]
-
+        return [
+            {**rec, "answer": a["text"], "answer_start": a["start"], "score": a["score"]}
+            for rec, a in zip(records, answers)
+        ]
 
 
 class QACollator:

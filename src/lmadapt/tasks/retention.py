@@ -6,6 +6,7 @@ tokenizer's chat template, or the plain ### Instruction / ### Response layout).
 Scored before and after a pretraining stage (pipeline ``evaluation.instruction_retention``) and at
 every weight of a merge sweep (``merge.budget_metric: instruction_loss``).
 """
+
 from __future__ import annotations
 
 import math
@@ -19,16 +20,22 @@ from .instruction import InstructionTask
 
 def retention_settings(cfg: RetentionConfig) -> TaskSettings:
     """The instruction task's settings for the check: no model to name, 8 examples per forward pass."""
-    section = InstructionConfig(template=cfg.template, packing=False, eval_generate_max=cfg.generate_max,
-                                max_new_tokens=cfg.max_new_tokens)
-    return TaskSettings(data=LabeledDataConfig(train=str(cfg.data)), task=TaskConfig(type="instruction"),
-                        train=FinetuneTrainConfig(eval_batch_size=8), instruction=section, max_length=cfg.max_length)
+    section = InstructionConfig(
+        template=cfg.template, packing=False, eval_generate_max=cfg.generate_max, max_new_tokens=cfg.max_new_tokens
+    )
+    return TaskSettings(
+        data=LabeledDataConfig(train=str(cfg.data)),
+        task=TaskConfig(type="instruction"),
+        train=FinetuneTrainConfig(eval_batch_size=8),
+        instruction=section,
+        max_length=cfg.max_length,
+    )
 
 
 def read_retention_set(cfg: RetentionConfig) -> list:
     """The held-out records (the first ``limit``), read once; bad records stop with file:line."""
     examples = InstructionTask().read(str(cfg.data), retention_settings(cfg), split="retention", report=ReadReport())
-    return examples[:cfg.limit] if cfg.limit else examples
+    return examples[: cfg.limit] if cfg.limit else examples
 
 
 def instruction_retention(model, tokenizer, cfg: RetentionConfig, examples: list | None = None) -> dict:

@@ -3,6 +3,7 @@
 No torch, no tokenizer: spans are ``(start, end, label)`` character ranges (end exclusive), answers
 are strings. All scores are fractions in [0, 1].
 """
+
 from __future__ import annotations
 
 import collections
@@ -52,8 +53,15 @@ def span_scores(gold: Sequence[Iterable[Span]], pred: Sequence[Iterable[Span]]) 
             if any(_overlap(s, t) for t in p):
                 g_hit += 1
     if n_pred == 0 and n_gold == 0:
-        return {"span_precision": 1.0, "span_recall": 1.0, "span_f1": 1.0,
-                "partial_precision": 1.0, "partial_recall": 1.0, "partial_f1": 1.0, "per_class": {}}
+        return {
+            "span_precision": 1.0,
+            "span_recall": 1.0,
+            "span_f1": 1.0,
+            "partial_precision": 1.0,
+            "partial_recall": 1.0,
+            "partial_f1": 1.0,
+            "per_class": {},
+        }
     prec, rec, f1 = _prf(tp, n_pred, n_gold)
     pp = p_hit / n_pred if n_pred else 0.0
     pr = g_hit / n_gold if n_gold else 0.0
@@ -63,8 +71,15 @@ def span_scores(gold: Sequence[Iterable[Span]], pred: Sequence[Iterable[Span]]) 
         t, npred, ngold = per[label]
         lp, lr, lf = _prf(t, npred, ngold)
         table[label] = {"precision": lp, "recall": lr, "f1": lf, "support": ngold}
-    return {"span_precision": prec, "span_recall": rec, "span_f1": f1,
-            "partial_precision": pp, "partial_recall": pr, "partial_f1": pf, "per_class": table}
+    return {
+        "span_precision": prec,
+        "span_recall": rec,
+        "span_f1": f1,
+        "partial_precision": pp,
+        "partial_recall": pr,
+        "partial_f1": pf,
+        "per_class": table,
+    }
 
 
 def _overlap(a: Span, b: Span) -> bool:

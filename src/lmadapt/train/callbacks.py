@@ -1,4 +1,5 @@
 """Trainer callbacks: a JSONL log every stage writes, and a progress bar with tokens/s and ETA."""
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,7 @@ class JsonlLogCallback(TrainerCallback):
         self.t0 = time.time()
         if state.is_world_process_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.path.is_file():   # a resume (or a start over where no checkpoint was left)
+            if self.path.is_file():  # a resume (or a start over where no checkpoint was left)
                 self._cut_after(state.global_step)
 
     def _cut_after(self, step: int) -> None:
@@ -38,7 +39,7 @@ class JsonlLogCallback(TrainerCallback):
         for line in self.path.read_text(encoding="utf-8").splitlines():
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:   # a line cut short by the kill
+            except json.JSONDecodeError:  # a line cut short by the kill
                 continue
             if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
                 kept.append(line)
@@ -49,9 +50,12 @@ class JsonlLogCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        row = {"step": state.global_step, "epoch": state.epoch,
-               "tokens_seen": getattr(state, "num_input_tokens_seen", None),
-               "elapsed_s": round(time.time() - (self.t0 or time.time()), 3)}
+        row = {
+            "step": state.global_step,
+            "epoch": state.epoch,
+            "tokens_seen": getattr(state, "num_input_tokens_seen", None),
+            "elapsed_s": round(time.time() - (self.t0 or time.time()), 3),
+        }
         for key, value in logs.items():
             row[key] = value
             if key.endswith("_loss") and key.startswith("eval") and isinstance(value, (int, float)):
@@ -71,12 +75,19 @@ class TokenProgressCallback(TrainerCallback):
         self.tokens0 = 0
         self.last_loss = None
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
-        self.seen = (0, None)   # (tokens, time) when the count last changed
+        self.seen = (0, None)  # (tokens, time) when the count last changed
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",
-                            dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
+            self.bar = tqdm(
+                total=state.max_steps,
+                initial=state.global_step,
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+                file=sys.stderr,
+                mininterval=1.0,
+            )
             self.t0 = time.time()
             self.tokens0 = getattr(state, "num_input_tokens_seen", 0) or 0
 
@@ -100,8 +111,11 @@ class TokenProgressCallback(TrainerCallback):
             self.last_loss = logs["loss"]
         if self.bar is not None and logs and any(k.startswith("eval_") for k in logs):
             skip = ("runtime", "samples_per_second", "steps_per_second", "epoch")
-            parts = [f"{k[5:]}={v:.4f}" for k, v in logs.items()
-                     if k.startswith("eval_") and isinstance(v, (int, float)) and not k.endswith(skip)]
+            parts = [
+                f"{k[5:]}={v:.4f}"
+                for k, v in logs.items()
+                if k.startswith("eval_") and isinstance(v, (int, float)) and not k.endswith(skip)
+            ]
             if parts:
                 self.bar.write(f"[eval @ step {state.global_step}] " + " ".join(parts))
 

@@ -13,6 +13,7 @@ versions, or damaged later): the files a resume loads must be present and readab
 safetensors headers and the torch zip archives' directories read), and the incomplete ones newer
 than it are named and moved aside to ``incomplete-checkpoint-N`` so checkpoint rotation never counts them.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,14 +41,14 @@ class AtomicCheckpoints:
         run_dir = Path(super()._get_output_dir(trial))
         staging, name = run_dir / STAGING_DIR, f"checkpoint-{self.state.global_step}"
         if self.args.should_save and (staging / name).exists():
-            shutil.rmtree(staging / name)   # the leftover of a save killed part-way
+            shutil.rmtree(staging / name)  # the leftover of a save killed part-way
         self.accelerator.wait_for_everyone()
         self._staging = staging
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self._staging = None
-        self.accelerator.wait_for_everyone()   # every process has written its files
+        self.accelerator.wait_for_everyone()  # every process has written its files
         if self.args.should_save:
             self._publish(staging / name, run_dir / name)
         elif self.state.best_model_checkpoint and Path(self.state.best_model_checkpoint) == staging / name:
@@ -64,16 +65,21 @@ class AtomicCheckpoints:
             self.state.save_to_json(str(tmp / "trainer_state.json"))
         _fsync_tree(tmp)
         if final.exists():
-            shutil.rmtree(final)   # an incomplete folder of that step, left by older code
+            shutil.rmtree(final)  # an incomplete folder of that step, left by older code
         os.replace(tmp, final)
         _fsync_dir(final.parent)
         try:
-            tmp.parent.rmdir()   # the staging folder, empty again
+            tmp.parent.rmdir()  # the staging folder, empty again
         except OSError:
             pass
         from transformers.trainer_utils import rotate_checkpoints
-        rotate_checkpoints(output_dir=str(final.parent), save_total_limit=self.args.save_total_limit,
-                           best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+        rotate_checkpoints(
+            output_dir=str(final.parent),
+            save_total_limit=self.args.save_total_limit,
+            best_model_checkpoint=self.state.best_model_checkpoint,
+            use_mtime=True,
+        )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -83,7 +89,7 @@ def _fsync_dir(path: Path) -> None:
         return
     try:
         os.fsync(fd)
-    except OSError:   # some filesystems refuse fsync on directories
+    except OSError:  # some filesystems refuse fsync on directories
         pass
     finally:
         os.close(fd)
@@ -110,6 +116,7 @@ def _zip_ok(path: Path) -> bool:
 def _safetensors_ok(path: Path) -> bool:
     try:
         from safetensors import safe_open
+
         with safe_open(str(path), framework="pt") as fh:
             fh.keys()
         return True
@@ -133,7 +140,7 @@ def checkpoint_problem(folder: str | Path) -> str | None:
     if not _json_ok(folder / "trainer_state.json"):
         return "trainer_state.json is not valid JSON"
     weights = sorted(folder.glob("*.safetensors"))
-    sharded = any(p.name.startswith("pytorch_model_fsdp") for p in folder.iterdir())   # FSDP's own layout
+    sharded = any(p.name.startswith("pytorch_model_fsdp") for p in folder.iterdir())  # FSDP's own layout
     if not weights and not sharded:
         return "no model weights"
     bad = next((p.name for p in weights if not _safetensors_ok(p)), None)
@@ -156,15 +163,16 @@ def checkpoint_problem(folder: str | Path) -> str | None:
     return f"{bad} is truncated or unreadable" if bad else None
 
 
-def newest_complete_checkpoint(ckpt_dir: str | Path, *, set_aside: bool = False,
-                               say=print) -> str | None:
+def newest_complete_checkpoint(ckpt_dir: str | Path, *, set_aside: bool = False, say=print) -> str | None:
     """The newest ``checkpoint-N`` in ``ckpt_dir`` that a resume can load; the incomplete ones newer
     than it are reported through ``say`` (and, with ``set_aside``, renamed ``incomplete-checkpoint-N``)."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return None
-    found = sorted(((int(m.group(1)), p) for p in ckpt_dir.iterdir()
-                    if p.is_dir() and (m := _CHECKPOINT.match(p.name))), reverse=True)
+    found = sorted(
+        ((int(m.group(1)), p) for p in ckpt_dir.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))),
+        reverse=True,
+    )
     for _, path in found:
         problem = checkpoint_problem(path)
         if problem is None:

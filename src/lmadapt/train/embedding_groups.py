@@ -19,6 +19,7 @@
 Embedding matrices are found by shape (trainable, ``rows`` long in dim 0), which also finds peft's
 trainable copies (``modules_to_save``) under a LoRA model.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,8 +28,7 @@ from transformers import Trainer, TrainerCallback
 
 def embedding_params(model, rows: int) -> list[torch.nn.Parameter]:
     """Trainable parameters with ``rows`` rows: input embeddings, LM head weight and bias."""
-    return [p for _, p in model.named_parameters()
-            if p.requires_grad and p.dim() in (1, 2) and p.shape[0] == rows]
+    return [p for _, p in model.named_parameters() if p.requires_grad and p.dim() in (1, 2) and p.shape[0] == rows]
 
 
 class EmbeddingLRTrainer(Trainer):
@@ -69,7 +69,7 @@ class NewRowsOnly(TrainerCallback):
         self._kept: list[torch.Tensor] | None = None
 
     def _active(self, state) -> bool:
-        return state.global_step < self.steps     # global_step counts the steps already taken
+        return state.global_step < self.steps  # global_step counts the steps already taken
 
     def on_train_begin(self, args, state, control, **kw):
         if self._active(state):
@@ -94,4 +94,4 @@ class NewRowsOnly(TrainerCallback):
         for p, kept in zip(self.params, self._kept):
             p[: self.first_new] = kept
         if state.global_step + 1 >= self.steps:
-            self._kept = None       # phase one is over: free the copy
+            self._kept = None  # phase one is over: free the copy

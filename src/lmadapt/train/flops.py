@@ -21,6 +21,7 @@ on CPU the peak is a measured fp32 matmul rate (once per machine and thread coun
 training runs to what this CPU's BLAS does on a large matmul, not to a data-sheet number. On a
 shared machine the measurement is as noisy as the training it is compared with.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,14 +40,14 @@ GPU_PEAK_TFLOPS: list[tuple[str, float, float]] = [
     ("H100 NVL", 835.0, 60.0),
     ("GH200", 989.0, 67.0),
     ("H200", 989.0, 67.0),
-    ("H100", 989.0, 67.0),      # SXM
+    ("H100", 989.0, 67.0),  # SXM
     ("H800", 989.0, 67.0),
     ("B200", 2250.0, 80.0),
     ("A100", 312.0, 19.5),
     ("A800", 312.0, 19.5),
     ("L40S", 362.0, 91.6),
     ("L4", 121.0, 30.3),
-    ("A10", 125.0, 31.2),       # A10 and A10G
+    ("A10", 125.0, 31.2),  # A10 and A10G
     ("RTX 4090", 165.2, 82.6),
     ("V100", 125.0, 15.7),
 ]
@@ -100,12 +101,12 @@ def gpu_peak_flops(name: str, precision: str) -> float | None:
 def measure_cpu_peak(n: int = 1024, seconds: float = 0.3) -> float:
     """Best fp32 matmul FLOP/s of ``n x n`` matrices on this CPU with torch's current threads."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b   # warm-up: BLAS threads, caches
+    a @ b  # warm-up: BLAS threads, caches
     best, t_end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < t_end:
         t0 = time.perf_counter()
         a @ b
-        best = max(best, 2 * n ** 3 / (time.perf_counter() - t0))
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
     return best
 
 
@@ -121,7 +122,7 @@ def _cpu_name() -> str:
 
 def cpu_peak_flops(cache: Path | None = None) -> float:
     """The measured CPU peak (see :func:`measure_cpu_peak`), cached per CPU model and thread count."""
-    if os.environ.get("LMADAPT_CPU_PEAK_FLOPS"):   # a known number, or one measured on an idle machine
+    if os.environ.get("LMADAPT_CPU_PEAK_FLOPS"):  # a known number, or one measured on an idle machine
         return float(os.environ["LMADAPT_CPU_PEAK_FLOPS"])
     threads = torch.get_num_threads()
     if threads in _CPU_PEAK:
@@ -139,7 +140,7 @@ def cpu_peak_flops(cache: Path | None = None) -> float:
             tmp = cache.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(table, indent=1))
             tmp.replace(cache)
-        except OSError:   # a read-only home: measure again next time
+        except OSError:  # a read-only home: measure again next time
             pass
     _CPU_PEAK[threads] = float(table[key])
     return _CPU_PEAK[threads]
@@ -150,7 +151,10 @@ def device_peak_flops(precision: str) -> tuple[float | None, str]:
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
         peak = gpu_peak_flops(name, precision)
-        return peak, f"{name} {'fp32' if precision == 'fp32' else 'bf16'} data sheet" if peak else f"{name}: not in the table"
+        return (
+            peak,
+            f"{name} {'fp32' if precision == 'fp32' else 'bf16'} data sheet" if peak else f"{name}: not in the table",
+        )
     return cpu_peak_flops(), f"measured fp32 matmul, {torch.get_num_threads()} threads"
 
 
@@ -164,11 +168,23 @@ def mfu(tokens_per_second: float, flops_per_token_: float | None, peak_flops: fl
 def speed_metrics(speed: dict, tokens_per_second: float) -> dict:
     """metrics.json's speed block from ``TrainOutcome.speed``: the settings used, FLOPs/token, MFU."""
     value = mfu(tokens_per_second, speed.get("flops_per_token"), speed.get("peak_flops"))
-    out = {k: speed[k] for k in ("loss", "compiled_blocks", "liger_kernels", "flops_per_token", "peak_flops",
-                                 "peak_source") if k in speed}
+    out = {
+        k: speed[k]
+        for k in ("loss", "compiled_blocks", "liger_kernels", "flops_per_token", "peak_flops", "peak_source")
+        if k in speed
+    }
     out["mfu"] = round(value, 4) if value is not None else None
     return out
 
 
-__all__ = ["speed_metrics", "GPU_PEAK_TFLOPS", "cpu_peak_flops", "device_peak_flops", "flops_per_token", "gpu_peak_flops",
-           "matmul_params", "measure_cpu_peak", "mfu"]
+__all__ = [
+    "speed_metrics",
+    "GPU_PEAK_TFLOPS",
+    "cpu_peak_flops",
+    "device_peak_flops",
+    "flops_per_token",
+    "gpu_peak_flops",
+    "matmul_params",
+    "measure_cpu_peak",
+    "mfu",
+]

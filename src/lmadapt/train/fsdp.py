@@ -16,6 +16,7 @@ best checkpoint. The final model is streamed to a save_pretrained folder one ten
 (:func:`save_whole`, train/fsdp_save.py); a LoRA adapter (small) is gathered to the main process
 (:func:`unsharded_on_main`) and saved there.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,12 +31,13 @@ from ..models.on_main import weights_on_main
 from ..runtime import dist
 from .fsdp_init import broadcast_from_main, fill_from_main, main_state
 
-MODEL_DIR = "pytorch_model_fsdp_0"   # accelerate's names for a sharded checkpoint's parts
+MODEL_DIR = "pytorch_model_fsdp_0"  # accelerate's names for a sharded checkpoint's parts
 OPTIMIZER_DIR = "optimizer_0"
 _SHARDED: "weakref.WeakSet" = weakref.WeakSet()
 
 
 # --- which launches shard ----------------------------------------------------------------------
+
 
 def accelerate_fsdp() -> bool:
     """``accelerate launch`` with an FSDP config (it sets ACCELERATE_USE_FSDP for the processes)."""
@@ -72,15 +74,20 @@ def check_config(train_cfg) -> None:
     if not wants_sharding(train_cfg):
         return
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").strip().lower() in ("1", "true", "yes"):
-        raise ConfigError("train.sharding: fsdp in a DeepSpeed launch (ACCELERATE_USE_DEEPSPEED): choose one; "
-                          "launch without the DeepSpeed config, or set train.sharding: none")
+        raise ConfigError(
+            "train.sharding: fsdp in a DeepSpeed launch (ACCELERATE_USE_DEEPSPEED): choose one; "
+            "launch without the DeepSpeed config, or set train.sharding: none"
+        )
     if train_cfg.fsdp.cpu_offload and dist.use_cpu():
-        raise ConfigError("train.fsdp.cpu_offload: moves shards from a GPU to host RAM; this run is on the "
-                          "CPU already (no GPU visible): set it to false")
+        raise ConfigError(
+            "train.fsdp.cpu_offload: moves shards from a GPU to host RAM; this run is on the "
+            "CPU already (no GPU visible): set it to false"
+        )
 
 
 def is_sharded(model) -> bool:
     from torch.distributed.fsdp import FSDPModule
+
     return isinstance(model, FSDPModule)
 
 
@@ -91,14 +98,16 @@ def any_sharded() -> bool:
 
 # --- sharding ----------------------------------------------------------------------------------
 
+
 def _ensure_group() -> None:
     """The process group: torchrun's (through dist's accelerate state), or a group of one for a
     single process (FSDP2 needs a group even then: one process with cpu_offload fits a larger model)."""
     import torch.distributed as tdist
+
     if tdist.is_initialized():
         return
     if dist.world_size() > 1:
-        dist.barrier()   # joins the group
+        dist.barrier()  # joins the group
         return
     backend = "gloo" if dist.use_cpu() else "nccl"
     tdist.init_process_group(backend, store=tdist.HashStore(), rank=0, world_size=1)
@@ -112,8 +121,10 @@ def _units(model, names: list[str]) -> list:
     base = _base(model)
     wanted = list(names) or list(getattr(base, "_no_split_modules", None) or [])
     if not wanted:
-        raise ConfigError(f"train.fsdp.wrap: {type(base).__name__} names no transformer layer class "
-                          f"(_no_split_modules); list the module classes to shard one by one")
+        raise ConfigError(
+            f"train.fsdp.wrap: {type(base).__name__} names no transformer layer class "
+            f"(_no_split_modules); list the module classes to shard one by one"
+        )
     units = [m for m in model.modules() if type(m).__name__ in wanted]
     # A unit holding a tied weight (BERT's word embeddings, also its MLM decoder) would reshard it
     # while the root still uses it: such a unit stays in the root's.
@@ -123,19 +134,23 @@ def _units(model, names: list[str]) -> list:
     units = [m for m in units if not any(names_of.get(id(p), 0) > 1 for p in m.parameters())] or units
     if not units:
         found = sorted({type(m).__name__ for m in model.modules()})
-        raise ConfigError(f"train.fsdp.wrap: no module of class {', '.join(wanted)} in {type(base).__name__} "
-                          f"(its classes: {', '.join(found[:12])}...)")
+        raise ConfigError(
+            f"train.fsdp.wrap: no module of class {', '.join(wanted)} in {type(base).__name__} "
+            f"(its classes: {', '.join(found[:12])}...)"
+        )
     # a unit inside another is sharded first (fully_shard goes bottom-up): reverse module order
     return units[::-1]
 
 
 def _policies(fcfg, precision: str) -> dict:
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
+
     kwargs: dict = {"reshard_after_forward": fcfg.reshard_after_forward}
     if precision in ("bf16", "fp16"):
         low = torch.bfloat16 if precision == "bf16" else torch.float16
-        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=low,
-                                                   reduce_dtype=torch.float32 if fcfg.reduce_fp32 else low)
+        kwargs["mp_policy"] = MixedPrecisionPolicy(
+            param_dtype=low, reduce_dtype=torch.float32 if fcfg.reduce_fp32 else low
+        )
     if fcfg.cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=True)
     return kwargs
@@ -151,13 +166,13 @@ def shard_model(model, train_cfg):
     if is_sharded(model):
         return model
     fcfg = train_cfg.fsdp
-    units = _units(model, fcfg.wrap)          # a bad wrap list stops here, before any collective
+    units = _units(model, fcfg.wrap)  # a bad wrap list stops here, before any collective
     # a merge or an evaluation has no train.precision: the model is scored in the dtype it loaded in
     kwargs = _policies(fcfg, dist.resolve_precision(getattr(train_cfg, "precision", "fp32")))
     _ensure_group()
-    on_main = weights_on_main(model)   # loaded by the main process only: the others' model is empty (meta)
+    on_main = weights_on_main(model)  # loaded by the main process only: the others' model is empty (meta)
     state = main_state(model) if on_main else None
-    if not on_main:   # every process loaded the whole model: all start from the main process's values
+    if not on_main:  # every process loaded the whole model: all start from the main process's values
         broadcast_from_main(model)
     mesh = init_device_mesh("cpu" if dist.use_cpu() else "cuda", (dist.world_size(),))
     for unit in units:
@@ -170,10 +185,17 @@ def shard_model(model, train_cfg):
     _base(model)._is_distributed_loading_by_transformers = True
     model._is_fsdp_managed_module = True
     _SHARDED.add(model)
-    loaded = ("loaded by the main process only, the others' shards filled from it" if on_main else
-              "loaded whole by every process" if dist.world_size() > 1 else "loaded by the one process")
-    dist.log(f"FSDP2: {len(units)} units + root sharded over {dist.world_size()} process(es)"
-             f" (reshard_after_forward={fcfg.reshard_after_forward}, cpu_offload={fcfg.cpu_offload}); weights {loaded}")
+    loaded = (
+        "loaded by the main process only, the others' shards filled from it"
+        if on_main
+        else "loaded whole by every process"
+        if dist.world_size() > 1
+        else "loaded by the one process"
+    )
+    dist.log(
+        f"FSDP2: {len(units)} units + root sharded over {dist.world_size()} process(es)"
+        f" (reshard_after_forward={fcfg.reshard_after_forward}, cpu_offload={fcfg.cpu_offload}); weights {loaded}"
+    )
     return model
 
 
@@ -181,6 +203,7 @@ def local_part(tensor):
     """This process's part of a sharded parameter or state-dict entry (a DTensor's local shard, a
     view that writes through to the sharded storage FSDP2 gathers from); ``tensor`` itself otherwise."""
     from torch.distributed.tensor import DTensor
+
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
@@ -206,6 +229,7 @@ def loss_across_processes(model, trainer_kwargs: dict | None) -> dict:
 
 def _masked_lm_loss(outputs, labels, num_items_in_batch=None):
     from transformers.loss.loss_utils import ForMaskedLMLoss
+
     logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
     return ForMaskedLMLoss(logits, labels, vocab_size=logits.shape[-1], num_items_in_batch=num_items_in_batch)
 
@@ -228,10 +252,12 @@ def input_device(model):
 
 # --- the whole model, on the main process ------------------------------------------------------
 
+
 def full_state_dict(model) -> dict:
     """The whole model's state dict on the main process's CPU (empty elsewhere); a collective.
     The main process needs host RAM for the whole model; the others only their shards."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
@@ -251,11 +277,12 @@ def unsharded_on_main(model):
         plain = type(base)._from_config(base.config, dtype=base.dtype)
     if hasattr(model, "peft_config"):
         from peft import get_peft_model
+
         cfg = model.peft_config[model.active_adapter]
         with torch.device("meta"):
             plain = get_peft_model(plain, cfg)
     _, unexpected = plain.load_state_dict(state, strict=False, assign=True)
-    _base(plain).tie_weights()   # assign=True replaced the tied tensors one by one
+    _base(plain).tie_weights()  # assign=True replaced the tied tensors one by one
     left = [n for n, p in plain.named_parameters(remove_duplicate=False) if p.is_meta]
     if left or unexpected:
         raise RuntimeError(f"gathering the sharded model: parameters not gathered {left[:3]}, unknown {unexpected[:3]}")
@@ -269,6 +296,7 @@ def save_whole(model, tokenizer, output_dir, save) -> None:
     merge of it) first gathered there (:func:`unsharded_on_main`)."""
     if is_sharded(model) and not hasattr(model, "peft_config"):
         from .fsdp_save import save_streamed
+
         save_streamed(model, tokenizer, output_dir)
         return
     model = unsharded_on_main(model)
@@ -278,38 +306,46 @@ def save_whole(model, tokenizer, output_dir, save) -> None:
 
 # --- checkpoints -------------------------------------------------------------------------------
 
+
 class ShardedCheckpoints:
     """Trainer mixin for a model sharded by :func:`shard_model`: checkpoints through
     ``torch.distributed.checkpoint`` (every process writes and reads its own shards; a resume on
     a different number of processes reshards them, since DCP stores global tensor layouts)."""
 
     def save_model(self, output_dir=None, _internal_call: bool = False):
-        if not _internal_call:   # a user-level save: the whole model, from the main process
+        if not _internal_call:  # a user-level save: the whole model, from the main process
             plain = unsharded_on_main(self.model)
             if plain is not None:
                 plain.save_pretrained(output_dir or self.args.output_dir)
             return
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
         dcp.save(get_model_state_dict(self.model), checkpoint_id=str(Path(output_dir) / MODEL_DIR))
-        if self.args.should_save:   # the config, so the folder says what model it holds
+        if self.args.should_save:  # the config, so the folder says what model it holds
             _base(self.model).config.save_pretrained(output_dir)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-        dcp.save({"optimizer": get_optimizer_state_dict(self.model, self.optimizer)},
-                 checkpoint_id=str(Path(output_dir) / OPTIMIZER_DIR))
+
+        dcp.save(
+            {"optimizer": get_optimizer_state_dict(self.model, self.optimizer)},
+            checkpoint_id=str(Path(output_dir) / OPTIMIZER_DIR),
+        )
         if self.args.should_save:
             torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, "scheduler.pt"))
 
     def _load_sharded_model(self, folder: str) -> None:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
         path = Path(folder) / MODEL_DIR
         if not path.is_dir():
-            raise RuntimeError(f"{folder}: no {MODEL_DIR} (not a sharded checkpoint; it was written by an "
-                               f"unsharded run: resume it with train.sharding: none)")
+            raise RuntimeError(
+                f"{folder}: no {MODEL_DIR} (not a sharded checkpoint; it was written by an "
+                f"unsharded run: resume it with train.sharding: none)"
+            )
         state = get_model_state_dict(self.model)
         dcp.load(state, checkpoint_id=str(path))
         set_model_state_dict(self.model, state)
@@ -325,6 +361,7 @@ class ShardedCheckpoints:
             return
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
         state = {"optimizer": get_optimizer_state_dict(self.model, self.optimizer)}
         dcp.load(state, checkpoint_id=str(Path(checkpoint) / OPTIMIZER_DIR))
         set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
@@ -342,6 +379,7 @@ class ShardedCheckpoints:
 
 # What a launcher asked for (here, not in runtime/dist.py: following it applies train.fsdp's rules)
 
+
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
 
@@ -349,13 +387,14 @@ def _env_flag(name: str) -> bool:
 def _zero_stage() -> int | None:
     """The DeepSpeed ZeRO stage ``accelerate launch`` passes on: its config file's, else its flag's."""
     import json
+
     path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
     if path and os.path.isfile(path):
         try:
             with open(path) as fh:
                 return int(json.load(fh).get("zero_optimization", {}).get("stage", 0))
         except (OSError, ValueError, TypeError, AttributeError):
-            return None   # DeepSpeed itself will report a config it cannot read
+            return None  # DeepSpeed itself will report a config it cannot read
     raw = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "").strip()
     return int(raw) if raw.isdigit() else None
 
@@ -370,6 +409,8 @@ def check_launch(train_cfg) -> None:
     apply_launch_options(train_cfg)
     check_config(train_cfg)
     if _env_flag("ACCELERATE_USE_DEEPSPEED") and _zero_stage() == 3:
-        dist.log("DeepSpeed ZeRO-3 launch: trained by the Trainer's DeepSpeed integration (GPU only, untested by "
-                 "lmadapt's suite); lmadapt's own held-out scoring and saving expect train.sharding: fsdp or a whole "
-                 "model: set stage3_gather_16bit_weights_on_model_save, or prefer train.sharding: fsdp")
+        dist.log(
+            "DeepSpeed ZeRO-3 launch: trained by the Trainer's DeepSpeed integration (GPU only, untested by "
+            "lmadapt's suite); lmadapt's own held-out scoring and saving expect train.sharding: fsdp or a whole "
+            "model: set stage3_gather_16bit_weights_on_model_save, or prefer train.sharding: fsdp"
+        )

@@ -15,6 +15,7 @@ could differ from how the model computed them at load time). Tied weights stay t
 on sharded (DTensor) parameters swaps their contents in place, so a parameter two modules share
 remains one object.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,6 +27,7 @@ def broadcast_from_main(model) -> None:
     """Every process starts from the main process's weights (as DDP does): a fresh head or LoRA
     init drawn differently on one process would otherwise be sharded from different values."""
     import torch.distributed as tdist
+
     if dist.world_size() == 1:
         return
     device = dist.process_device()
@@ -33,7 +35,7 @@ def broadcast_from_main(model) -> None:
         for t in list(model.parameters()) + list(model.buffers()):
             if t.device == device:
                 tdist.broadcast(t.data, src=0)
-            else:   # nccl needs device tensors: one tensor at a time, so the peak is one tensor
+            else:  # nccl needs device tensors: one tensor at a time, so the peak is one tensor
                 tmp = t.data.to(device)
                 tdist.broadcast(tmp, src=0)
                 t.data.copy_(tmp.to(t.device))
@@ -60,24 +62,27 @@ def fill_from_main(model, state: dict, cpu_offload: bool) -> None:
         # offloaded shards live in host RAM (FSDP2 moves them to the GPU per unit as it computes)
         model.to_empty(device="cpu" if cpu_offload else device)
     with torch.no_grad():
-        for name, like in model.named_parameters():   # sharded (DTensors); a tied one once; buffers below
-            full = (state[name].to(device, like.dtype) if main
-                    else torch.empty(like.shape, dtype=like.dtype, device=device))
-            if isinstance(like, DTensor):   # the main process's tensor cut the way FSDP2 cut this one
+        for name, like in model.named_parameters():  # sharded (DTensors); a tied one once; buffers below
+            full = (
+                state[name].to(device, like.dtype) if main else torch.empty(like.shape, dtype=like.dtype, device=device)
+            )
+            if isinstance(like, DTensor):  # the main process's tensor cut the way FSDP2 cut this one
                 piece, local = distribute_tensor(full, like.device_mesh, like.placements).to_local(), like.to_local()
                 if piece.shape != local.shape:
-                    raise RuntimeError(f"FSDP2: {name}: cut {tuple(piece.shape)} from the main process's "
-                                       f"{tuple(full.shape)}, but this process holds {tuple(local.shape)}")
-                local.data.copy_(piece)   # a view: writes through to the storage FSDP2 gathers from
+                    raise RuntimeError(
+                        f"FSDP2: {name}: cut {tuple(piece.shape)} from the main process's "
+                        f"{tuple(full.shape)}, but this process holds {tuple(local.shape)}"
+                    )
+                local.data.copy_(piece)  # a view: writes through to the storage FSDP2 gathers from
             else:
                 tdist.broadcast(full, src=0)
                 like.data.copy_(full)
             del full
-        for module in model.modules():   # every buffer, non-persistent ones too (see the module doc)
+        for module in model.modules():  # every buffer, non-persistent ones too (see the module doc)
             for name, buf in list(module._buffers.items()):
                 if buf is None:
                     continue
-                if buf.device != device:   # buffers are not offloaded: the forward uses them on the device
+                if buf.device != device:  # buffers are not offloaded: the forward uses them on the device
                     buf = module._buffers[name] = buf.to(device)
                 tdist.broadcast(buf, src=0)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]

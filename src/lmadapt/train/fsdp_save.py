@@ -10,6 +10,7 @@ tensors' own dtype, ``model.safetensors`` alone when one shard holds everything,
 ``model.safetensors.index.json`` (``metadata.total_size``, ``weight_map``), then config.json and
 generation_config.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,6 +39,7 @@ def saved_names(model) -> list[str]:
     from collections import defaultdict
 
     from transformers.modeling_utils import _get_tied_weight_keys
+
     ignored = set(getattr(model, "_keys_to_ignore_on_save", None) or [])
     names = [k for k in model.state_dict() if k not in ignored]
     shared = defaultdict(list)
@@ -66,7 +68,7 @@ class _ShardWriter:
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         nbytes = tensor.numel() * tensor.element_size()
-        if self.current and self.size + nbytes > self.limit:   # as split_torch_state_dict_into_shards cuts
+        if self.current and self.size + nbytes > self.limit:  # as split_torch_state_dict_into_shards cuts
             self.flush()
         self.current[name] = tensor
         self.size += nbytes
@@ -74,6 +76,7 @@ class _ShardWriter:
 
     def flush(self) -> None:
         from safetensors.torch import save_file
+
         if not self.current:
             return
         path = self.folder / f".shard-{len(self.files):05d}.part"
@@ -91,8 +94,10 @@ class _ShardWriter:
             final = f"model-{i + 1:05d}-of-{len(self.files):05d}.safetensors"
             os.replace(path, self.folder / final)
             weight_map.update({n: final for n in names})
-        index = {"metadata": {"total_parameters": total_parameters, "total_size": self.total},
-                 "weight_map": dict(sorted(weight_map.items()))}
+        index = {
+            "metadata": {"total_parameters": total_parameters, "total_size": self.total},
+            "weight_map": dict(sorted(weight_map.items())),
+        }
         (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
@@ -100,6 +105,7 @@ def _full(tensor, device):
     """The whole tensor on every process (a collective for a DTensor; offloaded shards first go to the
     process's device, where the backend can gather them)."""
     from torch.distributed.tensor import DTensor
+
     if not isinstance(tensor, DTensor):
         return tensor
     if tensor.to_local().device != device:
@@ -129,9 +135,10 @@ def save_streamed(model, tokenizer, output_dir, max_shard_bytes: int | None = No
     """Sharded ``model`` saved into ``output_dir`` as ``save_pretrained`` lays a folder out, with the
     tokenizer; written into a temp folder renamed into place (models.lora.staged_folder). A collective."""
     from ..models.lora import staged_folder
+
     model = _base(model)
     main = dist.is_main_process()
-    with (staged_folder(output_dir) if main else nullcontext(None)) as tmp:
+    with staged_folder(output_dir) if main else nullcontext(None) as tmp:
         write_weights(model, tmp, max_shard_bytes)
         if main:
             model.config.dtype = str(model.dtype).split(".")[1]

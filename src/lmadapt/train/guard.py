@@ -16,6 +16,7 @@ and PaLM skip such steps too). After ``train.max_bad_steps`` skipped steps the r
 newest complete checkpoint and skips the batches from there to the step that tripped it
 (run_training drives the rollback); with no checkpoint to return to it stops.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,7 +24,7 @@ import math
 import torch
 
 EMA_DECAY = 0.9
-SPIKE_WARMUP = 5      # good steps before the running mean is trusted for spike detection
+SPIKE_WARMUP = 5  # good steps before the running mean is trusted for spike detection
 
 
 class TrainingDiverged(RuntimeError):
@@ -40,6 +41,7 @@ class RollBack(Exception):
 
 def _all_reduce(t: torch.Tensor, op: str) -> torch.Tensor:
     import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         t = t.clone()
         dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
@@ -49,22 +51,27 @@ def _all_reduce(t: torch.Tensor, op: str) -> torch.Tensor:
 class StepGuard:
     """The guard's state on the device, and the policy; one per Trainer."""
 
-    def __init__(self, policy: str = "stop", max_bad_steps: int = 0, spike_factor: float | None = None,
-                 lr: float | None = None):
+    def __init__(
+        self, policy: str = "stop", max_bad_steps: int = 0, spike_factor: float | None = None, lr: float | None = None
+    ):
         self.policy, self.max_bad_steps, self.spike_factor, self.lr = policy, max_bad_steps, spike_factor, lr
         self.step_loss = None
         self.state: dict[str, torch.Tensor] | None = None
-        self.skipped: list[int] = []          # steps whose update was dropped (skip policy)
+        self.skipped: list[int] = []  # steps whose update was dropped (skip policy)
         self.bad_since_rollback = 0
-        self.skip_ranges: list[tuple[int, int]] = []   # steps replayed after a rollback, updates dropped
+        self.skip_ranges: list[tuple[int, int]] = []  # steps replayed after a rollback, updates dropped
 
     def _init(self, device) -> dict[str, torch.Tensor]:
         if self.state is None or self.state["first_bad"].device != device:
             f = dict(device=device, dtype=torch.float32)
-            self.state = {"first_bad": torch.tensor(-1, device=device, dtype=torch.long),
-                          "loss": torch.tensor(0.0, **f), "grad_norm": torch.tensor(0.0, **f),
-                          "spike": torch.tensor(False, device=device),
-                          "ema": torch.tensor(0.0, **f), "good": torch.tensor(0, device=device, dtype=torch.long)}
+            self.state = {
+                "first_bad": torch.tensor(-1, device=device, dtype=torch.long),
+                "loss": torch.tensor(0.0, **f),
+                "grad_norm": torch.tensor(0.0, **f),
+                "spike": torch.tensor(False, device=device),
+                "ema": torch.tensor(0.0, **f),
+                "good": torch.tensor(0, device=device, dtype=torch.long),
+            }
         return self.state
 
     def add_loss(self, loss: torch.Tensor) -> None:
@@ -81,9 +88,11 @@ class StepGuard:
         # Only kernels on the device from here (new_full is a fill, not a host-to-device copy): no sync.
         if isinstance(grad_norm, torch.Tensor):
             gn = grad_norm.detach().float().to(loss.device)
-        else:   # DeepSpeed hands back a float; None when no norm was computed
+        else:  # DeepSpeed hands back a float; None when no norm was computed
             gn = loss.new_full((), float("nan") if grad_norm is None else float(grad_norm))
-        finite = torch.isfinite(loss) & (torch.isfinite(gn) if grad_norm is not None else loss.new_ones((), dtype=torch.bool))
+        finite = torch.isfinite(loss) & (
+            torch.isfinite(gn) if grad_norm is not None else loss.new_ones((), dtype=torch.bool)
+        )
         spike = loss.new_zeros((), dtype=torch.bool)
         if self.spike_factor:
             spike = (s["good"] >= SPIKE_WARMUP) & (loss > self.spike_factor * s["ema"])
@@ -93,24 +102,29 @@ class StepGuard:
         s["loss"] = torch.where(new, loss, s["loss"])
         s["grad_norm"] = torch.where(new, gn, s["grad_norm"])
         s["spike"] = torch.where(new, spike, s["spike"])
-        s["ema"] = torch.where(bad, s["ema"], torch.where(s["good"] == 0, loss, EMA_DECAY * s["ema"] + (1 - EMA_DECAY) * loss))
+        s["ema"] = torch.where(
+            bad, s["ema"], torch.where(s["good"] == 0, loss, EMA_DECAY * s["ema"] + (1 - EMA_DECAY) * loss)
+        )
         s["good"] = s["good"] + (~bad).long()
         if self.policy == "skip":
             self._skip_if_bad(step, bad, model)
 
     def _skip_if_bad(self, step: int, bad: torch.Tensor, model) -> None:
         replayed = any(lo <= step <= hi for lo, hi in self.skip_ranges)
-        if not replayed and not bool(_all_reduce(bad.int(), "MAX").item()):   # one host sync per step
+        if not replayed and not bool(_all_reduce(bad.int(), "MAX").item()):  # one host sync per step
             return
         for p in model.parameters():
-            p.grad = None        # AdamW skips parameters without a gradient: no update, moments kept
+            p.grad = None  # AdamW skips parameters without a gradient: no update, moments kept
         self.state["first_bad"].fill_(-1)
         if replayed:
             return
         self.skipped.append(step)
         self.bad_since_rollback += 1
-        print(f"[lmadapt] train: step {step}: {self._describe()}; its update was skipped "
-              f"({self.bad_since_rollback} bad step(s) so far)", flush=True)
+        print(
+            f"[lmadapt] train: step {step}: {self._describe()}; its update was skipped "
+            f"({self.bad_since_rollback} bad step(s) so far)",
+            flush=True,
+        )
         if self.max_bad_steps and self.bad_since_rollback >= self.max_bad_steps:
             self.bad_since_rollback = 0
             raise RollBack(step)
@@ -119,10 +133,14 @@ class StepGuard:
         s = self.state
         loss, gn = float(s["loss"]), float(s["grad_norm"])
         if bool(s["spike"]):
-            return (f"loss spike: {loss:.4g} > train.spike_factor {self.spike_factor:g} x the running mean "
-                    f"{float(s['ema']):.4g}")
-        parts = [f"loss {loss}" if not math.isfinite(loss) else None,
-                 f"gradient norm {gn}" if not math.isfinite(gn) else None]
+            return (
+                f"loss spike: {loss:.4g} > train.spike_factor {self.spike_factor:g} x the running mean "
+                f"{float(s['ema']):.4g}"
+            )
+        parts = [
+            f"loss {loss}" if not math.isfinite(loss) else None,
+            f"gradient norm {gn}" if not math.isfinite(gn) else None,
+        ]
         return " and ".join(p for p in parts if p) + " (not finite)"
 
     def check(self) -> None:
@@ -139,7 +157,8 @@ class StepGuard:
         raise TrainingDiverged(
             f"training stopped at step {step}, the first bad step: {self._describe()}. Nothing from that step "
             f"on was saved. Lower train.lr{lr} or lengthen the warmup, or set train.nan_policy=skip "
-            f"(with train.max_bad_steps) to skip such steps")
+            f"(with train.max_bad_steps) to skip such steps"
+        )
 
 
 class GuardedTrainer:
@@ -162,11 +181,11 @@ class GuardedTrainer:
     def _maybe_log_save_evaluate(self, *args, **kwargs):
         c = self.control
         if self.guard is not None and (c.should_log or c.should_save or c.should_evaluate or c.should_training_stop):
-            self.guard.check()   # before anything of a bad step is logged as fine, or saved
+            self.guard.check()  # before anything of a bad step is logged as fine, or saved
         return super()._maybe_log_save_evaluate(*args, **kwargs)
 
     def train(self, *args, **kwargs):
         result = super().train(*args, **kwargs)
         if self.guard is not None:
-            self.guard.check()   # the stage saves the model right after: never a diverged one
+            self.guard.check()  # the stage saves the model right after: never a diverged one
         return result

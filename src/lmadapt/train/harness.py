@@ -10,6 +10,7 @@ interpolated weights at each alpha, without writing a folder. Task names resolve
 ``include_path`` folders of task YAMLs. Under several processes every process scores the whole
 task set on its own device (HFLM's in-memory mode is single-process), so all get the same numbers.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -36,13 +37,16 @@ def _require_lm_eval():
     try:
         import lm_eval  # noqa: F401
     except ImportError:
-        raise ConfigError("harness: lm-evaluation-harness is not installed; pip install 'lmadapt[harness]' "
-                          "(or pip install 'lm-eval>=0.4')") from None
+        raise ConfigError(
+            "harness: lm-evaluation-harness is not installed; pip install 'lmadapt[harness]' "
+            "(or pip install 'lm-eval>=0.4')"
+        ) from None
 
 
 @functools.lru_cache(maxsize=8)
 def _manager(include: tuple[str, ...], defaults: bool):
     from lm_eval.tasks import TaskManager
+
     return TaskManager(include_path=list(include), include_defaults=defaults)
 
 
@@ -65,15 +69,20 @@ def check_tasks(cfg: HarnessConfig, manager=None) -> None:
     for i, name in enumerate(cfg.tasks):
         if name not in known:
             near = difflib.get_close_matches(name, sorted(known), n=3)
-            raise ConfigError(f"harness.tasks[{i}]: {name!r} is not an lm-eval task or group"
-                              + (f" (did you mean {', '.join(near)}?)" if near else "")
-                              + "; local tasks need their YAML folder in harness.include_path")
+            raise ConfigError(
+                f"harness.tasks[{i}]: {name!r} is not an lm-eval task or group"
+                + (f" (did you mean {', '.join(near)}?)" if near else "")
+                + "; local tasks need their YAML folder in harness.include_path"
+            )
 
 
 def primary_metric(scores: dict) -> str | None:
     """The headline metric of one task's scores (see PRIMARY_ORDER)."""
-    names = [k for k in scores if k not in ("n", "primary") and not k.endswith("_stderr")
-             and isinstance(scores[k], (int, float))]
+    names = [
+        k
+        for k in scores
+        if k not in ("n", "primary") and not k.endswith("_stderr") and isinstance(scores[k], (int, float))
+    ]
     return next((m for m in PRIMARY_ORDER if m in names), names[0] if names else None)
 
 
@@ -84,7 +93,7 @@ def _flatten(name: str, res: dict, higher: dict) -> dict:
         if "," not in key or not isinstance(value, (int, float)) or isinstance(value, bool):
             continue
         metric, flt = key.split(",", 1)
-        base = metric[:-len("_stderr")] if metric.endswith("_stderr") else metric
+        base = metric[: -len("_stderr")] if metric.endswith("_stderr") else metric
         label = base if flt == "none" else f"{base}_{flt}"
         if metric.endswith("_stderr"):
             label += "_stderr"
@@ -102,8 +111,13 @@ def _rng_state():
 
     import numpy as np
     import torch
-    return random.getstate(), np.random.get_state(), torch.random.get_rng_state(), \
-        (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+    return (
+        random.getstate(),
+        np.random.get_state(),
+        torch.random.get_rng_state(),
+        (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None),
+    )
 
 
 def _set_rng_state(state) -> None:
@@ -111,6 +125,7 @@ def _set_rng_state(state) -> None:
 
     import numpy as np
     import torch
+
     random.setstate(state[0])
     np.random.set_state(state[1])
     torch.random.set_rng_state(state[2])
@@ -129,6 +144,7 @@ def run_harness(model, tokenizer, cfg: HarnessConfig) -> dict:
     from lm_eval.models.huggingface import HFLM
 
     from ..runtime.dist import to_process_device
+
     model = to_process_device(model) if cfg.device == "auto" else model.to(cfg.device)
     was_training = model.training
     model.eval()
@@ -141,9 +157,16 @@ def run_harness(model, tokenizer, cfg: HarnessConfig) -> dict:
     # on after it, so their random state is put back as it was.
     state = _rng_state()
     try:
-        res = lm_eval.simple_evaluate(model=lm, tasks=list(cfg.tasks), num_fewshot=cfg.num_fewshot, limit=cfg.limit,
-                                      task_manager=manager, log_samples=False, bootstrap_iters=100,
-                                      verbosity="WARNING")
+        res = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(cfg.tasks),
+            num_fewshot=cfg.num_fewshot,
+            limit=cfg.limit,
+            task_manager=manager,
+            log_samples=False,
+            bootstrap_iters=100,
+            verbosity="WARNING",
+        )
     finally:
         model.train(was_training)
         _set_rng_state(state)

@@ -6,6 +6,7 @@ batches, so a padded final block does not distort the number. Under several proc
 takes a shard of the blocks and the sums are all-reduced; with a sharded model (FSDP) the shares
 are padded so every process runs the same forward passes (each one is a collective).
 """
+
 from __future__ import annotations
 
 import math
@@ -37,21 +38,23 @@ def _batches(dataset, collator, batch_size: int, shard: bool = True, lockstep: b
     n = len(dataset)
     idx = list(range(rank, n, world))
     for i in range(0, len(idx), batch_size):
-        rows = [dataset[j] for j in idx[i:i + batch_size]]
+        rows = [dataset[j] for j in idx[i : i + batch_size]]
         yield collator(rows), True
     if lockstep and n:
-        most = math.ceil(math.ceil(n / world) / batch_size)   # batches of the largest share
+        most = math.ceil(math.ceil(n / world) / batch_size)  # batches of the largest share
         for _ in range(math.ceil(len(idx) / batch_size), most):
             yield collator([dataset[0]]), False
 
 
 def _device(model):
     from .fsdp import input_device
+
     return input_device(model)
 
 
 def _lockstep(model) -> bool:
     from .fsdp import is_sharded
+
     return is_sharded(model)
 
 
@@ -94,8 +97,9 @@ def masked_lm_loss(model, dataset, collator, *, batch_size: int = 8, seed: int =
             logits = model(**batch).logits.float()
             if not counted:
                 continue
-            total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
-                                     ignore_index=-100, reduction="sum").item()
+            total += F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum"
+            ).item()
             count += int((labels != -100).sum())
     finally:
         torch.random.set_rng_state(state)
@@ -106,8 +110,9 @@ def masked_lm_loss(model, dataset, collator, *, batch_size: int = 8, seed: int =
 
 
 @torch.no_grad()
-def pseudo_perplexity(model, dataset, tokenizer, *, document_mode: bool, max_tokens: int = 2048,
-                      batch_size: int = 32) -> dict:
+def pseudo_perplexity(
+    model, dataset, tokenizer, *, document_mode: bool, max_tokens: int = 2048, batch_size: int = 32
+) -> dict:
     """Pseudo-perplexity (Salazar et al. 2020): mask each token alone, score it, exp(mean NLL).
 
     It costs one forward pass per scored token, so it scores the first ``max_tokens`` eligible
@@ -134,7 +139,7 @@ def pseudo_perplexity(model, dataset, tokenizer, *, document_mode: bool, max_tok
         if not document_mode:
             pos = None
         for start in range(0, len(eligible), batch_size):
-            chunk = eligible[start:start + batch_size]
+            chunk = eligible[start : start + batch_size]
             inp = ids.repeat(len(chunk), 1)
             inp[torch.arange(len(chunk)), torch.tensor(chunk)] = mask_id
             kwargs = {"input_ids": inp.to(device)}
@@ -162,8 +167,17 @@ def _block_mask(position_ids: torch.Tensor) -> torch.Tensor:
     return (doc[:, None] == doc[None, :])[None, None]
 
 
-def lm_metrics(model, dataset, collator, objective: str, tokenizer=None, *, batch_size: int = 8,
-               pll_tokens: int = 512, document_mode: bool = True) -> dict:
+def lm_metrics(
+    model,
+    dataset,
+    collator,
+    objective: str,
+    tokenizer=None,
+    *,
+    batch_size: int = 8,
+    pll_tokens: int = 512,
+    document_mode: bool = True,
+) -> dict:
     """The held-out numbers a pretrain stage reports for one eval set."""
     if len(dataset) == 0:
         return {}
@@ -171,8 +185,7 @@ def lm_metrics(model, dataset, collator, objective: str, tokenizer=None, *, batc
         return causal_lm_loss(model, dataset, collator, batch_size=batch_size)
     out = masked_lm_loss(model, dataset, collator, batch_size=batch_size)
     if tokenizer is not None and pll_tokens > 0:
-        out.update(pseudo_perplexity(model, dataset, tokenizer, document_mode=document_mode,
-                                      max_tokens=pll_tokens))
+        out.update(pseudo_perplexity(model, dataset, tokenizer, document_mode=document_mode, max_tokens=pll_tokens))
     # "loss" and "perplexity" keys let reports treat both objectives alike.
     out["loss"] = out["masked_loss"]
     out["perplexity"] = out.get("pseudo_perplexity", out["masked_perplexity"])
@@ -192,6 +205,7 @@ def add_word_perplexity(metrics: dict, words: int | None) -> dict:
 def heldout_collator(objective: str, mode: str, tokenizer, model):
     """The collator held-out blocks are scored with (causal, or masked with fixed-seed masks)."""
     from ..data.collators import CausalCollator, WholeWordMLMCollator
+
     if objective == "causal":
         return CausalCollator(mode=mode)
     return WholeWordMLMCollator(tokenizer, mode=mode, mask_dtype=model.dtype)
@@ -201,8 +215,9 @@ def score_sets(model, sets: dict, collator, objective: str, tokenizer, *, batch_
     """``{name: metrics}`` for ``{name: data.heldout.HeldoutSet}``, each with its document count."""
     out = {}
     for name, held in sets.items():
-        metrics = lm_metrics(model, held.blocks, collator, objective, tokenizer, batch_size=batch_size,
-                             document_mode=mode == "document")
+        metrics = lm_metrics(
+            model, held.blocks, collator, objective, tokenizer, batch_size=batch_size, document_mode=mode == "document"
+        )
         metrics["documents"] = held.documents
         add_word_perplexity(metrics, getattr(held, "words", None))
         out[name] = metrics

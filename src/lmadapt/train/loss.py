@@ -22,6 +22,7 @@ while the root unit runs its forward (it is a shard outside it), so there the he
 computes the loss, from labels handed over before the call, and the model returns it as its logits:
 FSDP gathers the weight for it and reduce-scatters its gradient as for any use in the forward.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,7 +62,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, targets, scale, chunk, compute_dtype):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         n = hidden.shape[0]
-        acc = torch.promote_types(torch.float32, compute_dtype)   # logits and sums: fp32 at least
+        acc = torch.promote_types(torch.float32, compute_dtype)  # logits and sums: fp32 at least
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
         grad_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_b else None
@@ -69,8 +70,8 @@ class _ChunkedLinearCE(torch.autograd.Function):
         w = weight.to(compute_dtype)
         b = bias.to(acc) if bias is not None else None
         for start in range(0, n, chunk):
-            h = hidden[start:start + chunk].to(compute_dtype)
-            t = targets[start:start + chunk]
+            h = hidden[start : start + chunk].to(compute_dtype)
+            t = targets[start : start + chunk]
             logits = (h @ w.T).to(acc)
             if b is not None:
                 logits += b
@@ -88,7 +89,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
                 grad_b += g.sum(0)
             g = g.to(compute_dtype)
             if grad_h is not None:
-                grad_h[start:start + chunk] = (g @ w).to(hidden.dtype)
+                grad_h[start : start + chunk] = (g @ w).to(hidden.dtype)
             if grad_w is not None:
                 grad_w += (g.T @ h).to(acc)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
@@ -113,10 +114,18 @@ def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
     return hidden.dtype
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
-                         bias: torch.Tensor | None = None, shift: bool = False,
-                         num_items: torch.Tensor | int | None = None, impl: str = "chunked",
-                         select_labelled: bool = True, chunk: int | None = None) -> torch.Tensor:
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    shift: bool = False,
+    num_items: torch.Tensor | int | None = None,
+    impl: str = "chunked",
+    select_labelled: bool = True,
+    chunk: int | None = None,
+) -> torch.Tensor:
     """Mean token cross-entropy of ``hidden @ weight.T (+ bias)`` against ``labels`` (-100 = ignored).
 
     ``hidden`` [..., H] (the head's input), ``labels`` [...] of the same leading shape; ``shift``:
@@ -142,16 +151,16 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
         # fp32 master weight still gets its gradient).
         fn = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE, reduction="sum")
         total = fn(weight.to(dtype), h.to(dtype).contiguous(), t, bias.to(dtype) if bias is not None else None)
-        if not isinstance(total, torch.Tensor):   # versions that also return z-loss / accuracy
+        if not isinstance(total, torch.Tensor):  # versions that also return z-loss / accuracy
             total = total[0] if isinstance(total, (tuple, list)) else total.loss
         return total.float() / denom
     scale = 1.0 / denom
-    with torch.autocast(h.device.type, enabled=False):   # dtypes are chosen explicitly above
-        return _ChunkedLinearCE.apply(h, weight, bias, t, scale, chunk or chunk_rows(h.shape[0], *weight.shape),
-                                      dtype)
+    with torch.autocast(h.device.type, enabled=False):  # dtypes are chosen explicitly above
+        return _ChunkedLinearCE.apply(h, weight, bias, t, scale, chunk or chunk_rows(h.shape[0], *weight.shape), dtype)
 
 
 # --- which loss a model gets ----------------------------------------------------------------------
+
 
 def unwrap_peft(model):
     from peft import PeftModel
@@ -166,9 +175,9 @@ def lm_head_of(model) -> tuple[nn.Linear | None, str]:
     head = get() if get is not None else None
     if head is None:
         return None, "the model has no language-model head"
-    if type(head) is not nn.Linear:   # LoRA / modules_to_save / 4-bit wrappers compute more than W x
+    if type(head) is not nn.Linear:  # LoRA / modules_to_save / 4-bit wrappers compute more than W x
         return None, f"its output head is a {type(head).__name__}, not a plain Linear"
-    if "forward" in head.__dict__:    # accelerate's device-map hooks replace forward per instance
+    if "forward" in head.__dict__:  # accelerate's device-map hooks replace forward per instance
         return None, "its output head's forward is hooked"
     cfg = getattr(inner, "config", None)
     for key in _LOGIT_POSTPROCESSING:
@@ -219,6 +228,7 @@ def resolve_loss(requested: str, model) -> tuple[str, str]:
 
 # --- the Trainer hook -----------------------------------------------------------------------------
 
+
 class LMHeadLoss:
     """``compute_loss_func`` for the Trainer. While :meth:`hidden_out` is active the model returns
     hidden states in ``outputs.logits`` and the fused loss runs; otherwise (evaluation) it is the
@@ -228,9 +238,9 @@ class LMHeadLoss:
         self.head, _ = lm_head_of(model)
         self.shift = bool(loss_shift(model))
         self.impl = impl
-        self.chunk: int | None = None   # tokens per chunk; None: chunk_rows' rule
+        self.chunk: int | None = None  # tokens per chunk; None: chunk_rows' rule
         self.active = False
-        self.inside = False              # the loss runs in the head's forward (FSDP2), returned as the logits
+        self.inside = False  # the loss runs in the head's forward (FSDP2), returned as the logits
 
     @contextlib.contextmanager
     def hidden_out(self, labels=None, num_items_in_batch=None, *, sharded: bool = False):
@@ -239,7 +249,7 @@ class LMHeadLoss:
         if sharded:
             self.head.forward = functools.partial(self._loss_in_forward, labels, num_items_in_batch)
         else:
-            self.head.forward = _identity    # instance attribute: this head only, removed after the call
+            self.head.forward = _identity  # instance attribute: this head only, removed after the call
         self.active, self.inside = True, sharded
         try:
             yield
@@ -249,21 +259,33 @@ class LMHeadLoss:
 
     def _loss_in_forward(self, labels, num_items_in_batch, hidden, *args, **kwargs):
         weight = self.head.weight
-        if _is_dtensor(weight):   # a shard's gradient from the whole vocabulary's loss would be wrong
-            raise RuntimeError("fused loss under FSDP: the head's weight is still sharded (a DTensor) inside the "
-                               "model's forward, so its gradient cannot be computed here; use train.loss: standard")
+        if _is_dtensor(weight):  # a shard's gradient from the whole vocabulary's loss would be wrong
+            raise RuntimeError(
+                "fused loss under FSDP: the head's weight is still sharded (a DTensor) inside the "
+                "model's forward, so its gradient cannot be computed here; use train.loss: standard"
+            )
         return self._fused(hidden, labels, num_items_in_batch)
 
     def _fused(self, hidden, labels, num_items_in_batch):
         if hidden.shape[-1] != self.head.in_features:
-            raise RuntimeError(f"fused loss: the model gave its head [..., {hidden.shape[-1]}], expected the "
-                               f"head's input width {self.head.in_features}; use train.loss: standard")
+            raise RuntimeError(
+                f"fused loss: the model gave its head [..., {hidden.shape[-1]}], expected the "
+                f"head's input width {self.head.in_features}; use train.loss: standard"
+            )
         # On a GPU, picking the labelled rows syncs with the host; causal pretraining labels nearly
         # every token, so there it is skipped. MLM (15% labelled) and CPU always pick.
         select = not (self.shift and hidden.is_cuda)
-        return linear_cross_entropy(hidden, self.head.weight, labels, bias=self.head.bias, shift=self.shift,
-                                    num_items=num_items_in_batch, impl=self.impl, select_labelled=select,
-                                    chunk=self.chunk)
+        return linear_cross_entropy(
+            hidden,
+            self.head.weight,
+            labels,
+            bias=self.head.bias,
+            shift=self.shift,
+            num_items=num_items_in_batch,
+            impl=self.impl,
+            select_labelled=select,
+            chunk=self.chunk,
+        )
 
     def __call__(self, outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
@@ -272,10 +294,12 @@ class LMHeadLoss:
 
             fn = ForCausalLMLoss if self.shift else ForMaskedLMLoss
             return fn(logits, labels, vocab_size=logits.shape[-1], num_items_in_batch=num_items_in_batch)
-        if self.inside:   # the head's forward computed it (above)
+        if self.inside:  # the head's forward computed it (above)
             if logits.dim() != 0:
-                raise RuntimeError(f"fused loss under FSDP: the model returned {tuple(logits.shape)} where its "
-                                   "head returned the scalar loss (it post-processes the logits); use train.loss: standard")
+                raise RuntimeError(
+                    f"fused loss under FSDP: the model returned {tuple(logits.shape)} where its "
+                    "head returned the scalar loss (it post-processes the logits); use train.loss: standard"
+                )
             return logits
         return self._fused(logits, labels, num_items_in_batch)
 
@@ -287,7 +311,7 @@ def _identity(x, *args, **kwargs):
 def _is_dtensor(t) -> bool:
     try:
         from torch.distributed.tensor import DTensor
-    except ImportError:   # a torch without distributed support shards nothing
+    except ImportError:  # a torch without distributed support shards nothing
         return False
     return isinstance(t, DTensor)
 
@@ -310,12 +334,15 @@ class FusedLossMixin:
         lm_loss = getattr(self, "compute_loss_func", None)
         fused = isinstance(lm_loss, LMHeadLoss) and model.training and "labels" in inputs
         sharded = _is_sharded(model) or getattr(self, "is_fsdp_enabled", False)
-        ctx = (lm_loss.hidden_out(inputs["labels"], num_items_in_batch, sharded=sharded) if fused
-               else contextlib.nullcontext())
+        ctx = (
+            lm_loss.hidden_out(inputs["labels"], num_items_in_batch, sharded=sharded)
+            if fused
+            else contextlib.nullcontext()
+        )
         with ctx:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
 
 
-__all__ = ["FusedLossMixin", "LMHeadLoss", "LOSSES", "chunk_rows", "linear_cross_entropy", "lm_head_of",
-           "resolve_loss"]
+__all__ = ["FusedLossMixin", "LMHeadLoss", "LOSSES", "chunk_rows", "linear_cross_entropy", "lm_head_of", "resolve_loss"]

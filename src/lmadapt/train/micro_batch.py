@@ -13,6 +13,7 @@ blocks are all full length; fine-tuning's dynamically padded batches can be long
 with a smaller batch_size there). A resume searches again. CPU: refused by the recipe (host memory does
 not fail as an out-of-memory error does; ``--dry-run``'s memory plan sizes a CPU run).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -37,8 +38,10 @@ def find_micro_batch(trial: Callable[[int], None], batch_size: int, *, say=print
                 raise
             say(f"train.micro_batch auto: {b} x block does not fit ({str(exc).splitlines()[0][:120]})")
             clear_device_cache(garbage_collection=True)
-    raise RuntimeError("train.micro_batch auto: not even a micro-batch of 1 fits on this device; shorten "
-                       "data.block_size, enable train.gradient_checkpointing or LoRA")
+    raise RuntimeError(
+        "train.micro_batch auto: not even a micro-batch of 1 fits on this device; shorten "
+        "data.block_size, enable train.gradient_checkpointing or LoRA"
+    )
 
 
 def trainer_trial(trainer, dataset) -> Callable[[int], None]:
@@ -58,7 +61,7 @@ def trainer_trial(trainer, dataset) -> Callable[[int], None]:
             torch.cuda.reset_peak_memory_stats()
         model.train()
         try:
-            with trainer.accelerator.autocast():   # the run's mixed precision (the model is not prepared yet)
+            with trainer.accelerator.autocast():  # the run's mixed precision (the model is not prepared yet)
                 loss = trainer.compute_loss(model, batch)
             loss.backward()
         finally:
@@ -66,8 +69,11 @@ def trainer_trial(trainer, dataset) -> Callable[[int], None]:
         if cuda:
             total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
             if torch.cuda.max_memory_allocated() + moments > HEADROOM * total:
-                raise torch.OutOfMemoryError(f"CUDA out of memory (trial peak + optimizer moments above "
-                                             f"{HEADROOM:.0%} of {total / 2**30:.0f} GiB)")
+                raise torch.OutOfMemoryError(
+                    f"CUDA out of memory (trial peak + optimizer moments above "
+                    f"{HEADROOM:.0%} of {total / 2**30:.0f} GiB)"
+                )
+
     return trial
 
 
@@ -76,8 +82,9 @@ def choose_micro_batch(trainer, dataset, *, say=print) -> tuple[int, int]:
     together), applied to the Trainer; returns (micro-batch, grad_accum)."""
     from ..runtime.dist import gather
 
-    micro = min(gather(find_micro_batch(trainer_trial(trainer, dataset), trainer.args.per_device_train_batch_size,
-                                        say=say)))
+    micro = min(
+        gather(find_micro_batch(trainer_trial(trainer, dataset), trainer.args.per_device_train_batch_size, say=say))
+    )
     return apply_micro_batch(trainer, micro)
 
 
@@ -88,5 +95,5 @@ def apply_micro_batch(trainer, micro: int) -> tuple[int, int]:
     factor = args.per_device_train_batch_size // micro
     args.per_device_train_batch_size = micro
     args.gradient_accumulation_steps *= factor
-    trainer._train_batch_size = args.train_batch_size   # read by train() for its data loader
+    trainer._train_batch_size = args.train_batch_size  # read by train() for its data loader
     return micro, args.gradient_accumulation_steps

@@ -22,6 +22,7 @@ things it does not:
     evaluation or save), the Trainer trained one step more (seen: 41 and 42 of a 40-step run, after
     two such resumes). It now gets no batch there, and ends where the run ended.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,7 +48,7 @@ class RunSegments(TrainerCallback, ExportableState):
     """Per-part steps, loss sum, tokens and seconds of a run, carried from checkpoint to checkpoint."""
 
     def __init__(self):
-        self.segments: list[dict] = []   # the parts before this one, up to the checkpoint resumed from
+        self.segments: list[dict] = []  # the parts before this one, up to the checkpoint resumed from
         self._start = self._state = None
 
     def state(self) -> dict:
@@ -60,9 +61,17 @@ class RunSegments(TrainerCallback, ExportableState):
         saved = (state.stateful_callbacks or {}).get(name) if state.global_step > 0 else None
         if isinstance(saved, dict) and "segments" in saved.get("attributes", {}):
             self.segments = list(saved["attributes"]["segments"])
-        elif state.global_step > 0:   # a checkpoint written before segments were recorded
-            self.segments = [{"start_step": 0, "end_step": state.global_step, "loss_sum": None, "loss_steps": 0,
-                              "tokens": state.num_input_tokens_seen or 0, "seconds": None}]
+        elif state.global_step > 0:  # a checkpoint written before segments were recorded
+            self.segments = [
+                {
+                    "start_step": 0,
+                    "end_step": state.global_step,
+                    "loss_sum": None,
+                    "loss_steps": 0,
+                    "tokens": state.num_input_tokens_seen or 0,
+                    "seconds": None,
+                }
+            ]
         else:
             self.segments = []
         # The Trainer writes stateful_callbacks[name] on save and fails on a name the loaded state lacks.
@@ -93,23 +102,28 @@ class RunSegments(TrainerCallback, ExportableState):
     def _part(self, state, train_loss: float | None = None) -> dict:
         steps = state.global_step - self._start
         exact = train_loss is not None and math.isfinite(train_loss)
-        return {"start_step": self._start, "end_step": state.global_step,
-                "loss_sum": train_loss * steps if exact else self._loss_sum,
-                "loss_steps": steps if exact else self._logged - self._start,
-                "tokens": (state.num_input_tokens_seen or 0) - self._tokens0,
-                "seconds": round(time.time() - self._t0, 3)}
+        return {
+            "start_step": self._start,
+            "end_step": state.global_step,
+            "loss_sum": train_loss * steps if exact else self._loss_sum,
+            "loss_steps": steps if exact else self._logged - self._start,
+            "tokens": (state.num_input_tokens_seen or 0) - self._tokens0,
+            "seconds": round(time.time() - self._t0, 3),
+        }
 
     def whole_run(self, state, train_loss: float | None) -> dict:
         """Totals over every part (``train_loss``: the Trainer's loss of the last part's ``train()``)."""
         parts = self.segments + [self._part(state, train_loss)]
         covered = [p for p in parts if p.get("loss_sum") is not None and p.get("loss_steps")]
         loss_steps = sum(p["loss_steps"] for p in covered)
-        return {"parts": len(parts),
-                "train_loss": sum(p["loss_sum"] for p in covered) / loss_steps if loss_steps else None,
-                "loss_steps": loss_steps,
-                "tokens": sum(p["tokens"] for p in parts),
-                "earlier_seconds": sum(p["seconds"] or 0.0 for p in parts[:-1]),
-                "segments": parts}
+        return {
+            "parts": len(parts),
+            "train_loss": sum(p["loss_sum"] for p in covered) / loss_steps if loss_steps else None,
+            "loss_steps": loss_steps,
+            "tokens": sum(p["tokens"] for p in parts),
+            "earlier_seconds": sum(p["seconds"] or 0.0 for p in parts[:-1]),
+            "segments": parts,
+        }
 
 
 class ResumeExactly:
@@ -118,7 +132,7 @@ class ResumeExactly:
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         if 0 < self.state.max_steps <= self.state.global_step:
-            return [], None   # the run is done: the epoch's remaining steps run empty, the loop ends
+            return [], None  # the run is done: the epoch's remaining steps run empty, the loop ends
         return super().get_batch_samples(epoch_iterator, num_batches, device)
 
     def _track_num_input_tokens(self, inputs):

@@ -9,6 +9,7 @@ their generator from ``(seed, epoch)`` there, as accelerate's own ``SeedableRand
 plain shuffled order. Every process draws the same order (the same seed), and accelerate gives each
 process its share of the batches.
 """
+
 from __future__ import annotations
 
 import torch

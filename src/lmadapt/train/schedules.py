@@ -11,6 +11,7 @@
   checkpoint at its last stable step (:class:`StableEndCheckpoint`), and a resume that changes
   ``max_steps`` resumes from the newest complete checkpoint of the old run's stable phase.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,9 +37,14 @@ def scheduler_arguments(cfg, max_steps: int | None) -> dict:
     if cfg.scheduler == "wsd":
         if max_steps is None:
             raise ConfigError("train.scheduler: wsd needs the run's length: set train.max_steps or train.max_tokens")
-        return {"lr_scheduler_type": "warmup_stable_decay",
-                "lr_scheduler_kwargs": {"num_decay_steps": decay_steps(cfg, max_steps), "decay_type": "cosine",
-                                        "min_lr_ratio": cfg.min_lr_ratio}}
+        return {
+            "lr_scheduler_type": "warmup_stable_decay",
+            "lr_scheduler_kwargs": {
+                "num_decay_steps": decay_steps(cfg, max_steps),
+                "decay_type": "cosine",
+                "min_lr_ratio": cfg.min_lr_ratio,
+            },
+        }
     if cfg.scheduler == "cosine" and cfg.min_lr_ratio > 0:
         return {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": cfg.min_lr_ratio}}
     if cfg.scheduler == "constant":
@@ -67,12 +73,17 @@ def extension_checkpoint(cfg, ckpt_dir: Path, newest: str | None, max_steps: int
     if not old_max or old_max == max_steps:
         return newest
     from .checkpoints import checkpoint_problem
+
     last_stable = stable_end(cfg, old_max)
     steps = sorted((int(p.name.split("-")[1]), p) for p in Path(ckpt_dir).glob("checkpoint-*") if p.is_dir())
     for step, path in reversed(steps):
         if step <= last_stable and checkpoint_problem(path) is None:
-            say(f"resume: extending a wsd run from {old_max} to {max_steps} steps: from {path.name}, the end of "
-                f"its stable phase (step {last_stable})")
+            say(
+                f"resume: extending a wsd run from {old_max} to {max_steps} steps: from {path.name}, the end of "
+                f"its stable phase (step {last_stable})"
+            )
             return str(path)
-    raise ConfigError(f"train.max_steps: extending a wsd run from {old_max} to {max_steps} steps needs a checkpoint "
-                      f"of its stable phase (step <= {last_stable}) in {ckpt_dir}; none is complete")
+    raise ConfigError(
+        f"train.max_steps: extending a wsd run from {old_max} to {max_steps} steps needs a checkpoint "
+        f"of its stable phase (step <= {last_stable}) in {ckpt_dir}; none is complete"
+    )

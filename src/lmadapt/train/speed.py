@@ -15,6 +15,7 @@ and to filter NaN losses out of the logged loss: :class:`AsyncTokenCountMixin` k
 the device and reads it when the Trainer logs or saves, and ``training_arguments`` turns the NaN
 filter off there (a non-finite loss then shows in the log instead of being replaced).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -42,8 +43,7 @@ def transformer_blocks(model) -> list[nn.Module]:
 
     inner = unwrap_peft(model)
     names = set(getattr(inner, "_no_split_modules", None) or ())
-    return [m for lst in inner.modules() if isinstance(lst, nn.ModuleList)
-            for m in lst if type(m).__name__ in names]
+    return [m for lst in inner.modules() if isinstance(lst, nn.ModuleList) for m in lst if type(m).__name__ in names]
 
 
 def compile_blocks(model, backend: str | None = None) -> int:
@@ -62,8 +62,14 @@ def apply_liger_kernels(model) -> bool:
     from .loss import unwrap_peft
 
     try:
-        _apply_liger_kernel_to_instance(model=unwrap_peft(model), rope=True, rms_norm=True, swiglu=True,
-                                        cross_entropy=False, fused_linear_cross_entropy=False)
+        _apply_liger_kernel_to_instance(
+            model=unwrap_peft(model),
+            rope=True,
+            rms_norm=True,
+            swiglu=True,
+            cross_entropy=False,
+            fused_linear_cross_entropy=False,
+        )
     except Exception as exc:  # noqa: BLE001 - an unsupported model type trains without them
         log(f"liger kernels: not applied ({type(exc).__name__}: {exc})")
         return False
@@ -72,7 +78,7 @@ def apply_liger_kernels(model) -> bool:
 
 @dataclass
 class SpeedPlan:
-    loss: str                     # standard | chunked | liger
+    loss: str  # standard | chunked | liger
     compiled_blocks: int = 0
     liger_kernels: bool = False
     notes: list[str] = field(default_factory=list)
@@ -121,7 +127,7 @@ class AsyncTokenCountMixin:
 
     @staticmethod
     def _defer_token_count(ids: torch.Tensor) -> bool:
-        return ids.is_cuda   # on CPU .item() costs nothing: the stock method runs
+        return ids.is_cuda  # on CPU .item() costs nothing: the stock method runs
 
     def _track_num_input_tokens(self, inputs):
         mode = self.args.include_num_input_tokens_seen
@@ -161,5 +167,13 @@ def fast_trainer_class(base: type) -> type:
     return type(f"Fast{base.__name__}", (AsyncTokenCountMixin, FusedLossMixin, base), {})
 
 
-__all__ = ["AsyncTokenCountMixin", "SpeedPlan", "apply_liger_kernels", "compile_blocks", "fast_trainer_class",
-           "prepare_speed", "resolve_switch", "transformer_blocks"]
+__all__ = [
+    "AsyncTokenCountMixin",
+    "SpeedPlan",
+    "apply_liger_kernels",
+    "compile_blocks",
+    "fast_trainer_class",
+    "prepare_speed",
+    "resolve_switch",
+    "transformer_blocks",
+]
