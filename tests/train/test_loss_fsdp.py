@@ -31,11 +31,16 @@ class _Fused(FusedLossMixin, _TrainerLike):
 def group():
     import torch.distributed as tdist
 
-    tdist.init_process_group("gloo", store=tdist.HashStore(), rank=0, world_size=1)
+    # an earlier in-process test (fsdp._ensure_group) may have left a group of one: reuse it then
+    created = not tdist.is_initialized()
+    if created:
+        tdist.init_process_group("gloo", store=tdist.HashStore(), rank=0, world_size=1)
+    assert tdist.get_world_size() == 1
     try:
         yield
     finally:
-        tdist.destroy_process_group()
+        if created:
+            tdist.destroy_process_group()
 
 
 def _batch(model, arch):
