@@ -27,10 +27,6 @@ from ..runtime import dist
 MAX_SHARD_BYTES = int(os.environ.get("LMADAPT_MAX_SHARD_BYTES", 5 * 10**9))
 
 
-def _base(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def saved_names(model) -> list[str]:
     """The state-dict keys ``save_pretrained`` writes, in state-dict order: ignored keys dropped, and of
     names sharing one parameter object (tied weights) those transformers' tied-key patterns name, as
@@ -132,11 +128,10 @@ def write_weights(model, folder: Path | None, max_shard_bytes: int | None = None
 
 
 def save_streamed(model, tokenizer, output_dir, max_shard_bytes: int | None = None) -> None:
-    """Sharded ``model`` saved into ``output_dir`` as ``save_pretrained`` lays a folder out, with the
+    """Sharded plain ``model`` (not a peft wrapper: see fsdp.save_whole) saved into ``output_dir`` as ``save_pretrained`` lays a folder out, with the
     tokenizer; written into a temp folder renamed into place (models.lora.staged_folder). A collective."""
     from ..models.lora import staged_folder
 
-    model = _base(model)
     main = dist.is_main_process()
     with staged_folder(output_dir) if main else nullcontext(None) as tmp:
         write_weights(model, tmp, max_shard_bytes)

@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config.base import ConfigError
+from .fsdp import is_sharded
 
 IGNORE = -100
 LOSSES = ("auto", "standard", "chunked", "liger")
@@ -316,14 +317,6 @@ def _is_dtensor(t) -> bool:
     return isinstance(t, DTensor)
 
 
-def _is_sharded(model) -> bool:
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:
-        return False
-    return isinstance(model, FSDPModule)
-
-
 class FusedLossMixin:
     """Trainer mixin: when the Trainer's ``compute_loss_func`` is an :class:`LMHeadLoss` (so the
     Trainer counts ``num_items_in_batch`` and scales for accumulation as for any loss function),
@@ -333,7 +326,7 @@ class FusedLossMixin:
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         lm_loss = getattr(self, "compute_loss_func", None)
         fused = isinstance(lm_loss, LMHeadLoss) and model.training and "labels" in inputs
-        sharded = _is_sharded(model) or getattr(self, "is_fsdp_enabled", False)
+        sharded = is_sharded(model) or getattr(self, "is_fsdp_enabled", False)
         ctx = (
             lm_loss.hidden_out(inputs["labels"], num_items_in_batch, sharded=sharded)
             if fused
