@@ -128,8 +128,9 @@ def write_weights(model, folder: Path | None, max_shard_bytes: int | None = None
 
 
 def save_streamed(model, tokenizer, output_dir, max_shard_bytes: int | None = None) -> None:
-    """Sharded plain ``model`` (not a peft wrapper: see fsdp.save_whole) saved into ``output_dir`` as ``save_pretrained`` lays a folder out, with the
-    tokenizer; written into a temp folder renamed into place (models.lora.staged_folder). A collective."""
+    """Sharded plain ``model`` (not a peft wrapper: see fsdp.save_whole) saved into ``output_dir`` as
+    ``save_pretrained`` lays a folder out, with the tokenizer; written into a temp folder renamed into
+    place (models.lora.staged_folder). A collective."""
     from ..models.lora import staged_folder
 
     main = dist.is_main_process()
