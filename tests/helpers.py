@@ -249,6 +249,16 @@ def torchrun(*args: str, procs: int = 2, env: dict | None = None, timeout: int =
     )
 
 
+def accelerate_launch(*args: str, procs: int = 2, timeout: int = 240) -> subprocess.CompletedProcess:
+    """``accelerate launch --num_processes PROCS ARGS...`` on CPU, as :func:`torchrun` runs it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(procs), "--num_machines", "1"]
+    cmd += ["--main_process_port", str(29700 + random.randint(0, 800)), *args]
+    return subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[1]
+    )
+
+
 def base_and_adapted(d: Path, noise: float = 0.05) -> dict:
     """A tiny Llama base folder and an 'adapted' folder whose weights are the base's plus noise, recording
     the base as its parent (what `lmadapt merge` reads), with held-out domain/general JSONL sets."""

@@ -30,6 +30,7 @@ from ..config.base import ConfigError
 from ..models.on_main import weights_on_main
 from ..runtime import dist
 from .fsdp_init import broadcast_from_main, fill_from_main, main_state
+from .zero3 import deepspeed_launch, is_partitioned, zero3_launch
 
 MODEL_DIR = "pytorch_model_fsdp_0"  # accelerate's names for a sharded checkpoint's parts
 OPTIMIZER_DIR = "optimizer_0"
@@ -73,7 +74,7 @@ def check_config(train_cfg) -> None:
     none is left waiting in a collective)."""
     if not wants_sharding(train_cfg):
         return
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").strip().lower() in ("1", "true", "yes"):
+    if deepspeed_launch():
         raise ConfigError(
             "train.sharding: fsdp in a DeepSpeed launch (ACCELERATE_USE_DEEPSPEED): choose one; "
             "launch without the DeepSpeed config, or set train.sharding: none"
@@ -92,8 +93,9 @@ def is_sharded(model) -> bool:
 
 
 def any_sharded() -> bool:
-    """Whether a sharded model is alive in this process: evaluations must then run in lockstep."""
-    return len(_SHARDED) > 0
+    """Whether a sharded model is alive in this process (FSDP2, or DeepSpeed ZeRO-3 partitions the
+    model once the Trainer starts): evaluations must then run in lockstep."""
+    return len(_SHARDED) > 0 or zero3_launch()
 
 
 # --- sharding ----------------------------------------------------------------------------------
@@ -290,14 +292,23 @@ def unsharded_on_main(model):
 
 
 def save_whole(model, tokenizer, output_dir, save) -> None:
-    """Save ``model`` with ``tokenizer`` into ``output_dir``; every process calls it. A sharded plain
-    model is streamed shard by shard (fsdp_save.save_streamed: the main process never holds it whole);
+    """Save ``model`` with ``tokenizer`` into ``output_dir``; every process calls it. A sharded (FSDP2 or
+    ZeRO-3) plain model is streamed shard by shard (fsdp_save.save_streamed: the main process never holds it whole);
     otherwise ``save(model)`` runs on the main process, with a sharded peft model (its adapter, or a
     merge of it) first gathered there (:func:`unsharded_on_main`)."""
-    if is_sharded(model) and not hasattr(model, "peft_config"):
+    partitioned = is_partitioned(model)  # DeepSpeed ZeRO-3 (train/zero3.py)
+    if (is_sharded(model) or partitioned) and not hasattr(model, "peft_config"):
         from .fsdp_save import save_streamed
 
         save_streamed(model, tokenizer, output_dir)
+        return
+    if partitioned:  # a LoRA model: gathered whole on every process while the main one saves (or merges) it
+        from .zero3 import gathered
+
+        with gathered(model.parameters()):
+            if dist.is_main_process():
+                save(model)
+        dist.barrier()
         return
     model = unsharded_on_main(model)
     if dist.is_main_process():
@@ -380,37 +391,17 @@ class ShardedCheckpoints:
 # What a launcher asked for (here, not in runtime/dist.py: following it applies train.fsdp's rules)
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
-
-
-def _zero_stage() -> int | None:
-    """The DeepSpeed ZeRO stage ``accelerate launch`` passes on: its config file's, else its flag's."""
-    import json
-
-    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
-    if path and os.path.isfile(path):
-        try:
-            with open(path) as fh:
-                return int(json.load(fh).get("zero_optimization", {}).get("stage", 0))
-        except (OSError, ValueError, TypeError, AttributeError):
-            return None  # DeepSpeed itself will report a config it cannot read
-    raw = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "").strip()
-    return int(raw) if raw.isdigit() else None
-
-
 def check_launch(train_cfg) -> None:
     """At the start of a training stage: a launch that shards the model is followed, not refused.
 
     ``accelerate launch`` with an FSDP config turns ``train.sharding: fsdp`` on (its FSDP_* options
-    mapped onto ``train.fsdp``; train/fsdp.py). DeepSpeed ZeRO-3 is left to the Trainer and
-    accelerate as they do it (GPU only, not tested here): lmadapt's own evaluations and saving
-    assume FSDP or a whole model, so it says so once."""
+    mapped onto ``train.fsdp``; train/fsdp.py). A DeepSpeed ZeRO-3 launch is trained by the
+    Trainer's DeepSpeed integration, with lmadapt's scoring and saving made partition-aware
+    (train/zero3.py)."""
     apply_launch_options(train_cfg)
     check_config(train_cfg)
-    if _env_flag("ACCELERATE_USE_DEEPSPEED") and _zero_stage() == 3:
+    if zero3_launch():
         dist.log(
-            "DeepSpeed ZeRO-3 launch: trained by the Trainer's DeepSpeed integration (GPU only, untested by "
-            "lmadapt's suite); lmadapt's own held-out scoring and saving expect train.sharding: fsdp or a whole "
-            "model: set stage3_gather_16bit_weights_on_model_save, or prefer train.sharding: fsdp"
+            "DeepSpeed ZeRO-3 launch: parameters partitioned by the Trainer's DeepSpeed engine; held-out "
+            "scoring in lockstep, the final model streamed to the folder one gathered parameter at a time"
         )

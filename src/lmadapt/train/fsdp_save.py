@@ -1,7 +1,7 @@
-"""A sharded (FSDP2) model saved as a plain transformers folder, streamed one tensor at a time.
+"""A sharded (FSDP2, or DeepSpeed ZeRO-3) model saved as a plain transformers folder, streamed one tensor at a time.
 
 Every process walks the model's state dict in the same order and materialises one whole tensor at a
-time (``DTensor.full_tensor()``, a collective); the main process moves it to host RAM and appends it
+time (``DTensor.full_tensor()``, or ZeRO-3's ``GatheredParameters``: a collective); the main process moves it to host RAM and appends it
 to the current ``model-0000i-of-0000n.safetensors`` file, which is written and freed when it reaches
 ``max_shard_bytes``. So the main process never holds more than one shard plus one tensor, where a
 gathered state dict needed the whole model (32 GB for an 8B model in fp32). The layout is what
@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..runtime import dist
+from .zero3 import gathered, is_partitioned
 
 # transformers' save_pretrained writes 50GB shards; 5 GB keeps the main process's peak far below the
 # model (a test sets a tiny value to see several shards)
@@ -110,15 +111,21 @@ def _full(tensor, device):
 
 
 def write_weights(model, folder: Path | None, max_shard_bytes: int | None = None) -> None:
-    """The weights of sharded ``model`` (a plain transformers model, not a peft wrapper) streamed into
+    """The weights of sharded or partitioned ``model`` (a plain transformers model, not a peft wrapper) streamed into
     ``folder`` on the main process (None on the others); every process must call it."""
     limit = max_shard_bytes or MAX_SHARD_BYTES
     writer = _ShardWriter(folder, limit) if dist.is_main_process() else None
     device = dist.process_device()
     state = model.state_dict()
+    partitioned = is_partitioned(model)
     with torch.no_grad():
         for name in saved_names(model):
-            full = _full(state[name], device)
+            if partitioned:  # DeepSpeed ZeRO-3: the parameter's whole value while gathered, copied out
+                tensor = model.get_parameter_or_buffer(name)
+                with gathered([tensor], partitioned=hasattr(tensor, "ds_id")):
+                    full = tensor.detach().to("cpu", copy=True).contiguous() if writer is not None else None
+            else:
+                full = _full(state[name], device)
             if writer is not None:
                 # (a gathered DTensor is a fresh tensor: no copy when it is on the CPU already)
                 writer.add(name, full.detach().to("cpu").contiguous())

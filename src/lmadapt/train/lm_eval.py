@@ -14,6 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .zero3 import releasing
+
 
 def _dist():
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -54,10 +56,12 @@ def _device(model):
 
 def _lockstep(model) -> bool:
     from .fsdp import is_sharded
+    from .zero3 import is_partitioned
 
-    return is_sharded(model)
+    return is_sharded(model) or is_partitioned(model)
 
 
+@releasing
 @torch.no_grad()
 def causal_lm_loss(model, dataset, collator, *, batch_size: int = 8) -> dict:
     """Token-averaged next-token loss and perplexity over packed blocks."""
@@ -81,6 +85,7 @@ def causal_lm_loss(model, dataset, collator, *, batch_size: int = 8) -> dict:
     return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": int(count)}
 
 
+@releasing
 @torch.no_grad()
 def masked_lm_loss(model, dataset, collator, *, batch_size: int = 8, seed: int = 1234) -> dict:
     """Masked-token loss with masks drawn from a fixed seed, so before/after numbers compare."""
@@ -109,6 +114,7 @@ def masked_lm_loss(model, dataset, collator, *, batch_size: int = 8, seed: int =
     return {"masked_loss": loss, "masked_perplexity": math.exp(min(loss, 50)), "tokens": int(count)}
 
 
+@releasing
 @torch.no_grad()
 def pseudo_perplexity(
     model, dataset, tokenizer, *, document_mode: bool, max_tokens: int = 2048, batch_size: int = 32

@@ -34,6 +34,7 @@ from .flops import device_peak_flops, flops_per_token
 from .loss import LMHeadLoss
 from .micro_batch import choose_micro_batch
 from .speed import fast_trainer_class, prepare_speed
+from .zero3 import remember
 
 CHECKPOINT_DIR = "checkpoints"
 # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns).
@@ -300,6 +301,7 @@ def run_training(
         )
     resume = broadcast(_choose_resume(cfg, args.max_steps) if cfg.resume and is_main_process() else None)
     result = _train_with_rollback(trainer, cfg, resume)
+    remember(trainer)  # DeepSpeed ZeRO-3: later scoring re-partitions through its engine (train/zero3.py)
     # The whole run: a resumed run's own train() covers only its last part.
     run = find_callback(trainer, RunSegments).whole_run(trainer.state, getattr(result, "training_loss", None))
     return TrainOutcome(

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from ..config.base import ConfigError
 from .fsdp import is_sharded
+from .zero3 import is_partitioned
 
 IGNORE = -100
 LOSSES = ("auto", "standard", "chunked", "liger")
@@ -326,7 +327,8 @@ class FusedLossMixin:
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         lm_loss = getattr(self, "compute_loss_func", None)
         fused = isinstance(lm_loss, LMHeadLoss) and model.training and "labels" in inputs
-        sharded = is_sharded(model) or getattr(self, "is_fsdp_enabled", False)
+        # DeepSpeed ZeRO-3 partitions the head's weight too: whole only inside the head's forward
+        sharded = is_sharded(model) or getattr(self, "is_fsdp_enabled", False) or is_partitioned(model)
         ctx = (
             lm_loss.hidden_out(inputs["labels"], num_items_in_batch, sharded=sharded)
             if fused
