@@ -55,16 +55,9 @@ def zero3_launch() -> bool:
 
 
 def is_partitioned(model) -> bool:
-    """Whether ``model`` (or the DeepSpeed engine wrapping it) holds ZeRO-3 partitioned parameters."""
-    return any(hasattr(p, "ds_id") for p in _first_parameters(model))
-
-
-def _first_parameters(model, n: int = 1):
-    # every parameter of a ZeRO-3 model is partitioned, so the first one says
-    for i, p in enumerate(model.parameters()):
-        if i >= n:
-            return
-        yield p
+    """Whether ``model`` (or the DeepSpeed engine wrapping it) holds ZeRO-3 partitioned parameters
+    (all of a ZeRO-3 model's parameters are, so the first one says)."""
+    return hasattr(next(iter(model.parameters()), None), "ds_id")
 
 
 def remember(trainer) -> None:
