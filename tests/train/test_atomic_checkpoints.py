@@ -77,3 +77,39 @@ def test_the_final_save_is_all_or_nothing(tmp_path, monkeypatch):
     names = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", "metrics.json"} <= names
     assert not [n for n in names if n.startswith(".saving")]
+
+
+def _deepspeed_checkpoint(folder, ranks: int = 2):
+    """A checkpoint in DeepSpeed's engine layout (ZeRO-3: no weights file, each process's
+    partitions under the folder ``latest`` names), as the Trainer writes it under DeepSpeed."""
+    import json
+
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 3}))
+    (folder / "latest").write_text("global_step3")
+    for name in ["scheduler.pt", *(f"rng_state_{r}.pth" for r in range(ranks))]:
+        torch.save({"x": 1}, folder / name)
+    step = folder / "global_step3"
+    step.mkdir()
+    for r in range(ranks):
+        for part in ("model_states", "optim_states"):
+            torch.save({"rank": r}, step / f"zero_pp_rank_{r}_mp_rank_00_{part}.pt")
+    return step
+
+
+def test_deepspeed_checkpoints_are_complete_or_say_what_is_missing(tmp_path):
+    from lmadapt.train.checkpoints import checkpoint_problem
+
+    step = _deepspeed_checkpoint(tmp_path / "checkpoint-3")
+    assert checkpoint_problem(tmp_path / "checkpoint-3") is None  # before: "no model weights", set aside
+    optim = step / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    optim.write_bytes(optim.read_bytes()[:40])
+    assert checkpoint_problem(tmp_path / "checkpoint-3") == (
+        "global_step3/zero_pp_rank_1_mp_rank_00_optim_states.pt is truncated or unreadable"
+    )
+    optim.unlink()
+    assert checkpoint_problem(tmp_path / "checkpoint-3") == "global_step3 holds 2 model and 1 optimizer partitions"
+    (tmp_path / "checkpoint-3" / "latest").write_text("global_step9")
+    assert (
+        checkpoint_problem(tmp_path / "checkpoint-3") == "latest names 'global_step9', which is not in the checkpoint"
+    )

@@ -138,7 +138,7 @@ def finetune_recipe(ws: Path, out: str, procs: int, **train):
 LORA = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}
 
 
-def merge_and_evaluate(ws: Path, sharding: str) -> dict:
+def merge_and_evaluate(ws: Path, sharding: str, tag: str | None = None, source: str = "fsdp") -> dict:
     """A merge of the sharded causal run toward a scratch base, and `evaluate` of the sharded causal
     and MLM outputs: the same inputs on both sides (the sharded run's folders)."""
     from lmadapt.config import load_recipe
@@ -146,11 +146,11 @@ def merge_and_evaluate(ws: Path, sharding: str) -> dict:
     from lmadapt.stages.evaluate import evaluate_model
     from lmadapt.stages.merge import run_merge
 
-    tag = "fsdp" if sharding == "fsdp" else "one"
+    tag = tag or ("fsdp" if sharding == "fsdp" else "one")
     cfg = load_recipe(
         MergeConfig,
         data={
-            "model": {"path": str(ws / "causal_fsdp")},
+            "model": {"path": str(ws / f"causal_{source}")},
             "merge": {"base": str(ws / "llama_base")},
             "eval": {
                 "sets": {"domain": str(ws / "valid.jsonl"), "general": str(ws / "general.jsonl")},
@@ -162,20 +162,20 @@ def merge_and_evaluate(ws: Path, sharding: str) -> dict:
     sets = [str(ws / "valid.jsonl"), str(ws / "general.jsonl")]
     return {
         "merge": run_merge(cfg),
-        "evaluate": evaluate_model(ws / "causal_fsdp", sets, block_size=64, batch_size=4, sharding=sharding),
-        "evaluate_mlm": evaluate_model(ws / "mlm_fsdp", sets[:1], block_size=64, batch_size=4, sharding=sharding),
+        "evaluate": evaluate_model(ws / f"causal_{source}", sets, block_size=64, batch_size=4, sharding=sharding),
+        "evaluate_mlm": evaluate_model(ws / f"mlm_{source}", sets[:1], block_size=64, batch_size=4, sharding=sharding),
     }
 
 
-def run_all(ws: Path, procs: int, sharding: str) -> dict:
-    """The stages both sides run; returns their metrics by name."""
+def run_all(ws: Path, procs: int, sharding: str, tag: str | None = None) -> dict:
+    """The stages both sides run (output folders ``<stage>_<tag>``); returns their metrics by name."""
     from lmadapt.config import PretrainConfig, load_recipe
     from lmadapt.config.base import to_dict
     from lmadapt.config.finetune import FinetuneConfig
     from lmadapt.stages.finetune import run_finetune
     from lmadapt.stages.pretrain import run_pretrain
 
-    tag = "fsdp" if sharding == "fsdp" else "one"
+    tag = tag or ("fsdp" if sharding == "fsdp" else "one")
     out = {
         "causal": run_pretrain(
             load_recipe(
@@ -313,7 +313,13 @@ def test_two_sharded_processes_train_as_one_process(runs, name, weight_file):
     if name != "cls":  # issue 18: the fused LM loss (chunked on CPU) runs sharded too, as in the reference
         assert sharded[name]["train"]["speed"]["loss"] == one[name]["train"]["speed"]["loss"] == "chunked"
         assert "loss chunked (auto: chunked, inside the sharded forward)" in proc.stdout
-    a, b = ws / f"{name}_fsdp", ws / f"{name}_one"
+    assert_trains_as_one_process(ws, sharded, one, name, weight_file, "fsdp")
+
+
+def assert_trains_as_one_process(ws: Path, sharded: dict, one: dict, name: str, weight_file: str, tag: str) -> None:
+    """The run in ``<name>_<tag>`` (its metrics ``sharded[name]``) against the one-process run: the
+    same logged losses, weights, held-out scores and task evaluation, within TOL."""
+    a, b = ws / f"{name}_{tag}", ws / f"{name}_one"
     la, lb = logged_losses(a), logged_losses(b)
     assert len(la) == len(lb) >= 6
     assert max(abs(x - y) for x, y in zip(la, lb)) <= TOL, (la, lb)
@@ -415,6 +421,13 @@ def test_combinations_that_cannot_work_stop_with_a_message(runs):
 
 def test_sharded_merge_and_evaluate_give_the_unsharded_results(runs):
     ws, sharded, one, _ = runs
+    assert_same_merge_and_evaluate(ws, sharded, one, "fsdp")
+    for key in ("evaluate", "evaluate_mlm"):
+        assert sharded[key]["sharding"] == "fsdp" and "sharding" not in one[key]
+
+
+def assert_same_merge_and_evaluate(ws: Path, sharded: dict, one: dict, tag: str) -> None:
+    """``merge_and_evaluate``'s results and merged weights (``merged_<tag>``) against one process's."""
     a, b = sharded["merge"], one["merge"]
     assert [r["alpha"] for r in a["sweep"]] == [r["alpha"] for r in b["sweep"]]
     for ra, rb in zip(a["sweep"], b["sweep"]):
@@ -423,14 +436,13 @@ def test_sharded_merge_and_evaluate_give_the_unsharded_results(runs):
             assert ra["sets"][name]["loss"] == pytest.approx(rb["sets"][name]["loss"], abs=TOL)
     assert len({r["sets"]["domain"]["loss"] for r in a["sweep"]}) == len(a["sweep"])  # every weight scored differently
     assert a["alpha"] == b["alpha"] and a["selection"]["rule"] == b["selection"]["rule"]
-    merged = weights(ws / "merged_fsdp")
+    merged = weights(ws / f"merged_{tag}")
     assert_same_weights(merged, weights(ws / "merged_one"))
     # what was saved is the interpolation at the chosen weight, gathered whole from the shards
-    base, adapted = weights(ws / "llama_base"), weights(ws / "causal_fsdp")
+    base, adapted = weights(ws / "llama_base"), weights(ws / f"causal_{tag}")
     assert_same_weights(merged, {k: torch.lerp(base[k].float(), adapted[k].float(), a["alpha"]) for k in merged})
     # (masked-token loss draws its masks per process, as in training: pseudo-perplexity is deterministic)
     for key, field, count in (("evaluate", "loss", "tokens"), ("evaluate_mlm", "pseudo_nll", "pll_tokens")):
-        assert sharded[key]["sharding"] == "fsdp" and "sharding" not in one[key]
         assert sorted(sharded[key]["sets"]) == sorted(one[key]["sets"])
         for name, m in sharded[key]["sets"].items():
             assert m[field] == pytest.approx(one[key]["sets"][name][field], abs=TOL)

@@ -1,13 +1,13 @@
 """DeepSpeed ZeRO-3 (``accelerate launch --use_deepspeed``) on two CPU processes against one process.
 
 DeepSpeed's CPU accelerator runs ZeRO-3 with gloo, so the partitioned path is tested here, not only
-on a GPU. One launch runs continued pretraining of a tiny Llama; the config sets
-``stage3_param_persistence_threshold: 0`` so that even this tiny model's parameters are all
-partitioned (by default DeepSpeed keeps parameters under 100k elements whole on every process).
-The one-process reference runs unsharded in the test process with the same global batch. Stated
-tolerance: 1e-5 absolute on every weight and logged loss (seen: <= 2.4e-7). Not yet covered: several
-stages in one process (a second model built after the first engine fails in DeepSpeed's zero.Init),
-LoRA, MLM, fine-tuning and checkpoint resume under ZeRO-3.
+on a GPU. One launch runs, in one process each (as ``lmadapt run`` does), the stages the FSDP test
+runs: continued pretraining of a tiny Llama (with checkpoints), LoRA with activation checkpointing,
+MLM of a tiny BERT, a classification fine-tune, a run killed after its checkpoint and resumed, a
+merge and ``evaluate``. The config sets ``stage3_param_persistence_threshold: 0`` so that even these
+tiny models' parameters are all partitioned (by default DeepSpeed keeps parameters under 100k
+elements whole on every process). The one-process reference runs unsharded in the test process with
+the same global batch. Stated tolerance: 1e-5 absolute on every weight, logged loss and score.
 """
 
 import json
@@ -24,7 +24,6 @@ from helpers import accelerate_launch
 pytest.importorskip("deepspeed", reason="DeepSpeed is installed by scripts/setup.sh test")
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="gloo two-process runs on Linux")
 
-TOL = 1e-5
 DS_CONFIG = {
     "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
     "gradient_accumulation_steps": "auto",
@@ -33,41 +32,31 @@ DS_CONFIG = {
     "train_batch_size": "auto",
 }
 
-
-def run_causal(ws: Path, procs: int, tag: str) -> dict:
-    """Continued pretraining of the scratch Llama (6 steps, global batch 4); its metrics."""
-    from test_fsdp_training import pretrain_recipe
-
-    from lmadapt.config import PretrainConfig, load_recipe
-    from lmadapt.stages.pretrain import run_pretrain
-
-    return run_pretrain(load_recipe(PretrainConfig, data=pretrain_recipe(ws, f"causal_{tag}", procs)))
-
-
 SCRIPT = textwrap.dedent("""
-    import json, os, sys
+    import json, sys
     from pathlib import Path
     sys.path[:0] = [sys.argv[1], sys.argv[1] + "/train"]
-    from test_zero3_training import run_causal
-    from test_fsdp_training import pretrain_recipe
+    from test_fsdp_training import merge_and_evaluate, pretrain_recipe, run_all
     from lmadapt.config import PretrainConfig, load_recipe
     from lmadapt.runtime import dist
     import lmadapt.stages.pretrain as pretrain_stage
+    from lmadapt.stages.pretrain import run_pretrain
 
     ws = Path(sys.argv[2])
-    # what the parameters are when each stage saves: partitioned (ZeRO-3), not left whole by scoring
-    seen = []
-    def recorded(save):
-        def wrapper(*args, **kwargs):
-            model = args[1]
-            params = list(model.parameters())
-            seen.append({"params": len(params), "zero3": sum(hasattr(p, "ds_id") for p in params),
-                         "whole": sum(p.numel() > 0 for p in params)})
-            return save(*args, **kwargs)
-        return wrapper
-    pretrain_save = pretrain_stage._save
-    pretrain_stage._save = recorded(pretrain_save)
-    out = {"causal": run_causal(ws, 2, "z3")}
+    # what the parameters are when each pretraining run saves: partitioned, not left whole by scoring
+    seen, save = [], pretrain_stage._save
+    def recorded(*args, **kwargs):
+        params = list(args[1].parameters())
+        seen.append({"params": len(params), "zero3": sum(hasattr(p, "ds_id") for p in params),
+                     "whole": sum(p.numel() > 0 for p in params)})
+        return save(*args, **kwargs)
+    pretrain_stage._save = recorded
+    out = run_all(ws, 2, "none", tag="z3")
+    # killed after its checkpoint at step 3 (a run that stops there), then resumed to step 6
+    run_pretrain(load_recipe(PretrainConfig, data=pretrain_recipe(ws, "resumed", 2, save_every=3, max_steps=3)))
+    out["resumed"] = run_pretrain(load_recipe(PretrainConfig, data=pretrain_recipe(
+        ws, "resumed", 2, save_every=3, resume=True)))
+    out.update(merge_and_evaluate(ws, "none", tag="z3", source="z3"))
     out["saves"] = seen
     if dist.is_main_process():
         (ws / "z3.json").write_text(json.dumps(out, default=str))
@@ -77,7 +66,7 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from test_fsdp_training import make_workspace
+    from test_fsdp_training import make_workspace, merge_and_evaluate, run_all
 
     ws = tmp_path_factory.mktemp("zero3")
     make_workspace(ws)
@@ -99,32 +88,60 @@ def runs(tmp_path_factory):
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        one = {"causal": run_causal(ws, 1, "one")}
+        one = run_all(ws, 1, "none")
+        one.update(merge_and_evaluate(ws, "none", source="z3"))
     finally:
         torch.set_num_threads(torch_threads)
     yield ws, json.loads((ws / "z3.json").read_text()), one, proc
     shutil.rmtree(ws, ignore_errors=True)
 
 
-def test_zero3_continued_pretraining_trains_as_one_process(runs):
-    from test_fsdp_training import assert_same_weights, logged_losses, weights
+@pytest.mark.parametrize(
+    "name, weight_file",
+    [
+        ("causal", "model.safetensors"),
+        ("mlm", "model.safetensors"),
+        ("lora", "adapter_model.safetensors"),
+        ("cls", "model.safetensors"),
+    ],
+)
+def test_zero3_stages_train_as_one_process(runs, name, weight_file):
+    """Every stage after the first too: each loads its model whole (a Trainer's DeepSpeed config left
+    registered would build it partitioned, and scoring before training would fail on it)."""
+    from test_fsdp_training import assert_trains_as_one_process
 
     ws, z3, one, _ = runs
-    a, b = logged_losses(ws / "causal_z3"), logged_losses(ws / "causal_one")
-    assert len(a) == len(b) == 6
-    assert max(abs(x - y) for x, y in zip(a, b)) <= TOL
-    assert_same_weights(weights(ws / "causal_z3"), weights(ws / "causal_one"))
-    after_z3, after_one = (
-        z3["causal"]["heldout"]["valid"]["after"]["loss"],
-        one["causal"]["heldout"]["valid"]["after"]["loss"],
-    )
-    assert abs(after_z3 - after_one) <= TOL
+    assert_trains_as_one_process(ws, z3, one, name, weight_file, "z3")
 
 
 def test_parameters_stay_partitioned_through_scoring_to_the_save(runs):
     """Held-out scoring after training leaves every parameter partitioned (released through the
     engine), and the streamed save still writes whole tensors (checked above against one process)."""
     _, z3, _, _ = runs
-    (save,) = z3["saves"]
-    assert save["params"] == save["zero3"] > 0
-    assert save["whole"] == 0
+    # causal, LoRA, MLM, the resume's two runs
+    assert len(z3["saves"]) == 5
+    for save in z3["saves"]:
+        assert save["params"] == save["zero3"] > 0
+        assert save["whole"] == 0
+
+
+def test_kill_after_checkpoint_and_resume_matches_the_uninterrupted_run(runs):
+    """DeepSpeed writes its own checkpoint layout (each process's partitions under global_stepN/);
+    it is recognised as complete and resumed from, not set aside as having no weights."""
+    from test_fsdp_training import logged_losses, weights
+
+    ws, z3, *_ = runs
+    assert z3["resumed"]["train"]["resumed_from"].endswith("checkpoint-3")
+    step = ws / "resumed" / "checkpoints" / "checkpoint-3" / "global_step3"
+    assert len(list(step.glob("*model_states.pt"))) == len(list(step.glob("*optim_states.pt"))) == 2
+    assert not list((ws / "resumed" / "checkpoints").glob("incomplete-*"))
+    a, b = weights(ws / "resumed"), weights(ws / "causal_z3")
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert logged_losses(ws / "resumed")[-3:] == logged_losses(ws / "causal_z3")[-3:]
+
+
+def test_merge_and_evaluate_under_zero3_give_the_one_process_results(runs):
+    from test_fsdp_training import assert_same_merge_and_evaluate
+
+    ws, z3, one, _ = runs
+    assert_same_merge_and_evaluate(ws, z3, one, "z3")

@@ -132,6 +132,23 @@ def _json_ok(path: Path) -> bool:
         return False
 
 
+def _deepspeed_problem(folder: Path) -> str | None:
+    """What is missing from a DeepSpeed engine checkpoint (ZeRO: every process's partition of the
+    weights and of the optimizer state, one file each, under the folder ``latest`` names)."""
+    try:
+        tag = (folder / "latest").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return "latest is unreadable"
+    step = folder / tag
+    if not tag or not step.is_dir():
+        return f"latest names {tag!r}, which is not in the checkpoint"
+    models, states = sorted(step.glob("*model_states.pt")), sorted(step.glob("*optim_states.pt"))
+    if not models or len(models) != len(states):
+        return f"{tag} holds {len(models)} model and {len(states)} optimizer partitions"
+    bad = next((p.name for p in models + states if not _zip_ok(p)), None)
+    return f"{tag}/{bad} is truncated or unreadable" if bad else None
+
+
 def checkpoint_problem(folder: str | Path) -> str | None:
     """Why ``folder`` cannot be resumed from (the first missing or unreadable part), or None."""
     folder = Path(folder)
@@ -141,13 +158,16 @@ def checkpoint_problem(folder: str | Path) -> str | None:
         return "trainer_state.json is not valid JSON"
     weights = sorted(folder.glob("*.safetensors"))
     sharded = any(p.name.startswith("pytorch_model_fsdp") for p in folder.iterdir())  # FSDP's own layout
-    if not weights and not sharded:
+    engine = (folder / "latest").is_file()  # DeepSpeed's own layout: `latest` names global_stepN/
+    if engine and (problem := _deepspeed_problem(folder)):
+        return problem
+    if not weights and not sharded and not engine:
         return "no model weights"
     bad = next((p.name for p in weights if not _safetensors_ok(p)), None)
     if bad:
         return f"{bad} is truncated or unreadable"
     optimizer = folder / "optimizer.pt"
-    if not optimizer.is_file() and not any(p.name.startswith("optimizer_") for p in folder.iterdir()):
+    if not optimizer.is_file() and not engine and not any(p.name.startswith("optimizer_") for p in folder.iterdir()):
         return "no optimizer state"
     for part in ("optimizer.pt", "scheduler.pt"):
         if part == "optimizer.pt" and not optimizer.is_file():

@@ -30,7 +30,7 @@ from ..config.base import ConfigError
 from ..models.on_main import weights_on_main
 from ..runtime import dist
 from .fsdp_init import broadcast_from_main, fill_from_main, main_state
-from .zero3 import deepspeed_launch, is_partitioned, zero3_launch
+from .zero3 import deepspeed_launch, is_partitioned, load_whole, zero3_launch
 
 MODEL_DIR = "pytorch_model_fsdp_0"  # accelerate's names for a sharded checkpoint's parts
 OPTIMIZER_DIR = "optimizer_0"
@@ -400,6 +400,8 @@ def check_launch(train_cfg) -> None:
     (train/zero3.py)."""
     apply_launch_options(train_cfg)
     check_config(train_cfg)
+    if deepspeed_launch():
+        load_whole()
     if zero3_launch():
         dist.log(
             "DeepSpeed ZeRO-3 launch: parameters partitioned by the Trainer's DeepSpeed engine; held-out "

@@ -129,35 +129,38 @@ def pseudo_perplexity(
     device = _device(model)
     special = set(tokenizer.all_special_ids)
     mask_id = tokenizer.mask_token_id
-    total, count = 0.0, 0
-    # A sharded model: every process scores every token (the same forward passes, in lockstep) and
-    # nothing is summed; its share would stop at a different pass on each process.
-    rank, world = (0, 1) if _lockstep(model) else _dist()
-    for row_i in range(rank, len(dataset), world):
-        if count >= max_tokens // world:
+    # The scored tokens are the first max_tokens eligible ones in row order whatever the number of
+    # processes (their forward passes, a row's chunk each, are then shared out), so the score is the
+    # one a single process gives. A sharded model: every process runs every pass, in lockstep.
+    passes, left = [], max_tokens
+    for row_i in range(len(dataset)):
+        if left <= 0:
             break
+        ids = torch.tensor(dataset[row_i]["input_ids"], dtype=torch.long).tolist()
+        eligible = [i for i, t in enumerate(ids) if t not in special][:left]
+        left -= len(eligible)
+        passes += [(row_i, eligible[k : k + batch_size]) for k in range(0, len(eligible), batch_size)]
+    rank, world = (0, 1) if _lockstep(model) else _dist()
+    total, count = 0.0, 0
+    for row_i, chunk in passes[rank::world]:
         row = dataset[row_i]
         ids = torch.tensor(row["input_ids"], dtype=torch.long)
         pos = torch.tensor(row["position_ids"], dtype=torch.long) if "position_ids" in row else None
-        eligible = [i for i, t in enumerate(ids.tolist()) if t not in special]
-        eligible = eligible[: max(0, max_tokens // world - count)]
         attn = _block_mask(pos) if (pos is not None and document_mode) else None
         if not document_mode:
             pos = None
-        for start in range(0, len(eligible), batch_size):
-            chunk = eligible[start : start + batch_size]
-            inp = ids.repeat(len(chunk), 1)
-            inp[torch.arange(len(chunk)), torch.tensor(chunk)] = mask_id
-            kwargs = {"input_ids": inp.to(device)}
-            if pos is not None:
-                kwargs["position_ids"] = pos.repeat(len(chunk), 1).to(device)
-            if attn is not None:
-                kwargs["attention_mask"] = attn.expand(len(chunk), 1, -1, -1).to(device)
-            logits = model(**kwargs).logits.float()
-            picked = logits[torch.arange(len(chunk)), torch.tensor(chunk)]
-            nll = F.cross_entropy(picked, ids[torch.tensor(chunk)].to(device), reduction="sum")
-            total += nll.item()
-            count += len(chunk)
+        inp = ids.repeat(len(chunk), 1)
+        inp[torch.arange(len(chunk)), torch.tensor(chunk)] = mask_id
+        kwargs = {"input_ids": inp.to(device)}
+        if pos is not None:
+            kwargs["position_ids"] = pos.repeat(len(chunk), 1).to(device)
+        if attn is not None:
+            kwargs["attention_mask"] = attn.expand(len(chunk), 1, -1, -1).to(device)
+        logits = model(**kwargs).logits.float()
+        picked = logits[torch.arange(len(chunk)), torch.tensor(chunk)]
+        nll = F.cross_entropy(picked, ids[torch.tensor(chunk)].to(device), reduction="sum")
+        total += nll.item()
+        count += len(chunk)
     if not _lockstep(model):
         total, count = _all_reduce([total, float(count)], device)
     model.train(was_training)

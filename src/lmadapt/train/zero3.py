@@ -12,7 +12,9 @@ model as partitioned, as it does an FSDP2 model (train/fsdp.py):
 - the final model is streamed to a plain transformers folder one gathered parameter at a time
   (train/fsdp_save.py), never the whole model on one process; a LoRA adapter is gathered whole.
 
-Tested on CPU (DeepSpeed's CPU accelerator with gloo; tests/train/test_zero3_training.py).
+Every stage loads its model whole (:func:`load_whole`), however many stages run in one process.
+Tested on CPU (DeepSpeed's CPU accelerator with gloo; tests/train/test_zero3_training.py): every
+stage, resume from DeepSpeed's own checkpoint layout (train/checkpoints.py), merge and evaluate.
 """
 
 from __future__ import annotations
@@ -52,6 +54,20 @@ def zero_stage() -> int | None:
 def zero3_launch() -> bool:
     """A DeepSpeed ZeRO-3 launch: once the Trainer starts, the model's parameters are partitioned."""
     return deepspeed_launch() and zero_stage() == 3
+
+
+def load_whole() -> None:
+    """At the start of a stage: the models it loads are built whole, as the first stage's were.
+
+    A Trainer's DeepSpeed config stays registered in transformers after its stage (accelerate's
+    state keeps it alive), and while it is, ``from_pretrained``/``from_config`` build the model
+    partitioned under ``deepspeed.zero.Init``. The next stage in the same process (``lmadapt run``)
+    would then score its held-out sets before training on empty parameters, outside any engine.
+    Every stage loads whole and lets its own Trainer partition; the next Trainer registers its
+    config again."""
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
 
 
 def is_partitioned(model) -> bool:
@@ -112,6 +128,7 @@ __all__ = [
     "deepspeed_launch",
     "gathered",
     "is_partitioned",
+    "load_whole",
     "release",
     "releasing",
     "remember",
