@@ -113,3 +113,16 @@ def test_deepspeed_checkpoints_are_complete_or_say_what_is_missing(tmp_path):
     assert (
         checkpoint_problem(tmp_path / "checkpoint-3") == "latest names 'global_step9', which is not in the checkpoint"
     )
+
+
+def test_a_deepspeed_checkpoint_of_another_number_of_processes_is_refused_before_training(tmp_path):
+    """DeepSpeed itself stops inside train() (ZeRORuntimeException, seen with 2 -> 1 processes)."""
+    from lmadapt.config.base import ConfigError
+    from lmadapt.train.checkpoints import resumable_by
+
+    _deepspeed_checkpoint(tmp_path / "checkpoint-3", ranks=2)
+    resumable_by(tmp_path / "checkpoint-3", 2)
+    with pytest.raises(ConfigError, match="written by 2 processes and this launch has 1.*zero_to_fp32.py"):
+        resumable_by(tmp_path / "checkpoint-3", 1)
+    (tmp_path / "checkpoint-4").mkdir()  # not DeepSpeed's layout (FSDP2's checkpoints reshard)
+    resumable_by(tmp_path / "checkpoint-4", 1)

@@ -23,6 +23,8 @@ import shutil
 import zipfile
 from pathlib import Path
 
+from ..config.base import ConfigError
+
 STAGING_DIR = ".saving"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -147,6 +149,29 @@ def _deepspeed_problem(folder: Path) -> str | None:
         return f"{tag} holds {len(models)} model and {len(states)} optimizer partitions"
     bad = next((p.name for p in models + states if not _zip_ok(p)), None)
     return f"{tag}/{bad} is truncated or unreadable" if bad else None
+
+
+def engine_partitions(folder: str | Path) -> int | None:
+    """How many processes wrote ``folder`` if it is a DeepSpeed engine checkpoint, else None."""
+    folder = Path(folder)
+    try:
+        tag = (folder / "latest").read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return len(list((folder / tag).glob("*model_states.pt"))) if tag else None
+
+
+def resumable_by(folder: str | Path, processes: int) -> None:
+    """Refuse, before training starts and on every process alike, a DeepSpeed checkpoint written by
+    another number of processes: DeepSpeed cannot re-partition ZeRO optimizer state to a new world
+    size (it stops inside ``train()`` with ZeRORuntimeException). FSDP2's checkpoints reshard."""
+    written = engine_partitions(folder)
+    if written and written != processes:
+        raise ConfigError(
+            f"train.resume: {Path(folder).name} is a DeepSpeed checkpoint written by {written} processes and this "
+            f"launch has {processes}; DeepSpeed cannot re-partition it. Resume with {written} processes, or turn "
+            f"it into a plain model with the zero_to_fp32.py script in {folder} and start a new run from that"
+        )
 
 
 def checkpoint_problem(folder: str | Path) -> str | None:

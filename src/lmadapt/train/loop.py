@@ -25,7 +25,7 @@ from ..config.base import ConfigError
 from ..config.train import TrainConfig
 from .callbacks import JsonlLogCallback, TokenProgressCallback
 from .resume_state import DatasetEpoch, ResumeExactly, RunSegments, find_callback
-from .checkpoints import AtomicCheckpoints, newest_complete_checkpoint
+from .checkpoints import AtomicCheckpoints, newest_complete_checkpoint, resumable_by
 from .guard import GuardedTrainer, RollBack, StepGuard, TrainingDiverged
 from .schedules import StableEndCheckpoint, extension_checkpoint, scheduler_arguments, stable_end
 from ..runtime.dist import broadcast, is_main_process, log, resolve_precision, timeout_seconds, use_cpu, world_size
@@ -300,6 +300,8 @@ def run_training(
             f"{cfg.batch_size} x {cfg.grad_accum} kept)"
         )
     resume = broadcast(_choose_resume(cfg, args.max_steps) if cfg.resume and is_main_process() else None)
+    if resume:
+        resumable_by(resume, world_size())
     result = _train_with_rollback(trainer, cfg, resume)
     remember(trainer)  # DeepSpeed ZeRO-3: later scoring re-partitions through its engine (train/zero3.py)
     # The whole run: a resumed run's own train() covers only its last part.
