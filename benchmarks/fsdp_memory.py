@@ -11,6 +11,11 @@ peak, peak above baseline (what training added), and the planner's prediction fo
 then the sharded/unsharded ratio of the larger process of each run. Target (issue 17): <= 0.6 on
 the memory training adds. The raw peak's ratio is higher: each process's ~0.5 GB of libraries is
 not sharded.
+
+``--cap-mib M`` runs both launches on a smaller "machine": each process may map at most M MiB of
+data memory above its baseline (memory_worker's RLIMIT_DATA, the CPU stand-in for a smaller GPU);
+a run that needs more fails with an out-of-memory error, recorded. Choose M between the two runs'
+data peaks (printed by an uncapped run) to show the sharded run fitting where the unsharded cannot.
 """
 from __future__ import annotations
 
@@ -54,7 +59,7 @@ def launch(work: Path, model: Path, sharding: str, args) -> list[dict]:
     out = work / f"mem_{sharding}.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.procs),
            "--master_port", str(29500 + random.randint(0, 900)), str(ROOT / "benchmarks" / "memory_worker.py"),
-           str(out), "--", "pretrain", f"model.path={model}", f"data.sources=[{{path: {SAMPLE}, max_documents: 400}}]",
+           str(out), *(["--cap-mib", str(args.cap_mib)] if args.cap_mib else []), "--", "pretrain", f"model.path={model}", f"data.sources=[{{path: {SAMPLE}, max_documents: 400}}]",
            f"data.block_size={args.block}", f"data.cache_dir={work / 'cache'}", f"train.output_dir={work / sharding}",
            f"train.batch_size={args.batch}", f"train.max_steps={args.steps}", "train.precision=fp32",
            "train.report_to=[]", "train.log_every=1", f"train.sharding={sharding}"]
@@ -66,9 +71,11 @@ def launch(work: Path, model: Path, sharding: str, args) -> list[dict]:
            "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "65536")}
     t0 = time.time()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
+    if proc.returncode != 0 and not args.cap_mib:  # capped: a run out of memory is the result, recorded
         raise SystemExit(f"{sharding} run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     rows = [json.loads(p.read_text()) for p in sorted(work.glob(f"mem_{sharding}.rank*.json"))]
+    if not rows:  # ended before any worker could write its record (a crash outside the command)
+        raise SystemExit(f"{sharding} run left no record ({proc.returncode}):\n{proc.stderr[-3000:]}")
     for r in rows:
         r["wall_seconds"] = round(time.time() - t0, 1)
     return rows
@@ -92,6 +99,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--cap-mib", type=float, default=None, help="data memory each process may add (see above)")
     ap.add_argument("--work", default="/tmp/lmadapt_bench/fsdp_memory")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
@@ -102,23 +110,32 @@ def main() -> int:
         model = build_model(work, args)
         runs = {s: launch(work, model, s, args) for s in ("none", "fsdp")}
         result = {"model_params": None, "args": vars(args), "runs": {}, "ratio": {}}
-        print(f"{'run':<6} {'rank':>4} {'baseline MiB':>12} {'peak MiB':>9} {'added MiB':>9} {'planned MiB':>11}")
+        print(f"{'run':<6} {'rank':>4} {'baseline MiB':>12} {'peak MiB':>9} {'added MiB':>9} {'planned MiB':>11} "
+              f"{'data added MiB':>14} {'outcome':>8}")
         for s, rows in runs.items():
             plan_bytes, params = planned(model, s, args)
             result["model_params"] = params
             for r in rows:
                 r["added_bytes"] = r["peak_rss_bytes"] - r["baseline_rss_bytes"]
                 r["planned_bytes"] = plan_bytes
+                data = (r["peak_data_bytes"] - r["baseline_data_bytes"]) / MIB
+                outcome = "OOM" if r["oom"] else ("ok" if r["exit_code"] in (0, None) else f"exit {r['exit_code']}")
                 print(f"{s:<6} {r['rank']:>4} {r['baseline_rss_bytes'] / MIB:>12.0f} {r['peak_rss_bytes'] / MIB:>9.0f} "
-                      f"{r['added_bytes'] / MIB:>9.0f} {plan_bytes / MIB:>11.0f}")
+                      f"{r['added_bytes'] / MIB:>9.0f} {plan_bytes / MIB:>11.0f} {data:>14.0f} {outcome:>8}")
             result["runs"][s] = rows
         for key in ("peak_rss_bytes", "added_bytes"):
             worst = {s: max(r[key] for r in rows) for s, rows in runs.items()}
             result["ratio"][key] = round(worst["fsdp"] / worst["none"], 3)
         print(f"model: {result['model_params'] / 1e6:.1f}M parameters, {args.procs} processes, "
               f"micro-batch {args.batch} x {args.block}, {args.steps} steps, fp32")
-        print(f"sharded / unsharded, larger process: added memory {result['ratio']['added_bytes']:.2f}x "
-              f"(target <= 0.6), raw peak RSS {result['ratio']['peak_rss_bytes']:.2f}x")
+        if args.cap_mib:  # a run stopped by the cap has no peak to compare
+            fits = {s: all(r["exit_code"] == 0 and not r["oom"] for r in rows) for s, rows in runs.items()}
+            result["fits"] = fits
+            print(f"capped at {args.cap_mib:.0f} MiB of data memory per process above the baseline: "
+                  + ", ".join(f"{s} {'fits' if ok else 'does not fit'}" for s, ok in fits.items()))
+        else:
+            print(f"sharded / unsharded, larger process: added memory {result['ratio']['added_bytes']:.2f}x "
+                  f"(target <= 0.6), raw peak RSS {result['ratio']['peak_rss_bytes']:.2f}x")
         if args.out:
             Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     finally:
