@@ -24,18 +24,11 @@ import time
 from pathlib import Path
 
 
-def rss_bytes() -> int:
+def status_bytes(field: str) -> int:
+    """A size from /proc/self/status: VmRSS (resident set), VmData (heap and anonymous mappings)."""
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def vm_data_bytes() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmData:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 
@@ -45,11 +38,11 @@ class DataPeak(threading.Thread):
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.peak = vm_data_bytes()
+        self.peak = status_bytes("VmData")
 
     def run(self):
         while True:
-            self.peak = max(self.peak, vm_data_bytes())
+            self.peak = max(self.peak, status_bytes("VmData"))
             time.sleep(0.005)
 
 
@@ -76,7 +69,7 @@ def main() -> int:
         if args.cap_gib:
             total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * 2 ** 30 / total))
-    baseline, data_baseline = rss_bytes(), vm_data_bytes()
+    baseline, data_baseline = status_bytes("VmRSS"), status_bytes("VmData")
     if args.cap_mib:
         limit = data_baseline + int(args.cap_mib * 2**20)
         resource.setrlimit(resource.RLIMIT_DATA, (limit, resource.getrlimit(resource.RLIMIT_DATA)[1]))
@@ -98,7 +91,7 @@ def main() -> int:
               "command": command, "exit_code": code, "oom": oom, "error": error, "seconds": round(time.time() - t0, 1),
               "baseline_rss_bytes": baseline, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
               "cap_gib": args.cap_gib, "cap_mib": args.cap_mib, "baseline_data_bytes": data_baseline,
-              "peak_data_bytes": max(data_peak.peak, vm_data_bytes())}
+              "peak_data_bytes": max(data_peak.peak, status_bytes("VmData"))}
     if cuda:
         record.update(cuda_peak_allocated_bytes=torch.cuda.max_memory_allocated(),
                       cuda_peak_reserved_bytes=torch.cuda.max_memory_reserved(),

@@ -299,15 +299,16 @@ def logged_losses(folder: Path) -> list[float]:
     return [r["loss"] for r in rows if "loss" in r]
 
 
-@pytest.mark.parametrize(
-    "name, weight_file",
-    [
-        ("causal", "model.safetensors"),
-        ("mlm", "model.safetensors"),
-        ("lora", "adapter_model.safetensors"),
-        ("cls", "model.safetensors"),
-    ],
-)
+# run_all's stages and the weights file each compares
+STAGES = [
+    ("causal", "model.safetensors"),
+    ("mlm", "model.safetensors"),
+    ("lora", "adapter_model.safetensors"),
+    ("cls", "model.safetensors"),
+]
+
+
+@pytest.mark.parametrize("name, weight_file", STAGES)
 def test_two_sharded_processes_train_as_one_process(runs, name, weight_file):
     ws, sharded, one, proc = runs
     if name != "cls":  # issue 18: the fused LM loss (chunked on CPU) runs sharded too, as in the reference

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from helpers import accelerate_launch
+from test_fsdp_training import STAGES
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is installed by scripts/setup.sh test")
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="gloo two-process runs on Linux")
@@ -96,15 +97,7 @@ def runs(tmp_path_factory):
     shutil.rmtree(ws, ignore_errors=True)
 
 
-@pytest.mark.parametrize(
-    "name, weight_file",
-    [
-        ("causal", "model.safetensors"),
-        ("mlm", "model.safetensors"),
-        ("lora", "adapter_model.safetensors"),
-        ("cls", "model.safetensors"),
-    ],
-)
+@pytest.mark.parametrize("name, weight_file", STAGES)
 def test_zero3_stages_train_as_one_process(runs, name, weight_file):
     """Every stage after the first too: each loads its model whole (a Trainer's DeepSpeed config left
     registered would build it partitioned, and scoring before training would fail on it)."""
