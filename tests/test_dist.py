@@ -195,6 +195,24 @@ def test_fsdp_in_a_deepspeed_launch_is_refused(monkeypatch):
         check_launch(TrainConfig(sharding="fsdp"))
 
 
+def test_micro_batch_search_in_a_deepspeed_launch_is_refused(monkeypatch):
+    """The search's trial step would run before DeepSpeed's engine, on a model the Trainer leaves off
+    the GPU for DeepSpeed (a GPU-only setting: the recipe refuses it on CPU, so the stage check is
+    called here with the setting as a GPU run would have it)."""
+    from types import SimpleNamespace
+
+    from lmadapt.config.base import ConfigError
+    from lmadapt.config.sharding import FsdpConfig
+    from lmadapt.train.fsdp import check_config
+
+    cfg = SimpleNamespace(sharding="none", fsdp=FsdpConfig(), micro_batch="auto")
+    check_config(cfg)  # not a DeepSpeed launch: the search runs
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match="train.micro_batch: auto in a DeepSpeed launch"):
+        check_config(cfg)
+    check_config(SimpleNamespace(sharding="none", fsdp=FsdpConfig(), micro_batch="fixed"))
+
+
 OUTPUT_DIR = textwrap.dedent("""
     import json, os, sys, time
     from lmadapt.runtime import dist

@@ -72,6 +72,13 @@ def apply_launch_options(train_cfg) -> None:
 def check_config(train_cfg) -> None:
     """Combinations that cannot work, refused at the start of a stage (on every process alike, so
     none is left waiting in a collective)."""
+    if deepspeed_launch() and getattr(train_cfg, "micro_batch", "fixed") == "auto":
+        # its trial step would run before the engine exists, on a model the Trainer leaves off the
+        # GPU for DeepSpeed, and DeepSpeed fixes its micro-batch from the arguments before the search
+        raise ConfigError(
+            "train.micro_batch: auto in a DeepSpeed launch: the search cannot run before DeepSpeed's "
+            "engine; set train.micro_batch: fixed with the batch_size the memory plan (--dry-run) gives"
+        )
     if not wants_sharding(train_cfg):
         return
     if deepspeed_launch():
