@@ -66,7 +66,7 @@ def test_pretrain_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     assert "this recipe (lora, fsdp x1 + cpu offload): 0.00 B/param on the device" in out
     assert f"host RAM {lora.host_bytes / 2**20:.3f} MiB per process" in out
     assert "note: train.sharding fsdp in a single process: launch with torchrun" in out
-    assert f"every process loads the whole model ({shape.params * 4 / 2**20:.3f} MiB) before it is sharded" in out
+    assert f"the main process alone loads the whole model ({shape.params * 4 / 2**20:.3f} MiB)" in out
 
     # an `accelerate launch --config_file` with FSDP (its environment) is planned as the launch trains
     import os
@@ -75,6 +75,16 @@ def test_pretrain_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     with mock.patch.dict(os.environ, {"ACCELERATE_USE_FSDP": "true", "FSDP_OFFLOAD_PARAMS": "true"}):
         assert main(["pretrain", *common, "--dry-run"]) == 0
     assert "this recipe (full, fsdp x1 + cpu offload)" in capsys.readouterr().out
+    # a DeepSpeed ZeRO-3 launch partitions as full sharding does: planned so, and said how
+    zero3 = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}
+    with mock.patch.dict(os.environ, zero3):
+        assert main(["pretrain", *common, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "this recipe (full, fsdp x1): " in out and "note: DeepSpeed ZeRO-3 launch: planned as full sharding" in out
+    assert f"every process loads the whole model ({shape.params * 4 / 2**20:.3f} MiB) before the engine" in out
+    with mock.patch.dict(os.environ, {**zero3, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}):
+        assert main(["pretrain", *common, "--dry-run"]) == 0
+    assert "this recipe (full, 1 process, unsharded)" in capsys.readouterr().out
 
 
 def test_dry_run_of_a_scratch_model_counts_the_preset(tmp_path, capsys):

@@ -205,23 +205,33 @@ def dry_run(cfg, *, block_size: int | None = None) -> str:
     """`lmadapt pretrain RECIPE --dry-run`: the plan of this recipe, as the launch would run it."""
     from ..runtime.dist import world_size
     from ..train.fsdp import apply_launch_options
+    from ..train.zero3 import zero3_launch
 
     apply_launch_options(cfg.train)  # under `accelerate launch --config_file` with FSDP: as the launch would train
     block = block_size or getattr(getattr(cfg, "data", None), "block_size", None) or 512
     shape, setup, notes = recipe_setup(cfg, block_size=block)
+    whole = shape.params * (2 if setup.weights_dtype in ("bfloat16", "float16") else 4)
+    zero3 = zero3_launch()
+    if zero3:
+        # ZeRO-3 partitions weights, gradients and optimizer state over the processes as FSDP2 does
+        setup = replace(setup, sharding="fsdp", cpu_offload=False)
+        notes.append(
+            "DeepSpeed ZeRO-3 launch: planned as full sharding (weights, gradients and optimizer state "
+            "partitioned over the processes; DeepSpeed's prefetch and bucket buffers, sized in its config, "
+            f"not counted; its offload options not planned). Host RAM: every process loads the whole model "
+            f"({_gib(whole)}) before the engine partitions it (train/zero3.py)."
+        )
     n = world_size() if world_size() > 1 else ILLUSTRATIVE_PROCESSES
     if setup.sharding == "fsdp" and setup.processes == 1:
         notes.append(
-            "train.sharding fsdp in a single process: launch with torchrun --nproc_per_node N "
-            "(or accelerate launch) to shard over N; the table shows N = "
-            f"{n}."
+            f"{'a ZeRO-3 launch' if zero3 else 'train.sharding fsdp'} in a single process: launch with torchrun "
+            f"--nproc_per_node N (or accelerate launch) to shard over N; the table shows N = {n}."
         )
-    if setup.sharding == "fsdp":
-        whole = shape.params * (2 if setup.weights_dtype in ("bfloat16", "float16") else 4)
+    if setup.sharding == "fsdp" and not zero3:
         notes.append(
-            f"host RAM: every process loads the whole model ({_gib(whole)}) before it is sharded, so a node "
-            f"running k processes needs k x {_gib(whole)} at the start; the main process gathers the whole "
-            f"model again ({_gib(whole)}) to save it (train/fsdp.py)."
+            f"host RAM: the main process alone loads the whole model ({_gib(whole)}) and fills every "
+            "process's shards from it; the final model is written one gathered parameter at a time (a "
+            "LoRA model is gathered whole on the main process; train/fsdp.py, train/fsdp_save.py)."
         )
     src = cfg.model.path or f"scratch {cfg.model.arch} {cfg.model.size or ''}".strip()
     return f"dry run: {src}; nothing is trained\n" + render_plan(plan_summary(shape, setup, processes=n), notes)
