@@ -2,7 +2,7 @@
 2 processes x one ~46M-parameter Llama, launched here with torchrun for both, in one run.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fsdp_memory.py \\
-        [--out benchmarks/results/fsdp_memory_cpu.json] [--hidden 512 --layers 12 --steps 2]
+        [--out benchmarks/results/fsdp_memory_cpu.json] [--hidden 512 --layers 12 --steps 2] [--runs none,fsdp,zero3]
 
 Each process runs `lmadapt pretrain` under benchmarks/memory_worker.py, which records its resident
 set after the imports (baseline) and its high-water mark (peak). Printed per process: baseline,
@@ -55,14 +55,36 @@ def build_model(work: Path, args) -> Path:
     return folder
 
 
+# ``--runs zero3``: DeepSpeed ZeRO-3 through accelerate launch, its buffers sized by the Trainer from the
+# model ("auto": reduce bucket hidden^2, prefetch bucket 0.9 hidden^2, persistence 10 hidden), as
+# examples/deepspeed_zero3.json does; DeepSpeed's own defaults (a 5e8-element reduce bucket) fit a large model
+ZERO3 = {"zero_optimization": {"stage": 3, "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
+                               "stage3_param_persistence_threshold": "auto"},
+         "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
+         "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto"}
+
+
+def launcher(work: Path, sharding: str, args) -> list[str]:
+    port = str(29500 + random.randint(0, 900))
+    if sharding != "zero3":
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.procs), "--master_port", port]
+    config = json.loads(json.dumps(ZERO3))
+    if args.zero3_live is not None:  # DeepSpeed keeps up to this many parameters gathered (default 1e9)
+        config["zero_optimization"].update(stage3_max_live_parameters=args.zero3_live,
+                                           stage3_max_reuse_distance=args.zero3_live)
+    (work / "ds.json").write_text(json.dumps(config))
+    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.procs), "--num_machines", "1",
+            "--main_process_port", port, "--use_deepspeed", "--deepspeed_config_file", str(work / "ds.json"),
+            "--mixed_precision", "no"]
+
+
 def launch(work: Path, model: Path, sharding: str, args) -> list[dict]:
     out = work / f"mem_{sharding}.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.procs),
-           "--master_port", str(29500 + random.randint(0, 900)), str(ROOT / "benchmarks" / "memory_worker.py"),
+    cmd = [*launcher(work, sharding, args), str(ROOT / "benchmarks" / "memory_worker.py"),
            str(out), *(["--cap-mib", str(args.cap_mib)] if args.cap_mib else []), "--", "pretrain", f"model.path={model}", f"data.sources=[{{path: {SAMPLE}, max_documents: 400}}]",
            f"data.block_size={args.block}", f"data.cache_dir={work / 'cache'}", f"train.output_dir={work / sharding}",
            f"train.batch_size={args.batch}", f"train.max_steps={args.steps}", "train.precision=fp32",
-           "train.report_to=[]", "train.log_every=1", f"train.sharding={sharding}"]
+           "train.report_to=[]", "train.log_every=1", f"train.sharding={'none' if sharding == 'zero3' else sharding}"]
     # glibc raises its mmap threshold (up to 32 MB) each time a large block is freed, after which FSDP's
     # per-layer all-gather buffers come from the heap, which is not given back: the resident set then
     # keeps every layer's buffer and the sharded run measured 1.08x the unsharded one's memory. A fixed
@@ -86,7 +108,9 @@ def planned(model: Path, sharding: str, args) -> tuple[int, int]:
 
     from lmadapt.models.memory_plan import Setup, model_shape, plan
     shape = model_shape(AutoConfig.from_pretrained(str(model)))
-    setup = Setup(processes=args.procs, sharding=sharding, batch_size=args.batch, block_size=args.block)
+    # ZeRO-3 partitions as FSDP2 does; planned so (lmadapt's dry run under a ZeRO-3 launch says the same)
+    setup = Setup(processes=args.procs, sharding="fsdp" if sharding == "zero3" else sharding,
+                  batch_size=args.batch, block_size=args.block)
     return plan(shape, setup).device_bytes, shape.params
 
 
@@ -99,6 +123,9 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--runs", default="none,fsdp", help="of none, fsdp, zero3 (DeepSpeed, installed)")
+    ap.add_argument("--zero3-live", type=int, default=None,
+                    help="zero3: stage3_max_live_parameters and stage3_max_reuse_distance (DeepSpeed: 1e9)")
     ap.add_argument("--cap-mib", type=float, default=None, help="data memory each process may add (see above)")
     ap.add_argument("--work", default="/tmp/lmadapt_bench/fsdp_memory")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
@@ -108,7 +135,7 @@ def main() -> int:
     work.mkdir(parents=True)
     try:
         model = build_model(work, args)
-        runs = {s: launch(work, model, s, args) for s in ("none", "fsdp")}
+        runs = {s: launch(work, model, s, args) for s in args.runs.split(",")}
         result = {"model_params": None, "args": vars(args), "runs": {}, "ratio": {}}
         print(f"{'run':<6} {'rank':>4} {'baseline MiB':>12} {'peak MiB':>9} {'added MiB':>9} {'planned MiB':>11} "
               f"{'data added MiB':>14} {'outcome':>8}")
@@ -123,9 +150,12 @@ def main() -> int:
                 print(f"{s:<6} {r['rank']:>4} {r['baseline_rss_bytes'] / MIB:>12.0f} {r['peak_rss_bytes'] / MIB:>9.0f} "
                       f"{r['added_bytes'] / MIB:>9.0f} {plan_bytes / MIB:>11.0f} {data:>14.0f} {outcome:>8}")
             result["runs"][s] = rows
-        for key in ("peak_rss_bytes", "added_bytes"):
-            worst = {s: max(r[key] for r in rows) for s, rows in runs.items()}
-            result["ratio"][key] = round(worst["fsdp"] / worst["none"], 3)
+        sharded = [s for s in runs if s != "none"] if "none" in runs else []
+        for s in sharded:  # the larger process of each run against the unsharded run's
+            result["ratio"][s] = {
+                key: round(max(r[key] for r in runs[s]) / max(r[key] for r in runs["none"]), 3)
+                for key in ("peak_rss_bytes", "added_bytes")
+            }
         print(f"model: {result['model_params'] / 1e6:.1f}M parameters, {args.procs} processes, "
               f"micro-batch {args.batch} x {args.block}, {args.steps} steps, fp32")
         if args.cap_mib:  # a run stopped by the cap has no peak to compare
@@ -134,8 +164,9 @@ def main() -> int:
             print(f"capped at {args.cap_mib:.0f} MiB of data memory per process above the baseline: "
                   + ", ".join(f"{s} {'fits' if ok else 'does not fit'}" for s, ok in fits.items()))
         else:
-            print(f"sharded / unsharded, larger process: added memory {result['ratio']['added_bytes']:.2f}x "
-                  f"(target <= 0.6), raw peak RSS {result['ratio']['peak_rss_bytes']:.2f}x")
+            for s in sharded:
+                print(f"{s} / unsharded, larger process: added memory {result['ratio'][s]['added_bytes']:.2f}x "
+                      f"(target <= 0.6), raw peak RSS {result['ratio'][s]['peak_rss_bytes']:.2f}x")
         if args.out:
             Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     finally:

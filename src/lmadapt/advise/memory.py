@@ -217,8 +217,10 @@ def dry_run(cfg, *, block_size: int | None = None) -> str:
         setup = replace(setup, sharding="fsdp", cpu_offload=False)
         notes.append(
             "DeepSpeed ZeRO-3 launch: planned as full sharding (weights, gradients and optimizer state "
-            "partitioned over the processes; DeepSpeed's prefetch and bucket buffers, sized in its config, "
-            f"not counted; its offload options not planned). Host RAM: every process loads the whole model "
+            "partitioned over the processes), a lower bound: not counted are DeepSpeed's fp32 master copy of "
+            "each partition, its buckets, the parameters it keeps gathered (up to stage3_max_live_parameters, "
+            "1e9 by default: a smaller model is held whole while it runs) and its offload options (measured on "
+            "CPU: benchmarks/results/fsdp_scaling.md). Host RAM: every process loads the whole model "
             f"({_gib(whole)}) before the engine partitions it (train/zero3.py)."
         )
     n = world_size() if world_size() > 1 else ILLUSTRATIVE_PROCESSES
