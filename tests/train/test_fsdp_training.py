@@ -258,6 +258,19 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+def one_process_reference(ws: Path, source: str) -> dict:
+    """run_all and merge_and_evaluate (of ``causal_<source>``) unsharded in this process, on one
+    thread as each launched process runs: the results a sharded launch is compared with."""
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = run_all(ws, 1, "none")
+        one.update(merge_and_evaluate(ws, "none", source=source))
+        return one
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     ws = tmp_path_factory.mktemp("fsdp")
@@ -266,13 +279,7 @@ def runs(tmp_path_factory):
     script.write_text(SCRIPT)
     proc = torchrun(str(script), str(Path(__file__).parents[1]), str(ws), timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        one = run_all(ws, 1, "none")
-        one.update(merge_and_evaluate(ws, "none"))
-    finally:
-        torch.set_num_threads(torch_threads)
+    one = one_process_reference(ws, source="fsdp")
     yield ws, json.loads((ws / "sharded.json").read_text()), one, proc
     shutil.rmtree(ws, ignore_errors=True)
 

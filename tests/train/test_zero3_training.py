@@ -67,7 +67,7 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from test_fsdp_training import make_workspace, merge_and_evaluate, run_all
+    from test_fsdp_training import make_workspace, one_process_reference
 
     ws = tmp_path_factory.mktemp("zero3")
     make_workspace(ws)
@@ -86,13 +86,7 @@ def runs(tmp_path_factory):
         timeout=400,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        one = run_all(ws, 1, "none")
-        one.update(merge_and_evaluate(ws, "none", source="z3"))
-    finally:
-        torch.set_num_threads(torch_threads)
+    one = one_process_reference(ws, source="z3")
     yield ws, json.loads((ws / "z3.json").read_text()), one, proc
     shutil.rmtree(ws, ignore_errors=True)
 

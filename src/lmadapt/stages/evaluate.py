@@ -28,7 +28,7 @@ from ..models.load import check_block_size, load_model, supports_document_packin
 from ..runtime.dist import to_process_device
 from ..train.fsdp import apply_launch_options, check_config, is_sharded, prepare_model
 from ..train.lm_eval import heldout_collator, score_sets
-from ..train.zero3 import deepspeed_launch, load_whole
+from ..train.zero3 import load_whole
 
 
 def evaluate_model(
@@ -97,8 +97,7 @@ def sharding_options(sharding: str):
     opts = SimpleNamespace(sharding=sharding, fsdp=FsdpConfig())
     apply_launch_options(opts)
     check_config(opts)
-    if deepspeed_launch():  # scored whole: not partitioned by an earlier stage's DeepSpeed config
-        load_whole()
+    load_whole()  # a DeepSpeed launch: scored whole, not partitioned by an earlier stage's config
     return opts
 
 

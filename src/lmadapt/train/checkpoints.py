@@ -134,17 +134,23 @@ def _json_ok(path: Path) -> bool:
         return False
 
 
+def _engine_parts(folder: Path) -> tuple[str, Path, list[Path], list[Path]]:
+    """A DeepSpeed engine checkpoint (ZeRO: every process's partition of the weights and of the
+    optimizer state, one file each, under the folder ``latest`` names): (tag, that folder, model
+    partitions, optimizer partitions). Raises OSError/UnicodeDecodeError when ``latest`` is unreadable."""
+    tag = (folder / "latest").read_text(encoding="utf-8").strip()
+    step = folder / tag
+    return tag, step, sorted(step.glob("*model_states.pt")), sorted(step.glob("*optim_states.pt"))
+
+
 def _deepspeed_problem(folder: Path) -> str | None:
-    """What is missing from a DeepSpeed engine checkpoint (ZeRO: every process's partition of the
-    weights and of the optimizer state, one file each, under the folder ``latest`` names)."""
+    """What is missing from a DeepSpeed engine checkpoint, or None."""
     try:
-        tag = (folder / "latest").read_text(encoding="utf-8").strip()
+        tag, step, models, states = _engine_parts(folder)
     except (OSError, UnicodeDecodeError):
         return "latest is unreadable"
-    step = folder / tag
     if not tag or not step.is_dir():
         return f"latest names {tag!r}, which is not in the checkpoint"
-    models, states = sorted(step.glob("*model_states.pt")), sorted(step.glob("*optim_states.pt"))
     if not models or len(models) != len(states):
         return f"{tag} holds {len(models)} model and {len(states)} optimizer partitions"
     bad = next((p.name for p in models + states if not _zip_ok(p)), None)
@@ -153,12 +159,11 @@ def _deepspeed_problem(folder: Path) -> str | None:
 
 def engine_partitions(folder: str | Path) -> int | None:
     """How many processes wrote ``folder`` if it is a DeepSpeed engine checkpoint, else None."""
-    folder = Path(folder)
     try:
-        tag = (folder / "latest").read_text(encoding="utf-8").strip()
-    except OSError:
+        tag, _, models, _ = _engine_parts(Path(folder))
+    except (OSError, UnicodeDecodeError):
         return None
-    return len(list((folder / tag).glob("*model_states.pt"))) if tag else None
+    return len(models) if tag else None
 
 
 def resumable_by(folder: str | Path, processes: int) -> None:

@@ -407,8 +407,7 @@ def check_launch(train_cfg) -> None:
     (train/zero3.py)."""
     apply_launch_options(train_cfg)
     check_config(train_cfg)
-    if deepspeed_launch():
-        load_whole()
+    load_whole()  # a DeepSpeed launch: this stage's models are built whole (train/zero3.py)
     if zero3_launch():
         dist.log(
             "DeepSpeed ZeRO-3 launch: parameters partitioned by the Trainer's DeepSpeed engine; held-out "

@@ -136,19 +136,19 @@ def pseudo_perplexity(
     for row_i in range(len(dataset)):
         if left <= 0:
             break
-        ids = torch.tensor(dataset[row_i]["input_ids"], dtype=torch.long).tolist()
-        eligible = [i for i, t in enumerate(ids) if t not in special][:left]
-        left -= len(eligible)
-        passes += [(row_i, eligible[k : k + batch_size]) for k in range(0, len(eligible), batch_size)]
-    rank, world = (0, 1) if _lockstep(model) else _dist()
-    total, count = 0.0, 0
-    for row_i, chunk in passes[rank::world]:
         row = dataset[row_i]
         ids = torch.tensor(row["input_ids"], dtype=torch.long)
+        eligible = [i for i, t in enumerate(ids.tolist()) if t not in special][:left]
+        if not eligible:
+            continue
+        left -= len(eligible)
         pos = torch.tensor(row["position_ids"], dtype=torch.long) if "position_ids" in row else None
         attn = _block_mask(pos) if (pos is not None and document_mode) else None
-        if not document_mode:
-            pos = None
+        block = (ids, pos if document_mode else None, attn)  # one row's inputs, for each of its passes
+        passes += [(block, eligible[k : k + batch_size]) for k in range(0, len(eligible), batch_size)]
+    rank, world = (0, 1) if _lockstep(model) else _dist()
+    total, count = 0.0, 0
+    for (ids, pos, attn), chunk in passes[rank::world]:
         inp = ids.repeat(len(chunk), 1)
         inp[torch.arange(len(chunk)), torch.tensor(chunk)] = mask_id
         kwargs = {"input_ids": inp.to(device)}

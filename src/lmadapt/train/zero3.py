@@ -64,7 +64,9 @@ def load_whole() -> None:
     partitioned under ``deepspeed.zero.Init``. The next stage in the same process (``lmadapt run``)
     would then score its held-out sets before training on empty parameters, outside any engine.
     Every stage loads whole and lets its own Trainer partition; the next Trainer registers its
-    config again."""
+    config again. Outside a DeepSpeed launch there is nothing to forget."""
+    if not deepspeed_launch():
+        return
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     unset_hf_deepspeed_config()
